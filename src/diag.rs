@@ -1,0 +1,311 @@
+//! Diagnostics that point: `FILE:LINE:COL: message`, and the `${NAME}` substitution
+//! that config and rule files share.
+//!
+//! Owns: turning byte offsets into line/column in the file *as the user wrote it*
+//! (offsets in the substituted text are mapped back), and environment substitution.
+//! Never: decides what is valid (that is `settings`, `config` and `rules`).
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One problem in one file, at one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
+/// A list of diagnostics, printed one per line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// Where environment variables come from: the process, or a map in tests.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for std::collections::HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// A file's text after `${NAME}` substitution, able to point back into the original.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    /// The original text, as on disk.
+    pub original: String,
+    /// The text after substitution: what is parsed.
+    pub text: String,
+    /// (start in `text`, end in `text`, start in `original`, end in `original`) of each substitution.
+    subs: Vec<(usize, usize, usize, usize)>,
+}
+
+impl Source {
+    /// Substitutes `${NAME}` and `${NAME:-default}` outside comments. Values are escaped
+    /// for a TOML basic string, where substitutions are meant to stand. An unset variable
+    /// without a default is a diagnostic; every one is reported.
+    pub fn new(path: &Path, original: String, env: &dyn Env) -> (Source, Vec<Diagnostic>) {
+        let mut text = String::with_capacity(original.len());
+        let mut subs = Vec::new();
+        let mut errors = Vec::new();
+        let bytes = original.as_bytes();
+        let mut i = 0;
+        // Minimal TOML lexing so that `#` inside strings is not a comment.
+        let mut in_basic = false;
+        let mut in_literal = false;
+        let mut in_comment = false;
+        while i < bytes.len() {
+            let c = bytes[i];
+            if in_comment {
+                if c == b'\n' {
+                    in_comment = false;
+                }
+            } else if c == b'$'
+                && !in_literal
+                && bytes.get(i + 1) == Some(&b'{')
+                && original[i + 2..].contains('}')
+            {
+                let close = match original[i + 2..].find('}') {
+                    Some(p) => i + 2 + p,
+                    None => break,
+                };
+                let inner = &original[i + 2..close];
+                let (name, default) = match inner.split_once(":-") {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (inner, None),
+                };
+                let valid_name = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && !name.as_bytes()[0].is_ascii_digit();
+                if valid_name && !inner.contains('\n') {
+                    let value = match (env.var(name), default) {
+                        (Some(v), _) => v,
+                        (None, Some(d)) => d.to_string(),
+                        (None, None) => {
+                            let (line, col) = line_col(&original, i);
+                            errors.push(Diagnostic {
+                                file: path.to_path_buf(),
+                                line,
+                                col,
+                                message: format!(
+                                    "environment variable {name} is not set; set it, or write ${{{name}:-default}} to give a default"
+                                ),
+                            });
+                            String::new()
+                        }
+                    };
+                    let start = text.len();
+                    for ch in value.chars() {
+                        match ch {
+                            '"' => text.push_str("\\\""),
+                            '\\' => text.push_str("\\\\"),
+                            '\n' => text.push_str("\\n"),
+                            '\r' => text.push_str("\\r"),
+                            '\t' => text.push_str("\\t"),
+                            c if c.is_control() => text.push_str(&format!("\\u{:04X}", c as u32)),
+                            c => text.push(c),
+                        }
+                    }
+                    subs.push((start, text.len(), i, close + 1));
+                    i = close + 1;
+                    continue;
+                }
+            } else if in_basic {
+                if c == b'\\' {
+                    // keep the escaped byte as is
+                    text.push('\\');
+                    i += 1;
+                    if i < bytes.len() {
+                        let ch = original[i..].chars().next().unwrap_or(' ');
+                        text.push(ch);
+                        i += ch.len_utf8();
+                    }
+                    continue;
+                }
+                if c == b'"' || c == b'\n' {
+                    in_basic = false;
+                }
+            } else if in_literal {
+                if c == b'\'' || c == b'\n' {
+                    in_literal = false;
+                }
+            } else if c == b'#' {
+                in_comment = true;
+            } else if c == b'"' {
+                in_basic = true;
+            } else if c == b'\'' {
+                in_literal = true;
+            }
+            let ch = original[i..].chars().next().unwrap_or(' ');
+            text.push(ch);
+            i += ch.len_utf8();
+        }
+        (
+            Source {
+                path: path.to_path_buf(),
+                original,
+                text,
+                subs,
+            },
+            errors,
+        )
+    }
+
+    /// A source read as is, without substitution (tests, inline config).
+    pub fn plain(path: &Path, text: &str) -> Source {
+        Source {
+            path: path.to_path_buf(),
+            original: text.to_string(),
+            text: text.to_string(),
+            subs: Vec::new(),
+        }
+    }
+
+    /// Maps an offset in the substituted text to one in the original.
+    fn original_offset(&self, pos: usize) -> usize {
+        let mut delta: isize = 0;
+        for &(s, e, os, oe) in &self.subs {
+            if pos < s {
+                break;
+            }
+            if pos < e {
+                return os;
+            }
+            delta = (oe as isize) - (e as isize);
+        }
+        ((pos as isize) + delta).max(0) as usize
+    }
+
+    /// A diagnostic at `span` (offsets into the substituted text), or at the file's start.
+    pub fn diag(&self, span: Option<Range<usize>>, message: impl Into<String>) -> Diagnostic {
+        let pos = span.map(|s| self.original_offset(s.start)).unwrap_or(0);
+        let (line, col) = line_col(&self.original, pos);
+        Diagnostic {
+            file: self.path.clone(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, pos: usize) -> (usize, usize) {
+    let pos = pos.min(text.len());
+    let mut pos = pos;
+    while !text.is_char_boundary(pos) {
+        pos -= 1;
+    }
+    let before = &text[..pos];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|p| p + 1).unwrap_or(0);
+    let col = text[line_start..pos].chars().count() + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn substitutes_set_variables_and_defaults() {
+        let e = env(&[("A", "alpha")]);
+        let (s, errs) = Source::new(
+            Path::new("c.toml"),
+            "x = \"${A}\"\ny = \"${B:-beta}\"\n".into(),
+            &e,
+        );
+        assert!(errs.is_empty());
+        assert_eq!(s.text, "x = \"alpha\"\ny = \"beta\"\n");
+    }
+
+    #[test]
+    fn unset_variable_is_reported_with_its_place() {
+        let (_, errs) = Source::new(
+            Path::new("c.toml"),
+            "a = 1\nsecret = \"${NOPE_NOT_SET}\"\n".into(),
+            &env(&[]),
+        );
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, 2);
+        assert_eq!(errs[0].col, 11);
+        assert!(errs[0].message.contains("NOPE_NOT_SET"));
+        assert!(errs[0].to_string().starts_with("c.toml:2:11: "));
+    }
+
+    #[test]
+    fn comments_and_literal_strings_are_not_substituted() {
+        let (s, errs) = Source::new(
+            Path::new("c.toml"),
+            "# ${UNSET}\nx = '${UNSET}' # ${UNSET}\n".into(),
+            &env(&[]),
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(s.text, s.original);
+    }
+
+    #[test]
+    fn values_are_escaped_so_they_cannot_break_out_of_a_string() {
+        let e = env(&[("Q", "a\"b\\c")]);
+        let (s, _) = Source::new(Path::new("c.toml"), "x = \"${Q}\"".into(), &e);
+        assert_eq!(s.text, r#"x = "a\"b\\c""#);
+    }
+
+    #[test]
+    fn offsets_after_a_substitution_map_back_to_the_original_column() {
+        let e = env(&[("LONGER", "0123456789")]);
+        let (s, _) = Source::new(Path::new("c.toml"), "x = \"${LONGER}\" y".into(), &e);
+        let pos = s.text.find('y').unwrap_or(0);
+        let d = s.diag(Some(pos..pos + 1), "m");
+        assert_eq!((d.line, d.col), (1, 17));
+    }
+}

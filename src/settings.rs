@@ -1,0 +1,540 @@
+//! A TOML reader that collects *every* mistake instead of stopping at the first.
+//!
+//! Owns: walking a parsed `toml_edit` document with spans, typed getters (strings,
+//! integers, humane durations and sizes, lists), and "unknown key" errors with a
+//! hint of the keys that are allowed. Never: knows what the relay's config or rule
+//! files mean; `config` and `rules` describe their schema with it.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ops::Range;
+use std::time::Duration;
+
+use toml_edit::{Item, TableLike, Value};
+
+use crate::diag::{Diagnostic, Source};
+
+/// The parse of one file plus the errors found while reading it.
+pub struct Doc<'s> {
+    pub source: &'s Source,
+    root: Option<toml_edit::Document<&'s str>>,
+    errors: RefCell<Vec<Diagnostic>>,
+}
+
+impl<'s> Doc<'s> {
+    /// Parses `source`; a syntax error is recorded (and the root is then empty).
+    pub fn parse(source: &'s Source) -> Doc<'s> {
+        let (root, errors) = match toml_edit::Document::parse(source.text.as_str()) {
+            Ok(d) => (Some(d), Vec::new()),
+            Err(e) => {
+                let msg = e.message().trim().to_string();
+                (
+                    None,
+                    vec![source.diag(e.span(), format!("TOML syntax error: {msg}"))],
+                )
+            }
+        };
+        Doc {
+            source,
+            root,
+            errors: RefCell::new(errors),
+        }
+    }
+
+    pub fn has_syntax_error(&self) -> bool {
+        self.root.is_none()
+    }
+
+    /// The top-level table, or `None` after a syntax error.
+    pub fn root(&self) -> Option<Section<'_>> {
+        let root = self.root.as_ref()?;
+        let table = root.as_item().as_table_like()?;
+        Some(Section {
+            doc: self,
+            table,
+            name: String::new(),
+            span: None,
+            used: RefCell::new(HashSet::new()),
+        })
+    }
+
+    pub fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.errors
+            .borrow_mut()
+            .push(self.source.diag(span, message));
+    }
+
+    pub fn into_errors(self) -> Vec<Diagnostic> {
+        self.errors.into_inner()
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.errors.borrow().len()
+    }
+}
+
+/// One value with where it stands.
+#[derive(Clone)]
+pub struct Field<'a> {
+    pub doc: &'a Doc<'a>,
+    pub item: &'a Item,
+    pub span: Option<Range<usize>>,
+    pub key_span: Option<Range<usize>>,
+    /// `section.key`, for messages.
+    name: String,
+}
+
+impl<'a> Field<'a> {
+    pub fn error(&self, message: impl Into<String>) {
+        self.doc.error(self.span.clone(), message);
+    }
+
+    fn wrong_type(&self, expected: &str, example: &str) {
+        self.error(format!(
+            "`{}` must be {expected}, not {}; for example: {} = {example}",
+            self.name,
+            describe(self.item),
+            self.name.rsplit('.').next().unwrap_or(&self.name)
+        ));
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn as_str(&self, example: &str) -> Option<&'a str> {
+        match self.item.as_str() {
+            Some(s) => Some(s),
+            None => {
+                self.wrong_type("a string in quotes", example);
+                None
+            }
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self.item.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.wrong_type("true or false", "true");
+                None
+            }
+        }
+    }
+
+    pub fn as_int(&self, min: i64, max: i64, example: &str) -> Option<i64> {
+        match self.item.as_integer() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            Some(n) => {
+                self.error(format!(
+                    "`{}` is {n}, but must be between {min} and {max}",
+                    self.name
+                ));
+                None
+            }
+            None => {
+                self.wrong_type("a whole number", example);
+                None
+            }
+        }
+    }
+
+    pub fn as_duration(&self, example: &str) -> Option<Duration> {
+        let s = self.as_str(example)?;
+        match parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(format!("`{}`: {e}", self.name));
+                None
+            }
+        }
+    }
+
+    pub fn as_size(&self, example: &str) -> Option<u64> {
+        if let Some(n) = self.item.as_integer() {
+            if n >= 0 {
+                return Some(n as u64);
+            }
+        }
+        let s = self.as_str(example)?;
+        match parse_size(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(format!("`{}`: {e}", self.name));
+                None
+            }
+        }
+    }
+
+    /// A list of strings; a single string is accepted as a list of one.
+    pub fn as_str_list(&self, example: &str) -> Option<Vec<(String, Option<Range<usize>>)>> {
+        if let Some(s) = self.item.as_str() {
+            return Some(vec![(s.to_string(), self.span.clone())]);
+        }
+        let Some(arr) = self.item.as_array() else {
+            self.wrong_type("a list of strings", example);
+            return None;
+        };
+        let mut out = Vec::with_capacity(arr.len());
+        let mut ok = true;
+        for v in arr.iter() {
+            match v.as_str() {
+                Some(s) => out.push((s.to_string(), v.span())),
+                None => {
+                    self.doc.error(
+                        v.span(),
+                        format!(
+                            "`{}` must list strings in quotes, not {}; for example: {example}",
+                            self.name,
+                            describe_value(v)
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// This field as a table (`[name]` or `{ ... }`).
+    pub fn as_section(&self, example: &str) -> Option<Section<'a>> {
+        match self.item.as_table_like() {
+            Some(table) => Some(Section {
+                doc: self.doc,
+                table,
+                name: self.name.to_string(),
+                span: self.span.clone(),
+                used: RefCell::new(HashSet::new()),
+            }),
+            None => {
+                self.wrong_type("a table", example);
+                None
+            }
+        }
+    }
+}
+
+/// A table being read: every key that is not asked for is an error at `finish`.
+pub struct Section<'a> {
+    pub doc: &'a Doc<'a>,
+    table: &'a dyn TableLike,
+    name: String,
+    span: Option<Range<usize>>,
+    used: RefCell<HashSet<String>>,
+}
+
+impl<'a> Section<'a> {
+    /// The dotted name of this table (`""` for the top level).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn span(&self) -> Option<Range<usize>> {
+        self.span.clone()
+    }
+
+    fn qualified(&self, key: &str) -> String {
+        if self.name.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.name)
+        }
+    }
+
+    /// The field named `key`, marked as known.
+    pub fn get(&self, key: &str) -> Option<Field<'a>> {
+        self.used.borrow_mut().insert(key.to_string());
+        let (k, item) = self.table.get_key_value(key)?;
+        let name = self.qualified(key);
+        Some(Field {
+            doc: self.doc,
+            item,
+            span: item
+                .span()
+                .or_else(|| k.span())
+                .or_else(|| self.span.clone()),
+            key_span: k.span(),
+            name,
+        })
+    }
+
+    /// Every key of this table with its field, in file order (marks all as known).
+    pub fn entries(&self) -> Vec<(String, Field<'a>)> {
+        let keys: Vec<String> = self.table.iter().map(|(k, _)| k.to_string()).collect();
+        keys.into_iter()
+            .filter_map(|k| self.get(&k).map(|f| (k, f)))
+            .collect()
+    }
+
+    pub fn error(&self, message: impl Into<String>) {
+        self.doc.error(self.span.clone(), message);
+    }
+
+    /// A required field: missing is an error naming the key and an example.
+    pub fn require(&self, key: &str, example: &str) -> Option<Field<'a>> {
+        let f = self.get(key);
+        if f.is_none() {
+            let at = if self.name.is_empty() {
+                String::from("at the top of the file")
+            } else {
+                format!("in [{}]", self.name)
+            };
+            self.error(format!(
+                "missing `{key}` {at}; add a line like: {key} = {example}"
+            ));
+        }
+        f
+    }
+
+    pub fn str(&self, key: &str, example: &str) -> Option<String> {
+        self.get(key)
+            .and_then(|f| f.as_str(example).map(str::to_string))
+    }
+
+    pub fn bool(&self, key: &str) -> Option<bool> {
+        self.get(key).and_then(|f| f.as_bool())
+    }
+
+    pub fn int(&self, key: &str, min: i64, max: i64, example: &str) -> Option<i64> {
+        self.get(key).and_then(|f| f.as_int(min, max, example))
+    }
+
+    pub fn duration(&self, key: &str, example: &str) -> Option<Duration> {
+        self.get(key).and_then(|f| f.as_duration(example))
+    }
+
+    pub fn size(&self, key: &str, example: &str) -> Option<u64> {
+        self.get(key).and_then(|f| f.as_size(example))
+    }
+
+    pub fn str_list(&self, key: &str, example: &str) -> Option<Vec<String>> {
+        self.get(key)
+            .and_then(|f| f.as_str_list(example))
+            .map(|v| v.into_iter().map(|(s, _)| s).collect())
+    }
+
+    pub fn section(&self, key: &str, example: &str) -> Option<Section<'a>> {
+        self.get(key).and_then(|f| f.as_section(example))
+    }
+
+    /// Reports every key that no getter asked for, with the allowed ones as a hint.
+    pub fn finish(self) {
+        let used = self.used.borrow();
+        let mut allowed: Vec<&str> = used.iter().map(String::as_str).collect();
+        allowed.sort_unstable();
+        for (k, item) in self.table.iter() {
+            if used.contains(k) {
+                continue;
+            }
+            let span = self
+                .table
+                .get_key_value(k)
+                .and_then(|(key, _)| key.span())
+                .or_else(|| item.span())
+                .or_else(|| self.span.clone());
+            let place = if self.name.is_empty() {
+                "at the top level".to_string()
+            } else {
+                format!("in [{}]", self.name)
+            };
+            let suggestion = closest(k, &allowed)
+                .map(|c| format!("did you mean `{c}`? "))
+                .unwrap_or_default();
+            self.doc.error(
+                span,
+                format!(
+                    "unknown key `{k}` {place}; {suggestion}allowed keys: {}",
+                    allowed.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+fn describe(item: &Item) -> String {
+    match item {
+        Item::Value(v) => describe_value(v),
+        Item::Table(_) => "a table".into(),
+        Item::ArrayOfTables(_) => "a list of tables".into(),
+        Item::None => "nothing".into(),
+    }
+}
+
+fn describe_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("the string \"{}\"", s.value()),
+        Value::Integer(i) => format!("the number {}", i.value()),
+        Value::Float(f) => format!("the number {}", f.value()),
+        Value::Boolean(b) => format!("{}", b.value()),
+        Value::Datetime(d) => format!("the date {}", d.value()),
+        Value::Array(_) => "a list".into(),
+        Value::InlineTable(_) => "a table".into(),
+    }
+}
+
+/// The allowed key closest to `k`, when it is a plausible typo.
+fn closest<'x>(k: &str, allowed: &[&'x str]) -> Option<&'x str> {
+    allowed
+        .iter()
+        .map(|a| (edit_distance(k, a), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// `500ms`, `30s`, `5m`, `2h`, `7d`, and sums like `1h30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let hint = "write a number with a unit: ms, s, m, h or d (for example \"30s\", \"5m\", \"7d\")";
+    if t.is_empty() {
+        return Err(format!("empty duration; {hint}"));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("\"{s}\" is not a duration; {hint}"));
+        }
+        let n: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("\"{s}\" is not a duration; {hint}"))?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = rest[unit_len..].trim_start();
+        let secs = match unit {
+            "ms" => n / 1000.0,
+            "s" | "sec" | "secs" => n,
+            "m" | "min" | "mins" => n * 60.0,
+            "h" | "hour" | "hours" => n * 3600.0,
+            "d" | "day" | "days" => n * 86400.0,
+            "" => return Err(format!("\"{s}\" has no unit; {hint}")),
+            other => return Err(format!("unknown unit \"{other}\" in \"{s}\"; {hint}")),
+        };
+        if !secs.is_finite() || secs > 1e12 {
+            return Err(format!("\"{s}\" is too long"));
+        }
+        total += Duration::from_secs_f64(secs);
+    }
+    Ok(total)
+}
+
+/// `512`, `64KiB`, `1MiB`, `1GiB`, `10MB`, `1GB` (decimal units too).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let hint = "write a number with a unit: B, KiB, MiB, GiB (or KB, MB, GB), for example \"1MiB\"";
+    let digits = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    if digits == 0 {
+        return Err(format!("\"{s}\" is not a size; {hint}"));
+    }
+    let n: f64 = t[..digits]
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a size; {hint}"))?;
+    let mult: f64 = match t[digits..].trim() {
+        "" | "B" | "b" => 1.0,
+        "KiB" | "K" | "k" => 1024.0,
+        "MiB" | "M" => 1024.0 * 1024.0,
+        "GiB" | "G" => 1024.0 * 1024.0 * 1024.0,
+        "TiB" | "T" => 1024f64.powi(4),
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        other => return Err(format!("unknown unit \"{other}\" in \"{s}\"; {hint}")),
+    };
+    let v = n * mult;
+    if !v.is_finite() || v > 1.8e19 {
+        return Err(format!("\"{s}\" is too large"));
+    }
+    Ok(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("1MB"), Ok(1_000_000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("1 parsec").is_err());
+    }
+
+    #[test]
+    fn every_mistake_is_reported_not_just_the_first() {
+        let src = Source::plain(
+            Path::new("x.toml"),
+            "lisen = \"a\"\n[ingest]\ntolerance = \"5 parsecs\"\nmax_batch = \"many\"\n",
+        );
+        let doc = Doc::parse(&src);
+        let root = doc.root().expect("parses");
+        root.str("listen", "\"127.0.0.1:8080\"");
+        if let Some(ingest) = root.section("ingest", "{}") {
+            ingest.duration("tolerance", "\"5m\"");
+            ingest.int("max_batch", 1, 100, "1000");
+            ingest.finish();
+        }
+        root.finish();
+        let errs = doc.into_errors();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 3, "{text:#?}");
+        assert!(text
+            .iter()
+            .any(|t| t.starts_with("x.toml:1:1: unknown key `lisen`")
+                && t.contains("did you mean `listen`")));
+        assert!(text
+            .iter()
+            .any(|t| t.starts_with("x.toml:3:13: ") && t.contains("parsecs")));
+        assert!(text
+            .iter()
+            .any(|t| t.starts_with("x.toml:4:13: ") && t.contains("whole number")));
+    }
+
+    #[test]
+    fn syntax_errors_point_at_the_place() {
+        let src = Source::plain(Path::new("x.toml"), "a = 1\nb = = 2\n");
+        let doc = Doc::parse(&src);
+        assert!(doc.has_syntax_error());
+        let errs = doc.into_errors();
+        assert_eq!(errs[0].line, 2);
+        assert!(errs[0].message.contains("TOML syntax error"));
+    }
+}
