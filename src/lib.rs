@@ -11,3 +11,4 @@ pub mod diag;
 pub mod event;
 pub mod outbound;
 pub mod settings;
+pub mod store;

@@ -1,0 +1,185 @@
+//! The durable queue and dedupe state, behind one trait.
+//!
+//! Owns: the `Store` trait the rest of the relay talks to, the values it stores
+//! (`Delivery`, `DeadLetter`, hashed `DedupeKey`s) and its errors; the embedded backend
+//! (`embedded`, redb in `data_dir`). Never: sees a raw event. What reaches a store is
+//! already filtered and rendered by the rules, and dedupe keys are keyed hashes.
+//!
+//! Invariants every backend keeps:
+//! - `accept` is atomic and durable: when it returns `Ok`, the dedupe marks and every
+//!   delivery of every accepted event are on stable storage; on `Err` nothing was.
+//! - a delivery is handed out by `claim_due` to one worker at a time; a claim that is
+//!   not settled (complete / retry_later / dead_letter / release) before the process
+//!   dies is due again after restart.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::outbound::OutboundRequest;
+
+/// A dedupe key after keyed hashing (HMAC-SHA256 with the installation's secret,
+/// truncated): the plaintext click ID never reaches the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DedupeKey(pub [u8; 16]);
+
+/// One event ready to be committed: its dedupe key and its rendered deliveries
+/// (one per destination whose rule matched; may be empty).
+#[derive(Debug, Clone)]
+pub struct EventToAccept {
+    pub dedupe_key: DedupeKey,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub destination: String,
+    pub request: OutboundRequest,
+}
+
+/// What `accept` decided for one event, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcceptOutcome {
+    /// Committed; the IDs of its deliveries (also their `webhook-id`).
+    Accepted { delivery_ids: Vec<String> },
+    /// Its dedupe key was seen within the window (or earlier in the same batch).
+    Duplicate,
+}
+
+/// A queued delivery. `id` is stable for its whole life (sent as `webhook-id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub destination: String,
+    pub request: OutboundRequest,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub first_attempt_at: Option<i64>,
+    pub last_attempt_at: Option<i64>,
+    /// When it is due (Unix milliseconds).
+    pub next_attempt_at: i64,
+    pub last_status: Option<u16>,
+    /// Last error or a truncated response body; never the partner's secrets.
+    pub last_error: Option<String>,
+}
+
+/// A delivery that will not be retried any more, kept for inspection and replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub delivery: Delivery,
+    /// Unix milliseconds.
+    pub dead_at: i64,
+}
+
+/// Counts for one destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DestinationCounts {
+    pub destination: String,
+    pub queued: u64,
+    pub dead: u64,
+}
+
+/// Which dead letters a replay takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplaySelector {
+    All,
+    Destination(String),
+    Id(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Past a configured bound (queued deliveries, disk-space floor): try later.
+    Full {
+        reason: String,
+        retry_after: Duration,
+    },
+    /// The store could not do the operation (I/O, fsync, corruption, unreachable).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Full { reason, .. } => write!(f, "store full: {reason}"),
+            StoreError::Unavailable(e) => write!(f, "store unavailable: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl StoreError {
+    /// The `Retry-After` a sender should get.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            StoreError::Full { retry_after, .. } => *retry_after,
+            StoreError::Unavailable(_) => Duration::from_secs(5),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The per-installation secret dedupe keys are hashed with.
+    fn dedupe_secret(&self) -> [u8; 32];
+
+    /// Atomically and durably: for each event, in order, a duplicate if its key is
+    /// marked and unexpired (or appeared earlier in `events`); otherwise mark the key
+    /// until `now + window` and enqueue its deliveries, due now.
+    async fn accept(
+        &self,
+        events: Vec<EventToAccept>,
+        now_ms: i64,
+    ) -> StoreResult<Vec<AcceptOutcome>>;
+
+    /// Up to `limit` deliveries of `destination` due at `now_ms` and not claimed,
+    /// earliest first; they are claimed until settled.
+    async fn claim_due(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>>;
+
+    /// Earliest due time of an unclaimed delivery of `destination`, if any.
+    async fn next_due(&self, destination: &str) -> StoreResult<Option<i64>>;
+
+    /// Delivered: remove it.
+    async fn complete(&self, id: &str) -> StoreResult<()>;
+
+    /// Failed, will retry: store the updated delivery (attempts, statuses, `next_attempt_at`).
+    async fn retry_later(&self, delivery: Delivery) -> StoreResult<()>;
+
+    /// Failed for good: move to the dead-letter queue.
+    async fn dead_letter(&self, delivery: Delivery, now_ms: i64) -> StoreResult<()>;
+
+    /// Give a claim back untouched (shutdown): due again as it was.
+    async fn release(&self, id: &str) -> StoreResult<()>;
+
+    /// Dead letters, oldest first, optionally of one destination.
+    async fn dlq_list(
+        &self,
+        destination: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeadLetter>>;
+
+    /// Put dead letters back on the queue, due now (same delivery IDs, attempts
+    /// reset). Returns how many.
+    async fn dlq_replay(&self, which: ReplaySelector, now_ms: i64) -> StoreResult<usize>;
+
+    /// Queue depth and DLQ size per destination that has either.
+    async fn counts(&self) -> StoreResult<Vec<DestinationCounts>>;
+
+    /// Remove expired dedupe keys and dead letters older than the retention.
+    /// Returns (keys removed, dead letters removed).
+    async fn purge(&self, now_ms: i64) -> StoreResult<(usize, usize)>;
+
+    /// Whether the store can take writes now (for `/readyz`).
+    async fn ready(&self) -> bool;
+}
