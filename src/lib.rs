@@ -12,3 +12,6 @@ pub mod event;
 pub mod outbound;
 pub mod settings;
 pub mod store;
+pub mod config;
+pub mod ingest;
+pub mod dedupe;

@@ -1,0 +1,2 @@
+pub mod verify;
+pub mod body;
