@@ -15,3 +15,7 @@ pub mod store;
 pub mod config;
 pub mod ingest;
 pub mod dedupe;
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod server;

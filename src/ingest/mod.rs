@@ -1,2 +1,129 @@
-pub mod verify;
+//! Ingest: `POST /v1/events` from signature to 202.
+//!
+//! Owns: the request limits (content type, `max_body` before and while reading,
+//! `max_batch`), Standard Webhooks verification (`verify`), body parsing (`body`),
+//! and `accept`: dedupe keys + rule routing + one durable store commit per request.
+//! Never: answers 202 before the store said the write is durable; logs event data.
+
 pub mod body;
+pub mod verify;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+
+use crate::app::Relay;
+use crate::store::{AcceptOutcome, EventToAccept, NewDelivery, StoreError};
+
+use body::Parsed;
+
+/// What happened to each event of one request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AcceptReport {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub rejected: usize,
+    pub results: Vec<Value>,
+}
+
+impl AcceptReport {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "results": self.results,
+        })
+    }
+}
+
+/// Dedupes, routes and durably stores parsed events: the heart of ingest.
+/// `Ok` means every accepted event's deliveries are durable.
+pub async fn accept(
+    relay: &Relay,
+    parsed: Vec<Parsed>,
+    now: DateTime<Utc>,
+) -> Result<AcceptReport, StoreError> {
+    let rules = relay.rules.current();
+    let secret = relay.dedupe_secret;
+    let mut to_store = Vec::with_capacity(parsed.len());
+    // Per event: Ok(event_id, index into to_store) or Err(error)
+    let mut slots: Vec<Result<(String, usize), String>> = Vec::with_capacity(parsed.len());
+    let mut destinations_touched: Vec<String> = Vec::new();
+    for p in parsed {
+        match p {
+            Ok(event) => {
+                let dedupe_key = relay.dedupe.key(&secret, &event);
+                let mut deliveries = Vec::new();
+                for routed in rules.route(&event) {
+                    if let Ok(request) = routed.outcome {
+                        let name = routed.destination.name.clone();
+                        if !destinations_touched.contains(&name) {
+                            destinations_touched.push(name.clone());
+                        }
+                        deliveries.push(NewDelivery {
+                            destination: name,
+                            request,
+                        });
+                    }
+                }
+                slots.push(Ok((event.id, to_store.len())));
+                to_store.push(EventToAccept {
+                    dedupe_key,
+                    deliveries,
+                });
+            }
+            Err(e) => slots.push(Err(e)),
+        }
+    }
+    let outcomes = if to_store.is_empty() {
+        Vec::new()
+    } else {
+        relay
+            .store
+            .accept(to_store, now.timestamp_millis())
+            .await?
+    };
+    let mut report = AcceptReport::default();
+    let mut any_accepted = false;
+    for (index, slot) in slots.into_iter().enumerate() {
+        match slot {
+            Ok((event_id, i)) => match outcomes.get(i) {
+                Some(AcceptOutcome::Accepted { .. }) => {
+                    any_accepted = true;
+                    report.accepted += 1;
+                    report
+                        .results
+                        .push(json!({"event_id": event_id, "status": "accepted"}));
+                }
+                Some(AcceptOutcome::Duplicate) => {
+                    report.duplicates += 1;
+                    report
+                        .results
+                        .push(json!({"event_id": event_id, "status": "duplicate"}));
+                }
+                None => {
+                    return Err(StoreError::Unavailable(
+                        "store returned fewer outcomes than events".into(),
+                    ))
+                }
+            },
+            Err(error) => {
+                report.rejected += 1;
+                report
+                    .results
+                    .push(json!({"index": index, "status": "rejected", "error": error}));
+            }
+        }
+    }
+    if any_accepted {
+        for d in &destinations_touched {
+            relay.deliverer.notify(d);
+        }
+    }
+    Ok(report)
+}
+
+/// Shared pieces the HTTP layer hands to `accept`.
+pub type SharedRelay = Arc<Relay>;

@@ -1,0 +1,221 @@
+//! The admin API, behind `Authorization: Bearer <token>`: destinations, dead
+//! letters, replay, rule reload.
+//!
+//! Owns: authentication of admin calls and their JSON shapes. Never: exposes a
+//! queued request (URLs and headers can hold partner secrets) or event data.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::AUTHORIZATION;
+use hyper::{Method, Request, StatusCode};
+use serde_json::{json, Value};
+
+use crate::app::Relay;
+use crate::server::{json_response, HttpResponse};
+use crate::store::{DeadLetter, ReplaySelector};
+
+pub async fn handle(relay: Arc<Relay>, req: Request<Incoming>) -> HttpResponse {
+    let Some(token) = relay.config.admin_token.as_deref() else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": "the admin API is off; set [admin] token in the config to turn it on"}),
+        );
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        given.as_bytes(),
+        token.as_bytes(),
+    )) {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "missing or wrong admin token (Authorization: Bearer <token>)"}),
+        );
+    }
+    let path = req.uri().path().to_string();
+    let query: BTreeMap<String, String> = req
+        .uri()
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    let v = percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .to_string();
+                    Some((k.to_string(), v))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/admin/destinations") => destinations(&relay).await,
+        (Method::GET, "/admin/dlq") => {
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(1000usize);
+            match relay
+                .store
+                .dlq_list(query.get("destination").map(String::as_str), limit)
+                .await
+            {
+                Ok(list) => json_response(
+                    StatusCode::OK,
+                    json!({"dead_letters": list.iter().map(dead_letter_json).collect::<Vec<_>>()}),
+                ),
+                Err(e) => json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": e.to_string()}),
+                ),
+            }
+        }
+        (Method::POST, "/admin/dlq/replay") => {
+            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": "body unreadable or over 64KiB"}),
+                    )
+                }
+            };
+            let v: Value = if body.is_empty() {
+                json!({})
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return json_response(
+                            StatusCode::BAD_REQUEST,
+                            json!({"error": format!("invalid JSON: {e}")}),
+                        )
+                    }
+                }
+            };
+            let selector = match replay_selector(&v) {
+                Ok(s) => s,
+                Err(e) => return json_response(StatusCode::BAD_REQUEST, json!({"error": e})),
+            };
+            replay(&relay, selector).await
+        }
+        (Method::POST, "/admin/reload") => match relay.reload_rules() {
+            Ok(names) => json_response(
+                StatusCode::OK,
+                json!({"status": "reloaded", "destinations": names}),
+            ),
+            Err(errors) => json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({
+                    "status": "refused; the rules in force stay in force",
+                    "errors": errors.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                }),
+            ),
+        },
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no such admin endpoint: {} {path}", req.method())}),
+        ),
+    }
+}
+
+/// `{"all": true}`, `{"destination": "x"}` or `{"id": "dlv_..."}`.
+pub fn replay_selector(v: &Value) -> Result<ReplaySelector, String> {
+    if let Some(id) = v.get("id").and_then(Value::as_str) {
+        return Ok(ReplaySelector::Id(id.to_string()));
+    }
+    if let Some(d) = v.get("destination").and_then(Value::as_str) {
+        return Ok(ReplaySelector::Destination(d.to_string()));
+    }
+    if v.get("all").and_then(Value::as_bool) == Some(true) {
+        return Ok(ReplaySelector::All);
+    }
+    Err("say which dead letters to replay: {\"id\": \"...\"}, {\"destination\": \"...\"} or {\"all\": true}".into())
+}
+
+pub async fn replay(relay: &Relay, selector: ReplaySelector) -> HttpResponse {
+    match relay
+        .store
+        .dlq_replay(selector, Utc::now().timestamp_millis())
+        .await
+    {
+        Ok(n) => {
+            for d in relay.rules.current().destinations() {
+                relay.deliverer.notify(&d.name);
+            }
+            json_response(StatusCode::OK, json!({"replayed": n}))
+        }
+        Err(e) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+pub fn dead_letter_json(d: &DeadLetter) -> Value {
+    let dl = &d.delivery;
+    json!({
+        "id": dl.id,
+        "destination": dl.destination,
+        "attempts": dl.attempts,
+        "created_at": ms_to_iso(Some(dl.created_at)),
+        "first_attempt_at": ms_to_iso(dl.first_attempt_at),
+        "last_attempt_at": ms_to_iso(dl.last_attempt_at),
+        "dead_at": ms_to_iso(Some(d.dead_at)),
+        "last_status": dl.last_status,
+        "last_error": dl.last_error,
+    })
+}
+
+fn ms_to_iso(ms: Option<i64>) -> Value {
+    ms.and_then(chrono::DateTime::<Utc>::from_timestamp_millis)
+        .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+        .unwrap_or(Value::Null)
+}
+
+async fn destinations(relay: &Relay) -> HttpResponse {
+    let counts = match relay.store.counts().await {
+        Ok(c) => c,
+        Err(e) => {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": e.to_string()}),
+            )
+        }
+    };
+    let mut out: BTreeMap<String, Value> = BTreeMap::new();
+    for d in relay.rules.current().destinations() {
+        out.insert(
+            d.name.clone(),
+            json!({"name": d.name, "enabled": true, "queue_depth": 0, "dlq_size": 0,
+                   "circuit": "closed", "last_error": null, "in_flight": 0}),
+        );
+    }
+    for c in counts {
+        let e = out.entry(c.destination.clone()).or_insert_with(|| {
+            json!({"name": c.destination, "enabled": false, "circuit": "closed",
+                   "last_error": null, "in_flight": 0})
+        });
+        e["queue_depth"] = json!(c.queued);
+        e["dlq_size"] = json!(c.dead);
+    }
+    for s in relay.deliverer.status() {
+        if let Some(e) = out.get_mut(&s.name) {
+            e["circuit"] = serde_json::to_value(s.breaker).unwrap_or(Value::Null);
+            e["last_error"] = json!(s.last_error);
+            e["in_flight"] = json!(s.in_flight);
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        json!({"destinations": out.into_values().collect::<Vec<_>>()}),
+    )
+}

@@ -1,0 +1,233 @@
+//! Wiring: builds the relay from a validated `Config`, starts the server, the
+//! delivery workers, the rule watcher and the purge task, and shuts them down in order.
+//!
+//! Owns: startup order (store before rules before server), signals (SIGTERM/Ctrl-C
+//! stop, SIGHUP reloads rules), graceful shutdown. Never: holds global state; every
+//! piece hangs off one `Relay`, so tests can start as many relays as they like.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Backend, Config};
+use crate::dedupe::DedupeRule;
+use crate::deliver::{DeliverOptions, Deliverer};
+use crate::diag::{Diagnostic, Env};
+use crate::ingest::verify::Verifier;
+use crate::outbound::DeliverySettings;
+use crate::rules::{RuleSet, RulesHandle};
+use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use crate::store::Store;
+
+/// Everything a request handler needs.
+pub struct Relay {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub dedupe: DedupeRule,
+    pub dedupe_secret: [u8; 32],
+    pub rules: RulesHandle,
+    pub store: Arc<dyn Store>,
+    pub deliverer: Deliverer,
+}
+
+impl Relay {
+    /// Reloads the rule files; on success the delivery workers follow the new set.
+    /// On error nothing changes. Returns the enabled destinations' names.
+    pub fn reload_rules(&self) -> Result<Vec<String>, Vec<Diagnostic>> {
+        self.rules.reload()?;
+        let current = self.rules.current();
+        self.deliverer.update_destinations(delivery_settings(&current));
+        Ok(current
+            .destinations()
+            .iter()
+            .map(|d| d.name.clone())
+            .collect())
+    }
+}
+
+pub fn delivery_settings(rules: &RuleSet) -> Vec<(String, DeliverySettings)> {
+    rules
+        .destinations()
+        .iter()
+        .map(|d| (d.name.clone(), d.delivery.clone()))
+        .collect()
+}
+
+/// Why the relay could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Invalid(Vec<Diagnostic>),
+    Store(String),
+    Listen(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Invalid(d) => {
+                for (i, x) in d.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{x}")?;
+                }
+                Ok(())
+            }
+            StartError::Store(e) => write!(f, "cannot open the store: {e}"),
+            StartError::Listen(e) => write!(f, "cannot listen: {e}"),
+        }
+    }
+}
+
+/// Opens the configured store.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    match config.store.backend {
+        Backend::Embedded => EmbeddedStore::open(EmbeddedOptions {
+            data_dir: config.data_dir.clone(),
+            dedupe_window: config.dedupe.window,
+            max_queued: config.store.max_queued,
+            min_free_space: config.store.min_free_space,
+            dlq_retention: config.store.dlq_retention,
+        })
+        .map(|s| Arc::new(s) as Arc<dyn Store>)
+        .map_err(|e| format!("{} ({})", e, config.data_dir.display())),
+        Backend::Redis => Err("backend = \"redis\" is not available in this version yet".into()),
+    }
+}
+
+/// A started relay.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub relay: Arc<Relay>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    _watcher: Option<crate::rules::Watcher>,
+}
+
+impl Running {
+    /// Stops accepting, finishes in-flight requests, stops delivery workers.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        for b in self.background {
+            b.abort();
+        }
+        drop(self._watcher);
+        self.relay.deliverer.shutdown().await;
+    }
+}
+
+/// Builds and starts the relay: store, rules, delivery workers, HTTP server.
+pub async fn start(config: Config, env: &dyn Env) -> Result<Running, StartError> {
+    let rules = RulesHandle::load(&config.rules_dir, env).map_err(StartError::Invalid)?;
+    let store = open_store(&config).map_err(StartError::Store)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Listen(format!("{}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Listen(e.to_string()))?;
+    let deliverer = Deliverer::start(
+        store.clone(),
+        delivery_settings(&rules.current()),
+        DeliverOptions {
+            allow_private_networks: config.allow_private_networks,
+            ..DeliverOptions::default()
+        },
+    );
+    let relay = Arc::new(Relay {
+        verifier: Verifier::new(&config.ingest.secrets, config.ingest.tolerance),
+        dedupe: DedupeRule::new(&config.dedupe),
+        dedupe_secret: store.dedupe_secret(),
+        rules,
+        store,
+        deliverer,
+        config,
+    });
+
+    let (shutdown, rx) = watch::channel(false);
+    let server = tokio::spawn(crate::server::serve(
+        relay.clone(),
+        listener,
+        rx.clone(),
+        Duration::from_secs(10),
+    ));
+    let mut background = Vec::new();
+    background.push(tokio::spawn(purge_loop(relay.clone())));
+    let watcher = {
+        let r = relay.clone();
+        crate::rules::spawn_watcher(relay.rules.clone(), move || {
+            let current = r.rules.current();
+            r.deliverer.update_destinations(delivery_settings(&current));
+        })
+    };
+    tracing::info!(
+        listen = %addr,
+        destinations = relay.rules.current().destinations().len(),
+        "postback-relay ready"
+    );
+    Ok(Running {
+        addr,
+        relay,
+        shutdown,
+        server,
+        background,
+        _watcher: watcher,
+    })
+}
+
+async fn purge_loop(relay: Arc<Relay>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let now = chrono::Utc::now().timestamp_millis();
+        match relay.store.purge(now).await {
+            Ok((keys, dead)) if keys + dead > 0 => {
+                tracing::info!(keys, dead_letters = dead, "purged expired entries")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purge failed"),
+        }
+    }
+}
+
+/// Runs until SIGTERM or Ctrl-C; SIGHUP reloads the rules.
+pub async fn run(config: Config, env: &dyn Env) -> Result<(), StartError> {
+    let running = start(config, env).await?;
+    let relay = running.relay.clone();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| StartError::Listen(e.to_string()))?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Listen(e.to_string()))?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = hup.recv() => {
+                    match relay.reload_rules() {
+                        Ok(names) => tracing::info!(destinations = names.len(), "rules reloaded (SIGHUP)"),
+                        Err(errors) => {
+                            for d in errors {
+                                tracing::warn!(error = %d, "rule reload refused; the rules in force stay in force");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    running.stop().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! `dlq list` and `dlq replay`: through the running relay's admin API when it
+//! runs, by opening the store directly when it does not.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::{connect_addr, load_config, DlqCommand};
+use crate::config::{Config, Overrides};
+use crate::store::ReplaySelector;
+
+pub fn run(cmd: DlqCommand) -> i32 {
+    match cmd {
+        DlqCommand::List {
+            config,
+            destination,
+        } => list(&config, destination),
+        DlqCommand::Replay {
+            config,
+            destination,
+            id,
+            all,
+        } => {
+            let selector = match (id, destination, all) {
+                (Some(id), _, _) => ReplaySelector::Id(id),
+                (None, Some(d), _) => ReplaySelector::Destination(d),
+                (None, None, true) => ReplaySelector::All,
+                (None, None, false) => {
+                    eprintln!("say what to replay: --id ID, --destination NAME, or --all");
+                    return 2;
+                }
+            };
+            replay(&config, selector)
+        }
+    }
+}
+
+/// Whether a relay answers on the config's listen address.
+fn relay_is_running(cfg: &Config) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &connect_addr(cfg.listen),
+        std::time::Duration::from_millis(500),
+    )
+    .is_ok()
+}
+
+fn admin_call(cfg: &Config, method: &str, path_and_query: &str, body: Option<Value>) -> Result<Value, String> {
+    let Some(token) = cfg.admin_token.as_deref() else {
+        return Err(format!(
+            "the relay is running on {} but the admin API is off: set [admin] token in {}, or stop the relay to open the store directly",
+            cfg.listen,
+            cfg.path.display()
+        ));
+    };
+    let url = format!("http://{}{path_and_query}", connect_addr(cfg.listen));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut req = if method == "POST" {
+            client.post(&url)
+        } else {
+            client.get(&url)
+        };
+        req = req.bearer_auth(token);
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.map_err(|e| format!("{url}: {e}"))?;
+        if status.is_success() {
+            Ok(v)
+        } else {
+            Err(format!("{url}: HTTP {status}: {}", v["error"].as_str().unwrap_or("")))
+        }
+    })
+}
+
+fn with_store<T>(cfg: &Config, f: impl FnOnce(std::sync::Arc<dyn crate::store::Store>) -> T) -> Result<T, String> {
+    let store = crate::app::open_store(cfg)?;
+    Ok(f(store))
+}
+
+fn print_list(v: &Value) {
+    let items = v["dead_letters"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("no dead letters");
+        return;
+    }
+    for d in items {
+        println!(
+            "{}  {}  attempts={}  last_status={}  dead_at={}  last_error={}",
+            d["id"].as_str().unwrap_or(""),
+            d["destination"].as_str().unwrap_or(""),
+            d["attempts"],
+            d["last_status"],
+            d["dead_at"].as_str().unwrap_or(""),
+            d["last_error"].as_str().unwrap_or("")
+        );
+    }
+}
+
+fn list(config: &Path, destination: Option<String>) -> i32 {
+    let cfg = match load_config(config, &Overrides::default()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = if relay_is_running(&cfg) {
+        let q = destination
+            .as_deref()
+            .map(|d| format!("?destination={}", percent_encoding::utf8_percent_encode(d, percent_encoding::NON_ALPHANUMERIC)))
+            .unwrap_or_default();
+        admin_call(&cfg, "GET", &format!("/admin/dlq{q}"), None)
+    } else {
+        with_store(&cfg, |store| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match rt {
+                Ok(rt) => rt
+                    .block_on(store.dlq_list(destination.as_deref(), usize::MAX))
+                    .map(|l| json!({"dead_letters": l.iter().map(crate::admin::dead_letter_json).collect::<Vec<_>>()}))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .and_then(|r| r)
+    };
+    match result {
+        Ok(v) => {
+            print_list(&v);
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+fn replay(config: &Path, selector: ReplaySelector) -> i32 {
+    let cfg = match load_config(config, &Overrides::default()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = if relay_is_running(&cfg) {
+        let body = match &selector {
+            ReplaySelector::All => json!({"all": true}),
+            ReplaySelector::Destination(d) => json!({"destination": d}),
+            ReplaySelector::Id(id) => json!({"id": id}),
+        };
+        admin_call(&cfg, "POST", "/admin/dlq/replay", Some(body))
+            .map(|v| v["replayed"].as_u64().unwrap_or(0) as usize)
+    } else {
+        with_store(&cfg, |store| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            match rt {
+                Ok(rt) => rt
+                    .block_on(store.dlq_replay(selector, chrono::Utc::now().timestamp_millis()))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .and_then(|r| r)
+    };
+    match result {
+        Ok(n) => {
+            println!("replayed {n} dead letter{}", if n == 1 { "" } else { "s" });
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}

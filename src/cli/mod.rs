@@ -1,0 +1,353 @@
+//! The command line: `serve`, `check`, `preview`, `send`, `dlq list|replay`.
+//!
+//! Owns: argument parsing (clap), what each command prints, exit codes
+//! (0 success, 1 invalid input or config, 2 usage). Never: duplicates the logic of
+//! the modules it calls.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config::{Config, Overrides, DEFAULT_PATH};
+use crate::diag::{Diagnostic, ProcessEnv};
+use crate::rules::RuleSet;
+
+mod dlq;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "postback-relay",
+    version,
+    about = "Edge gateway for server-to-server conversion tracking: signed events in, privacy-filtered partner postbacks out."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the relay.
+    Serve {
+        /// Config file.
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Address to listen on (overrides `listen`).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data directory (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Rules directory (overrides `rules_dir`).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Validate the config and every rule file; print every error as FILE:LINE:COL: message.
+    Check {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        #[arg(long)]
+        rules: Option<PathBuf>,
+    },
+    /// Show, for each destination, the exact request an event would produce. Sends nothing, writes nothing.
+    Preview {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// The event (a JSON file).
+        event: PathBuf,
+    },
+    /// Sign a file of events with the first ingest secret and POST it to the relay.
+    Send {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Relay URL (default: http://<listen>/v1/events from the config).
+        #[arg(long)]
+        url: Option<String>,
+        /// One event, a JSON array, or NDJSON; `-` reads standard input.
+        events: String,
+    },
+    /// Inspect and replay dead-lettered deliveries.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// List dead-lettered deliveries with their last error.
+    List {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        #[arg(long)]
+        destination: Option<String>,
+    },
+    /// Put dead-lettered deliveries back on the queue.
+    Replay {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long, conflicts_with = "all")]
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            rules,
+        } => serve(
+            &config,
+            Overrides {
+                listen,
+                data_dir,
+                rules_dir: rules,
+            },
+        ),
+        Command::Check { config, rules } => check(&config, rules),
+        Command::Preview {
+            config,
+            rules,
+            event,
+        } => preview(&config, rules, &event),
+        Command::Send {
+            config,
+            url,
+            events,
+        } => send(&config, url, &events),
+        Command::Dlq { command } => dlq::run(command),
+    }
+}
+
+fn print_diagnostics(d: &[Diagnostic]) {
+    for x in d {
+        eprintln!("{x}");
+    }
+}
+
+pub fn load_config(path: &Path, ov: &Overrides) -> Result<Config, i32> {
+    Config::load(path, &ProcessEnv, ov).map_err(|errs| {
+        print_diagnostics(&errs);
+        1
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, i32> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the async runtime: {e}");
+            1
+        })
+}
+
+fn serve(config: &Path, ov: Overrides) -> i32 {
+    let cfg = match load_config(config, &ov) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match rt.block_on(crate::app::run(cfg, &ProcessEnv)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+fn check(config: &Path, rules: Option<PathBuf>) -> i32 {
+    let ov = Overrides {
+        rules_dir: rules.clone(),
+        ..Overrides::default()
+    };
+    let mut errors = Vec::new();
+    let rules_dir = match Config::load(config, &ProcessEnv, &ov) {
+        Ok(cfg) => cfg.rules_dir,
+        Err(e) => {
+            errors.extend(e);
+            rules.unwrap_or_else(|| PathBuf::from("rules"))
+        }
+    };
+    let count = match RuleSet::load_dir(&rules_dir, &ProcessEnv) {
+        Ok(set) => set.destinations().len(),
+        Err(e) => {
+            errors.extend(e);
+            0
+        }
+    };
+    if errors.is_empty() {
+        println!(
+            "ok: {} and {} ({} enabled destination{})",
+            config.display(),
+            rules_dir.display(),
+            count,
+            if count == 1 { "" } else { "s" }
+        );
+        0
+    } else {
+        print_diagnostics(&errors);
+        eprintln!(
+            "{} error{}",
+            errors.len(),
+            if errors.len() == 1 { "" } else { "s" }
+        );
+        1
+    }
+}
+
+fn preview(config: &Path, rules: Option<PathBuf>, event: &Path) -> i32 {
+    let rules_dir = match rules {
+        Some(r) => r,
+        None => match load_config(config, &Overrides::default()) {
+            Ok(c) => c.rules_dir,
+            Err(code) => return code,
+        },
+    };
+    let set = match RuleSet::load_dir(&rules_dir, &ProcessEnv) {
+        Ok(s) => s,
+        Err(e) => {
+            print_diagnostics(&e);
+            return 1;
+        }
+    };
+    let text = match std::fs::read(event) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", event.display());
+            return 1;
+        }
+    };
+    let value: Value = match serde_json::from_slice(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{}:{}:{}: invalid JSON: {e}", event.display(), e.line(), e.column());
+            return 1;
+        }
+    };
+    let ev = match crate::event::Event::from_value(value, chrono::Utc::now()) {
+        Ok(ev) => ev,
+        Err(e) => {
+            eprintln!("{}: invalid event: {e}", event.display());
+            return 1;
+        }
+    };
+    print!("{}", crate::rules::preview(&set, &ev));
+    0
+}
+
+/// Reads the events to send and picks the framing: JSON (one object or an array),
+/// else NDJSON.
+fn read_events(arg: &str) -> Result<(Vec<u8>, &'static str), String> {
+    let mut body = Vec::new();
+    if arg == "-" {
+        std::io::stdin()
+            .read_to_end(&mut body)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+    } else {
+        body = std::fs::read(arg).map_err(|e| format!("{arg}: cannot read: {e}"))?;
+    }
+    if serde_json::from_slice::<Value>(&body).is_ok() {
+        Ok((body, "application/json"))
+    } else {
+        Ok((body, "application/x-ndjson"))
+    }
+}
+
+fn send(config: &Path, url: Option<String>, events: &str) -> i32 {
+    let cfg = match load_config(config, &Overrides::default()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (body, content_type) = match read_events(events) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let Some(secret) = cfg.ingest.secrets.first() else {
+        eprintln!("{}: no ingest secret to sign with", cfg.path.display());
+        return 1;
+    };
+    let url = url.unwrap_or_else(|| format!("http://{}/v1/events", connect_addr(cfg.listen)));
+    let id = format!("msg_{}", random_hex(16));
+    let ts = chrono::Utc::now().timestamp();
+    let signature = crate::ingest::verify::sign(secret, &id, ts, &body);
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let result = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client
+            .post(&url)
+            .header("content-type", content_type)
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        Ok::<_, String>((status, text))
+    });
+    match result {
+        Ok((status, text)) => {
+            println!("HTTP {status}");
+            match serde_json::from_str::<Value>(&text) {
+                Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(text)),
+                Err(_) => println!("{text}"),
+            }
+            if status.is_success() {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+/// An address to connect to for a listen address (0.0.0.0 -> 127.0.0.1).
+pub fn connect_addr(listen: SocketAddr) -> SocketAddr {
+    let mut a = listen;
+    if a.ip().is_unspecified() {
+        a.set_ip(match a {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    a
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
