@@ -419,3 +419,303 @@ pub fn truncate(s: &str, max: usize) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::test_store::delivery;
+    use crate::deliver::testing::{FakePartner, Reply};
+
+    #[test]
+    fn address_classifier_table() {
+        let non_public = [
+            "0.0.0.0",
+            "0.1.2.3",
+            "10.0.0.1",
+            "10.255.255.255",
+            "100.64.0.1",
+            "100.127.255.254",
+            "127.0.0.1",
+            "127.1.2.3",
+            "169.254.169.254", // cloud metadata
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.88.99.1",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "198.51.100.7",
+            "203.0.113.7",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "::8.8.8.8", // IPv4-compatible: deprecated, refused whatever it embeds
+            "64:ff9b::a00:1",
+            "64:ff9b:1::1",
+            "100::1",
+            "2001::1",
+            "2001:2::1",
+            "2001:db8::1",
+            "2002:a00:1::1",      // 6to4 of 10.0.0.1
+            "2002:7f00:1::1",     // 6to4 of 127.0.0.1
+            "3fff::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "febf::1",
+            "fec0::1",
+            "ff02::1",
+        ];
+        let public = [
+            "1.1.1.1",
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.15.255.255",
+            "172.32.0.1",
+            "192.0.1.1",
+            "192.169.0.1",
+            "198.17.255.255",
+            "198.20.0.1",
+            "223.255.255.255",
+            "2606:4700:4700::1111",
+            "2001:4860:4860::8888",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808", // NAT64 of 8.8.8.8
+            "2002:808:808::1",  // 6to4 of 8.8.8.8
+            "3fff:1000::1",     // just past 3fff::/20
+        ];
+        for a in non_public {
+            let ip: IpAddr = a.parse().unwrap();
+            assert!(non_public_reason(ip).is_some(), "{a} should be refused");
+        }
+        for a in public {
+            let ip: IpAddr = a.parse().unwrap();
+            assert_eq!(non_public_reason(ip), None, "{a} should be allowed");
+        }
+    }
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_example() {
+        // From the Standard Webhooks specification's test vectors.
+        let key = SigningKey::from_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(
+            key.sign(
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            ),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        let err = SigningKey::from_secret("whsec_not base64!").unwrap_err();
+        assert!(!err.contains("not base64"), "error repeats the secret: {err}");
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters_and_hides_control_characters() {
+        assert_eq!(truncate("abc", 10), "abc");
+        assert_eq!(truncate("a\nb\x1b", 10), "a b ");
+        assert_eq!(truncate("ééé", 5), "éé…");
+    }
+
+    #[tokio::test]
+    async fn loopback_literal_is_refused_unless_private_networks_are_allowed() {
+        let partner = FakePartner::start().await.unwrap();
+        let d = delivery("d1", "p", &partner.url("/pb?click=abc"));
+
+        let strict = PostbackClient::new(false).unwrap();
+        let sent = strict.send(&d, Duration::from_secs(5), None).await;
+        assert!(
+            matches!(&sent.attempt, Attempt::Refused(e) if e.contains("loopback")),
+            "{sent:?}"
+        );
+        // The kept error names the address, never the URL (its query can hold PII).
+        assert!(!sent.error.unwrap().contains("click=abc"));
+        assert_eq!(partner.request_count(), 0);
+
+        let lax = PostbackClient::new(true).unwrap();
+        let sent = lax.send(&d, Duration::from_secs(5), None).await;
+        assert_eq!(
+            sent.attempt,
+            Attempt::Response {
+                status: 200,
+                retry_after: None
+            }
+        );
+        assert_eq!(partner.request_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_loopback_are_refused_at_connect_time() {
+        let partner = FakePartner::start().await.unwrap();
+        let url = format!("http://localhost:{}/pb", partner.addr().port());
+        let d = delivery("d1", "p", &url);
+        let sent = PostbackClient::new(false)
+            .unwrap()
+            .send(&d, Duration::from_secs(5), None)
+            .await;
+        assert!(matches!(sent.attempt, Attempt::Refused(_)), "{sent:?}");
+        assert_eq!(partner.request_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn ipv6_and_mapped_literals_are_refused_too() {
+        let client = PostbackClient::new(false).unwrap();
+        for url in [
+            "http://[::1]:9/",
+            "http://[::ffff:127.0.0.1]:9/",
+            "http://[fe80::1]:9/",
+            "http://169.254.169.254/latest/meta-data",
+            "http://2130706433:9/", // 127.0.0.1 written as one number
+            "http://0x7f.1:9/",
+        ] {
+            let sent = client
+                .send(&delivery("d", "p", url), Duration::from_secs(1), None)
+                .await;
+            assert!(matches!(sent.attempt, Attempt::Refused(_)), "{url}: {sent:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn request_carries_webhook_id_user_agent_a_verifiable_signature_and_its_headers() {
+        let partner = FakePartner::start().await.unwrap();
+        let client = PostbackClient::new(true).unwrap();
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let key = SigningKey::from_secret(secret).unwrap();
+        let mut d = delivery("dlv_42", "p", &partner.url("/events"));
+        d.request
+            .headers
+            .push(("Authorization".into(), "Bearer partner-secret".into()));
+        let sent = client.send(&d, Duration::from_secs(5), Some(&key)).await;
+        assert_eq!(sent.error, None);
+
+        let got = &partner.requests()[0];
+        assert_eq!(got.method, "POST");
+        assert_eq!(got.target, "/events");
+        assert_eq!(got.header("webhook-id"), Some("dlv_42"));
+        assert_eq!(got.header("user-agent"), Some(USER_AGENT));
+        assert_eq!(got.header("authorization"), Some("Bearer partner-secret"));
+        assert_eq!(got.header("content-type"), Some("application/json"));
+        // Verify as a receiver would, with an independent HMAC.
+        let ts: i64 = got.header("webhook-timestamp").unwrap().parse().unwrap();
+        let signed = format!(
+            "dlv_42.{ts}.{}",
+            std::str::from_utf8(&got.body).unwrap()
+        );
+        let mut mac = hmac::Hmac::<Sha256>::new_from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .unwrap(),
+        )
+        .unwrap();
+        mac.update(signed.as_bytes());
+        let want = format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        );
+        assert_eq!(got.header("webhook-signature"), Some(want.as_str()));
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert!((now - ts).abs() <= 5);
+    }
+
+    #[tokio::test]
+    async fn unsigned_destination_sends_no_signature_headers() {
+        let partner = FakePartner::start().await.unwrap();
+        let client = PostbackClient::new(true).unwrap();
+        let mut d = delivery("d1", "p", &partner.url("/pb?x=1"));
+        d.request.method = Method::Get;
+        d.request.body = None;
+        d.request.headers.clear();
+        client.send(&d, Duration::from_secs(5), None).await;
+        let got = &partner.requests()[0];
+        assert_eq!(got.method, "GET");
+        assert_eq!(got.target, "/pb?x=1");
+        assert_eq!(got.header("webhook-id"), Some("d1"));
+        assert_eq!(got.header("webhook-signature"), None);
+        assert_eq!(got.header("webhook-timestamp"), None);
+        assert!(got.body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed_and_bodies_are_capped() {
+        let partner = FakePartner::start().await.unwrap();
+        let client = PostbackClient::new(true).unwrap();
+        partner.enqueue([
+            Reply::status(302).header("Location", &partner.url("/elsewhere")),
+            Reply::status(400).body("x".repeat(100_000)),
+            Reply::status(503).header("Retry-After", "7"),
+        ]);
+        let d = delivery("d1", "p", &partner.url("/pb"));
+
+        let sent = client.send(&d, Duration::from_secs(5), None).await;
+        assert!(matches!(sent.attempt, Attempt::Response { status: 302, .. }));
+        assert_eq!(partner.request_count(), 1, "the redirect was followed");
+
+        let sent = client.send(&d, Duration::from_secs(5), None).await;
+        assert!(matches!(sent.attempt, Attempt::Response { status: 400, .. }));
+        let error = sent.error.unwrap();
+        assert!(error.starts_with("HTTP 400: xxx"));
+        assert!(error.len() <= ERROR_MAX + 3, "{}", error.len());
+
+        let sent = client.send(&d, Duration::from_secs(5), None).await;
+        assert_eq!(
+            sent.attempt,
+            Attempt::Response {
+                status: 503,
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_partner_times_out_and_closed_port_is_a_connection_error() {
+        let partner = FakePartner::start().await.unwrap();
+        partner.set_default(Reply::hang());
+        let client = PostbackClient::new(true).unwrap();
+        let sent = client
+            .send(
+                &delivery("d1", "p", &partner.url("/pb")),
+                Duration::from_millis(200),
+                None,
+            )
+            .await;
+        assert_eq!(sent.attempt, Attempt::Timeout);
+
+        // A port nobody listens on (bound, then closed).
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = format!("http://127.0.0.1:{port}/pb?email=a@b.com");
+        let sent = client
+            .send(&delivery("d2", "p", &url), Duration::from_secs(5), None)
+            .await;
+        assert!(matches!(sent.attempt, Attempt::Connect(_)), "{sent:?}");
+        assert!(!sent.error.unwrap().contains("a@b.com"));
+    }
+
+    #[tokio::test]
+    async fn bad_urls_and_headers_are_invalid_without_echoing_secrets() {
+        let client = PostbackClient::new(true).unwrap();
+        let sent = client
+            .send(&delivery("d", "p", "ftp://x/"), Duration::from_secs(1), None)
+            .await;
+        assert!(matches!(sent.attempt, Attempt::Invalid(_)));
+        let mut d = delivery("d", "p", "http://example.test/");
+        d.request
+            .headers
+            .push(("X-Key".into(), "top\nsecret".into()));
+        let sent = client.send(&d, Duration::from_secs(1), None).await;
+        assert!(matches!(sent.attempt, Attempt::Invalid(_)));
+        assert!(!sent.error.unwrap().contains("secret"));
+    }
+}
