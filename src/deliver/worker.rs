@@ -206,11 +206,21 @@ async fn dispatch(
     'dispatch: while !is_stopping(&stop) {
         while sends.try_join_next().is_some() {}
 
+        // A free slot first, so the breaker is asked with the latest outcomes in.
+        let first = tokio::select! {
+            permit = worker.slots.clone().acquire_owned() => permit,
+            _ = stopped(&mut stop) => break 'dispatch,
+        };
+        let Ok(first) = first else {
+            break 'dispatch;
+        };
+
         let admission = lock(&worker.breaker).admit(Instant::now());
         let batch = match admission {
             Admission::Open => ctx.opts.claim_batch.max(1),
             Admission::Probe => 1,
             Admission::WaitUntil(until) => {
+                drop(first);
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => {}
                     _ = stopped(&mut stop) => {}
@@ -218,6 +228,7 @@ async fn dispatch(
                 continue;
             }
             Admission::WaitForProbe => {
+                drop(first);
                 tokio::select! {
                     _ = worker.wake.notified() => {}
                     _ = tokio::time::sleep(ctx.opts.poll_interval) => {}
@@ -233,15 +244,7 @@ async fn dispatch(
             }
         };
 
-        // A free slot first, then as many more as are free now, up to the batch.
-        let first = tokio::select! {
-            permit = worker.slots.clone().acquire_owned() => permit,
-            _ = stopped(&mut stop) => { give_back_probe(); break 'dispatch; }
-        };
-        let Ok(first) = first else {
-            give_back_probe();
-            break 'dispatch;
-        };
+        // As many more slots as are free now, up to the batch.
         let mut slots = vec![first];
         while slots.len() < batch {
             match worker.slots.clone().try_acquire_owned() {
