@@ -77,7 +77,12 @@ impl Store for BenchStore {
     async fn accept(&self, _: Vec<EventToAccept>, _: i64) -> StoreResult<Vec<AcceptOutcome>> {
         Err(StoreError::Unavailable("bench double".into()))
     }
-    async fn claim_due(&self, destination: &str, now_ms: i64, limit: usize) -> StoreResult<Vec<Delivery>> {
+    async fn claim_due(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
         let mut queues = self.queues.lock().unwrap();
         let Some(q) = queues.get_mut(destination) else {
             return Ok(Vec::new());
@@ -122,7 +127,10 @@ impl Store for BenchStore {
     async fn release(&self, id: &str) -> StoreResult<()> {
         if let Some(d) = self.claimed.lock().unwrap().remove(id) {
             let mut queues = self.queues.lock().unwrap();
-            queues.entry(d.destination.clone()).or_default().push_front(d);
+            queues
+                .entry(d.destination.clone())
+                .or_default()
+                .push_front(d);
         }
         Ok(())
     }
@@ -181,9 +189,7 @@ fn delivery_throughput(c: &mut Criterion) {
             for _ in 0..iters {
                 round += 1;
                 store.done.store(0, Ordering::SeqCst);
-                store
-                    .target
-                    .store(PER_PARTNER * PARTNERS, Ordering::SeqCst);
+                store.target.store(PER_PARTNER * PARTNERS, Ordering::SeqCst);
                 for (i, p) in partners.iter().enumerate() {
                     store.fill(&format!("p{i}"), &p.url("/pb"), PER_PARTNER, round);
                 }
@@ -193,7 +199,11 @@ fn delivery_throughput(c: &mut Criterion) {
                         deliverer.notify(&format!("p{i}"));
                     }
                     while store.done.load(Ordering::SeqCst) < PER_PARTNER * PARTNERS {
-                        let _ = tokio::time::timeout(Duration::from_millis(50), store.drained.notified()).await;
+                        let _ = tokio::time::timeout(
+                            Duration::from_millis(50),
+                            store.drained.notified(),
+                        )
+                        .await;
                     }
                 });
                 total += start.elapsed();

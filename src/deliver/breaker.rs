@@ -283,7 +283,9 @@ mod tests {
     #[test]
     fn state_serializes_in_snake_case() {
         assert_eq!(
-            serde_json::to_string(&BreakerState::HalfOpen).ok().as_deref(),
+            serde_json::to_string(&BreakerState::HalfOpen)
+                .ok()
+                .as_deref(),
             Some("\"half_open\"")
         );
     }

@@ -134,16 +134,16 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
         let allow = self.allow_private_networks;
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if !allow {
                 for addr in &addrs {
                     if let Some(reason) = non_public_reason(addr.ip()) {
                         return Err(Box::new(BlockedAddress {
                             addr: addr.ip(),
                             reason,
-                        }) as Box<dyn std::error::Error + Send + Sync>);
+                        })
+                            as Box<dyn std::error::Error + Send + Sync>);
                     }
                 }
             }
@@ -325,9 +325,8 @@ impl PostbackClient {
             // Values can be secrets: name only the position in the error.
             let name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| Attempt::Invalid(format!("header #{} has an invalid name", i + 1)))?;
-            let value = HeaderValue::from_str(value).map_err(|_| {
-                Attempt::Invalid(format!("header {name} has an invalid value"))
-            })?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| Attempt::Invalid(format!("header {name} has an invalid value")))?;
             headers.append(name, value);
         }
         let id = HeaderValue::from_str(&delivery.id)
@@ -465,8 +464,8 @@ mod tests {
             "2001::1",
             "2001:2::1",
             "2001:db8::1",
-            "2002:a00:1::1",      // 6to4 of 10.0.0.1
-            "2002:7f00:1::1",     // 6to4 of 127.0.0.1
+            "2002:a00:1::1",  // 6to4 of 10.0.0.1
+            "2002:7f00:1::1", // 6to4 of 127.0.0.1
             "3fff::1",
             "fc00::1",
             "fd12:3456::1",
@@ -517,7 +516,10 @@ mod tests {
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
         let err = SigningKey::from_secret("whsec_not base64!").unwrap_err();
-        assert!(!err.contains("not base64"), "error repeats the secret: {err}");
+        assert!(
+            !err.contains("not base64"),
+            "error repeats the secret: {err}"
+        );
     }
 
     #[test]
@@ -581,7 +583,10 @@ mod tests {
             let sent = client
                 .send(&delivery("d", "p", url), Duration::from_secs(1), None)
                 .await;
-            assert!(matches!(sent.attempt, Attempt::Refused(_)), "{url}: {sent:?}");
+            assert!(
+                matches!(sent.attempt, Attempt::Refused(_)),
+                "{url}: {sent:?}"
+            );
         }
     }
 
@@ -607,10 +612,7 @@ mod tests {
         assert_eq!(got.header("content-type"), Some("application/json"));
         // Verify as a receiver would, with an independent HMAC.
         let ts: i64 = got.header("webhook-timestamp").unwrap().parse().unwrap();
-        let signed = format!(
-            "dlv_42.{ts}.{}",
-            std::str::from_utf8(&got.body).unwrap()
-        );
+        let signed = format!("dlv_42.{ts}.{}", std::str::from_utf8(&got.body).unwrap());
         let mut mac = hmac::Hmac::<Sha256>::new_from_slice(
             &base64::engine::general_purpose::STANDARD
                 .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
@@ -623,7 +625,10 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
         );
         assert_eq!(got.header("webhook-signature"), Some(want.as_str()));
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
         assert!((now - ts).abs() <= 5);
     }
 
@@ -657,11 +662,17 @@ mod tests {
         let d = delivery("d1", "p", &partner.url("/pb"));
 
         let sent = client.send(&d, Duration::from_secs(5), None).await;
-        assert!(matches!(sent.attempt, Attempt::Response { status: 302, .. }));
+        assert!(matches!(
+            sent.attempt,
+            Attempt::Response { status: 302, .. }
+        ));
         assert_eq!(partner.request_count(), 1, "the redirect was followed");
 
         let sent = client.send(&d, Duration::from_secs(5), None).await;
-        assert!(matches!(sent.attempt, Attempt::Response { status: 400, .. }));
+        assert!(matches!(
+            sent.attempt,
+            Attempt::Response { status: 400, .. }
+        ));
         let error = sent.error.unwrap();
         assert!(error.starts_with("HTTP 400: xxx"));
         assert!(error.len() <= ERROR_MAX + 3, "{}", error.len());
@@ -707,7 +718,11 @@ mod tests {
     async fn bad_urls_and_headers_are_invalid_without_echoing_secrets() {
         let client = PostbackClient::new(true).unwrap();
         let sent = client
-            .send(&delivery("d", "p", "ftp://x/"), Duration::from_secs(1), None)
+            .send(
+                &delivery("d", "p", "ftp://x/"),
+                Duration::from_secs(1),
+                None,
+            )
             .await;
         assert!(matches!(sent.attempt, Attempt::Invalid(_)));
         let mut d = delivery("d", "p", "http://example.test/");

@@ -334,10 +334,7 @@ mod tests {
         let two_hours = Duration::from_secs(7200);
         assert_eq!(next_delay(&s, 1, Some(two_hours), &mut rng), two_hours);
         let ten_days = Duration::from_secs(10 * 86400);
-        assert_eq!(
-            next_delay(&s, 1, Some(ten_days), &mut rng),
-            s.give_up_after
-        );
+        assert_eq!(next_delay(&s, 1, Some(ten_days), &mut rng), s.give_up_after);
     }
 
     #[test]

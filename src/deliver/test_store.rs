@@ -100,7 +100,9 @@ impl Store for MemStore {
         let mut due: Vec<&Delivery> = queued
             .iter()
             .filter(|d| {
-                d.destination == destination && d.next_attempt_at <= now_ms && !claimed.contains(&d.id)
+                d.destination == destination
+                    && d.next_attempt_at <= now_ms
+                    && !claimed.contains(&d.id)
             })
             .collect();
         due.sort_by_key(|d| d.next_attempt_at);

@@ -191,7 +191,9 @@ impl FakePartner {
 
     /// How many requests were answered.
     pub fn answered_count(&self) -> usize {
-        self.state.answered.load(std::sync::atomic::Ordering::SeqCst)
+        self.state
+            .answered
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits until at least `n` requests arrived; false on timeout.

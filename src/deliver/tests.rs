@@ -80,7 +80,11 @@ async fn three_503s_then_200_is_delivered_once_with_the_same_webhook_id_on_every
     store.push(delivery("dlv_1", "aff", &partner.url("/pb")));
     let deliverer = start(&store, vec![("aff", settings())], opts());
 
-    assert!(eventually(Duration::from_secs(5), || store.completed_ids() == ["dlv_1"]).await);
+    assert!(
+        eventually(Duration::from_secs(5), || store.completed_ids()
+            == ["dlv_1"])
+        .await
+    );
     // Nothing more arrives after the success.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let requests = partner.requests();
@@ -100,7 +104,10 @@ async fn three_503s_then_200_is_delivered_once_with_the_same_webhook_id_on_every
 #[tokio::test]
 async fn a_400_goes_to_the_dead_letters_at_once_with_status_and_truncated_body() {
     let partner = FakePartner::start().await.unwrap();
-    let body = format!("{{\"error\":\"bad click id\"}}{}", " ".repeat(10) + &"y".repeat(20_000));
+    let body = format!(
+        "{{\"error\":\"bad click id\"}}{}",
+        " ".repeat(10) + &"y".repeat(20_000)
+    );
     partner.set_default(Reply::status(400).body(body));
     let store = Arc::new(MemStore::default());
     store.push(delivery("dlv_1", "aff", &partner.url("/pb")));
@@ -111,7 +118,10 @@ async fn a_400_goes_to_the_dead_letters_at_once_with_status_and_truncated_body()
     assert_eq!(dead.attempts, 1);
     assert_eq!(dead.last_status, Some(400));
     let error = dead.last_error.unwrap();
-    assert!(error.starts_with(r#"HTTP 400: {"error":"bad click id"}"#), "{error}");
+    assert!(
+        error.starts_with(r#"HTTP 400: {"error":"bad click id"}"#),
+        "{error}"
+    );
     assert!(error.ends_with("(gave up: rejected)"), "{error}");
     assert!(error.len() < 2 * client::ERROR_MAX, "{}", error.len());
     assert!(dead.first_attempt_at.is_some() && dead.last_attempt_at.is_some());
@@ -170,9 +180,17 @@ async fn a_partner_that_never_answers_does_not_delay_a_healthy_one() {
     slow.concurrency = 2;
     let mut options = opts();
     options.shutdown_grace = Duration::from_millis(200);
-    let deliverer = start(&store, vec![("stuck", slow), ("healthy", settings())], options);
+    let deliverer = start(
+        &store,
+        vec![("stuck", slow), ("healthy", settings())],
+        options,
+    );
 
-    assert!(eventually(Duration::from_secs(5), || completed_of(&store, "healthy") == 20).await);
+    assert!(
+        eventually(Duration::from_secs(5), || completed_of(&store, "healthy")
+            == 20)
+        .await
+    );
     assert_eq!(healthy.request_count(), 20);
     // Meanwhile the stuck partner holds its two slots and has answered nothing.
     assert!(stuck.wait_for_requests(2, Duration::from_secs(2)).await);
@@ -243,7 +261,10 @@ async fn private_partner_addresses_are_dead_lettered_unless_allowed() {
 
     assert!(eventually(Duration::from_secs(5), || store.dead().len() == 1).await);
     let error = store.dead()[0].delivery.last_error.clone().unwrap();
-    assert!(error.contains("loopback") && !error.contains("a@b.com"), "{error}");
+    assert!(
+        error.contains("loopback") && !error.contains("a@b.com"),
+        "{error}"
+    );
     assert_eq!(partner.request_count(), 0);
     assert_eq!(deliverer.status()[0].breaker, BreakerState::Closed);
     deliverer.shutdown().await;

@@ -310,10 +310,8 @@ async fn dispatch(
     // Stopping: let in-flight sends finish within the grace period, then give back
     // the claims of those that did not.
     let grace = (*stop.borrow()).unwrap_or(Duration::ZERO);
-    let drained = tokio::time::timeout(grace, async {
-        while sends.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while sends.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         sends.abort_all();
         while sends.join_next().await.is_some() {}
