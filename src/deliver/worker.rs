@@ -155,6 +155,8 @@ impl DestinationWorker {
 
     pub fn stop(&self, grace: Duration) {
         self.stop.send_replace(Some(grace));
+        // No new slots from now on; this also ends a pending shrink of the limit.
+        self.slots.close();
     }
 
     pub fn breaker_state(&self) -> BreakerState {
