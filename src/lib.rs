@@ -7,6 +7,7 @@
 //! workers). `config` and `settings` read the TOML files, `diag` points at mistakes,
 //! `app` wires it all, `cli` holds the commands.
 
+pub mod deliver;
 pub mod diag;
 pub mod event;
 pub mod outbound;

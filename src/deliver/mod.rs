@@ -1,0 +1,214 @@
+//! Delivery: queued postbacks out to partners, at least once.
+//!
+//! Owns: one worker per destination (`worker`), each with its own concurrency limit,
+//! rate limiter and circuit breaker (`breaker`), so a slow or failing partner never
+//! delays another; the pure retry policy (`policy`); the shared HTTP client that
+//! refuses non-public addresses and signs requests (`client`); and `testing`, a fake
+//! partner server for tests and benches. Never: renders or filters a request (the
+//! rules did, before the store), logs a request URL, header or body, or keeps state
+//! outside a `Deliverer`.
+//!
+//! Invariants:
+//! - a delivery leaves the queue only when the partner answered 2xx (`complete`) or it
+//!   was given up (`dead_letter`); every other path keeps or releases the claim;
+//! - every attempt of a delivery carries the same `webhook-id` (its stable ID).
+
+pub mod breaker;
+pub mod client;
+pub mod policy;
+pub mod testing;
+mod worker;
+
+#[cfg(test)]
+mod test_store;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+pub use breaker::{BreakerSettings, BreakerState};
+pub use client::PostbackClient;
+
+use crate::outbound::DeliverySettings;
+use crate::store::Store;
+use worker::{Context, DestinationWorker};
+
+/// Options of the whole delivery engine (from `[delivery]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliverOptions {
+    /// Allow partner addresses that are loopback, private, link-local, etc.
+    pub allow_private_networks: bool,
+    pub breaker: BreakerSettings,
+    /// Safety-net poll of the store when nothing is due and nobody notified.
+    pub poll_interval: Duration,
+    /// How long `shutdown` waits for in-flight sends before releasing their claims.
+    pub shutdown_grace: Duration,
+    /// Pause after a store error before trying again.
+    pub store_retry_pause: Duration,
+    /// Most deliveries claimed at once per destination (also bounded by free slots).
+    pub claim_batch: usize,
+}
+
+impl Default for DeliverOptions {
+    fn default() -> Self {
+        DeliverOptions {
+            allow_private_networks: false,
+            breaker: BreakerSettings::default(),
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            store_retry_pause: Duration::from_millis(200),
+            claim_batch: 64,
+        }
+    }
+}
+
+/// One destination as `GET /admin/destinations` shows it (queue depth and DLQ size
+/// come from `Store::counts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DestinationStatus {
+    pub name: String,
+    pub breaker: BreakerState,
+    pub last_error: Option<String>,
+    pub in_flight: usize,
+}
+
+/// Why the engine could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliverError {
+    /// The HTTP client could not be built (TLS backend).
+    Client(String),
+}
+
+impl std::fmt::Display for DeliverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeliverError::Client(e) => write!(f, "delivery: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DeliverError {}
+
+struct Running {
+    worker: Arc<DestinationWorker>,
+    task: JoinHandle<()>,
+}
+
+struct Inner {
+    ctx: Arc<Context>,
+    destinations: Mutex<BTreeMap<String, Running>>,
+    /// Dispatchers of removed destinations, finishing their in-flight sends.
+    retiring: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The delivery engine. Cheap to clone: ingest keeps one to `notify`, admin one for
+/// `status`, the app one to `shutdown`.
+#[derive(Clone)]
+pub struct Deliverer {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Deliverer {
+    /// Starts one worker per destination. Must be called inside a tokio runtime.
+    pub fn start(
+        store: Arc<dyn Store>,
+        destinations: Vec<(String, DeliverySettings)>,
+        opts: DeliverOptions,
+    ) -> Result<Deliverer, DeliverError> {
+        let client =
+            PostbackClient::new(opts.allow_private_networks).map_err(DeliverError::Client)?;
+        let deliverer = Deliverer {
+            inner: Arc::new(Inner {
+                ctx: Arc::new(Context {
+                    store,
+                    client,
+                    opts,
+                }),
+                destinations: Mutex::new(BTreeMap::new()),
+                retiring: Mutex::new(Vec::new()),
+            }),
+        };
+        deliverer.update_destinations(destinations);
+        Ok(deliverer)
+    }
+
+    /// Applies a rules reload: starts new destinations, applies changed settings,
+    /// stops removed ones once their in-flight sends finish (their queued deliveries
+    /// stay in the store).
+    pub fn update_destinations(&self, destinations: Vec<(String, DeliverySettings)>) {
+        let wanted: HashMap<String, DeliverySettings> = destinations.into_iter().collect();
+        let mut running = lock(&self.inner.destinations);
+        let removed: Vec<String> = running
+            .keys()
+            .filter(|name| !wanted.contains_key(*name))
+            .cloned()
+            .collect();
+        let mut retiring = lock(&self.inner.retiring);
+        retiring.retain(|t| !t.is_finished());
+        for name in removed {
+            if let Some(r) = running.remove(&name) {
+                r.worker.stop(r.worker.timeout() + Duration::from_secs(1));
+                retiring.push(r.task);
+                tracing::info!(destination = %name, "destination removed; its worker stops after in-flight sends");
+            }
+        }
+        for (name, settings) in wanted {
+            match running.get(&name) {
+                Some(r) => r.worker.apply(settings),
+                None => {
+                    let (worker, task) =
+                        DestinationWorker::spawn(self.inner.ctx.clone(), name.clone(), settings);
+                    running.insert(name, Running { worker, task });
+                }
+            }
+        }
+    }
+
+    /// New deliveries for `destination` were accepted: send them now, not at the next
+    /// poll. Unknown names are ignored.
+    pub fn notify(&self, destination: &str) {
+        if let Some(r) = lock(&self.inner.destinations).get(destination) {
+            r.worker.notify();
+        }
+    }
+
+    /// Every destination's breaker, last error and sends in flight, by name.
+    pub fn status(&self) -> Vec<DestinationStatus> {
+        lock(&self.inner.destinations)
+            .iter()
+            .map(|(name, r)| DestinationStatus {
+                name: name.clone(),
+                breaker: r.worker.breaker_state(),
+                last_error: r.worker.last_error(),
+                in_flight: r.worker.in_flight(),
+            })
+            .collect()
+    }
+
+    /// Stops claiming, waits up to `shutdown_grace` for in-flight sends, and releases
+    /// the claims of sends that did not finish. Stops every clone.
+    pub async fn shutdown(self) {
+        let grace = self.inner.ctx.opts.shutdown_grace;
+        let running: Vec<Running> = std::mem::take(&mut *lock(&self.inner.destinations))
+            .into_values()
+            .collect();
+        for r in &running {
+            r.worker.stop(grace);
+        }
+        let retiring: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.inner.retiring));
+        for task in running.into_iter().map(|r| r.task).chain(retiring) {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a delivery worker ended abnormally");
+            }
+        }
+    }
+}
