@@ -139,7 +139,8 @@ pub async fn start(config: Config, env: &dyn Env) -> Result<Running, StartError>
             allow_private_networks: config.allow_private_networks,
             ..DeliverOptions::default()
         },
-    );
+    )
+    .map_err(|e| StartError::Store(e.to_string()))?;
     let relay = Arc::new(Relay {
         verifier: Verifier::new(&config.ingest.secrets, config.ingest.tolerance),
         dedupe: DedupeRule::new(&config.dedupe),
