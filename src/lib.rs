@@ -10,4 +10,5 @@
 pub mod diag;
 pub mod event;
 pub mod outbound;
+pub mod rules;
 pub mod settings;
