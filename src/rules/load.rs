@@ -110,6 +110,8 @@ pub fn load_text(
     let doc = Doc::parse(&source);
     let result = compile(&doc, name);
     errors.extend(doc.into_errors());
+    // Top to bottom reads best, whatever order the checks ran in.
+    errors.sort_by_key(|d| (d.line, d.col));
     match result {
         Some(d) if errors.is_empty() => Ok(d),
         _ => Err(errors),
