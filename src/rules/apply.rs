@@ -262,12 +262,13 @@ impl Privacy {
     /// received.
     pub fn consent_drops(&self, original: &Map<String, Value>) -> Vec<String> {
         match &self.consent {
-            Some(c) if crate::event::get_path(original, &c.require) != Some(&Value::Bool(true)) => c
-                .drop
-                .iter()
-                .filter(|p| crate::event::get_path(original, p).is_some())
-                .cloned()
-                .collect(),
+            Some(c) if crate::event::get_path(original, &c.require) != Some(&Value::Bool(true)) => {
+                c.drop
+                    .iter()
+                    .filter(|p| crate::event::get_path(original, p).is_some())
+                    .cloned()
+                    .collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -354,7 +355,9 @@ mod tests {
                 Condition::Has("click_id".into()),
             ],
         };
-        let ok = obj(json!({"event_name": "purchase", "attribution": {"network": "example-aff"}, "click_id": "c"}));
+        let ok = obj(
+            json!({"event_name": "purchase", "attribution": {"network": "example-aff"}, "click_id": "c"}),
+        );
         assert_eq!(when.check(&ok), Ok(()));
         let e = when
             .check(&obj(json!({"event_name": "signup"})))
@@ -364,7 +367,9 @@ mod tests {
             "event_name \"signup\" is not listed in [when] event_name = [\"install\", \"purchase\"]"
         );
         let e = when
-            .check(&obj(json!({"event_name": "install", "attribution": {"network": "other"}})))
+            .check(&obj(
+                json!({"event_name": "install", "attribution": {"network": "other"}}),
+            ))
             .unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -377,7 +382,12 @@ mod tests {
         let e = when
             .check(&obj(json!({"event_name": "install", "attribution": {"network": "example-aff"}, "click_id": " "})))
             .unwrap_err();
-        assert_eq!(e, Skip::Missing { field: "click_id".into() });
+        assert_eq!(
+            e,
+            Skip::Missing {
+                field: "click_id".into()
+            }
+        );
     }
 
     #[test]
@@ -440,10 +450,15 @@ mod tests {
             ..Privacy::default()
         };
         for consent in [json!(false), json!("true"), json!(null)] {
-            let ev = obj(json!({"user": {"email": "e", "phone": "p"}, "consent": {"ad_user_data": consent}}));
+            let ev = obj(
+                json!({"user": {"email": "e", "phone": "p"}, "consent": {"ad_user_data": consent}}),
+            );
             let drops = p.consent_drops(&ev);
             assert_eq!(drops, vec!["user.email".to_string()]);
-            assert_eq!(Value::Object(p.apply(&ev, &[], &drops)), json!({"user": {"phone": "p"}}));
+            assert_eq!(
+                Value::Object(p.apply(&ev, &[], &drops)),
+                json!({"user": {"phone": "p"}})
+            );
         }
         let ev = obj(json!({"user": {"email": "e"}, "consent": {"ad_user_data": true}}));
         assert!(p.consent_drops(&ev).is_empty());
@@ -463,8 +478,10 @@ mod tests {
             ..Privacy::default()
         };
         let out = p.apply(
-            &obj(json!({"user": {"email": "Person@Example.com", "prefs": {"a": 1},
-                "ip": "203.0.113.7", "ip6": "2001:db8:1:2::9", "bad": "garbage"}})),
+            &obj(
+                json!({"user": {"email": "Person@Example.com", "prefs": {"a": 1},
+                "ip": "203.0.113.7", "ip6": "2001:db8:1:2::9", "bad": "garbage"}}),
+            ),
             &[],
             &[],
         );

@@ -34,7 +34,11 @@ pub fn load_dir(dir: &Path, env: &dyn Env) -> Result<RuleSet, Vec<Diagnostic>> {
     };
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) => return Err(vec![at_dir(format!("cannot read the rules directory: {e}"))]),
+        Err(e) => {
+            return Err(vec![at_dir(format!(
+                "cannot read the rules directory: {e}"
+            ))])
+        }
     };
     let mut files = Vec::new();
     for entry in entries {
@@ -48,7 +52,11 @@ pub fn load_dir(dir: &Path, env: &dyn Env) -> Result<RuleSet, Vec<Diagnostic>> {
                 }
                 files.push(path);
             }
-            Err(e) => return Err(vec![at_dir(format!("cannot list the rules directory: {e}"))]),
+            Err(e) => {
+                return Err(vec![at_dir(format!(
+                    "cannot list the rules directory: {e}"
+                ))])
+            }
         }
     }
     files.sort();
@@ -229,7 +237,9 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
                 continue;
             }
             let lower = key.to_ascii_lowercase();
-            if ["host", "content-length", "transfer-encoding", "connection"].contains(&lower.as_str()) {
+            if ["host", "content-length", "transfer-encoding", "connection"]
+                .contains(&lower.as_str())
+            {
                 doc.error(
                     f.key_span.clone(),
                     format!("header {key} is set by the relay itself; remove it"),
@@ -244,7 +254,9 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
                     matches!(s, super::template::Segment::Lit(l) if l.chars().any(|c| c.is_control() && c != '\t'))
                 });
                 if bad_literal {
-                    f.error(format!("header {key} contains a line break or control character"));
+                    f.error(format!(
+                        "header {key} contains a line break or control character"
+                    ));
                 } else {
                     headers.push((key, t));
                 }
@@ -372,24 +384,30 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
         }
         preset_body = compile_preset(p, &pparams);
         if preset_body.is_none() {
-            pf.error(format!("internal error: preset {} does not compile", p.name));
+            pf.error(format!(
+                "internal error: preset {} does not compile",
+                p.name
+            ));
         }
     }
 
-    let user_body = body_field.as_ref().filter(|_| method == Method::Post).and_then(|f| {
-        if f.item.as_table_like().is_none() {
-            f.error("`body` must be a table: a [body] section with key = value lines");
-            return None;
-        }
-        let mut c = BodyCompiler {
-            doc: Some(doc),
-            check: Some(&checker),
-            params: &params,
-            ok: true,
-        };
-        let node = c.item(f.item, f.span.clone());
-        c.ok.then_some(node)
-    });
+    let user_body = body_field
+        .as_ref()
+        .filter(|_| method == Method::Post)
+        .and_then(|f| {
+            if f.item.as_table_like().is_none() {
+                f.error("`body` must be a table: a [body] section with key = value lines");
+                return None;
+            }
+            let mut c = BodyCompiler {
+                doc: Some(doc),
+                check: Some(&checker),
+                params: &params,
+                ok: true,
+            };
+            let node = c.item(f.item, f.span.clone());
+            c.ok.then_some(node)
+        });
 
     let body_node = match (preset_body, user_body) {
         (Some(p), Some(u)) => Some(p.merge(u)),
@@ -464,7 +482,10 @@ fn read_params(sec: Option<Section<'_>>) -> Params {
     params
 }
 
-fn read_privacy(sec: Option<Section<'_>>) -> (Privacy, Vec<(String, Option<Range<usize>>)>) {
+/// An `allow` entry and where it is written.
+type AllowEntry = (String, Option<Range<usize>>);
+
+fn read_privacy(sec: Option<Section<'_>>) -> (Privacy, Vec<AllowEntry>) {
     let mut privacy = Privacy::default();
     let mut entries = Vec::new();
     let Some(sec) = sec else {
@@ -596,7 +617,12 @@ fn read_when(sec: &Section<'_>, prefix: &str, when: &mut When) {
                 for v in arr.iter() {
                     match toml_scalar(v) {
                         Some(s) => out.push(s),
-                        None => sec.doc.error(v.span(), format!("[when] `{field}` must list plain values; for example: {example}")),
+                        None => sec.doc.error(
+                            v.span(),
+                            format!(
+                                "[when] `{field}` must list plain values; for example: {example}"
+                            ),
+                        ),
                     }
                 }
                 if arr.is_empty() {
@@ -724,7 +750,12 @@ fn check_whsec(s: &str) -> Result<(), String> {
 
 /// The span of byte `at` inside a string value at `span`, when the string is written
 /// without escapes; otherwise the start of the string.
-fn span_in(doc: &Doc<'_>, span: Option<Range<usize>>, value: &str, at: usize) -> Option<Range<usize>> {
+fn span_in(
+    doc: &Doc<'_>,
+    span: Option<Range<usize>>,
+    value: &str,
+    at: usize,
+) -> Option<Range<usize>> {
     let span = span?;
     let raw = doc.source.text.get(span.clone())?;
     for q in ["\"\"\"", "'''", "\"", "'"] {
@@ -759,17 +790,24 @@ impl Checker<'_> {
     }
 
     /// Parses and checks one template string, reporting at the exact column.
-    fn template(&self, text: &str, span: Option<Range<usize>>, params: &Params) -> Option<Template> {
+    fn template(
+        &self,
+        text: &str,
+        span: Option<Range<usize>>,
+        params: &Params,
+    ) -> Option<Template> {
         match Template::parse(text, params) {
             Err(e) => {
-                self.doc.error(span_in(self.doc, span, text, e.at), e.message);
+                self.doc
+                    .error(span_in(self.doc, span, text, e.at), e.message);
                 None
             }
             Ok(t) => {
                 let mut ok = true;
                 for p in t.placeholders() {
                     if let Some(msg) = self.problem(p) {
-                        self.doc.error(span_in(self.doc, span.clone(), text, p.at), msg);
+                        self.doc
+                            .error(span_in(self.doc, span.clone(), text, p.at), msg);
                         ok = false;
                     }
                 }

@@ -232,11 +232,19 @@ mod tests {
     #[test]
     fn objects_and_booleans_are_not_hashable() {
         assert_eq!(
-            hash_value(&serde_json::json!({"a": 1}), FieldKind::Other, HashStyle::Digits),
+            hash_value(
+                &serde_json::json!({"a": 1}),
+                FieldKind::Other,
+                HashStyle::Digits
+            ),
             None
         );
         assert_eq!(
-            hash_value(&serde_json::json!(true), FieldKind::Other, HashStyle::Digits),
+            hash_value(
+                &serde_json::json!(true),
+                FieldKind::Other,
+                HashStyle::Digits
+            ),
             None
         );
         assert_eq!(

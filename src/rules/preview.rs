@@ -27,7 +27,10 @@ pub fn preview(rules: &RuleSet, event: &Event) -> String {
         if !out.is_empty() {
             out.push('\n');
         }
-        let _ = writeln!(out, "== {name} ==\ndisabled (enabled = false in its rule file): nothing is sent");
+        let _ = writeln!(
+            out,
+            "== {name} ==\ndisabled (enabled = false in its rule file): nothing is sent"
+        );
     }
     if out.is_empty() {
         out.push_str("no destinations: the rules directory has no rule files\n");
@@ -79,7 +82,9 @@ fn mask_header(name: &str, value: &str) -> String {
     }
     // Keep the auth scheme: "Bearer ***" tells more than "***".
     match value.split_once(' ') {
-        Some((scheme, _)) if ["bearer", "basic", "token"].contains(&scheme.to_ascii_lowercase().as_str()) => {
+        Some((scheme, _))
+            if ["bearer", "basic", "token"].contains(&scheme.to_ascii_lowercase().as_str()) =>
+        {
             format!("{scheme} {MASK}")
         }
         _ => MASK.to_string(),
@@ -90,7 +95,13 @@ fn secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     k == "sig"
         || [
-            "token", "key", "secret", "password", "passwd", "auth", "signature",
+            "token",
+            "key",
+            "secret",
+            "password",
+            "passwd",
+            "auth",
+            "signature",
         ]
         .iter()
         .any(|s| k.contains(s))
@@ -136,6 +147,9 @@ mod tests {
     fn header_values_are_masked_except_content_type() {
         assert_eq!(mask_header("Authorization", "Bearer s3cr3t"), "Bearer ***");
         assert_eq!(mask_header("developer-token", "abc"), "***");
-        assert_eq!(mask_header("Content-Type", "application/json"), "application/json");
+        assert_eq!(
+            mask_header("Content-Type", "application/json"),
+            "application/json"
+        );
     }
 }

@@ -53,7 +53,11 @@ impl RulesHandle {
     }
 
     /// A handle starting with `rules` already loaded from `dir`.
-    pub fn new(dir: impl Into<PathBuf>, env: Arc<dyn Env + Send + Sync>, rules: RuleSet) -> RulesHandle {
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        env: Arc<dyn Env + Send + Sync>,
+        rules: RuleSet,
+    ) -> RulesHandle {
         RulesHandle {
             inner: Arc::new(Inner {
                 dir: dir.into(),
@@ -136,7 +140,10 @@ fn relevant(event: &notify::Event) -> bool {
         return false;
     }
     event.paths.iter().any(|p| {
-        let name = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         name.ends_with(".toml") && !name.starts_with('.') || name.starts_with("..")
     })
 }
@@ -146,15 +153,14 @@ fn relevant(event: &notify::Event) -> bool {
 /// watching and ends the background thread.
 pub fn spawn_watcher(handle: RulesHandle) -> notify::Result<RecommendedWatcher> {
     let (tx, rx) = mpsc::channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        match res {
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(event) if relevant(&event) => {
                 let _ = tx.send(());
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "rules directory watch error"),
-        }
-    })?;
+        })?;
     watcher.watch(handle.dir(), RecursiveMode::NonRecursive)?;
     std::thread::Builder::new()
         .name("rules-watch".into())
@@ -170,7 +176,7 @@ pub fn spawn_watcher(handle: RulesHandle) -> notify::Result<RecommendedWatcher> 
                 let _ = handle.reload_and_log();
             }
         })
-        .map_err(|e| notify::Error::io(e))?;
+        .map_err(notify::Error::io)?;
     Ok(watcher)
 }
 
@@ -196,12 +202,22 @@ mod tests {
         std::fs::write(dir.path().join("aff.toml"), GOOD.replace("method", "methd")).unwrap();
         std::fs::write(dir.path().join("b.toml"), GOOD).unwrap();
         let errs = handle.reload().unwrap_err();
-        assert!(errs[0].to_string().contains("aff.toml:3:1: unknown key `methd`"), "{errs:?}");
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("aff.toml:3:1: unknown key `methd`"),
+            "{errs:?}"
+        );
         assert!(Arc::ptr_eq(&before, &handle.current()));
 
         std::fs::write(dir.path().join("aff.toml"), GOOD).unwrap();
         handle.reload().unwrap();
-        let names: Vec<_> = handle.current().destinations().iter().map(|d| d.name.clone()).collect();
+        let names: Vec<_> = handle
+            .current()
+            .destinations()
+            .iter()
+            .map(|d| d.name.clone())
+            .collect();
         assert_eq!(names, ["aff", "b"]);
     }
 
@@ -214,7 +230,10 @@ mod tests {
         std::fs::write(dir.path().join("b.toml"), GOOD).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while handle.current().destinations().len() != 2 {
-            assert!(std::time::Instant::now() < deadline, "watcher did not reload");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "watcher did not reload"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

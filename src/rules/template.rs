@@ -116,8 +116,7 @@ impl Template {
                 '}' => {
                     return Err(TemplateError {
                         at: i,
-                        message: "a `}` without its `{`; write `}}` for a literal brace"
-                            .into(),
+                        message: "a `}` without its `{`; write `}}` for a literal brace".into(),
                     })
                 }
                 '{' => {
@@ -308,9 +307,7 @@ impl<'a> Ctx<'a> {
             Derived::Unix => Value::from(t.timestamp()),
             Derived::UnixMs => Value::from(t.timestamp_millis()),
             Derived::Iso => Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
-            Derived::DatetimeMs => {
-                Value::String(t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
-            }
+            Derived::DatetimeMs => Value::String(t.format("%Y-%m-%d %H:%M:%S%.3f").to_string()),
             Derived::DatetimeOffset => {
                 Value::String(t.format("%Y-%m-%d %H:%M:%S+00:00").to_string())
             }
@@ -371,7 +368,8 @@ impl BodyNode {
                 for (k, v) in top {
                     match base.iter().position(|(bk, _)| *bk == k) {
                         Some(i) => {
-                            let old = std::mem::replace(&mut base[i].1, BodyNode::Const(Value::Null));
+                            let old =
+                                std::mem::replace(&mut base[i].1, BodyNode::Const(Value::Null));
                             base[i].1 = old.merge(v);
                         }
                         None => base.push((k, v)),
@@ -419,7 +417,12 @@ pub fn check_url(text: &str, t: &Template) -> Result<(), TemplateError> {
     let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
         match v6.split_once(']') {
             Some((h, p)) if h.parse::<std::net::Ipv6Addr>().is_ok() => (h, p.strip_prefix(':')),
-            _ => return err(rest_at, format!("`url` has a malformed IPv6 host `{host_port}`")),
+            _ => {
+                return err(
+                    rest_at,
+                    format!("`url` has a malformed IPv6 host `{host_port}`"),
+                )
+            }
         }
     } else {
         match host_port.split_once(':') {
@@ -428,7 +431,10 @@ pub fn check_url(text: &str, t: &Template) -> Result<(), TemplateError> {
         }
     };
     if host.is_empty() {
-        return err(rest_at, "`url` has no host; write it like https://partner.example/path".into());
+        return err(
+            rest_at,
+            "`url` has no host; write it like https://partner.example/path".into(),
+        );
     }
     if !host
         .bytes()
@@ -440,7 +446,10 @@ pub fn check_url(text: &str, t: &Template) -> Result<(), TemplateError> {
     }
     if let Some(p) = port {
         if p.parse::<u16>().map_or(true, |n| n == 0) {
-            return err(rest_at, format!("`url` has an invalid port `{p}`; use a number from 1 to 65535"));
+            return err(
+                rest_at,
+                format!("`url` has an invalid port `{p}`; use a number from 1 to 65535"),
+            );
         }
     }
     // Blanks and control characters in the literal parts.
@@ -449,7 +458,10 @@ pub fn check_url(text: &str, t: &Template) -> Result<(), TemplateError> {
         if let Segment::Lit(l) = s {
             if let Some(i) = l.find(|c: char| c.is_whitespace() || c.is_control()) {
                 let at = text.find(l.as_str()).map_or(pos, |p| p + i);
-                return err(at, "`url` contains a space or control character; write a space as %20".into());
+                return err(
+                    at,
+                    "`url` contains a space or control character; write a space as %20".into(),
+                );
             }
             pos += l.len();
         }
@@ -488,12 +500,18 @@ mod tests {
             .unwrap_err()
             .message
             .contains("{timestamp.unix_ms}"));
-        assert!(parse("{params.nope}").unwrap_err().message.contains("[params]"));
+        assert!(parse("{params.nope}")
+            .unwrap_err()
+            .message
+            .contains("[params]"));
     }
 
     #[test]
     fn url_values_are_percent_encoded_and_missing_is_empty() {
-        let f = json!({"a": "x y&z=1/é", "n": 9.5}).as_object().cloned().unwrap();
+        let f = json!({"a": "x y&z=1/é", "n": 9.5})
+            .as_object()
+            .cloned()
+            .unwrap();
         let t = parse("https://h/p?a={a}&n={n}&m={missing}").unwrap();
         let (s, complete) = t.render_text(&ctx(&f), true);
         assert_eq!(s, "https://h/p?a=x%20y%26z%3D1%2F%C3%A9&n=9.5&m=");
@@ -502,15 +520,30 @@ mod tests {
 
     #[test]
     fn single_placeholder_keeps_type_and_missing_is_omitted() {
-        let f = json!({"v": 9.99, "o": {"k": 1}}).as_object().cloned().unwrap();
+        let f = json!({"v": 9.99, "o": {"k": 1}})
+            .as_object()
+            .cloned()
+            .unwrap();
         let c = ctx(&f);
         assert_eq!(parse("{v}").unwrap().render_json(&c), Some(json!(9.99)));
-        assert_eq!(parse("v={v}").unwrap().render_json(&c), Some(json!("v=9.99")));
+        assert_eq!(
+            parse("v={v}").unwrap().render_json(&c),
+            Some(json!("v=9.99"))
+        );
         assert_eq!(parse("{nope}").unwrap().render_json(&c), None);
         assert_eq!(parse("x{nope}").unwrap().render_json(&c), None);
-        assert_eq!(parse("{o|json}").unwrap().render_json(&c), Some(json!("{\"k\":1}")));
-        assert_eq!(parse("{nope|json}").unwrap().render_json(&c), Some(json!("{}")));
-        assert_eq!(parse("{timestamp.unix}").unwrap().render_json(&c), Some(json!(1795600800)));
+        assert_eq!(
+            parse("{o|json}").unwrap().render_json(&c),
+            Some(json!("{\"k\":1}"))
+        );
+        assert_eq!(
+            parse("{nope|json}").unwrap().render_json(&c),
+            Some(json!("{}"))
+        );
+        assert_eq!(
+            parse("{timestamp.unix}").unwrap().render_json(&c),
+            Some(json!(1795600800))
+        );
         assert_eq!(
             parse("{timestamp.datetime_ms}|{timestamp.datetime_offset}|{timestamp.iso}|{timestamp.unix_ms}")
                 .unwrap()

@@ -36,7 +36,11 @@ fn typical(network: &str) -> Event {
 
 /// One rule from text (enabled or not), as `name.toml`.
 fn rule(name: &str, text: &str) -> Destination {
-    match load::load_text(Path::new(&format!("rules/{name}.toml")), text.to_string(), &no_env()) {
+    match load::load_text(
+        Path::new(&format!("rules/{name}.toml")),
+        text.to_string(),
+        &no_env(),
+    ) {
         Ok((d, _)) => d,
         Err(e) => panic!("{}", crate::diag::Diagnostics(e)),
     }
@@ -53,7 +57,10 @@ fn shipped(name: &str) -> Destination {
 }
 
 fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
@@ -64,16 +71,30 @@ fn the_shipped_rules_directory_loads_with_no_environment() {
         Err(e) => panic!("{}", crate::diag::Diagnostics(e)),
     };
     // Only the loopback example is enabled: an offline demo sends nothing anywhere.
-    let names: Vec<&str> = rules.destinations().iter().map(|d| d.name.as_str()).collect();
+    let names: Vec<&str> = rules
+        .destinations()
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
     assert_eq!(names, ["example-aff"]);
-    assert_eq!(rules.disabled(), ["adjust", "appsflyer", "google-ads", "meta", "tiktok"]);
-    assert!(rules.destinations()[0].render(&typical("example-aff")).unwrap().url.starts_with("http://127.0.0.1:9999/"));
+    assert_eq!(
+        rules.disabled(),
+        ["adjust", "appsflyer", "google-ads", "meta", "tiktok"]
+    );
+    assert!(rules.destinations()[0]
+        .render(&typical("example-aff"))
+        .unwrap()
+        .url
+        .starts_with("http://127.0.0.1:9999/"));
 }
 
 #[test]
 fn example_affiliate_get_postback() {
     let d = shipped("example-aff");
-    assert_eq!(d.delivery.rate_limit.map(|r| (r.count, r.per.as_secs())), Some((50, 1)));
+    assert_eq!(
+        d.delivery.rate_limit.map(|r| (r.count, r.per.as_secs())),
+        Some((50, 1))
+    );
     assert_eq!(d.delivery.concurrency, 8);
     assert_eq!(d.delivery.retry.max_backoff.as_secs(), 3600);
     let req = d.render(&typical("example-aff")).unwrap();
@@ -102,10 +123,16 @@ fn meta_capi_preset_request() {
     // ph digits with country code; IP and user agent in clear (here truncated by rule).
     let req = shipped("meta").render(&typical("any")).unwrap();
     assert_eq!(req.method, Method::Post);
-    assert_eq!(req.url, "https://graph.facebook.com/v21.0/123456789012345/events");
+    assert_eq!(
+        req.url,
+        "https://graph.facebook.com/v21.0/123456789012345/events"
+    );
     assert_eq!(
         req.headers,
-        headers(&[("Authorization", "Bearer replace-me"), ("Content-Type", "application/json")])
+        headers(&[
+            ("Authorization", "Bearer replace-me"),
+            ("Content-Type", "application/json")
+        ])
     );
     let expected = json!({"data": [{
         "event_name": "Purchase", "event_time": 1795600800, "event_id": "evt_01JD8X",
@@ -121,10 +148,16 @@ fn meta_capi_preset_request() {
 fn tiktok_events_preset_request() {
     // TikTok Events API 2.0: email/phone/external_id SHA-256; phone in E.164.
     let req = shipped("tiktok").render(&typical("tiktok")).unwrap();
-    assert_eq!(req.url, "https://business-api.tiktok.com/open_api/v1.3/event/track/");
+    assert_eq!(
+        req.url,
+        "https://business-api.tiktok.com/open_api/v1.3/event/track/"
+    );
     assert_eq!(
         req.headers,
-        headers(&[("Access-Token", "replace-me"), ("Content-Type", "application/json")])
+        headers(&[
+            ("Access-Token", "replace-me"),
+            ("Content-Type", "application/json")
+        ])
     );
     let expected = json!({
         "event_source": "web", "event_source_id": "CABCD1234567890",
@@ -145,7 +178,10 @@ fn appsflyer_s2s_preset_request() {
     assert_eq!(req.url, "https://api2.appsflyer.com/inappevent/id123456789");
     assert_eq!(
         req.headers,
-        headers(&[("authentication", "replace-me"), ("Content-Type", "application/json")])
+        headers(&[
+            ("authentication", "replace-me"),
+            ("Content-Type", "application/json")
+        ])
     );
     let expected = json!({
         "appsflyer_id": "af-1", "customer_user_id": "u42", "idfa": "IDFA-1",
@@ -207,7 +243,10 @@ fn google_ads_preset_request() {
 #[test]
 fn every_preset_compiles() {
     for p in presets::PRESETS {
-        let params = template::Params { lenient: true, ..Default::default() };
+        let params = template::Params {
+            lenient: true,
+            ..Default::default()
+        };
         assert!(load::compile_preset(p, &params).is_some(), "{}", p.name);
     }
 }
@@ -217,9 +256,16 @@ fn without_consent_personal_fields_are_dropped_and_the_event_still_goes() {
     let mut ev = typical("any");
     ev.fields["consent"]["ad_user_data"] = json!(false);
     let r = shipped("meta").evaluate(&ev).unwrap();
-    assert_eq!(r.consent_dropped, ["user.email", "user.phone", "user.ip", "user.user_agent"]);
+    assert_eq!(
+        r.consent_dropped,
+        ["user.email", "user.phone", "user.ip", "user.user_agent"]
+    );
     let body: Value = serde_json::from_str(r.request.body.as_deref().unwrap()).unwrap();
-    assert_eq!(body["data"][0]["user_data"], Value::Null, "emptied object is removed");
+    assert_eq!(
+        body["data"][0]["user_data"],
+        Value::Null,
+        "emptied object is removed"
+    );
     assert_eq!(body["data"][0]["event_name"], json!("Purchase"));
 }
 
@@ -243,19 +289,31 @@ fn a_user_body_extends_a_preset_and_params_fill_it() {
 #[test]
 fn default_bodies_carry_the_filtered_event() {
     let allow = "[privacy]\nallow = [\"event_name\", \"user.email\", \"properties\"]\nhash = [\"user.email\"]\n";
-    let json_rule = rule("j", &format!("[destination]\nurl = \"https://a.example/\"\n{allow}"));
+    let json_rule = rule(
+        "j",
+        &format!("[destination]\nurl = \"https://a.example/\"\n{allow}"),
+    );
     assert_eq!(
         json_rule.render(&typical("x")).unwrap().body,
-        Some(json!({"event_name": "purchase", "user": {"email": h("person@example.com")},
-                    "properties": {"value": 9.99, "currency": "USD", "order_id": "o-1"}}).to_string())
+        Some(
+            json!({"event_name": "purchase", "user": {"email": h("person@example.com")},
+                    "properties": {"value": 9.99, "currency": "USD", "order_id": "o-1"}})
+            .to_string()
+        )
     );
-    let form_rule = rule("f", &format!("[destination]\nurl = \"https://a.example/\"\nformat = \"form\"\n{allow}"));
+    let form_rule = rule(
+        "f",
+        &format!("[destination]\nurl = \"https://a.example/\"\nformat = \"form\"\n{allow}"),
+    );
     let req = form_rule.render(&typical("x")).unwrap();
     assert_eq!(
         req.body.as_deref().map(|b| b.replace(&h("person@example.com"), "H")),
         Some("event_name=purchase&user.email=H&properties.value=9.99&properties.currency=USD&properties.order_id=o-1".into())
     );
-    assert_eq!(req.headers, headers(&[("Content-Type", "application/x-www-form-urlencoded")]));
+    assert_eq!(
+        req.headers,
+        headers(&[("Content-Type", "application/x-www-form-urlencoded")])
+    );
 }
 
 #[test]
@@ -286,8 +344,14 @@ fn rename_happens_after_when_and_before_rendering() {
          [rename.event_name]\npurchase = \"sale\"\n[rename.attribution.network]\nfb = \"facebook\"\n\
          [privacy]\nallow = [\"event_name\", \"attribution.network\"]\n",
     );
-    assert_eq!(d.render(&typical("fb")).unwrap().url, "https://a.example/?e=sale&n=facebook");
-    assert_eq!(d.render(&typical("tw")).unwrap().url, "https://a.example/?e=sale&n=tw");
+    assert_eq!(
+        d.render(&typical("fb")).unwrap().url,
+        "https://a.example/?e=sale&n=facebook"
+    );
+    assert_eq!(
+        d.render(&typical("tw")).unwrap().url,
+        "https://a.example/?e=sale&n=tw"
+    );
 }
 
 #[test]
@@ -298,21 +362,39 @@ fn header_injection_through_a_field_is_refused() {
     );
     let mut ev = typical("x");
     ev.fields["click_id"] = json!("a\r\nX-Evil: 1");
-    assert_eq!(d.render(&ev).unwrap_err(), Skip::InvalidHeader { header: "X-Click".into() });
+    assert_eq!(
+        d.render(&ev).unwrap_err(),
+        Skip::InvalidHeader {
+            header: "X-Click".into()
+        }
+    );
 }
 
 #[test]
 fn route_gives_every_enabled_destination_in_name_order() {
     let dir = tempfile::tempdir().unwrap();
-    let get = |host: &str| format!("[destination]\nurl = \"https://{host}.example/?c={{click_id}}\"\nmethod = \"GET\"\n[when]\nevent_name = \"install\"\n[privacy]\nallow = [\"click_id\"]\n");
+    let get = |host: &str| {
+        format!("[destination]\nurl = \"https://{host}.example/?c={{click_id}}\"\nmethod = \"GET\"\n[when]\nevent_name = \"install\"\n[privacy]\nallow = [\"click_id\"]\n")
+    };
     std::fs::write(dir.path().join("zeta.toml"), get("z")).unwrap();
-    std::fs::write(dir.path().join("alpha.toml"), get("a").replace("\"install\"", "[\"purchase\"]")).unwrap();
-    std::fs::write(dir.path().join("off.toml"), format!("enabled = false\n{}", get("o"))).unwrap();
+    std::fs::write(
+        dir.path().join("alpha.toml"),
+        get("a").replace("\"install\"", "[\"purchase\"]"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("off.toml"),
+        format!("enabled = false\n{}", get("o")),
+    )
+    .unwrap();
     let rules = RuleSet::load_dir(dir.path(), &no_env()).unwrap();
     let routed = rules.route(&typical("x"));
     assert_eq!(routed.len(), 2);
     assert_eq!(routed[0].destination.name, "alpha");
-    assert_eq!(routed[0].outcome.as_ref().unwrap().url, "https://a.example/?c=clk_9f2c");
+    assert_eq!(
+        routed[0].outcome.as_ref().unwrap().url,
+        "https://a.example/?c=clk_9f2c"
+    );
     assert_eq!(routed[1].destination.name, "zeta");
     assert_eq!(
         routed[1].outcome.as_ref().unwrap_err().to_string(),
@@ -328,7 +410,10 @@ fn preview_shows_requests_with_secrets_masked_and_skip_reasons() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/meta.toml"))
             .unwrap()
             .replace("enabled = false", "enabled = true")
-            .replace("/events\"", "/events?access_token=${META_ACCESS_TOKEN:-replace-me}\""),
+            .replace(
+                "/events\"",
+                "/events?access_token=${META_ACCESS_TOKEN:-replace-me}\"",
+            ),
     )
     .unwrap();
     std::fs::write(
@@ -336,7 +421,11 @@ fn preview_shows_requests_with_secrets_masked_and_skip_reasons() {
         "[destination]\nurl = \"http://127.0.0.1:9999/p?c={click_id}\"\nmethod = \"GET\"\n[when]\nevent_name = \"install\"\n[privacy]\nallow = [\"click_id\"]\n",
     )
     .unwrap();
-    std::fs::write(dir.path().join("c-off.toml"), "enabled = false\n[destination]\nurl = \"https://c.example/\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("c-off.toml"),
+        "enabled = false\n[destination]\nurl = \"https://c.example/\"\n",
+    )
+    .unwrap();
     let rules = RuleSet::load_dir(dir.path(), &no_env()).unwrap();
     let mut ev = typical("x");
     ev.fields["consent"]["ad_user_data"] = json!(false);
@@ -423,7 +512,10 @@ mod leaks {
     }
 
     fn toml_list(v: &[String]) -> String {
-        v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     proptest! {

@@ -50,9 +50,16 @@ fn unknown_keys_are_reported_with_a_hint() {
         "1:1",
         "unknown key `descripton` at the top level; did you mean `description`?",
     );
-    one_error(&get_rule("rate_limt = \"5/s\"\n", ""), "4:1", "did you mean `rate_limit`?");
     one_error(
-        &get_rule("", "[privacy.consent]\nrequire = \"consent.ok\"\ndrop = [\"click_id\"]\ndorp = []\n"),
+        &get_rule("rate_limt = \"5/s\"\n", ""),
+        "4:1",
+        "did you mean `rate_limit`?",
+    );
+    one_error(
+        &get_rule(
+            "",
+            "[privacy.consent]\nrequire = \"consent.ok\"\ndrop = [\"click_id\"]\ndorp = []\n",
+        ),
         "9:1",
         "unknown key `dorp` in [privacy.consent]",
     );
@@ -65,8 +72,12 @@ fn unknown_keys_are_reported_with_a_hint() {
 
 #[test]
 fn destination_and_url_are_required_and_checked() {
-    one_error(&format!("{ALLOW}"), "1:1", "missing `destination` at the top of the file");
-    one_error(&format!("[destination]\nmethod = \"GET\"\n{ALLOW}"), "1:1", "missing `url` in [destination]");
+    one_error(ALLOW, "1:1", "missing `destination` at the top of the file");
+    one_error(
+        &format!("[destination]\nmethod = \"GET\"\n{ALLOW}"),
+        "1:1",
+        "missing `url` in [destination]",
+    );
     one_error(
         &format!("[destination]\nurl = \"ftp://a.example/{{click_id}}\"\n{ALLOW}"),
         "2:8",
@@ -146,7 +157,11 @@ fn hash_and_truncate_ip_must_be_allowed() {
         "6:28",
         "\"user.ip\" is in `truncate_ip` but not in `allow`",
     );
-    one_error(&get_rule("", "hash = [\"user..email\"]\n"), "6:9", "is not a field path");
+    one_error(
+        &get_rule("", "hash = [\"user..email\"]\n"),
+        "6:9",
+        "is not a field path",
+    );
 }
 
 #[test]
@@ -157,7 +172,10 @@ fn consent_needs_require_and_valid_drop_paths() {
         "missing `require` in [privacy.consent]",
     );
     one_error(
-        &get_rule("", "[privacy.consent]\nrequire = \"consent.ok\"\ndrop = [\"user email\"]\n"),
+        &get_rule(
+            "",
+            "[privacy.consent]\nrequire = \"consent.ok\"\ndrop = [\"user email\"]\n",
+        ),
         "8:9",
         "\"user email\" in `privacy.consent.drop` is not a field path",
     );
@@ -165,9 +183,21 @@ fn consent_needs_require_and_valid_drop_paths() {
 
 #[test]
 fn method_format_and_body_must_fit() {
-    one_error(&format!("{}", get_rule("", "").replace("\"GET\"", "\"PUT\"")), "3:10", "write \"GET\" or \"POST\"");
-    one_error(&get_rule("format = \"form\"\n", ""), "4:10", "a GET request has none, so remove `format`");
-    one_error(&get_rule("", "[body]\nc = \"{click_id}\"\n"), "6:2", "a GET request has no body");
+    one_error(
+        &get_rule("", "").replace("\"GET\"", "\"PUT\""),
+        "3:10",
+        "write \"GET\" or \"POST\"",
+    );
+    one_error(
+        &get_rule("format = \"form\"\n", ""),
+        "4:10",
+        "a GET request has none, so remove `format`",
+    );
+    one_error(
+        &get_rule("", "[body]\nc = \"{click_id}\"\n"),
+        "6:2",
+        "a GET request has no body",
+    );
     one_error(
         &format!("[destination]\nurl = \"https://a.example/\"\nformat = \"xml\"\n{ALLOW}"),
         "3:10",
@@ -182,21 +212,55 @@ fn method_format_and_body_must_fit() {
 
 #[test]
 fn delivery_settings_are_checked() {
-    one_error(&get_rule("rate_limit = \"fast\"\n", ""), "4:14", "`destination.rate_limit`: \"fast\" is not a rate");
-    one_error(&get_rule("rate_limit = \"5/fortnight\"\n", ""), "4:14", "unknown period");
-    one_error(&get_rule("concurrency = 0\n", ""), "4:15", "`destination.concurrency` is 0, but must be between 1 and 1024");
-    one_error(&get_rule("timeout = \"soon\"\n", ""), "4:11", "`destination.timeout`");
-    one_error(&get_rule("sign_secret = \"hunter2\"\n", ""), "4:15", "must start with whsec_");
+    one_error(
+        &get_rule("rate_limit = \"fast\"\n", ""),
+        "4:14",
+        "`destination.rate_limit`: \"fast\" is not a rate",
+    );
+    one_error(
+        &get_rule("rate_limit = \"5/fortnight\"\n", ""),
+        "4:14",
+        "unknown period",
+    );
+    one_error(
+        &get_rule("concurrency = 0\n", ""),
+        "4:15",
+        "`destination.concurrency` is 0, but must be between 1 and 1024",
+    );
+    one_error(
+        &get_rule("timeout = \"soon\"\n", ""),
+        "4:11",
+        "`destination.timeout`",
+    );
+    one_error(
+        &get_rule("sign_secret = \"hunter2\"\n", ""),
+        "4:15",
+        "must start with whsec_",
+    );
     let errs = errors(&get_rule("sign_secret = \"whsec_!!notbase64!!\"\n", ""));
     assert!(errs[0].starts_with("rules/x.toml:4:15: ") && errs[0].contains("not valid base64"));
-    assert!(!errs[0].contains("notbase64"), "secrets are never echoed: {errs:?}");
+    assert!(
+        !errs[0].contains("notbase64"),
+        "secrets are never echoed: {errs:?}"
+    );
     one_error(
-        &get_rule("retry = { initial_backoff = \"1h\", max_backoff = \"5s\" }\n", ""),
+        &get_rule(
+            "retry = { initial_backoff = \"1h\", max_backoff = \"5s\" }\n",
+            "",
+        ),
         "4:49",
         "`retry.max_backoff` is shorter than `retry.initial_backoff`",
     );
-    one_error(&get_rule("headers = { \"Bad Header\" = \"x\" }\n", ""), "4:13", "is not a valid header name");
-    one_error(&get_rule("headers = { Host = \"x\" }\n", ""), "4:13", "set by the relay itself");
+    one_error(
+        &get_rule("headers = { \"Bad Header\" = \"x\" }\n", ""),
+        "4:13",
+        "is not a valid header name",
+    );
+    one_error(
+        &get_rule("headers = { Host = \"x\" }\n", ""),
+        "4:13",
+        "set by the relay itself",
+    );
 }
 
 #[test]
@@ -223,7 +287,9 @@ fn presets_are_checked() {
         "allowing `user` lets `user.phone` through, but google_ads only accepts it hashed",
     );
     one_error(
-        &format!("{base}preset = \"adjust_s2s\"\nmethod = \"GET\"\n[params]\napp_token = \"t\"\n{ALLOW}"),
+        &format!(
+            "{base}preset = \"adjust_s2s\"\nmethod = \"GET\"\n[params]\napp_token = \"t\"\n{ALLOW}"
+        ),
         "4:10",
         "preset adjust_s2s sends POST",
     );
@@ -236,9 +302,21 @@ fn presets_are_checked() {
 
 #[test]
 fn when_and_rename_are_checked() {
-    one_error(&get_rule("", "[when]\nevent_name = []\n"), "7:14", "lists nothing, so no event would match");
-    one_error(&get_rule("", "[when]\n\"a..b\" = \"x\"\n"), "7:1", "is not a field path");
-    one_error(&get_rule("", "[when]\nhas = [\"a b\"]\n"), "7:8", "in `when.has` is not a field path");
+    one_error(
+        &get_rule("", "[when]\nevent_name = []\n"),
+        "7:14",
+        "lists nothing, so no event would match",
+    );
+    one_error(
+        &get_rule("", "[when]\n\"a..b\" = \"x\"\n"),
+        "7:1",
+        "is not a field path",
+    );
+    one_error(
+        &get_rule("", "[when]\nhas = [\"a b\"]\n"),
+        "7:8",
+        "in `when.has` is not a field path",
+    );
     one_error(
         &get_rule("", "[rename.event_name]\npurchase = 5\n"),
         "7:12",
@@ -256,8 +334,15 @@ fn when_and_rename_are_checked() {
 #[test]
 fn unset_environment_variables_and_syntax_errors_are_reported() {
     let text = "[destination]\nurl = \"https://a.example/p\"\nheaders = { Authorization = \"Bearer ${TOKEN_NOT_SET}\" }\n";
-    one_error(text, "3:37", "environment variable TOKEN_NOT_SET is not set");
-    assert_eq!(errors_with_env(text, &[("TOKEN_NOT_SET", "t")]), Vec::<String>::new());
+    one_error(
+        text,
+        "3:37",
+        "environment variable TOKEN_NOT_SET is not set",
+    );
+    assert_eq!(
+        errors_with_env(text, &[("TOKEN_NOT_SET", "t")]),
+        Vec::<String>::new()
+    );
     one_error("[destination\nurl = 1\n", "1:13", "TOML syntax error");
 }
 
@@ -266,7 +351,9 @@ fn a_bad_file_name_is_reported() {
     let env: HashMap<String, String> = HashMap::new();
     let e = load_text(Path::new("rules/my partner.toml"), get_rule("", ""), &env).unwrap_err();
     assert_eq!(e.len(), 1);
-    assert!(e[0].to_string().starts_with("rules/my partner.toml:1:1: the file name gives the destination name \"my partner\""));
+    assert!(e[0].to_string().starts_with(
+        "rules/my partner.toml:1:1: the file name gives the destination name \"my partner\""
+    ));
 }
 
 #[test]
@@ -298,16 +385,32 @@ fn every_error_of_every_file_comes_in_one_pass() {
     assert_eq!(errs.len(), 4, "{errs:#?}");
     assert!(errs[0].starts_with("a.toml:4:15: `destination.concurrency` is 5000"));
     assert!(errs[1].starts_with("a.toml:7:9: \"user.email\" is in `hash` but not in `allow`"));
-    assert!(errs.iter().any(|e| e.starts_with("b.toml:2:29: `{user.email}` names a field")));
-    assert!(errs.iter().any(|e| e.starts_with("b.toml:3:1: unknown key `methd` in [destination]")));
+    assert!(errs
+        .iter()
+        .any(|e| e.starts_with("b.toml:2:29: `{user.email}` names a field")));
+    assert!(errs
+        .iter()
+        .any(|e| e.starts_with("b.toml:3:1: unknown key `methd` in [destination]")));
 }
 
 #[test]
 fn rates() {
-    assert_eq!(parse_rate("50/s").map(|r| (r.count, r.per.as_secs())), Ok((50, 1)));
-    assert_eq!(parse_rate("1000/m").map(|r| (r.count, r.per.as_secs())), Ok((1000, 60)));
-    assert_eq!(parse_rate("10/h").map(|r| (r.count, r.per.as_secs())), Ok((10, 3600)));
-    assert_eq!(parse_rate("30/10s").map(|r| (r.count, r.per.as_secs())), Ok((30, 10)));
+    assert_eq!(
+        parse_rate("50/s").map(|r| (r.count, r.per.as_secs())),
+        Ok((50, 1))
+    );
+    assert_eq!(
+        parse_rate("1000/m").map(|r| (r.count, r.per.as_secs())),
+        Ok((1000, 60))
+    );
+    assert_eq!(
+        parse_rate("10/h").map(|r| (r.count, r.per.as_secs())),
+        Ok((10, 3600))
+    );
+    assert_eq!(
+        parse_rate("30/10s").map(|r| (r.count, r.per.as_secs())),
+        Ok((30, 10))
+    );
     assert!(parse_rate("0/s").is_err());
     assert!(parse_rate("5").is_err());
 }
