@@ -88,7 +88,6 @@ enum Body {
 }
 
 /// One partner, compiled from one rule file.
-#[derive(Debug)]
 pub struct Destination {
     /// The file name without `.toml`.
     pub name: String,
@@ -105,6 +104,18 @@ pub struct Destination {
     url: Template,
     headers: Vec<(String, Template)>,
     body: Body,
+}
+
+/// Only what is safe to log: compiled headers and `sign_secret` hold secrets.
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destination")
+            .field("name", &self.name)
+            .field("method", &self.method)
+            .field("preset", &self.preset)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A rendered request plus what a human previewing it should know.

@@ -355,6 +355,18 @@ fn rename_happens_after_when_and_before_rendering() {
 }
 
 #[test]
+fn debug_output_of_a_destination_shows_no_secrets() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/meta.toml"))
+            .unwrap()
+            .replace("${META_ACCESS_TOKEN:-replace-me}", "${META_ACCESS_TOKEN}");
+    let env: HashMap<String, String> =
+        [("META_ACCESS_TOKEN".to_string(), "SECRET-TOKEN".to_string())].into();
+    let (d, _) = load::load_text(Path::new("rules/meta.toml"), text, &env).unwrap();
+    assert!(!format!("{d:?}").contains("SECRET-TOKEN"));
+}
+
+#[test]
 fn header_injection_through_a_field_is_refused() {
     let d = rule(
         "hdr",
