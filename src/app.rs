@@ -38,7 +38,7 @@ impl Relay {
     /// Reloads the rule files; on success the delivery workers follow the new set.
     /// On error nothing changes. Returns the enabled destinations' names.
     pub fn reload_rules(&self) -> Result<Vec<String>, Vec<Diagnostic>> {
-        self.rules.reload()?;
+        self.rules.reload_and_log()?;
         let current = self.rules.current();
         self.deliverer.update_destinations(delivery_settings(&current));
         Ok(current
@@ -106,7 +106,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
-    _watcher: Option<crate::rules::Watcher>,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Running {
@@ -118,12 +118,15 @@ impl Running {
             b.abort();
         }
         drop(self._watcher);
-        self.relay.deliverer.shutdown().await;
+        self.relay.deliverer.clone().shutdown().await;
     }
 }
 
 /// Builds and starts the relay: store, rules, delivery workers, HTTP server.
-pub async fn start(config: Config, env: &dyn Env) -> Result<Running, StartError> {
+pub async fn start(
+    config: Config,
+    env: Arc<dyn Env + Send + Sync>,
+) -> Result<Running, StartError> {
     let rules = RulesHandle::load(&config.rules_dir, env).map_err(StartError::Invalid)?;
     let store = open_store(&config).map_err(StartError::Store)?;
     let listener = TcpListener::bind(config.listen)
@@ -162,10 +165,16 @@ pub async fn start(config: Config, env: &dyn Env) -> Result<Running, StartError>
     background.push(tokio::spawn(purge_loop(relay.clone())));
     let watcher = {
         let r = relay.clone();
-        crate::rules::spawn_watcher(relay.rules.clone(), move || {
+        match crate::rules::spawn_watcher(relay.rules.clone(), move || {
             let current = r.rules.current();
             r.deliverer.update_destinations(delivery_settings(&current));
-        })
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the rules directory; reload with SIGHUP or POST /admin/reload");
+                None
+            }
+        }
     };
     tracing::info!(
         listen = %addr,
@@ -198,7 +207,7 @@ async fn purge_loop(relay: Arc<Relay>) {
 }
 
 /// Runs until SIGTERM or Ctrl-C; SIGHUP reloads the rules.
-pub async fn run(config: Config, env: &dyn Env) -> Result<(), StartError> {
+pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), StartError> {
     let running = start(config, env).await?;
     let relay = running.relay.clone();
     #[cfg(unix)]

@@ -11,6 +11,7 @@ pub mod deliver;
 pub mod diag;
 pub mod event;
 pub mod outbound;
+pub mod rules;
 pub mod settings;
 pub mod store;
 pub mod config;

@@ -72,7 +72,8 @@ fn admin_call(cfg: &Config, method: &str, path_and_query: &str, body: Option<Val
         }
         let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
         let status = resp.status();
-        let v: Value = resp.json().await.map_err(|e| format!("{url}: {e}"))?;
+        let text = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("{url}: {e}"))?;
         if status.is_success() {
             Ok(v)
         } else {

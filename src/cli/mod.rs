@@ -163,7 +163,7 @@ fn serve(config: &Path, ov: Overrides) -> i32 {
         Ok(r) => r,
         Err(code) => return code,
     };
-    match rt.block_on(crate::app::run(cfg, &ProcessEnv)) {
+    match rt.block_on(crate::app::run(cfg, std::sync::Arc::new(ProcessEnv))) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("{e}");

@@ -60,7 +60,9 @@ impl TestRelay {
         std::fs::write(&cfg_path, config_text(extra_config)).expect("write config");
         let env: HashMap<String, String> = HashMap::new();
         let config = Config::load(&cfg_path, &env, &Overrides::default()).expect("valid config");
-        let running = app::start(config.clone(), &env).await.expect("relay starts");
+        let running = app::start(config.clone(), std::sync::Arc::new(env))
+            .await
+            .expect("relay starts");
         let base = format!("http://{}", running.addr);
         TestRelay {
             running: Some(running),

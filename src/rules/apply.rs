@@ -1,0 +1,494 @@
+//! Applying one destination's rule to one event: `when`, then `rename`, then
+//! `privacy` (consent, allow, hash, truncate_ip).
+//!
+//! Owns: the compiled forms of those sections and the filtered copy of the event
+//! they produce. Never: renders requests (`template`), reads files (`load`), or
+//! logs anything: the values it handles are personal data.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use super::normalize::{hash_value, truncate_ip, FieldKind, HashStyle};
+
+/// Why an event is not sent to a destination. `Display` is for humans; it names the
+/// condition and never shows field values other than `event_name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// `[when] event_name = [...]` does not list this event's name.
+    EventName { name: String, expected: Vec<String> },
+    /// `[when] "field" = ...` does not hold (the field is missing or has another value).
+    FieldMismatch {
+        field: String,
+        expected: Vec<String>,
+        missing: bool,
+    },
+    /// `[when] has = [...]`: this field is missing, null or empty.
+    Missing { field: String },
+    /// A rendered header value would contain a line break or control character.
+    InvalidHeader { header: String },
+}
+
+fn quoted_list(v: &[String]) -> String {
+    v.iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Skip::EventName { name, expected } => write!(
+                f,
+                "event_name \"{name}\" is not listed in [when] event_name = [{}]",
+                quoted_list(expected)
+            ),
+            Skip::FieldMismatch {
+                field,
+                expected,
+                missing: true,
+            } => write!(
+                f,
+                "{field} is missing, but [when] requires it to be {}",
+                one_of(expected)
+            ),
+            Skip::FieldMismatch {
+                field, expected, ..
+            } => write!(
+                f,
+                "{field} is not {} as [when] requires",
+                one_of(expected)
+            ),
+            Skip::Missing { field } => write!(
+                f,
+                "{field} is missing or empty, but [when] has = [...] requires it"
+            ),
+            Skip::InvalidHeader { header } => write!(
+                f,
+                "header {header} would contain a line break or control character after filling in its placeholders"
+            ),
+        }
+    }
+}
+
+fn one_of(v: &[String]) -> String {
+    match v {
+        [one] => format!("\"{one}\""),
+        many => format!("one of {}", quoted_list(many)),
+    }
+}
+
+impl std::error::Error for Skip {}
+
+/// One `[when]` condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// The field, as text, is one of these values.
+    OneOf { field: String, values: Vec<String> },
+    /// The field is present, not null and not empty.
+    Has(String),
+}
+
+/// `[when]`: all conditions must hold, checked in file order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct When {
+    pub conditions: Vec<Condition>,
+}
+
+impl When {
+    pub fn check(&self, fields: &Map<String, Value>) -> Result<(), Skip> {
+        for c in &self.conditions {
+            match c {
+                Condition::OneOf { field, values } => {
+                    let got = crate::event::get_path(fields, field).and_then(scalar_string);
+                    let ok = got
+                        .as_deref()
+                        .is_some_and(|g| values.iter().any(|v| v == g));
+                    if ok {
+                        continue;
+                    }
+                    if field == "event_name" {
+                        if let Some(name) = got {
+                            return Err(Skip::EventName {
+                                name,
+                                expected: values.clone(),
+                            });
+                        }
+                    }
+                    return Err(Skip::FieldMismatch {
+                        field: field.clone(),
+                        expected: values.clone(),
+                        missing: crate::event::get_path(fields, field).is_none(),
+                    });
+                }
+                Condition::Has(field) => {
+                    let present = match crate::event::get_path(fields, field) {
+                        None => false,
+                        Some(Value::String(s)) => !s.trim().is_empty(),
+                        Some(Value::Array(a)) => !a.is_empty(),
+                        Some(Value::Object(o)) => !o.is_empty(),
+                        Some(_) => true,
+                    };
+                    if !present {
+                        return Err(Skip::Missing {
+                            field: field.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A scalar as the text `[when]` and `[rename]` compare: strings as they are,
+/// numbers and booleans as written in JSON.
+pub fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// `[rename.<field>]`: replaces listed values of one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rename {
+    pub field: String,
+    pub map: HashMap<String, String>,
+}
+
+impl Rename {
+    pub fn apply(&self, fields: &mut Map<String, Value>) {
+        if let Some(v) = get_path_mut(fields, &self.field) {
+            if let Some(new) = scalar_string(v).and_then(|s| self.map.get(&s)) {
+                *v = Value::String(new.clone());
+            }
+        }
+    }
+}
+
+/// The allowed paths as a tree: a node with `all` passes its whole subtree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowTree {
+    all: bool,
+    children: BTreeMap<String, AllowTree>,
+}
+
+/// How a path relates to the allow list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coverage {
+    /// The path, or one of its parents, is allowed.
+    Allowed,
+    /// Something below the path is allowed (the path names a partly allowed object).
+    Partly,
+    No,
+}
+
+impl AllowTree {
+    pub fn insert(&mut self, path: &str) {
+        let mut node = self;
+        for part in path.split('.') {
+            if node.all {
+                return;
+            }
+            node = node.children.entry(part.to_string()).or_default();
+        }
+        node.all = true;
+        node.children.clear();
+    }
+
+    pub fn coverage(&self, path: &str) -> Coverage {
+        let mut node = self;
+        for part in path.split('.') {
+            if node.all {
+                return Coverage::Allowed;
+            }
+            match node.children.get(part) {
+                Some(n) => node = n,
+                None => return Coverage::No,
+            }
+        }
+        if node.all {
+            Coverage::Allowed
+        } else {
+            Coverage::Partly
+        }
+    }
+
+    /// A new object holding only the allowed parts of `src`, in `src`'s order.
+    pub fn filter(&self, src: &Map<String, Value>) -> Map<String, Value> {
+        let mut out = Map::new();
+        for (k, v) in src {
+            let Some(child) = self.children.get(k) else {
+                continue;
+            };
+            if child.all {
+                out.insert(k.clone(), v.clone());
+            } else if let Value::Object(inner) = v {
+                let sub = child.filter(inner);
+                if !sub.is_empty() {
+                    out.insert(k.clone(), Value::Object(sub));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `[privacy.consent]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    pub require: String,
+    pub drop: Vec<String>,
+}
+
+/// `[privacy]`, compiled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Privacy {
+    pub allow: AllowTree,
+    pub hash: Vec<(String, FieldKind)>,
+    pub truncate_ip: Vec<String>,
+    pub consent: Option<Consent>,
+    pub style: HashStyle,
+}
+
+impl Privacy {
+    /// Consent fields to drop for this event: those listed in `drop` that the event
+    /// has, when its `require` field is not exactly `true`. Read from the event as
+    /// received.
+    pub fn consent_drops(&self, original: &Map<String, Value>) -> Vec<String> {
+        match &self.consent {
+            Some(c) if crate::event::get_path(original, &c.require) != Some(&Value::Bool(true)) => {
+                c.drop
+                    .iter()
+                    .filter(|p| crate::event::get_path(original, p).is_some())
+                    .cloned()
+                    .collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The allowed, renamed, consent-filtered, hashed and truncated copy of an event.
+    pub fn apply(
+        &self,
+        original: &Map<String, Value>,
+        renames: &[Rename],
+        consent_drops: &[String],
+    ) -> Map<String, Value> {
+        // Filtering first copies only allowed subtrees; renaming a field that is not
+        // allowed could not show anyway, so the result equals rename-then-filter.
+        let mut fields = self.allow.filter(original);
+        for r in renames {
+            r.apply(&mut fields);
+        }
+        for p in consent_drops {
+            remove_path(&mut fields, p);
+        }
+        for (p, kind) in &self.hash {
+            if let Some(v) = get_path_mut(&mut fields, p) {
+                match hash_value(v, *kind, self.style) {
+                    Some(h) => *v = h,
+                    None => {
+                        remove_path(&mut fields, p);
+                    }
+                }
+            }
+        }
+        for p in &self.truncate_ip {
+            if let Some(v) = get_path_mut(&mut fields, p) {
+                match v.as_str().and_then(truncate_ip) {
+                    Some(t) => *v = Value::String(t),
+                    None => {
+                        remove_path(&mut fields, p);
+                    }
+                }
+            }
+        }
+        fields
+    }
+}
+
+pub fn get_path_mut<'a>(fields: &'a mut Map<String, Value>, path: &str) -> Option<&'a mut Value> {
+    let mut parts = path.split('.');
+    let mut cur = fields.get_mut(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_object_mut()?.get_mut(p)?;
+    }
+    (!cur.is_null()).then_some(cur)
+}
+
+pub fn remove_path(fields: &mut Map<String, Value>, path: &str) -> Option<Value> {
+    match path.rsplit_once('.') {
+        None => fields.shift_remove(path),
+        Some((parent, last)) => get_path_mut(fields, parent)?
+            .as_object_mut()?
+            .shift_remove(last),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn when_checks_event_name_fields_and_has() {
+        let when = When {
+            conditions: vec![
+                Condition::OneOf {
+                    field: "event_name".into(),
+                    values: vec!["install".into(), "purchase".into()],
+                },
+                Condition::OneOf {
+                    field: "attribution.network".into(),
+                    values: vec!["example-aff".into()],
+                },
+                Condition::Has("click_id".into()),
+            ],
+        };
+        let ok = obj(
+            json!({"event_name": "purchase", "attribution": {"network": "example-aff"}, "click_id": "c"}),
+        );
+        assert_eq!(when.check(&ok), Ok(()));
+        let e = when
+            .check(&obj(json!({"event_name": "signup"})))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "event_name \"signup\" is not listed in [when] event_name = [\"install\", \"purchase\"]"
+        );
+        let e = when
+            .check(&obj(
+                json!({"event_name": "install", "attribution": {"network": "other"}}),
+            ))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "attribution.network is not \"example-aff\" as [when] requires"
+        );
+        let e = when
+            .check(&obj(json!({"event_name": "install"})))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("attribution.network is missing"));
+        let e = when
+            .check(&obj(json!({"event_name": "install", "attribution": {"network": "example-aff"}, "click_id": " "})))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            Skip::Missing {
+                field: "click_id".into()
+            }
+        );
+    }
+
+    #[test]
+    fn when_compares_numbers_and_booleans_as_text() {
+        let when = When {
+            conditions: vec![Condition::OneOf {
+                field: "consent.gpc".into(),
+                values: vec!["false".into()],
+            }],
+        };
+        assert!(when.check(&obj(json!({"consent": {"gpc": false}}))).is_ok());
+        assert!(when.check(&obj(json!({"consent": {"gpc": true}}))).is_err());
+    }
+
+    #[test]
+    fn rename_replaces_listed_values_only() {
+        let r = Rename {
+            field: "event_name".into(),
+            map: [("purchase".to_string(), "Purchase".to_string())].into(),
+        };
+        let mut f = obj(json!({"event_name": "purchase"}));
+        r.apply(&mut f);
+        assert_eq!(f["event_name"], json!("Purchase"));
+        let mut f = obj(json!({"event_name": "install"}));
+        r.apply(&mut f);
+        assert_eq!(f["event_name"], json!("install"));
+    }
+
+    #[test]
+    fn allow_tree_filters_subtrees_and_keeps_event_order() {
+        let mut t = AllowTree::default();
+        t.insert("user.email");
+        t.insert("properties");
+        t.insert("click_id");
+        let f = t.filter(&obj(json!({
+            "click_id": "c", "secret": "s",
+            "user": {"email": "e", "phone": "p"},
+            "properties": {"value": 1, "nested": {"x": 1}},
+            "device": {"idfa": "i"}
+        })));
+        assert_eq!(
+            Value::Object(f),
+            json!({"click_id": "c", "user": {"email": "e"}, "properties": {"value": 1, "nested": {"x": 1}}})
+        );
+        assert_eq!(t.coverage("user"), Coverage::Partly);
+        assert_eq!(t.coverage("properties.value"), Coverage::Allowed);
+        assert_eq!(t.coverage("user.phone"), Coverage::No);
+    }
+
+    #[test]
+    fn consent_drops_fields_unless_required_flag_is_exactly_true() {
+        let mut allow = AllowTree::default();
+        allow.insert("user");
+        let p = Privacy {
+            allow,
+            consent: Some(Consent {
+                require: "consent.ad_user_data".into(),
+                drop: vec!["user.email".into(), "user.ip".into()],
+            }),
+            ..Privacy::default()
+        };
+        for consent in [json!(false), json!("true"), json!(null)] {
+            let ev = obj(
+                json!({"user": {"email": "e", "phone": "p"}, "consent": {"ad_user_data": consent}}),
+            );
+            let drops = p.consent_drops(&ev);
+            assert_eq!(drops, vec!["user.email".to_string()]);
+            assert_eq!(
+                Value::Object(p.apply(&ev, &[], &drops)),
+                json!({"user": {"phone": "p"}})
+            );
+        }
+        let ev = obj(json!({"user": {"email": "e"}, "consent": {"ad_user_data": true}}));
+        assert!(p.consent_drops(&ev).is_empty());
+    }
+
+    #[test]
+    fn hashing_and_truncation_never_leave_clear_values() {
+        let mut allow = AllowTree::default();
+        allow.insert("user");
+        let p = Privacy {
+            allow,
+            hash: vec![
+                ("user.email".into(), FieldKind::Email),
+                ("user.prefs".into(), FieldKind::Other),
+            ],
+            truncate_ip: vec!["user.ip".into(), "user.ip6".into(), "user.bad".into()],
+            ..Privacy::default()
+        };
+        let out = p.apply(
+            &obj(
+                json!({"user": {"email": "Person@Example.com", "prefs": {"a": 1},
+                "ip": "203.0.113.7", "ip6": "2001:db8:1:2::9", "bad": "garbage"}}),
+            ),
+            &[],
+            &[],
+        );
+        assert_eq!(
+            Value::Object(out),
+            json!({"user": {"email": super::super::normalize::sha256_hex("person@example.com"),
+                "ip": "203.0.113.0", "ip6": "2001:db8:1::"}})
+        );
+    }
+}

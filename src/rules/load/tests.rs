@@ -1,0 +1,416 @@
+//! Every kind of rule-file mistake, each with its `FILE:LINE:COL` and message.
+
+use super::*;
+use std::collections::HashMap;
+
+fn errors_with_env(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+    let env: HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    match load_text(Path::new("rules/x.toml"), text.to_string(), &env) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    errors_with_env(text, &[])
+}
+
+/// Asserts exactly one error, at `place` (`LINE:COL`), containing `needle`.
+#[track_caller]
+fn one_error(text: &str, place: &str, needle: &str) {
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "expected one error, got {errs:#?}");
+    let prefix = format!("rules/x.toml:{place}: ");
+    assert!(
+        errs[0].starts_with(&prefix) && errs[0].contains(needle),
+        "expected `{prefix}...{needle}...`, got {:?}",
+        errs[0]
+    );
+}
+
+const GET: &str = "[destination]\nurl = \"https://a.example/p?c={click_id}\"\nmethod = \"GET\"\n";
+const ALLOW: &str = "[privacy]\nallow = [\"click_id\"]\n";
+
+fn get_rule(extra_dest: &str, rest: &str) -> String {
+    format!("{GET}{extra_dest}{ALLOW}{rest}")
+}
+
+#[test]
+fn a_valid_file_loads() {
+    assert_eq!(errors(&get_rule("", "")), Vec::<String>::new());
+}
+
+#[test]
+fn unknown_keys_are_reported_with_a_hint() {
+    one_error(
+        &format!("descripton = \"x\"\n{}", get_rule("", "")),
+        "1:1",
+        "unknown key `descripton` at the top level; did you mean `description`?",
+    );
+    one_error(
+        &get_rule("rate_limt = \"5/s\"\n", ""),
+        "4:1",
+        "did you mean `rate_limit`?",
+    );
+    one_error(
+        &get_rule(
+            "",
+            "[privacy.consent]\nrequire = \"consent.ok\"\ndrop = [\"click_id\"]\ndorp = []\n",
+        ),
+        "9:1",
+        "unknown key `dorp` in [privacy.consent]",
+    );
+    one_error(
+        &get_rule("retry = { max_attempts = 3, backoff = \"1s\" }\n", ""),
+        "4:29",
+        "unknown key `backoff` in [destination.retry]",
+    );
+}
+
+#[test]
+fn destination_and_url_are_required_and_checked() {
+    one_error(ALLOW, "1:1", "missing `destination` at the top of the file");
+    one_error(
+        &format!("[destination]\nmethod = \"GET\"\n{ALLOW}"),
+        "1:1",
+        "missing `url` in [destination]",
+    );
+    one_error(
+        &format!("[destination]\nurl = \"ftp://a.example/{{click_id}}\"\n{ALLOW}"),
+        "2:8",
+        "`url` must start with https:// or http://",
+    );
+    one_error(
+        &format!("[destination]\nurl = \"https://{{click_id}}.example/p\"\n{ALLOW}"),
+        "2:16",
+        "the host of `url` must be written out",
+    );
+    one_error(
+        &format!("[destination]\nurl = \"https:///p\"\n{ALLOW}"),
+        "2:16",
+        "`url` has no host",
+    );
+}
+
+#[test]
+fn placeholders_must_name_allowed_fields_and_point_at_the_brace() {
+    one_error(
+        &format!("[destination]\nurl = \"https://a.example/p?c={{click_id}}&e={{user.email}}\"\n{ALLOW}"),
+        "2:43",
+        "`{user.email}` names a field that [privacy] does not allow, so it would never be sent; add \"user.email\" to `allow` in [privacy]",
+    );
+    one_error(
+        &get_rule("headers = { X-Mail = \"{user.email}\" }\n", ""),
+        "4:23",
+        "add \"user.email\" to `allow`",
+    );
+    one_error(
+        &format!("[destination]\nurl = \"https://a.example/\"\n{ALLOW}[body]\nclick = \"{{click_id}}\"\nnested = {{ mail = \"x-{{user.phone}}\" }}\n"),
+        "7:22",
+        "`{user.phone}` names a field that [privacy] does not allow",
+    );
+    // Derived placeholders and params need no allow.
+    assert_eq!(
+        errors(&format!(
+            "[params]\nk = \"v\"\n[destination]\nurl = \"https://a.example/?t={{timestamp.unix}}&k={{params.k}}\"\n{ALLOW}"
+        )),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn template_syntax_errors_point_inside_the_string() {
+    one_error(
+        &format!("[destination]\nurl = \"https://a.example/p?c={{click_id\"\n{ALLOW}"),
+        "2:30",
+        "a `{` that is never closed",
+    );
+    one_error(
+        &format!("[destination]\nurl = \"https://a.example/p?c={{click_id|upper}}\"\n{ALLOW}"),
+        "2:30",
+        "unknown filter `|upper`",
+    );
+    one_error(
+        &format!("[destination]\nurl = \"https://a.example/p?t={{timestamp.ms}}\"\n{ALLOW}"),
+        "2:30",
+        "unknown time format",
+    );
+    one_error(
+        &format!("[destination]\nurl = \"https://a.example/p?k={{params.key}}\"\n{ALLOW}"),
+        "2:30",
+        "add it under [params]",
+    );
+}
+
+#[test]
+fn hash_and_truncate_ip_must_be_allowed() {
+    one_error(
+        &get_rule("", "hash = [\"user.email\"]\n"),
+        "6:9",
+        "\"user.email\" is in `hash` but not in `allow`, so it is never sent; add \"user.email\" to `allow` in [privacy]",
+    );
+    one_error(
+        &get_rule("", "truncate_ip = [\"click_id\", \"user.ip\"]\n"),
+        "6:28",
+        "\"user.ip\" is in `truncate_ip` but not in `allow`",
+    );
+    one_error(
+        &get_rule("", "hash = [\"user..email\"]\n"),
+        "6:9",
+        "is not a field path",
+    );
+}
+
+#[test]
+fn consent_needs_require_and_valid_drop_paths() {
+    one_error(
+        &get_rule("", "[privacy.consent]\ndrop = [\"click_id\"]\n"),
+        "6:1",
+        "missing `require` in [privacy.consent]",
+    );
+    one_error(
+        &get_rule(
+            "",
+            "[privacy.consent]\nrequire = \"consent.ok\"\ndrop = [\"user email\"]\n",
+        ),
+        "8:9",
+        "\"user email\" in `privacy.consent.drop` is not a field path",
+    );
+}
+
+#[test]
+fn method_format_and_body_must_fit() {
+    one_error(
+        &get_rule("", "").replace("\"GET\"", "\"PUT\""),
+        "3:10",
+        "write \"GET\" or \"POST\"",
+    );
+    one_error(
+        &get_rule("format = \"form\"\n", ""),
+        "4:10",
+        "a GET request has none, so remove `format`",
+    );
+    one_error(
+        &get_rule("", "[body]\nc = \"{click_id}\"\n"),
+        "6:2",
+        "a GET request has no body",
+    );
+    one_error(
+        &format!("[destination]\nurl = \"https://a.example/\"\nformat = \"xml\"\n{ALLOW}"),
+        "3:10",
+        "write \"json\" (a JSON body) or \"form\"",
+    );
+    one_error(
+        &format!("[destination]\nurl = \"https://a.example/\"\nformat = \"form\"\n{ALLOW}[body]\nc = {{ d = \"{{click_id}}\" }}\n"),
+        "6:2",
+        "a form body is flat: `c` must be a single value",
+    );
+}
+
+#[test]
+fn delivery_settings_are_checked() {
+    one_error(
+        &get_rule("rate_limit = \"fast\"\n", ""),
+        "4:14",
+        "`destination.rate_limit`: \"fast\" is not a rate",
+    );
+    one_error(
+        &get_rule("rate_limit = \"5/fortnight\"\n", ""),
+        "4:14",
+        "unknown period",
+    );
+    one_error(
+        &get_rule("concurrency = 0\n", ""),
+        "4:15",
+        "`destination.concurrency` is 0, but must be between 1 and 1024",
+    );
+    one_error(
+        &get_rule("timeout = \"soon\"\n", ""),
+        "4:11",
+        "`destination.timeout`",
+    );
+    one_error(
+        &get_rule("sign_secret = \"hunter2\"\n", ""),
+        "4:15",
+        "must start with whsec_",
+    );
+    let errs = errors(&get_rule("sign_secret = \"whsec_!!notbase64!!\"\n", ""));
+    assert!(errs[0].starts_with("rules/x.toml:4:15: ") && errs[0].contains("not valid base64"));
+    assert!(
+        !errs[0].contains("notbase64"),
+        "secrets are never echoed: {errs:?}"
+    );
+    one_error(
+        &get_rule(
+            "retry = { initial_backoff = \"1h\", max_backoff = \"5s\" }\n",
+            "",
+        ),
+        "4:49",
+        "`retry.max_backoff` is shorter than `retry.initial_backoff`",
+    );
+    one_error(
+        &get_rule("headers = { \"Bad Header\" = \"x\" }\n", ""),
+        "4:13",
+        "is not a valid header name",
+    );
+    one_error(
+        &get_rule("headers = { Host = \"x\" }\n", ""),
+        "4:13",
+        "set by the relay itself",
+    );
+}
+
+#[test]
+fn presets_are_checked() {
+    let base = "[destination]\nurl = \"https://a.example/\"\n";
+    one_error(
+        &format!("{base}preset = \"meta\"\n{ALLOW}"),
+        "3:10",
+        "unknown preset \"meta\"; the presets are: meta_capi, tiktok_events, appsflyer_s2s, adjust_s2s, google_ads",
+    );
+    one_error(
+        &format!("{base}preset = \"tiktok_events\"\n{ALLOW}"),
+        "3:10",
+        "preset tiktok_events needs `event_source_id`; add it under [params], like: event_source_id = ",
+    );
+    one_error(
+        &format!("{base}preset = \"meta_capi\"\n[privacy]\nallow = [\"event_id\", \"user.email\"]\n"),
+        "5:22",
+        "`user.email` is allowed, but meta_capi only accepts it hashed; add \"user.email\" to `hash` in [privacy]",
+    );
+    one_error(
+        &format!("{base}preset = \"google_ads\"\n[params]\nconversion_action = \"c\"\n[privacy]\nallow = [\"user\"]\nhash = [\"user.email\"]\n"),
+        "7:10",
+        "allowing `user` lets `user.phone` through, but google_ads only accepts it hashed",
+    );
+    one_error(
+        &format!(
+            "{base}preset = \"adjust_s2s\"\nmethod = \"GET\"\n[params]\napp_token = \"t\"\n{ALLOW}"
+        ),
+        "4:10",
+        "preset adjust_s2s sends POST",
+    );
+    // Preset placeholders for fields that are not allowed are fine: they are omitted.
+    assert_eq!(
+        errors(&format!("{base}preset = \"appsflyer_s2s\"\n{ALLOW}")),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn when_and_rename_are_checked() {
+    one_error(
+        &get_rule("", "[when]\nevent_name = []\n"),
+        "7:14",
+        "lists nothing, so no event would match",
+    );
+    one_error(
+        &get_rule("", "[when]\n\"a..b\" = \"x\"\n"),
+        "7:1",
+        "is not a field path",
+    );
+    one_error(
+        &get_rule("", "[when]\nhas = [\"a b\"]\n"),
+        "7:8",
+        "in `when.has` is not a field path",
+    );
+    one_error(
+        &get_rule("", "[rename.event_name]\npurchase = 5\n"),
+        "7:12",
+        "[rename.event_name] maps old values to new ones in quotes",
+    );
+    assert_eq!(
+        errors(&get_rule(
+            "",
+            "[when]\nevent_name = \"purchase\"\nattribution.network = \"x\"\n\"consent.gpc\" = false\n[rename.attribution.network]\nx = \"y\"\n"
+        )),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn unset_environment_variables_and_syntax_errors_are_reported() {
+    let text = "[destination]\nurl = \"https://a.example/p\"\nheaders = { Authorization = \"Bearer ${TOKEN_NOT_SET}\" }\n";
+    one_error(
+        text,
+        "3:37",
+        "environment variable TOKEN_NOT_SET is not set",
+    );
+    assert_eq!(
+        errors_with_env(text, &[("TOKEN_NOT_SET", "t")]),
+        Vec::<String>::new()
+    );
+    one_error("[destination\nurl = 1\n", "1:13", "TOML syntax error");
+}
+
+#[test]
+fn a_bad_file_name_is_reported() {
+    let env: HashMap<String, String> = HashMap::new();
+    let e = load_text(Path::new("rules/my partner.toml"), get_rule("", ""), &env).unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert!(e[0].to_string().starts_with(
+        "rules/my partner.toml:1:1: the file name gives the destination name \"my partner\""
+    ));
+}
+
+#[test]
+fn every_error_of_every_file_comes_in_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        get_rule("concurrency = 5000\n", "hash = [\"user.email\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b.toml"),
+        format!("[destination]\nurl = \"https://b.example/?m={{user.email}}\"\nmethd = \"GET\"\n{ALLOW}"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("c.toml"), get_rule("", "")).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a rule").unwrap();
+    let env: HashMap<String, String> = HashMap::new();
+    let errs: Vec<String> = RuleSet::load_dir(dir.path(), &env)
+        .unwrap_err()
+        .iter()
+        .map(|d| {
+            let s = d.to_string();
+            s.strip_prefix(&format!("{}/", dir.path().display()))
+                .unwrap_or(&s)
+                .to_string()
+        })
+        .collect();
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert!(errs[0].starts_with("a.toml:4:15: `destination.concurrency` is 5000"));
+    assert!(errs[1].starts_with("a.toml:7:9: \"user.email\" is in `hash` but not in `allow`"));
+    assert!(errs
+        .iter()
+        .any(|e| e.starts_with("b.toml:2:29: `{user.email}` names a field")));
+    assert!(errs
+        .iter()
+        .any(|e| e.starts_with("b.toml:3:1: unknown key `methd` in [destination]")));
+}
+
+#[test]
+fn rates() {
+    assert_eq!(
+        parse_rate("50/s").map(|r| (r.count, r.per.as_secs())),
+        Ok((50, 1))
+    );
+    assert_eq!(
+        parse_rate("1000/m").map(|r| (r.count, r.per.as_secs())),
+        Ok((1000, 60))
+    );
+    assert_eq!(
+        parse_rate("10/h").map(|r| (r.count, r.per.as_secs())),
+        Ok((10, 3600))
+    );
+    assert_eq!(
+        parse_rate("30/10s").map(|r| (r.count, r.per.as_secs())),
+        Ok((30, 10))
+    );
+    assert!(parse_rate("0/s").is_err());
+    assert!(parse_rate("5").is_err());
+}

@@ -1,0 +1,281 @@
+//! Rule files: one destination per `rules/*.toml`, saying which events a partner
+//! gets and what it may see of them.
+//!
+//! Owns: loading and validating rule files (`load`, every error with FILE:LINE:COL),
+//! compiling them once into cheap-to-apply form, applying them to an event in the
+//! documented order `when` -> `rename` -> `privacy` (consent, allow, hash,
+//! truncate_ip) -> render (`apply`, `normalize`, `template`, `presets`), `preview`
+//! for humans, and hot reload (`reload`). Never: sends, queues or persists anything,
+//! and never logs event values: they are personal data.
+//!
+//! Privacy is default deny by construction: rendering only ever sees the filtered
+//! copy of the event that `allow` produced, never the event itself.
+//! The rule-file format is described for users in README-RULES.md.
+
+mod apply;
+mod load;
+mod normalize;
+mod presets;
+mod preview;
+mod reload;
+mod template;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::diag::{Diagnostic, Env};
+use crate::event::Event;
+use crate::outbound::{DeliverySettings, Method, OutboundRequest};
+
+pub use apply::Skip;
+pub use load::parse_rate;
+pub use normalize::{hash_str, sha256_hex, truncate_ip, FieldKind, HashStyle};
+pub use presets::NAMES as PRESET_NAMES;
+pub use preview::preview;
+pub use reload::{spawn_watcher, RulesHandle};
+pub use template::DERIVED as DERIVED_PLACEHOLDERS;
+
+use apply::{Privacy, Rename, When};
+use template::{scalar_text, BodyNode, Ctx, Template};
+
+/// Body encoding of a POST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Form,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "JSON",
+            Format::Form => "form-encoded",
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Form => "application/x-www-form-urlencoded",
+        }
+    }
+}
+
+/// A dotted field path: `name(.name)*`, names of letters, digits, `_` and `-`.
+pub fn is_valid_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+}
+
+/// What a POST carries.
+#[derive(Debug, Clone, PartialEq)]
+enum Body {
+    /// GET: nothing.
+    None,
+    /// No `[body]`, no preset: the filtered event as JSON.
+    FilteredJson,
+    /// No `[body]`, no preset, `format = "form"`: filtered scalars, dotted names.
+    FilteredForm,
+    Json(BodyNode),
+    Form(Vec<(String, Template)>),
+}
+
+/// One partner, compiled from one rule file.
+pub struct Destination {
+    /// The file name without `.toml`.
+    pub name: String,
+    pub description: String,
+    pub delivery: DeliverySettings,
+    pub method: Method,
+    pub format: Format,
+    pub preset: Option<String>,
+    /// The rule file this destination was read from.
+    pub file: PathBuf,
+    when: When,
+    renames: Vec<Rename>,
+    privacy: Privacy,
+    url: Template,
+    headers: Vec<(String, Template)>,
+    body: Body,
+}
+
+/// Only what is safe to log: compiled headers and `sign_secret` hold secrets.
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destination")
+            .field("name", &self.name)
+            .field("method", &self.method)
+            .field("preset", &self.preset)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rendered request plus what a human previewing it should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub request: OutboundRequest,
+    /// Fields removed because the consent field was not `true` (paths only, no values).
+    pub consent_dropped: Vec<String>,
+}
+
+impl Destination {
+    /// The request for this event, or why it is not sent here.
+    pub fn render(&self, event: &Event) -> Result<OutboundRequest, Skip> {
+        self.evaluate(event).map(|r| r.request)
+    }
+
+    /// Like `render`, with the consent details `preview` shows.
+    pub fn evaluate(&self, event: &Event) -> Result<Rendered, Skip> {
+        self.when.check(&event.fields)?;
+        let drops = self.privacy.consent_drops(&event.fields);
+        let fields = self.privacy.apply(&event.fields, &self.renames, &drops);
+        let ctx = Ctx {
+            fields: &fields,
+            timestamp: event.timestamp,
+        };
+        let (url, _) = self.url.render_text(&ctx, true);
+        let mut headers = Vec::with_capacity(self.headers.len() + 1);
+        for (name, t) in &self.headers {
+            let (value, _) = t.render_text(&ctx, false);
+            if value.chars().any(|c| c.is_control() && c != '\t') {
+                return Err(Skip::InvalidHeader {
+                    header: name.clone(),
+                });
+            }
+            headers.push((name.clone(), value));
+        }
+        let body = match &self.body {
+            Body::None => None,
+            Body::FilteredJson => Some(Value::Object(fields.clone()).to_string()),
+            Body::FilteredForm => {
+                let mut pairs = Vec::new();
+                flatten("", &fields, &mut pairs);
+                Some(form(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
+            }
+            Body::Json(node) => Some(
+                node.render(&ctx)
+                    .unwrap_or_else(|| Value::Object(Map::new()))
+                    .to_string(),
+            ),
+            Body::Form(pairs) => {
+                let rendered: Vec<(&str, String)> = pairs
+                    .iter()
+                    .filter_map(|(k, t)| {
+                        t.render_json(&ctx)
+                            .map(|v| (k.as_str(), scalar_text(&v).into_owned()))
+                    })
+                    .collect();
+                Some(form(rendered.iter().map(|(k, v)| (*k, v.as_str()))))
+            }
+        };
+        if body.is_some()
+            && !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            headers.push((
+                "Content-Type".to_string(),
+                self.format.content_type().to_string(),
+            ));
+        }
+        Ok(Rendered {
+            request: OutboundRequest {
+                method: self.method,
+                url,
+                headers,
+                body,
+            },
+            consent_dropped: drops,
+        })
+    }
+}
+
+fn flatten(prefix: &str, fields: &Map<String, Value>, out: &mut Vec<(String, String)>) {
+    for (k, v) in fields {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            Value::Null => {}
+            Value::Object(inner) => flatten(&key, inner, out),
+            other => out.push((key, scalar_text(other).into_owned())),
+        }
+    }
+}
+
+fn form<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut out = String::new();
+    for (k, v) in pairs {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        out.push_str(&template::form_encode(k));
+        out.push('=');
+        out.push_str(&template::form_encode(v));
+    }
+    out
+}
+
+/// Where one event goes for one destination.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub destination: Arc<Destination>,
+    pub outcome: Result<OutboundRequest, Skip>,
+}
+
+/// Every rule file of a directory, compiled. Immutable: share it as `Arc<RuleSet>`.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    destinations: Vec<Arc<Destination>>,
+    disabled: Vec<String>,
+}
+
+impl RuleSet {
+    /// Loads every `*.toml` in dir (sorted by name). All errors of all files in one pass.
+    pub fn load_dir(dir: &Path, env: &dyn Env) -> Result<RuleSet, Vec<Diagnostic>> {
+        load::load_dir(dir, env)
+    }
+
+    /// No destinations (before the first load, or in tests).
+    pub fn empty() -> RuleSet {
+        RuleSet::default()
+    }
+
+    /// The enabled destinations, in name order.
+    pub fn destinations(&self) -> &[Arc<Destination>] {
+        &self.destinations
+    }
+
+    /// Names of destinations whose file says `enabled = false` (validated, not used).
+    pub fn disabled(&self) -> &[String] {
+        &self.disabled
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Destination>> {
+        self.destinations.iter().find(|d| d.name == name)
+    }
+
+    /// For every enabled destination, in name order: the rendered request or why not.
+    pub fn route(&self, event: &Event) -> Vec<Routed> {
+        self.destinations
+            .iter()
+            .map(|d| Routed {
+                destination: Arc::clone(d),
+                outcome: d.render(event),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

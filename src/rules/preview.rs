@@ -1,0 +1,155 @@
+//! `postback-relay preview`: what each destination would receive, for humans.
+//!
+//! Owns: the text layout of a preview and the masking of secrets in it (header
+//! values other than Content-Type/Accept; URL query values whose key looks secret).
+//! Never: sends or stores anything; it only calls `Destination::evaluate`.
+
+use std::fmt::Write as _;
+
+use crate::event::Event;
+
+use super::{Destination, RuleSet};
+
+const MASK: &str = "***";
+
+/// For each enabled destination, in name order: the exact request (secrets masked,
+/// JSON bodies pretty-printed) or the reason the event is not sent there; then the
+/// disabled ones.
+pub fn preview(rules: &RuleSet, event: &Event) -> String {
+    let mut out = String::new();
+    for d in rules.destinations() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        preview_one(&mut out, d, event);
+    }
+    for name in rules.disabled() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "== {name} ==\ndisabled (enabled = false in its rule file): nothing is sent"
+        );
+    }
+    if out.is_empty() {
+        out.push_str("no destinations: the rules directory has no rule files\n");
+    }
+    out
+}
+
+fn preview_one(out: &mut String, d: &Destination, event: &Event) {
+    let _ = writeln!(out, "== {} ==", d.name);
+    let r = match d.evaluate(event) {
+        Ok(r) => r,
+        Err(skip) => {
+            let _ = writeln!(out, "not sent: {skip}");
+            return;
+        }
+    };
+    let req = &r.request;
+    let _ = writeln!(out, "{} {}", req.method.as_str(), mask_url(&req.url));
+    for (name, value) in &req.headers {
+        let _ = writeln!(out, "{name}: {}", mask_header(name, value));
+    }
+    if !r.consent_dropped.is_empty() {
+        let require = d
+            .privacy
+            .consent
+            .as_ref()
+            .map(|c| c.require.as_str())
+            .unwrap_or("consent");
+        let _ = writeln!(
+            out,
+            "(consent: {require} is not true, so these fields were dropped: {})",
+            r.consent_dropped.join(", ")
+        );
+    }
+    if let Some(body) = &req.body {
+        out.push('\n');
+        let pretty = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .filter(|_| d.format == super::Format::Json)
+            .and_then(|v| serde_json::to_string_pretty(&v).ok());
+        out.push_str(pretty.as_deref().unwrap_or(body));
+        out.push('\n');
+    }
+}
+
+fn mask_header(name: &str, value: &str) -> String {
+    if name.eq_ignore_ascii_case("content-type") || name.eq_ignore_ascii_case("accept") {
+        return value.to_string();
+    }
+    // Keep the auth scheme: "Bearer ***" tells more than "***".
+    match value.split_once(' ') {
+        Some((scheme, _))
+            if ["bearer", "basic", "token"].contains(&scheme.to_ascii_lowercase().as_str()) =>
+        {
+            format!("{scheme} {MASK}")
+        }
+        _ => MASK.to_string(),
+    }
+}
+
+fn secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k == "sig"
+        || [
+            "token",
+            "key",
+            "secret",
+            "password",
+            "passwd",
+            "auth",
+            "signature",
+        ]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+fn mask_url(url: &str) -> String {
+    let (base, fragment) = match url.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (url, None),
+    };
+    let Some((path, query)) = base.split_once('?') else {
+        return url.to_string();
+    };
+    let masked: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if secret_key(k) && !v.is_empty() => format!("{k}={MASK}"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    let mut out = format!("{path}?{}", masked.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_query_values_are_masked() {
+        assert_eq!(
+            mask_url("https://h/p?access_token=abc&click=1&api_key=k&sig=s&x=#f"),
+            "https://h/p?access_token=***&click=1&api_key=***&sig=***&x=#f"
+        );
+        assert_eq!(mask_url("https://h/p"), "https://h/p");
+    }
+
+    #[test]
+    fn header_values_are_masked_except_content_type() {
+        assert_eq!(mask_header("Authorization", "Bearer s3cr3t"), "Bearer ***");
+        assert_eq!(mask_header("developer-token", "abc"), "***");
+        assert_eq!(
+            mask_header("Content-Type", "application/json"),
+            "application/json"
+        );
+    }
+}

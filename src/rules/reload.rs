@@ -1,0 +1,247 @@
+//! Hot reload: the rules in force, swapped whole, only for a set without errors.
+//!
+//! Owns: `RulesHandle` (the shared current `RuleSet`, and `reload`) and the file
+//! watcher that calls it (debounced). SIGHUP and `POST /admin/reload` are wired by
+//! the caller to `RulesHandle::reload`. Never: logs event data (there is none here),
+//! and never leaves a half-applied change: on any error the old rules stay.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+
+use crate::diag::{Diagnostic, Env};
+
+use super::RuleSet;
+
+/// Quiet time after the last change before reloading: editors write in several steps.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The rules in force, shared by every part of the relay. Cloning is cheap.
+#[derive(Clone)]
+pub struct RulesHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    env: Arc<dyn Env + Send + Sync>,
+    current: RwLock<Arc<RuleSet>>,
+    /// One reload at a time, so a slow older load never overwrites a newer one.
+    reloading: Mutex<()>,
+}
+
+impl std::fmt::Debug for RulesHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RulesHandle")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RulesHandle {
+    /// Loads `dir` for the first time.
+    pub fn load(
+        dir: impl Into<PathBuf>,
+        env: Arc<dyn Env + Send + Sync>,
+    ) -> Result<RulesHandle, Vec<Diagnostic>> {
+        let dir = dir.into();
+        let rules = RuleSet::load_dir(&dir, env.as_ref())?;
+        Ok(RulesHandle::new(dir, env, rules))
+    }
+
+    /// A handle starting with `rules` already loaded from `dir`.
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        env: Arc<dyn Env + Send + Sync>,
+        rules: RuleSet,
+    ) -> RulesHandle {
+        RulesHandle {
+            inner: Arc::new(Inner {
+                dir: dir.into(),
+                env,
+                current: RwLock::new(Arc::new(rules)),
+                reloading: Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The rules in force now. Keep the `Arc` for the whole of one event's routing.
+    pub fn current(&self) -> Arc<RuleSet> {
+        let guard = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(&guard)
+    }
+
+    /// Re-loads the directory; swaps the rules atomically only when every file is
+    /// valid. On error the rules in force stay and every diagnostic is returned.
+    pub fn reload(&self) -> Result<(), Vec<Diagnostic>> {
+        let _one_at_a_time = self
+            .inner
+            .reloading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let rules = RuleSet::load_dir(&self.inner.dir, self.inner.env.as_ref())?;
+        let mut current = self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *current = Arc::new(rules);
+        Ok(())
+    }
+
+    /// `reload`, logging the outcome: each error with its `file:line:col`.
+    pub fn reload_and_log(&self) -> Result<(), Vec<Diagnostic>> {
+        let result = self.reload();
+        match &result {
+            Ok(()) => {
+                let rules = self.current();
+                tracing::info!(
+                    dir = %self.inner.dir.display(),
+                    destinations = rules.destinations().len(),
+                    disabled = rules.disabled().len(),
+                    "rules reloaded"
+                );
+            }
+            Err(errors) => {
+                for d in errors {
+                    tracing::warn!(
+                        file = %d.file.display(),
+                        line = d.line,
+                        col = d.col,
+                        "{d}"
+                    );
+                }
+                tracing::warn!(
+                    dir = %self.inner.dir.display(),
+                    errors = errors.len(),
+                    "rule change refused; the rules in force stay in force"
+                );
+            }
+        }
+        result
+    }
+}
+
+/// Whether a file-system event can change the rules: a `*.toml`, or a Kubernetes
+/// ConfigMap swap (`..data` and friends).
+fn relevant(event: &notify::Event) -> bool {
+    if matches!(event.kind, EventKind::Access(_)) {
+        return false;
+    }
+    event.paths.iter().any(|p| {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        name.ends_with(".toml") && !name.starts_with('.') || name.starts_with("..")
+    })
+}
+
+/// Watches the handle's directory and reloads (debounced by [`DEBOUNCE`]) when a
+/// `*.toml` in it changes. Keep the returned watcher alive; dropping it stops the
+/// watching and ends the background thread.
+/// `on_reload` runs after each reload that was applied (the delivery workers follow
+/// the new rule set through it).
+pub fn spawn_watcher(
+    handle: RulesHandle,
+    on_reload: impl Fn() + Send + 'static,
+) -> notify::Result<RecommendedWatcher> {
+    let (tx, rx) = mpsc::channel::<()>();
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(event) if relevant(&event) => {
+                let _ = tx.send(());
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "rules directory watch error"),
+        })?;
+    watcher.watch(handle.dir(), RecursiveMode::NonRecursive)?;
+    std::thread::Builder::new()
+        .name("rules-watch".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                loop {
+                    match rx.recv_timeout(DEBOUNCE) {
+                        Ok(()) => continue,
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                if handle.reload_and_log().is_ok() {
+                    on_reload();
+                }
+            }
+        })
+        .map_err(notify::Error::io)?;
+    Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const GOOD: &str = "[destination]\nurl = \"https://a.example/p?c={click_id}\"\nmethod = \"GET\"\n[privacy]\nallow = [\"click_id\"]\n";
+
+    fn env() -> Arc<dyn Env + Send + Sync> {
+        Arc::new(HashMap::<String, String>::new())
+    }
+
+    #[test]
+    fn a_broken_change_keeps_the_old_rules_and_a_fix_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("aff.toml"), GOOD).unwrap();
+        let handle = RulesHandle::load(dir.path(), env()).unwrap();
+        let before = handle.current();
+        assert_eq!(before.destinations().len(), 1);
+
+        std::fs::write(dir.path().join("aff.toml"), GOOD.replace("method", "methd")).unwrap();
+        std::fs::write(dir.path().join("b.toml"), GOOD).unwrap();
+        let errs = handle.reload().unwrap_err();
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("aff.toml:3:1: unknown key `methd`"),
+            "{errs:?}"
+        );
+        assert!(Arc::ptr_eq(&before, &handle.current()));
+
+        std::fs::write(dir.path().join("aff.toml"), GOOD).unwrap();
+        handle.reload().unwrap();
+        let names: Vec<_> = handle
+            .current()
+            .destinations()
+            .iter()
+            .map(|d| d.name.clone())
+            .collect();
+        assert_eq!(names, ["aff", "b"]);
+    }
+
+    #[test]
+    fn the_watcher_picks_up_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("aff.toml"), GOOD).unwrap();
+        let handle = RulesHandle::load(dir.path(), env()).unwrap();
+        let _watcher = spawn_watcher(handle.clone(), || {}).unwrap();
+        std::fs::write(dir.path().join("b.toml"), GOOD).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while handle.current().destinations().len() != 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "watcher did not reload"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! Routing end to end: shipped rule files, one pinned request per preset, the
+//! semantics of when / rename / privacy / rendering, preview, and a property test
+//! that nothing outside `allow` ever reaches a partner.
+
+use super::*;
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+use std::collections::HashMap;
+
+fn no_env() -> HashMap<String, String> {
+    HashMap::new()
+}
+
+fn event(v: Value) -> Event {
+    let received = Utc
+        .with_ymd_and_hms(2026, 11, 25, 12, 0, 0)
+        .single()
+        .unwrap_or_default();
+    Event::from_value(v, received).expect("valid test event")
+}
+
+fn typical(network: &str) -> Event {
+    event(json!({
+        "event_id": "evt_01JD8X",
+        "event_name": "purchase",
+        "click_id": "clk_9f2c",
+        "timestamp": "2026-11-25T10:00:00Z",
+        "attribution": {"network": network, "campaign": "c1"},
+        "user": {"email": " Person@Example.com", "phone": "+1 (555) 010-0100", "ip": "203.0.113.7",
+                 "user_agent": "UA/1.0", "external_id": "u42"},
+        "device": {"idfa": "IDFA-1", "gaid": "GAID-1", "os": "ios", "appsflyer_id": "af-1"},
+        "consent": {"ad_user_data": true, "ad_personalization": false, "gpc": false},
+        "properties": {"value": 9.99, "currency": "USD", "order_id": "o-1"}
+    }))
+}
+
+/// One rule from text (enabled or not), as `name.toml`.
+fn rule(name: &str, text: &str) -> Destination {
+    match load::load_text(
+        Path::new(&format!("rules/{name}.toml")),
+        text.to_string(),
+        &no_env(),
+    ) {
+        Ok((d, _)) => d,
+        Err(e) => panic!("{}", crate::diag::Diagnostics(e)),
+    }
+}
+
+/// A shipped example file, loaded with no environment variables set.
+fn shipped(name: &str) -> Destination {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("rules/{name}.toml"));
+    let text = std::fs::read_to_string(&path).expect("shipped rule file");
+    match load::load_text(&path, text, &no_env()) {
+        Ok((d, _)) => d,
+        Err(e) => panic!("{}", crate::diag::Diagnostics(e)),
+    }
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_shipped_rules_directory_loads_with_no_environment() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    let rules = match RuleSet::load_dir(&dir, &no_env()) {
+        Ok(r) => r,
+        Err(e) => panic!("{}", crate::diag::Diagnostics(e)),
+    };
+    // Only the loopback example is enabled: an offline demo sends nothing anywhere.
+    let names: Vec<&str> = rules
+        .destinations()
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    assert_eq!(names, ["example-aff"]);
+    assert_eq!(
+        rules.disabled(),
+        ["adjust", "appsflyer", "google-ads", "meta", "tiktok"]
+    );
+    assert!(rules.destinations()[0]
+        .render(&typical("example-aff"))
+        .unwrap()
+        .url
+        .starts_with("http://127.0.0.1:9999/"));
+}
+
+#[test]
+fn example_affiliate_get_postback() {
+    let d = shipped("example-aff");
+    assert_eq!(
+        d.delivery.rate_limit.map(|r| (r.count, r.per.as_secs())),
+        Some((50, 1))
+    );
+    assert_eq!(d.delivery.concurrency, 8);
+    assert_eq!(d.delivery.retry.max_backoff.as_secs(), 3600);
+    let req = d.render(&typical("example-aff")).unwrap();
+    assert_eq!(
+        req,
+        OutboundRequest {
+            method: Method::Get,
+            url: "http://127.0.0.1:9999/postback?clickid=clk_9f2c&goal=purchase&payout=9.99".into(),
+            headers: vec![],
+            body: None,
+        }
+    );
+    assert_eq!(
+        d.render(&typical("other")).unwrap_err().to_string(),
+        "attribution.network is not \"example-aff\" as [when] requires"
+    );
+}
+
+fn h(s: &str) -> String {
+    sha256_hex(s)
+}
+
+#[test]
+fn meta_capi_preset_request() {
+    // PARTNERS.md / Meta customer-information-parameters: em trimmed + lower-cased,
+    // ph digits with country code; IP and user agent in clear (here truncated by rule).
+    let req = shipped("meta").render(&typical("any")).unwrap();
+    assert_eq!(req.method, Method::Post);
+    assert_eq!(
+        req.url,
+        "https://graph.facebook.com/v21.0/123456789012345/events"
+    );
+    assert_eq!(
+        req.headers,
+        headers(&[
+            ("Authorization", "Bearer replace-me"),
+            ("Content-Type", "application/json")
+        ])
+    );
+    let expected = json!({"data": [{
+        "event_name": "Purchase", "event_time": 1795600800, "event_id": "evt_01JD8X",
+        "action_source": "website",
+        "user_data": {"em": h("person@example.com"), "ph": h("15550100100"),
+                      "client_ip_address": "203.0.113.0", "client_user_agent": "UA/1.0"},
+        "custom_data": {"value": 9.99, "currency": "USD"}
+    }]});
+    assert_eq!(req.body, Some(expected.to_string()));
+}
+
+#[test]
+fn tiktok_events_preset_request() {
+    // TikTok Events API 2.0: email/phone/external_id SHA-256; phone in E.164.
+    let req = shipped("tiktok").render(&typical("tiktok")).unwrap();
+    assert_eq!(
+        req.url,
+        "https://business-api.tiktok.com/open_api/v1.3/event/track/"
+    );
+    assert_eq!(
+        req.headers,
+        headers(&[
+            ("Access-Token", "replace-me"),
+            ("Content-Type", "application/json")
+        ])
+    );
+    let expected = json!({
+        "event_source": "web", "event_source_id": "CABCD1234567890",
+        "data": [{
+            "event": "CompletePayment", "event_time": 1795600800, "event_id": "evt_01JD8X",
+            "user": {"ttclid": "clk_9f2c", "external_id": h("u42"), "email": h("person@example.com"),
+                     "phone": h("+15550100100"), "ip": "203.0.113.7", "user_agent": "UA/1.0"},
+            "properties": {"value": 9.99, "currency": "USD"}
+        }]
+    });
+    assert_eq!(req.body, Some(expected.to_string()));
+}
+
+#[test]
+fn appsflyer_s2s_preset_request() {
+    // AppsFlyer S2S: eventValue is a JSON string; eventTime "yyyy-MM-dd HH:mm:ss.SSS" UTC.
+    let req = shipped("appsflyer").render(&typical("any")).unwrap();
+    assert_eq!(req.url, "https://api2.appsflyer.com/inappevent/id123456789");
+    assert_eq!(
+        req.headers,
+        headers(&[
+            ("authentication", "replace-me"),
+            ("Content-Type", "application/json")
+        ])
+    );
+    let expected = json!({
+        "appsflyer_id": "af-1", "customer_user_id": "u42", "idfa": "IDFA-1",
+        "advertising_id": "GAID-1", "eventName": "af_purchase",
+        "eventValue": "{\"value\":9.99,\"currency\":\"USD\"}", "eventCurrency": "USD",
+        "eventTime": "2026-11-25 10:00:00.000", "af_events_api": "true"
+    });
+    assert_eq!(req.body, Some(expected.to_string()));
+}
+
+#[test]
+fn adjust_s2s_preset_request() {
+    // Adjust S2S: form-encoded POST with s2s=1, app_token, event_token, a device ID.
+    let req = shipped("adjust").render(&typical("any")).unwrap();
+    assert_eq!(req.url, "https://s2s.adjust.com/event");
+    assert_eq!(
+        req.headers,
+        headers(&[
+            ("Authorization", "Bearer replace-me"),
+            ("Content-Type", "application/x-www-form-urlencoded")
+        ])
+    );
+    assert_eq!(
+        req.body.as_deref(),
+        Some("s2s=1&app_token=abc123def456&event_token=abc123&idfa=IDFA-1&gps_adid=GAID-1&created_at_unix=1795600800&ip_address=203.0.113.7&revenue=9.99&currency=USD")
+    );
+}
+
+#[test]
+fn google_ads_preset_request() {
+    // Google Ads API "Normalization and hashing": trim, lower-case, phone in E.164.
+    let req = shipped("google-ads").render(&typical("google")).unwrap();
+    assert_eq!(
+        req.url,
+        "https://googleads.googleapis.com/v19/customers/1234567890:uploadClickConversions"
+    );
+    assert_eq!(
+        req.headers,
+        headers(&[
+            ("Authorization", "Bearer replace-me"),
+            ("developer-token", "replace-me"),
+            ("Content-Type", "application/json")
+        ])
+    );
+    let expected = json!({
+        "partialFailure": true,
+        "conversions": [{
+            "gclid": "clk_9f2c",
+            "conversionAction": "customers/1234567890/conversionActions/987654321",
+            "conversionDateTime": "2026-11-25 10:00:00+00:00",
+            "conversionValue": 9.99, "currencyCode": "USD", "orderId": "o-1",
+            "userIdentifiers": [{"hashedEmail": h("person@example.com")},
+                                {"hashedPhoneNumber": h("+15550100100")}]
+        }]
+    });
+    assert_eq!(req.body, Some(expected.to_string()));
+}
+
+#[test]
+fn every_preset_compiles() {
+    for p in presets::PRESETS {
+        let params = template::Params {
+            lenient: true,
+            ..Default::default()
+        };
+        assert!(load::compile_preset(p, &params).is_some(), "{}", p.name);
+    }
+}
+
+#[test]
+fn without_consent_personal_fields_are_dropped_and_the_event_still_goes() {
+    let mut ev = typical("any");
+    ev.fields["consent"]["ad_user_data"] = json!(false);
+    let r = shipped("meta").evaluate(&ev).unwrap();
+    assert_eq!(
+        r.consent_dropped,
+        ["user.email", "user.phone", "user.ip", "user.user_agent"]
+    );
+    let body: Value = serde_json::from_str(r.request.body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        body["data"][0]["user_data"],
+        Value::Null,
+        "emptied object is removed"
+    );
+    assert_eq!(body["data"][0]["event_name"], json!("Purchase"));
+}
+
+#[test]
+fn a_user_body_extends_a_preset_and_params_fill_it() {
+    let d = rule(
+        "m",
+        "[destination]\nurl = \"https://graph.example/e\"\npreset = \"meta_capi\"\n\
+         [params]\naction_source = \"app\"\ntest_event_code = \"TEST1\"\n\
+         [[body.data]]\nopt_out = false\n[privacy]\nallow = [\"event_name\"]\n",
+    );
+    let body: Value =
+        serde_json::from_str(d.render(&typical("x")).unwrap().body.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"test_event_code": "TEST1", "data": [{"event_name": "purchase", "event_time": 1795600800,
+               "action_source": "app", "opt_out": false}]})
+    );
+}
+
+#[test]
+fn default_bodies_carry_the_filtered_event() {
+    let allow = "[privacy]\nallow = [\"event_name\", \"user.email\", \"properties\"]\nhash = [\"user.email\"]\n";
+    let json_rule = rule(
+        "j",
+        &format!("[destination]\nurl = \"https://a.example/\"\n{allow}"),
+    );
+    assert_eq!(
+        json_rule.render(&typical("x")).unwrap().body,
+        Some(
+            json!({"event_name": "purchase", "user": {"email": h("person@example.com")},
+                    "properties": {"value": 9.99, "currency": "USD", "order_id": "o-1"}})
+            .to_string()
+        )
+    );
+    let form_rule = rule(
+        "f",
+        &format!("[destination]\nurl = \"https://a.example/\"\nformat = \"form\"\n{allow}"),
+    );
+    let req = form_rule.render(&typical("x")).unwrap();
+    assert_eq!(
+        req.body.as_deref().map(|b| b.replace(&h("person@example.com"), "H")),
+        Some("event_name=purchase&user.email=H&properties.value=9.99&properties.currency=USD&properties.order_id=o-1".into())
+    );
+    assert_eq!(
+        req.headers,
+        headers(&[("Content-Type", "application/x-www-form-urlencoded")])
+    );
+}
+
+#[test]
+fn missing_fields_are_empty_in_urls_and_omitted_from_bodies() {
+    let d = rule(
+        "b",
+        "[destination]\nurl = \"https://a.example/p?c={click_id}&o={properties.coupon}&t={timestamp.unix}\"\n\
+         headers = { X-Coupon = \"c:{properties.coupon}\" }\n\
+         [body]\nvalue = \"{properties.value}\"\ncoupon = \"{properties.coupon}\"\nlabel = \"v={properties.value} c={properties.coupon}\"\n\
+         list = [\"{properties.coupon}\", \"{click_id}\", 1]\nbraces = \"{{literal}}\"\n\
+         [privacy]\nallow = [\"click_id\", \"properties\"]\n",
+    );
+    let req = d.render(&typical("x")).unwrap();
+    assert_eq!(req.url, "https://a.example/p?c=clk_9f2c&o=&t=1795600800");
+    assert_eq!(req.headers[0], ("X-Coupon".to_string(), "c:".to_string()));
+    assert_eq!(
+        req.body,
+        Some(json!({"value": 9.99, "list": ["clk_9f2c", 1], "braces": "{literal}"}).to_string())
+    );
+}
+
+#[test]
+fn rename_happens_after_when_and_before_rendering() {
+    let d = rule(
+        "r",
+        "[destination]\nurl = \"https://a.example/?e={event_name}&n={attribution.network}\"\nmethod = \"GET\"\n\
+         [when]\nevent_name = \"purchase\"\n\
+         [rename.event_name]\npurchase = \"sale\"\n[rename.attribution.network]\nfb = \"facebook\"\n\
+         [privacy]\nallow = [\"event_name\", \"attribution.network\"]\n",
+    );
+    assert_eq!(
+        d.render(&typical("fb")).unwrap().url,
+        "https://a.example/?e=sale&n=facebook"
+    );
+    assert_eq!(
+        d.render(&typical("tw")).unwrap().url,
+        "https://a.example/?e=sale&n=tw"
+    );
+}
+
+#[test]
+fn debug_output_of_a_destination_shows_no_secrets() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/meta.toml"))
+            .unwrap()
+            .replace("${META_ACCESS_TOKEN:-replace-me}", "${META_ACCESS_TOKEN}");
+    let env: HashMap<String, String> =
+        [("META_ACCESS_TOKEN".to_string(), "SECRET-TOKEN".to_string())].into();
+    let (d, _) = load::load_text(Path::new("rules/meta.toml"), text, &env).unwrap();
+    assert!(!format!("{d:?}").contains("SECRET-TOKEN"));
+}
+
+#[test]
+fn header_injection_through_a_field_is_refused() {
+    let d = rule(
+        "hdr",
+        "[destination]\nurl = \"https://a.example/\"\nmethod = \"GET\"\nheaders = { X-Click = \"{click_id}\" }\n[privacy]\nallow = [\"click_id\"]\n",
+    );
+    let mut ev = typical("x");
+    ev.fields["click_id"] = json!("a\r\nX-Evil: 1");
+    assert_eq!(
+        d.render(&ev).unwrap_err(),
+        Skip::InvalidHeader {
+            header: "X-Click".into()
+        }
+    );
+}
+
+#[test]
+fn route_gives_every_enabled_destination_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let get = |host: &str| {
+        format!("[destination]\nurl = \"https://{host}.example/?c={{click_id}}\"\nmethod = \"GET\"\n[when]\nevent_name = \"install\"\n[privacy]\nallow = [\"click_id\"]\n")
+    };
+    std::fs::write(dir.path().join("zeta.toml"), get("z")).unwrap();
+    std::fs::write(
+        dir.path().join("alpha.toml"),
+        get("a").replace("\"install\"", "[\"purchase\"]"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("off.toml"),
+        format!("enabled = false\n{}", get("o")),
+    )
+    .unwrap();
+    let rules = RuleSet::load_dir(dir.path(), &no_env()).unwrap();
+    let routed = rules.route(&typical("x"));
+    assert_eq!(routed.len(), 2);
+    assert_eq!(routed[0].destination.name, "alpha");
+    assert_eq!(
+        routed[0].outcome.as_ref().unwrap().url,
+        "https://a.example/?c=clk_9f2c"
+    );
+    assert_eq!(routed[1].destination.name, "zeta");
+    assert_eq!(
+        routed[1].outcome.as_ref().unwrap_err().to_string(),
+        "event_name \"purchase\" is not listed in [when] event_name = [\"install\"]"
+    );
+}
+
+#[test]
+fn preview_shows_requests_with_secrets_masked_and_skip_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a-meta.toml"),
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/meta.toml"))
+            .unwrap()
+            .replace("enabled = false", "enabled = true")
+            .replace(
+                "/events\"",
+                "/events?access_token=${META_ACCESS_TOKEN:-replace-me}\"",
+            ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b-aff.toml"),
+        "[destination]\nurl = \"http://127.0.0.1:9999/p?c={click_id}\"\nmethod = \"GET\"\n[when]\nevent_name = \"install\"\n[privacy]\nallow = [\"click_id\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("c-off.toml"),
+        "enabled = false\n[destination]\nurl = \"https://c.example/\"\n",
+    )
+    .unwrap();
+    let rules = RuleSet::load_dir(dir.path(), &no_env()).unwrap();
+    let mut ev = typical("x");
+    ev.fields["consent"]["ad_user_data"] = json!(false);
+    let text = preview(&rules, &ev);
+    let expected = "\
+== a-meta ==
+POST https://graph.facebook.com/v21.0/123456789012345/events?access_token=***
+Authorization: Bearer ***
+Content-Type: application/json
+(consent: consent.ad_user_data is not true, so these fields were dropped: user.email, user.phone, user.ip, user.user_agent)
+
+{
+  \"data\": [
+    {
+      \"event_name\": \"Purchase\",
+      \"event_time\": 1795600800,
+      \"event_id\": \"evt_01JD8X\",
+      \"action_source\": \"website\",
+      \"custom_data\": {
+        \"value\": 9.99,
+        \"currency\": \"USD\"
+      }
+    }
+  ]
+}
+
+== b-aff ==
+not sent: event_name \"purchase\" is not listed in [when] event_name = [\"install\"]
+
+== c-off ==
+disabled (enabled = false in its rule file): nothing is sent
+";
+    assert_eq!(text, expected);
+    assert!(!text.contains("replace-me"));
+}
+
+mod leaks {
+    //! Property: whatever the event and the allow list, nothing outside `allow` (or
+    //! dropped for lack of consent) appears anywhere in a rendered request.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEYS: &[&str] = &["a", "b", "c", "d"];
+
+    fn path_strategy() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(KEYS), 1..=3).prop_map(|p| p.join("."))
+    }
+
+    /// Leaves (path, canary) of an event; conflicting paths are skipped when building.
+    fn build(leaves: &[String]) -> (Map<String, Value>, Vec<(String, String)>) {
+        let mut root = Map::new();
+        let mut placed = Vec::new();
+        for (i, path) in leaves.iter().enumerate() {
+            let canary = format!("CANARY{i:04}X");
+            let parts: Vec<&str> = path.split('.').collect();
+            if place(&mut root, &parts, &canary) {
+                placed.push((path.clone(), canary));
+            }
+        }
+        (root, placed)
+    }
+
+    fn place(map: &mut Map<String, Value>, parts: &[&str], canary: &str) -> bool {
+        match parts {
+            [] => false,
+            [last] if map.contains_key(*last) => false,
+            [last] => {
+                map.insert(last.to_string(), Value::String(canary.to_string()));
+                true
+            }
+            [first, rest @ ..] => match map
+                .entry(first.to_string())
+                .or_insert_with(|| Value::Object(Map::new()))
+            {
+                Value::Object(m) => place(m, rest, canary),
+                _ => false,
+            },
+        }
+    }
+
+    fn under(path: &str, prefix: &str) -> bool {
+        path == prefix || path.starts_with(&format!("{prefix}."))
+    }
+
+    fn toml_list(v: &[String]) -> String {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+        #[test]
+        fn nothing_outside_allow_is_ever_sent(
+            leaves in prop::collection::vec(path_strategy(), 1..12),
+            allow in prop::collection::btree_set(path_strategy(), 0..5),
+            drop in prop::collection::btree_set(path_strategy(), 0..3),
+            consent_given in any::<bool>(),
+        ) {
+            let (mut fields, placed) = build(&leaves);
+            fields.insert("event_id".into(), json!("e1"));
+            fields.insert("event_name".into(), json!("n"));
+            fields.insert("consent".into(), json!({"ok": consent_given}));
+            let ev = event(Value::Object(fields));
+            let allow: Vec<String> = allow.into_iter().collect();
+            let drop: Vec<String> = drop.into_iter().collect();
+            let privacy = format!(
+                "[privacy]\nallow = [{}]\n[privacy.consent]\nrequire = \"consent.ok\"\ndrop = [{}]\n",
+                toml_list(&allow), toml_list(&drop)
+            );
+            let query: String = allow.iter().enumerate().map(|(i, p)| format!("&q{i}={{{p}}}")).collect();
+            let header = allow.first().map(|p| format!("headers = {{ X-H = \"h{{{p}}}\" }}\n")).unwrap_or_default();
+            let body: String = allow.iter().enumerate()
+                .map(|(i, p)| format!("k{i} = \"{{{p}}}\"\nj{i} = \"{{{p}|json}}\"\nm{i} = [\"x{{{p}}}\"]\n"))
+                .collect();
+            let rules = [
+                format!("[destination]\nurl = \"https://a.example/?z=1{query}\"\nmethod = \"GET\"\n{header}{privacy}"),
+                format!("[destination]\nurl = \"https://a.example/?z=1{query}\"\n{header}{privacy}"),
+                format!("[destination]\nurl = \"https://a.example/\"\nformat = \"form\"\n{privacy}"),
+                format!("[destination]\nurl = \"https://a.example/\"\n{header}{privacy}[body]\nfixed = 1\n{body}"),
+                format!("[destination]\nurl = \"https://a.example/\"\npreset = \"appsflyer_s2s\"\n{privacy}"),
+            ];
+            for text in &rules {
+                let d = rule("p", text);
+                let req = d.render(&ev).unwrap();
+                let sent = format!("{} {:?} {}", req.url, req.headers, req.body.clone().unwrap_or_default());
+                for (path, canary) in &placed {
+                    let allowed = allow.iter().any(|a| under(path, a));
+                    let dropped = !consent_given && drop.iter().any(|d| under(path, d));
+                    if !allowed || dropped {
+                        prop_assert!(!sent.contains(canary.as_str()),
+                            "{path} ({canary}) leaked; allow={allow:?} drop={drop:?} consent={consent_given}\n{text}\n{sent}");
+                    }
+                }
+            }
+        }
+    }
+}
