@@ -59,15 +59,14 @@ use redb::{Database, ReadableTable, Table, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AcceptOutcome, DeadLetter, Delivery, DestinationCounts, EventToAccept, ReplaySelector,
-    Store, StoreError, StoreResult,
+    AcceptOutcome, DeadLetter, Delivery, DestinationCounts, EventToAccept, ReplaySelector, Store,
+    StoreError, StoreResult,
 };
 
 const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries");
 const DUE: TableDefinition<(&str, i64, &str), ()> = TableDefinition::new("due");
 const DEDUPE: TableDefinition<&[u8; 16], u64> = TableDefinition::new("dedupe");
-const DEDUPE_EXPIRY: TableDefinition<(u64, &[u8; 16]), ()> =
-    TableDefinition::new("dedupe_expiry");
+const DEDUPE_EXPIRY: TableDefinition<(u64, &[u8; 16]), ()> = TableDefinition::new("dedupe_expiry");
 const DEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("dead");
 const DEAD_BY_DESTINATION: TableDefinition<(&str, i64, &str), ()> =
     TableDefinition::new("dead_by_destination");
@@ -525,8 +524,10 @@ impl<'t> Tables<'t> {
     fn put_delivery(&mut self, d: &Delivery) -> Result<(), ApplyError> {
         let bytes = serde_json::to_vec(d).map_err(|e| decode_err("delivery", e))?;
         self.deliveries.insert(d.id.as_str(), bytes.as_slice())?;
-        self.due
-            .insert((d.destination.as_str(), d.next_attempt_at, d.id.as_str()), ())?;
+        self.due.insert(
+            (d.destination.as_str(), d.next_attempt_at, d.id.as_str()),
+            (),
+        )?;
         Ok(())
     }
 
@@ -713,7 +714,8 @@ impl Writer {
                         delivery: d,
                         dead_at: *now_ms,
                     };
-                    let bytes = serde_json::to_vec(&dl).map_err(|e| decode_err("dead letter", e))?;
+                    let bytes =
+                        serde_json::to_vec(&dl).map_err(|e| decode_err("dead letter", e))?;
                     let (id, dest) = (dl.delivery.id.as_str(), dl.delivery.destination.as_str());
                     t.dead.insert(id, bytes.as_slice())?;
                     t.dead_by_destination.insert((dest, dl.dead_at, id), ())?;
@@ -846,10 +848,7 @@ impl Writer {
             .saturating_add(new_deliveries);
         if queued_after > self.max_queued {
             return Ok(Err(StoreError::Full {
-                reason: format!(
-                    "queue holds its maximum of {} deliveries",
-                    self.max_queued
-                ),
+                reason: format!("queue holds its maximum of {} deliveries", self.max_queued),
                 retry_after: FULL_RETRY_AFTER,
             }));
         }
@@ -962,9 +961,9 @@ fn answer(batch: Vec<Pending>, results: Vec<StoreResult<Outcome>>) {
 
 fn answer_all(batch: Vec<Pending>, message: String) {
     for p in batch {
-        let _ = p
-            .reply
-            .send(Err(StoreError::Unavailable(format!("store write failed: {message}"))));
+        let _ = p.reply.send(Err(StoreError::Unavailable(format!(
+            "store write failed: {message}"
+        ))));
     }
 }
 
@@ -1024,7 +1023,8 @@ fn load_or_create_secret(path: &Path) -> Result<[u8; 32], StoreError> {
     match fs::File::open(path) {
         Ok(mut f) => {
             let mut buf = Vec::with_capacity(33);
-            f.read_to_end(&mut buf).map_err(|e| unavailable(&ctx(), e))?;
+            f.read_to_end(&mut buf)
+                .map_err(|e| unavailable(&ctx(), e))?;
             return <[u8; 32]>::try_from(buf.as_slice()).map_err(|_| {
                 StoreError::Unavailable(format!(
                     "{}: expected 32 bytes, found {}",
@@ -1058,4 +1058,493 @@ fn load_or_create_secret(path: &Path) -> Result<[u8; 32], StoreError> {
     };
     write().map_err(|e| unavailable(&ctx(), e))?;
     Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::{Method, OutboundRequest};
+    use crate::store::{DedupeKey, NewDelivery};
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+
+    const NOW: i64 = 1_700_000_000_000;
+    const DAY_MS: i64 = 86_400_000;
+
+    fn options(dir: &Path) -> EmbeddedOptions {
+        EmbeddedOptions {
+            data_dir: dir.to_path_buf(),
+            dedupe_window: Duration::from_secs(7 * 86_400),
+            max_queued: 1_000_000,
+            min_free_space: 0,
+            dlq_retention: Duration::from_secs(14 * 86_400),
+        }
+    }
+
+    fn open(dir: &Path) -> EmbeddedStore {
+        EmbeddedStore::open(options(dir)).expect("open store")
+    }
+
+    fn key(n: u64) -> DedupeKey {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&n.to_be_bytes());
+        DedupeKey(k)
+    }
+
+    fn event(k: DedupeKey, destinations: &[&str]) -> EventToAccept {
+        EventToAccept {
+            dedupe_key: k,
+            deliveries: destinations
+                .iter()
+                .map(|d| NewDelivery {
+                    destination: (*d).to_owned(),
+                    request: OutboundRequest {
+                        method: Method::Post,
+                        url: format!("https://{d}.example.test/postback"),
+                        headers: vec![("Content-Type".into(), "application/json".into())],
+                        body: Some(r#"{"event_name":"purchase","value":9.99}"#.into()),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    fn ids(o: &AcceptOutcome) -> Vec<String> {
+        match o {
+            AcceptOutcome::Accepted { delivery_ids } => delivery_ids.clone(),
+            AcceptOutcome::Duplicate => panic!("expected accepted, got duplicate"),
+        }
+    }
+
+    async fn counts_of(s: &EmbeddedStore) -> Vec<(String, u64, u64)> {
+        let mut c: Vec<_> = s
+            .counts()
+            .await
+            .expect("counts")
+            .into_iter()
+            .map(|c| (c.destination, c.queued, c.dead))
+            .collect();
+        c.sort();
+        c
+    }
+
+    fn c(d: &str, q: u64, dead: u64) -> (String, u64, u64) {
+        (d.to_owned(), q, dead)
+    }
+
+    #[tokio::test]
+    async fn accepted_deliveries_are_claimed_once_when_due() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let out = s
+            .accept(vec![event(key(1), &["a", "b"]), event(key(2), &["a"])], NOW)
+            .await
+            .expect("accept");
+        assert_eq!(out.len(), 2);
+        let first = ids(&out[0]);
+        assert_eq!(first.len(), 2);
+        for id in first.iter().chain(ids(&out[1]).iter()) {
+            assert!(id.starts_with("dlv_") && id.len() == 30, "{id}");
+        }
+
+        assert!(s
+            .claim_due("a", NOW - 1, 10)
+            .await
+            .expect("claim")
+            .is_empty());
+        assert_eq!(s.next_due("a").await.expect("next"), Some(NOW));
+        let claimed = s.claim_due("a", NOW, 10).await.expect("claim");
+        assert_eq!(claimed.len(), 2);
+        assert!(claimed
+            .iter()
+            .all(|d| d.destination == "a" && d.attempts == 0));
+        assert_eq!(claimed[0].id, first[0]);
+        assert_eq!(claimed[0].request.url, "https://a.example.test/postback");
+        // Claimed: not handed out again, not reported as next due.
+        assert!(s.claim_due("a", NOW, 10).await.expect("claim").is_empty());
+        assert_eq!(s.next_due("a").await.expect("next"), None);
+        assert_eq!(s.claim_due("b", NOW, 10).await.expect("claim").len(), 1);
+        // Released: due again.
+        s.release(&claimed[1].id).await.expect("release");
+        assert_eq!(s.claim_due("a", NOW, 10).await.expect("claim").len(), 1);
+        assert_eq!(counts_of(&s).await, vec![c("a", 2, 0), c("b", 1, 0)]);
+    }
+
+    #[tokio::test]
+    async fn duplicate_within_window_is_refused_also_in_one_batch_and_after_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = open(dir.path());
+            let out = s
+                .accept(vec![event(key(1), &["a"])], NOW)
+                .await
+                .expect("accept");
+            assert!(matches!(out[0], AcceptOutcome::Accepted { .. }));
+            let out = s
+                .accept(
+                    vec![
+                        event(key(1), &["a"]),
+                        event(key(2), &["a"]),
+                        event(key(2), &["a"]),
+                    ],
+                    NOW + 1000,
+                )
+                .await
+                .expect("accept");
+            assert_eq!(out[0], AcceptOutcome::Duplicate);
+            assert!(matches!(out[1], AcceptOutcome::Accepted { .. }));
+            assert_eq!(out[2], AcceptOutcome::Duplicate);
+            assert_eq!(counts_of(&s).await, vec![c("a", 2, 0)]);
+        }
+        let s = open(dir.path());
+        let out = s
+            .accept(vec![event(key(1), &["a"])], NOW + DAY_MS)
+            .await
+            .expect("accept");
+        assert_eq!(
+            out[0],
+            AcceptOutcome::Duplicate,
+            "dedupe survives a restart"
+        );
+        // After the 7-day window the same key is new again (the expired mark is replaced).
+        let later = NOW + 8 * DAY_MS;
+        let out = s
+            .accept(vec![event(key(1), &["a"])], later)
+            .await
+            .expect("accept");
+        assert!(matches!(out[0], AcceptOutcome::Accepted { .. }));
+        let out = s
+            .accept(vec![event(key(1), &["a"])], later + 1)
+            .await
+            .expect("accept");
+        assert_eq!(out[0], AcceptOutcome::Duplicate);
+        assert_eq!(counts_of(&s).await, vec![c("a", 3, 0)]);
+    }
+
+    #[tokio::test]
+    async fn unsettled_claims_are_due_again_after_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = open(dir.path());
+            s.accept(vec![event(key(1), &["a"]), event(key(2), &["a"])], NOW)
+                .await
+                .expect("accept");
+            assert_eq!(s.claim_due("a", NOW, 10).await.expect("claim").len(), 2);
+            // Dropped without settling, as a crash would.
+        }
+        let s = open(dir.path());
+        assert_eq!(s.claim_due("a", NOW, 10).await.expect("claim").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn complete_removes_and_retry_later_moves_the_due_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        s.accept(vec![event(key(1), &["a"]), event(key(2), &["a"])], NOW)
+            .await
+            .expect("accept");
+        let claimed = s.claim_due("a", NOW, 10).await.expect("claim");
+        s.complete(&claimed[0].id).await.expect("complete");
+        assert_eq!(counts_of(&s).await, vec![c("a", 1, 0)]);
+
+        let mut d = claimed[1].clone();
+        d.attempts = 1;
+        d.first_attempt_at = Some(NOW);
+        d.last_attempt_at = Some(NOW);
+        d.last_status = Some(503);
+        d.last_error = Some("503 Service Unavailable".into());
+        d.next_attempt_at = NOW + 5_000;
+        s.retry_later(d.clone()).await.expect("retry");
+        assert!(s
+            .claim_due("a", NOW + 4_999, 10)
+            .await
+            .expect("claim")
+            .is_empty());
+        assert_eq!(s.next_due("a").await.expect("next"), Some(NOW + 5_000));
+        let again = s.claim_due("a", NOW + 5_000, 10).await.expect("claim");
+        assert_eq!(again, vec![d.clone()], "same id, updated record");
+        assert_eq!(counts_of(&s).await, vec![c("a", 1, 0)]);
+        s.complete(&d.id).await.expect("complete");
+        assert_eq!(counts_of(&s).await, vec![]);
+        assert_eq!(s.next_due("a").await.expect("next"), None);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_listed_and_replayed_by_id_destination_and_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        s.accept(
+            vec![
+                event(key(1), &["a"]),
+                event(key(2), &["a"]),
+                event(key(3), &["b"]),
+                event(key(4), &["b"]),
+            ],
+            NOW,
+        )
+        .await
+        .expect("accept");
+        let mut all = s.claim_due("a", NOW, 10).await.expect("claim");
+        all.extend(s.claim_due("b", NOW, 10).await.expect("claim"));
+        for (i, d) in all.iter().enumerate() {
+            let mut d = d.clone();
+            d.attempts = 12;
+            d.first_attempt_at = Some(NOW);
+            d.last_error = Some("404 Not Found".into());
+            s.dead_letter(d, NOW + i as i64).await.expect("dead letter");
+        }
+        assert_eq!(counts_of(&s).await, vec![c("a", 0, 2), c("b", 0, 2)]);
+        let listed = s.dlq_list(None, 10).await.expect("list");
+        let listed_ids: Vec<_> = listed.iter().map(|d| d.delivery.id.clone()).collect();
+        let all_ids: Vec<_> = all.iter().map(|d| d.id.clone()).collect();
+        assert_eq!(listed_ids, all_ids, "oldest first");
+        assert_eq!(
+            listed[0].delivery.last_error.as_deref(),
+            Some("404 Not Found")
+        );
+        assert_eq!(s.dlq_list(Some("b"), 10).await.expect("list").len(), 2);
+        assert_eq!(s.dlq_list(None, 1).await.expect("list").len(), 1);
+        assert!(s
+            .claim_due("a", NOW + DAY_MS, 10)
+            .await
+            .expect("claim")
+            .is_empty());
+
+        let replay_at = NOW + DAY_MS;
+        let n = s
+            .dlq_replay(ReplaySelector::Id(all[0].id.clone()), replay_at)
+            .await
+            .expect("replay");
+        assert_eq!(n, 1);
+        assert_eq!(counts_of(&s).await, vec![c("a", 1, 1), c("b", 0, 2)]);
+        let back = s.claim_due("a", replay_at, 10).await.expect("claim");
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].id, all[0].id, "the id is kept");
+        assert_eq!(back[0].attempts, 0);
+        assert_eq!(back[0].first_attempt_at, None);
+        assert_eq!(back[0].next_attempt_at, replay_at);
+
+        let n = s
+            .dlq_replay(ReplaySelector::Destination("b".into()), replay_at)
+            .await
+            .expect("replay");
+        assert_eq!(n, 2);
+        assert_eq!(counts_of(&s).await, vec![c("a", 1, 1), c("b", 2, 0)]);
+        assert_eq!(
+            s.dlq_replay(ReplaySelector::Id("dlv_nope".into()), replay_at)
+                .await
+                .expect("replay"),
+            0
+        );
+        let n = s
+            .dlq_replay(ReplaySelector::All, replay_at)
+            .await
+            .expect("replay");
+        assert_eq!(n, 1);
+        assert!(s.dlq_list(None, 10).await.expect("list").is_empty());
+        drop(s);
+        let s = open(dir.path());
+        assert_eq!(counts_of(&s).await, vec![c("a", 2, 0), c("b", 2, 0)]);
+    }
+
+    #[tokio::test]
+    async fn full_queue_refuses_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = EmbeddedStore::open(EmbeddedOptions {
+                max_queued: 3,
+                ..options(dir.path())
+            })
+            .expect("open");
+            s.accept(vec![event(key(1), &["a", "b"])], NOW)
+                .await
+                .expect("accept");
+            let err = s
+                .accept(vec![event(key(2), &["a"]), event(key(3), &["a"])], NOW)
+                .await
+                .expect_err("full");
+            assert!(matches!(err, StoreError::Full { .. }), "{err:?}");
+            assert_eq!(err.retry_after(), Duration::from_secs(5));
+            assert_eq!(counts_of(&s).await, vec![c("a", 1, 0), c("b", 1, 0)]);
+            // Duplicates add nothing, so they still pass.
+            let out = s
+                .accept(vec![event(key(1), &["a", "b"])], NOW)
+                .await
+                .expect("accept");
+            assert_eq!(out, vec![AcceptOutcome::Duplicate]);
+        }
+        let s = open(dir.path());
+        let out = s
+            .accept(vec![event(key(2), &["a"]), event(key(3), &["a"])], NOW)
+            .await
+            .expect("accept");
+        assert!(
+            out.iter()
+                .all(|o| matches!(o, AcceptOutcome::Accepted { .. })),
+            "the refused keys were not marked"
+        );
+        assert_eq!(counts_of(&s).await, vec![c("a", 3, 0), c("b", 1, 0)]);
+    }
+
+    #[tokio::test]
+    async fn disk_space_floor_refuses_accepts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = EmbeddedStore::open(EmbeddedOptions {
+            min_free_space: u64::MAX,
+            ..options(dir.path())
+        })
+        .expect("open");
+        let err = s
+            .accept(vec![event(key(1), &["a"])], NOW)
+            .await
+            .expect_err("full");
+        assert!(matches!(err, StoreError::Full { .. }), "{err:?}");
+        assert_eq!(counts_of(&s).await, vec![]);
+        assert!(s.ready().await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_accepts_share_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Arc::new(open(dir.path()));
+        let tasks: Vec<_> = (0..200u64)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move { s.accept(vec![event(key(i), &["a"])], NOW).await })
+            })
+            .collect();
+        for t in tasks {
+            let out = t.await.expect("join").expect("accept");
+            assert!(matches!(out[0], AcceptOutcome::Accepted { .. }));
+        }
+        let commits = s.commits();
+        assert!(commits < 200, "{commits} commits for 200 accepts");
+        assert_eq!(counts_of(&s).await, vec![c("a", 200, 0)]);
+    }
+
+    #[tokio::test]
+    async fn purge_removes_expired_keys_and_old_dead_letters_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        s.accept(vec![event(key(1), &["a"]), event(key(2), &["a"])], NOW)
+            .await
+            .expect("accept");
+        s.accept(vec![event(key(3), &["a"])], NOW + 2 * DAY_MS)
+            .await
+            .expect("accept");
+        let claimed = s.claim_due("a", NOW + 2 * DAY_MS, 10).await.expect("claim");
+        s.dead_letter(claimed[0].clone(), NOW).await.expect("dead");
+        s.dead_letter(claimed[1].clone(), NOW + 10 * DAY_MS)
+            .await
+            .expect("dead");
+
+        // At NOW + 7d + 1s: keys 1 and 2 expired, key 3 not; the first dead letter
+        // is older than 14 days only after NOW + 14d.
+        let at = NOW + 7 * DAY_MS + 1000;
+        assert_eq!(s.purge(at).await.expect("purge"), (2, 0));
+        assert_eq!(s.purge(at).await.expect("purge"), (0, 0));
+        let out = s
+            .accept(vec![event(key(3), &["a"])], at)
+            .await
+            .expect("accept");
+        assert_eq!(out[0], AcceptOutcome::Duplicate, "unexpired key kept");
+
+        assert_eq!(s.purge(NOW + 15 * DAY_MS).await.expect("purge"), (1, 1));
+        let left = s.dlq_list(None, 10).await.expect("list");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].delivery.id, claimed[1].id);
+        assert_eq!(counts_of(&s).await, vec![c("a", 1, 1)]);
+    }
+
+    #[tokio::test]
+    async fn no_plaintext_click_id_on_disk() {
+        let canary = "canary-click-7f3a";
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = open(dir.path());
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(&s.dedupe_secret()).expect("any key length");
+            mac.update(canary.as_bytes());
+            let digest = mac.finalize().into_bytes();
+            let mut k = [0u8; 16];
+            k.copy_from_slice(&digest[..16]);
+            let hashed_body = format!(
+                r#"{{"click_id_sha256":"{}"}}"#,
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+            let mut ev = event(DedupeKey(k), &["a"]);
+            ev.deliveries[0].request.body = Some(hashed_body);
+            s.accept(vec![ev], NOW).await.expect("accept");
+        }
+        let mut files = 0;
+        for entry in fs::read_dir(dir.path()).expect("read dir") {
+            let path = entry.expect("entry").path();
+            let bytes = fs::read(&path).expect("read file");
+            files += 1;
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                "plaintext click id found in {}",
+                path.display()
+            );
+        }
+        assert!(files >= 2, "relay.redb and dedupe.key");
+    }
+
+    #[tokio::test]
+    async fn dedupe_secret_is_created_once_private_and_stable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = open(dir.path()).dedupe_secret();
+        let mode = fs::metadata(dir.path().join("dedupe.key"))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(open(dir.path()).dedupe_secret(), first);
+        assert_ne!(first, [0u8; 32]);
+    }
+
+    #[test]
+    fn delivery_ids_are_unique_and_well_formed() {
+        let ids: HashSet<_> = (0..10_000).map(|_| new_delivery_id(NOW)).collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids
+            .iter()
+            .all(|id| id.len() == 30 && id[4..].bytes().all(|b| CROCKFORD.contains(&b))));
+    }
+
+    /// Measures disk bytes per dedupe key (no deliveries): run with
+    /// `cargo test --release --lib bytes_per_dedupe_key -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn bytes_per_dedupe_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = open(dir.path());
+        let path = dir.path().join("relay.redb");
+        let before = fs::metadata(&path).expect("db").len();
+        let n = 200_000u64;
+        let mut rng = rand::thread_rng();
+        for chunk in 0..(n / 1000) {
+            let events = (0..1000)
+                .map(|_| {
+                    let mut k = [0u8; 16];
+                    rng.fill_bytes(&mut k);
+                    EventToAccept {
+                        dedupe_key: DedupeKey(k),
+                        deliveries: vec![],
+                    }
+                })
+                .collect();
+            s.accept(events, NOW + chunk as i64).await.expect("accept");
+        }
+        drop(s);
+        let after = fs::metadata(&path).expect("db").len();
+        println!(
+            "{n} keys: file {before} -> {after} bytes, {:.1} bytes/key",
+            (after - before) as f64 / n as f64
+        );
+    }
 }
