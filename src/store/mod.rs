@@ -12,6 +12,8 @@
 //!   not settled (complete / retry_later / dead_letter / release) before the process
 //!   dies is due again after restart.
 
+pub mod embedded;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
