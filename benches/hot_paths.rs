@@ -27,17 +27,30 @@ fn bench(c: &mut Criterion) {
     g.bench_function("verify_signature", |b| {
         b.iter(|| {
             verifier
-                .verify(Some("msg_1"), Some(&now.to_string()), Some(&sig), body.as_bytes(), now)
+                .verify(
+                    Some("msg_1"),
+                    Some(&now.to_string()),
+                    Some(&sig),
+                    body.as_bytes(),
+                    now,
+                )
                 .is_ok()
         })
     });
     g.bench_function("parse_event", |b| {
-        b.iter(|| parse_events(body.as_bytes(), Framing::Json, 1000, chrono::Utc::now()).map(|v| v.len()))
+        b.iter(|| {
+            parse_events(body.as_bytes(), Framing::Json, 1000, chrono::Utc::now()).map(|v| v.len())
+        })
     });
-    let batch = format!("[{}]", (0..100).map(event_json).collect::<Vec<_>>().join(","));
+    let batch = format!(
+        "[{}]",
+        (0..100).map(event_json).collect::<Vec<_>>().join(",")
+    );
     g.throughput(Throughput::Elements(100));
     g.bench_function("parse_batch_100", |b| {
-        b.iter(|| parse_events(batch.as_bytes(), Framing::Json, 1000, chrono::Utc::now()).map(|v| v.len()))
+        b.iter(|| {
+            parse_events(batch.as_bytes(), Framing::Json, 1000, chrono::Utc::now()).map(|v| v.len())
+        })
     });
     g.finish();
 }

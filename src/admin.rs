@@ -46,12 +46,12 @@ pub async fn handle(relay: Arc<Relay>, req: Request<Incoming>) -> HttpResponse {
         .query()
         .map(|q| {
             q.split('&')
-                .filter_map(|kv| {
+                .map(|kv| {
                     let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
                     let v = percent_encoding::percent_decode_str(v)
                         .decode_utf8_lossy()
                         .to_string();
-                    Some((k.to_string(), v))
+                    (k.to_string(), v)
                 })
                 .collect()
         })

@@ -40,7 +40,8 @@ impl Relay {
     pub fn reload_rules(&self) -> Result<Vec<String>, Vec<Diagnostic>> {
         self.rules.reload_and_log()?;
         let current = self.rules.current();
-        self.deliverer.update_destinations(delivery_settings(&current));
+        self.deliverer
+            .update_destinations(delivery_settings(&current));
         Ok(current
             .destinations()
             .iter()
@@ -110,23 +111,30 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops accepting, finishes in-flight requests, stops delivery workers.
+    /// Stops accepting, finishes in-flight requests, stops delivery workers, and
+    /// waits until the store is closed (so the same data_dir can be opened again).
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
         for b in self.background {
             b.abort();
+            let _ = b.await;
         }
         drop(self._watcher);
         self.relay.deliverer.clone().shutdown().await;
+        let weak = Arc::downgrade(&self.relay);
+        drop(self.relay);
+        for _ in 0..500 {
+            if weak.strong_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
 /// Builds and starts the relay: store, rules, delivery workers, HTTP server.
-pub async fn start(
-    config: Config,
-    env: Arc<dyn Env + Send + Sync>,
-) -> Result<Running, StartError> {
+pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Running, StartError> {
     let rules = RulesHandle::load(&config.rules_dir, env).map_err(StartError::Invalid)?;
     let store = open_store(&config).map_err(StartError::Store)?;
     let listener = TcpListener::bind(config.listen)
@@ -161,13 +169,14 @@ pub async fn start(
         rx.clone(),
         Duration::from_secs(10),
     ));
-    let mut background = Vec::new();
-    background.push(tokio::spawn(purge_loop(relay.clone())));
+    let background = vec![tokio::spawn(purge_loop(relay.clone()))];
     let watcher = {
-        let r = relay.clone();
+        let r = Arc::downgrade(&relay);
         match crate::rules::spawn_watcher(relay.rules.clone(), move || {
-            let current = r.rules.current();
-            r.deliverer.update_destinations(delivery_settings(&current));
+            if let Some(r) = r.upgrade() {
+                let current = r.rules.current();
+                r.deliverer.update_destinations(delivery_settings(&current));
+            }
         }) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -213,8 +222,10 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(|e| StartError::Listen(e.to_string()))?;
-        let mut hup = signal(SignalKind::hangup()).map_err(|e| StartError::Listen(e.to_string()))?;
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| StartError::Listen(e.to_string()))?;
+        let mut hup =
+            signal(SignalKind::hangup()).map_err(|e| StartError::Listen(e.to_string()))?;
         loop {
             tokio::select! {
                 _ = term.recv() => break,

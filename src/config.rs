@@ -138,7 +138,9 @@ impl Config {
     ) -> Result<Config, Vec<Diagnostic>> {
         let (source, mut errors) = Source::new(path, text, env);
         let doc = Doc::parse(&source);
-        let cfg = doc.root().and_then(|root| read_config(root, path, overrides));
+        let cfg = doc
+            .root()
+            .and_then(|root| read_config(root, path, overrides));
         errors.extend(doc.into_errors());
         errors.sort_by_key(|d| (d.line, d.col));
         match cfg {
@@ -257,13 +259,20 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides) -> Option<Config>
                 dedupe.key = k.into_iter().map(|(s, _)| s).collect();
             }
         }
-        if let Some(by) = d.section("by_event", "{ purchase = [\"click_id\", \"properties.order_id\"] }") {
+        if let Some(by) = d.section(
+            "by_event",
+            "{ purchase = [\"click_id\", \"properties.order_id\"] }",
+        ) {
             for (name, f) in by.entries() {
                 if let Some(k) = f.as_str_list("[\"click_id\", \"properties.order_id\"]") {
                     if k.is_empty() {
-                        f.error(format!("`dedupe.by_event.{name}` is empty; name at least one field"));
+                        f.error(format!(
+                            "`dedupe.by_event.{name}` is empty; name at least one field"
+                        ));
                     }
-                    dedupe.by_event.insert(name, k.into_iter().map(|(s, _)| s).collect());
+                    dedupe
+                        .by_event
+                        .insert(name, k.into_iter().map(|(s, _)| s).collect());
                 }
             }
             by.finish();
@@ -428,8 +437,16 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         .expect_err("invalid");
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 2, "{text:#?}");
-        assert!(text[0].starts_with("cfg/relay.toml:4:13: `ingest.tolerance`"), "{text:#?}");
-        assert!(text[1].starts_with("cfg/relay.toml:5:1: unknown key `max_bach` in [ingest]; did you mean `max_batch`?"), "{text:#?}");
+        assert!(
+            text[0].starts_with("cfg/relay.toml:4:13: `ingest.tolerance`"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with(
+                "cfg/relay.toml:5:1: unknown key `max_bach` in [ingest]; did you mean `max_batch`?"
+            ),
+            "{text:#?}"
+        );
     }
 
     #[test]
@@ -437,14 +454,25 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         let errs = parse("[ingest]\nsecrets = [\"whsec_!!!\", \"${NOT_SET_ANYWHERE}\"]\n")
             .expect_err("invalid");
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert!(text.iter().any(|t| t.starts_with("cfg/relay.toml:2:12: `ingest.secrets`: secret is not valid base64")), "{text:#?}");
-        assert!(text.iter().any(|t| t.starts_with("cfg/relay.toml:2:26: environment variable NOT_SET_ANYWHERE is not set")), "{text:#?}");
+        assert!(
+            text.iter().any(|t| t
+                .starts_with("cfg/relay.toml:2:12: `ingest.secrets`: secret is not valid base64")),
+            "{text:#?}"
+        );
+        assert!(
+            text.iter().any(|t| t.starts_with(
+                "cfg/relay.toml:2:26: environment variable NOT_SET_ANYWHERE is not set"
+            )),
+            "{text:#?}"
+        );
     }
 
     #[test]
     fn missing_ingest_is_an_error_that_says_what_to_write() {
         let errs = parse("listen = \"127.0.0.1:1\"\n").expect_err("invalid");
-        assert!(errs[0].message.contains("secrets = [\"${POSTBACK_RELAY_SECRET}\"]"));
+        assert!(errs[0]
+            .message
+            .contains("secrets = [\"${POSTBACK_RELAY_SECRET}\"]"));
     }
 
     #[test]

@@ -140,9 +140,15 @@ mod tests {
     #[test]
     fn by_event_overrides_the_default() {
         let s = [7u8; 32];
-        let p1 = ev(json!({"event_id": "1", "event_name": "purchase", "click_id": "c", "properties": {"order_id": "o1"}}));
-        let p2 = ev(json!({"event_id": "2", "event_name": "purchase", "click_id": "c", "properties": {"order_id": "o2"}}));
-        let p1again = ev(json!({"event_id": "3", "event_name": "purchase", "click_id": "c", "properties": {"order_id": "o1"}}));
+        let p1 = ev(
+            json!({"event_id": "1", "event_name": "purchase", "click_id": "c", "properties": {"order_id": "o1"}}),
+        );
+        let p2 = ev(
+            json!({"event_id": "2", "event_name": "purchase", "click_id": "c", "properties": {"order_id": "o2"}}),
+        );
+        let p1again = ev(
+            json!({"event_id": "3", "event_name": "purchase", "click_id": "c", "properties": {"order_id": "o1"}}),
+        );
         assert_ne!(rule().key(&s, &p1), rule().key(&s, &p2));
         assert_eq!(rule().key(&s, &p1), rule().key(&s, &p1again));
     }

@@ -7,17 +7,17 @@
 //! workers). `config` and `settings` read the TOML files, `diag` points at mistakes,
 //! `app` wires it all, `cli` holds the commands.
 
-pub mod deliver;
-pub mod diag;
-pub mod event;
-pub mod outbound;
-pub mod rules;
-pub mod settings;
-pub mod store;
-pub mod config;
-pub mod ingest;
-pub mod dedupe;
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod config;
+pub mod dedupe;
+pub mod deliver;
+pub mod diag;
+pub mod event;
+pub mod ingest;
+pub mod outbound;
+pub mod rules;
 pub mod server;
+pub mod settings;
+pub mod store;

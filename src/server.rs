@@ -145,7 +145,9 @@ async fn events(relay: Arc<Relay>, req: Request<Incoming>) -> HttpResponse {
     let bytes = match Limited::new(req.into_body(), limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 return too_large(cfg.max_body);
             }
             return json_response(

@@ -59,7 +59,12 @@ fn spawn_relay(dir: &Path) -> RelayProcess {
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("relay did not become ready; log:\n{}", log.lock().map(|l| l.clone()).unwrap_or_default()));
+        .unwrap_or_else(|_| {
+            panic!(
+                "relay did not become ready; log:\n{}",
+                log.lock().map(|l| l.clone()).unwrap_or_default()
+            )
+        });
     RelayProcess { child, addr, log }
 }
 
@@ -173,7 +178,10 @@ allow = ["event_id"]
             }
         }
         logs.push_str(&relay.log.lock().map(|l| l.clone()).unwrap_or_default());
-        assert!(!accepted.is_empty(), "round {round}: nothing was accepted before the kill");
+        assert!(
+            !accepted.is_empty(),
+            "round {round}: nothing was accepted before the kill"
+        );
     }
 
     // Restart with the partner up: everything accepted must arrive.
@@ -186,7 +194,12 @@ allow = ["event_id"]
             .requests()
             .iter()
             .skip(answered_from)
-            .filter_map(|r| r.target.split("eid=ev-").nth(1).and_then(|s| s.parse().ok()))
+            .filter_map(|r| {
+                r.target
+                    .split("eid=ev-")
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+            })
             .collect()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -195,7 +208,12 @@ allow = ["event_id"]
     }
     let got = delivered();
     let missing: Vec<_> = accepted.difference(&got).collect();
-    assert!(missing.is_empty(), "accepted but never delivered: {missing:?} (accepted {}, cut off {})", accepted.len(), cut_off.len());
+    assert!(
+        missing.is_empty(),
+        "accepted but never delivered: {missing:?} (accepted {}, cut off {})",
+        accepted.len(),
+        cut_off.len()
+    );
     let wrongly: Vec<_> = refused.intersection(&got).collect();
     assert!(wrongly.is_empty(), "refused but delivered: {wrongly:?}");
     eprintln!(
@@ -208,6 +226,9 @@ allow = ["event_id"]
     relay.child.kill().ok();
     let _ = relay.child.wait();
     logs.push_str(&relay.log.lock().map(|l| l.clone()).unwrap_or_default());
-    assert!(!logs.contains(CANARY_EMAIL), "a log line contains the event's e-mail");
+    assert!(
+        !logs.contains(CANARY_EMAIL),
+        "a log line contains the event's e-mail"
+    );
     assert!(!logs.contains("clk-"), "a log line contains a click ID");
 }

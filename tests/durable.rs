@@ -17,19 +17,29 @@ hash = ["user.email"]
 #[tokio::test]
 async fn duplicate_click_id_within_window_is_refused_after_restart_and_accepted_after_it() {
     let relay = TestRelay::start(&[], "[dedupe]\nwindow = \"2s\"\n").await;
-    let (s, v) = relay.post_json("m1", &event("a1", "install", "clk-restart")).await;
+    let (s, v) = relay
+        .post_json("m1", &event("a1", "install", "clk-restart"))
+        .await;
     assert_eq!((s, v["accepted"].clone()), (202, 1.into()));
     let dir = relay.stop().await;
 
     let relay = TestRelay::start_in(dir, &[], "[dedupe]\nwindow = \"2s\"\n").await;
-    let (s, v) = relay.post_json("m2", &event("a2", "install", "clk-restart")).await;
+    let (s, v) = relay
+        .post_json("m2", &event("a2", "install", "clk-restart"))
+        .await;
     assert_eq!(s, 202);
     assert_eq!(v["duplicates"], 1, "same click + name after restart: {v}");
 
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    let (s, v) = relay.post_json("m3", &event("a3", "install", "clk-restart")).await;
+    // expiry is kept in whole seconds, rounded up: wait past the window plus that second
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let (s, v) = relay
+        .post_json("m3", &event("a3", "install", "clk-restart"))
+        .await;
     assert_eq!(s, 202);
-    assert_eq!(v["accepted"], 1, "after the window the click converts again: {v}");
+    assert_eq!(
+        v["accepted"], 1,
+        "after the window the click converts again: {v}"
+    );
     relay.stop().await;
 }
 
@@ -81,6 +91,9 @@ async fn the_raw_event_never_reaches_disk() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    assert!(!files_containing(&data, hashed.as_bytes()).is_empty(), "the hashed e-mail is queued");
+    assert!(
+        !files_containing(&data, hashed.as_bytes()).is_empty(),
+        "the hashed e-mail is queued"
+    );
     drop(dir);
 }

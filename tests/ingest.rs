@@ -29,8 +29,14 @@ print(Webhook(secret).sign(msg_id, datetime.datetime.fromtimestamp(ts, tz=dateti
         .write_all(body.as_bytes())
         .expect("write");
     let out = child.wait_with_output().expect("python output");
-    assert!(out.status.success(), "python standardwebhooks failed: is it installed? run scripts/test.sh");
-    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+    assert!(
+        out.status.success(),
+        "python standardwebhooks failed: is it installed? run scripts/test.sh"
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
 }
 
 #[tokio::test]
@@ -73,7 +79,10 @@ async fn a_batch_reports_each_event_and_a_resend_is_all_duplicates() {
     assert_eq!(v["duplicates"], 1, "{v}");
     assert_eq!(v["rejected"], 1, "{v}");
     assert_eq!(v["results"][1]["status"], "duplicate");
-    assert_eq!(v["results"][3], serde_json::json!({"index": 3, "status": "rejected", "error": "event_name: missing"}));
+    assert_eq!(
+        v["results"][3],
+        serde_json::json!({"index": 3, "status": "rejected", "error": "event_name: missing"})
+    );
     // the same request again (same webhook-id): nothing new
     let (s, v) = relay.post_json("msg_batch", &body).await;
     assert_eq!(s, 202);
@@ -85,8 +94,14 @@ async fn a_batch_reports_each_event_and_a_resend_is_all_duplicates() {
 #[tokio::test]
 async fn ndjson_bodies_are_accepted() {
     let relay = TestRelay::start(&[], "").await;
-    let body = format!("{}\n{}\n", event("n1", "install", "nc1"), event("n2", "install", "nc2"));
-    let (s, v, _) = relay.post_signed("msg_nd", &body, "application/x-ndjson").await;
+    let body = format!(
+        "{}\n{}\n",
+        event("n1", "install", "nc1"),
+        event("n2", "install", "nc2")
+    );
+    let (s, v, _) = relay
+        .post_signed("msg_nd", &body, "application/x-ndjson")
+        .await;
     assert_eq!(s, 202);
     assert_eq!(v["accepted"], 2);
     relay.stop().await;
@@ -95,10 +110,15 @@ async fn ndjson_bodies_are_accepted() {
 #[tokio::test]
 async fn unparseable_body_is_400_with_the_position() {
     let relay = TestRelay::start(&[], "").await;
-    let (s, v) = relay.post_json("msg_400", "{\"event_id\": \"x\",\n \"event_name\": }").await;
+    let (s, v) = relay
+        .post_json("msg_400", "{\"event_id\": \"x\",\n \"event_name\": }")
+        .await;
     assert_eq!(s, 400);
     let err = v["error"].as_str().unwrap_or("");
-    assert!(err.starts_with("invalid JSON at line 2, column 16"), "{err}");
+    assert!(
+        err.starts_with("invalid JSON at line 2, column 16"),
+        "{err}"
+    );
     relay.stop().await;
 }
 
@@ -110,7 +130,12 @@ async fn post_raw(relay: &TestRelay, headers: &[(&str, String)], body: &str) -> 
     for (k, v) in headers {
         req = req.header(*k, v);
     }
-    req.body(body.to_string()).send().await.expect("request").status().as_u16()
+    req.body(body.to_string())
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
 }
 
 #[tokio::test]
@@ -119,15 +144,45 @@ async fn bad_signatures_and_stale_timestamps_are_401_and_write_no_dedupe_key() {
     let body = event("e401", "install", "clk-401");
     let secret = postback_relay::config::WebhookSecret::parse(SECRET).expect("secret");
     let now = chrono::Utc::now().timestamp();
-    let good = |ts: i64| postback_relay::ingest::verify::sign(&secret, "msg_401", ts, body.as_bytes());
-    let h = |ts: i64, sig: String| vec![("webhook-id", "msg_401".to_string()), ("webhook-timestamp", ts.to_string()), ("webhook-signature", sig)];
+    let good =
+        |ts: i64| postback_relay::ingest::verify::sign(&secret, "msg_401", ts, body.as_bytes());
+    let h = |ts: i64, sig: String| {
+        vec![
+            ("webhook-id", "msg_401".to_string()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sig),
+        ]
+    };
     // missing signature header
-    assert_eq!(post_raw(&relay, &[("webhook-id", "m".into()), ("webhook-timestamp", now.to_string())], &body).await, 401);
+    assert_eq!(
+        post_raw(
+            &relay,
+            &[
+                ("webhook-id", "m".into()),
+                ("webhook-timestamp", now.to_string())
+            ],
+            &body
+        )
+        .await,
+        401
+    );
     assert_eq!(post_raw(&relay, &h(now, "v1,".into()), &body).await, 401);
-    assert_eq!(post_raw(&relay, &h(now, good(now).replace("v1,", "v2,")), &body).await, 401);
-    assert_eq!(post_raw(&relay, &h(now, vec![good(now); 1000].join(" ")), &body).await, 401);
-    assert_eq!(post_raw(&relay, &h(now - 301, good(now - 301)), &body).await, 401);
-    assert_eq!(post_raw(&relay, &h(now + 301, good(now + 301)), &body).await, 401);
+    assert_eq!(
+        post_raw(&relay, &h(now, good(now).replace("v1,", "v2,")), &body).await,
+        401
+    );
+    assert_eq!(
+        post_raw(&relay, &h(now, vec![good(now); 1000].join(" ")), &body).await,
+        401
+    );
+    assert_eq!(
+        post_raw(&relay, &h(now - 301, good(now - 301)), &body).await,
+        401
+    );
+    assert_eq!(
+        post_raw(&relay, &h(now + 301, good(now + 301)), &body).await,
+        401
+    );
     // a forged request wrote no dedupe key: the real event is still accepted
     let (s, v) = relay.post_json("msg_real", &body).await;
     assert_eq!(s, 202);
@@ -138,10 +193,18 @@ async fn bad_signatures_and_stale_timestamps_are_401_and_write_no_dedupe_key() {
 #[tokio::test]
 async fn too_many_events_is_413_and_unsupported_type_is_415() {
     let relay = TestRelay::start(&[], "").await;
-    let many = format!("[{}]", (0..101).map(|i| event(&format!("m{i}"), "install", &format!("c{i}"))).collect::<Vec<_>>().join(","));
+    let many = format!(
+        "[{}]",
+        (0..101)
+            .map(|i| event(&format!("m{i}"), "install", &format!("c{i}")))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     let (s, _) = relay.post_json("msg_many", &many).await;
     assert_eq!(s, 413);
-    let (s, _, _) = relay.post_signed("msg_415", "x=1", "application/x-www-form-urlencoded").await;
+    let (s, _, _) = relay
+        .post_signed("msg_415", "x=1", "application/x-www-form-urlencoded")
+        .await;
     assert_eq!(s, 415);
     // a chunked body over max_body (64KiB) is cut off while streaming
     let big = format!("[{}]", "1,".repeat(40_000) + "1");
@@ -168,15 +231,24 @@ async fn too_many_events_is_413_and_unsupported_type_is_415() {
 
 fn futures_stream(body: String) -> reqwest::Body {
     // A body without Content-Length: reqwest sends it chunked.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body.into_bytes().chunks(4096).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
+        .into_bytes()
+        .chunks(4096)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
     reqwest::Body::wrap_stream(tokio_stream_iter(chunks))
 }
 
-fn tokio_stream_iter(items: Vec<Result<Vec<u8>, std::io::Error>>) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+fn tokio_stream_iter(
+    items: Vec<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     struct It(std::vec::IntoIter<Result<Vec<u8>, std::io::Error>>);
     impl futures_core::Stream for It {
         type Item = Result<Vec<u8>, std::io::Error>;
-        fn poll_next(mut self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
             std::task::Poll::Ready(self.0.next())
         }
     }
@@ -186,7 +258,11 @@ fn tokio_stream_iter(items: Vec<Result<Vec<u8>, std::io::Error>>) -> impl future
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.to_string())
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         .unwrap_or(0)
 }
@@ -209,7 +285,10 @@ async fn a_one_gib_content_length_is_refused_before_the_body_is_read() {
     .expect("join");
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     let after = rss_kib();
-    assert!(after < before + 16 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
     relay.stop().await;
 }
 
@@ -217,7 +296,13 @@ async fn a_one_gib_content_length_is_refused_before_the_body_is_read() {
 async fn a_store_that_cannot_take_the_write_gives_503_with_retry_after() {
     // a free-space floor no disk meets: the store refuses every write
     let relay = TestRelay::start(&[], "[store]\nmin_free_space = \"1000000TiB\"\n").await;
-    let (s, v, headers) = relay.post_signed("msg_503", &event("e503", "install", "c503"), "application/json").await;
+    let (s, v, headers) = relay
+        .post_signed(
+            "msg_503",
+            &event("e503", "install", "c503"),
+            "application/json",
+        )
+        .await;
     assert_eq!(s, 503, "{v}");
     assert!(headers.get("retry-after").is_some());
     relay.stop().await;
@@ -227,7 +312,12 @@ async fn a_store_that_cannot_take_the_write_gives_503_with_retry_after() {
 async fn health_and_readiness() {
     let relay = TestRelay::start(&[], "").await;
     for p in ["/healthz", "/readyz"] {
-        let r = relay.client.get(format!("{}{p}", relay.base)).send().await.expect("get");
+        let r = relay
+            .client
+            .get(format!("{}{p}", relay.base))
+            .send()
+            .await
+            .expect("get");
         assert_eq!(r.status().as_u16(), 200, "{p}");
     }
     relay.stop().await;

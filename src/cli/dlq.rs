@@ -44,7 +44,12 @@ fn relay_is_running(cfg: &Config) -> bool {
     .is_ok()
 }
 
-fn admin_call(cfg: &Config, method: &str, path_and_query: &str, body: Option<Value>) -> Result<Value, String> {
+fn admin_call(
+    cfg: &Config,
+    method: &str,
+    path_and_query: &str,
+    body: Option<Value>,
+) -> Result<Value, String> {
     let Some(token) = cfg.admin_token.as_deref() else {
         return Err(format!(
             "the relay is running on {} but the admin API is off: set [admin] token in {}, or stop the relay to open the store directly",
@@ -77,12 +82,18 @@ fn admin_call(cfg: &Config, method: &str, path_and_query: &str, body: Option<Val
         if status.is_success() {
             Ok(v)
         } else {
-            Err(format!("{url}: HTTP {status}: {}", v["error"].as_str().unwrap_or("")))
+            Err(format!(
+                "{url}: HTTP {status}: {}",
+                v["error"].as_str().unwrap_or("")
+            ))
         }
     })
 }
 
-fn with_store<T>(cfg: &Config, f: impl FnOnce(std::sync::Arc<dyn crate::store::Store>) -> T) -> Result<T, String> {
+fn with_store<T>(
+    cfg: &Config,
+    f: impl FnOnce(std::sync::Arc<dyn crate::store::Store>) -> T,
+) -> Result<T, String> {
     let store = crate::app::open_store(cfg)?;
     Ok(f(store))
 }
@@ -114,7 +125,12 @@ fn list(config: &Path, destination: Option<String>) -> i32 {
     let result = if relay_is_running(&cfg) {
         let q = destination
             .as_deref()
-            .map(|d| format!("?destination={}", percent_encoding::utf8_percent_encode(d, percent_encoding::NON_ALPHANUMERIC)))
+            .map(|d| {
+                format!(
+                    "?destination={}",
+                    percent_encoding::utf8_percent_encode(d, percent_encoding::NON_ALPHANUMERIC)
+                )
+            })
             .unwrap_or_default();
         admin_call(&cfg, "GET", &format!("/admin/dlq{q}"), None)
     } else {
@@ -157,7 +173,9 @@ fn replay(config: &Path, selector: ReplaySelector) -> i32 {
             .map(|v| v["replayed"].as_u64().unwrap_or(0) as usize)
     } else {
         with_store(&cfg, |store| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             match rt {
                 Ok(rt) => rt
                     .block_on(store.dlq_replay(selector, chrono::Utc::now().timestamp_millis()))

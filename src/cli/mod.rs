@@ -237,7 +237,12 @@ fn preview(config: &Path, rules: Option<PathBuf>, event: &Path) -> i32 {
     let value: Value = match serde_json::from_slice(&text) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("{}:{}:{}: invalid JSON: {e}", event.display(), e.line(), e.column());
+            eprintln!(
+                "{}:{}:{}: invalid JSON: {e}",
+                event.display(),
+                e.line(),
+                e.column()
+            );
             return 1;
         }
     };

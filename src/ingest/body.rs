@@ -29,8 +29,11 @@ pub fn framing(content_type: Option<&str>) -> Option<Framing> {
         .to_ascii_lowercase();
     match mime.as_str() {
         "application/json" | "" => Some(Framing::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl"
-        | "application/x-jsonlines" | "application/jsonlines" => Some(Framing::Ndjson),
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
+        | "application/x-jsonlines"
+        | "application/jsonlines" => Some(Framing::Ndjson),
         _ => None,
     }
 }
@@ -99,7 +102,9 @@ pub fn parse_events(
                 });
             }
             if lines.is_empty() {
-                return Err(BodyError::Unparseable("empty NDJSON body: no events".into()));
+                return Err(BodyError::Unparseable(
+                    "empty NDJSON body: no events".into(),
+                ));
             }
             let mut out = Vec::with_capacity(lines.len());
             let mut any_parsed = false;
@@ -149,7 +154,10 @@ mod tests {
     #[test]
     fn content_types() {
         assert_eq!(framing(None), Some(Framing::Json));
-        assert_eq!(framing(Some("application/json; charset=utf-8")), Some(Framing::Json));
+        assert_eq!(
+            framing(Some("application/json; charset=utf-8")),
+            Some(Framing::Json)
+        );
         assert_eq!(framing(Some("application/x-ndjson")), Some(Framing::Ndjson));
         assert_eq!(framing(Some("text/plain")), None);
         assert_eq!(framing(Some("application/x-www-form-urlencoded")), None);
@@ -157,8 +165,13 @@ mod tests {
 
     #[test]
     fn single_array_and_ndjson() {
-        let one = parse_events(br#"{"event_id":"a","event_name":"n"}"#, Framing::Json, 10, now())
-            .expect("ok");
+        let one = parse_events(
+            br#"{"event_id":"a","event_name":"n"}"#,
+            Framing::Json,
+            10,
+            now(),
+        )
+        .expect("ok");
         assert_eq!(one.len(), 1);
         let arr = parse_events(
             br#"[{"event_id":"a","event_name":"n"},{"event_id":"b"}]"#,
@@ -168,7 +181,10 @@ mod tests {
         )
         .expect("ok");
         assert!(arr[0].is_ok());
-        assert_eq!(arr[1].as_ref().err().map(String::as_str), Some("event_name: missing"));
+        assert_eq!(
+            arr[1].as_ref().err().map(String::as_str),
+            Some("event_name: missing")
+        );
         let nd = parse_events(
             b"{\"event_id\":\"a\",\"event_name\":\"n\"}\n\n{oops\n{\"event_id\":\"c\",\"event_name\":\"n\"}\n",
             Framing::Ndjson,
@@ -177,22 +193,30 @@ mod tests {
         )
         .expect("ok");
         assert_eq!(nd.len(), 3);
-        assert!(nd[1].as_ref().err().is_some_and(|e| e.starts_with("invalid JSON at line 3, column 2")));
+        assert!(nd[1]
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.starts_with("invalid JSON at line 3, column 2")));
     }
 
     #[test]
     fn unparseable_bodies_name_the_position() {
         let e = parse_events(b"{\n  \"event_id\": ,\n}", Framing::Json, 10, now());
         match e {
-            Err(BodyError::Unparseable(m)) => assert!(m.starts_with("invalid JSON at line 2, column 15"), "{m}"),
+            Err(BodyError::Unparseable(m)) => {
+                assert!(m.starts_with("invalid JSON at line 2, column 15"), "{m}")
+            }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse_events(b"nope\n", Framing::Ndjson, 10, now()), Err(BodyError::Unparseable(_))));
+        assert!(matches!(
+            parse_events(b"nope\n", Framing::Ndjson, 10, now()),
+            Err(BodyError::Unparseable(_))
+        ));
     }
 
     #[test]
     fn batches_are_bounded() {
-        let body = format!("[{}]", vec!["{}"; 11].join(","));
+        let body = format!("[{}]", ["{}"; 11].join(","));
         assert_eq!(
             parse_events(body.as_bytes(), Framing::Json, 10, now()),
             Err(BodyError::TooManyEvents { count: 11, max: 10 })

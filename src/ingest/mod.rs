@@ -80,10 +80,7 @@ pub async fn accept(
     let outcomes = if to_store.is_empty() {
         Vec::new()
     } else {
-        relay
-            .store
-            .accept(to_store, now.timestamp_millis())
-            .await?
+        relay.store.accept(to_store, now.timestamp_millis()).await?
     };
     let mut report = AcceptReport::default();
     let mut any_accepted = false;

@@ -41,7 +41,10 @@ impl std::fmt::Display for VerifyError {
             }
             VerifyError::TooOld => write!(f, "webhook-timestamp is too old (outside tolerance)"),
             VerifyError::TooNew => {
-                write!(f, "webhook-timestamp is too far in the future (outside tolerance)")
+                write!(
+                    f,
+                    "webhook-timestamp is too far in the future (outside tolerance)"
+                )
             }
             VerifyError::TooManySignatures => write!(
                 f,
@@ -194,7 +197,13 @@ mod tests {
         let v = Verifier::new(&[other, spec], Duration::from_secs(300));
         let header = format!("v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA= v2,xyz {SPEC_SIG}");
         assert_eq!(
-            v.verify(Some(SPEC_ID), Some(&SPEC_TS.to_string()), Some(&header), SPEC_BODY.as_bytes(), SPEC_TS),
+            v.verify(
+                Some(SPEC_ID),
+                Some(&SPEC_TS.to_string()),
+                Some(&header),
+                SPEC_BODY.as_bytes(),
+                SPEC_TS
+            ),
             Ok(())
         );
     }
@@ -203,16 +212,41 @@ mod tests {
     fn signatures_that_must_fail() {
         let now = SPEC_TS;
         assert_eq!(check("v1,", now, now), Err(VerifyError::NoValidSignature));
-        assert_eq!(check("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE", now, now), Err(VerifyError::NoValidSignature));
-        assert_eq!(check("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=AAAA", now, now), Err(VerifyError::NoValidSignature));
-        assert_eq!(check(&SPEC_SIG.replace("v1,", "v2,"), now, now), Err(VerifyError::NoValidSignature));
-        assert_eq!(check(&SPEC_SIG.replace("g0h", "g1h"), now, now), Err(VerifyError::NoValidSignature));
+        assert_eq!(
+            check("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE", now, now),
+            Err(VerifyError::NoValidSignature)
+        );
+        assert_eq!(
+            check(
+                "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=AAAA",
+                now,
+                now
+            ),
+            Err(VerifyError::NoValidSignature)
+        );
+        assert_eq!(
+            check(&SPEC_SIG.replace("v1,", "v2,"), now, now),
+            Err(VerifyError::NoValidSignature)
+        );
+        assert_eq!(
+            check(&SPEC_SIG.replace("g0h", "g1h"), now, now),
+            Err(VerifyError::NoValidSignature)
+        );
         let thousand = vec![SPEC_SIG; 1000].join(" ");
-        assert_eq!(check(&thousand, now, now), Err(VerifyError::TooManySignatures));
+        assert_eq!(
+            check(&thousand, now, now),
+            Err(VerifyError::TooManySignatures)
+        );
         // body tampered
         let v = verifier();
         assert_eq!(
-            v.verify(Some(SPEC_ID), Some(&now.to_string()), Some(SPEC_SIG), b"{\"test\": 1}", now),
+            v.verify(
+                Some(SPEC_ID),
+                Some(&now.to_string()),
+                Some(SPEC_SIG),
+                b"{\"test\": 1}",
+                now
+            ),
             Err(VerifyError::NoValidSignature)
         );
     }
@@ -222,10 +256,22 @@ mod tests {
         let v = verifier();
         let ts = SPEC_TS.to_string();
         let b = SPEC_BODY.as_bytes();
-        assert_eq!(v.verify(None, Some(&ts), Some(SPEC_SIG), b, SPEC_TS), Err(VerifyError::MissingHeader("webhook-id")));
-        assert_eq!(v.verify(Some(SPEC_ID), None, Some(SPEC_SIG), b, SPEC_TS), Err(VerifyError::MissingHeader("webhook-timestamp")));
-        assert_eq!(v.verify(Some(SPEC_ID), Some(&ts), None, b, SPEC_TS), Err(VerifyError::MissingHeader("webhook-signature")));
-        assert_eq!(v.verify(Some(SPEC_ID), Some("-5"), Some(SPEC_SIG), b, SPEC_TS), Err(VerifyError::BadTimestamp));
+        assert_eq!(
+            v.verify(None, Some(&ts), Some(SPEC_SIG), b, SPEC_TS),
+            Err(VerifyError::MissingHeader("webhook-id"))
+        );
+        assert_eq!(
+            v.verify(Some(SPEC_ID), None, Some(SPEC_SIG), b, SPEC_TS),
+            Err(VerifyError::MissingHeader("webhook-timestamp"))
+        );
+        assert_eq!(
+            v.verify(Some(SPEC_ID), Some(&ts), None, b, SPEC_TS),
+            Err(VerifyError::MissingHeader("webhook-signature"))
+        );
+        assert_eq!(
+            v.verify(Some(SPEC_ID), Some("-5"), Some(SPEC_SIG), b, SPEC_TS),
+            Err(VerifyError::BadTimestamp)
+        );
     }
 
     #[test]
@@ -241,7 +287,12 @@ mod tests {
             (now + 300, Ok(())),
         ] {
             let sig = sign(&s, SPEC_ID, ts, body);
-            assert_eq!(v.verify(Some(SPEC_ID), Some(&ts.to_string()), Some(&sig), body, now), want, "ts offset {}", ts - now);
+            assert_eq!(
+                v.verify(Some(SPEC_ID), Some(&ts.to_string()), Some(&sig), body, now),
+                want,
+                "ts offset {}",
+                ts - now
+            );
         }
     }
 }

@@ -50,7 +50,11 @@ impl TestRelay {
         Self::start_in(dir, rules, extra_config).await
     }
 
-    pub async fn start_in(dir: tempfile::TempDir, rules: &[(&str, &str)], extra_config: &str) -> TestRelay {
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        rules: &[(&str, &str)],
+        extra_config: &str,
+    ) -> TestRelay {
         let rules_dir = dir.path().join("rules");
         std::fs::create_dir_all(&rules_dir).expect("rules dir");
         for (name, text) in rules {
@@ -82,7 +86,12 @@ impl TestRelay {
     }
 
     /// Signs `body` as a Standard Webhooks sender would and posts it.
-    pub async fn post_signed(&self, id: &str, body: &str, content_type: &str) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+    pub async fn post_signed(
+        &self,
+        id: &str,
+        body: &str,
+        content_type: &str,
+    ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
         let secret = WebhookSecret::parse(SECRET).expect("secret");
         let ts = chrono::Utc::now().timestamp();
         let sig = sign(&secret, id, ts, body.as_bytes());
@@ -120,7 +129,11 @@ impl TestRelay {
             .expect("admin json")
     }
 
-    pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    pub async fn admin_post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let resp = self
             .client
             .post(format!("{}{path}", self.base))
