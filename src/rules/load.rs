@@ -78,7 +78,7 @@ pub fn load_dir(dir: &Path, env: &dyn Env) -> Result<RuleSet, Vec<Diagnostic>> {
         };
         match load_text(&path, text, env) {
             Ok((d, true)) => destinations.push(std::sync::Arc::new(d)),
-            Ok((d, false)) => disabled.push(d.name),
+            Ok((d, false)) => disabled.push(std::sync::Arc::new(d)),
             Err(mut e) => errors.append(&mut e),
         }
     }

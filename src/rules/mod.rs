@@ -237,7 +237,7 @@ pub struct Routed {
 #[derive(Debug, Default)]
 pub struct RuleSet {
     destinations: Vec<Arc<Destination>>,
-    disabled: Vec<String>,
+    disabled: Vec<Arc<Destination>>,
 }
 
 impl RuleSet {
@@ -256,8 +256,9 @@ impl RuleSet {
         &self.destinations
     }
 
-    /// Names of destinations whose file says `enabled = false` (validated, not used).
-    pub fn disabled(&self) -> &[String] {
+    /// Destinations whose file says `enabled = false`: validated and compiled (so
+    /// `preview` can show them), never routed to.
+    pub fn disabled(&self) -> &[Arc<Destination>] {
         &self.disabled
     }
 

@@ -21,16 +21,13 @@ pub fn preview(rules: &RuleSet, event: &Event) -> String {
         if !out.is_empty() {
             out.push('\n');
         }
-        preview_one(&mut out, d, event);
+        preview_one(&mut out, d, event, false);
     }
-    for name in rules.disabled() {
+    for d in rules.disabled() {
         if !out.is_empty() {
             out.push('\n');
         }
-        let _ = writeln!(
-            out,
-            "== {name} ==\ndisabled (enabled = false in its rule file): nothing is sent"
-        );
+        preview_one(&mut out, d, event, true);
     }
     if out.is_empty() {
         out.push_str("no destinations: the rules directory has no rule files\n");
@@ -38,8 +35,14 @@ pub fn preview(rules: &RuleSet, event: &Event) -> String {
     out
 }
 
-fn preview_one(out: &mut String, d: &Destination, event: &Event) {
+fn preview_one(out: &mut String, d: &Destination, event: &Event, disabled: bool) {
     let _ = writeln!(out, "== {} ==", d.name);
+    if disabled {
+        let _ = writeln!(
+            out,
+            "disabled (enabled = false in its rule file): nothing is sent; while enabled it would be:"
+        );
+    }
     let r = match d.evaluate(event) {
         Ok(r) => r,
         Err(skip) => {

@@ -77,8 +77,9 @@ fn the_shipped_rules_directory_loads_with_no_environment() {
         .map(|d| d.name.as_str())
         .collect();
     assert_eq!(names, ["example-aff"]);
+    let disabled: Vec<&str> = rules.disabled().iter().map(|d| d.name.as_str()).collect();
     assert_eq!(
-        rules.disabled(),
+        disabled,
         ["adjust", "appsflyer", "google-ads", "meta", "tiktok"]
     );
     assert!(rules.destinations()[0]
@@ -468,7 +469,11 @@ Content-Type: application/json
 not sent: event_name \"purchase\" is not listed in [when] event_name = [\"install\"]
 
 == c-off ==
-disabled (enabled = false in its rule file): nothing is sent
+disabled (enabled = false in its rule file): nothing is sent; while enabled it would be:
+POST https://c.example/
+Content-Type: application/json
+
+{}
 ";
     assert_eq!(text, expected);
     assert!(!text.contains("replace-me"));
