@@ -1,154 +1,64 @@
-//! Postbacks per second from the `Deliverer` to 3 local `FakePartner`s answering 200.
+//! Postbacks per second from the `Deliverer` to 3 local `FakePartner`s answering 200,
+//! through the real embedded store.
 //!
-//! A queue of N deliveries (N/3 per partner) is filled in a minimal in-memory store
-//! (below: a bench double, not the real backend), the workers are notified, and the
-//! time to drain it is measured. Store cost is therefore near zero here: this measures
-//! the engine and its HTTP client, partners included (same process, same cores).
+//! Each iteration queues N deliveries (N/3 per partner) with `accept` (untimed), then
+//! times the drain: claims, sends, and the store commits that complete them. Partners
+//! run in the same process and share the 2 cores with the relay.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use postback_relay::deliver::testing::FakePartner;
 use postback_relay::deliver::{DeliverOptions, Deliverer};
 use postback_relay::outbound::{DeliverySettings, Method, OutboundRequest};
-use postback_relay::store::{
-    AcceptOutcome, DeadLetter, Delivery, DestinationCounts, EventToAccept, ReplaySelector, Store,
-    StoreError, StoreResult,
-};
-use tokio::sync::Notify;
+use postback_relay::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use postback_relay::store::{DedupeKey, EventToAccept, NewDelivery, Store};
 
 const PER_PARTNER: usize = 3_000;
 const PARTNERS: usize = 3;
 
-/// Due-now queues per destination and a claimed set; counts completions.
-#[derive(Default)]
-struct BenchStore {
-    queues: Mutex<HashMap<String, VecDeque<Delivery>>>,
-    claimed: Mutex<HashMap<String, Delivery>>,
-    done: AtomicUsize,
-    drained: Notify,
-    target: AtomicUsize,
-}
-
-impl BenchStore {
-    fn fill(&self, destination: &str, url: &str, n: usize, round: usize) {
-        let mut queues = self.queues.lock().unwrap();
-        let q = queues.entry(destination.to_string()).or_default();
-        for i in 0..n {
-            q.push_back(Delivery {
-                id: format!("{destination}-{round}-{i}"),
-                destination: destination.to_string(),
-                request: OutboundRequest {
-                    method: Method::Post,
-                    url: url.to_string(),
-                    headers: vec![("Content-Type".into(), "application/json".into())],
-                    body: Some(
-                        r#"{"event_name":"purchase","click_id":"clk_9f2c","value":9.99}"#.into(),
-                    ),
-                },
-                attempts: 0,
-                created_at: 0,
-                first_attempt_at: None,
-                last_attempt_at: None,
-                next_attempt_at: 0,
-                last_status: None,
-                last_error: None,
-            });
-        }
-    }
-
-    fn settled(&self) {
-        let done = self.done.fetch_add(1, Ordering::SeqCst) + 1;
-        if done >= self.target.load(Ordering::SeqCst) {
-            self.drained.notify_one();
-        }
+async fn fill(store: &dyn Store, urls: &[String], round: u64) {
+    for chunk in 0..PER_PARTNER / 100 {
+        let events = (0..100)
+            .map(|i| {
+                let n = (round << 32) | ((chunk * 100 + i) as u64);
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&n.to_le_bytes());
+                EventToAccept {
+                    dedupe_key: DedupeKey(key),
+                    deliveries: urls
+                        .iter()
+                        .enumerate()
+                        .map(|(p, url)| NewDelivery {
+                            destination: format!("p{p}"),
+                            request: OutboundRequest {
+                                method: Method::Post,
+                                url: url.clone(),
+                                headers: vec![("Content-Type".into(), "application/json".into())],
+                                body: Some(
+                                    r#"{"event_name":"purchase","click_id":"clk_9f2c","value":9.99}"#
+                                        .into(),
+                                ),
+                            },
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        store
+            .accept(events, chrono::Utc::now().timestamp_millis())
+            .await
+            .expect("accept");
     }
 }
 
-#[async_trait]
-impl Store for BenchStore {
-    fn dedupe_secret(&self) -> [u8; 32] {
-        [0; 32]
-    }
-    async fn accept(&self, _: Vec<EventToAccept>, _: i64) -> StoreResult<Vec<AcceptOutcome>> {
-        Err(StoreError::Unavailable("bench double".into()))
-    }
-    async fn claim_due(
-        &self,
-        destination: &str,
-        now_ms: i64,
-        limit: usize,
-    ) -> StoreResult<Vec<Delivery>> {
-        let mut queues = self.queues.lock().unwrap();
-        let Some(q) = queues.get_mut(destination) else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        while out.len() < limit && q.front().is_some_and(|d| d.next_attempt_at <= now_ms) {
-            if let Some(d) = q.pop_front() {
-                out.push(d);
-            }
-        }
-        let mut claimed = self.claimed.lock().unwrap();
-        for d in &out {
-            claimed.insert(d.id.clone(), d.clone());
-        }
-        Ok(out)
-    }
-    async fn next_due(&self, destination: &str) -> StoreResult<Option<i64>> {
-        let queues = self.queues.lock().unwrap();
-        Ok(queues
-            .get(destination)
-            .and_then(|q| q.iter().map(|d| d.next_attempt_at).min()))
-    }
-    async fn complete(&self, id: &str) -> StoreResult<()> {
-        self.claimed.lock().unwrap().remove(id);
-        self.settled();
-        Ok(())
-    }
-    async fn retry_later(&self, delivery: Delivery) -> StoreResult<()> {
-        self.claimed.lock().unwrap().remove(&delivery.id);
-        let mut queues = self.queues.lock().unwrap();
-        queues
-            .entry(delivery.destination.clone())
-            .or_default()
-            .push_back(delivery);
-        Ok(())
-    }
-    async fn dead_letter(&self, delivery: Delivery, _: i64) -> StoreResult<()> {
-        self.claimed.lock().unwrap().remove(&delivery.id);
-        self.settled();
-        Ok(())
-    }
-    async fn release(&self, id: &str) -> StoreResult<()> {
-        if let Some(d) = self.claimed.lock().unwrap().remove(id) {
-            let mut queues = self.queues.lock().unwrap();
-            queues
-                .entry(d.destination.clone())
-                .or_default()
-                .push_front(d);
-        }
-        Ok(())
-    }
-    async fn dlq_list(&self, _: Option<&str>, _: usize) -> StoreResult<Vec<DeadLetter>> {
-        Ok(Vec::new())
-    }
-    async fn dlq_replay(&self, _: ReplaySelector, _: i64) -> StoreResult<usize> {
-        Ok(0)
-    }
-    async fn counts(&self) -> StoreResult<Vec<DestinationCounts>> {
-        Ok(Vec::new())
-    }
-    async fn purge(&self, _: i64) -> StoreResult<(usize, usize)> {
-        Ok((0, 0))
-    }
-    async fn ready(&self) -> bool {
-        true
-    }
+async fn queued(store: &dyn Store) -> u64 {
+    store
+        .counts()
+        .await
+        .map(|c| c.iter().map(|d| d.queued).sum())
+        .unwrap_or(u64::MAX)
 }
 
 fn delivery_throughput(c: &mut Criterion) {
@@ -156,7 +66,17 @@ fn delivery_throughput(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let store = Arc::new(BenchStore::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(EmbeddedOptions {
+            data_dir: dir.path().to_path_buf(),
+            dedupe_window: Duration::from_secs(86400),
+            max_queued: u64::MAX,
+            min_free_space: 0,
+            dlq_retention: Duration::from_secs(86400),
+        })
+        .expect("store"),
+    );
     let (partners, deliverer) = runtime.block_on(async {
         let mut partners = Vec::new();
         for _ in 0..PARTNERS {
@@ -170,40 +90,32 @@ fn delivery_throughput(c: &mut Criterion) {
         let destinations = (0..PARTNERS)
             .map(|i| (format!("p{i}"), settings.clone()))
             .collect();
-        let store_dyn: Arc<dyn Store> = store.clone();
         let opts = DeliverOptions {
             allow_private_networks: true,
             ..DeliverOptions::default()
         };
-        let deliverer = Deliverer::start(store_dyn, destinations, opts).expect("deliverer");
+        let deliverer = Deliverer::start(store.clone(), destinations, opts).expect("deliverer");
         (partners, deliverer)
     });
+    let urls: Vec<String> = partners.iter().map(|p| p.url("/pb")).collect();
 
     let mut group = c.benchmark_group("delivery");
     group.sample_size(10);
     group.throughput(Throughput::Elements((PER_PARTNER * PARTNERS) as u64));
-    let mut round = 0usize;
-    group.bench_function("drain_3_partners_200", |b| {
+    let mut round = 0u64;
+    group.bench_function("drain_3_partners_200_embedded_store", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 round += 1;
-                store.done.store(0, Ordering::SeqCst);
-                store.target.store(PER_PARTNER * PARTNERS, Ordering::SeqCst);
-                for (i, p) in partners.iter().enumerate() {
-                    store.fill(&format!("p{i}"), &p.url("/pb"), PER_PARTNER, round);
-                }
+                runtime.block_on(fill(store.as_ref(), &urls, round));
                 let start = Instant::now();
                 runtime.block_on(async {
                     for i in 0..PARTNERS {
                         deliverer.notify(&format!("p{i}"));
                     }
-                    while store.done.load(Ordering::SeqCst) < PER_PARTNER * PARTNERS {
-                        let _ = tokio::time::timeout(
-                            Duration::from_millis(50),
-                            store.drained.notified(),
-                        )
-                        .await;
+                    while queued(store.as_ref()).await > 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 });
                 total += start.elapsed();
