@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 if ! python3 -c "import standardwebhooks" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check standardwebhooks
 fi
-cargo test --all-features "$@"
+cargo test "$@"
