@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Backend, Config};
 use crate::dedupe::DedupeRule;
-use crate::deliver::{DeliverOptions, Deliverer};
+use crate::deliver::{BreakerSettings, DeliverOptions, Deliverer};
 use crate::diag::{Diagnostic, Env};
 use crate::ingest::verify::Verifier;
 use crate::outbound::DeliverySettings;
@@ -100,6 +100,16 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
     }
 }
 
+/// The circuit breaker of every destination, from `[delivery]`.
+pub fn breaker_settings(config: &Config) -> BreakerSettings {
+    let defaults = BreakerSettings::default();
+    BreakerSettings {
+        failure_threshold: config.breaker_failures,
+        cool_down: config.breaker_cool_down,
+        max_cool_down: defaults.max_cool_down.max(config.breaker_cool_down),
+    }
+}
+
 /// A started relay.
 pub struct Running {
     pub addr: SocketAddr,
@@ -148,6 +158,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
         delivery_settings(&rules.current()),
         DeliverOptions {
             allow_private_networks: config.allow_private_networks,
+            breaker: breaker_settings(&config),
             ..DeliverOptions::default()
         },
     )

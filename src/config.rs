@@ -97,6 +97,12 @@ pub struct Config {
     pub dedupe: DedupeConfig,
     pub store: StoreConfig,
     pub allow_private_networks: bool,
+    /// Consecutive failures (partner down: 5xx, 408/425/429, timeout, connection
+    /// error) that open a destination's circuit (`[delivery] breaker_failures`).
+    pub breaker_failures: u32,
+    /// How long an open circuit waits before one probe (`[delivery]
+    /// breaker_cool_down`); doubles while probes fail, up to 5m (or this, if longer).
+    pub breaker_cool_down: Duration,
     /// Bearer token for `/admin`; `None` turns the admin API off.
     pub admin_token: Option<String>,
 }
@@ -318,9 +324,22 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides) -> Option<Config>
     }
 
     let mut allow_private_networks = false;
+    let mut breaker_failures = 5u32;
+    let mut breaker_cool_down = Duration::from_secs(30);
     if let Some(d) = root.section("delivery", "[delivery]") {
         if let Some(b) = d.bool("allow_private_networks") {
             allow_private_networks = b;
+        }
+        if let Some(n) = d.int("breaker_failures", 1, 1_000_000, "5") {
+            breaker_failures = n as u32;
+        }
+        if let Some(f) = d.get("breaker_cool_down") {
+            if let Some(c) = f.as_duration("\"30s\"") {
+                if c.is_zero() {
+                    f.error("`delivery.breaker_cool_down` must be more than zero, e.g. \"30s\"");
+                }
+                breaker_cool_down = c;
+            }
         }
         d.finish();
     }
@@ -363,6 +382,8 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides) -> Option<Config>
         dedupe,
         store,
         allow_private_networks,
+        breaker_failures,
+        breaker_cool_down,
         admin_token,
     })
 }
@@ -427,6 +448,34 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
             vec!["click_id".to_string(), "properties.order_id".to_string()]
         );
         assert_eq!(cfg.admin_token, None);
+        assert_eq!(cfg.breaker_failures, 5);
+        assert_eq!(cfg.breaker_cool_down, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn breaker_settings_are_read_and_checked() {
+        let base = "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[delivery]\n";
+        let cfg = parse(&format!(
+            "{base}breaker_failures = 3\nbreaker_cool_down = \"500ms\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(cfg.breaker_failures, 3);
+        assert_eq!(cfg.breaker_cool_down, Duration::from_millis(500));
+
+        let errs = parse(&format!(
+            "{base}breaker_failures = 0\nbreaker_cool_down = \"0s\"\n"
+        ))
+        .expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{text:#?}");
+        assert!(
+            text[0].starts_with("cfg/relay.toml:4:20: `delivery.breaker_failures` is 0"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with("cfg/relay.toml:5:21: `delivery.breaker_cool_down` must be more"),
+            "{text:#?}"
+        );
     }
 
     #[test]

@@ -55,13 +55,28 @@ impl TestRelay {
         rules: &[(&str, &str)],
         extra_config: &str,
     ) -> TestRelay {
+        Self::start_in_with_config(dir, rules, &config_text(extra_config)).await
+    }
+
+    /// Starts a relay with this whole config text (e.g. `config_text("")` edited),
+    /// for settings `extra_config` cannot reach, such as keys in `[delivery]`.
+    pub async fn start_with_config(rules: &[(&str, &str)], config: &str) -> TestRelay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in_with_config(dir, rules, config).await
+    }
+
+    pub async fn start_in_with_config(
+        dir: tempfile::TempDir,
+        rules: &[(&str, &str)],
+        config: &str,
+    ) -> TestRelay {
         let rules_dir = dir.path().join("rules");
         std::fs::create_dir_all(&rules_dir).expect("rules dir");
         for (name, text) in rules {
             std::fs::write(rules_dir.join(format!("{name}.toml")), text).expect("write rule");
         }
         let cfg_path = dir.path().join("postback-relay.toml");
-        std::fs::write(&cfg_path, config_text(extra_config)).expect("write config");
+        std::fs::write(&cfg_path, config).expect("write config");
         let env: HashMap<String, String> = HashMap::new();
         let config = Config::load(&cfg_path, &env, &Overrides::default()).expect("valid config");
         let running = app::start(config.clone(), std::sync::Arc::new(env))
@@ -75,6 +90,11 @@ impl TestRelay {
             client: reqwest::Client::new(),
             config,
         }
+    }
+
+    /// The config file the relay was started from.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("postback-relay.toml")
     }
 
     pub fn rules_dir(&self) -> PathBuf {

@@ -1,0 +1,664 @@
+//! The delivery engine against the real relay and real (fake) partners on port 0:
+//! retries with a stable `webhook-id`, `Retry-After`, the dead-letter queue and its
+//! CLI (with and without a running relay), isolation of a hanging partner, the
+//! circuit breaker, the private-address guard, and rule reloads with deliveries queued.
+//!
+//! No timing assertion except "not sooner than"; everything else waits for counts.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postback_relay::config::WebhookSecret;
+use postback_relay::deliver::testing::{FakePartner, RecordedRequest, Reply};
+use postback_relay::ingest::verify::sign;
+use serde_json::{json, Value};
+
+use common::*;
+
+/// A GET postback carrying only the event ID, with fast retries.
+fn rule(url: &str, timeout: &str, max_attempts: u32, concurrency: u32) -> String {
+    format!(
+        r#"[destination]
+url = "{url}?eid={{event_id}}"
+method = "GET"
+timeout = "{timeout}"
+retry = {{ max_attempts = {max_attempts}, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "200ms" }}
+concurrency = {concurrency}
+
+[privacy]
+allow = ["event_id"]
+"#
+    )
+}
+
+/// The harness config with these lines added to `[delivery]`.
+fn config_with_delivery(lines: &str) -> String {
+    let base = config_text("");
+    let with = base.replace(
+        "allow_private_networks = true\n",
+        &format!("allow_private_networks = true\n{lines}\n"),
+    );
+    assert_ne!(base, with, "the harness config has a [delivery] section");
+    with
+}
+
+/// This destination's entry in `GET /admin/destinations`.
+async fn destination(relay: &TestRelay, name: &str) -> Value {
+    destination_at(&relay.client, &relay.base, name).await
+}
+
+async fn destination_at(client: &reqwest::Client, base: &str, name: &str) -> Value {
+    let v = admin_get_at(client, base, "/admin/destinations").await;
+    v["destinations"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no destination {name} in {v}"))
+}
+
+async fn admin_get_at(client: &reqwest::Client, base: &str, path: &str) -> Value {
+    client
+        .get(format!("{base}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin request")
+        .json()
+        .await
+        .expect("admin json")
+}
+
+/// Posts one signed event to a relay at `base`; returns the 202 body.
+async fn post_event_at(client: &reqwest::Client, base: &str, msg_id: &str, body: &str) -> Value {
+    let secret = WebhookSecret::parse(SECRET).expect("secret");
+    let ts = chrono::Utc::now().timestamp();
+    let resp = client
+        .post(format!("{base}/v1/events"))
+        .header("content-type", "application/json")
+        .header("webhook-id", msg_id)
+        .header("webhook-timestamp", ts.to_string())
+        .header(
+            "webhook-signature",
+            sign(&secret, msg_id, ts, body.as_bytes()),
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("post event");
+    assert_eq!(resp.status().as_u16(), 202);
+    resp.json().await.expect("json")
+}
+
+/// Posts one event and checks it was accepted.
+async fn accept(relay: &TestRelay, id: &str) {
+    let (s, v) = relay
+        .post_json(
+            &format!("msg-{id}"),
+            &event(id, "purchase", &format!("clk-{id}")),
+        )
+        .await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+}
+
+fn webhook_ids(requests: &[RecordedRequest]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| {
+            r.header("webhook-id")
+                .expect("webhook-id header")
+                .to_string()
+        })
+        .collect()
+}
+
+/// Runs the real binary with these arguments, off the async runtime (the partner and
+/// maybe the relay run on it).
+async fn cli(args: &[&str], config: &Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_postback-relay"));
+    cmd.args(args).arg("--config").arg(config);
+    tokio::task::spawn_blocking(move || cmd.output().expect("binary runs"))
+        .await
+        .expect("join")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+// ---------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn three_503s_then_200_deliver_once_after_four_requests_with_one_webhook_id() {
+    let partner = FakePartner::start().await.expect("partner");
+    partner.enqueue([Reply::status(503), Reply::status(503), Reply::status(503)]);
+    let relay = TestRelay::start(&[("aff", &rule(&partner.url("/pb"), "500ms", 5, 2))], "").await;
+
+    accept(&relay, "e-retry").await;
+
+    assert!(
+        partner.wait_for_requests(4, Duration::from_secs(20)).await,
+        "4 requests expected, got {}",
+        partner.request_count()
+    );
+    assert!(
+        eventually(20, || async {
+            let d = destination(&relay, "aff").await;
+            d["queue_depth"] == 0 && d["in_flight"] == 0
+        })
+        .await,
+        "{}",
+        destination(&relay, "aff").await
+    );
+    let d = destination(&relay, "aff").await;
+    assert_eq!(d["dlq_size"], 0, "{d}");
+    assert_eq!(d["circuit"], "closed", "{d}");
+
+    // Settled after the 200: no fifth request follows.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let requests = partner.requests();
+    assert_eq!(requests.len(), 4, "{requests:#?}");
+    assert_eq!(partner.answered_count(), 4);
+    for r in &requests {
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.target, "/pb?eid=e-retry");
+    }
+    let ids = webhook_ids(&requests);
+    assert!(!ids[0].is_empty());
+    assert!(
+        ids.iter().all(|id| id == &ids[0]),
+        "every attempt carries the same delivery ID: {ids:?}"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_2_is_retried_no_sooner_than_2_seconds_later() {
+    let partner = FakePartner::start().await.expect("partner");
+    partner.enqueue([Reply::status(429).header("Retry-After", "2")]);
+    let relay = TestRelay::start(&[("aff", &rule(&partner.url("/pb"), "500ms", 5, 2))], "").await;
+
+    accept(&relay, "e-429").await;
+
+    assert!(partner.wait_for_requests(2, Duration::from_secs(20)).await);
+    let requests = partner.requests();
+    let gap = requests[1].received_at - requests[0].received_at;
+    assert!(
+        gap >= Duration::from_secs(2),
+        "second attempt came {gap:?} after the first; Retry-After said 2s"
+    );
+    assert_eq!(
+        requests[0].header("webhook-id"),
+        requests[1].header("webhook-id")
+    );
+    assert!(
+        eventually(10, || async {
+            destination(&relay, "aff").await["queue_depth"] == 0
+        })
+        .await
+    );
+    relay.stop().await;
+}
+
+/// The real binary serving `dir/postback-relay.toml`; killed on drop.
+struct RelayProcess {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RelayProcess {
+    fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// Starts the real binary and waits for its "ready" line.
+fn spawn_relay(config: &Path) -> RelayProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("postback-relay ready") {
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("listen="))
+                {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.to_string());
+                    }
+                }
+            }
+            if let Ok(mut l) = log2.lock() {
+                l.push_str(&line);
+                l.push('\n');
+            }
+        }
+    });
+    let mut process = RelayProcess {
+        child,
+        base: String::new(),
+        log,
+    };
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(addr) => process.base = format!("http://{addr}"),
+        Err(_) => panic!("relay did not become ready; log:\n{}", process.log()),
+    }
+    process
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_400_is_dead_lettered_at_once_and_the_dlq_cli_replays_it_through_the_running_relay() {
+    let partner = FakePartner::start().await.expect("partner");
+    partner.set_default(Reply::status(400));
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("rules")).expect("rules dir");
+    std::fs::write(
+        dir.path().join("rules/aff.toml"),
+        rule(&partner.url("/pb"), "500ms", 5, 2),
+    )
+    .expect("rule");
+    let port = free_port();
+    let config = dir.path().join("postback-relay.toml");
+    std::fs::write(
+        &config,
+        config_text("").replace(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\""),
+        ),
+    )
+    .expect("config");
+    let relay = spawn_relay(&config);
+    assert_eq!(relay.base, format!("http://127.0.0.1:{port}"));
+    let client = reqwest::Client::new();
+
+    let v = post_event_at(
+        &client,
+        &relay.base,
+        "msg-400",
+        &event("e-400", "purchase", "clk-400"),
+    )
+    .await;
+    assert_eq!(v["accepted"], 1, "{v}");
+
+    // Dead-lettered on the first answer: no retry of a 400.
+    assert!(
+        eventually(20, || async {
+            destination_at(&client, &relay.base, "aff").await["dlq_size"] == 1
+        })
+        .await,
+        "{}\n{}",
+        destination_at(&client, &relay.base, "aff").await,
+        relay.log()
+    );
+    let d = destination_at(&client, &relay.base, "aff").await;
+    assert_eq!(d["queue_depth"], 0, "{d}");
+    let dlq = admin_get_at(&client, &relay.base, "/admin/dlq").await;
+    let letters = dlq["dead_letters"].as_array().expect("dead_letters");
+    assert_eq!(letters.len(), 1, "{dlq}");
+    let letter = &letters[0];
+    assert_eq!(letter["destination"], "aff");
+    assert_eq!(letter["last_status"], 400, "{letter}");
+    assert_eq!(letter["attempts"], 1, "{letter}");
+    let id = letter["id"].as_str().expect("id").to_string();
+    assert_eq!(partner.request_count(), 1);
+    assert_eq!(
+        partner.requests()[0].header("webhook-id"),
+        Some(id.as_str())
+    );
+
+    // `dlq list` through the running relay names the delivery and its status.
+    let out = cli(&["dlq", "list"], &config).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = stdout(&out);
+    assert!(listed.contains(&id), "{listed}");
+    assert!(listed.contains("aff"), "{listed}");
+    assert!(listed.contains("last_status=400"), "{listed}");
+
+    // The partner is fixed; replay everything.
+    partner.set_default(Reply::ok());
+    let out = cli(&["dlq", "replay", "--all"], &config).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "replayed 1 dead letter");
+
+    assert!(partner.wait_for_requests(2, Duration::from_secs(20)).await);
+    assert!(
+        eventually(20, || async {
+            let d = destination_at(&client, &relay.base, "aff").await;
+            d["dlq_size"] == 0 && d["queue_depth"] == 0
+        })
+        .await,
+        "{}",
+        destination_at(&client, &relay.base, "aff").await
+    );
+    let requests = partner.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[1].header("webhook-id"), Some(id.as_str()));
+    assert_eq!(requests[1].target, "/pb?eid=e-400");
+    let out = cli(&["dlq", "list"], &config).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "no dead letters");
+}
+
+#[tokio::test]
+async fn with_no_relay_running_the_dlq_cli_opens_the_store_and_the_replay_is_sent_after_restart() {
+    let partner = FakePartner::start().await.expect("partner");
+    partner.set_default(Reply::status(400));
+    let aff = rule(&partner.url("/pb"), "500ms", 5, 2);
+    let relay = TestRelay::start(&[("aff", &aff)], "").await;
+    accept(&relay, "e-offline").await;
+    assert!(
+        eventually(20, || async {
+            destination(&relay, "aff").await["dlq_size"] == 1
+        })
+        .await
+    );
+    let id = partner.requests()[0]
+        .header("webhook-id")
+        .expect("webhook-id")
+        .to_string();
+    let config = relay.config_path();
+    let dir = relay.stop().await;
+
+    // Nothing listens on the config's address: the CLI reads the store itself.
+    let out = cli(&["dlq", "list"], &config).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = stdout(&out);
+    assert!(listed.contains(&id), "{listed}");
+    assert!(listed.contains("last_status=400"), "{listed}");
+    let out = cli(&["dlq", "list", "--destination", "other"], &config).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "no dead letters");
+
+    let out = cli(&["dlq", "replay", "--id", &id], &config).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "replayed 1 dead letter");
+    let out = cli(&["dlq", "list"], &config).await;
+    assert_eq!(stdout(&out).trim(), "no dead letters", "{}", stderr(&out));
+
+    partner.set_default(Reply::ok());
+    let relay = TestRelay::start_in(dir, &[("aff", &aff)], "").await;
+    assert!(partner.wait_for_requests(2, Duration::from_secs(20)).await);
+    assert!(
+        eventually(20, || async {
+            let d = destination(&relay, "aff").await;
+            d["queue_depth"] == 0 && d["dlq_size"] == 0
+        })
+        .await,
+        "{}",
+        destination(&relay, "aff").await
+    );
+    let requests = partner.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[1].header("webhook-id"), Some(id.as_str()));
+    assert_eq!(requests[1].target, "/pb?eid=e-offline");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_partner_that_never_answers_does_not_delay_a_healthy_one() {
+    const N: usize = 30;
+    let healthy = FakePartner::start().await.expect("partner");
+    let hanging = FakePartner::start().await.expect("partner");
+    hanging.set_default(Reply::hang());
+    let relay = TestRelay::start(
+        &[
+            ("healthy", &rule(&healthy.url("/ok"), "1s", 5, 2)),
+            ("hanging", &rule(&hanging.url("/hang"), "1s", 5, 2)),
+        ],
+        "",
+    )
+    .await;
+
+    for i in 0..N {
+        accept(&relay, &format!("e-iso-{i}")).await;
+    }
+
+    assert!(
+        healthy.wait_for_requests(N, Duration::from_secs(30)).await,
+        "healthy partner got {} of {N}",
+        healthy.request_count()
+    );
+    // While the healthy partner got everything, the hanging one holds its 2 slots.
+    let hung = hanging.request_count();
+    assert!(
+        hung <= 2,
+        "the hanging partner got {hung} requests, more than its concurrency"
+    );
+    assert_eq!(hanging.answered_count(), 0);
+    let got: HashSet<String> = healthy.requests().into_iter().map(|r| r.target).collect();
+    let want: HashSet<String> = (0..N).map(|i| format!("/ok?eid=e-iso-{i}")).collect();
+    assert_eq!(got, want);
+    let d = destination(&relay, "hanging").await;
+    assert!(d["in_flight"].as_u64().expect("in_flight") <= 2, "{d}");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_partner_opens_the_circuit_and_all_is_delivered_once_it_recovers() {
+    const N: usize = 30;
+    let partner = FakePartner::start().await.expect("partner");
+    partner.set_default(Reply::status(503));
+    // Many attempts allowed, so nothing is dead-lettered while the circuit is open.
+    let relay = TestRelay::start_with_config(
+        &[("aff", &rule(&partner.url("/pb"), "500ms", 100, 4))],
+        &config_with_delivery("breaker_failures = 5\nbreaker_cool_down = \"500ms\""),
+    )
+    .await;
+
+    for i in 0..N {
+        accept(&relay, &format!("e-cb-{i}")).await;
+    }
+
+    assert!(
+        eventually(20, || async {
+            destination(&relay, "aff").await["circuit"] == "open"
+        })
+        .await,
+        "{}",
+        destination(&relay, "aff").await
+    );
+    // Give the open circuit time to fail a probe or two, then count.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let seen = partner.request_count();
+    // Without a breaker each of the 30 would have been tried several times by now
+    // (backoff 50-200ms); with it, fewer than one request per event went out:
+    // the first wave (concurrency 4) and the half-open probes.
+    assert!(
+        seen < N,
+        "the partner saw {seen} requests for {N} events with its circuit open"
+    );
+    let d = destination(&relay, "aff").await;
+    assert_eq!(d["queue_depth"], N, "{d}");
+    assert_eq!(d["dlq_size"], 0, "{d}");
+    assert!(
+        d["last_error"].as_str().unwrap_or("").contains("503"),
+        "{d}"
+    );
+
+    partner.set_default(Reply::ok());
+    assert!(
+        eventually(30, || async {
+            let d = destination(&relay, "aff").await;
+            d["queue_depth"] == 0 && d["in_flight"] == 0
+        })
+        .await,
+        "{}",
+        destination(&relay, "aff").await
+    );
+    let d = destination(&relay, "aff").await;
+    assert_eq!(d["dlq_size"], 0, "{d}");
+    assert_eq!(d["circuit"], "closed", "{d}");
+    let got: HashSet<String> = partner.requests().into_iter().map(|r| r.target).collect();
+    for i in 0..N {
+        assert!(
+            got.contains(&format!("/pb?eid=e-cb-{i}")),
+            "e-cb-{i} never sent"
+        );
+    }
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn loopback_partners_are_refused_and_dead_lettered_when_private_networks_are_not_allowed() {
+    let partner = FakePartner::start().await.expect("partner");
+    let port = partner.addr().port();
+    let config = config_text("").replace(
+        "allow_private_networks = true",
+        "allow_private_networks = false",
+    );
+    // An IP literal (checked before connecting) and a name (checked by the resolver).
+    let relay = TestRelay::start_with_config(
+        &[
+            ("literal", &rule(&partner.url("/pb"), "500ms", 5, 2)),
+            (
+                "named",
+                &rule(&format!("http://localhost:{port}/pb"), "500ms", 5, 2),
+            ),
+        ],
+        &config,
+    )
+    .await;
+
+    accept(&relay, "e-private").await;
+
+    assert!(
+        eventually(20, || async {
+            let l = destination(&relay, "literal").await;
+            let n = destination(&relay, "named").await;
+            l["dlq_size"] == 1 && n["dlq_size"] == 1
+        })
+        .await,
+        "{}\n{}",
+        destination(&relay, "literal").await,
+        destination(&relay, "named").await
+    );
+    let dlq = relay.admin_get("/admin/dlq").await;
+    let letters = dlq["dead_letters"].as_array().expect("dead_letters");
+    assert_eq!(letters.len(), 2, "{dlq}");
+    for letter in letters {
+        let error = letter["last_error"].as_str().expect("last_error");
+        assert!(
+            error.contains("is loopback") && error.contains("allow_private_networks is false"),
+            "{letter}"
+        );
+        assert_eq!(letter["attempts"], 1, "{letter}");
+        assert_eq!(letter["last_status"], Value::Null, "{letter}");
+    }
+    let literal = letters
+        .iter()
+        .find(|l| l["destination"] == "literal")
+        .expect("literal");
+    assert!(
+        literal["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("partner address 127.0.0.1 is loopback"),
+        "{literal}"
+    );
+    assert_eq!(partner.request_count(), 0, "nothing reached the partner");
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_rule_reload_keeps_queued_deliveries_as_rendered_at_accept() {
+    let partner = FakePartner::start().await.expect("partner");
+    partner.set_default(Reply::status(503));
+    let v1 = rule(&partner.url("/v1"), "500ms", 100, 2);
+    let relay = TestRelay::start_with_config(
+        &[("aff", &v1)],
+        // Short cool-down: the 503s may open the circuit before the reload.
+        &config_with_delivery("breaker_cool_down = \"200ms\""),
+    )
+    .await;
+
+    accept(&relay, "e-old").await;
+    assert!(partner.wait_for_requests(1, Duration::from_secs(20)).await);
+    assert_eq!(partner.requests()[0].target, "/v1?eid=e-old");
+
+    // A new URL template that also lets event_name through.
+    let v2 = format!(
+        r#"[destination]
+url = "{}?eid={{event_id}}&name={{event_name}}"
+method = "GET"
+timeout = "500ms"
+retry = {{ max_attempts = 100, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "200ms" }}
+
+[privacy]
+allow = ["event_id", "event_name"]
+"#,
+        partner.url("/v2")
+    );
+    std::fs::write(relay.rules_dir().join("aff.toml"), v2).expect("rewrite rule");
+    let (s, v) = relay.admin_post("/admin/reload", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["destinations"], json!(["aff"]), "{v}");
+
+    // Accepted under the new rule.
+    accept(&relay, "e-new").await;
+    partner.set_default(Reply::ok());
+    assert!(
+        eventually(20, || async {
+            let d = destination(&relay, "aff").await;
+            d["queue_depth"] == 0 && d["in_flight"] == 0
+        })
+        .await,
+        "{}",
+        destination(&relay, "aff").await
+    );
+    assert_eq!(destination(&relay, "aff").await["dlq_size"], 0);
+
+    let requests = partner.requests();
+    let old: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.target.contains("e-old"))
+        .map(|r| r.target.as_str())
+        .collect();
+    assert!(
+        old.iter().all(|t| *t == "/v1?eid=e-old"),
+        "every attempt of the queued delivery is the old rendering: {old:?}"
+    );
+    let new: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.target.contains("e-new"))
+        .map(|r| r.target.as_str())
+        .collect();
+    assert!(!new.is_empty());
+    assert!(
+        new.iter().all(|t| *t == "/v2?eid=e-new&name=purchase"),
+        "{new:?}"
+    );
+    relay.stop().await;
+}
