@@ -468,6 +468,26 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
     }
 
     #[test]
+    fn an_unset_variable_is_one_error_not_also_an_empty_value() {
+        let errs = parse("[ingest]\nsecrets = [\"${NOT_SET_ANYWHERE}\", \"whsec_!!!\"]\n")
+            .expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:#?}");
+        assert!(
+            text[0].starts_with(
+                "cfg/relay.toml:2:13: environment variable NOT_SET_ANYWHERE is not set"
+            ),
+            "{text:#?}"
+        );
+        // An independent mistake on the same line is still reported.
+        assert!(
+            text[1]
+                .starts_with("cfg/relay.toml:2:35: `ingest.secrets`: secret is not valid base64"),
+            "{text:#?}"
+        );
+    }
+
+    #[test]
     fn missing_ingest_is_an_error_that_says_what_to_write() {
         let errs = parse("listen = \"127.0.0.1:1\"\n").expect_err("invalid");
         assert!(errs[0]
