@@ -248,6 +248,10 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutting down: finishing in-flight requests");
+    // `stop` waits for the last reference to the relay (so the store is closed):
+    // ours must not be it.
+    #[cfg(unix)]
+    drop(relay);
     running.stop().await;
     tracing::info!("stopped");
     Ok(())
