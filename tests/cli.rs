@@ -805,3 +805,45 @@ fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     assert!(log.contains("stopped"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn a_signal_right_after_ready_is_handled_gracefully() {
+    // The "ready" line is what scripts wait for: from then on SIGTERM/SIGINT/SIGHUP
+    // must reach the relay's handlers, never the default action (killed by signal).
+    let mut signals = vec![libc::SIGINT, libc::SIGHUP];
+    signals.extend([libc::SIGTERM; 16]);
+    for (i, sig) in signals.into_iter().enumerate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cfg, _) = serve_config(tmp.path());
+        let mut relay = spawn_serve(&cfg);
+        assert!(
+            relay.wait_log("postback-relay ready", Duration::from_secs(30)),
+            "{}",
+            relay.log()
+        );
+        relay.signal(sig);
+        let signalled = Instant::now();
+        if sig == libc::SIGHUP {
+            assert!(
+                relay.wait_log("rules reloaded (SIGHUP)", Duration::from_secs(10)),
+                "{}",
+                relay.log()
+            );
+            relay.signal(libc::SIGTERM);
+        }
+        assert_eq!(
+            relay.wait_exit(Duration::from_secs(20)),
+            Some(0),
+            "run {i}, signal {sig}: {:?}\n{}",
+            relay.child.try_wait(),
+            relay.log()
+        );
+        // An idle relay stops promptly (no fixed wait for its own references).
+        assert!(
+            signalled.elapsed() < Duration::from_secs(3),
+            "run {i}: {:?} to stop\n{}",
+            signalled.elapsed(),
+            relay.log()
+        );
+    }
+}
