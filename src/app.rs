@@ -228,19 +228,25 @@ async fn purge_loop(relay: Arc<Relay>) {
 
 /// Runs until SIGTERM or Ctrl-C; SIGHUP reloads the rules.
 pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), StartError> {
+    // Handlers first: once "ready" is logged, a SIGTERM or SIGHUP must be ours to
+    // handle, not the default action that kills the process.
+    #[cfg(unix)]
+    let (mut term, mut int, mut hup) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).map_err(|e| StartError::Listen(e.to_string()))?,
+            signal(SignalKind::interrupt()).map_err(|e| StartError::Listen(e.to_string()))?,
+            signal(SignalKind::hangup()).map_err(|e| StartError::Listen(e.to_string()))?,
+        )
+    };
     let running = start(config, env).await?;
     let relay = running.relay.clone();
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term =
-            signal(SignalKind::terminate()).map_err(|e| StartError::Listen(e.to_string()))?;
-        let mut hup =
-            signal(SignalKind::hangup()).map_err(|e| StartError::Listen(e.to_string()))?;
         loop {
             tokio::select! {
                 _ = term.recv() => break,
-                _ = tokio::signal::ctrl_c() => break,
+                _ = int.recv() => break,
                 _ = hup.recv() => {
                     match relay.reload_rules() {
                         Ok(names) => tracing::info!(destinations = names.len(), "rules reloaded (SIGHUP)"),
@@ -259,6 +265,10 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutting down: finishing in-flight requests");
+    // `stop` waits for the last reference to the relay (so the store is closed):
+    // ours must not be it.
+    #[cfg(unix)]
+    drop(relay);
     running.stop().await;
     tracing::info!("stopped");
     Ok(())

@@ -156,6 +156,23 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The rules directory a config file names, even when the file has other errors
+    /// (so `check` can validate the rules in the same run): the `--rules` override,
+    /// else `rules_dir` if it reads as a string, else `rules` beside the file.
+    pub fn rules_dir_of(path: &Path, env: &dyn Env, rules_override: Option<PathBuf>) -> PathBuf {
+        if let Some(dir) = rules_override {
+            return dir;
+        }
+        let named = std::fs::read_to_string(path).ok().and_then(|text| {
+            let (source, _) = Source::new(path, text, env);
+            let doc = source.text.parse::<toml_edit::DocumentMut>().ok()?;
+            doc.get("rules_dir")?.as_str().map(str::to_string)
+        });
+        relative_to(path, named.as_deref().unwrap_or("rules"))
+    }
+}
+
 /// Relative paths in the file are relative to the file's folder.
 fn relative_to(config_path: &Path, p: &str) -> PathBuf {
     let p = PathBuf::from(p);
@@ -513,6 +530,47 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
                 "cfg/relay.toml:2:26: environment variable NOT_SET_ANYWHERE is not set"
             )),
             "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn an_unset_variable_is_one_error_not_also_an_empty_value() {
+        let errs = parse("[ingest]\nsecrets = [\"${NOT_SET_ANYWHERE}\", \"whsec_!!!\"]\n")
+            .expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:#?}");
+        assert!(
+            text[0].starts_with(
+                "cfg/relay.toml:2:13: environment variable NOT_SET_ANYWHERE is not set"
+            ),
+            "{text:#?}"
+        );
+        // An independent mistake on the same line is still reported.
+        assert!(
+            text[1]
+                .starts_with("cfg/relay.toml:2:35: `ingest.secrets`: secret is not valid base64"),
+            "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn rules_dir_of_an_invalid_config_is_still_the_one_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "rules_dir = \"partners\"\nmax_bach = 1\n").unwrap();
+        let env: HashMap<String, String> = HashMap::new();
+        assert_eq!(
+            Config::rules_dir_of(&path, &env, None),
+            dir.path().join("partners")
+        );
+        std::fs::write(&path, "this is not toml\n").unwrap();
+        assert_eq!(
+            Config::rules_dir_of(&path, &env, None),
+            dir.path().join("rules")
+        );
+        assert_eq!(
+            Config::rules_dir_of(&path, &env, Some(PathBuf::from("x"))),
+            PathBuf::from("x")
         );
     }
 

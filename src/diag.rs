@@ -79,6 +79,8 @@ pub struct Source {
     pub text: String,
     /// (start in `text`, end in `text`, start in `original`, end in `original`) of each substitution.
     subs: Vec<(usize, usize, usize, usize)>,
+    /// Where in `text` an unset variable (without default) was replaced by nothing.
+    unset: Vec<usize>,
 }
 
 impl Source {
@@ -88,6 +90,7 @@ impl Source {
     pub fn new(path: &Path, original: String, env: &dyn Env) -> (Source, Vec<Diagnostic>) {
         let mut text = String::with_capacity(original.len());
         let mut subs = Vec::new();
+        let mut unset = Vec::new();
         let mut errors = Vec::new();
         let bytes = original.as_bytes();
         let mut i = 0;
@@ -132,6 +135,7 @@ impl Source {
                                     "environment variable {name} is not set; set it, or write ${{{name}:-default}} to give a default"
                                 ),
                             });
+                            unset.push(text.len());
                             String::new()
                         }
                     };
@@ -187,6 +191,7 @@ impl Source {
                 original,
                 text,
                 subs,
+                unset,
             },
             errors,
         )
@@ -199,7 +204,19 @@ impl Source {
             original: text.to_string(),
             text: text.to_string(),
             subs: Vec::new(),
+            unset: Vec::new(),
         }
+    }
+
+    /// Whether `span` (offsets into the substituted text) is a one-line value that
+    /// contains an unset variable. A complaint about such a value ("secret is empty")
+    /// is only a consequence of the variable error already reported for it.
+    pub fn depends_on_unset(&self, span: &Range<usize>) -> bool {
+        self.unset.iter().any(|&p| span.start <= p && p <= span.end)
+            && self
+                .text
+                .get(span.clone())
+                .is_some_and(|s| !s.contains('\n'))
     }
 
     /// Maps an offset in the substituted text to one in the original.

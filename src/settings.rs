@@ -19,6 +19,8 @@ pub struct Doc<'s> {
     pub source: &'s Source,
     root: Option<toml_edit::Document<&'s str>>,
     errors: RefCell<Vec<Diagnostic>>,
+    /// Errors left out because an unset variable caused them (see `Source::depends_on_unset`).
+    consequential: std::cell::Cell<usize>,
 }
 
 impl<'s> Doc<'s> {
@@ -38,6 +40,7 @@ impl<'s> Doc<'s> {
             source,
             root,
             errors: RefCell::new(errors),
+            consequential: std::cell::Cell::new(0),
         }
     }
 
@@ -59,6 +62,15 @@ impl<'s> Doc<'s> {
     }
 
     pub fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) {
+        if span
+            .as_ref()
+            .is_some_and(|s| self.source.depends_on_unset(s))
+        {
+            // The unset variable is already reported at this place: one cause, one
+            // message. Still counted, so the value is treated as invalid.
+            self.consequential.set(self.consequential.get() + 1);
+            return;
+        }
         self.errors
             .borrow_mut()
             .push(self.source.diag(span, message));
@@ -69,7 +81,7 @@ impl<'s> Doc<'s> {
     }
 
     pub fn error_count(&self) -> usize {
-        self.errors.borrow().len()
+        self.errors.borrow().len() + self.consequential.get()
     }
 }
 

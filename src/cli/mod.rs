@@ -182,7 +182,8 @@ fn check(config: &Path, rules: Option<PathBuf>) -> i32 {
         Ok(cfg) => cfg.rules_dir,
         Err(e) => {
             errors.extend(e);
-            rules.unwrap_or_else(|| PathBuf::from("rules"))
+            // Still check the rules the config names, not `./rules` of the cwd.
+            Config::rules_dir_of(config, &ProcessEnv, rules)
         }
     };
     let count = match RuleSet::load_dir(&rules_dir, &ProcessEnv) {

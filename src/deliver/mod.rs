@@ -101,6 +101,9 @@ struct Running {
 
 struct Inner {
     ctx: Arc<Context>,
+    /// The runtime the workers run on: `update_destinations` may be called from a
+    /// plain thread (the rules file watcher) and still spawns workers there.
+    runtime: tokio::runtime::Handle,
     destinations: Mutex<BTreeMap<String, Running>>,
     /// Dispatchers of removed destinations, finishing their in-flight sends.
     retiring: Mutex<Vec<JoinHandle<()>>>,
@@ -133,6 +136,7 @@ impl Deliverer {
                     client,
                     opts,
                 }),
+                runtime: tokio::runtime::Handle::current(),
                 destinations: Mutex::new(BTreeMap::new()),
                 retiring: Mutex::new(Vec::new()),
             }),
@@ -143,8 +147,9 @@ impl Deliverer {
 
     /// Applies a rules reload: starts new destinations, applies changed settings,
     /// stops removed ones once their in-flight sends finish (their queued deliveries
-    /// stay in the store).
+    /// stay in the store). Callable from any thread, inside a runtime or not.
     pub fn update_destinations(&self, destinations: Vec<(String, DeliverySettings)>) {
+        let _runtime = self.inner.runtime.enter();
         let wanted: HashMap<String, DeliverySettings> = destinations.into_iter().collect();
         let mut running = lock(&self.inner.destinations);
         let removed: Vec<String> = running

@@ -351,6 +351,26 @@ async fn reload_starts_new_destinations_stops_removed_ones_and_applies_settings(
     deliverer.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_destinations_works_from_a_thread_outside_the_runtime() {
+    // The rules file watcher calls it from its own std thread.
+    let partner = FakePartner::start().await.unwrap();
+    let store = Arc::new(MemStore::default());
+    store.push(delivery("t1", "a", &partner.url("/pb")));
+    let deliverer = start(&store, vec![], opts());
+    let d = deliverer.clone();
+    std::thread::spawn(move || {
+        d.update_destinations(vec![("a".into(), settings())]);
+        let mut smaller = settings();
+        smaller.concurrency = 1;
+        d.update_destinations(vec![("a".into(), smaller)]);
+    })
+    .join()
+    .expect("no panic outside the runtime");
+    assert!(eventually(Duration::from_secs(5), || store.completed_ids() == ["t1"]).await);
+    deliverer.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_bad_signing_secret_dead_letters_instead_of_sending_unsigned() {
     let partner = FakePartner::start().await.unwrap();

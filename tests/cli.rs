@@ -1,0 +1,849 @@
+//! The command line, as a user runs it: the real binary, real files, a real relay.
+//! `check`, `preview`, `send` and `serve` (startup errors, SIGTERM) with their exit
+//! codes and exactly what they print.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postback_relay::config::WebhookSecret;
+use postback_relay::ingest::verify::sign;
+use sha2::{Digest, Sha256};
+
+use common::{config_text, SECRET};
+
+const BIN: &str = env!("CARGO_BIN_EXE_postback-relay");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Environment variables the shipped config and rules read: none may leak from the
+/// test's environment into the child.
+const ENV_PREFIXES: &[&str] = &[
+    "POSTBACK_RELAY_",
+    "META_",
+    "ADJUST_",
+    "APPSFLYER_",
+    "GOOGLE_ADS_",
+    "TIKTOK_",
+];
+
+/// The binary with a clean environment for the relay and `RUST_LOG=info`.
+fn bin() -> Command {
+    let mut c = Command::new(BIN);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if ENV_PREFIXES.iter().any(|p| k.starts_with(p)) {
+            c.env_remove(&k);
+        }
+    }
+    c.env("RUST_LOG", "info");
+    c.stdin(Stdio::null());
+    c
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn finish(out: Output) -> Run {
+    Run {
+        code: out.status.code().expect("exited, not killed"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn run(args: &[&str], cwd: &Path) -> Run {
+    finish(
+        bin()
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .expect("binary runs"),
+    )
+}
+
+fn run_stdin(args: &[&str], cwd: &Path, stdin: &str) -> Run {
+    let mut child = bin()
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    finish(child.wait_with_output().expect("wait"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A port nothing listens on (bound, read, released).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Lines of stderr that are diagnostics (`FILE:LINE:COL: ...`) about files under `dir`.
+fn located_lines<'a>(stderr: &'a str, dir: &Path) -> Vec<&'a str> {
+    stderr.lines().filter(|l| l.starts_with(s(dir))).collect()
+}
+
+#[test]
+fn help_and_version_exit_0_usage_errors_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let help = run(&["--help"], tmp.path());
+    assert_eq!(help.code, 0, "{}", help.stderr);
+    for cmd in ["serve", "check", "preview", "send", "dlq"] {
+        assert!(
+            help.stdout.contains(cmd),
+            "--help lists {cmd}: {}",
+            help.stdout
+        );
+    }
+    let version = run(&["--version"], tmp.path());
+    assert_eq!(version.code, 0);
+    assert_eq!(
+        version.stdout.trim(),
+        format!("postback-relay {}", env!("CARGO_PKG_VERSION"))
+    );
+    let sub_help = run(&["check", "--help"], tmp.path());
+    assert_eq!(sub_help.code, 0);
+    assert!(sub_help.stdout.contains("--config"), "{}", sub_help.stdout);
+
+    for args in [
+        &["frobnicate"][..],                          // unknown subcommand
+        &["preview"][..],                             // missing EVENT
+        &["send"][..],                                // missing EVENTS
+        &["check", "--no-such-flag"][..],             // unknown flag
+        &["serve", "--listen", "nope"][..],           // not an address
+        &[][..],                                      // no subcommand at all
+        &["dlq", "replay", "--id", "x", "--all"][..], // conflicting flags
+    ] {
+        let r = run(args, tmp.path());
+        assert_eq!(r.code, 2, "{args:?} is a usage error: {}", r.stderr);
+        // An error naming the problem, or (no subcommand) the usage, on stderr.
+        assert!(
+            (r.stderr.starts_with("error: ") && r.stderr.contains("--help"))
+                || (args.is_empty() && r.stderr.contains("Usage: postback-relay <COMMAND>")),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert_eq!(r.stdout, "", "{args:?}");
+    }
+    // Usage errors touch nothing.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_rules_with_no_environment() {
+    let repo = Path::new(REPO);
+    // As the README runs it: from the repository root, with the default config path.
+    let r = run(&["check"], repo);
+    assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    assert_eq!(
+        r.stdout.trim(),
+        "ok: postback-relay.toml and rules (1 enabled destination)"
+    );
+    // And from elsewhere: the rules directory is relative to the config file.
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = repo.join("postback-relay.toml");
+    let r = run(&["check", "--config", s(&cfg)], tmp.path());
+    assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    assert_eq!(
+        r.stdout.trim(),
+        format!(
+            "ok: {} and {} (1 enabled destination)",
+            cfg.display(),
+            repo.join("rules").display()
+        )
+    );
+    assert!(!repo.join("data").exists() || repo.join("data").is_dir());
+}
+
+const BROKEN_CONFIG: &str = r#"listen = "127.0.0.1:0"
+data_dir = "data"
+rules_dir = "partner-rules"
+
+[ingest]
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+tolerance = "5 parsecs"
+max_bach = 100
+"#;
+
+const BROKEN_RULE: &str = r#"# a partner rule with two mistakes
+[destination]
+url = "https://a.example/p?c={click_id}&e={user.email}"
+method = "GET"
+retri = 3
+
+[privacy]
+allow = ["click_id"]
+"#;
+
+#[test]
+fn check_prints_every_config_and_rule_error_located_in_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("relay.toml");
+    std::fs::write(&cfg, BROKEN_CONFIG).unwrap();
+    let rules = tmp.path().join("partner-rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(rules.join("bad.toml"), BROKEN_RULE).unwrap();
+    std::fs::write(
+        rules.join("good.toml"),
+        "[destination]\nurl = \"https://b.example/p?c={click_id}\"\nmethod = \"GET\"\n[privacy]\nallow = [\"click_id\"]\n",
+    )
+    .unwrap();
+    // Run from a directory with no `rules/` of its own, so that the rules checked
+    // can only be the ones the (broken) config names.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let r = run(&["check", "--config", s(&cfg)], elsewhere.path());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stdout, "");
+    let lines = located_lines(&r.stderr, tmp.path());
+    let c = cfg.display();
+    let b = rules.join("bad.toml");
+    let b = b.display();
+    let expected = [
+        format!("{c}:7:13: `ingest.tolerance`: unknown unit \"parsecs\" in \"5 parsecs\""),
+        format!("{c}:8:1: unknown key `max_bach` in [ingest]; did you mean `max_batch`?"),
+        format!("{b}:3:43: `{{user.email}}` names a field that [privacy] does not allow"),
+        format!("{b}:5:1: unknown key `retri` in [destination]; did you mean `retry`?"),
+    ];
+    assert_eq!(lines.len(), expected.len(), "stderr:\n{}", r.stderr);
+    for (line, want) in lines.iter().zip(&expected) {
+        assert!(line.starts_with(want.as_str()), "want {want}\ngot  {line}");
+    }
+    assert!(
+        lines[2].contains("add \"user.email\" to `allow`"),
+        "says what to write: {}",
+        lines[2]
+    );
+    assert_eq!(r.stderr.lines().last(), Some("4 errors"), "{}", r.stderr);
+    assert!(!tmp.path().join("data").exists(), "check writes nothing");
+}
+
+#[test]
+fn check_names_an_unset_variable_with_its_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        "listen = \"127.0.0.1:0\"\n\n[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir(tmp.path().join("rules")).unwrap();
+    let r = run(&["check", "--config", s(&cfg)], tmp.path());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let lines = located_lines(&r.stderr, tmp.path());
+    assert_eq!(
+        lines,
+        [format!(
+            "{}:4:13: environment variable POSTBACK_RELAY_SECRET is not set; set it, or write ${{POSTBACK_RELAY_SECRET:-default}} to give a default",
+            cfg.display()
+        )],
+        "one error, the cause; stderr:\n{}",
+        r.stderr
+    );
+
+    // Set, the same file is valid: the message was about the environment only.
+    let ok = finish(
+        bin()
+            .args(["check", "--config", s(&cfg)])
+            .env("POSTBACK_RELAY_SECRET", SECRET)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+
+    // In a rule file too.
+    std::fs::write(
+        &cfg,
+        format!("listen = \"127.0.0.1:0\"\n[ingest]\nsecrets = [\"{SECRET}\"]\n"),
+    )
+    .unwrap();
+    let rule = tmp.path().join("rules/aff.toml");
+    std::fs::write(
+        &rule,
+        "[destination]\nmethod = \"GET\"\nurl = \"https://a.example/${PBR_TEST_UNSET_TOKEN}?c={click_id}\"\n[privacy]\nallow = [\"click_id\"]\n",
+    )
+    .unwrap();
+    let r = run(&["check", "--config", s(&cfg)], tmp.path());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(
+        located_lines(&r.stderr, tmp.path()),
+        [format!(
+            "{}:3:26: environment variable PBR_TEST_UNSET_TOKEN is not set; set it, or write ${{PBR_TEST_UNSET_TOKEN:-default}} to give a default",
+            rule.display()
+        )],
+        "{}",
+        r.stderr
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn preview_prints_the_exact_requests_and_sends_and_writes_nothing() {
+    let repo = Path::new(REPO);
+    let event = repo.join("examples/purchase.json");
+
+    // The shipped files as they are, from the repository root.
+    let r = run(&["preview", s(&event)], repo);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let aff = r
+        .stdout
+        .split("== example-aff ==\n")
+        .nth(1)
+        .expect("an example-aff section");
+    assert_eq!(
+        aff.lines().next(),
+        Some("GET http://127.0.0.1:9999/postback?clickid=clk_9f2c&goal=purchase&payout=9.99"),
+        "{}",
+        r.stdout
+    );
+
+    // A copy whose data_dir points into a temp dir, and whose example-aff URL points
+    // at a listener of ours: nothing may arrive, nothing may be created.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("state/data");
+    let cfg_text = std::fs::read_to_string(repo.join("postback-relay.toml"))
+        .unwrap()
+        .replace(
+            "data_dir = \"data\"",
+            &format!("data_dir = \"{}\"", s(&data)),
+        );
+    assert!(cfg_text.contains(s(&data)));
+    let cfg = tmp.path().join("postback-relay.toml");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    copy_dir(&repo.join("rules"), &tmp.path().join("rules"));
+    let partner = TcpListener::bind("127.0.0.1:0").unwrap();
+    partner.set_nonblocking(true).unwrap();
+    let port = partner.local_addr().unwrap().port();
+    let aff_rule = tmp.path().join("rules/example-aff.toml");
+    let text = std::fs::read_to_string(&aff_rule).unwrap();
+    std::fs::write(
+        &aff_rule,
+        text.replace("127.0.0.1:9999", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    // Every rule enabled, so nothing is "not sent" merely for being disabled.
+    for e in std::fs::read_dir(tmp.path().join("rules")).unwrap() {
+        let p = e.unwrap().path();
+        let t = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, t.replace("enabled = false", "enabled = true")).unwrap();
+    }
+    let before: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+
+    let r = run(&["preview", "--config", s(&cfg), s(&event)], tmp.path());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = &r.stdout;
+    assert!(
+        out.contains(&format!(
+            "== example-aff ==\nGET http://127.0.0.1:{port}/postback?clickid=clk_9f2c&goal=purchase&payout=9.99\n"
+        )),
+        "{out}"
+    );
+
+    // Meta: the request, e-mail hashed after normalising, IP truncated, token masked.
+    let meta = out
+        .split("== meta ==\n")
+        .nth(1)
+        .expect("a meta section")
+        .split("\n== ")
+        .next()
+        .unwrap();
+    let mut meta_lines = meta.lines();
+    assert_eq!(
+        meta_lines.next(),
+        Some("POST https://graph.facebook.com/v21.0/123456789012345/events")
+    );
+    assert_eq!(meta_lines.next(), Some("Authorization: Bearer ***"));
+    assert_eq!(meta_lines.next(), Some("Content-Type: application/json"));
+    assert_eq!(meta_lines.next(), Some(""));
+    let body: serde_json::Value =
+        serde_json::from_str(&meta_lines.collect::<Vec<_>>().join("\n")).expect("JSON body");
+    let user = &body["data"][0]["user_data"];
+    assert_eq!(user["em"], sha256_hex("a@b.com"), "{body:#}");
+    assert_eq!(user["ph"], sha256_hex("15550100"), "{body:#}");
+    assert_eq!(user["client_ip_address"], "203.0.113.0");
+    assert_eq!(body["data"][0]["event_name"], "Purchase");
+    assert_eq!(body["data"][0]["custom_data"]["value"], 9.99);
+    assert!(
+        !out.contains("A@B.com") && !out.contains("a@b.com"),
+        "{out}"
+    );
+    assert!(!out.contains("replace-me"), "secrets are masked: {out}");
+    assert!(
+        !meta.contains("order_id") && !meta.contains("o-1"),
+        "{meta}"
+    );
+
+    // Nothing written, nothing sent.
+    assert!(!data.exists(), "preview created the data dir");
+    assert!(!tmp.path().join("state").exists());
+    let after: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after);
+    std::thread::sleep(Duration::from_millis(200));
+    match partner.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("preview connected to the partner: {other:?}"),
+    }
+}
+
+/// A `serve` child with its stderr collected line by line.
+struct Served {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Served {
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    fn wait_log(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn signal(&self, sig: i32) {
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill");
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn spawn_serve(cfg: &Path) -> Served {
+    let mut child = bin()
+        .args(["serve", "--config", s(cfg)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut l = log2.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    Served { child, log }
+}
+
+/// A config for a real relay on a free port; returns (config path, listen address).
+fn serve_config(dir: &Path) -> (PathBuf, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    let cfg = dir.join("postback-relay.toml");
+    std::fs::write(
+        &cfg,
+        config_text("").replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\"")),
+    )
+    .unwrap();
+    (cfg, addr)
+}
+
+/// `send` output: the status line, then the JSON answer.
+fn parse_send(r: &Run) -> serde_json::Value {
+    assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    let (status, body) = r.stdout.split_once('\n').expect("two parts");
+    assert_eq!(status, "HTTP 202 Accepted", "{}", r.stdout);
+    serde_json::from_str(body).expect("JSON answer")
+}
+
+fn ev(id: &str) -> serde_json::Value {
+    serde_json::json!({"event_id": id, "event_name": "purchase", "click_id": format!("clk-{id}"),
+                       "properties": {"value": 1.5}})
+}
+
+#[test]
+fn send_signs_one_event_an_array_and_ndjson_and_reads_stdin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, addr) = serve_config(tmp.path());
+    let relay = spawn_serve(&cfg);
+    assert!(
+        relay.wait_log(
+            &format!("postback-relay ready listen={addr}"),
+            Duration::from_secs(30)
+        ),
+        "{}",
+        relay.log()
+    );
+    let files = tmp.path().join("events");
+    std::fs::create_dir(&files).unwrap();
+    let one = files.join("one.json");
+    std::fs::write(&one, serde_json::to_string_pretty(&ev("e1")).unwrap()).unwrap();
+    let array = files.join("array.json");
+    std::fs::write(&array, serde_json::json!([ev("e2"), ev("e3")]).to_string()).unwrap();
+    let nd = files.join("events.ndjson");
+    std::fs::write(&nd, format!("{}\n{}\n{}\n", ev("e4"), ev("e5"), ev("e6"))).unwrap();
+
+    let send = |file: &Path| run(&["send", "--config", s(&cfg), s(file)], tmp.path());
+    let statuses = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["event_id"].as_str().unwrap_or("").to_string(),
+                    r["status"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let pairs = |ids: &[&str], st: &str| -> Vec<(String, String)> {
+        ids.iter()
+            .map(|i| (i.to_string(), st.to_string()))
+            .collect()
+    };
+
+    let v = parse_send(&send(&one));
+    assert_eq!(
+        (
+            v["accepted"].as_u64(),
+            v["duplicates"].as_u64(),
+            v["rejected"].as_u64()
+        ),
+        (Some(1), Some(0), Some(0)),
+        "{v}"
+    );
+    assert_eq!(statuses(&v), pairs(&["e1"], "accepted"));
+
+    let v = parse_send(&send(&array));
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(2), Some(0)),
+        "{v}"
+    );
+    assert_eq!(statuses(&v), pairs(&["e2", "e3"], "accepted"));
+
+    let v = parse_send(&send(&nd));
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(3), Some(0)),
+        "{v}"
+    );
+    assert_eq!(statuses(&v), pairs(&["e4", "e5", "e6"], "accepted"));
+
+    // The same files again: every event is a duplicate.
+    let v = parse_send(&send(&one));
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(0), Some(1)),
+        "{v}"
+    );
+    assert_eq!(statuses(&v), pairs(&["e1"], "duplicate"));
+    let v = parse_send(&send(&nd));
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(0), Some(3)),
+        "{v}"
+    );
+    assert_eq!(statuses(&v), pairs(&["e4", "e5", "e6"], "duplicate"));
+
+    // `-` reads standard input (NDJSON here, then one event).
+    let r = run_stdin(
+        &["send", "--config", s(&cfg), "-"],
+        tmp.path(),
+        &format!("{}\n{}\n", ev("e7"), ev("e8")),
+    );
+    let v = parse_send(&r);
+    assert_eq!(statuses(&v), pairs(&["e7", "e8"], "accepted"));
+    let r = run_stdin(
+        &["send", "--config", s(&cfg), "-"],
+        tmp.path(),
+        &ev("e7").to_string(),
+    );
+    let v = parse_send(&r);
+    assert_eq!(statuses(&v), pairs(&["e7"], "duplicate"));
+
+    // A rejected event is reported, and the exit code is still 0 (the relay answered 202).
+    let r = run_stdin(
+        &["send", "--config", s(&cfg), "-"],
+        tmp.path(),
+        r#"[{"event_id": "e9"}]"#,
+    );
+    let v = parse_send(&r);
+    assert_eq!(v["rejected"], 1, "{v}");
+
+    let mut relay = relay;
+    relay.signal(libc::SIGTERM);
+    assert_eq!(
+        relay.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        relay.log()
+    );
+
+    // With the relay gone, `send` says it cannot reach it and exits 1.
+    let r = send(&one);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains(&format!("cannot reach http://{addr}/v1/events")),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn serve_with_an_invalid_config_or_rule_exits_1_located_and_never_binds() {
+    for broken_rule in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        // We hold the port: a relay that tried to bind would fail with a listen error
+        // instead of the located config error.
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap().to_string();
+        let cfg = tmp.path().join("relay.toml");
+        std::fs::create_dir(tmp.path().join("rules")).unwrap();
+        let (bad_file, want) = if broken_rule {
+            std::fs::write(
+                &cfg,
+                config_text("")
+                    .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\"")),
+            )
+            .unwrap();
+            let rule = tmp.path().join("rules/aff.toml");
+            std::fs::write(&rule, BROKEN_RULE).unwrap();
+            (
+                rule,
+                [
+                    ":3:43: `{user.email}` names a field",
+                    ":5:1: unknown key `retri`",
+                ],
+            )
+        } else {
+            std::fs::write(
+                &cfg,
+                BROKEN_CONFIG.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\"")),
+            )
+            .unwrap();
+            (
+                cfg.clone(),
+                [":7:13: `ingest.tolerance`", ":8:1: unknown key `max_bach`"],
+            )
+        };
+        let started = Instant::now();
+        let r = run(&["serve", "--config", s(&cfg)], tmp.path());
+        assert_eq!(r.code, 1, "stderr: {}", r.stderr);
+        assert!(started.elapsed() < Duration::from_secs(20));
+        for w in want {
+            let line = format!("{}{w}", bad_file.display());
+            assert!(r.stderr.contains(&line), "want {line} in:\n{}", r.stderr);
+        }
+        assert!(!r.stderr.contains("ready"), "{}", r.stderr);
+        assert!(
+            !r.stderr.contains("cannot listen"),
+            "tried to bind: {}",
+            r.stderr
+        );
+        assert!(
+            !tmp.path().join("data").exists(),
+            "opened the store: {}",
+            r.stderr
+        );
+        drop(held);
+    }
+}
+
+/// Writes a signed request's head and the first half of its body; returns the stream
+/// and the rest of the body.
+fn start_slow_request(addr: &str, body: &str) -> (TcpStream, Vec<u8>) {
+    let secret = WebhookSecret::parse(SECRET).unwrap();
+    let ts = chrono::Utc::now().timestamp();
+    let sig = sign(&secret, "msg-inflight", ts, body.as_bytes());
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nwebhook-id: msg-inflight\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: {sig}\r\n\r\n",
+        body.len()
+    );
+    let half = body.len() / 2;
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body.as_bytes()[..half]).unwrap();
+    stream.flush().unwrap();
+    (stream, body.as_bytes()[half..].to_vec())
+}
+
+#[test]
+fn sigterm_finishes_the_request_in_flight_then_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, addr) = serve_config(tmp.path());
+    let mut relay = spawn_serve(&cfg);
+    assert!(
+        relay.wait_log("postback-relay ready", Duration::from_secs(30)),
+        "{}",
+        relay.log()
+    );
+    let body = ev("inflight-1").to_string();
+    let (mut stream, rest) = start_slow_request(&addr, &body);
+    // Let the server read the head: the request is now in flight.
+    std::thread::sleep(Duration::from_millis(300));
+
+    relay.signal(libc::SIGTERM);
+    assert!(
+        relay.wait_log("shutting down", Duration::from_secs(10)),
+        "{}",
+        relay.log()
+    );
+    // Shutdown has begun and the process is still there, waiting for our request.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        relay.child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+    // New connections are no longer served.
+    assert!(
+        TcpStream::connect(&addr)
+            .and_then(|mut c| {
+                c.set_read_timeout(Some(Duration::from_secs(1)))?;
+                c.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")?;
+                let mut buf = [0u8; 64];
+                let n = c.read(&mut buf)?;
+                if n == 0 {
+                    Err(std::io::ErrorKind::ConnectionAborted.into())
+                } else {
+                    Ok(())
+                }
+            })
+            .is_err(),
+        "a new connection was served after SIGTERM"
+    );
+
+    stream.write_all(&rest).unwrap();
+    let mut response = String::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                response.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if response.contains("\"results\"") && response.trim_end().ends_with('}') {
+                    break;
+                }
+            }
+            Err(e) => panic!("reading the response: {e}; so far: {response}"),
+        }
+    }
+    assert!(response.starts_with("HTTP/1.1 202"), "{response}");
+    assert!(response.contains("\"accepted\":1"), "{response}");
+
+    assert_eq!(
+        relay.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        relay.log()
+    );
+    let log = relay.log();
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn a_signal_right_after_ready_is_handled_gracefully() {
+    // The "ready" line is what scripts wait for: from then on SIGTERM/SIGINT/SIGHUP
+    // must reach the relay's handlers, never the default action (killed by signal).
+    let mut signals = vec![libc::SIGINT, libc::SIGHUP];
+    signals.extend([libc::SIGTERM; 16]);
+    for (i, sig) in signals.into_iter().enumerate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cfg, _) = serve_config(tmp.path());
+        let mut relay = spawn_serve(&cfg);
+        assert!(
+            relay.wait_log("postback-relay ready", Duration::from_secs(30)),
+            "{}",
+            relay.log()
+        );
+        relay.signal(sig);
+        let signalled = Instant::now();
+        if sig == libc::SIGHUP {
+            assert!(
+                relay.wait_log("rules reloaded (SIGHUP)", Duration::from_secs(10)),
+                "{}",
+                relay.log()
+            );
+            relay.signal(libc::SIGTERM);
+        }
+        assert_eq!(
+            relay.wait_exit(Duration::from_secs(20)),
+            Some(0),
+            "run {i}, signal {sig}: {:?}\n{}",
+            relay.child.try_wait(),
+            relay.log()
+        );
+        // An idle relay stops promptly (no fixed wait for its own references).
+        assert!(
+            signalled.elapsed() < Duration::from_secs(3),
+            "run {i}: {:?} to stop\n{}",
+            signalled.elapsed(),
+            relay.log()
+        );
+    }
+}

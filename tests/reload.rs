@@ -1,0 +1,376 @@
+//! Rule hot-reload against a running relay and real partners: a broken change is
+//! refused whole (file watch and `POST /admin/reload`), a fix is picked up without a
+//! restart, SIGHUP reloads the real binary, and destinations added or removed by a
+//! reload gain or lose their delivery workers.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postback_relay::config::WebhookSecret;
+use postback_relay::deliver::testing::FakePartner;
+use postback_relay::ingest::verify::sign;
+
+use common::{config_text, event, eventually, TestRelay, SECRET};
+
+/// A GET rule to `url` (which may use `{click_id}` and `{event_name}`).
+fn get_rule(url: &str, extra: &str) -> String {
+    format!(
+        r#"[destination]
+url = "{url}"
+method = "GET"
+retry = {{ max_attempts = 50, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "200ms" }}
+{extra}
+[privacy]
+allow = ["click_id", "event_name"]
+"#
+    )
+}
+
+fn targets(p: &FakePartner) -> Vec<String> {
+    p.requests().into_iter().map(|r| r.target).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_change_keeps_the_old_rules_and_the_fix_is_picked_up_without_restart() {
+    let partner = FakePartner::start().await.unwrap();
+    let old_rule = get_rule(&partner.url("/v1/postback?c={click_id}&e={event_name}"), "");
+    let relay = TestRelay::start(&[("aff", &old_rule)], "").await;
+    let rules = relay.running.as_ref().unwrap().relay.rules.clone();
+    let aff = relay.rules_dir().join("aff.toml");
+
+    let (s, v) = relay
+        .post_json("m1", &event("e1", "purchase", "clk1"))
+        .await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(partner.wait_for_requests(1, Duration::from_secs(10)).await);
+    assert_eq!(targets(&partner), ["/v1/postback?c=clk1&e=purchase"]);
+
+    // A broken edit: an unknown key, and a placeholder naming a field not allowed.
+    let broken_url = partner.url("/v2/postback?c={click_id}&e={event_name}&m={user.email}");
+    // `url = "` is 7 characters: the placeholder's column in the file.
+    let col = 8 + broken_url.find("{user.email}").unwrap();
+    let broken = get_rule(&broken_url, "").replace("method = \"GET\"", "methd = \"GET\"");
+    std::fs::write(&aff, &broken).unwrap();
+    // Give the watcher time to see it and refuse it (debounce 200 ms).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let in_force = rules.current();
+
+    // The old rule is still in force: the next event goes out as before.
+    let (s, v) = relay
+        .post_json("m2", &event("e2", "purchase", "clk2"))
+        .await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(partner.wait_for_requests(2, Duration::from_secs(10)).await);
+    assert_eq!(
+        targets(&partner),
+        [
+            "/v1/postback?c=clk1&e=purchase",
+            "/v1/postback?c=clk2&e=purchase"
+        ]
+    );
+
+    // An explicit reload is refused with every error, located.
+    let (s, v) = relay
+        .admin_post("/admin/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(s, 422, "{v}");
+    let errors: Vec<&str> = v["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    let f = aff.display();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].starts_with(&format!(
+            "{f}:2:{col}: `{{user.email}}` names a field that [privacy] does not allow"
+        )),
+        "{errors:#?}"
+    );
+    assert!(
+        errors[1].starts_with(&format!("{f}:3:1: unknown key `methd` in [destination]")),
+        "{errors:#?}"
+    );
+    assert!(
+        Arc::ptr_eq(&in_force, &rules.current()),
+        "a refused reload changed the rules"
+    );
+
+    // The fix, with a new path and a renamed event: the watcher applies it.
+    let fixed = get_rule(
+        &partner.url("/v2/postback?c={click_id}&e={event_name}"),
+        "\n[rename.event_name]\npurchase = \"sale\"\n",
+    );
+    std::fs::write(&aff, &fixed).unwrap();
+    assert!(
+        eventually(10, || {
+            let changed = !Arc::ptr_eq(&in_force, &rules.current());
+            async move { changed }
+        })
+        .await,
+        "the file watcher did not apply the fixed rule within 10 s"
+    );
+
+    let (s, v) = relay
+        .post_json("m3", &event("e3", "purchase", "clk3"))
+        .await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(partner.wait_for_requests(3, Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        targets(&partner),
+        [
+            "/v1/postback?c=clk1&e=purchase",
+            "/v1/postback?c=clk2&e=purchase",
+            "/v2/postback?c=clk3&e=sale"
+        ]
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_added_by_reload_get_workers_and_removed_ones_get_nothing_new() {
+    let a = FakePartner::start().await.unwrap();
+    let b = FakePartner::start().await.unwrap();
+    let relay = TestRelay::start(&[("a", &get_rule(&a.url("/a?c={click_id}"), ""))], "").await;
+
+    let (s, v) = relay
+        .post_json("m1", &event("e1", "purchase", "clk1"))
+        .await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(a.wait_for_requests(1, Duration::from_secs(10)).await);
+
+    // Added through the file watcher: b appears, and its deliveries go out.
+    std::fs::write(
+        relay.rules_dir().join("b.toml"),
+        get_rule(&b.url("/b?c={click_id}"), ""),
+    )
+    .unwrap();
+    assert!(
+        eventually(10, || async {
+            relay
+                .admin_get("/admin/destinations")
+                .await
+                .to_string()
+                .contains("\"b\"")
+        })
+        .await,
+        "b was not added: {}",
+        relay.admin_get("/admin/destinations").await
+    );
+    let (s, v) = relay
+        .post_json("m2", &event("e2", "purchase", "clk2"))
+        .await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(
+        b.wait_for_requests(1, Duration::from_secs(10)).await,
+        "the new destination has no delivery worker"
+    );
+    assert!(a.wait_for_requests(2, Duration::from_secs(10)).await);
+    assert_eq!(targets(&b), ["/b?c=clk2"]);
+
+    // Removed, then reloaded explicitly: a gets nothing new, b goes on.
+    std::fs::remove_file(relay.rules_dir().join("a.toml")).unwrap();
+    let (s, v) = relay
+        .admin_post("/admin/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["destinations"], serde_json::json!(["b"]));
+    let (s, v) = relay
+        .post_json("m3", &event("e3", "purchase", "clk3"))
+        .await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(b.wait_for_requests(2, Duration::from_secs(10)).await);
+    // The watcher may reload once more (same rules); give a stray delivery time to show.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(targets(&a), ["/a?c=clk1", "/a?c=clk2"]);
+    assert_eq!(targets(&b), ["/b?c=clk2", "/b?c=clk3"]);
+    relay.stop().await;
+}
+
+/// The real binary, its stderr collected.
+struct RelayProcess {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl RelayProcess {
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn spawn_relay(dir: &Path) -> RelayProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+        .args(["serve", "--config"])
+        .arg(dir.join("postback-relay.toml"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("postback-relay ready") {
+                if let Some(addr) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("listen="))
+                {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.to_string());
+                    }
+                }
+            }
+            let mut l = log2.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("relay not ready:\n{}", log.lock().unwrap()));
+    RelayProcess { child, addr, log }
+}
+
+async fn post_event(addr: &str, id: &str, body: &str) -> (u16, serde_json::Value) {
+    let secret = WebhookSecret::parse(SECRET).unwrap();
+    let ts = chrono::Utc::now().timestamp();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/events"))
+        .header("content-type", "application/json")
+        .header("webhook-id", id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sign(&secret, id, ts, body.as_bytes()))
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    let s = resp.status().as_u16();
+    (s, resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_rules_of_the_real_binary() {
+    let a = FakePartner::start().await.unwrap();
+    let b = FakePartner::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // `rules` is a symlink swapped atomically (as a Kubernetes ConfigMap is): the
+    // watcher keeps watching the old directory, so only SIGHUP can apply the new one.
+    let v1 = root.join("rules.v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::write(v1.join("a.toml"), get_rule(&a.url("/a?c={click_id}"), "")).unwrap();
+    std::os::unix::fs::symlink("rules.v1", root.join("rules")).unwrap();
+    std::fs::write(root.join("postback-relay.toml"), config_text("")).unwrap();
+    let relay = spawn_relay(root);
+
+    let (s, v) = post_event(&relay.addr, "m1", &event("e1", "purchase", "clk1")).await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(
+        a.wait_for_requests(1, Duration::from_secs(10)).await,
+        "{}",
+        relay.log()
+    );
+
+    let v2 = root.join("rules.v2");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::copy(v1.join("a.toml"), v2.join("a.toml")).unwrap();
+    std::fs::write(v2.join("b.toml"), get_rule(&b.url("/b?c={click_id}"), "")).unwrap();
+    std::os::unix::fs::symlink("rules.v2", root.join("rules.tmp")).unwrap();
+    std::fs::rename(root.join("rules.tmp"), root.join("rules")).unwrap();
+
+    // Before SIGHUP: the swap is not seen, b gets nothing.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (s, v) = post_event(&relay.addr, "m2", &event("e2", "purchase", "clk2")).await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(a.wait_for_requests(2, Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        b.request_count(),
+        0,
+        "reloaded without SIGHUP:\n{}",
+        relay.log()
+    );
+
+    assert_eq!(
+        unsafe { libc::kill(relay.child.id() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    assert!(
+        eventually(10, || {
+            let seen = relay.log().contains("rules reloaded (SIGHUP)");
+            async move { seen }
+        })
+        .await,
+        "{}",
+        relay.log()
+    );
+    let (s, v) = post_event(&relay.addr, "m3", &event("e3", "purchase", "clk3")).await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(
+        b.wait_for_requests(1, Duration::from_secs(10)).await,
+        "the destination added by SIGHUP got nothing:\n{}",
+        relay.log()
+    );
+    assert!(a.wait_for_requests(3, Duration::from_secs(10)).await);
+    assert_eq!(targets(&b), ["/b?c=clk3"]);
+
+    // A broken file on SIGHUP: refused, logged with its place, the process lives on.
+    std::fs::write(v2.join("b.toml"), "[destination]\nurl = 5\n").unwrap();
+    assert_eq!(
+        unsafe { libc::kill(relay.child.id() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    let b_file = format!("{}:2:7", root.join("rules/b.toml").display());
+    assert!(
+        eventually(10, || {
+            let seen = relay.log().contains(&b_file);
+            async move { seen }
+        })
+        .await,
+        "want {b_file} in:\n{}",
+        relay.log()
+    );
+    let (s, v) = post_event(&relay.addr, "m4", &event("e4", "purchase", "clk4")).await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(
+        b.wait_for_requests(2, Duration::from_secs(10)).await,
+        "old b rule stays in force"
+    );
+    assert_eq!(targets(&b), ["/b?c=clk3", "/b?c=clk4"]);
+
+    let mut relay = relay;
+    assert_eq!(
+        unsafe { libc::kill(relay.child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let st = relay.child.wait();
+        (st, relay)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.unwrap().code(), Some(0), "{}", status.1.log());
+}
