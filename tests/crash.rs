@@ -84,7 +84,11 @@ async fn send_one(client: &reqwest::Client, addr: &str, i: usize) -> Sent {
     let secret = WebhookSecret::parse(SECRET).expect("secret");
     let ts = chrono::Utc::now().timestamp();
     let id = format!("msg-{i}");
-    let sig = sign(&secret, &id, ts, body.as_bytes());
+    let mut sig = sign(&secret, &id, ts, body.as_bytes());
+    if i % 10 == 7 {
+        // a forged request: must be refused (401) and never delivered
+        sig = sign(&secret, &id, ts, b"something else");
+    }
     let resp = client
         .post(format!("http://{addr}/v1/events"))
         .header("content-type", "application/json")
@@ -113,6 +117,9 @@ async fn send_one(client: &reqwest::Client, addr: &str, i: usize) -> Sent {
 async fn every_accepted_event_survives_kill_9_and_is_delivered() {
     let partner = FakePartner::start().await.expect("partner");
     partner.set_default(Reply::status(503)); // partners down while we load
+                                             // A second partner rejects everything: its deliveries go to the dead letters.
+    let rejecting = FakePartner::start().await.expect("partner");
+    rejecting.set_default(Reply::status(400));
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("rules")).expect("rules dir");
     std::fs::write(
@@ -128,6 +135,14 @@ retry = {{ max_attempts = 1000, give_up_after = "1h", initial_backoff = "50ms", 
 allow = ["event_id"]
 "#,
             partner.url("/postback")
+        ),
+    )
+    .expect("rule");
+    std::fs::write(
+        dir.path().join("rules/rejecting.toml"),
+        format!(
+            "[destination]\nurl = \"{}?eid={{event_id}}\"\nmethod = \"GET\"\n[privacy]\nallow = [\"event_id\"]\n",
+            rejecting.url("/pb")
         ),
     )
     .expect("rule");
@@ -216,6 +231,68 @@ allow = ["event_id"]
     );
     let wrongly: Vec<_> = refused.intersection(&got).collect();
     assert!(wrongly.is_empty(), "refused but delivered: {wrongly:?}");
+    assert!(
+        refused.len() >= 10,
+        "the forged requests were refused: {}",
+        refused.len()
+    );
+
+    // Dead letters in play: every accepted event reached the rejecting partner too
+    // and ended in its dead-letter queue, across the kills.
+    let rejected_ids = || -> HashSet<usize> {
+        rejecting
+            .requests()
+            .iter()
+            .filter_map(|r| {
+                r.target
+                    .split("eid=ev-")
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !accepted.is_subset(&rejected_ids()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reached_rejecting = rejected_ids();
+    let missing: Vec<_> = accepted.difference(&reached_rejecting).collect();
+    assert!(
+        missing.is_empty(),
+        "accepted but never sent to the rejecting partner: {missing:?}"
+    );
+    assert!(
+        refused.is_disjoint(&reached_rejecting),
+        "a refused event reached the rejecting partner"
+    );
+    let admin = reqwest::Client::new();
+    let dlq_size = || async {
+        let v: serde_json::Value = admin
+            .get(format!("http://{}/admin/destinations", relay.addr))
+            .bearer_auth(common::ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin")
+            .json()
+            .await
+            .expect("json");
+        v["destinations"]
+            .as_array()
+            .and_then(|a| a.iter().find(|d| d["name"] == "rejecting"))
+            .and_then(|d| d["dlq_size"].as_u64())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (dlq_size().await as usize) < accepted.len() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = dlq_size().await as usize;
+    assert!(
+        dead >= accepted.len() && dead <= accepted.len() + cut_off.len(),
+        "dead letters {dead}, accepted {}, cut off {}",
+        accepted.len(),
+        cut_off.len()
+    );
     eprintln!(
         "crash test: {} accepted, {} refused, {} cut off by the kills (may or may not be committed), {} delivered",
         accepted.len(),
