@@ -4,18 +4,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use postback_relay::config::WebhookSecret;
 use postback_relay::ingest::verify::sign;
 use sha2::{Digest, Sha256};
 
-use common::{config_text, SECRET};
+use common::{config_text, free_port, RelayProcess, SECRET};
 
 const BIN: &str = env!("CARGO_BIN_EXE_postback-relay");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -89,12 +88,6 @@ fn run_stdin(args: &[&str], cwd: &Path, stdin: &str) -> Run {
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
-}
-
-/// A port nothing listens on (bound, read, released).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// Lines of stderr that are diagnostics (`FILE:LINE:COL: ...`) about files under `dir`.
@@ -425,73 +418,11 @@ fn preview_prints_the_exact_requests_and_sends_and_writes_nothing() {
     }
 }
 
-/// A `serve` child with its stderr collected line by line.
-struct Served {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Served {
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits until the log contains `needle`.
-    fn wait_log(&self, needle: &str, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-
-    fn signal(&self, sig: i32) {
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill");
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn spawn_serve(cfg: &Path) -> Served {
-    let mut child = bin()
-        .args(["serve", "--config", s(cfg)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut l = log2.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    Served { child, log }
+/// `serve` with this config, as `bin()` runs it; returns once it is ready.
+fn spawn_serve(cfg: &Path) -> RelayProcess {
+    let mut cmd = bin();
+    cmd.args(["serve", "--config", s(cfg)]);
+    RelayProcess::spawn_command(cmd)
 }
 
 /// A config for a real relay on a free port; returns (config path, listen address).

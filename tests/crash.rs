@@ -4,68 +4,30 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postback_relay::config::WebhookSecret;
-use postback_relay::deliver::testing::{FakePartner, Reply};
-use postback_relay::ingest::verify::sign;
+use postback_relay::deliver::testing::{FakePartner, RecordedRequest, Reply};
 
-use common::{config_text, SECRET};
+use common::{admin_get_at, config_text, eventually, signed_request, RelayProcess};
 
 const CANARY_EMAIL: &str = "crash.canary.51d2@example.com";
 
-struct RelayProcess {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
+/// Starts the real binary on the config in `dir` and waits for it to be ready.
+fn spawn_relay(dir: &std::path::Path) -> RelayProcess {
+    RelayProcess::spawn(&dir.join("postback-relay.toml"), "debug")
 }
 
-/// Starts the real binary and waits for its "ready" line to learn the port.
-fn spawn_relay(dir: &Path) -> RelayProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
-        .args(["serve", "--config"])
-        .arg(dir.join("postback-relay.toml"))
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("postback-relay ready") {
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("listen="))
-                {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr.to_string());
-                    }
-                }
-            }
-            if let Ok(mut l) = log2.lock() {
-                l.push_str(&line);
-                l.push('\n');
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| {
-            panic!(
-                "relay did not become ready; log:\n{}",
-                log.lock().map(|l| l.clone()).unwrap_or_default()
-            )
-        });
-    RelayProcess { child, addr, log }
+/// The event numbers (`eid=ev-N`) these partner requests carry.
+fn event_numbers<'a>(requests: impl IntoIterator<Item = &'a RecordedRequest>) -> HashSet<usize> {
+    requests
+        .into_iter()
+        .filter_map(|r| {
+            r.target
+                .split("eid=ev-")
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+        })
+        .collect()
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -75,27 +37,20 @@ enum Sent {
     CutOff,
 }
 
-async fn send_one(client: &reqwest::Client, addr: &str, i: usize) -> Sent {
+async fn send_one(client: &reqwest::Client, base: &str, i: usize) -> Sent {
     let body = serde_json::json!({
         "event_id": format!("ev-{i}"), "event_name": "purchase", "click_id": format!("clk-{i}"),
         "user": {"email": CANARY_EMAIL}, "properties": {"value": i}
     })
     .to_string();
-    let secret = WebhookSecret::parse(SECRET).expect("secret");
-    let ts = chrono::Utc::now().timestamp();
     let id = format!("msg-{i}");
-    let mut sig = sign(&secret, &id, ts, body.as_bytes());
-    if i % 10 == 7 {
-        // a forged request: must be refused (401) and never delivered
-        sig = sign(&secret, &id, ts, b"something else");
-    }
-    let resp = client
-        .post(format!("http://{addr}/v1/events"))
-        .header("content-type", "application/json")
-        .header("webhook-id", &id)
-        .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", sig)
-        .body(body)
+    // A forged request (signed over other bytes): must be refused (401) and never delivered.
+    let signed: &[u8] = if i % 10 == 7 {
+        b"something else"
+    } else {
+        body.as_bytes()
+    };
+    let resp = signed_request(client, base, &id, &body, "application/json", signed)
         .send()
         .await;
     match resp {
@@ -167,13 +122,12 @@ allow = ["event_id"]
         let mut killed = false;
         loop {
             while tasks.len() < 16 && !killed {
-                let (c, a, i) = (client.clone(), relay.addr.clone(), next);
+                let (c, b, i) = (client.clone(), relay.base.clone(), next);
                 next += 1;
-                tasks.spawn(async move { (i, send_one(&c, &a, i).await) });
+                tasks.spawn(async move { (i, send_one(&c, &b, i).await) });
             }
             if !killed && started.elapsed() >= kill_after {
-                relay.child.kill().expect("SIGKILL"); // kill -9
-                let _ = relay.child.wait();
+                relay.kill(); // kill -9
                 killed = true;
             }
             match tasks.join_next().await {
@@ -192,7 +146,7 @@ allow = ["event_id"]
                 None => break,
             }
         }
-        logs.push_str(&relay.log.lock().map(|l| l.clone()).unwrap_or_default());
+        logs.push_str(&relay.log());
         assert!(
             !accepted.is_empty(),
             "round {round}: nothing was accepted before the kill"
@@ -204,23 +158,12 @@ allow = ["event_id"]
     // Every relay is dead now: requests from here on are answered 200.
     let answered_from = partner.requests().len();
     let mut relay = spawn_relay(dir.path());
-    let delivered = || -> HashSet<usize> {
-        partner
-            .requests()
-            .iter()
-            .skip(answered_from)
-            .filter_map(|r| {
-                r.target
-                    .split("eid=ev-")
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-            })
-            .collect()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !accepted.is_subset(&delivered()) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let delivered = || event_numbers(partner.requests().iter().skip(answered_from));
+    eventually(60, || {
+        let done = accepted.is_subset(&delivered());
+        async move { done }
+    })
+    .await;
     let got = delivered();
     let missing: Vec<_> = accepted.difference(&got).collect();
     assert!(
@@ -239,22 +182,12 @@ allow = ["event_id"]
 
     // Dead letters in play: every accepted event reached the rejecting partner too
     // and ended in its dead-letter queue, across the kills.
-    let rejected_ids = || -> HashSet<usize> {
-        rejecting
-            .requests()
-            .iter()
-            .filter_map(|r| {
-                r.target
-                    .split("eid=ev-")
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-            })
-            .collect()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !accepted.is_subset(&rejected_ids()) && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let rejected_ids = || event_numbers(&rejecting.requests());
+    eventually(30, || {
+        let done = accepted.is_subset(&rejected_ids());
+        async move { done }
+    })
+    .await;
     let reached_rejecting = rejected_ids();
     let missing: Vec<_> = accepted.difference(&reached_rejecting).collect();
     assert!(
@@ -267,25 +200,14 @@ allow = ["event_id"]
     );
     let admin = reqwest::Client::new();
     let dlq_size = || async {
-        let v: serde_json::Value = admin
-            .get(format!("http://{}/admin/destinations", relay.addr))
-            .bearer_auth(common::ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("admin")
-            .json()
-            .await
-            .expect("json");
+        let v = admin_get_at(&admin, &relay.base, "/admin/destinations").await;
         v["destinations"]
             .as_array()
             .and_then(|a| a.iter().find(|d| d["name"] == "rejecting"))
             .and_then(|d| d["dlq_size"].as_u64())
             .unwrap_or(0)
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while (dlq_size().await as usize) < accepted.len() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(30, || async { dlq_size().await as usize >= accepted.len() }).await;
     let dead = dlq_size().await as usize;
     assert!(
         dead >= accepted.len() && dead <= accepted.len() + cut_off.len(),
@@ -300,9 +222,8 @@ allow = ["event_id"]
         cut_off.len(),
         got.len()
     );
-    relay.child.kill().ok();
-    let _ = relay.child.wait();
-    logs.push_str(&relay.log.lock().map(|l| l.clone()).unwrap_or_default());
+    relay.kill();
+    logs.push_str(&relay.log());
     assert!(
         !logs.contains(CANARY_EMAIL),
         "a log line contains the event's e-mail"

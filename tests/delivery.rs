@@ -8,15 +8,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use postback_relay::config::WebhookSecret;
 use postback_relay::deliver::testing::{FakePartner, RecordedRequest, Reply};
-use postback_relay::ingest::verify::sign;
 use serde_json::{json, Value};
 
 use common::*;
@@ -61,37 +57,23 @@ async fn destination_at(client: &reqwest::Client, base: &str, name: &str) -> Val
         .unwrap_or_else(|| panic!("no destination {name} in {v}"))
 }
 
-async fn admin_get_at(client: &reqwest::Client, base: &str, path: &str) -> Value {
-    client
-        .get(format!("{base}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("admin request")
-        .json()
-        .await
-        .expect("admin json")
-}
-
-/// Posts one signed event to a relay at `base`; returns the 202 body.
-async fn post_event_at(client: &reqwest::Client, base: &str, msg_id: &str, body: &str) -> Value {
-    let secret = WebhookSecret::parse(SECRET).expect("secret");
-    let ts = chrono::Utc::now().timestamp();
-    let resp = client
-        .post(format!("{base}/v1/events"))
-        .header("content-type", "application/json")
-        .header("webhook-id", msg_id)
-        .header("webhook-timestamp", ts.to_string())
-        .header(
-            "webhook-signature",
-            sign(&secret, msg_id, ts, body.as_bytes()),
-        )
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("post event");
-    assert_eq!(resp.status().as_u16(), 202);
-    resp.json().await.expect("json")
+/// Waits up to `secs` for this destination's entry to satisfy `done`; fails showing
+/// the entry if it does not.
+async fn wait_destination(
+    client: &reqwest::Client,
+    base: &str,
+    name: &str,
+    secs: u64,
+    done: impl Fn(&Value) -> bool,
+) {
+    assert!(
+        eventually(secs, || async {
+            done(&destination_at(client, base, name).await)
+        })
+        .await,
+        "{}",
+        destination_at(client, base, name).await
+    );
 }
 
 /// Posts one event and checks it was accepted.
@@ -149,15 +131,10 @@ async fn three_503s_then_200_deliver_once_after_four_requests_with_one_webhook_i
         "4 requests expected, got {}",
         partner.request_count()
     );
-    assert!(
-        eventually(20, || async {
-            let d = destination(&relay, "aff").await;
-            d["queue_depth"] == 0 && d["in_flight"] == 0
-        })
-        .await,
-        "{}",
-        destination(&relay, "aff").await
-    );
+    wait_destination(&relay.client, &relay.base, "aff", 20, |d| {
+        d["queue_depth"] == 0 && d["in_flight"] == 0
+    })
+    .await;
     let d = destination(&relay, "aff").await;
     assert_eq!(d["dlq_size"], 0, "{d}");
     assert_eq!(d["circuit"], "closed", "{d}");
@@ -199,84 +176,11 @@ async fn a_429_with_retry_after_2_is_retried_no_sooner_than_2_seconds_later() {
         requests[0].header("webhook-id"),
         requests[1].header("webhook-id")
     );
-    assert!(
-        eventually(10, || async {
-            destination(&relay, "aff").await["queue_depth"] == 0
-        })
-        .await
-    );
+    wait_destination(&relay.client, &relay.base, "aff", 10, |d| {
+        d["queue_depth"] == 0
+    })
+    .await;
     relay.stop().await;
-}
-
-/// The real binary serving `dir/postback-relay.toml`; killed on drop.
-struct RelayProcess {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl RelayProcess {
-    fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-}
-
-/// Starts the real binary and waits for its "ready" line.
-fn spawn_relay(config: &Path) -> RelayProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("postback-relay ready") {
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("listen="))
-                {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr.to_string());
-                    }
-                }
-            }
-            if let Ok(mut l) = log2.lock() {
-                l.push_str(&line);
-                l.push('\n');
-            }
-        }
-    });
-    let mut process = RelayProcess {
-        child,
-        base: String::new(),
-        log,
-    };
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(addr) => process.base = format!("http://{addr}"),
-        Err(_) => panic!("relay did not become ready; log:\n{}", process.log()),
-    }
-    process
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,17 +204,18 @@ async fn a_400_is_dead_lettered_at_once_and_the_dlq_cli_replays_it_through_the_r
         ),
     )
     .expect("config");
-    let relay = spawn_relay(&config);
+    let relay = RelayProcess::spawn(&config, "info");
     assert_eq!(relay.base, format!("http://127.0.0.1:{port}"));
     let client = reqwest::Client::new();
 
-    let v = post_event_at(
+    let (s, v) = post_json_to(
         &client,
         &relay.base,
         "msg-400",
         &event("e-400", "purchase", "clk-400"),
     )
     .await;
+    assert_eq!(s, 202);
     assert_eq!(v["accepted"], 1, "{v}");
 
     // Dead-lettered on the first answer: no retry of a 400.
@@ -354,15 +259,10 @@ async fn a_400_is_dead_lettered_at_once_and_the_dlq_cli_replays_it_through_the_r
     assert_eq!(stdout(&out).trim(), "replayed 1 dead letter");
 
     assert!(partner.wait_for_requests(2, Duration::from_secs(20)).await);
-    assert!(
-        eventually(20, || async {
-            let d = destination_at(&client, &relay.base, "aff").await;
-            d["dlq_size"] == 0 && d["queue_depth"] == 0
-        })
-        .await,
-        "{}",
-        destination_at(&client, &relay.base, "aff").await
-    );
+    wait_destination(&client, &relay.base, "aff", 20, |d| {
+        d["dlq_size"] == 0 && d["queue_depth"] == 0
+    })
+    .await;
     let requests = partner.requests();
     assert_eq!(requests.len(), 2, "{requests:#?}");
     assert_eq!(requests[1].header("webhook-id"), Some(id.as_str()));
@@ -379,12 +279,10 @@ async fn with_no_relay_running_the_dlq_cli_opens_the_store_and_the_replay_is_sen
     let aff = rule(&partner.url("/pb"), "500ms", 5, 2);
     let relay = TestRelay::start(&[("aff", &aff)], "").await;
     accept(&relay, "e-offline").await;
-    assert!(
-        eventually(20, || async {
-            destination(&relay, "aff").await["dlq_size"] == 1
-        })
-        .await
-    );
+    wait_destination(&relay.client, &relay.base, "aff", 20, |d| {
+        d["dlq_size"] == 1
+    })
+    .await;
     let id = partner.requests()[0]
         .header("webhook-id")
         .expect("webhook-id")
@@ -411,15 +309,10 @@ async fn with_no_relay_running_the_dlq_cli_opens_the_store_and_the_replay_is_sen
     partner.set_default(Reply::ok());
     let relay = TestRelay::start_in(dir, &[("aff", &aff)], "").await;
     assert!(partner.wait_for_requests(2, Duration::from_secs(20)).await);
-    assert!(
-        eventually(20, || async {
-            let d = destination(&relay, "aff").await;
-            d["queue_depth"] == 0 && d["dlq_size"] == 0
-        })
-        .await,
-        "{}",
-        destination(&relay, "aff").await
-    );
+    wait_destination(&relay.client, &relay.base, "aff", 20, |d| {
+        d["queue_depth"] == 0 && d["dlq_size"] == 0
+    })
+    .await;
     let requests = partner.requests();
     assert_eq!(requests.len(), 2, "{requests:#?}");
     assert_eq!(requests[1].header("webhook-id"), Some(id.as_str()));
@@ -482,14 +375,10 @@ async fn a_failing_partner_opens_the_circuit_and_all_is_delivered_once_it_recove
         accept(&relay, &format!("e-cb-{i}")).await;
     }
 
-    assert!(
-        eventually(20, || async {
-            destination(&relay, "aff").await["circuit"] == "open"
-        })
-        .await,
-        "{}",
-        destination(&relay, "aff").await
-    );
+    wait_destination(&relay.client, &relay.base, "aff", 20, |d| {
+        d["circuit"] == "open"
+    })
+    .await;
     // Give the open circuit time to fail a probe or two, then count.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let seen = partner.request_count();
@@ -509,15 +398,10 @@ async fn a_failing_partner_opens_the_circuit_and_all_is_delivered_once_it_recove
     );
 
     partner.set_default(Reply::ok());
-    assert!(
-        eventually(30, || async {
-            let d = destination(&relay, "aff").await;
-            d["queue_depth"] == 0 && d["in_flight"] == 0
-        })
-        .await,
-        "{}",
-        destination(&relay, "aff").await
-    );
+    wait_destination(&relay.client, &relay.base, "aff", 30, |d| {
+        d["queue_depth"] == 0 && d["in_flight"] == 0
+    })
+    .await;
     let d = destination(&relay, "aff").await;
     assert_eq!(d["dlq_size"], 0, "{d}");
     assert_eq!(d["circuit"], "closed", "{d}");
@@ -629,15 +513,10 @@ allow = ["event_id", "event_name"]
     // Accepted under the new rule.
     accept(&relay, "e-new").await;
     partner.set_default(Reply::ok());
-    assert!(
-        eventually(20, || async {
-            let d = destination(&relay, "aff").await;
-            d["queue_depth"] == 0 && d["in_flight"] == 0
-        })
-        .await,
-        "{}",
-        destination(&relay, "aff").await
-    );
+    wait_destination(&relay.client, &relay.base, "aff", 20, |d| {
+        d["queue_depth"] == 0 && d["in_flight"] == 0
+    })
+    .await;
     assert_eq!(destination(&relay, "aff").await["dlq_size"], 0);
 
     let requests = partner.requests();

@@ -5,17 +5,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use postback_relay::config::WebhookSecret;
 use postback_relay::deliver::testing::FakePartner;
-use postback_relay::ingest::verify::sign;
 
-use common::{config_text, event, eventually, TestRelay, SECRET};
+use common::{config_text, event, eventually, post_json_to, RelayProcess, TestRelay};
 
 /// A GET rule to `url` (which may use `{click_id}` and `{event_name}`).
 fn get_rule(url: &str, extra: &str) -> String {
@@ -194,81 +189,13 @@ async fn destinations_added_by_reload_get_workers_and_removed_ones_get_nothing_n
     relay.stop().await;
 }
 
-/// The real binary, its stderr collected.
-struct RelayProcess {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl RelayProcess {
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn spawn_relay(dir: &Path) -> RelayProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
-        .args(["serve", "--config"])
-        .arg(dir.join("postback-relay.toml"))
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("postback-relay ready") {
-                if let Some(addr) = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("listen="))
-                {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr.to_string());
-                    }
-                }
-            }
-            let mut l = log2.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("relay not ready:\n{}", log.lock().unwrap()));
-    RelayProcess { child, addr, log }
-}
-
-async fn post_event(addr: &str, id: &str, body: &str) -> (u16, serde_json::Value) {
-    let secret = WebhookSecret::parse(SECRET).unwrap();
-    let ts = chrono::Utc::now().timestamp();
-    let resp = reqwest::Client::new()
-        .post(format!("http://{addr}/v1/events"))
-        .header("content-type", "application/json")
-        .header("webhook-id", id)
-        .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", sign(&secret, id, ts, body.as_bytes()))
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("request");
-    let s = resp.status().as_u16();
-    (s, resp.json().await.unwrap_or_default())
+/// Waits up to 10 s for the real binary's log to contain `needle`.
+async fn log_shows(relay: &RelayProcess, needle: &str) -> bool {
+    eventually(10, || {
+        let seen = relay.log().contains(needle);
+        async move { seen }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,9 +211,10 @@ async fn sighup_reloads_the_rules_of_the_real_binary() {
     std::fs::write(v1.join("a.toml"), get_rule(&a.url("/a?c={click_id}"), "")).unwrap();
     std::os::unix::fs::symlink("rules.v1", root.join("rules")).unwrap();
     std::fs::write(root.join("postback-relay.toml"), config_text("")).unwrap();
-    let relay = spawn_relay(root);
+    let relay = RelayProcess::spawn(&root.join("postback-relay.toml"), "info");
+    let client = reqwest::Client::new();
 
-    let (s, v) = post_event(&relay.addr, "m1", &event("e1", "purchase", "clk1")).await;
+    let (s, v) = post_json_to(&client, &relay.base, "m1", &event("e1", "purchase", "clk1")).await;
     assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
     assert!(
         a.wait_for_requests(1, Duration::from_secs(10)).await,
@@ -303,7 +231,7 @@ async fn sighup_reloads_the_rules_of_the_real_binary() {
 
     // Before SIGHUP: the swap is not seen, b gets nothing.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let (s, v) = post_event(&relay.addr, "m2", &event("e2", "purchase", "clk2")).await;
+    let (s, v) = post_json_to(&client, &relay.base, "m2", &event("e2", "purchase", "clk2")).await;
     assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
     assert!(a.wait_for_requests(2, Duration::from_secs(10)).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -314,20 +242,13 @@ async fn sighup_reloads_the_rules_of_the_real_binary() {
         relay.log()
     );
 
-    assert_eq!(
-        unsafe { libc::kill(relay.child.id() as libc::pid_t, libc::SIGHUP) },
-        0
-    );
+    relay.signal(libc::SIGHUP);
     assert!(
-        eventually(10, || {
-            let seen = relay.log().contains("rules reloaded (SIGHUP)");
-            async move { seen }
-        })
-        .await,
+        log_shows(&relay, "rules reloaded (SIGHUP)").await,
         "{}",
         relay.log()
     );
-    let (s, v) = post_event(&relay.addr, "m3", &event("e3", "purchase", "clk3")).await;
+    let (s, v) = post_json_to(&client, &relay.base, "m3", &event("e3", "purchase", "clk3")).await;
     assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
     assert!(
         b.wait_for_requests(1, Duration::from_secs(10)).await,
@@ -339,21 +260,14 @@ async fn sighup_reloads_the_rules_of_the_real_binary() {
 
     // A broken file on SIGHUP: refused, logged with its place, the process lives on.
     std::fs::write(v2.join("b.toml"), "[destination]\nurl = 5\n").unwrap();
-    assert_eq!(
-        unsafe { libc::kill(relay.child.id() as libc::pid_t, libc::SIGHUP) },
-        0
-    );
+    relay.signal(libc::SIGHUP);
     let b_file = format!("{}:2:7", root.join("rules/b.toml").display());
     assert!(
-        eventually(10, || {
-            let seen = relay.log().contains(&b_file);
-            async move { seen }
-        })
-        .await,
+        log_shows(&relay, &b_file).await,
         "want {b_file} in:\n{}",
         relay.log()
     );
-    let (s, v) = post_event(&relay.addr, "m4", &event("e4", "purchase", "clk4")).await;
+    let (s, v) = post_json_to(&client, &relay.base, "m4", &event("e4", "purchase", "clk4")).await;
     assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
     assert!(
         b.wait_for_requests(2, Duration::from_secs(10)).await,
@@ -362,15 +276,12 @@ async fn sighup_reloads_the_rules_of_the_real_binary() {
     assert_eq!(targets(&b), ["/b?c=clk3", "/b?c=clk4"]);
 
     let mut relay = relay;
-    assert_eq!(
-        unsafe { libc::kill(relay.child.id() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
-    let status = tokio::task::spawn_blocking(move || {
-        let st = relay.child.wait();
-        (st, relay)
+    relay.signal(libc::SIGTERM);
+    let (code, relay) = tokio::task::spawn_blocking(move || {
+        let code = relay.wait_exit(Duration::from_secs(30));
+        (code, relay)
     })
     .await
-    .unwrap();
-    assert_eq!(status.0.unwrap().code(), Some(0), "{}", status.1.log());
+    .expect("join");
+    assert_eq!(code, Some(0), "{}", relay.log());
 }

@@ -1,9 +1,14 @@
 //! Shared integration-test harness: a real relay on port 0 with its own data and
-//! rules directories, and a signing client.
+//! rules directories, a signing client, and the real binary as a child process.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use postback_relay::app::{self, Running};
 use postback_relay::config::{Config, Overrides, WebhookSecret};
@@ -112,41 +117,15 @@ impl TestRelay {
         body: &str,
         content_type: &str,
     ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
-        let secret = WebhookSecret::parse(SECRET).expect("secret");
-        let ts = chrono::Utc::now().timestamp();
-        let sig = sign(&secret, id, ts, body.as_bytes());
-        let resp = self
-            .client
-            .post(format!("{}/v1/events", self.base))
-            .header("content-type", content_type)
-            .header("webhook-id", id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", sig)
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("request");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let v = resp.json().await.unwrap_or(serde_json::Value::Null);
-        (status, v, headers)
+        post_signed_to(&self.client, &self.base, id, body, content_type).await
     }
 
     pub async fn post_json(&self, id: &str, body: &str) -> (u16, serde_json::Value) {
-        let (s, v, _) = self.post_signed(id, body, "application/json").await;
-        (s, v)
+        post_json_to(&self.client, &self.base, id, body).await
     }
 
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .expect("admin request")
-            .json()
-            .await
-            .expect("admin json")
+        admin_get_at(&self.client, &self.base, path).await
     }
 
     pub async fn admin_post(
@@ -203,4 +182,210 @@ pub fn event(id: &str, name: &str, click: &str) -> String {
         "properties": {"value": 9.99, "currency": "USD", "order_id": format!("o-{id}")}
     })
     .to_string()
+}
+
+/// A POST of `body` to `{base}/v1/events` (`base` as in `http://127.0.0.1:8080`) with
+/// Standard Webhooks headers, signed with `SECRET` now over `signed` — normally `body`
+/// itself; anything else forges the signature. Not yet sent.
+pub fn signed_request(
+    client: &reqwest::Client,
+    base: &str,
+    webhook_id: &str,
+    body: &str,
+    content_type: &str,
+    signed: &[u8],
+) -> reqwest::RequestBuilder {
+    let secret = WebhookSecret::parse(SECRET).expect("secret");
+    let ts = chrono::Utc::now().timestamp();
+    let sig = sign(&secret, webhook_id, ts, signed);
+    client
+        .post(format!("{base}/v1/events"))
+        .header("content-type", content_type)
+        .header("webhook-id", webhook_id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", sig)
+        .body(body.to_string())
+}
+
+/// Signs `body` as a Standard Webhooks sender would and posts it to `{base}/v1/events`;
+/// returns the status, the JSON answer (`Null` if there is none) and the headers.
+pub async fn post_signed_to(
+    client: &reqwest::Client,
+    base: &str,
+    webhook_id: &str,
+    body: &str,
+    content_type: &str,
+) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+    let resp = signed_request(
+        client,
+        base,
+        webhook_id,
+        body,
+        content_type,
+        body.as_bytes(),
+    )
+    .send()
+    .await
+    .expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let v = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, v, headers)
+}
+
+/// `post_signed_to` with a JSON body; returns the status and the JSON answer.
+pub async fn post_json_to(
+    client: &reqwest::Client,
+    base: &str,
+    webhook_id: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let (s, v, _) = post_signed_to(client, base, webhook_id, body, "application/json").await;
+    (s, v)
+}
+
+/// `GET {base}{path}` with the admin token; the JSON answer.
+pub async fn admin_get_at(client: &reqwest::Client, base: &str, path: &str) -> serde_json::Value {
+    client
+        .get(format!("{base}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin request")
+        .json()
+        .await
+        .expect("admin json")
+}
+
+/// A port that was free a moment ago (bound, read, released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// The real binary running `serve`, its stderr collected line by line; killed on drop.
+pub struct RelayProcess {
+    pub child: Child,
+    /// The address from the "ready" line, e.g. `127.0.0.1:8080`.
+    pub addr: String,
+    /// `http://{addr}`.
+    pub base: String,
+    log: Arc<Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl RelayProcess {
+    /// Runs `serve --config CONFIG` with `RUST_LOG=rust_log` and waits for it to be ready.
+    pub fn spawn(config: &Path, rust_log: &str) -> RelayProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_postback-relay"));
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null());
+        Self::spawn_command(cmd)
+    }
+
+    /// Runs `cmd` (the binary with its `serve` arguments and environment set up), its
+    /// stdout discarded and its stderr collected, and waits for its line
+    /// `postback-relay ready listen=ADDR`.
+    pub fn spawn_command(mut cmd: Command) -> RelayProcess {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        let reader = std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Logged first, so that the ready line is in the log once spawn returns.
+                if let Ok(mut l) = log2.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+                if line.contains("postback-relay ready") {
+                    if let Some(addr) = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("listen="))
+                    {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(addr.to_string());
+                        }
+                    }
+                }
+            }
+        });
+        let mut process = RelayProcess {
+            child,
+            addr: String::new(),
+            base: String::new(),
+            log,
+            reader: Some(reader),
+        };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => {
+                process.base = format!("http://{addr}");
+                process.addr = addr;
+            }
+            Err(_) => panic!("relay did not become ready; log:\n{}", process.log()),
+        }
+        process
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; returns whether it did within `within`.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGTERM`) to the process.
+    pub fn signal(&self, sig: i32) {
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(rc, 0, "kill");
+    }
+
+    /// Waits for the process to exit; its exit code, or `None` if it is still running
+    /// after `within` (or was killed by a signal).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGKILL (kill -9), then waits for the process and for the rest of its log.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
