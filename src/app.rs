@@ -39,14 +39,21 @@ impl Relay {
     /// On error nothing changes. Returns the enabled destinations' names.
     pub fn reload_rules(&self) -> Result<Vec<String>, Vec<Diagnostic>> {
         self.rules.reload_and_log()?;
-        let current = self.rules.current();
-        self.deliverer
-            .update_destinations(delivery_settings(&current));
-        Ok(current
+        self.follow_rules();
+        Ok(self
+            .rules
+            .current()
             .destinations()
             .iter()
             .map(|d| d.name.clone())
             .collect())
+    }
+
+    /// Points the delivery workers at the rules in force.
+    fn follow_rules(&self) {
+        let current = self.rules.current();
+        self.deliverer
+            .update_destinations(delivery_settings(&current));
     }
 }
 
@@ -185,8 +192,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
         let r = Arc::downgrade(&relay);
         match crate::rules::spawn_watcher(relay.rules.clone(), move || {
             if let Some(r) = r.upgrade() {
-                let current = r.rules.current();
-                r.deliverer.update_destinations(delivery_settings(&current));
+                r.follow_rules();
             }
         }) {
             Ok(w) => Some(w),
@@ -248,13 +254,10 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
+                    // reload_rules logs each error with its location itself
                     match relay.reload_rules() {
                         Ok(names) => tracing::info!(destinations = names.len(), "rules reloaded (SIGHUP)"),
-                        Err(errors) => {
-                            for d in errors {
-                                tracing::warn!(error = %d, "rule reload refused; the rules in force stay in force");
-                            }
-                        }
+                        Err(errors) => tracing::warn!(errors = errors.len(), "rule reload on SIGHUP refused"),
                     }
                 }
             }

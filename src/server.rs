@@ -5,7 +5,6 @@
 //! `/readyz`. Never: logs request bodies or headers other than `webhook-id`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +39,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
+                let (stream, _) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -56,7 +55,7 @@ pub async fn serve(
                         TokioIo::new(stream),
                         service_fn(move |req| {
                             let relay = relay.clone();
-                            async move { Ok::<_, Infallible>(route(relay, req, peer).await) }
+                            async move { Ok::<_, Infallible>(route(relay, req).await) }
                         }),
                     );
                 let conn = graceful.watch(conn);
@@ -76,7 +75,7 @@ pub async fn serve(
     }
 }
 
-async fn route(relay: Arc<Relay>, req: Request<Incoming>, _peer: SocketAddr) -> HttpResponse {
+async fn route(relay: Arc<Relay>, req: Request<Incoming>) -> HttpResponse {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::POST, "/v1/events") => events(relay, req).await,

@@ -8,8 +8,6 @@
 pub mod body;
 pub mod verify;
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
@@ -121,6 +119,3 @@ pub async fn accept(
     }
     Ok(report)
 }
-
-/// Shared pieces the HTTP layer hands to `accept`.
-pub type SharedRelay = Arc<Relay>;
