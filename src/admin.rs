@@ -107,6 +107,20 @@ pub async fn handle(relay: Arc<Relay>, req: Request<Incoming>) -> HttpResponse {
             };
             replay(&relay, selector).await
         }
+        (Method::GET, p) if p.starts_with("/admin/deliveries/") => {
+            let id = &p["/admin/deliveries/".len()..];
+            match relay.store.lookup(id).await {
+                Ok(Some(status)) => json_response(StatusCode::OK, json!(status)),
+                Ok(None) => json_response(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": "no such delivery (unknown ID, or delivered/dead longer ago than the dead-letter retention)"}),
+                ),
+                Err(e) => json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": e.to_string()}),
+                ),
+            }
+        }
         (Method::POST, "/admin/reload") => match relay.reload_rules() {
             Ok(names) => json_response(
                 StatusCode::OK,

@@ -49,11 +49,46 @@ impl Relay {
             .collect())
     }
 
-    /// Points the delivery workers at the rules in force.
+    /// Points the delivery workers at the rules in force, and dead-letters what is
+    /// still queued for destinations whose rule file is gone.
     fn follow_rules(&self) {
         let current = self.rules.current();
         self.deliverer
             .update_destinations(delivery_settings(&current));
+        let store = self.store.clone();
+        let rules = self.rules.clone();
+        self.deliverer
+            .spawn(async move { retire_removed(&*store, &rules).await });
+    }
+}
+
+/// Moves the queue of every destination without a rule file (enabled or not) to the
+/// dead-letter queue, with a reason that says how to bring it back.
+pub async fn retire_removed(store: &dyn Store, rules: &RulesHandle) {
+    let Ok(counts) = store.counts().await else {
+        return;
+    };
+    let current = rules.current();
+    for c in counts.into_iter().filter(|c| c.queued > 0) {
+        let known = current.get(&c.destination).is_some()
+            || current.disabled().iter().any(|d| d.name == c.destination);
+        if known {
+            continue;
+        }
+        let reason = format!(
+            "destination removed: no rule file {}.toml in the rules directory; restore it and replay",
+            c.destination
+        );
+        let now = chrono::Utc::now().timestamp_millis();
+        match store.retire_destination(&c.destination, &reason, now).await {
+            Ok(n) if n > 0 => {
+                tracing::warn!(destination = %c.destination, count = n, "destination removed: its queued deliveries were dead-lettered")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(destination = %c.destination, error = %e, "cannot dead-letter the deliveries of a removed destination")
+            }
+        }
     }
 }
 
@@ -221,6 +256,7 @@ async fn purge_loop(relay: Arc<Relay>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
+        retire_removed(&*relay.store, &relay.rules).await;
         let now = chrono::Utc::now().timestamp_millis();
         match relay.store.purge(now).await {
             Ok((keys, dead)) if keys + dead > 0 => {

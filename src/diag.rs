@@ -81,6 +81,8 @@ pub struct Source {
     subs: Vec<(usize, usize, usize, usize)>,
     /// Where in `text` an unset variable (without default) was replaced by nothing.
     unset: Vec<usize>,
+    /// (name, value) of every variable substituted, in order.
+    values: Vec<(String, String)>,
 }
 
 impl Source {
@@ -91,6 +93,7 @@ impl Source {
         let mut text = String::with_capacity(original.len());
         let mut subs = Vec::new();
         let mut unset = Vec::new();
+        let mut values = Vec::new();
         let mut errors = Vec::new();
         let bytes = original.as_bytes();
         let mut i = 0;
@@ -140,6 +143,7 @@ impl Source {
                         }
                     };
                     let start = text.len();
+                    values.push((name.to_string(), value.clone()));
                     for ch in value.chars() {
                         match ch {
                             '"' => text.push_str("\\\""),
@@ -192,6 +196,7 @@ impl Source {
                 text,
                 subs,
                 unset,
+                values,
             },
             errors,
         )
@@ -205,7 +210,13 @@ impl Source {
             text: text.to_string(),
             subs: Vec::new(),
             unset: Vec::new(),
+            values: Vec::new(),
         }
+    }
+
+    /// (name, value) of every `${NAME}` substituted into this file (set or default).
+    pub fn substituted(&self) -> &[(String, String)] {
+        &self.values
     }
 
     /// Whether `span` (offsets into the substituted text) is a one-line value that

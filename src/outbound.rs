@@ -63,6 +63,95 @@ impl Default for RetrySettings {
     }
 }
 
+/// Marks a credential's place in a stored request: `\u{1}NAME\u{1}`. A control
+/// character cannot come from a rendered event value (URL placeholders are
+/// percent-encoded; header values with control characters are refused).
+const MARK: char = '\u{1}';
+
+/// Shortest value treated as a credential: shorter ones (a region code, a version)
+/// would match inside unrelated text.
+pub const MIN_CREDENTIAL_LEN: usize = 8;
+
+/// The values a rule file took from the environment (`${NAME}`): partner tokens,
+/// keys, IDs. A queued request never holds them: `redact` puts markers in their
+/// place before the request is stored, `attach` puts the destination's current values
+/// back at send time (so a rotated token is used by retries and replays).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// (name, value), longest value first.
+    values: Vec<(String, String)>,
+}
+
+/// Never prints a value.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.values.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+impl Credentials {
+    pub fn new(substituted: &[(String, String)]) -> Credentials {
+        let mut values: Vec<(String, String)> = substituted
+            .iter()
+            .filter(|(_, v)| v.chars().count() >= MIN_CREDENTIAL_LEN && !v.contains(MARK))
+            .cloned()
+            .collect();
+        values.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(&b.0)));
+        values.dedup();
+        Credentials { values }
+    }
+
+    /// Replaces every credential in the URL and the header values by its marker.
+    pub fn redact(&self, request: &mut OutboundRequest) {
+        for (name, value) in &self.values {
+            let mark = format!("{MARK}{name}{MARK}");
+            if request.url.contains(value.as_str()) {
+                request.url = request.url.replace(value.as_str(), &mark);
+            }
+            for (_, v) in &mut request.headers {
+                if v.contains(value.as_str()) {
+                    *v = v.replace(value.as_str(), &mark);
+                }
+            }
+        }
+    }
+
+    /// The request to send: every marker replaced by the current value. An error
+    /// names the variable when the destination's rule no longer sets it.
+    pub fn attach(&self, stored: &OutboundRequest) -> Result<OutboundRequest, String> {
+        let mut out = stored.clone();
+        if !stored.url.contains(MARK) && !stored.headers.iter().any(|(_, v)| v.contains(MARK)) {
+            return Ok(out);
+        }
+        out.url = self.fill(&stored.url)?;
+        for (_, v) in &mut out.headers {
+            *v = self.fill(v)?;
+        }
+        Ok(out)
+    }
+
+    fn fill(&self, text: &str) -> Result<String, String> {
+        let mut out = String::with_capacity(text.len() + 32);
+        let mut parts = text.split(MARK);
+        out.push_str(parts.next().unwrap_or_default());
+        while let Some(name) = parts.next() {
+            let value = self
+                .values
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v)
+                .ok_or_else(|| {
+                    format!("the destination's rule no longer sets ${{{name}}}, which this delivery needs")
+                })?;
+            out.push_str(value);
+            out.push_str(parts.next().unwrap_or_default());
+        }
+        Ok(out)
+    }
+}
+
 /// How a destination is delivered to: read from its rule file's `[destination]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliverySettings {
@@ -72,6 +161,8 @@ pub struct DeliverySettings {
     pub concurrency: usize,
     /// `whsec_...` secret to sign outbound requests per Standard Webhooks, if set.
     pub sign_secret: Option<String>,
+    /// What the rule file took from the environment, attached at send time.
+    pub credentials: Credentials,
 }
 
 impl Default for DeliverySettings {
@@ -82,6 +173,53 @@ impl Default for DeliverySettings {
             retry: RetrySettings::default(),
             concurrency: 8,
             sign_secret: None,
+            credentials: Credentials::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(url: &str, auth: &str) -> OutboundRequest {
+        OutboundRequest {
+            method: Method::Post,
+            url: url.into(),
+            headers: vec![("Authorization".into(), auth.into())],
+            body: Some("{}".into()),
+        }
+    }
+
+    #[test]
+    fn credentials_are_redacted_for_storage_and_attached_at_send_time() {
+        let c = Credentials::new(&[
+            ("TOKEN".into(), "tok-secret-123".into()),
+            ("PIXEL".into(), "9876543210".into()),
+            ("REGION".into(), "eu".into()),
+        ]);
+        let full = request(
+            "https://p.example/v1/9876543210/events?key=tok-secret-123&r=eu",
+            "Bearer tok-secret-123",
+        );
+        let mut stored = full.clone();
+        c.redact(&mut stored);
+        assert!(!stored.url.contains("tok-secret-123") && !stored.url.contains("9876543210"));
+        assert!(!stored.headers[0].1.contains("tok-secret-123"));
+        assert!(stored.url.ends_with("&r=eu"), "short values are not credentials");
+        assert_eq!(c.attach(&stored).unwrap(), full);
+
+        // A rotated token is what retries send.
+        let rotated = Credentials::new(&[
+            ("TOKEN".into(), "tok-rotated-456".into()),
+            ("PIXEL".into(), "9876543210".into()),
+        ]);
+        let sent = rotated.attach(&stored).unwrap();
+        assert_eq!(sent.headers[0].1, "Bearer tok-rotated-456");
+        // A variable the rule no longer sets is a clear error.
+        let gone = Credentials::new(&[("PIXEL".into(), "9876543210".into())]);
+        let e = gone.attach(&stored).unwrap_err();
+        assert!(e.contains("${TOKEN}"), "{e}");
+        assert!(!format!("{c:?}").contains("tok-secret"), "Debug shows names only");
     }
 }

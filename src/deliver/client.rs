@@ -422,7 +422,7 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::test_store::delivery;
+    use crate::store::memory::delivery;
     use crate::deliver::testing::{FakePartner, Reply};
 
     #[test]

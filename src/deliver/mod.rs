@@ -20,7 +20,6 @@ pub mod testing;
 mod worker;
 
 #[cfg(test)]
-mod test_store;
 #[cfg(test)]
 mod tests;
 
@@ -148,6 +147,15 @@ impl Deliverer {
     /// Applies a rules reload: starts new destinations, applies changed settings,
     /// stops removed ones once their in-flight sends finish (their queued deliveries
     /// stay in the store). Callable from any thread, inside a runtime or not.
+    /// Runs `task` on the relay's runtime; callable from any thread (the rules
+    /// watcher's included).
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.runtime.spawn(task);
+    }
+
     pub fn update_destinations(&self, destinations: Vec<(String, DeliverySettings)>) {
         let _runtime = self.inner.runtime.enter();
         let wanted: HashMap<String, DeliverySettings> = destinations.into_iter().collect();

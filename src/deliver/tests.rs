@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::test_store::{delivery, MemStore};
+use crate::store::memory::{delivery, MemStore};
 use super::testing::{FakePartner, Reply};
 use super::*;
 use crate::outbound::{RateLimit, RetrySettings};
@@ -20,6 +20,7 @@ fn settings() -> DeliverySettings {
         },
         concurrency: 4,
         sign_secret: None,
+        credentials: Default::default(),
     }
 }
 

@@ -370,15 +370,26 @@ async fn send_one(
     probe: bool,
 ) {
     let started = now_ms();
-    let sent = match &applied.signer {
-        Ok(signer) => {
+    // The stored request holds markers where the partner's credentials go: the
+    // destination's current values are put back only for the send.
+    let ready = applied
+        .settings
+        .credentials
+        .attach(&delivery.request)
+        .and_then(|request| applied.signer.clone().map(|s| (request, s)));
+    let sent = match ready {
+        Ok((request, signer)) => {
+            let outgoing = Delivery {
+                request,
+                ..delivery.clone()
+            };
             ctx.client
-                .send(&delivery, applied.settings.timeout, signer.as_ref())
+                .send(&outgoing, applied.settings.timeout, signer.as_ref())
                 .await
         }
         Err(e) => Sent {
             attempt: Attempt::Invalid(e.clone()),
-            error: Some(e.clone()),
+            error: Some(e),
         },
     };
     let finished = now_ms();

@@ -55,7 +55,10 @@ pub async fn accept(
                 let dedupe_key = relay.dedupe.key(&secret, &event);
                 let mut deliveries = Vec::new();
                 for routed in rules.route(&event) {
-                    if let Ok(request) = routed.outcome {
+                    if let Ok(mut request) = routed.outcome {
+                        // Credentials never reach the store: markers stand in their
+                        // place until the send (see `outbound::Credentials`).
+                        routed.destination.delivery.credentials.redact(&mut request);
                         let name = routed.destination.name.clone();
                         if !destinations_touched.contains(&name) {
                             destinations_touched.push(name.clone());
@@ -85,12 +88,14 @@ pub async fn accept(
     for (index, slot) in slots.into_iter().enumerate() {
         match slot {
             Ok((event_id, i)) => match outcomes.get(i) {
-                Some(AcceptOutcome::Accepted { .. }) => {
+                Some(AcceptOutcome::Accepted { delivery_ids }) => {
                     any_accepted = true;
                     report.accepted += 1;
-                    report
-                        .results
-                        .push(json!({"event_id": event_id, "status": "accepted"}));
+                    report.results.push(json!({
+                        "event_id": event_id,
+                        "status": "accepted",
+                        "delivery_ids": delivery_ids,
+                    }));
                 }
                 Some(AcceptOutcome::Duplicate) => {
                     report.duplicates += 1;

@@ -14,7 +14,7 @@ use base64::Engine;
 use toml_edit::{Item, Value as TomlValue};
 
 use crate::diag::{Diagnostic, Env, Source};
-use crate::outbound::{DeliverySettings, Method, RateLimit, RetrySettings};
+use crate::outbound::{Credentials, DeliverySettings, Method, RateLimit, RetrySettings};
 use crate::settings::{parse_duration, Doc, Section};
 
 use super::apply::{AllowTree, Condition, Consent, Coverage, Privacy, Rename, When};
@@ -446,7 +446,10 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
         Destination {
             name,
             description,
-            delivery,
+            delivery: DeliverySettings {
+                credentials: Credentials::new(doc.source.substituted()),
+                ..delivery
+            },
             method,
             format,
             preset: preset.map(|p| p.name.to_string()),

@@ -2,8 +2,10 @@
 //!
 //! Owns: the `Store` trait the rest of the relay talks to, the values it stores
 //! (`Delivery`, `DeadLetter`, hashed `DedupeKey`s) and its errors; the embedded backend
-//! (`embedded`, redb in `data_dir`). Never: sees a raw event. What reaches a store is
-//! already filtered and rendered by the rules, and dedupe keys are keyed hashes.
+//! (`embedded`, an LSM store in `data_dir`). Never: sees a raw event or a partner's
+//! credentials. What reaches a store is already filtered and rendered by the rules
+//! (secret header values and URL parts replaced by markers, see
+//! `outbound::Credentials`), and dedupe keys are keyed hashes.
 //!
 //! Invariants every backend keeps:
 //! - `accept` is atomic and durable: when it returns `Ok`, the dedupe marks and every
@@ -11,8 +13,16 @@
 //! - a delivery is handed out by `claim_due` to one worker at a time; a claim that is
 //!   not settled (complete / retry_later / dead_letter / release) before the process
 //!   dies is due again after restart.
+//! - a store that cannot write says so (`ready() == false`, writes answer
+//!   `Unavailable`) and recovers by itself once the cause is gone.
+//!
+//! `contract` holds the test suite every backend must pass.
 
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod embedded;
+#[cfg(test)]
+pub(crate) mod memory;
 
 use std::time::Duration;
 
@@ -82,6 +92,25 @@ pub struct DestinationCounts {
     pub destination: String,
     pub queued: u64,
     pub dead: u64,
+}
+
+/// Where one delivery stands (`GET /admin/deliveries/{id}`); never its payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryStatus {
+    pub id: String,
+    pub destination: String,
+    /// `queued`, `retrying`, `delivered` or `dead`.
+    pub state: &'static str,
+    pub attempts: u32,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub last_attempt_at: Option<i64>,
+    /// When it is due next (queued or retrying), Unix milliseconds.
+    pub next_attempt_at: Option<i64>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    /// When it was delivered or dead-lettered, Unix milliseconds.
+    pub finished_at: Option<i64>,
 }
 
 /// Which dead letters a replay takes.
@@ -181,6 +210,19 @@ pub trait Store: Send + Sync + 'static {
     /// Remove expired dedupe keys and dead letters older than the retention.
     /// Returns (keys removed, dead letters removed).
     async fn purge(&self, now_ms: i64) -> StoreResult<(usize, usize)>;
+
+    /// Where one delivery stands, if the store still knows it (delivered ones are
+    /// remembered for the dead-letter retention).
+    async fn lookup(&self, id: &str) -> StoreResult<Option<DeliveryStatus>>;
+
+    /// The destination is gone (its rule file removed): move everything still queued
+    /// for it to the dead-letter queue with `reason`. Returns how many.
+    async fn retire_destination(
+        &self,
+        destination: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> StoreResult<usize>;
 
     /// Whether the store can take writes now (for `/readyz`).
     async fn ready(&self) -> bool;

@@ -1,0 +1,280 @@
+//! Opening the files, and refusing damaged ones: the data directory (mode 0700), the
+//! dedupe key, the LSM database, and the in-memory state read back from it.
+//!
+//! Never: starts a silently empty store where one existed, or lets a panic inside the
+//! storage engine end the process: every failure is an error naming the file and
+//! what to do.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use rand::RngCore;
+
+use super::layout::{self, DestId};
+
+/// The LSM database's folder inside `data_dir`.
+pub const DB_DIR: &str = "store";
+/// The dedupe secret's file inside `data_dir`.
+pub const KEY_FILE: &str = "dedupe.key";
+/// The previous version's store file.
+const LEGACY_FILE: &str = "relay.redb";
+/// Written by the engine when it creates a database; its absence next to other files
+/// means a damaged or half-deleted store.
+const VERSION_MARKER: &str = "version";
+
+/// Block cache. Small on purpose: queued deliveries are read once, in order.
+const CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// The journal is replayed at start after a crash: its size bounds recovery time.
+const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+const QUEUE_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+const SMALL_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The open database and its keyspaces.
+pub struct Engine {
+    pub db: Database,
+    pub queue: Keyspace,
+    pub retry: Keyspace,
+    pub dead: Keyspace,
+    pub done: Keyspace,
+    pub dedupe: Keyspace,
+    pub dedupe_exp: Keyspace,
+    pub meta: Keyspace,
+}
+
+/// What the in-memory state starts from after an open.
+pub struct Loaded {
+    pub dests: HashMap<String, DestId>,
+    pub counts: HashMap<DestId, (u64, u64)>,
+    pub seq: u64,
+}
+
+/// Creates `data_dir` (0700), or tightens an existing one to 0700.
+pub fn prepare_dir(dir: &Path) -> Result<(), String> {
+    if !dir.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+        format!(
+            "cannot restrict the data directory {} to its owner (mode 0700): {e}",
+            dir.display()
+        )
+    })
+}
+
+/// Refuses layouts that would start a silently empty store, or a store of another
+/// format.
+pub fn check_layout(data_dir: &Path) -> Result<(), String> {
+    let legacy = data_dir.join(LEGACY_FILE);
+    if legacy.exists() {
+        return Err(format!(
+            "{} is a store of an earlier postback-relay version; this version keeps its queue in {}. \
+             Drain the old queue with the earlier version (stop sending, wait until `dlq list` and \
+             /admin/destinations show nothing queued), then move {} away",
+            legacy.display(),
+            data_dir.join(DB_DIR).display(),
+            legacy.display()
+        ));
+    }
+    let db_dir = data_dir.join(DB_DIR);
+    let key = data_dir.join(KEY_FILE);
+    let db_has_files = fs::read_dir(&db_dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if key.exists() && !db_has_files {
+        return Err(format!(
+            "{} exists but the store {} is missing or empty: its queue, dead letters and dedupe \
+             marks would be lost. Restore {} from a backup, or move {} away to start with an \
+             empty store on purpose",
+            key.display(),
+            db_dir.display(),
+            db_dir.display(),
+            key.display()
+        ));
+    }
+    if db_has_files {
+        let marker = db_dir.join(VERSION_MARKER);
+        let len = fs::metadata(&marker).map(|m| m.len()).unwrap_or(0);
+        if len == 0 {
+            return Err(damaged(
+                &db_dir,
+                &format!("{} is missing or empty", marker.display()),
+            ));
+        }
+        if !key.exists() {
+            return Err(format!(
+                "{} exists but {} is missing: without it no dedupe mark can be recognised. \
+                 Restore the key file, or move {} away to start with empty state",
+                db_dir.display(),
+                key.display(),
+                db_dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn damaged(db_dir: &Path, what: &str) -> String {
+    format!(
+        "the store in {} is damaged ({what}); the relay will not start on it. Restore the \
+         data directory from a backup, or move {} away to start with an empty store \
+         (its queued deliveries and dedupe marks are then lost)",
+        db_dir.display(),
+        db_dir.display()
+    )
+}
+
+impl Engine {
+    /// Opens (or creates) the database in `data_dir/store`, catching engine panics.
+    pub fn open(data_dir: &Path) -> Result<Engine, String> {
+        let db_dir = data_dir.join(DB_DIR);
+        match catch_unwind(AssertUnwindSafe(|| Engine::open_inner(&db_dir))) {
+            Ok(Ok(engine)) => Ok(engine),
+            Ok(Err(fjall::Error::Locked)) => Err(format!(
+                "another postback-relay is using the data directory {}: stop it, or give this \
+                 one its own `data_dir`",
+                data_dir.display()
+            )),
+            Ok(Err(fjall::Error::Io(e))) if e.kind() == io::ErrorKind::StorageFull => Err(format!(
+                "cannot open the store in {}: the disk is full ({e})",
+                db_dir.display()
+            )),
+            Ok(Err(e)) => Err(damaged(&db_dir, &e.to_string())),
+            Err(_) => Err(damaged(&db_dir, "the storage engine failed reading it")),
+        }
+    }
+
+    fn open_inner(db_dir: &Path) -> fjall::Result<Engine> {
+        let db = Database::builder(db_dir)
+            .cache_size(CACHE_BYTES)
+            .max_journaling_size(MAX_JOURNAL_BYTES)
+            .worker_threads(1)
+            .open()?;
+        let big = || KeyspaceCreateOptions::default().max_memtable_size(QUEUE_MEMTABLE_BYTES);
+        let small = || KeyspaceCreateOptions::default().max_memtable_size(SMALL_MEMTABLE_BYTES);
+        Ok(Engine {
+            queue: db.keyspace(layout::QUEUE, big)?,
+            retry: db.keyspace(layout::RETRY, small)?,
+            dead: db.keyspace(layout::DEAD, small)?,
+            done: db.keyspace(layout::DONE, small)?,
+            dedupe: db.keyspace(layout::DEDUPE, big)?,
+            dedupe_exp: db.keyspace(layout::DEDUPE_EXP, small)?,
+            meta: db.keyspace(layout::META, small)?,
+            db,
+        })
+    }
+
+    /// Reads the destination table, the counters and the sequence high-water mark, and
+    /// checks the format. Also catches engine panics.
+    pub fn load(&self, db_dir: &Path) -> Result<Loaded, String> {
+        match catch_unwind(AssertUnwindSafe(|| self.load_inner())) {
+            Ok(Ok(l)) => Ok(l),
+            Ok(Err(e)) => Err(damaged(db_dir, &e)),
+            Err(_) => Err(damaged(db_dir, "the storage engine failed reading it")),
+        }
+    }
+
+    fn load_inner(&self) -> Result<Loaded, String> {
+        let err = |e: fjall::Error| e.to_string();
+        match self.meta.get(layout::FORMAT_META_KEY).map_err(err)? {
+            Some(v) => {
+                let format = layout::u64_value(&v).ok_or("meta/format is unreadable")?;
+                if format != u64::from(layout::FORMAT) {
+                    return Err(format!(
+                        "it is in store format {format}, and this version reads format {}",
+                        layout::FORMAT
+                    ));
+                }
+            }
+            None => {
+                // New (or never written to): stamp it.
+                let mut b = self.db.batch();
+                b.insert(
+                    &self.meta,
+                    layout::FORMAT_META_KEY,
+                    u64::from(layout::FORMAT).to_be_bytes(),
+                );
+                b.commit().map_err(err)?;
+                self.db.persist(PersistMode::SyncData).map_err(err)?;
+            }
+        }
+        let mut dests = HashMap::new();
+        let mut counts = HashMap::new();
+        for item in self.meta.prefix(b"dest/") {
+            let (k, v) = item.into_inner().map_err(err)?;
+            let name = String::from_utf8_lossy(&k[5..]).into_owned();
+            let id = v
+                .get(..2)
+                .and_then(|b| b.try_into().ok())
+                .map(u16::from_be_bytes)
+                .ok_or("a destination entry is unreadable")?;
+            dests.insert(name, id);
+        }
+        for item in self.meta.prefix(b"count/") {
+            let (k, v) = item.into_inner().map_err(err)?;
+            let id = k
+                .get(6..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u16::from_be_bytes)
+                .ok_or("a counter key is unreadable")?;
+            counts.insert(id, layout::parse_counts(&v).ok_or("a counter is unreadable")?);
+        }
+        let seq = match self.meta.get(layout::SEQ_META_KEY).map_err(err)? {
+            Some(v) => layout::u64_value(&v).ok_or("meta/seq is unreadable")?,
+            None => 0,
+        };
+        Ok(Loaded { dests, counts, seq })
+    }
+}
+
+/// The installation's dedupe secret: read it, or create it once (temp file, fsync,
+/// rename, fsync the directory) with mode 0600.
+pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], String> {
+    let ctx = || format!("dedupe key {}", path.display());
+    match fs::File::open(path) {
+        Ok(mut f) => {
+            let mut buf = Vec::with_capacity(33);
+            f.read_to_end(&mut buf)
+                .map_err(|e| format!("{}: {e}", ctx()))?;
+            return <[u8; 32]>::try_from(buf.as_slice()).map_err(|_| {
+                format!(
+                    "{}: expected 32 bytes, found {}; restore it from a backup",
+                    ctx(),
+                    buf.len()
+                )
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", ctx())),
+    }
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    let tmp: PathBuf = path.with_extension("key.tmp");
+    let write = || -> io::Result<()> {
+        // A leftover from a crash could carry other permissions: start afresh.
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&secret)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| format!("{}: {e}", ctx()))?;
+    Ok(secret)
+}

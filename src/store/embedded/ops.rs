@@ -1,0 +1,444 @@
+//! The write operations, each applied to the group's batch by the writer thread.
+//!
+//! Backpressure (`Full`) is decided per operation before it writes anything, so a
+//! refused accept leaves the group untouched. A settle (complete / retry_later /
+//! dead_letter) of a delivery that is no longer queued is a no-op: a settled delivery
+//! is never brought back by a late caller.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::engine::Engine;
+use super::layout::{self, DestId, Done, IdParts, Record};
+use super::writer::{Group, Writer};
+use super::{Loc, CHUNK};
+use crate::store::{
+    AcceptOutcome, Delivery, EventToAccept, ReplaySelector, StoreError, StoreResult,
+};
+
+pub enum Op {
+    Accept {
+        events: Vec<EventToAccept>,
+        now_ms: i64,
+    },
+    Complete {
+        id: String,
+    },
+    RetryLater {
+        delivery: Delivery,
+    },
+    DeadLetter {
+        delivery: Delivery,
+        now_ms: i64,
+    },
+    Replay {
+        which: ReplaySelector,
+        now_ms: i64,
+    },
+    Retire {
+        destination: String,
+        reason: String,
+        now_ms: i64,
+    },
+    Purge {
+        now_ms: i64,
+    },
+}
+
+pub enum Outcome {
+    Accepted(Vec<AcceptOutcome>),
+    Done,
+    Counted(usize, usize),
+}
+
+/// An engine failure inside a group: the whole group fails and the store reopens.
+type Fatal = String;
+
+fn fatal(e: fjall::Error) -> Fatal {
+    e.to_string()
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Expiry in Unix seconds of a mark made at `now_ms`, rounded up so a key is never
+/// forgotten before its full window.
+fn expiry_s(now_ms: i64, window_ms: i64) -> u64 {
+    let until = now_ms.saturating_add(window_ms).max(0);
+    u64::try_from(until).unwrap_or(0).div_ceil(1000)
+}
+
+impl Writer {
+    pub fn apply(
+        &mut self,
+        e: &Engine,
+        g: &mut Group,
+        op: &Op,
+    ) -> Result<StoreResult<Outcome>, Fatal> {
+        match op {
+            Op::Accept { events, now_ms } => self.accept(e, g, events, *now_ms),
+            Op::Complete { id } => self.complete(e, g, id).map(|()| Ok(Outcome::Done)),
+            Op::RetryLater { delivery } => self
+                .retry_later(e, g, delivery)
+                .map(|()| Ok(Outcome::Done)),
+            Op::DeadLetter { delivery, now_ms } => self
+                .dead_letter(e, g, delivery, *now_ms)
+                .map(|()| Ok(Outcome::Done)),
+            Op::Replay { which, now_ms } => self
+                .replay(e, g, which, *now_ms)
+                .map(|n| Ok(Outcome::Counted(n, 0))),
+            Op::Retire {
+                destination,
+                reason,
+                now_ms,
+            } => self
+                .retire(e, g, destination, reason, *now_ms)
+                .map(|n| Ok(Outcome::Counted(n, 0))),
+            Op::Purge { now_ms } => self.purge(e, g, *now_ms).map(|(a, b)| Ok(Outcome::Counted(a, b))),
+        }
+    }
+
+    fn batch<'g>(g: &'g mut Group) -> Result<&'g mut fjall::OwnedWriteBatch, Fatal> {
+        g.batch.as_mut().ok_or_else(|| "no write batch".to_string())
+    }
+
+    fn accept(
+        &mut self,
+        e: &Engine,
+        g: &mut Group,
+        events: &[EventToAccept],
+        now_ms: i64,
+    ) -> Result<StoreResult<Outcome>, Fatal> {
+        let now_s = u64::try_from(now_ms.max(0)).unwrap_or(0) / 1000;
+        // Duplicates first: they add nothing, so they pass even when the queue is full.
+        let mut fresh = Vec::with_capacity(events.len());
+        let mut seen = std::collections::HashSet::new();
+        for ev in events {
+            let key = ev.dedupe_key.0;
+            let dup = g.marked.contains(&key) || !seen.insert(key) || self.is_marked(e, &key, now_s)?;
+            fresh.push(!dup);
+        }
+        let new: u64 = events
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, f)| **f)
+            .map(|(ev, _)| ev.deliveries.len() as u64)
+            .sum();
+        let queued = self.queued_total.saturating_add_signed(g.queued_delta);
+        if new > 0 && queued.saturating_add(new) > self.max_queued {
+            return Ok(Err(StoreError::Full {
+                reason: format!(
+                    "{queued} deliveries are queued, the limit is {} (store.max_queued)",
+                    self.max_queued
+                ),
+                retry_after: std::time::Duration::from_secs(5),
+            }));
+        }
+        if let Some(reason) = self.disk_too_full() {
+            return Ok(Err(StoreError::Full {
+                reason,
+                retry_after: std::time::Duration::from_secs(30),
+            }));
+        }
+        let expiry = expiry_s(now_ms, self.dedupe_window_ms).to_be_bytes();
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (ev, is_new) in events.iter().zip(fresh) {
+            let key = ev.dedupe_key.0;
+            if !is_new {
+                outcomes.push(AcceptOutcome::Duplicate);
+                continue;
+            }
+            g.marked.insert(key);
+            let b = Self::batch(g)?;
+            b.insert(&e.dedupe, key, expiry);
+            b.insert(&e.dedupe_exp, layout::dedupe_exp_key(u64::from_be_bytes(expiry), &key), []);
+            let mut ids = Vec::with_capacity(ev.deliveries.len());
+            for d in &ev.deliveries {
+                let dest = self.dest_id(e, g, &d.destination)?;
+                let seq = self.next_seq(e, g);
+                let record = Record {
+                    created_at: now_ms,
+                    attempts: 0,
+                    first_attempt_at: None,
+                    last_attempt_at: None,
+                    next_attempt_at: now_ms,
+                    last_status: None,
+                    last_error: None,
+                    dead_at: None,
+                    request: d.request.clone(),
+                };
+                let value = layout::encode(&record)?;
+                Self::batch(g)?.insert(&e.queue, layout::queue_key(dest, seq), value);
+                g.count(dest, 1, 0);
+                let parts = IdParts {
+                    created_ms: u64::try_from(now_ms.max(0)).unwrap_or(0),
+                    dest,
+                    seq,
+                };
+                ids.push(parts.to_id());
+            }
+            outcomes.push(AcceptOutcome::Accepted { delivery_ids: ids });
+        }
+        Ok(Ok(Outcome::Accepted(outcomes)))
+    }
+
+    fn is_marked(&self, e: &Engine, key: &[u8; 16], now_s: u64) -> Result<bool, Fatal> {
+        Ok(match e.dedupe.get(key).map_err(fatal)? {
+            Some(v) => layout::u64_value(&v).is_some_and(|expiry| expiry > now_s),
+            None => false,
+        })
+    }
+
+    /// Removes a delivery's current record; `None` when it is not queued any more.
+    fn take(
+        &mut self,
+        e: &Engine,
+        g: &mut Group,
+        id: &str,
+    ) -> Result<Option<(IdParts, Loc)>, Fatal> {
+        let Some(parts) = IdParts::parse(id) else {
+            return Ok(None);
+        };
+        if g.touched.contains(&(parts.dest, parts.seq)) {
+            return Ok(None);
+        }
+        let Some(loc) = self.locate(e, parts.dest, parts.seq)? else {
+            return Ok(None);
+        };
+        let b = Self::batch(g)?;
+        match loc {
+            Loc::Fresh => b.remove(&e.queue, layout::queue_key(parts.dest, parts.seq)),
+            Loc::Retry { due_ms } => {
+                b.remove(&e.retry, layout::retry_key(parts.dest, due_ms, parts.seq))
+            }
+        }
+        g.touched.insert((parts.dest, parts.seq));
+        g.settled.push((parts.dest, parts.seq));
+        Ok(Some((parts, loc)))
+    }
+
+    fn complete(&mut self, e: &Engine, g: &mut Group, id: &str) -> Result<(), Fatal> {
+        let Some((parts, loc)) = self.take(e, g, id)? else {
+            return Ok(());
+        };
+        // A fresh delivery has never been tried before: this was its first attempt.
+        // A retried one's record says how many came before.
+        let attempts = match loc {
+            Loc::Fresh => 1,
+            Loc::Retry { due_ms } => {
+                let key = layout::retry_key(parts.dest, due_ms, parts.seq);
+                match e.retry.get(key).map_err(fatal)? {
+                    Some(v) => layout::decode::<Record>("delivery", &v)?
+                        .attempts
+                        .saturating_add(1),
+                    None => 0,
+                }
+            }
+        };
+        let done = Done {
+            delivered_at: wall_ms(),
+            attempts,
+            last_status: None,
+        };
+        Self::batch(g)?.insert(&e.done, parts.bytes(), layout::encode(&done)?);
+        g.count(parts.dest, -1, 0);
+        Ok(())
+    }
+
+    fn retry_later(&mut self, e: &Engine, g: &mut Group, d: &Delivery) -> Result<(), Fatal> {
+        let Some((parts, _)) = self.take(e, g, &d.id)? else {
+            return Ok(());
+        };
+        let value = layout::encode(&Record::from_delivery(d, None))?;
+        let key = layout::retry_key(parts.dest, d.next_attempt_at, parts.seq);
+        Self::batch(g)?.insert(&e.retry, key, value);
+        Ok(())
+    }
+
+    fn dead_letter(
+        &mut self,
+        e: &Engine,
+        g: &mut Group,
+        d: &Delivery,
+        now_ms: i64,
+    ) -> Result<(), Fatal> {
+        let Some((parts, _)) = self.take(e, g, &d.id)? else {
+            return Ok(());
+        };
+        let value = layout::encode(&Record::from_delivery(d, Some(now_ms)))?;
+        Self::batch(g)?.insert(&e.dead, layout::queue_key(parts.dest, parts.seq), value);
+        g.count(parts.dest, -1, 1);
+        Ok(())
+    }
+
+    fn replay(
+        &mut self,
+        e: &Engine,
+        g: &mut Group,
+        which: &ReplaySelector,
+        now_ms: i64,
+    ) -> Result<usize, Fatal> {
+        let mut picked: Vec<(DestId, u64, Record)> = Vec::new();
+        let mut take = |k: &[u8], v: &[u8]| -> Result<(), Fatal> {
+            if let Some((dest, seq)) = layout::parse_queue_key(k) {
+                picked.push((dest, seq, layout::decode("dead letter", v)?));
+            }
+            Ok(())
+        };
+        match which {
+            ReplaySelector::Id(id) => {
+                if let Some(p) = IdParts::parse(id) {
+                    let k = layout::queue_key(p.dest, p.seq);
+                    if let Some(v) = e.dead.get(k).map_err(fatal)? {
+                        take(&k, &v)?;
+                    }
+                }
+            }
+            ReplaySelector::Destination(name) => {
+                if let Some(dest) = self.shared.dest_id(name) {
+                    for item in e.dead.prefix(dest.to_be_bytes()) {
+                        let (k, v) = item.into_inner().map_err(fatal)?;
+                        take(&k, &v)?;
+                    }
+                }
+            }
+            ReplaySelector::All => {
+                for item in e.dead.iter() {
+                    let (k, v) = item.into_inner().map_err(fatal)?;
+                    take(&k, &v)?;
+                }
+            }
+        }
+        let mut n = 0;
+        for (dest, seq, mut r) in picked {
+            if !g.touched.insert((dest, seq)) {
+                continue;
+            }
+            r.attempts = 0;
+            r.first_attempt_at = None;
+            r.next_attempt_at = now_ms;
+            r.dead_at = None;
+            let value = layout::encode(&r)?;
+            let b = Self::batch(g)?;
+            b.remove(&e.dead, layout::queue_key(dest, seq));
+            b.insert(&e.retry, layout::retry_key(dest, now_ms, seq), value);
+            g.count(dest, 1, -1);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Moves up to `CHUNK` queued or retrying deliveries of a removed destination to
+    /// the dead-letter queue.
+    fn retire(
+        &mut self,
+        e: &Engine,
+        g: &mut Group,
+        destination: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<usize, Fatal> {
+        let Some(dest) = self.shared.dest_id(destination) else {
+            return Ok(0);
+        };
+        // In flight: its worker settles it (or releases it, and a later pass moves it).
+        let claimed: std::collections::HashSet<u64> = self
+            .shared
+            .claims()
+            .get(&dest)
+            .map(|c| c.claimed.keys().copied().collect())
+            .unwrap_or_default();
+        let mut moved = 0;
+        for (ks, is_retry) in [(&e.queue, false), (&e.retry, true)] {
+            for item in ks.prefix(dest.to_be_bytes()) {
+                if moved >= CHUNK {
+                    return Ok(moved);
+                }
+                let (k, v) = item.into_inner().map_err(fatal)?;
+                let seq = if is_retry {
+                    layout::parse_retry_key(&k).map(|(_, _, s)| s)
+                } else {
+                    layout::parse_queue_key(&k).map(|(_, s)| s)
+                };
+                let Some(seq) = seq else { continue };
+                if claimed.contains(&seq) || !g.touched.insert((dest, seq)) {
+                    continue;
+                }
+                let mut r: Record = layout::decode("delivery", &v)?;
+                r.dead_at = Some(now_ms);
+                r.last_error = Some(reason.to_owned());
+                let value = layout::encode(&r)?;
+                let b = Self::batch(g)?;
+                b.remove(ks, k);
+                b.insert(&e.dead, layout::queue_key(dest, seq), value);
+                g.count(dest, -1, 1);
+                g.settled.push((dest, seq));
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Up to `CHUNK` expired dedupe marks, and dead letters and receipts past the
+    /// retention. Returns (marks, dead letters) removed.
+    fn purge(&mut self, e: &Engine, g: &mut Group, now_ms: i64) -> Result<(usize, usize), Fatal> {
+        let now_s = u64::try_from(now_ms.max(0)).unwrap_or(0) / 1000;
+        let mut keys = 0;
+        let end = layout::dedupe_exp_key(now_s, &[0xff; 16]);
+        for item in e.dedupe_exp.range(..=end.as_slice()) {
+            if keys >= CHUNK {
+                break;
+            }
+            let k = item.key().map_err(fatal)?;
+            let (Some(expiry), Some(hash)) = (layout::u64_value(&k), k.get(8..24)) else {
+                continue;
+            };
+            // A key re-marked later carries a later expiry: keep it.
+            let current = e.dedupe.get(hash).map_err(fatal)?;
+            let b = Self::batch(g)?;
+            if current.as_deref().and_then(layout::u64_value) == Some(expiry) {
+                b.remove(&e.dedupe, hash);
+            }
+            b.remove(&e.dedupe_exp, k);
+            keys += 1;
+        }
+        let cutoff = now_ms.saturating_sub(self.retention_ms);
+        let mut dead = 0;
+        for item in e.dead.iter() {
+            if dead >= CHUNK {
+                break;
+            }
+            let (k, v) = item.into_inner().map_err(fatal)?;
+            let r: Record = layout::decode("dead letter", &v)?;
+            if r.dead_at.is_some_and(|at| at < cutoff) {
+                if let Some((dest, seq)) = layout::parse_queue_key(&k) {
+                    if g.touched.insert((dest, seq)) {
+                        Self::batch(g)?.remove(&e.dead, k);
+                        g.count(dest, 0, -1);
+                        dead += 1;
+                    }
+                }
+            }
+        }
+        let receipts_end = IdParts {
+            created_ms: u64::try_from(cutoff.max(0)).unwrap_or(0),
+            dest: 0,
+            seq: 0,
+        }
+        .bytes();
+        let mut receipts = 0;
+        for item in e.done.range(..receipts_end.as_slice()) {
+            if receipts >= CHUNK {
+                break;
+            }
+            let k = item.key().map_err(fatal)?;
+            Self::batch(g)?.remove(&e.done, k);
+            receipts += 1;
+        }
+        // Receipts ride along: report a full chunk so the caller comes back for more.
+        Ok((keys.max(if receipts >= CHUNK { CHUNK } else { 0 }), dead))
+    }
+}

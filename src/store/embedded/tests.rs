@@ -1,0 +1,370 @@
+//! The embedded store: the contract suite and model test, then what only a store on
+//! disk can get wrong (restarts, file modes, plaintext, damaged files, a full disk).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use proptest::prelude::*;
+use rand::RngCore;
+use sha2::Sha256;
+
+use super::*;
+use crate::store::contract::{self, c, counts_of, event, key, Backend, NOW};
+use crate::store::DedupeKey;
+
+fn options(dir: &Path) -> EmbeddedOptions {
+    EmbeddedOptions {
+        data_dir: dir.to_path_buf(),
+        dedupe_window: Duration::from_secs(7 * 86_400),
+        max_queued: 1_000_000,
+        min_free_space: 0,
+        dlq_retention: Duration::from_secs(14 * 86_400),
+    }
+}
+
+fn open(dir: &Path) -> EmbeddedStore {
+    EmbeddedStore::open(options(dir)).expect("open store")
+}
+
+struct Embedded {
+    dir: tempfile::TempDir,
+    store: Option<Arc<dyn Store>>,
+}
+
+impl Embedded {
+    fn fresh() -> Box<dyn Backend> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(open(dir.path()));
+        Box::new(Embedded {
+            dir,
+            store: Some(store),
+        })
+    }
+}
+
+impl Backend for Embedded {
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone().expect("open")
+    }
+
+    fn restart(&mut self) -> bool {
+        // The suite has dropped its handles: this is the last one, so the database
+        // closes before it is opened again.
+        self.store = None;
+        self.store = Some(Arc::new(open(self.dir.path())));
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_store_contract() {
+    contract::suite(&Embedded::fresh).await;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn agrees_with_the_model(ops in prop::collection::vec(contract::model_op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(contract::run_model(Embedded::fresh(), ops));
+    }
+}
+
+#[tokio::test]
+async fn ids_name_their_destination_and_are_unique() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let mut all = std::collections::HashSet::new();
+    for i in 0..200 {
+        let out = s
+            .accept(vec![event(key(i), &["a", "b"])], NOW)
+            .await
+            .expect("accept");
+        for id in contract::ids(&out[0]) {
+            assert!(id.starts_with("dlv_") && id.len() == 30, "{id}");
+            assert!(all.insert(id));
+        }
+    }
+    drop(s);
+    // After a restart new IDs never repeat old ones.
+    let s = open(dir.path());
+    let out = s
+        .accept(vec![event(key(1000), &["a"])], NOW)
+        .await
+        .expect("accept");
+    assert!(all.insert(contract::ids(&out[0]).remove(0)));
+}
+
+#[tokio::test]
+async fn full_queue_refuses_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = EmbeddedStore::open(EmbeddedOptions {
+            max_queued: 3,
+            ..options(dir.path())
+        })
+        .expect("open");
+        s.accept(vec![event(key(1), &["a", "b"])], NOW)
+            .await
+            .expect("accept");
+        let err = s
+            .accept(vec![event(key(2), &["a"]), event(key(3), &["a"])], NOW)
+            .await
+            .expect_err("full");
+        assert!(matches!(err, StoreError::Full { .. }), "{err:?}");
+        assert_eq!(err.retry_after(), Duration::from_secs(5));
+        assert_eq!(counts_of(&s).await, vec![c("a", 1, 0), c("b", 1, 0)]);
+        let out = s
+            .accept(vec![event(key(1), &["a", "b"])], NOW)
+            .await
+            .expect("accept");
+        assert_eq!(out, vec![AcceptOutcome::Duplicate], "duplicates add nothing");
+    }
+    let s = open(dir.path());
+    let out = s
+        .accept(vec![event(key(2), &["a"]), event(key(3), &["a"])], NOW)
+        .await
+        .expect("accept");
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, AcceptOutcome::Accepted { .. })),
+        "the refused keys were not marked"
+    );
+}
+
+#[tokio::test]
+async fn disk_space_floor_refuses_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = EmbeddedStore::open(EmbeddedOptions {
+        min_free_space: u64::MAX,
+        ..options(dir.path())
+    })
+    .expect("open");
+    let err = s
+        .accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect_err("full");
+    assert!(matches!(err, StoreError::Full { .. }), "{err:?}");
+    assert_eq!(counts_of(&s).await, vec![]);
+    assert!(s.ready().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_accepts_share_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Arc::new(open(dir.path()));
+    let before = s.commits();
+    let tasks: Vec<_> = (0..200u64)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.accept(vec![event(key(i), &["a"])], NOW).await })
+        })
+        .collect();
+    for t in tasks {
+        let out = t.await.expect("join").expect("accept");
+        assert!(matches!(out[0], AcceptOutcome::Accepted { .. }));
+    }
+    let commits = s.commits() - before;
+    assert!(commits < 200, "{commits} commits for 200 accepts");
+    assert_eq!(counts_of(&*s).await, vec![c("a", 200, 0)]);
+}
+
+/// A failed write (a full disk) fails its group, makes the store not ready, and the
+/// store comes back by itself with everything committed before still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_refused_then_recovered_from() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    s.accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("accept");
+    s.fail_next_commits(1);
+    let err = s
+        .accept(vec![event(key(2), &["a"])], NOW)
+        .await
+        .expect_err("the write fails");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("No space left"), "{err}");
+    assert!(!s.ready().await, "not ready while it cannot write");
+    let mut ready = false;
+    for _ in 0..100 {
+        if s.ready().await {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready, "the store reopens by itself");
+    let out = s
+        .accept(vec![event(key(2), &["a"]), event(key(1), &["a"])], NOW)
+        .await
+        .expect("accepts again");
+    assert!(matches!(out[0], AcceptOutcome::Accepted { .. }), "the failed write left no mark");
+    assert_eq!(out[1], AcceptOutcome::Duplicate, "earlier marks kept");
+    assert_eq!(counts_of(&s).await, vec![c("a", 2, 0)]);
+}
+
+#[tokio::test]
+async fn a_store_without_its_dedupe_key_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(open(dir.path()));
+    fs::remove_file(dir.path().join("dedupe.key")).expect("remove key");
+    let err = EmbeddedStore::open(options(dir.path())).err().expect("refused");
+    assert!(err.to_string().contains("dedupe.key"), "{err}");
+}
+
+fn refused(dir: &Path) -> String {
+    match EmbeddedStore::open(options(dir)) {
+        Ok(_) => panic!("a damaged store was opened"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Every file of the store, recursively.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_emptied_store_next_to_its_key_is_refused_not_started_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = open(dir.path());
+        s.accept(vec![event(key(1), &["a"])], NOW).await.expect("accept");
+    }
+    fs::remove_dir_all(dir.path().join("store")).expect("remove");
+    fs::create_dir(dir.path().join("store")).expect("mkdir");
+    let e = refused(dir.path());
+    assert!(e.contains("missing or empty") && e.contains("store"), "{e}");
+}
+
+#[tokio::test]
+async fn truncated_or_garbled_store_files_are_refused_without_a_panic() {
+    // A zero-length version marker.
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(open(dir.path()));
+    fs::write(dir.path().join("store/version"), b"").expect("truncate");
+    let e = refused(dir.path());
+    assert!(e.contains("damaged") && e.contains("version"), "{e}");
+
+    // Every file of the store overwritten with garbage.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = open(dir.path());
+        s.accept(vec![event(key(1), &["a"])], NOW).await.expect("accept");
+    }
+    for f in files(&dir.path().join("store")) {
+        let len = fs::metadata(&f).expect("meta").len().max(16) as usize;
+        let mut junk = vec![0u8; len];
+        rand::thread_rng().fill_bytes(&mut junk);
+        fs::write(&f, junk).expect("garble");
+    }
+    let e = refused(dir.path());
+    assert!(e.contains("damaged") && e.contains("move"), "{e}");
+}
+
+#[tokio::test]
+async fn a_store_of_the_previous_version_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::write(dir.path().join("relay.redb"), b"old").expect("write");
+    let e = refused(dir.path());
+    assert!(e.contains("relay.redb") && e.contains("earlier"), "{e}");
+}
+
+#[tokio::test]
+async fn a_data_dir_in_use_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _first = open(dir.path());
+    let e = refused(dir.path());
+    assert!(e.contains("another postback-relay is using"), "{e}");
+}
+
+#[tokio::test]
+async fn files_are_private_and_hold_no_plaintext_click_id() {
+    let canary = "canary-click-7f3a";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    {
+        let s = open(&data);
+        let mut mac = Hmac::<Sha256>::new_from_slice(&s.dedupe_secret()).expect("key");
+        mac.update(canary.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&digest[..16]);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let mut ev = event(DedupeKey(k), &["a"]);
+        ev.deliveries[0].request.body = Some(format!(r#"{{"click_id_sha256":"{hex}"}}"#));
+        s.accept(vec![ev], NOW).await.expect("accept");
+        let d = s.claim_due("a", NOW, 1).await.expect("claim").remove(0);
+        s.complete(&d.id).await.expect("complete");
+    }
+    let mode = fs::metadata(&data).expect("dir").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "data_dir is private");
+    let key_mode = fs::metadata(data.join("dedupe.key")).expect("key").permissions().mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    let all = files(&data);
+    assert!(all.len() >= 3, "{all:?}");
+    for path in all {
+        let bytes = fs::read(&path).expect("read file");
+        assert!(
+            !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+            "plaintext click id found in {}",
+            path.display()
+        );
+    }
+}
+
+#[tokio::test]
+async fn dedupe_secret_is_created_once_and_stable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = open(dir.path()).dedupe_secret();
+    assert_eq!(open(dir.path()).dedupe_secret(), first);
+    assert_ne!(first, [0u8; 32]);
+}
+
+/// Measures disk bytes per dedupe key (no deliveries): run with
+/// `cargo test --release --lib bytes_per_dedupe_key -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bytes_per_dedupe_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let n = 200_000u64;
+    let mut rng = rand::thread_rng();
+    for chunk in 0..(n / 1000) {
+        let events = (0..1000)
+            .map(|_| {
+                let mut k = [0u8; 16];
+                rng.fill_bytes(&mut k);
+                EventToAccept {
+                    dedupe_key: DedupeKey(k),
+                    deliveries: vec![],
+                }
+            })
+            .collect();
+        s.accept(events, NOW + chunk as i64).await.expect("accept");
+    }
+    drop(s);
+    let bytes: u64 = files(dir.path())
+        .iter()
+        .map(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    println!("{n} keys: {bytes} bytes on disk, {:.1} bytes/key", bytes as f64 / n as f64);
+}

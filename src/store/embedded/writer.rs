@@ -1,0 +1,389 @@
+//! The writer thread: group commit, and recovery after a failed write.
+//!
+//! Every write is sent here over a bounded channel. The writer takes everything
+//! pending (up to `MAX_BATCH` operations), applies them to ONE write batch, commits
+//! it, fsyncs the journal once, and only then answers each caller and updates the
+//! in-memory state (counters, claims). If the commit or the fsync fails, every
+//! operation of the group gets `Unavailable` and the store goes broken: the database
+//! handle is dropped and reopened with backoff, and the in-memory state is read back
+//! from what is on disk. While broken, writes are refused at once.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fjall::{OwnedWriteBatch, PersistMode};
+use tokio::sync::{mpsc, oneshot};
+
+use super::engine::{Engine, Loaded};
+use super::layout::{self, DestId};
+use super::ops::{Op, Outcome};
+use super::{lock, EmbeddedOptions, Loc, Shared, MAX_BATCH};
+use crate::store::{StoreError, StoreResult};
+
+/// Sequence numbers reserved per `meta/seq` write: the high-water mark on disk is
+/// always past every sequence in use, so IDs stay unique across crashes.
+const SEQ_BLOCK: u64 = 1 << 20;
+/// How long a free-space reading is trusted.
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
+const REOPEN_FIRST: Duration = Duration::from_millis(100);
+const REOPEN_MAX: Duration = Duration::from_secs(5);
+/// While broken and idle, how often the writer wakes to try the reopen.
+const BROKEN_POLL: Duration = Duration::from_millis(50);
+
+pub struct Pending {
+    pub op: Op,
+    pub reply: oneshot::Sender<StoreResult<Outcome>>,
+}
+
+/// The writer thread's own state.
+pub struct Writer {
+    pub(super) shared: Arc<Shared>,
+    pub(super) engine: Option<Arc<Engine>>,
+    pub(super) data_dir: PathBuf,
+    pub(super) dedupe_window_ms: i64,
+    pub(super) retention_ms: i64,
+    pub(super) max_queued: u64,
+    pub(super) min_free_space: u64,
+    pub(super) next_seq: u64,
+    pub(super) seq_reserved: u64,
+    pub(super) queued_total: u64,
+    pub(super) disk: Option<(Instant, u64)>,
+    reopen_at: Instant,
+    reopen_wait: Duration,
+}
+
+/// What one group writes and changes, applied to memory only after its commit.
+#[derive(Default)]
+pub struct Group {
+    pub batch: Option<OwnedWriteBatch>,
+    /// Dedupe keys marked in this group (not yet readable from the engine).
+    pub marked: HashSet<[u8; 16]>,
+    /// Counter changes per destination: (queued, dead).
+    pub counts: HashMap<DestId, (i64, i64)>,
+    /// Claims to drop once committed.
+    pub settled: Vec<(DestId, u64)>,
+    /// Deliveries this group already moved: later operations of the group leave them.
+    pub touched: HashSet<(DestId, u64)>,
+    /// Destinations named for the first time in this group.
+    pub new_dests: Vec<(String, DestId)>,
+    pub queued_delta: i64,
+}
+
+impl Group {
+    pub fn count(&mut self, dest: DestId, queued: i64, dead: i64) {
+        let c = self.counts.entry(dest).or_default();
+        c.0 += queued;
+        c.1 += dead;
+        self.queued_delta += queued;
+    }
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Writer {
+    pub fn new(shared: Arc<Shared>, opts: &EmbeddedOptions, loaded: Loaded) -> Writer {
+        let engine = shared.engine().ok();
+        let mut w = Writer {
+            shared,
+            engine,
+            data_dir: opts.data_dir.clone(),
+            dedupe_window_ms: duration_ms(opts.dedupe_window),
+            retention_ms: duration_ms(opts.dlq_retention),
+            max_queued: opts.max_queued,
+            min_free_space: opts.min_free_space,
+            next_seq: 0,
+            seq_reserved: 0,
+            queued_total: 0,
+            disk: None,
+            reopen_at: Instant::now(),
+            reopen_wait: REOPEN_FIRST,
+        };
+        w.install(loaded);
+        w
+    }
+
+    /// Takes the state read from disk as the truth.
+    fn install(&mut self, loaded: Loaded) {
+        self.next_seq = loaded.seq;
+        self.seq_reserved = loaded.seq;
+        self.queued_total = loaded.counts.values().map(|c| c.0).sum();
+        *self.shared.dests.write().unwrap_or_else(|p| p.into_inner()) = loaded.dests;
+        *lock(&self.shared.counts) = loaded.counts;
+    }
+
+    pub fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
+        let mut group = Vec::with_capacity(MAX_BATCH);
+        loop {
+            if self.engine.is_none() {
+                self.try_reopen();
+            }
+            let first = if self.engine.is_some() {
+                match rx.blocking_recv() {
+                    Some(p) => p,
+                    None => break,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(p) => p,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        std::thread::sleep(BROKEN_POLL);
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            };
+            group.push(first);
+            while group.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => group.push(p),
+                    Err(_) => break,
+                }
+            }
+            self.run_group(std::mem::take(&mut group));
+        }
+        // Closing: release the database before the store's owner returns.
+        self.engine = None;
+        *self.shared.engine.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn run_group(&mut self, pending: Vec<Pending>) {
+        let Some(engine) = self.engine.clone() else {
+            let why = self.broken_reason();
+            return answer_all(pending, &why);
+        };
+        let mut g = Group {
+            batch: Some(engine.db.batch()),
+            ..Group::default()
+        };
+        let mut results = Vec::with_capacity(pending.len());
+        for p in &pending {
+            match self.apply(&engine, &mut g, &p.op) {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    self.go_broken(format!("store write failed: {e}"));
+                    return answer_all(pending, &self.broken_reason());
+                }
+            }
+        }
+        if let Err(e) = self.commit(&engine, &mut g) {
+            self.go_broken(format!("store write failed: {e}"));
+            return answer_all(pending, &self.broken_reason());
+        }
+        self.after_commit(g);
+        for (p, r) in pending.into_iter().zip(results) {
+            // The caller may have gone away (cancelled request); the write stands.
+            let _ = p.reply.send(r);
+        }
+    }
+
+    /// Counters into the batch, then commit and fsync.
+    fn commit(&mut self, engine: &Engine, g: &mut Group) -> Result<(), String> {
+        let Some(mut batch) = g.batch.take() else {
+            return Ok(());
+        };
+        {
+            let counts = lock(&self.shared.counts);
+            for (dest, (dq, dd)) in &g.counts {
+                let (q, d) = counts.get(dest).copied().unwrap_or((0, 0));
+                let v = layout::counts_value(q.saturating_add_signed(*dq), d.saturating_add_signed(*dd));
+                batch.insert(&engine.meta, layout::count_meta_key(*dest), v);
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        #[cfg(test)]
+        if self
+            .shared
+            .fail_commits
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err("No space left on device (injected by a test)".into());
+        }
+        batch.commit().map_err(|e| e.to_string())?;
+        engine
+            .db
+            .persist(PersistMode::SyncData)
+            .map_err(|e| format!("fsync: {e}"))?;
+        self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn after_commit(&mut self, g: Group) {
+        self.queued_total = self.queued_total.saturating_add_signed(g.queued_delta);
+        if !g.new_dests.is_empty() {
+            let mut dests = self.shared.dests.write().unwrap_or_else(|p| p.into_inner());
+            for (name, id) in g.new_dests {
+                dests.insert(name, id);
+            }
+        }
+        {
+            let mut counts = lock(&self.shared.counts);
+            for (dest, (dq, dd)) in g.counts {
+                let c = counts.entry(dest).or_default();
+                c.0 = c.0.saturating_add_signed(dq);
+                c.1 = c.1.saturating_add_signed(dd);
+            }
+        }
+        if !g.settled.is_empty() {
+            let mut claims = self.shared.claims();
+            for (dest, seq) in g.settled {
+                if let Some(c) = claims.get_mut(&dest) {
+                    c.claimed.remove(&seq);
+                }
+            }
+        }
+    }
+
+    fn broken_reason(&self) -> String {
+        lock(&self.shared.broken)
+            .clone()
+            .unwrap_or_else(|| "store is unavailable".into())
+    }
+
+    fn go_broken(&mut self, why: String) {
+        tracing::error!(error = %why, "the store cannot write; refusing new events until it can (retrying)");
+        *lock(&self.shared.broken) = Some(why);
+        self.engine = None;
+        *self.shared.engine.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.reopen_wait = REOPEN_FIRST;
+        self.reopen_at = Instant::now() + self.reopen_wait;
+    }
+
+    /// Reopens the database once its backoff has passed; on success the store is
+    /// ready again with the state on disk.
+    fn try_reopen(&mut self) {
+        if Instant::now() < self.reopen_at {
+            return;
+        }
+        let reopened = Engine::open(&self.data_dir).and_then(|e| {
+            let loaded = e.load(&self.data_dir.join(super::engine::DB_DIR))?;
+            Ok((e, loaded))
+        });
+        match reopened {
+            Ok((engine, loaded)) => {
+                let engine = Arc::new(engine);
+                self.install(loaded);
+                self.engine = Some(engine.clone());
+                *self.shared.engine.write().unwrap_or_else(|p| p.into_inner()) = Some(engine);
+                *lock(&self.shared.broken) = None;
+                tracing::info!("the store can write again");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = self.reopen_wait.as_millis() as u64, "the store cannot be reopened yet");
+                *lock(&self.shared.broken) = Some(format!("store is unavailable: {e}"));
+                self.reopen_at = Instant::now() + self.reopen_wait;
+                self.reopen_wait = (self.reopen_wait * 2).min(REOPEN_MAX);
+            }
+        }
+    }
+
+    /// A new sequence number; reserves the next block on disk when needed.
+    pub fn next_seq(&mut self, engine: &Engine, g: &mut Group) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if self.next_seq > self.seq_reserved {
+            self.seq_reserved = self.next_seq + SEQ_BLOCK;
+            if let Some(b) = g.batch.as_mut() {
+                b.insert(&engine.meta, layout::SEQ_META_KEY, self.seq_reserved.to_be_bytes());
+            }
+        }
+        seq
+    }
+
+    /// The destination's number, assigning (and recording) one the first time.
+    pub fn dest_id(&mut self, engine: &Engine, g: &mut Group, name: &str) -> Result<DestId, String> {
+        if let Some(id) = self.shared.dest_id(name) {
+            return Ok(id);
+        }
+        if let Some((_, id)) = g.new_dests.iter().find(|(n, _)| n == name) {
+            return Ok(*id);
+        }
+        let used = self.shared.dests.read().unwrap_or_else(|p| p.into_inner()).len() + g.new_dests.len();
+        let id = DestId::try_from(used + 1).map_err(|_| "more than 65,535 destinations".to_string())?;
+        if let Some(b) = g.batch.as_mut() {
+            b.insert(&engine.meta, layout::dest_meta_key(name), id.to_be_bytes());
+        }
+        g.new_dests.push((name.to_owned(), id));
+        Ok(id)
+    }
+
+    /// `Some(reason)` when the data directory's free space is under the floor. The
+    /// reading is cached for a second; a failed reading does not refuse writes (a real
+    /// write failure would surface as `Unavailable`).
+    pub fn disk_too_full(&mut self) -> Option<String> {
+        if self.min_free_space == 0 {
+            return None;
+        }
+        let free = match self.disk {
+            Some((at, free)) if at.elapsed() < DISK_CHECK_EVERY => free,
+            _ => {
+                let free = free_bytes(&self.data_dir).unwrap_or(u64::MAX);
+                self.disk = Some((Instant::now(), free));
+                free
+            }
+        };
+        (free < self.min_free_space).then(|| {
+            format!(
+                "free space in {} is {} bytes, under the floor of {} bytes",
+                self.data_dir.display(),
+                free,
+                self.min_free_space
+            )
+        })
+    }
+
+    /// Where a delivery's record is: its claim says, else look.
+    pub fn locate(&self, engine: &Engine, dest: DestId, seq: u64) -> Result<Option<Loc>, String> {
+        if let Some(loc) = self
+            .shared
+            .claims()
+            .get(&dest)
+            .and_then(|c| c.claimed.get(&seq).copied())
+        {
+            return Ok(Some(loc));
+        }
+        if engine
+            .queue
+            .contains_key(layout::queue_key(dest, seq))
+            .map_err(|e| e.to_string())?
+        {
+            return Ok(Some(Loc::Fresh));
+        }
+        for item in engine.retry.prefix(dest.to_be_bytes()) {
+            let k = item.key().map_err(|e| e.to_string())?;
+            if let Some((_, due_ms, s)) = layout::parse_retry_key(&k) {
+                if s == seq {
+                    return Ok(Some(Loc::Retry { due_ms }));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn answer_all(pending: Vec<Pending>, why: &str) {
+    for p in pending {
+        let _ = p.reply.send(Err(StoreError::Unavailable(why.to_owned())));
+    }
+}
+
+fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs only writes into the struct we pass; the path is NUL-terminated.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::useless_conversion)] // the field types differ between platforms
+    Ok(u64::from(s.f_bavail).saturating_mul(u64::from(s.f_frsize)))
+}
