@@ -36,7 +36,12 @@ pub fn run(cmd: DlqCommand) -> i32 {
 }
 
 /// Whether a relay answers on the config's listen address.
+/// A relay runs for this config when it holds the store (not merely when something
+/// answers on the config's address: that may be another relay).
 fn relay_is_running(cfg: &Config) -> bool {
+    if cfg.store.backend == crate::config::Backend::Embedded {
+        return crate::store::embedded::EmbeddedStore::in_use(&cfg.data_dir);
+    }
     std::net::TcpStream::connect_timeout(
         &connect_addr(cfg.listen),
         std::time::Duration::from_millis(500),

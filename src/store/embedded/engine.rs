@@ -53,6 +53,18 @@ pub struct Loaded {
     pub seq: u64,
 }
 
+/// Whether a running relay holds the store in `data_dir` (the engine's lock file).
+pub fn in_use(data_dir: &Path) -> bool {
+    let Ok(file) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(data_dir.join(DB_DIR).join("lock"))
+    else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(fs::TryLockError::WouldBlock))
+}
+
 /// Creates `data_dir` (0700), or tightens an existing one to 0700.
 pub fn prepare_dir(dir: &Path) -> Result<(), String> {
     if !dir.exists() {

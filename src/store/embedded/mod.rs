@@ -155,6 +155,11 @@ impl Shared {
 }
 
 impl EmbeddedStore {
+    /// Whether a running relay holds the store in `data_dir`.
+    pub fn in_use(data_dir: &std::path::Path) -> bool {
+        engine::in_use(data_dir)
+    }
+
     /// Opens (or creates) the store in `opts.data_dir` and starts its writer thread.
     /// A damaged store, a store of another format, a missing key file next to a store
     /// (or the reverse) and a data directory in use are refused with a message that

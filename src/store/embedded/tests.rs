@@ -368,3 +368,19 @@ async fn bytes_per_dedupe_key() {
         .sum();
     println!("{n} keys: {bytes} bytes on disk, {:.1} bytes/key", bytes as f64 / n as f64);
 }
+
+#[tokio::test]
+async fn dead_letters_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = open(dir.path());
+        s.accept(vec![event(key(1), &["a"])], NOW).await.expect("accept");
+        let d = s.claim_due("a", NOW, 1).await.expect("claim").remove(0);
+        s.dead_letter(d, NOW).await.expect("dead");
+        assert_eq!(s.dlq_list(None, 10).await.expect("list").len(), 1);
+    }
+    let s = open(dir.path());
+    assert_eq!(counts_of(&s).await, vec![c("a", 0, 1)]);
+    assert_eq!(s.dlq_list(None, 10).await.expect("list").len(), 1);
+    assert_eq!(s.dlq_list(Some("a"), 10).await.expect("list").len(), 1);
+}
