@@ -174,14 +174,9 @@ impl Running {
         }
         drop(self._watcher);
         self.relay.deliverer.clone().shutdown().await;
-        let weak = Arc::downgrade(&self.relay);
-        drop(self.relay);
-        for _ in 0..500 {
-            if weak.strong_count() == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // Closed explicitly: a task that still holds the store cannot keep the data
+        // directory locked after `stop` returns.
+        self.relay.store.close().await;
     }
 }
 

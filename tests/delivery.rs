@@ -541,3 +541,72 @@ allow = ["event_id", "event_name"]
     );
     relay.stop().await;
 }
+
+/// Partner credentials are never stored: a queued delivery holds markers, the send
+/// carries the rule's current values, and a rotated token is what the retry uses.
+#[tokio::test]
+async fn credentials_are_attached_at_send_time_never_stored_and_rotate_for_retries() {
+    let partner = FakePartner::start().await.expect("partner");
+    partner.set_default(Reply::status(503));
+    let rule_with = |token: &str| {
+        format!(
+            r#"[destination]
+url = "{}?key=${{PB_KEY:-key-canary-4711aa}}&eid={{event_id}}"
+method = "GET"
+headers = {{ Authorization = "Bearer ${{PB_TOKEN:-{token}}}" }}
+retry = {{ max_attempts = 20, give_up_after = "1h", initial_backoff = "300ms", max_backoff = "300ms" }}
+
+[privacy]
+allow = ["event_id"]
+"#,
+            partner.url("/pb")
+        )
+    };
+    let relay = TestRelay::start(&[("aff", &rule_with("tok-canary-0815bb"))], "").await;
+    accept(&relay, "e-cred").await;
+    assert!(partner.wait_for_requests(1, Duration::from_secs(20)).await);
+    let first = partner.requests()[0].clone();
+    assert_eq!(first.header("authorization"), Some("Bearer tok-canary-0815bb"));
+    assert_eq!(first.target, "/pb?key=key-canary-4711aa&eid=e-cred");
+    for canary in ["tok-canary-0815bb", "key-canary-4711aa"] {
+        let hits = files_with(&relay.data_dir(), canary.as_bytes());
+        assert!(hits.is_empty(), "{canary} stored in {hits:?}");
+    }
+    // The marketer rotates the token; the retry carries the new one.
+    std::fs::write(
+        relay.rules_dir().join("aff.toml"),
+        rule_with("tok-rotated-9999cc"),
+    )
+    .expect("write rule");
+    let (s, _) = relay
+        .admin_post("/admin/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(s, 200);
+    partner.set_default(Reply::ok());
+    let rotated = |p: &FakePartner| {
+        p.requests()
+            .into_iter()
+            .find(|r| r.header("authorization") == Some("Bearer tok-rotated-9999cc"))
+    };
+    assert!(eventually(20, || async { rotated(&partner).is_some() }).await);
+    let retry = rotated(&partner).expect("a retry with the new token");
+    assert_eq!(retry.header("webhook-id"), first.header("webhook-id"));
+    assert_eq!(retry.target, "/pb?key=key-canary-4711aa&eid=e-cred");
+    relay.stop().await;
+}
+
+fn files_with(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}

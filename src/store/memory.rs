@@ -323,6 +323,8 @@ impl Store for MemStore {
     async fn ready(&self) -> bool {
         true
     }
+
+    async fn close(&self) {}
 }
 
 #[cfg(test)]

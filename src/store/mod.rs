@@ -226,4 +226,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store can take writes now (for `/readyz`).
     async fn ready(&self) -> bool;
+
+    /// Finishes the writes in progress and closes the store (files, connections),
+    /// whoever else still holds it; later calls answer `Unavailable`.
+    async fn close(&self);
 }

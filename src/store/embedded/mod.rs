@@ -78,8 +78,8 @@ pub struct EmbeddedOptions {
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
     secret: [u8; 32],
-    tx: Option<mpsc::Sender<writer::Pending>>,
-    writer: Option<JoinHandle<()>>,
+    tx: Mutex<Option<mpsc::Sender<writer::Pending>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Claims of one destination: what is handed out and not settled, and how far the
@@ -193,8 +193,8 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             shared,
             secret,
-            tx: Some(tx),
-            writer: Some(writer),
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
         })
     }
 
@@ -210,9 +210,8 @@ impl EmbeddedStore {
     }
 
     async fn submit(&self, op: ops::Op) -> StoreResult<ops::Outcome> {
-        let tx = self
-            .tx
-            .as_ref()
+        let tx = lock(&self.tx)
+            .clone()
             .ok_or_else(|| StoreError::Unavailable("store is closed".into()))?;
         let (reply, rx) = oneshot::channel();
         tx.send(writer::Pending { op, reply })
@@ -251,13 +250,21 @@ impl EmbeddedStore {
     }
 }
 
-impl Drop for EmbeddedStore {
-    fn drop(&mut self) {
+impl EmbeddedStore {
+    /// Ends the writer after the writes queued so far and waits for it: the database
+    /// is closed when this returns (a read in flight may hold it a moment longer).
+    fn shut(&self) {
         // Closing the channel ends the writer's loop once it has drained it.
-        drop(self.tx.take());
-        if let Some(writer) = self.writer.take() {
+        drop(lock(&self.tx).take());
+        if let Some(writer) = lock(&self.writer).take() {
             let _ = writer.join();
         }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.shut();
     }
 }
 
@@ -384,7 +391,18 @@ impl Store for EmbeddedStore {
     }
 
     async fn ready(&self) -> bool {
-        self.tx.is_some() && self.shared.engine().is_ok()
+        lock(&self.tx).is_some() && self.shared.engine().is_ok()
+    }
+
+    async fn close(&self) {
+        // Senders cloned by callers in flight keep the channel open until they are
+        // answered; the writer then ends.
+        let tx = lock(&self.tx).take();
+        drop(tx);
+        let writer = lock(&self.writer).take();
+        if let Some(w) = writer {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
     }
 }
 
