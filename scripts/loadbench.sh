@@ -25,6 +25,7 @@
 #   LOADBENCH_TMPDIR=/var/tmp   where the scratch directory goes
 #   LOADBENCH_NO_BUILD=1        use the binaries already built
 #   LOADBENCH_RELAY_LOG=info    RUST_LOG of the relay under test
+#   LOADBENCH_KEEP=1            keep the logs (data dirs are always removed)
 #   CARGO_TARGET_DIR            as for cargo (default ./target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,7 +80,12 @@ cleanup() {
     done < "$work/pids"
   fi
   if [[ -n "$bench_pid" ]]; then wait "$bench_pid" 2>/dev/null || true; fi
-  rm -rf "$work"
+  if [[ "${LOADBENCH_KEEP:-0}" == 1 ]]; then
+    rm -rf "$work"/shape-*
+    echo "loadbench: logs kept in $work/logs" >&2
+  else
+    rm -rf "$work"
+  fi
   exit "$rc"
 }
 trap cleanup EXIT

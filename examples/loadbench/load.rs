@@ -193,7 +193,9 @@ async fn connection(
 ) -> Outcome {
     let mut out = Outcome::default();
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let interval = spec.rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-9)));
+    let interval = spec
+        .rate
+        .map(|r| Duration::from_secs_f64(1.0 / r.max(1e-9)));
     loop {
         let now = Instant::now();
         if end.is_some_and(|e| now >= e) || now >= hard_end {

@@ -134,7 +134,9 @@ fn run(args: RunArgs) -> Result<(), String> {
     if !args.relay.is_file() {
         return Err(format!("no relay binary at {}", args.relay.display()));
     }
-    let partner_ports = (0..3).map(|_| relay::free_port()).collect::<Result<_, _>>()?;
+    let partner_ports = (0..3)
+        .map(|_| relay::free_port())
+        .collect::<Result<_, _>>()?;
     let ctx = Ctx {
         run_id: format!("{:08x}", rand::random::<u32>()),
         pids: args.work.join("pids"),
@@ -300,7 +302,12 @@ fn baselines(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(f64, f64), String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let mut cmd = Command::new(exe);
     cmd.arg("baseline").arg("--listen").arg(addr.to_string());
-    let mut proc = Proc::spawn(cmd, "the baseline", &ctx.logs.join("baseline.log"), &ctx.pids)?;
+    let mut proc = Proc::spawn(
+        cmd,
+        "the baseline",
+        &ctx.logs.join("baseline.log"),
+        &ctx.pids,
+    )?;
     proc.wait_ready(addr, "/", Duration::from_secs(20))?;
 
     // The baseline keeps no state, so a small pool cycled is as good as a unique one.
@@ -345,7 +352,11 @@ struct RunningRelay {
     log: PathBuf,
 }
 
-fn start_relay(ctx: &Ctx, setup: &RelaySetup, log_name: &str) -> Result<(RunningRelay, Duration), String> {
+fn start_relay(
+    ctx: &Ctx,
+    setup: &RelaySetup,
+    log_name: &str,
+) -> Result<(RunningRelay, Duration), String> {
     let addr: SocketAddr = read_listen(&setup.config)?;
     let log = ctx.logs.join(log_name);
     let mut proc = relay::spawn_relay(&ctx.args.relay, setup, &log, &ctx.pids)?;
@@ -404,8 +415,10 @@ fn relay_shape(
     spec.rate = rate;
 
     // Count what the partners receive inside the measured window.
+    // and the CPU the relay and this process (generator + partners) use in it.
     let counters = partners.as_ref().map(|p| p.counters.clone());
     let warmup = ctx.warmup;
+    let relay_stat = format!("/proc/{}/stat", r.proc.pid());
     let sampler = std::thread::spawn(move || {
         std::thread::sleep(warmup);
         let n: u64 = counters
@@ -413,15 +426,32 @@ fn relay_shape(
             .flatten()
             .map(|c| c.requests.load(std::sync::atomic::Ordering::Relaxed))
             .sum();
-        (Instant::now(), n)
+        let cpu = (
+            relay::cpu_secs(&relay_stat),
+            relay::cpu_secs("/proc/self/stat"),
+        );
+        (Instant::now(), n, cpu)
     });
     let o = load::run(spec)?;
-    let end = (Instant::now(), partners.as_ref().map_or(0, |p| p.total_requests()));
-    let (from, n0) = sampler.join().map_err(|_| "sampler panicked")?;
+    let end = (
+        Instant::now(),
+        partners.as_ref().map_or(0, |p| p.total_requests()),
+    );
+    let cpu_end = (r.proc.cpu_secs(), relay::cpu_secs("/proc/self/stat"));
+    let (from, n0, cpu0) = sampler.join().map_err(|_| "sampler panicked")?;
+    let span = end.0.saturating_duration_since(from).as_secs_f64();
+    if let (Some(r0), Some(r1), Some(b0), Some(b1), true) =
+        (cpu0.0, cpu_end.0, cpu0.1, cpu_end.1, span > 0.0)
+    {
+        notes.push(format!(
+            "({name}) CPU in the window: relay {:.2} cores, load generator + fake partners {:.2} cores",
+            (r1 - r0) / span,
+            (b1 - b0) / span
+        ));
+    }
     let postbacks = partners.as_ref().map(|_| {
-        let s = end.0.saturating_duration_since(from).as_secs_f64();
-        if s > 0.0 {
-            (end.1 - n0) as f64 / s
+        if span > 0.0 {
+            (end.1 - n0) as f64 / span
         } else {
             0.0
         }
@@ -448,7 +478,11 @@ fn relay_shape(
     if let (Some(q), true) = (left, partners_up) {
         notes.push(format!(
             "({name}) deliveries still queued when the load stopped: {q}{}",
-            if q > 1000 { " (delivery fell behind ingest)" } else { "" }
+            if q > 1000 {
+                " (delivery fell behind ingest)"
+            } else {
+                ""
+            }
         ));
     }
     if let Some(r) = rate {
@@ -578,8 +612,10 @@ fn drain_shape(ctx: &Ctx) -> Result<(Row, Vec<String>), String> {
         left = relay::queued(r.addr).unwrap_or(u64::MAX);
     }
     let peak = r.proc.status_kib("VmHWM");
-    let body_avg = partners.total(|c| &c.body_bytes) as f64 / delivered.max(1) as f64;
-    let target_avg = partners.total(|c| &c.target_bytes) as f64 / delivered.max(1) as f64;
+    let avg = |total: u64| total as f64 / delivered.max(1) as f64;
+    let body_avg = avg(partners.total(|c| &c.body_bytes));
+    let url_avg = avg(partners.total(|c| &c.url_bytes));
+    let header_avg = avg(partners.total(|c| &c.rule_header_bytes));
     r.proc.terminate(Duration::from_secs(30));
     drop(partners);
     let _ = std::fs::remove_dir_all(&setup.dir);
@@ -601,10 +637,11 @@ fn drain_shape(ctx: &Ctx) -> Result<(Row, Vec<String>), String> {
         ),
         format!(
             "data dir with the backlog: {:.1} MiB = {:.0} bytes per queued delivery; \
-             the rendered request averages {:.0} bytes (body {body_avg:.0} + URL path {target_avg:.0}, plus the rule's headers)",
+             the rendered request averages {:.0} bytes (body {body_avg:.0} + URL {url_avg:.0} + rule headers {header_avg:.0}),              so the store takes {:.1}x the rendered size",
             disk as f64 / (1u64 << 20) as f64,
             disk as f64 / queued_after_kill.max(1) as f64,
-            body_avg + target_avg
+            body_avg + url_avg + header_avg,
+            disk as f64 / queued_after_kill.max(1) as f64 / (body_avg + url_avg + header_avg).max(1.0)
         ),
         format!(
             "drain: {delivered} postbacks in {:.1} s from ready{}; queue after the drain: {}",
@@ -629,7 +666,10 @@ fn drain_shape(ctx: &Ctx) -> Result<(Row, Vec<String>), String> {
         ));
     }
     let row = Row {
-        shape: format!("(f) drain of a {queued_after_kill}-delivery backlog to 3 partners"),
+        shape: format!(
+            "(f) drain of a {}-delivery backlog to 3 partners",
+            report::thousands(queued_after_kill as f64)
+        ),
         rps: None,
         eps: None,
         p50: None,

@@ -78,6 +78,11 @@ impl Proc {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
     }
 
+    /// CPU seconds (user + system) the process has used so far.
+    pub fn cpu_secs(&self) -> Option<f64> {
+        cpu_secs(&format!("/proc/{}/stat", self.pid()))
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -144,6 +149,19 @@ impl Drop for Proc {
     }
 }
 
+/// CPU seconds (user + system) from a `/proc/.../stat` file.
+pub fn cpu_secs(stat_path: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let tick = if tick > 0 { tick as f64 } else { 100.0 };
+    Some((utime + stime) / tick)
+}
+
 /// One blocking HTTP/1.1 request with `Connection: close`; status and body.
 pub fn http(
     addr: SocketAddr,
@@ -153,7 +171,8 @@ pub fn http(
     timeout: Duration,
 ) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     let auth = bearer
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -171,7 +190,10 @@ pub fn http(
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("no HTTP status in {:?}", text.lines().next()))?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()
@@ -368,10 +390,10 @@ pub fn spawn_relay(
     pids: &Path,
 ) -> Result<Proc, String> {
     let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&setup.config)
-        .env("RUST_LOG", std::env::var("LOADBENCH_RELAY_LOG").unwrap_or_else(|_| "info".into()));
+    cmd.arg("serve").arg("--config").arg(&setup.config).env(
+        "RUST_LOG",
+        std::env::var("LOADBENCH_RELAY_LOG").unwrap_or_else(|_| "info".into()),
+    );
     Proc::spawn(cmd, "the relay", log, pids)
 }
 

@@ -71,8 +71,10 @@ pub fn baseline(listen: SocketAddr) -> Result<(), String> {
 pub struct Counters {
     pub requests: AtomicU64,
     pub body_bytes: AtomicU64,
-    /// Bytes of request targets (path and query).
-    pub target_bytes: AtomicU64,
+    /// Bytes of the request URLs (`http://` + host + path and query).
+    pub url_bytes: AtomicU64,
+    /// Bytes (name + value) of the headers a rule renders: Content-Type, Authorization.
+    pub rule_header_bytes: AtomicU64,
 }
 
 /// Fake partners listening on given ports, on their own thread; stopped on drop.
@@ -92,8 +94,10 @@ impl Partners {
                 .map_err(|e| format!("fake partner socket: {e}"))?;
             listeners.push(l);
         }
-        let counters: Vec<Arc<Counters>> =
-            ports.iter().map(|_| Arc::new(Counters::default())).collect();
+        let counters: Vec<Arc<Counters>> = ports
+            .iter()
+            .map(|_| Arc::new(Counters::default()))
+            .collect();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let c2 = counters.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -170,7 +174,15 @@ async fn answer(
     req: Request<Incoming>,
     counters: Arc<Counters>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let target = req.uri().path_and_query().map(|p| p.as_str().len()).unwrap_or(0);
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .map_or(0, |h| h.len());
+    let url = "http://".len() + host + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let rule_headers: usize = [hyper::header::CONTENT_TYPE, hyper::header::AUTHORIZATION]
+        .iter()
+        .filter_map(|n| req.headers().get(n).map(|v| n.as_str().len() + v.len()))
+        .sum();
     let body = req
         .into_body()
         .collect()
@@ -180,9 +192,10 @@ async fn answer(
     counters
         .body_bytes
         .fetch_add(body as u64, Ordering::Relaxed);
+    counters.url_bytes.fetch_add(url as u64, Ordering::Relaxed);
     counters
-        .target_bytes
-        .fetch_add(target as u64, Ordering::Relaxed);
+        .rule_header_bytes
+        .fetch_add(rule_headers as u64, Ordering::Relaxed);
     counters.requests.fetch_add(1, Ordering::Relaxed);
     Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
 }
