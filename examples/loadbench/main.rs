@@ -251,6 +251,7 @@ fn run(args: RunArgs) -> Result<(), String> {
                 )?;
                 r.ratio = None;
                 rows.push(r);
+                rows.push(baseline_at_rate(&ctx, rate, &mut notes)?);
             }
             _ => notes.push("(e) skipped: it needs the rate shape (a) reached".into()),
         }
@@ -344,6 +345,44 @@ fn baselines(ctx: &Ctx, rows: &mut Vec<Row>) -> Result<(f64, f64), String> {
         ));
     }
     Ok((base_single, base_batch))
+}
+
+/// The bare hyper baseline (this program, `baseline`), in its own process.
+fn start_baseline(ctx: &Ctx, log: &str) -> Result<(Proc, SocketAddr), String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], relay::free_port()?).into();
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("baseline").arg("--listen").arg(addr.to_string());
+    let mut proc = Proc::spawn(cmd, "the baseline", &ctx.logs.join(log), &ctx.pids)?;
+    proc.wait_ready(addr, "/", Duration::from_secs(20))?;
+    Ok((proc, addr))
+}
+
+/// The bare hyper baseline at the open-loop rate of (e): the floor of the latency
+/// this generator and machine can show at that rate.
+fn baseline_at_rate(ctx: &Ctx, rate: f64, notes: &mut Vec<String>) -> Result<Row, String> {
+    eprintln!("loadbench: bare hyper baseline at {rate:.0} req/s");
+    let (mut proc, addr) = start_baseline(ctx, "baseline-rate.log")?;
+    let pool = events::pool(&ctx.run_id, 50_000, 1, None, ctx.threads)?;
+    let mut spec = ctx.spec(addr, Arc::new(pool.requests), true);
+    spec.rate = Some(rate);
+    let o = load::run(spec)?;
+    let rss = proc.status_kib("VmHWM");
+    proc.terminate(Duration::from_secs(5));
+    if let Some(p99) = load::quantile_ms(&o.corrected_us, 0.99) {
+        notes.push(format!(
+            "(e) bare hyper at the same rate: p99 from each request's due time = {p99:.2} ms"
+        ));
+    }
+    shape_notes("e, bare hyper", &o, notes);
+    Ok(Row::from_outcome(
+        &format!("bare hyper 1.x baseline at the same {rate:.0} req/s"),
+        &o,
+        1,
+        None,
+        rss,
+        None,
+    ))
 }
 
 struct RunningRelay {
@@ -637,7 +676,8 @@ fn drain_shape(ctx: &Ctx) -> Result<(Row, Vec<String>), String> {
         ),
         format!(
             "data dir with the backlog: {:.1} MiB = {:.0} bytes per queued delivery; \
-             the rendered request averages {:.0} bytes (body {body_avg:.0} + URL {url_avg:.0} + rule headers {header_avg:.0}),              so the store takes {:.1}x the rendered size",
+             the rendered request averages {:.0} bytes (body {body_avg:.0} + URL {url_avg:.0} + rule headers {header_avg:.0}), \
+             so the store takes {:.1}x the rendered size",
             disk as f64 / (1u64 << 20) as f64,
             disk as f64 / queued_after_kill.max(1) as f64,
             body_avg + url_avg + header_avg,
