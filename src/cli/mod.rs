@@ -26,6 +26,43 @@ mod dlq;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on standard error: `text` (default on a terminal) or `json` (one
+    /// object per line; default otherwise). The level comes from RUST_LOG (default
+    /// `info`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Sets up logging to standard error: `RUST_LOG` (default `info`) and the format.
+pub fn init_logging(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let terminal = std::io::stderr().is_terminal();
+    let format = format.unwrap_or(if terminal {
+        LogFormat::Text
+    } else {
+        LogFormat::Json
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(terminal).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +139,7 @@ pub enum DlqCommand {
 
 /// Runs a parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    init_logging(cli.log_format);
     match cli.command {
         Command::Serve {
             config,
