@@ -17,7 +17,8 @@ hash = ["user.email"]
 #[tokio::test]
 async fn duplicate_click_id_within_window_is_refused_after_restart_and_accepted_after_it() {
     // A window shorter than the signature tolerance is refused: shorten both.
-    let config = config_text("[dedupe]\nwindow = \"2s\"\n").replace("tolerance = \"5m\"", "tolerance = \"2s\"");
+    let config = config_text("[dedupe]\nwindow = \"2s\"\n")
+        .replace("tolerance = \"5m\"", "tolerance = \"2s\"");
     let relay = TestRelay::start_with_config(&[], &config).await;
     let (s, v) = relay
         .post_json("m1", &event("a1", "install", "clk-restart"))
