@@ -9,58 +9,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, RulesEnv};
 use crate::dedupe::DedupeRule;
 use crate::deliver::{BreakerSettings, DeliverOptions, Deliverer};
 use crate::diag::{Diagnostic, Env};
+use crate::http::tls::TlsCertificates;
+use crate::http::{Edge, Listener, Routes};
 use crate::ingest::verify::Verifier;
-use crate::outbound::DeliverySettings;
-use crate::rules::{RuleSet, RulesHandle};
+use crate::metrics::Metrics;
+use crate::rules::RulesHandle;
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::Store;
 
-/// Everything a request handler needs.
-pub struct Relay {
-    pub config: Config,
-    pub verifier: Verifier,
-    pub dedupe: DedupeRule,
-    pub dedupe_secret: [u8; 32],
-    pub rules: RulesHandle,
-    pub store: Arc<dyn Store>,
-    pub deliverer: Deliverer,
-}
-
-impl Relay {
-    /// Reloads the rule files; on success the delivery workers follow the new set.
-    /// On error nothing changes. Returns the enabled destinations' names.
-    pub fn reload_rules(&self) -> Result<Vec<String>, Vec<Diagnostic>> {
-        self.rules.reload_and_log()?;
-        self.follow_rules();
-        Ok(self
-            .rules
-            .current()
-            .destinations()
-            .iter()
-            .map(|d| d.name.clone())
-            .collect())
-    }
-
-    /// Points the delivery workers at the rules in force, and dead-letters what is
-    /// still queued for destinations whose rule file is gone.
-    fn follow_rules(&self) {
-        let current = self.rules.current();
-        self.deliverer
-            .update_destinations(delivery_settings(&current));
-        let store = self.store.clone();
-        let rules = self.rules.clone();
-        self.deliverer
-            .spawn(async move { retire_removed(&*store, &rules).await });
-    }
-}
+pub use crate::relay::{delivery_settings, Relay};
 
 /// Moves the queue of every destination without a rule file (enabled or not) to the
 /// dead-letter queue, with a reason that says how to bring it back.
@@ -92,13 +56,6 @@ pub async fn retire_removed(store: &dyn Store, rules: &RulesHandle) {
     }
 }
 
-pub fn delivery_settings(rules: &RuleSet) -> Vec<(String, DeliverySettings)> {
-    rules
-        .destinations()
-        .iter()
-        .map(|d| (d.name.clone(), d.delivery.clone()))
-        .collect()
-}
 
 /// Why the relay could not start.
 #[derive(Debug)]
@@ -106,6 +63,7 @@ pub enum StartError {
     Invalid(Vec<Diagnostic>),
     Store(String),
     Listen(String),
+    Tls(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -122,6 +80,7 @@ impl std::fmt::Display for StartError {
             }
             StartError::Store(e) => write!(f, "cannot open the store: {e}"),
             StartError::Listen(e) => write!(f, "cannot listen: {e}"),
+            StartError::Tls(e) => write!(f, "cannot start TLS: {e}"),
         }
     }
 }
@@ -154,10 +113,13 @@ pub fn breaker_settings(config: &Config) -> BreakerSettings {
 
 /// A started relay.
 pub struct Running {
+    /// The ingest listener's address.
     pub addr: SocketAddr,
+    /// The admin listener's address, with `[admin] listen`.
+    pub admin_addr: Option<SocketAddr>,
     pub relay: Arc<Relay>,
     shutdown: watch::Sender<bool>,
-    server: JoinHandle<()>,
+    servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -167,7 +129,9 @@ impl Running {
     /// waits until the store is closed (so the same data_dir can be opened again).
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.server.await;
+        for s in self.servers {
+            let _ = s.await;
+        }
         for b in self.background {
             b.abort();
             let _ = b.await;
@@ -180,16 +144,29 @@ impl Running {
     }
 }
 
-/// Builds and starts the relay: store, rules, delivery workers, HTTP server.
+/// How long stopping waits for requests in flight.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Builds and starts the relay: store, rules, delivery workers, HTTP listeners.
 pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Running, StartError> {
-    let rules = RulesHandle::load(&config.rules_dir, env).map_err(StartError::Invalid)?;
+    let rules_env = Arc::new(RulesEnv::new(env, config.rules_env.clone()));
+    let rules = RulesHandle::load(&config.rules_dir, rules_env).map_err(StartError::Invalid)?;
+    let tls = match &config.tls {
+        Some(files) => Some(TlsCertificates::load(files).map_err(StartError::Tls)?),
+        None => None,
+    };
     let store = open_store(&config).map_err(StartError::Store)?;
-    let listener = TcpListener::bind(config.listen)
+    let ingest = crate::http::bind(config.listen)
         .await
-        .map_err(|e| StartError::Listen(format!("{}: {e}", config.listen)))?;
-    let addr = listener
+        .map_err(StartError::Listen)?;
+    let admin = match config.admin_listen {
+        Some(a) => Some(crate::http::bind(a).await.map_err(StartError::Listen)?),
+        None => None,
+    };
+    let addr = ingest
         .local_addr()
         .map_err(|e| StartError::Listen(e.to_string()))?;
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let deliverer = Deliverer::start(
         store.clone(),
         delivery_settings(&rules.current()),
@@ -200,6 +177,8 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
         },
     )
     .map_err(|e| StartError::Store(e.to_string()))?;
+    let metrics = Arc::new(Metrics::new());
+    deliverer.observe(metrics.clone());
     let relay = Arc::new(Relay {
         verifier: Verifier::new(&config.ingest.secrets, config.ingest.tolerance),
         dedupe: DedupeRule::new(&config.dedupe),
@@ -207,44 +186,125 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
         rules,
         store,
         deliverer,
+        metrics,
+        tls: tls.clone(),
         config,
     });
+    warn_if_descriptors_are_short(&relay.config);
 
     let (shutdown, rx) = watch::channel(false);
-    let server = tokio::spawn(crate::server::serve(
-        relay.clone(),
-        listener,
+    let edge = Edge::new(relay.clone());
+    let mut servers = vec![tokio::spawn(crate::http::serve(
+        edge.clone(),
+        Listener {
+            name: "ingest",
+            tcp: ingest,
+            routes: Routes::Ingest {
+                admin: admin.is_none(),
+            },
+            tls,
+        },
         rx.clone(),
-        Duration::from_secs(10),
-    ));
+        GRACE,
+    ))];
+    if let Some(tcp) = admin {
+        servers.push(tokio::spawn(crate::http::serve(
+            edge,
+            Listener {
+                name: "admin",
+                tcp,
+                routes: Routes::Admin,
+                tls: None,
+            },
+            rx,
+            GRACE,
+        )));
+    }
     let background = vec![tokio::spawn(purge_loop(relay.clone()))];
-    let watcher = {
-        let r = Arc::downgrade(&relay);
-        match crate::rules::spawn_watcher(relay.rules.clone(), move || {
-            if let Some(r) = r.upgrade() {
-                r.follow_rules();
-            }
-        }) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch the rules directory; reload with SIGHUP or POST /admin/reload");
-                None
-            }
-        }
-    };
-    tracing::info!(
-        listen = %addr,
-        destinations = relay.rules.current().destinations().len(),
-        "postback-relay ready"
-    );
+    let watcher = watch_rules(&relay);
+    log_ready(&relay, addr, admin_addr);
     Ok(Running {
         addr,
+        admin_addr,
         relay,
         shutdown,
-        server,
+        servers,
         background,
         _watcher: watcher,
     })
+}
+
+fn watch_rules(relay: &Arc<Relay>) -> Option<notify::RecommendedWatcher> {
+    let r = Arc::downgrade(relay);
+    let watched = crate::rules::spawn_watcher(relay.rules.clone(), move |applied| {
+        if let Some(r) = r.upgrade() {
+            r.metrics.rule_reload(applied);
+            if applied {
+                r.follow_rules();
+            }
+        }
+    });
+    match watched {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the rules directory; reload with SIGHUP or POST /admin/reload");
+            None
+        }
+    }
+}
+
+/// The start-up summary: one line with what an operator checks first.
+fn log_ready(relay: &Relay, addr: SocketAddr, admin_addr: Option<SocketAddr>) {
+    let cfg = &relay.config;
+    let rules = relay.rules.current();
+    let names: Vec<&str> = rules
+        .destinations()
+        .iter()
+        .map(|d| d.name.as_str())
+        .collect();
+    let admin = match (&cfg.admin_token, admin_addr) {
+        (None, _) => "off".to_string(),
+        (Some(_), Some(a)) => a.to_string(),
+        (Some(_), None) => "on the ingest listener".to_string(),
+    };
+    tracing::info!(
+        listen = %addr,
+        tls = cfg.tls.is_some(),
+        admin = %admin,
+        destinations = names.len(),
+        names = %names.join(","),
+        data_dir = %cfg.data_dir.display(),
+        rules_dir = %cfg.rules_dir.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "postback-relay ready"
+    );
+}
+
+/// Warns when the open-files limit is below what the connection caps need: past it,
+/// accepts fail (EMFILE) before the cap is reached. Linux only (`/proc`).
+fn warn_if_descriptors_are_short(cfg: &Config) {
+    let listeners = 1 + usize::from(cfg.admin_listen.is_some());
+    let needed = cfg.server.max_connections * listeners + 128;
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| open_files_limit(&text));
+    if let Some(limit) = limit.filter(|l| *l < needed) {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections = cfg.server.max_connections,
+            "the open-files limit (ulimit -n) is below max_connections per listener + 128; raise it (systemd: LimitNOFILE) or lower [server] max_connections"
+        );
+    }
+}
+
+/// The soft "Max open files" of a `/proc/self/limits` text.
+fn open_files_limit(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 async fn purge_loop(relay: Arc<Relay>) {
@@ -290,6 +350,7 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
                         Ok(names) => tracing::info!(destinations = names.len(), "rules reloaded (SIGHUP)"),
                         Err(errors) => tracing::warn!(errors = errors.len(), "rule reload on SIGHUP refused"),
                     }
+                    relay.reload_tls();
                 }
             }
         }
@@ -306,4 +367,14 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
     running.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_soft_open_files_limit() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units\nMax cpu time              unlimited            unlimited            seconds\nMax open files            256                  4096                 files\n";
+        assert_eq!(super::open_files_limit(text), Some(256));
+        assert_eq!(super::open_files_limit("nothing"), None);
+    }
 }

@@ -9,49 +9,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine;
-
 use crate::diag::{Diagnostic, Env, Source};
 use crate::settings::{Doc, Section};
 
-/// A Standard Webhooks signing secret, decoded (`whsec_` + base64 of the key bytes).
-#[derive(Clone, PartialEq, Eq)]
-pub struct WebhookSecret {
-    /// As written (for `send`, which signs with it).
-    pub text: String,
-    pub key: Vec<u8>,
-}
-
-impl std::fmt::Debug for WebhookSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WebhookSecret(****)")
-    }
-}
-
-impl WebhookSecret {
-    /// Parses `whsec_<base64>` (the prefix is optional, as in the reference libraries).
-    pub fn parse(text: &str) -> Result<WebhookSecret, String> {
-        let b64 = text.strip_prefix("whsec_").unwrap_or(text);
-        if b64.is_empty() {
-            return Err("secret is empty; write \"whsec_\" followed by base64 key bytes".into());
-        }
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| {
-                format!("secret is not valid base64 after \"whsec_\" ({e}); write \"whsec_\" followed by base64 key bytes")
-            })?;
-        if key.len() < 16 {
-            return Err(format!(
-                "secret key is {} bytes; use at least 16 random bytes (24-64 is usual)",
-                key.len()
-            ));
-        }
-        Ok(WebhookSecret {
-            text: text.to_string(),
-            key,
-        })
-    }
-}
+/// A Standard Webhooks signing secret (`whsec_` + base64 of the key bytes); the
+/// protocol lives in `crate::webhooks`.
+pub use crate::webhooks::Secret as WebhookSecret;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestConfig {
@@ -86,6 +49,118 @@ pub struct StoreConfig {
     pub dlq_retention: Duration,
 }
 
+/// Limits of the HTTP listeners (`[server]`): what a client on the open internet may
+/// hold of the relay, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// From the first byte of a request to the end of its headers (and the TLS
+    /// handshake of a new connection).
+    pub header_read_timeout: Duration,
+    /// From the end of the headers to the end of the body.
+    pub body_read_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Open connections at once per listener; past it, new ones wait in the kernel's
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// Bytes of request bodies being read at once, all requests together.
+    pub max_body_bytes_in_flight: u64,
+    /// Request line plus headers; past it the answer is 431.
+    pub max_header_size: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+    /// After refusing a body (413, 401, ...): how long, and how many bytes, the rest
+    /// of it is read and discarded so that the client gets to read the answer.
+    pub linger_timeout: Duration,
+    pub linger_bytes: u64,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_body_bytes_in_flight: 64 << 20,
+            max_header_size: 16 << 10,
+            h2_max_concurrent_streams: 100,
+            linger_timeout: Duration::from_secs(5),
+            linger_bytes: 16 << 20,
+        }
+    }
+}
+
+/// TLS on the ingest listener (`[tls]`). Files are read at start and on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by one of these CAs.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Which environment variables rule files may read (`[rules] allow_env`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RulesEnvPolicy {
+    /// Names, or prefixes written `NAME_*`.
+    pub allow: Vec<String>,
+    /// Variables the config file reads itself (its secrets): never for rule files.
+    pub reserved: Vec<String>,
+    /// The config file, for messages.
+    pub config_file: PathBuf,
+}
+
+/// Variables with this prefix belong to the relay's own configuration.
+pub const RESERVED_ENV_PREFIX: &str = "POSTBACK_RELAY_";
+
+impl RulesEnvPolicy {
+    /// `Err(message)` when a rule file may not read `name`.
+    pub fn check(&self, name: &str) -> Result<(), String> {
+        let file = self.config_file.display();
+        if self.reserved.iter().any(|r| r == name) || name.starts_with(RESERVED_ENV_PREFIX) {
+            return Err(format!(
+                "rule files may not read the environment variable {name}: it holds the relay's own settings (the config {file} reads it); give the partner's value a variable of its own"
+            ));
+        }
+        let allowed = self.allow.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => a == name,
+        });
+        if allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "rule files may only read the environment variables listed in [rules] allow_env of {file}, and {name} is not listed; add \"{name}\" (or a prefix such as \"{}*\") there",
+                name.split('_').next().map(|p| format!("{p}_")).unwrap_or_default()
+            ))
+        }
+    }
+}
+
+/// The environment as rule files see it: only what `[rules] allow_env` lets through.
+pub struct RulesEnv {
+    inner: std::sync::Arc<dyn Env + Send + Sync>,
+    policy: RulesEnvPolicy,
+}
+
+impl RulesEnv {
+    pub fn new(inner: std::sync::Arc<dyn Env + Send + Sync>, policy: RulesEnvPolicy) -> RulesEnv {
+        RulesEnv { inner, policy }
+    }
+}
+
+impl Env for RulesEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.policy.check(name).ok()?;
+        self.inner.var(name)
+    }
+
+    fn refuse(&self, name: &str) -> Option<String> {
+        self.policy.check(name).err()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The file this came from.
@@ -105,6 +180,11 @@ pub struct Config {
     pub breaker_cool_down: Duration,
     /// Bearer token for `/admin`; `None` turns the admin API off.
     pub admin_token: Option<String>,
+    /// `[admin] listen`: the admin API and `/metrics` on their own listener.
+    pub admin_listen: Option<SocketAddr>,
+    pub server: ServerLimits,
+    pub tls: Option<TlsConfig>,
+    pub rules_env: RulesEnvPolicy,
 }
 
 /// Command-line values that take precedence over the file.
@@ -146,7 +226,7 @@ impl Config {
         let doc = Doc::parse(&source);
         let cfg = doc
             .root()
-            .and_then(|root| read_config(root, path, overrides));
+            .and_then(|root| read_config(root, path, overrides, &source.vars));
         errors.extend(doc.into_errors());
         errors.sort_by_key(|d| (d.line, d.col));
         match cfg {
@@ -185,20 +265,12 @@ fn relative_to(config_path: &Path, p: &str) -> PathBuf {
     }
 }
 
-fn read_config(root: Section<'_>, path: &Path, ov: &Overrides) -> Option<Config> {
+fn read_config(root: Section<'_>, path: &Path, ov: &Overrides, vars: &[String]) -> Option<Config> {
     let doc = root.doc;
     let before = doc.error_count();
 
     let listen = match root.get("listen") {
-        Some(f) => f.as_str("\"127.0.0.1:8080\"").and_then(|s| {
-            s.parse::<SocketAddr>()
-                .map_err(|_| {
-                    f.error(format!(
-                        "`listen` is \"{s}\", not an address with a port; write e.g. listen = \"127.0.0.1:8080\" or \"0.0.0.0:8080\""
-                    ))
-                })
-                .ok()
-        }),
+        Some(f) => read_addr(&f, "listen = \"127.0.0.1:8080\" or \"0.0.0.0:8080\""),
         None => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
     };
     let data_dir = root
@@ -209,177 +281,14 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides) -> Option<Config>
         .str("rules_dir", "\"rules\"")
         .map(|s| relative_to(path, &s))
         .unwrap_or_else(|| relative_to(path, "rules"));
-
-    // [ingest]
-    let mut secrets = Vec::new();
-    let mut tolerance = Duration::from_secs(300);
-    let mut max_body = 1 << 20;
-    let mut max_batch = 1000usize;
-    match root.section("ingest", "[ingest]") {
-        Some(ingest) => {
-            match ingest.get("secrets") {
-                Some(f) => {
-                    if let Some(list) = f.as_str_list("secrets = [\"${POSTBACK_RELAY_SECRET}\"]") {
-                        if list.is_empty() {
-                            f.error("`ingest.secrets` is empty; list at least one Standard Webhooks secret, e.g. secrets = [\"${POSTBACK_RELAY_SECRET}\"]");
-                        }
-                        for (s, span) in list {
-                            match WebhookSecret::parse(&s) {
-                                Ok(sec) => secrets.push(sec),
-                                Err(e) => doc.error(span, format!("`ingest.secrets`: {e}")),
-                            }
-                        }
-                    }
-                }
-                None => {
-                    ingest.require("secrets", "[\"${POSTBACK_RELAY_SECRET}\"]");
-                }
-            }
-            if let Some(d) = ingest.duration("tolerance", "\"5m\"") {
-                if d.is_zero() {
-                    ingest.error("`ingest.tolerance` must be more than zero, e.g. \"5m\"");
-                }
-                tolerance = d;
-            }
-            if let Some(f) = ingest.get("max_body") {
-                if let Some(n) = f.as_size("\"1MiB\"") {
-                    if n == 0 || n > (1 << 30) {
-                        f.error("`ingest.max_body` must be between 1 byte and 1GiB, e.g. \"1MiB\"");
-                    }
-                    max_body = n;
-                }
-            }
-            if let Some(n) = ingest.int("max_batch", 1, 100_000, "1000") {
-                max_batch = n as usize;
-            }
-            ingest.finish();
-        }
-        None => {
-            root.error(
-                "missing [ingest] with `secrets`: the relay accepts only signed events; add:\n[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]",
-            );
-        }
-    }
-
-    // [dedupe]
-    let mut dedupe = DedupeConfig {
-        window: Duration::from_secs(7 * 86400),
-        key: vec!["click_id".into(), "event_name".into()],
-        by_event: BTreeMap::new(),
-    };
-    if let Some(d) = root.section("dedupe", "[dedupe]") {
-        if let Some(w) = d.duration("window", "\"7d\"") {
-            if w < Duration::from_secs(1) {
-                d.error("`dedupe.window` must be at least 1s, e.g. \"7d\"");
-            }
-            dedupe.window = w;
-        }
-        if let Some(f) = d.get("key") {
-            if let Some(k) = f.as_str_list("[\"click_id\", \"event_name\"]") {
-                if k.is_empty() {
-                    f.error("`dedupe.key` is empty; name at least one field, e.g. [\"click_id\", \"event_name\"]");
-                }
-                dedupe.key = k.into_iter().map(|(s, _)| s).collect();
-            }
-        }
-        if let Some(by) = d.section(
-            "by_event",
-            "{ purchase = [\"click_id\", \"properties.order_id\"] }",
-        ) {
-            for (name, f) in by.entries() {
-                if let Some(k) = f.as_str_list("[\"click_id\", \"properties.order_id\"]") {
-                    if k.is_empty() {
-                        f.error(format!(
-                            "`dedupe.by_event.{name}` is empty; name at least one field"
-                        ));
-                    }
-                    dedupe
-                        .by_event
-                        .insert(name, k.into_iter().map(|(s, _)| s).collect());
-                }
-            }
-            by.finish();
-        }
-        d.finish();
-    }
-
-    // [store]
-    let mut store = StoreConfig {
-        backend: Backend::Embedded,
-        redis_url: "redis://127.0.0.1:6379".into(),
-        max_queued: 10_000_000,
-        min_free_space: 256 << 20,
-        dlq_retention: Duration::from_secs(30 * 86400),
-    };
-    if let Some(s) = root.section("store", "[store]") {
-        if let Some(f) = s.get("backend") {
-            match f.as_str("\"embedded\"") {
-                Some("embedded") => store.backend = Backend::Embedded,
-                Some("redis") => {
-                    store.backend = Backend::Redis;
-                    f.error("`store.backend = \"redis\"` is not available in this version yet; write backend = \"embedded\"");
-                }
-                Some(other) => f.error(format!(
-                    "`store.backend` is \"{other}\"; write \"embedded\" or \"redis\""
-                )),
-                None => {}
-            }
-        }
-        if let Some(u) = s.str("redis_url", "\"redis://127.0.0.1:6379\"") {
-            store.redis_url = u;
-        }
-        if let Some(n) = s.int("max_queued", 1, i64::MAX, "10000000") {
-            store.max_queued = n as u64;
-        }
-        if let Some(n) = s.size("min_free_space", "\"256MiB\"") {
-            store.min_free_space = n;
-        }
-        if let Some(d) = s.duration("dlq_retention", "\"30d\"") {
-            store.dlq_retention = d;
-        }
-        s.finish();
-    }
-
-    let mut allow_private_networks = false;
-    let mut breaker_failures = 5u32;
-    let mut breaker_cool_down = Duration::from_secs(30);
-    if let Some(d) = root.section("delivery", "[delivery]") {
-        if let Some(b) = d.bool("allow_private_networks") {
-            allow_private_networks = b;
-        }
-        if let Some(n) = d.int("breaker_failures", 1, 1_000_000, "5") {
-            breaker_failures = n as u32;
-        }
-        if let Some(f) = d.get("breaker_cool_down") {
-            if let Some(c) = f.as_duration("\"30s\"") {
-                if c.is_zero() {
-                    f.error("`delivery.breaker_cool_down` must be more than zero, e.g. \"30s\"");
-                }
-                breaker_cool_down = c;
-            }
-        }
-        d.finish();
-    }
-
-    let mut admin_token = None;
-    if let Some(a) = root.section("admin", "[admin]") {
-        if let Some(f) = a.get("token") {
-            if let Some(t) = f.as_str("\"${POSTBACK_RELAY_ADMIN_TOKEN:-}\"") {
-                if !t.is_empty() {
-                    if t.len() < 16 {
-                        f.error("`admin.token` is shorter than 16 characters; use a long random token, or leave it empty to turn the admin API off");
-                    }
-                    admin_token = Some(t.to_string());
-                }
-            }
-        }
-        a.finish();
-    }
-
-    if let Some(t) = root.get("tls") {
-        t.error("[tls] is not available in this version yet; terminate TLS in front of the relay for now, and remove [tls]");
-    }
-
+    let ingest = read_ingest(&root);
+    let dedupe = read_dedupe(&root, ingest.tolerance);
+    let store = read_store(&root);
+    let delivery = read_delivery(&root);
+    let (admin_token, admin_listen) = read_admin(&root);
+    let server = read_server(&root, ingest.max_body);
+    let tls = read_tls(&root, path);
+    let rules_env = read_rules(&root, path, vars);
     root.finish();
 
     if doc.error_count() > before {
@@ -390,19 +299,403 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides) -> Option<Config>
         listen: ov.listen.or(listen)?,
         data_dir: ov.data_dir.clone().unwrap_or(data_dir),
         rules_dir: ov.rules_dir.clone().unwrap_or(rules_dir),
-        ingest: IngestConfig {
-            secrets,
-            tolerance,
-            max_body,
-            max_batch,
-        },
+        ingest,
         dedupe,
         store,
-        allow_private_networks,
-        breaker_failures,
-        breaker_cool_down,
+        allow_private_networks: delivery.allow_private_networks,
+        breaker_failures: delivery.breaker_failures,
+        breaker_cool_down: delivery.breaker_cool_down,
         admin_token,
+        admin_listen,
+        server,
+        tls,
+        rules_env,
     })
+}
+
+fn read_addr(f: &crate::settings::Field<'_>, example: &str) -> Option<SocketAddr> {
+    let s = f.as_str("\"127.0.0.1:8080\"")?;
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            f.error(format!(
+                "`{}` is not an IP address with a port; write e.g. {example}",
+                f.name()
+            ));
+            None
+        }
+    }
+}
+
+fn read_ingest(root: &Section<'_>) -> IngestConfig {
+    let mut cfg = IngestConfig {
+        secrets: Vec::new(),
+        tolerance: Duration::from_secs(300),
+        max_body: 1 << 20,
+        max_batch: 1000,
+    };
+    let Some(ingest) = root.section("ingest", "[ingest]") else {
+        root.error(
+            "missing [ingest] with `secrets`: the relay accepts only signed events; add:\n[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]",
+        );
+        return cfg;
+    };
+    match ingest.get("secrets") {
+        Some(f) => cfg.secrets = read_secrets(&f),
+        None => {
+            ingest.require("secrets", "[\"${POSTBACK_RELAY_SECRET}\"]");
+        }
+    }
+    if let Some(d) = ingest.duration("tolerance", "\"5m\"") {
+        if d.is_zero() {
+            ingest.error("`ingest.tolerance` must be more than zero, e.g. \"5m\"");
+        }
+        cfg.tolerance = d;
+    }
+    if let Some(f) = ingest.get("max_body") {
+        if let Some(n) = f.as_size("\"1MiB\"") {
+            if n == 0 || n > (1 << 30) {
+                f.error("`ingest.max_body` must be between 1 byte and 1GiB, e.g. \"1MiB\"");
+            }
+            cfg.max_body = n;
+        }
+    }
+    if let Some(n) = ingest.int("max_batch", 1, 100_000, "1000") {
+        cfg.max_batch = n as usize;
+    }
+    ingest.finish();
+    cfg
+}
+
+/// `ingest.secrets`; errors describe what is wrong, never show the secret.
+fn read_secrets(f: &crate::settings::Field<'_>) -> Vec<WebhookSecret> {
+    let mut secrets = Vec::new();
+    let Some(list) = f.as_str_list("secrets = [\"${POSTBACK_RELAY_SECRET}\"]") else {
+        return secrets;
+    };
+    if list.is_empty() {
+        f.error("`ingest.secrets` is empty; list at least one Standard Webhooks secret, e.g. secrets = [\"${POSTBACK_RELAY_SECRET}\"]");
+    }
+    let hint = "write \"whsec_\" followed by the base64 of at least 16 random bytes";
+    for (s, span) in list {
+        match WebhookSecret::parse(&s) {
+            Ok(sec) if sec.key_len() < crate::webhooks::MIN_INGEST_KEY => f.doc.error(
+                span,
+                format!(
+                    "`ingest.secrets`: the secret's key is {} bytes, too short; {hint} (24-64 is usual)",
+                    sec.key_len()
+                ),
+            ),
+            Ok(sec) => secrets.push(sec),
+            Err(e) => f.doc.error(span, format!("`ingest.secrets`: {e}; {hint}")),
+        }
+    }
+    secrets
+}
+
+fn read_dedupe(root: &Section<'_>, tolerance: Duration) -> DedupeConfig {
+    let mut dedupe = DedupeConfig {
+        window: Duration::from_secs(7 * 86400),
+        key: vec!["click_id".into(), "event_name".into()],
+        by_event: BTreeMap::new(),
+    };
+    let Some(d) = root.section("dedupe", "[dedupe]") else {
+        return dedupe;
+    };
+    if let Some(f) = d.get("window") {
+        if let Some(w) = f.as_duration("\"7d\"") {
+            if w < Duration::from_secs(1) {
+                f.error("`dedupe.window` must be at least 1s, e.g. \"7d\"");
+            } else if w < tolerance {
+                f.error(format!(
+                    "`dedupe.window` ({}s) is shorter than `ingest.tolerance` ({}s): a captured request could be replayed after its dedupe key expired and be delivered twice; make the window at least as long as the tolerance, e.g. \"7d\"",
+                    w.as_secs(),
+                    tolerance.as_secs()
+                ));
+            }
+            dedupe.window = w;
+        }
+    }
+    if let Some(f) = d.get("key") {
+        if let Some(k) = f.as_str_list("[\"click_id\", \"event_name\"]") {
+            if k.is_empty() {
+                f.error("`dedupe.key` is empty; name at least one field, e.g. [\"click_id\", \"event_name\"]");
+            }
+            dedupe.key = k.into_iter().map(|(s, _)| s).collect();
+        }
+    }
+    if let Some(by) = d.section(
+        "by_event",
+        "{ purchase = [\"click_id\", \"properties.order_id\"] }",
+    ) {
+        for (name, f) in by.entries() {
+            if let Some(k) = f.as_str_list("[\"click_id\", \"properties.order_id\"]") {
+                if k.is_empty() {
+                    f.error(format!(
+                        "`dedupe.by_event.{name}` is empty; name at least one field"
+                    ));
+                }
+                dedupe
+                    .by_event
+                    .insert(name, k.into_iter().map(|(s, _)| s).collect());
+            }
+        }
+        by.finish();
+    }
+    d.finish();
+    dedupe
+}
+
+fn read_store(root: &Section<'_>) -> StoreConfig {
+    let mut store = StoreConfig {
+        backend: Backend::Embedded,
+        redis_url: "redis://127.0.0.1:6379".into(),
+        max_queued: 10_000_000,
+        min_free_space: 256 << 20,
+        dlq_retention: Duration::from_secs(30 * 86400),
+    };
+    let Some(s) = root.section("store", "[store]") else {
+        return store;
+    };
+    if let Some(f) = s.get("backend") {
+        match f.as_str("\"embedded\"") {
+            Some("embedded") => store.backend = Backend::Embedded,
+            Some("redis") => {
+                store.backend = Backend::Redis;
+                f.error("`store.backend = \"redis\"` is not available in this version yet; write backend = \"embedded\"");
+            }
+            Some(_) => f.error("`store.backend` must be \"embedded\" or \"redis\""),
+            None => {}
+        }
+    }
+    if let Some(u) = s.str("redis_url", "\"redis://127.0.0.1:6379\"") {
+        store.redis_url = u;
+    }
+    if let Some(n) = s.int("max_queued", 1, i64::MAX, "10000000") {
+        store.max_queued = n as u64;
+    }
+    if let Some(n) = s.size("min_free_space", "\"256MiB\"") {
+        store.min_free_space = n;
+    }
+    if let Some(d) = s.duration("dlq_retention", "\"30d\"") {
+        store.dlq_retention = d;
+    }
+    s.finish();
+    store
+}
+
+struct DeliveryConfig {
+    allow_private_networks: bool,
+    breaker_failures: u32,
+    breaker_cool_down: Duration,
+}
+
+fn read_delivery(root: &Section<'_>) -> DeliveryConfig {
+    let mut cfg = DeliveryConfig {
+        allow_private_networks: false,
+        breaker_failures: 5,
+        breaker_cool_down: Duration::from_secs(30),
+    };
+    let Some(d) = root.section("delivery", "[delivery]") else {
+        return cfg;
+    };
+    if let Some(b) = d.bool("allow_private_networks") {
+        cfg.allow_private_networks = b;
+    }
+    if let Some(n) = d.int("breaker_failures", 1, 1_000_000, "5") {
+        cfg.breaker_failures = n as u32;
+    }
+    if let Some(f) = d.get("breaker_cool_down") {
+        if let Some(c) = f.as_duration("\"30s\"") {
+            if c.is_zero() {
+                f.error("`delivery.breaker_cool_down` must be more than zero, e.g. \"30s\"");
+            }
+            cfg.breaker_cool_down = c;
+        }
+    }
+    d.finish();
+    cfg
+}
+
+fn read_admin(root: &Section<'_>) -> (Option<String>, Option<SocketAddr>) {
+    let (mut token, mut listen) = (None, None);
+    let Some(a) = root.section("admin", "[admin]") else {
+        return (token, listen);
+    };
+    if let Some(f) = a.get("token") {
+        if let Some(t) = f.as_str("\"${POSTBACK_RELAY_ADMIN_TOKEN:-}\"") {
+            if !t.is_empty() {
+                if t.len() < 16 {
+                    f.error("`admin.token` is shorter than 16 characters; use a long random token, or leave it empty to turn the admin API off");
+                }
+                token = Some(t.to_string());
+            }
+        }
+    }
+    if let Some(f) = a.get("listen") {
+        listen = read_addr(
+            &f,
+            "listen = \"127.0.0.1:8081\" (keep it off the public network)",
+        );
+    }
+    a.finish();
+    (token, listen)
+}
+
+fn read_server(root: &Section<'_>, max_body: u64) -> ServerLimits {
+    let mut l = ServerLimits::default();
+    let Some(s) = root.section("server", "[server]") else {
+        return l;
+    };
+    let positive = |key: &str, example: &str, slot: &mut Duration| {
+        if let Some(f) = s.get(key) {
+            if let Some(d) = f.as_duration(example) {
+                if d.is_zero() {
+                    f.error(format!(
+                        "`server.{key}` must be more than zero, e.g. {example}"
+                    ));
+                }
+                *slot = d;
+            }
+        }
+    };
+    positive("header_read_timeout", "\"10s\"", &mut l.header_read_timeout);
+    positive("body_read_timeout", "\"30s\"", &mut l.body_read_timeout);
+    positive("idle_timeout", "\"60s\"", &mut l.idle_timeout);
+    positive("linger_timeout", "\"5s\"", &mut l.linger_timeout);
+    if let Some(n) = s.int("max_connections", 1, 1_000_000, "1024") {
+        l.max_connections = n as usize;
+    }
+    if let Some(f) = s.get("max_body_bytes_in_flight") {
+        if let Some(n) = f.as_size("\"64MiB\"") {
+            if n < max_body {
+                f.error(format!("`server.max_body_bytes_in_flight` must be at least `ingest.max_body` ({max_body} bytes), or no request could be read"));
+            }
+            l.max_body_bytes_in_flight = n;
+        }
+    }
+    if let Some(f) = s.get("max_header_size") {
+        if let Some(n) = f.as_size("\"16KiB\"") {
+            if !(8192..=1 << 20).contains(&n) {
+                f.error("`server.max_header_size` must be between 8KiB and 1MiB, e.g. \"16KiB\"");
+            }
+            l.max_header_size = n as usize;
+        }
+    }
+    if let Some(n) = s.int("h2_max_concurrent_streams", 1, 10_000, "100") {
+        l.h2_max_concurrent_streams = n as u32;
+    }
+    if let Some(n) = s.size("linger_bytes", "\"16MiB\"") {
+        l.linger_bytes = n;
+    }
+    s.finish();
+    l
+}
+
+fn read_tls(root: &Section<'_>, path: &Path) -> Option<TlsConfig> {
+    let t = root.section("tls", "{ cert = \"cert.pem\", key = \"key.pem\" }")?;
+    let file = |key: &str, example: &str| {
+        t.get(key).and_then(|f| {
+            let p = relative_to(path, f.as_str(example)?);
+            if !p.is_file() {
+                f.error(format!(
+                    "`tls.{key}`: {} is not a readable file; write the path of a PEM file, e.g. {key} = {example}",
+                    p.display()
+                ));
+            }
+            Some(p)
+        })
+    };
+    let cert = file("cert", "\"/etc/postback-relay/cert.pem\"");
+    let key = file("key", "\"/etc/postback-relay/key.pem\"");
+    let client_ca = file("client_ca", "\"/etc/postback-relay/clients-ca.pem\"");
+    if t.get("cert").is_none() || t.get("key").is_none() {
+        t.error("[tls] needs both `cert` and `key` (PEM files): the certificate chain and its private key");
+    }
+    t.finish();
+    Some(TlsConfig {
+        cert: cert?,
+        key: key?,
+        client_ca,
+    })
+}
+
+fn read_rules(root: &Section<'_>, path: &Path, vars: &[String]) -> RulesEnvPolicy {
+    let mut policy = RulesEnvPolicy {
+        allow: Vec::new(),
+        reserved: vars.to_vec(),
+        config_file: path.to_path_buf(),
+    };
+    policy.reserved.sort();
+    policy.reserved.dedup();
+    let Some(r) = root.section("rules", "[rules]") else {
+        return policy;
+    };
+    if let Some(f) = r.get("allow_env") {
+        for (name, span) in f
+            .as_str_list("[\"META_ACCESS_TOKEN\", \"TIKTOK_*\"]")
+            .unwrap_or_default()
+        {
+            if let Err(e) = check_allow_entry(&name, &policy.reserved) {
+                f.doc.error(span, format!("`rules.allow_env`: {e}"));
+            } else {
+                policy.allow.push(name);
+            }
+        }
+    }
+    r.finish();
+    policy
+}
+
+fn check_allow_entry(entry: &str, reserved: &[String]) -> Result<(), String> {
+    let name = entry.strip_suffix('*').unwrap_or(entry);
+    let valid = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if !valid {
+        return Err("each entry must be a variable name like \"META_ACCESS_TOKEN\", or a prefix ending in * like \"META_*\" (a lone * is not allowed: rule files would see every secret)".into());
+    }
+    if name.starts_with(RESERVED_ENV_PREFIX) || RESERVED_ENV_PREFIX.starts_with(name) {
+        return Err(format!("variables starting with {RESERVED_ENV_PREFIX} hold the relay's own settings and are never given to rule files; list the partners' variables instead"));
+    }
+    if reserved.iter().any(|r| r == entry) {
+        return Err(format!("{entry} is read by this config file itself (a secret of the relay); rule files never see it"));
+    }
+    Ok(())
+}
+
+/// `[rules] allow_env` of a config file even when the file has other errors, so that
+/// `check` judges the rules by the policy the user wrote.
+impl Config {
+    pub fn rules_env_of(path: &Path, env: &dyn Env) -> RulesEnvPolicy {
+        let mut policy = RulesEnvPolicy {
+            config_file: path.to_path_buf(),
+            ..RulesEnvPolicy::default()
+        };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return policy;
+        };
+        let (source, _) = Source::new(path, text, env);
+        policy.reserved = source.vars.clone();
+        let allow = source
+            .text
+            .parse::<toml_edit::DocumentMut>()
+            .ok()
+            .and_then(|doc| {
+                let list = doc.get("rules")?.get("allow_env")?.as_array()?.clone();
+                Some(
+                    list.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .unwrap_or_default();
+        policy.allow = allow
+            .into_iter()
+            .filter(|a| check_allow_entry(a, &policy.reserved).is_ok())
+            .collect();
+        policy
+    }
 }
 
 #[cfg(test)]
@@ -522,7 +815,7 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert!(
             text.iter().any(|t| t
-                .starts_with("cfg/relay.toml:2:12: `ingest.secrets`: secret is not valid base64")),
+                .starts_with("cfg/relay.toml:2:12: `ingest.secrets`: the part after \"whsec_\" is not valid base64")),
             "{text:#?}"
         );
         assert!(
@@ -548,7 +841,94 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         // An independent mistake on the same line is still reported.
         assert!(
             text[1]
-                .starts_with("cfg/relay.toml:2:35: `ingest.secrets`: secret is not valid base64"),
+                .starts_with("cfg/relay.toml:2:35: `ingest.secrets`: the part after \"whsec_\" is not valid base64"),
+            "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn secret_mistakes_never_show_the_secret() {
+        let errs = parse("[ingest]\nsecrets = [\"whsec_hunter2~\", \"whsec_c2hvcnQ=\"]\n")
+            .expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:#?}");
+        assert!(text[1].contains("key is 5 bytes, too short"), "{text:#?}");
+        for t in &text {
+            assert!(
+                !t.contains("hunter") && !t.contains('~') && !t.contains("c2hv"),
+                "{t}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dedupe_window_shorter_than_the_tolerance_is_refused() {
+        let errs = parse(
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\ntolerance = \"10m\"\n[dedupe]\nwindow = \"5m\"\n",
+        )
+        .expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 1, "{text:#?}");
+        assert!(
+            text[0].starts_with("cfg/relay.toml:5:10: `dedupe.window` (300s) is shorter than `ingest.tolerance` (600s)"),
+            "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn server_tls_admin_listen_and_rules_env_are_read() {
+        let cfg = parse(
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[server]\nheader_read_timeout = \"2s\"\nmax_connections = 10\nmax_header_size = \"8KiB\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[rules]\nallow_env = [\"META_*\", \"TIKTOK_TOKEN\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.server.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.server.max_connections, 10);
+        assert_eq!(cfg.server.max_header_size, 8192);
+        assert_eq!(cfg.server.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(
+            cfg.admin_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        let p = &cfg.rules_env;
+        assert_eq!(p.reserved, vec!["POSTBACK_RELAY_SECRET".to_string()]);
+        assert!(p.check("META_TOKEN").is_ok());
+        assert!(p.check("TIKTOK_TOKEN").is_ok());
+        assert!(p
+            .check("TIKTOK_OTHER")
+            .unwrap_err()
+            .contains("[rules] allow_env"));
+        assert!(p
+            .check("POSTBACK_RELAY_SECRET")
+            .unwrap_err()
+            .contains("relay's own settings"));
+        assert!(p.check("POSTBACK_RELAY_ADMIN_TOKEN").is_err());
+    }
+
+    #[test]
+    fn allow_env_may_not_reach_the_relays_own_variables_and_tls_needs_files() {
+        let errs = parse(
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[rules]\nallow_env = [\"*\", \"POSTBACK_*\", \"OK_*\"]\n[tls]\ncert = \"nope.pem\"\n",
+        )
+        .expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 4, "{text:#?}");
+        assert!(
+            text[0].starts_with("cfg/relay.toml:4:14: `rules.allow_env`: each entry"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with(
+                "cfg/relay.toml:4:19: `rules.allow_env`: variables starting with POSTBACK_RELAY_"
+            ),
+            "{text:#?}"
+        );
+        assert!(
+            text[2].starts_with("cfg/relay.toml:5:1: [tls] needs both"),
+            "{text:#?}"
+        );
+        assert!(
+            text[3]
+                .starts_with("cfg/relay.toml:6:8: `tls.cert`: cfg/nope.pem is not a readable file"),
             "{text:#?}"
         );
     }

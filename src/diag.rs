@@ -52,6 +52,12 @@ impl std::error::Error for Diagnostics {}
 /// Where environment variables come from: the process, or a map in tests.
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
+
+    /// Why this file may not read `name` at all (a rule file asking for a variable
+    /// the config does not allow it), or `None` when it may.
+    fn refuse(&self, _name: &str) -> Option<String> {
+        None
+    }
 }
 
 /// The real process environment.
@@ -83,6 +89,8 @@ pub struct Source {
     unset: Vec<usize>,
     /// (name, value) of every variable substituted, in order.
     values: Vec<(String, String)>,
+    /// The names of the variables the file reads, in order (repeats included).
+    pub vars: Vec<String>,
 }
 
 impl Source {
@@ -94,6 +102,7 @@ impl Source {
         let mut subs = Vec::new();
         let mut unset = Vec::new();
         let mut values = Vec::new();
+        let mut vars = Vec::new();
         let mut errors = Vec::new();
         let bytes = original.as_bytes();
         let mut i = 0;
@@ -125,10 +134,26 @@ impl Source {
                     && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                     && !name.as_bytes()[0].is_ascii_digit();
                 if valid_name && !inner.contains('\n') {
-                    let value = match (env.var(name), default) {
-                        (Some(v), _) => v,
-                        (None, Some(d)) => d.to_string(),
-                        (None, None) => {
+                    vars.push(name.to_string());
+                    let found = match env.refuse(name) {
+                        Some(why) => Err(why),
+                        None => Ok(env.var(name)),
+                    };
+                    let value = match (found, default) {
+                        (Ok(Some(v)), _) => v,
+                        (Ok(None), Some(d)) => d.to_string(),
+                        (Err(why), _) => {
+                            let (line, col) = line_col(&original, i);
+                            errors.push(Diagnostic {
+                                file: path.to_path_buf(),
+                                line,
+                                col,
+                                message: why,
+                            });
+                            unset.push(text.len());
+                            String::new()
+                        }
+                        (Ok(None), None) => {
                             let (line, col) = line_col(&original, i);
                             errors.push(Diagnostic {
                                 file: path.to_path_buf(),
@@ -197,6 +222,7 @@ impl Source {
                 subs,
                 unset,
                 values,
+                vars,
             },
             errors,
         )
@@ -211,6 +237,7 @@ impl Source {
             subs: Vec::new(),
             unset: Vec::new(),
             values: Vec::new(),
+            vars: Vec::new(),
         }
     }
 
@@ -308,6 +335,32 @@ mod tests {
         assert_eq!(errs[0].col, 11);
         assert!(errs[0].message.contains("NOPE_NOT_SET"));
         assert!(errs[0].to_string().starts_with("c.toml:2:11: "));
+    }
+
+    struct Strict;
+    impl Env for Strict {
+        fn var(&self, _: &str) -> Option<String> {
+            Some("secret-value".into())
+        }
+        fn refuse(&self, name: &str) -> Option<String> {
+            (name == "SECRET").then(|| format!("{name} is not for this file"))
+        }
+    }
+
+    #[test]
+    fn a_refused_variable_is_a_located_error_and_never_read() {
+        let (s, errs) = Source::new(
+            Path::new("r.toml"),
+            "a = 1\nurl = \"x${OK}y${SECRET:-d}\"\n".into(),
+            &Strict,
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(
+            errs[0].to_string(),
+            "r.toml:2:15: SECRET is not for this file"
+        );
+        assert_eq!(s.text, "a = 1\nurl = \"xsecret-valuey\"\n");
+        assert_eq!(s.vars, vec!["OK".to_string(), "SECRET".to_string()]);
     }
 
     #[test]

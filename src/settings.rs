@@ -372,16 +372,19 @@ fn describe(item: &Item) -> String {
     }
 }
 
+/// What a wrong value is, by its type only: the value itself may be a secret
+/// (`headers = "Bearer ${TOKEN}"`), and messages reach terminals, logs and HTTP answers.
 fn describe_value(v: &Value) -> String {
     match v {
-        Value::String(s) => format!("the string \"{}\"", s.value()),
-        Value::Integer(i) => format!("the number {}", i.value()),
-        Value::Float(f) => format!("the number {}", f.value()),
-        Value::Boolean(b) => format!("{}", b.value()),
-        Value::Datetime(d) => format!("the date {}", d.value()),
-        Value::Array(_) => "a list".into(),
-        Value::InlineTable(_) => "a table".into(),
+        Value::String(_) => "a string",
+        Value::Integer(_) => "a whole number",
+        Value::Float(_) => "a decimal number",
+        Value::Boolean(_) => "true or false",
+        Value::Datetime(_) => "a date",
+        Value::Array(_) => "a list",
+        Value::InlineTable(_) => "a table",
     }
+    .into()
 }
 
 /// The allowed key closest to `k`, when it is a plausible typo.
@@ -538,6 +541,34 @@ mod tests {
         assert!(text
             .iter()
             .any(|t| t.starts_with("x.toml:4:13: ") && t.contains("whole number")));
+    }
+
+    #[test]
+    fn a_wrong_type_is_described_by_its_type_never_its_text() {
+        let src = Source::plain(
+            Path::new("x.toml"),
+            "headers = \"Bearer s3cr3t-token\"\nport = \"p4ss\"\nlist = [\"ok\", 7]\n",
+        );
+        let doc = Doc::parse(&src);
+        let root = doc.root().expect("parses");
+        root.section("headers", "{ Authorization = \"Bearer ${TOKEN}\" }");
+        root.int("port", 1, 65535, "8080");
+        root.str_list("list", "[\"a\"]");
+        root.finish();
+        let text: Vec<String> = doc.into_errors().iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(
+            text[0].starts_with("x.toml:1:11: `headers` must be a table, not a string;"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].contains("must be a whole number, not a string"),
+            "{text:#?}"
+        );
+        assert!(text[2].contains("not a whole number"), "{text:#?}");
+        for t in &text {
+            assert!(!t.contains("s3cr3t") && !t.contains("p4ss"), "{t}");
+        }
     }
 
     #[test]

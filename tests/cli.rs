@@ -235,7 +235,7 @@ fn check_names_an_unset_variable_with_its_file_and_line() {
     let cfg = tmp.path().join("relay.toml");
     std::fs::write(
         &cfg,
-        "listen = \"127.0.0.1:0\"\n\n[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n",
+        "listen = \"127.0.0.1:0\"\n\n[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n\n[rules]\nallow_env = [\"PBR_TEST_*\"]\n",
     )
     .unwrap();
     std::fs::create_dir(tmp.path().join("rules")).unwrap();
@@ -265,7 +265,7 @@ fn check_names_an_unset_variable_with_its_file_and_line() {
     // In a rule file too.
     std::fs::write(
         &cfg,
-        format!("listen = \"127.0.0.1:0\"\n[ingest]\nsecrets = [\"{SECRET}\"]\n"),
+        format!("listen = \"127.0.0.1:0\"\n[ingest]\nsecrets = [\"{SECRET}\"]\n[rules]\nallow_env = [\"PBR_TEST_*\"]\n"),
     )
     .unwrap();
     let rule = tmp.path().join("rules/aff.toml");

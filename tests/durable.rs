@@ -16,14 +16,17 @@ hash = ["user.email"]
 
 #[tokio::test]
 async fn duplicate_click_id_within_window_is_refused_after_restart_and_accepted_after_it() {
-    let relay = TestRelay::start(&[], "[dedupe]\nwindow = \"2s\"\n").await;
+    // A window shorter than the signature tolerance is refused: shorten both.
+    let config = config_text("[dedupe]\nwindow = \"2s\"\n")
+        .replace("tolerance = \"5m\"", "tolerance = \"2s\"");
+    let relay = TestRelay::start_with_config(&[], &config).await;
     let (s, v) = relay
         .post_json("m1", &event("a1", "install", "clk-restart"))
         .await;
     assert_eq!((s, v["accepted"].clone()), (202, 1.into()));
     let dir = relay.stop().await;
 
-    let relay = TestRelay::start_in(dir, &[], "[dedupe]\nwindow = \"2s\"\n").await;
+    let relay = TestRelay::start_in_with_config(dir, &[], &config).await;
     let (s, v) = relay
         .post_json("m2", &event("a2", "install", "clk-restart"))
         .await;

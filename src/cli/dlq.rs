@@ -68,7 +68,11 @@ fn admin_call(
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let client = reqwest::Client::new();
+        // Never through a proxy: the admin token and dead letters stay between us.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
         let mut req = if method == "POST" {
             client.post(&url)
         } else {
@@ -144,7 +148,7 @@ fn list(config: &Path, destination: Option<String>) -> i32 {
             match rt {
                 Ok(rt) => rt
                     .block_on(store.dlq_list(destination.as_deref(), usize::MAX))
-                    .map(|l| json!({"dead_letters": l.iter().map(crate::admin::dead_letter_json).collect::<Vec<_>>()}))
+                    .map(|l| json!({"dead_letters": l.iter().map(crate::http::admin::dead_letter_json).collect::<Vec<_>>()}))
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             }

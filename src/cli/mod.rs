@@ -26,6 +26,43 @@ mod dlq;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format on standard error: `text` (default on a terminal) or `json` (one
+    /// object per line; default otherwise). The level comes from RUST_LOG (default
+    /// `info`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Sets up logging to standard error: `RUST_LOG` (default `info`) and the format.
+pub fn init_logging(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let terminal = std::io::stderr().is_terminal();
+    let format = format.unwrap_or(if terminal {
+        LogFormat::Text
+    } else {
+        LogFormat::Json
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(terminal).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +139,7 @@ pub enum DlqCommand {
 
 /// Runs a parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    init_logging(cli.log_format);
     match cli.command {
         Command::Serve {
             config,
@@ -178,15 +216,19 @@ fn check(config: &Path, rules: Option<PathBuf>) -> i32 {
         ..Overrides::default()
     };
     let mut errors = Vec::new();
-    let rules_dir = match Config::load(config, &ProcessEnv, &ov) {
-        Ok(cfg) => cfg.rules_dir,
+    let (rules_dir, loaded) = match Config::load(config, &ProcessEnv, &ov) {
+        Ok(cfg) => (cfg.rules_dir.clone(), Some(cfg)),
         Err(e) => {
             errors.extend(e);
             // Still check the rules the config names, not `./rules` of the cwd.
-            Config::rules_dir_of(config, &ProcessEnv, rules)
+            (Config::rules_dir_of(config, &ProcessEnv, rules), None)
         }
     };
-    let count = match RuleSet::load_dir(&rules_dir, &ProcessEnv) {
+    let policy = match &loaded {
+        Some(cfg) => cfg.rules_env.clone(),
+        None => Config::rules_env_of(config, &ProcessEnv),
+    };
+    let count = match RuleSet::load_dir(&rules_dir, &rules_env(policy)) {
         Ok(set) => set.destinations().len(),
         Err(e) => {
             errors.extend(e);
@@ -213,15 +255,20 @@ fn check(config: &Path, rules: Option<PathBuf>) -> i32 {
     }
 }
 
+/// The environment as rule files may see it under `policy` (`[rules] allow_env`).
+fn rules_env(policy: crate::config::RulesEnvPolicy) -> crate::config::RulesEnv {
+    crate::config::RulesEnv::new(std::sync::Arc::new(ProcessEnv), policy)
+}
+
 fn preview(config: &Path, rules: Option<PathBuf>, event: &Path) -> i32 {
-    let rules_dir = match rules {
-        Some(r) => r,
+    let (rules_dir, policy) = match rules {
+        Some(r) => (r, Config::rules_env_of(config, &ProcessEnv)),
         None => match load_config(config, &Overrides::default()) {
-            Ok(c) => c.rules_dir,
+            Ok(c) => (c.rules_dir, c.rules_env),
             Err(code) => return code,
         },
     };
-    let set = match RuleSet::load_dir(&rules_dir, &ProcessEnv) {
+    let set = match RuleSet::load_dir(&rules_dir, &rules_env(policy)) {
         Ok(s) => s,
         Err(e) => {
             print_diagnostics(&e);
@@ -301,8 +348,11 @@ fn send(config: &Path, url: Option<String>, events: &str) -> i32 {
         Err(code) => return code,
     };
     let result = rt.block_on(async {
+        // Never through a proxy (HTTP_PROXY etc.): signed event bodies go straight
+        // to the relay.
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .build()
             .map_err(|e| e.to_string())?;
         let resp = client

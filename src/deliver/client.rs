@@ -12,19 +12,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use hmac::Mac;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-use sha2::Sha256;
-
 use super::policy::{self, Attempt};
 use crate::outbound::Method;
 use crate::store::Delivery;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// `User-Agent` of every postback.
 pub const USER_AGENT: &str = concat!("postback-relay/", env!("CARGO_PKG_VERSION"));
-/// How much of a response body is kept (for `last_error` and the dead letters).
-pub const BODY_KEPT: usize = 4 * 1024;
 /// How much of a response body is read at most (to reuse the connection); the rest is
 /// dropped with the connection.
 pub const BODY_READ_MAX: usize = 64 * 1024;
@@ -80,6 +74,11 @@ fn non_public_v6(ip: Ipv6Addr) -> Option<&'static str> {
     let reason = match s {
         // ::a.b.c.d, IPv4-compatible (deprecated since 2006): never a real destination.
         [0, 0, 0, 0, 0, 0, _, _] => "IPv4-compatible (deprecated)",
+        // ::ffff:0:a.b.c.d, SIIT IPv4-translated (RFC 2765): judged by what it embeds.
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => {
+            return non_public_v4(embedded(hi, lo))
+                .map(|_| "IPv4-translated (SIIT) non-public address")
+        }
         // NAT64 well-known prefix: as public as the IPv4 address it embeds.
         [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => {
             return non_public_v4(embedded(hi, lo)).map(|_| "NAT64 of a non-public address")
@@ -155,9 +154,10 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
     }
 }
 
-/// A Standard Webhooks signing key (`whsec_` + base64 of the key bytes).
+/// A Standard Webhooks signing key (`whsec_` + base64 of the key bytes); the protocol
+/// is `crate::webhooks`.
 #[derive(Clone)]
-pub struct SigningKey(Vec<u8>);
+pub struct SigningKey(crate::webhooks::Secret);
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,30 +169,14 @@ impl SigningKey {
     /// Reads `whsec_<base64>` (the prefix is optional, as in the reference libraries).
     /// The error never repeats the secret.
     pub fn from_secret(secret: &str) -> Result<Self, String> {
-        let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
-        let key = base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .map_err(|_| "sign_secret is not a whsec_ secret (whsec_ + base64)".to_string())?;
-        if key.is_empty() {
-            return Err("sign_secret is empty".into());
-        }
-        Ok(SigningKey(key))
+        crate::webhooks::Secret::parse(secret)
+            .map(SigningKey)
+            .map_err(|e| format!("sign_secret is not usable: {e} (whsec_ + base64)"))
     }
 
     /// `v1,<base64 HMAC-SHA256("{id}.{timestamp}.{body}")>`.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        // An HMAC takes a key of any length: this cannot fail.
-        let mut mac = match hmac::Hmac::<Sha256>::new_from_slice(&self.0) {
-            Ok(mac) => mac,
-            Err(_) => return String::new(),
-        };
-        mac.update(id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-        format!("v1,{sig}")
+        crate::webhooks::sign(&self.0, id, timestamp, body)
     }
 }
 
@@ -210,7 +194,7 @@ impl Sent {
             Attempt::Timeout => "timed out".to_string(),
             Attempt::Connect(e) => format!("connection failed: {e}"),
             Attempt::Refused(e) | Attempt::Invalid(e) => e.clone(),
-            Attempt::Response { status, .. } => format!("HTTP {status}"),
+            Attempt::Response { status, .. } => status_reason(*status),
         };
         Sent {
             attempt,
@@ -275,18 +259,14 @@ impl PostbackClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| policy::parse_retry_after(v, SystemTime::now()));
-        let body = read_capped(&mut response).await;
+        // Read (capped) so the connection can be reused, but never kept: partners echo
+        // click IDs and URL tokens in their answers.
+        read_capped(&mut response).await;
         let attempt = Attempt::Response {
             status,
             retry_after,
         };
-        let error = if (200..300).contains(&status) {
-            None
-        } else if body.is_empty() {
-            Some(format!("HTTP {status}"))
-        } else {
-            Some(truncate(&format!("HTTP {status}: {body}"), ERROR_MAX))
-        };
+        let error = (!(200..300).contains(&status)).then(|| status_reason(status));
         Sent { attempt, error }
     }
 
@@ -388,21 +368,27 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-async fn read_capped(response: &mut reqwest::Response) -> String {
-    let mut kept = Vec::new();
+/// Reads and discards up to `BODY_READ_MAX` bytes of the answer.
+async fn read_capped(response: &mut reqwest::Response) {
     let mut read = 0usize;
     while read < BODY_READ_MAX {
         match response.chunk().await {
-            Ok(Some(chunk)) => {
-                read += chunk.len();
-                let room = BODY_KEPT.saturating_sub(kept.len());
-                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-            }
+            Ok(Some(chunk)) => read += chunk.len(),
             Ok(None) | Err(_) => break,
         }
     }
-    let text = String::from_utf8_lossy(&kept);
-    truncate(text.trim(), BODY_KEPT)
+}
+
+/// What is kept of a failed answer: its status and the status's standard reason
+/// (`HTTP 400 Bad Request`), never the partner's body.
+pub fn status_reason(status: u16) -> String {
+    match reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+    {
+        Some(reason) => format!("HTTP {status} {reason}"),
+        None => format!("HTTP {status}"),
+    }
 }
 
 /// At most `max` bytes of `s`, cut on a character boundary, control characters shown
@@ -424,6 +410,9 @@ mod tests {
     use super::*;
     use crate::store::memory::delivery;
     use crate::deliver::testing::{FakePartner, Reply};
+    use base64::Engine;
+    use hmac::Mac;
+    use sha2::Sha256;
 
     #[test]
     fn address_classifier_table() {
@@ -456,6 +445,9 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "::ffff:169.254.169.254",
+            "::ffff:0:169.254.169.254", // SIIT IPv4-translated
+            "::ffff:0:10.0.0.1",
+            "::ffff:0:127.0.0.1",
             "::127.0.0.1",
             "::8.8.8.8", // IPv4-compatible: deprecated, refused whatever it embeds
             "64:ff9b::a00:1",
@@ -489,6 +481,7 @@ mod tests {
             "2606:4700:4700::1111",
             "2001:4860:4860::8888",
             "::ffff:8.8.8.8",
+            "::ffff:0:8.8.8.8",
             "64:ff9b::808:808", // NAT64 of 8.8.8.8
             "2002:808:808::1",  // 6to4 of 8.8.8.8
             "3fff:1000::1",     // just past 3fff::/20
@@ -673,9 +666,8 @@ mod tests {
             sent.attempt,
             Attempt::Response { status: 400, .. }
         ));
-        let error = sent.error.unwrap();
-        assert!(error.starts_with("HTTP 400: xxx"));
-        assert!(error.len() <= ERROR_MAX + 3, "{}", error.len());
+        // the partner's body is never kept: it can echo click IDs and tokens
+        assert_eq!(sent.error.as_deref(), Some("HTTP 400 Bad Request"));
 
         let sent = client.send(&d, Duration::from_secs(5), None).await;
         assert_eq!(

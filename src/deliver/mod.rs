@@ -76,6 +76,30 @@ pub struct DestinationStatus {
     pub in_flight: usize,
 }
 
+/// How one attempt ended, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Delivered,
+    /// Failed; will be retried.
+    Retry,
+    DeadLetter,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::DeadLetter => "dead_letter",
+        }
+    }
+}
+
+/// Told about every delivery attempt (the relay's metrics implement it).
+pub trait DeliveryObserver: Send + Sync {
+    fn attempt(&self, destination: &str, outcome: AttemptOutcome, elapsed: Duration);
+}
+
 /// Why the engine could not start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliverError {
@@ -134,6 +158,7 @@ impl Deliverer {
                     store,
                     client,
                     opts,
+                    observer: std::sync::OnceLock::new(),
                 }),
                 runtime: tokio::runtime::Handle::current(),
                 destinations: Mutex::new(BTreeMap::new()),
@@ -184,6 +209,11 @@ impl Deliverer {
                 }
             }
         }
+    }
+
+    /// Reports every attempt to `observer` from now on (once; later calls are ignored).
+    pub fn observe(&self, observer: Arc<dyn DeliveryObserver>) {
+        let _ = self.inner.ctx.observer.set(observer);
     }
 
     /// New deliveries for `destination` were accepted: send them now, not at the next

@@ -28,6 +28,8 @@ pub(crate) struct Context {
     pub store: Arc<dyn Store>,
     pub client: PostbackClient,
     pub opts: DeliverOptions,
+    /// Told about every attempt (metrics); set once, after start.
+    pub observer: std::sync::OnceLock<Arc<dyn super::DeliveryObserver>>,
 }
 
 /// Settings in force, with what is derived from them. Replaced whole on reload; a
@@ -421,6 +423,15 @@ async fn send_one(
     let attempt = delivery.attempts;
     let status = delivery.last_status;
     let name = worker.name.as_str();
+    if let Some(observer) = ctx.observer.get() {
+        let outcome = match decision {
+            Decision::Complete => super::AttemptOutcome::Delivered,
+            Decision::RetryAt(_) => super::AttemptOutcome::Retry,
+            Decision::DeadLetter(_) => super::AttemptOutcome::DeadLetter,
+        };
+        let elapsed = Duration::from_millis(u64::try_from(finished - started).unwrap_or(0));
+        observer.attempt(name, outcome, elapsed);
+    }
     match decision {
         Decision::Complete => {
             tracing::debug!(destination = name, delivery_id = %id, ?status, attempt, "delivered");
@@ -429,8 +440,8 @@ async fn send_one(
         Decision::RetryAt(at) => {
             delivery.last_error = sent.error.clone();
             delivery.next_attempt_at = at;
+            tracing::info!(destination = name, delivery_id = %id, ?status, attempt, reason = sent.error.as_deref().unwrap_or(""), retry_in_ms = at - finished, "attempt failed; will retry");
             *lock(&worker.last_error) = sent.error;
-            tracing::info!(destination = name, delivery_id = %id, ?status, attempt, retry_in_ms = at - finished, "attempt failed; will retry");
             settle(&ctx, name, &id, || ctx.store.retry_later(delivery.clone())).await;
         }
         Decision::DeadLetter(why) => {
@@ -439,8 +450,8 @@ async fn send_one(
                 None => format!("gave up: {}", why.as_str()),
             };
             delivery.last_error = Some(error.clone());
+            tracing::warn!(destination = name, delivery_id = %id, ?status, attempt, reason = error.as_str(), "dead-lettered");
             *lock(&worker.last_error) = Some(error);
-            tracing::warn!(destination = name, delivery_id = %id, ?status, attempt, reason = why.as_str(), "dead-lettered");
             settle(&ctx, name, &id, || {
                 ctx.store.dead_letter(delivery.clone(), finished)
             })

@@ -3,7 +3,9 @@
 //! Owns: the request limits (content type, `max_body` before and while reading,
 //! `max_batch`), Standard Webhooks verification (`verify`), body parsing (`body`),
 //! and `accept`: dedupe keys + rule routing + one durable store commit per request.
-//! Never: answers 202 before the store said the write is durable; logs event data.
+//! `accept` takes only the pieces it needs and says which destinations got new
+//! deliveries; the HTTP layer tells delivery. Never: answers 202 before the store said
+//! the write is durable; logs event data.
 
 pub mod body;
 pub mod verify;
@@ -11,8 +13,9 @@ pub mod verify;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::app::Relay;
-use crate::store::{AcceptOutcome, EventToAccept, NewDelivery, StoreError};
+use crate::dedupe::DedupeRule;
+use crate::rules::RuleSet;
+use crate::store::{AcceptOutcome, EventToAccept, NewDelivery, Store, StoreError};
 
 use body::Parsed;
 
@@ -23,6 +26,8 @@ pub struct AcceptReport {
     pub duplicates: usize,
     pub rejected: usize,
     pub results: Vec<Value>,
+    /// Destinations that got new deliveries (not part of the answer).
+    pub destinations: Vec<String>,
 }
 
 impl AcceptReport {
@@ -36,15 +41,25 @@ impl AcceptReport {
     }
 }
 
+/// What `accept` works with: the rules in force, the dedupe rule and its secret, and
+/// the store.
+pub struct AcceptContext<'a> {
+    pub rules: &'a RuleSet,
+    pub dedupe: &'a DedupeRule,
+    pub dedupe_secret: &'a [u8; 32],
+    pub store: &'a dyn Store,
+}
+
 /// Dedupes, routes and durably stores parsed events: the heart of ingest.
-/// `Ok` means every accepted event's deliveries are durable.
+/// `Ok` means every accepted event's deliveries are durable; `destinations` in the
+/// report names those that have new deliveries to send.
 pub async fn accept(
-    relay: &Relay,
+    cx: AcceptContext<'_>,
     parsed: Vec<Parsed>,
     now: DateTime<Utc>,
 ) -> Result<AcceptReport, StoreError> {
-    let rules = relay.rules.current();
-    let secret = relay.dedupe_secret;
+    let rules = cx.rules;
+    let secret = cx.dedupe_secret;
     let mut to_store = Vec::with_capacity(parsed.len());
     // Per event: Ok(event_id, index into to_store) or Err(error)
     let mut slots: Vec<Result<(String, usize), String>> = Vec::with_capacity(parsed.len());
@@ -52,7 +67,7 @@ pub async fn accept(
     for p in parsed {
         match p {
             Ok(event) => {
-                let dedupe_key = relay.dedupe.key(&secret, &event);
+                let dedupe_key = cx.dedupe.key(secret, &event);
                 let mut deliveries = Vec::new();
                 for routed in rules.route(&event) {
                     if let Ok(mut request) = routed.outcome {
@@ -81,7 +96,7 @@ pub async fn accept(
     let outcomes = if to_store.is_empty() {
         Vec::new()
     } else {
-        relay.store.accept(to_store, now.timestamp_millis()).await?
+        cx.store.accept(to_store, now.timestamp_millis()).await?
     };
     let mut report = AcceptReport::default();
     let mut any_accepted = false;
@@ -118,9 +133,7 @@ pub async fn accept(
         }
     }
     if any_accepted {
-        for d in &destinations_touched {
-            relay.deliverer.notify(d);
-        }
+        report.destinations = destinations_touched;
     }
     Ok(report)
 }

@@ -10,7 +10,6 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine;
 use toml_edit::{Item, Value as TomlValue};
 
 use crate::diag::{Diagnostic, Env, Source};
@@ -742,12 +741,12 @@ pub fn parse_rate(s: &str) -> Result<RateLimit, String> {
 
 /// A Standard Webhooks secret: `whsec_` + base64 of the key bytes. Never echoes it.
 fn check_whsec(s: &str) -> Result<(), String> {
-    let Some(b64) = s.strip_prefix("whsec_") else {
+    if !s.starts_with("whsec_") {
         return Err("`destination.sign_secret` must start with whsec_ (a Standard Webhooks secret: whsec_ + base64 of the key); write it as \"${PARTNER_SIGNING_SECRET}\"".into());
-    };
-    match base64::engine::general_purpose::STANDARD.decode(b64) {
-        Ok(k) if !k.is_empty() => Ok(()),
-        _ => Err("`destination.sign_secret`: the part after whsec_ is not valid base64; copy the secret exactly as the partner gave it".into()),
+    }
+    match crate::webhooks::Secret::parse(s) {
+        Ok(_) => Ok(()),
+        Err(_) => Err("`destination.sign_secret`: the part after whsec_ is not valid base64; copy the secret exactly as the partner gave it".into()),
     }
 }
 

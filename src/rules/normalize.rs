@@ -146,7 +146,10 @@ pub fn truncate_ip(raw: &str) -> Option<String> {
         }
         IpAddr::V6(v6) => {
             let s = v6.segments();
-            Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0).to_string()
+            // A /48 of a 6to4 address (2002:AABB:CCDD::/48) is the whole IPv4 address
+            // AA.BB.CC.DD it embeds: cut that to its /24 like any IPv4.
+            let third = if s[0] == 0x2002 { s[2] & 0xff00 } else { s[2] };
+            Ipv6Addr::new(s[0], s[1], third, 0, 0, 0, 0, 0).to_string()
         }
     })
 }
@@ -154,6 +157,30 @@ pub fn truncate_ip(raw: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncate_ip_keeps_no_full_ipv4_inside_ipv6() {
+        assert_eq!(truncate_ip("203.0.113.77").as_deref(), Some("203.0.113.0"));
+        assert_eq!(
+            truncate_ip("::ffff:203.0.113.77").as_deref(),
+            Some("203.0.113.0")
+        );
+        // 6to4 of 203.0.113.77: the /48 would be the whole IPv4 address
+        assert_eq!(
+            truncate_ip("2002:cb00:714d::1").as_deref(),
+            Some("2002:cb00:7100::")
+        );
+        // SIIT (::ffff:0:a.b.c.d), NAT64 and IPv4-compatible forms: the /48 holds none of it
+        assert_eq!(truncate_ip("::ffff:0:cb00:714d").as_deref(), Some("::"));
+        assert_eq!(
+            truncate_ip("64:ff9b::cb00:714d").as_deref(),
+            Some("64:ff9b::")
+        );
+        assert_eq!(
+            truncate_ip("2001:db8:1234:5678::1").as_deref(),
+            Some("2001:db8:1234::")
+        );
+    }
 
     #[test]
     fn email_is_trimmed_and_lower_cased_before_hashing() {

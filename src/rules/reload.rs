@@ -151,17 +151,17 @@ fn relevant(event: &notify::Event) -> bool {
 /// Watches the handle's directory and reloads (debounced by [`DEBOUNCE`]) when a
 /// `*.toml` in it changes. Keep the returned watcher alive; dropping it stops the
 /// watching and ends the background thread.
-/// `on_reload` runs after each reload that was applied (the delivery workers follow
-/// the new rule set through it).
+/// `on_reload` runs after each reload with whether it was applied (the delivery
+/// workers follow the new rule set through it; metrics count it).
 pub fn spawn_watcher(
     handle: RulesHandle,
-    on_reload: impl Fn() + Send + 'static,
+    on_reload: impl Fn(bool) + Send + 'static,
 ) -> notify::Result<RecommendedWatcher> {
-    let (tx, rx) = mpsc::channel::<()>();
+    let (tx, rx) = mpsc::channel::<Vec<PathBuf>>();
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(event) if relevant(&event) => {
-                let _ = tx.send(());
+                let _ = tx.send(event.paths);
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "rules directory watch error"),
@@ -170,17 +170,22 @@ pub fn spawn_watcher(
     std::thread::Builder::new()
         .name("rules-watch".into())
         .spawn(move || {
-            while rx.recv().is_ok() {
+            while let Ok(mut changed) = rx.recv() {
                 loop {
                     match rx.recv_timeout(DEBOUNCE) {
-                        Ok(()) => continue,
+                        Ok(more) => changed.extend(more),
                         Err(RecvTimeoutError::Timeout) => break,
                         Err(RecvTimeoutError::Disconnected) => return,
                     }
                 }
-                if handle.reload_and_log().is_ok() {
-                    on_reload();
-                }
+                changed.sort();
+                changed.dedup();
+                let files: Vec<String> = changed
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect();
+                tracing::info!(files = %files.join(","), "rule files changed; reloading");
+                on_reload(handle.reload_and_log().is_ok());
             }
         })
         .map_err(notify::Error::io)?;
@@ -233,7 +238,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("aff.toml"), GOOD).unwrap();
         let handle = RulesHandle::load(dir.path(), env()).unwrap();
-        let _watcher = spawn_watcher(handle.clone(), || {}).unwrap();
+        let _watcher = spawn_watcher(handle.clone(), |_| {}).unwrap();
         std::fs::write(dir.path().join("b.toml"), GOOD).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while handle.current().destinations().len() != 2 {

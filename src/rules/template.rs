@@ -413,6 +413,12 @@ pub fn check_url(text: &str, t: &Template) -> Result<(), TemplateError> {
         );
     }
     let authority = &rest[..end.unwrap_or(rest.len())];
+    if let Some(i) = authority.find('\\') {
+        return err(
+            rest_at + i,
+            "`url` has a backslash before its path; the sender's URL parser reads `\\` as `/`, so the host would not be the one written; write `/`, or %5C inside the path".into(),
+        );
+    }
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
         match v6.split_once(']') {
@@ -452,6 +458,7 @@ pub fn check_url(text: &str, t: &Template) -> Result<(), TemplateError> {
             );
         }
     }
+    same_host_for_the_sender(t, host, rest_at)?;
     // Blanks and control characters in the literal parts.
     let mut pos = 0;
     for s in &t.segments {
@@ -467,6 +474,45 @@ pub fn check_url(text: &str, t: &Template) -> Result<(), TemplateError> {
         }
     }
     Ok(())
+}
+
+/// The host as written must be the host the sender connects to: the URL is parsed
+/// here with the same parser (`url`, as reqwest does), placeholders standing in as
+/// plain text, so that `check` never shows one host while another is contacted.
+fn same_host_for_the_sender(t: &Template, written: &str, at: usize) -> Result<(), TemplateError> {
+    let probe: String = t
+        .segments
+        .iter()
+        .map(|s| match s {
+            Segment::Lit(l) => l.as_str(),
+            Segment::Ph(_) | Segment::Absent => "x",
+        })
+        .collect();
+    let url = url::Url::parse(&probe).map_err(|e| TemplateError {
+        at,
+        message: format!("`url` is not a valid URL ({e}); write it like \"https://partner.example/postback?click={{click_id}}\""),
+    })?;
+    let parsed = url
+        .host_str()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let written = written.to_ascii_lowercase();
+    let same = parsed == written
+        || matches!(
+            (parsed.parse::<std::net::IpAddr>(), written.parse::<std::net::IpAddr>()),
+            (Ok(a), Ok(b)) if a == b
+        );
+    if same {
+        Ok(())
+    } else {
+        Err(TemplateError {
+            at,
+            message: format!(
+                "`url`'s host reads as `{written}`, but the sender would connect to `{parsed}`; write the host plainly"
+            ),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -563,5 +609,20 @@ mod tests {
         assert!(ok("https://{host}/p").unwrap_err().message.contains("host"));
         assert!(ok("https://a.example:99999/").is_err());
         assert!(ok("https://a.example/p q").is_err());
+        assert!(ok("https://user@a.example/p").is_ok());
+        assert!(ok("https://A.Example/p").is_ok());
+    }
+
+    #[test]
+    fn url_check_reads_the_host_as_the_sender_does() {
+        let ok = |s: &str| check_url(s, &parse(s).unwrap());
+        // what a human reads as partner.example is 169.254.169.254 to the sender
+        let e = ok("http://169.254.169.254\\@partner.example/").unwrap_err();
+        assert!(e.message.contains("backslash"), "{}", e.message);
+        assert_eq!(e.at, 22);
+        // 127.0.0.1 written as one number
+        let e = ok("http://2130706433/p").unwrap_err();
+        assert!(e.message.contains("127.0.0.1"), "{}", e.message);
+        assert!(ok("http://0x7f.1/p").is_err());
     }
 }

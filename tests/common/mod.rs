@@ -257,6 +257,12 @@ pub async fn admin_get_at(client: &reqwest::Client, base: &str, path: &str) -> s
         .expect("admin json")
 }
 
+/// The Python interpreter tests run: `PBR_TEST_PYTHON` (set by scripts/test.sh to
+/// its virtual environment, where `standardwebhooks` is installed), else `python3`.
+pub fn python() -> String {
+    std::env::var("PBR_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
 /// A port that was free a moment ago (bound, read, released).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -289,6 +295,13 @@ impl RelayProcess {
     /// stdout discarded and its stderr collected, and waits for its line
     /// `postback-relay ready listen=ADDR`.
     pub fn spawn_command(mut cmd: Command) -> RelayProcess {
+        // Text logs: tests look for `listen=ADDR` and messages; JSON has its own test.
+        cmd.args(["--log-format", "text"]);
+        Self::spawn_logging(cmd)
+    }
+
+    /// `spawn_command` without choosing the log format.
+    pub fn spawn_logging(mut cmd: Command) -> RelayProcess {
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -307,10 +320,13 @@ impl RelayProcess {
                     l.push('\n');
                 }
                 if line.contains("postback-relay ready") {
-                    if let Some(addr) = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("listen="))
-                    {
+                    let json = serde_json::from_str::<serde_json::Value>(&line)
+                        .ok()
+                        .and_then(|v| v["listen"].as_str().map(str::to_string));
+                    if let Some(addr) = json.or_else(|| {
+                        line.split_whitespace()
+                            .find_map(|w| w.strip_prefix("listen=").map(str::to_string))
+                    }) {
                         if let Some(tx) = tx.take() {
                             let _ = tx.send(addr.to_string());
                         }

@@ -5,7 +5,6 @@
 //! queued request (URLs and headers can hold partner secrets) or event data.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use chrono::Utc;
 use http_body_util::{BodyExt, Limited};
@@ -14,11 +13,18 @@ use hyper::header::AUTHORIZATION;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
-use crate::app::Relay;
-use crate::server::{json_response, HttpResponse};
+use super::routes::{json_response, HttpResponse};
+use crate::relay::Relay;
 use crate::store::{DeadLetter, ReplaySelector};
 
-pub async fn handle(relay: Arc<Relay>, req: Request<Incoming>) -> HttpResponse {
+/// The bearer token of an `Authorization` header; the scheme is case-insensitive
+/// (RFC 9110: `bearer`, `Bearer` and `BEARER` are the same).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+pub async fn handle(relay: &Relay, req: Request<Incoming>) -> HttpResponse {
     let Some(token) = relay.config.admin_token.as_deref() else {
         return json_response(
             StatusCode::NOT_FOUND,
@@ -29,7 +35,7 @@ pub async fn handle(relay: Arc<Relay>, req: Request<Incoming>) -> HttpResponse {
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("");
     if !bool::from(subtle::ConstantTimeEq::ct_eq(
         given.as_bytes(),
@@ -57,7 +63,7 @@ pub async fn handle(relay: Arc<Relay>, req: Request<Incoming>) -> HttpResponse {
         })
         .unwrap_or_default();
     match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/admin/destinations") => destinations(&relay).await,
+        (Method::GET, "/admin/destinations") => destinations(relay).await,
         (Method::GET, "/admin/dlq") => {
             let limit = query
                 .get("limit")
@@ -105,7 +111,7 @@ pub async fn handle(relay: Arc<Relay>, req: Request<Incoming>) -> HttpResponse {
                 Ok(s) => s,
                 Err(e) => return json_response(StatusCode::BAD_REQUEST, json!({"error": e})),
             };
-            replay(&relay, selector).await
+            replay(relay, selector).await
         }
         (Method::GET, p) if p.starts_with("/admin/deliveries/") => {
             let id = &p["/admin/deliveries/".len()..];
@@ -153,6 +159,20 @@ pub fn replay_selector(v: &Value) -> Result<ReplaySelector, String> {
         return Ok(ReplaySelector::All);
     }
     Err("say which dead letters to replay: {\"id\": \"...\"}, {\"destination\": \"...\"} or {\"all\": true}".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 }
 
 pub async fn replay(relay: &Relay, selector: ReplaySelector) -> HttpResponse {

@@ -1,0 +1,314 @@
+//! The HTTP edge: listeners, connections and routes, built to face the open internet.
+//!
+//! Owns: the accept loop (connection cap, rate-limited accept errors), each
+//! connection's limits (`conn`: header-read, body-read and idle timeouts; header size;
+//! HTTP/2 stream limits), TLS (`tls`), the routes (`routes`: ingest, health, metrics)
+//! and the admin API (`admin`). Never: logs request bodies or headers other than
+//! `webhook-id`; decides what an event means (that is `ingest`, `rules`, `store`).
+//!
+//! HTTP/1.1 on plain listeners; HTTP/2 and HTTP/1.1 by ALPN on TLS.
+
+pub mod admin;
+pub mod conn;
+pub mod routes;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::ServerLimits;
+use crate::relay::Relay;
+use conn::{ConnState, Expired, TrackedIo};
+use tls::TlsCertificates;
+
+pub use routes::{json_response, HttpResponse};
+
+/// Which endpoints a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// `/v1/events`, `/healthz`, `/readyz`; with `admin`, also `/admin/*` and `/metrics`.
+    Ingest { admin: bool },
+    /// `/admin/*`, `/metrics`, `/healthz`, `/readyz`.
+    Admin,
+}
+
+/// What every connection of every listener shares.
+pub struct Edge {
+    pub relay: Arc<Relay>,
+    pub limits: ServerLimits,
+    /// Bytes of request bodies being read, all requests together.
+    pub body_budget: Arc<Semaphore>,
+}
+
+impl Edge {
+    pub fn new(relay: Arc<Relay>) -> Arc<Edge> {
+        let limits = relay.config.server.clone();
+        let budget = usize::try_from(limits.max_body_bytes_in_flight).unwrap_or(usize::MAX);
+        Arc::new(Edge {
+            body_budget: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
+            limits,
+            relay,
+        })
+    }
+}
+
+/// One bound listener and what it serves.
+pub struct Listener {
+    /// `ingest` or `admin`: for logs and metrics.
+    pub name: &'static str,
+    pub tcp: TcpListener,
+    pub routes: Routes,
+    pub tls: Option<TlsCertificates>,
+}
+
+/// Serves until `shutdown` turns true, then stops accepting and lets connections
+/// finish their requests (up to `grace`).
+pub async fn serve(
+    edge: Arc<Edge>,
+    listener: Listener,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let max = edge.limits.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    let mut errors = AcceptErrors::new(listener.name);
+    let listener = Arc::new(listener);
+    loop {
+        // At the cap, stop accepting: new connections wait in the kernel's backlog
+        // until one closes, instead of taking descriptors the relay needs.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.tcp.accept() => a,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                errors.ok();
+                tokio::spawn(connection(
+                    edge.clone(),
+                    listener.clone(),
+                    stream,
+                    permit,
+                    shutdown.clone(),
+                ));
+            }
+            Err(e) => {
+                drop(permit);
+                edge.relay.metrics.accept_error(listener.name);
+                let pause = errors.failed(&e);
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    drop(listener);
+    // Every connection holds a slot until it ends: all back means all done.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the grace period; closing them");
+    }
+}
+
+/// Accept errors (EMFILE, ENFILE, ECONNABORTED...) are logged at most once per
+/// `EVERY`, with how many were not logged, and slow the loop down with backoff.
+struct AcceptErrors {
+    listener: &'static str,
+    last_logged: Option<Instant>,
+    suppressed: u64,
+    pause: Duration,
+}
+
+impl AcceptErrors {
+    const EVERY: Duration = Duration::from_secs(10);
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+    fn new(listener: &'static str) -> AcceptErrors {
+        AcceptErrors {
+            listener,
+            last_logged: None,
+            suppressed: 0,
+            pause: Self::FIRST_PAUSE,
+        }
+    }
+
+    fn ok(&mut self) {
+        self.pause = Self::FIRST_PAUSE;
+    }
+
+    /// Logs (or counts) the error; returns how long to pause before accepting again.
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        let now = Instant::now();
+        if self
+            .last_logged
+            .is_none_or(|t| now.duration_since(t) >= Self::EVERY)
+        {
+            tracing::warn!(
+                listener = self.listener,
+                error = %e,
+                not_logged_since_last = self.suppressed,
+                "cannot accept connections (at most one such line per 10s)"
+            );
+            self.last_logged = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        let pause = self.pause;
+        self.pause = (self.pause * 2).min(Self::MAX_PAUSE);
+        pause
+    }
+}
+
+/// Counts an open connection in the metrics until dropped.
+struct Open(Arc<Edge>, &'static str);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.relay.metrics.connection_closed(self.1);
+    }
+}
+
+async fn connection(
+    edge: Arc<Edge>,
+    listener: Arc<Listener>,
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    shutdown: watch::Receiver<bool>,
+) {
+    edge.relay.metrics.connection_opened(listener.name);
+    let _open = Open(edge.clone(), listener.name);
+    let _ = stream.set_nodelay(true);
+    let routes = listener.routes;
+    let Some(tls) = &listener.tls else {
+        return serve_http1(edge, routes, stream, shutdown).await;
+    };
+    // The handshake counts as reading the first request's head.
+    let handshake = tls.acceptor().accept(stream);
+    let stream = match tokio::time::timeout(edge.limits.header_read_timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve_http2(edge, routes, stream, shutdown).await
+    } else {
+        serve_http1(edge, routes, stream, shutdown).await
+    }
+}
+
+async fn serve_http1<I>(edge: Arc<Edge>, routes: Routes, io: I, shutdown: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = ConnState::new(true);
+    let io = TokioIo::new(TrackedIo::new(io, state.clone()));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // The watchdog times head reads; hyper's timer would also count idle time.
+        .header_read_timeout(None)
+        .max_header_size(edge.limits.max_header_size)
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service(edge.clone(), routes, state.clone()));
+    drive(conn, &edge, &state, shutdown).await;
+}
+
+async fn serve_http2<I>(edge: Arc<Edge>, routes: Routes, io: I, shutdown: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = ConnState::new(false);
+    let io = TokioIo::new(TrackedIo::new(io, state.clone()));
+    let limits = &edge.limits;
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(256)
+        .keep_alive_interval(limits.idle_timeout / 2)
+        .keep_alive_timeout(limits.header_read_timeout);
+    let conn = builder.serve_connection(io, service(edge.clone(), routes, state.clone()));
+    drive(conn, &edge, &state, shutdown).await;
+}
+
+/// The hyper service of one connection: every request marks the connection busy.
+#[derive(Clone)]
+struct Handler {
+    edge: Arc<Edge>,
+    routes: Routes,
+    state: Arc<ConnState>,
+}
+
+type HandlerFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<HttpResponse, Infallible>> + Send>>;
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Handler {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = HandlerFuture;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> HandlerFuture {
+        let busy = self.state.begin();
+        let (edge, routes, state) = (self.edge.clone(), self.routes, self.state.clone());
+        Box::pin(async move {
+            let resp = routes::route(&edge, routes, req, &state).await;
+            drop(busy);
+            Ok(resp)
+        })
+    }
+}
+
+fn service(edge: Arc<Edge>, routes: Routes, state: Arc<ConnState>) -> Handler {
+    Handler {
+        edge,
+        routes,
+        state,
+    }
+}
+
+/// Runs a connection until it ends, overstays (watchdog) or the relay stops.
+async fn drive<C>(conn: C, edge: &Edge, state: &ConnState, mut shutdown: watch::Receiver<bool>)
+where
+    C: GracefulConnection,
+{
+    let limits = &edge.limits;
+    tokio::pin!(conn);
+    let bound = tokio::select! {
+        _ = conn.as_mut() => return,
+        expired = state.watchdog(limits.header_read_timeout, limits.idle_timeout) => match expired {
+            // A slow head: nothing to finish, just close.
+            Expired::Header => return,
+            Expired::Idle => limits.linger_timeout,
+        },
+        _ = shutdown.wait_for(|stop| *stop) => limits.body_read_timeout,
+    };
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(bound, conn).await;
+}
+
+/// Binds `addr`, for the caller to wrap in a `Listener`.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))
+}

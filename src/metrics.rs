@@ -1,0 +1,352 @@
+//! The relay's metrics: one registry per `Relay`, rendered in the Prometheus /
+//! OpenMetrics text format by `GET /metrics` (`http::routes`).
+//!
+//! Why `prometheus-client`: it keeps a registry per value, not per process, so tests
+//! that start several relays in one process each see their own counters; the
+//! `metrics` facade would need a global (or thread-local) recorder.
+//!
+//! Owns: the metric names, their help texts and their labels. Label values are only
+//! destination names (from rule file names) and fixed words: never event data,
+//! never URLs. Never: decides anything; it only counts what others report.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::deliver::{AttemptOutcome, BreakerState, DeliveryObserver, DestinationStatus};
+use crate::store::DestinationCounts;
+
+/// The content type of `render()`'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabel {
+    destination: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationOutcome {
+    destination: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationState {
+    destination: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency() -> Histogram {
+    // 1 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// Every metric of one relay.
+pub struct Metrics {
+    registry: Registry,
+    ingest_requests: Family<ResultLabel, Counter>,
+    events: Family<OutcomeLabel, Counter>,
+    ingest_seconds: Histogram,
+    attempts: Family<DestinationOutcome, Counter>,
+    delivery_seconds: HistogramFamily<DestinationLabel>,
+    queue_depth: Family<DestinationLabel, Gauge>,
+    dlq_size: Family<DestinationLabel, Gauge>,
+    circuit: Family<DestinationState, Gauge>,
+    store_commit_seconds: Histogram,
+    store_commit_ops: Histogram,
+    reloads: Family<ResultLabel, Counter>,
+    connections: Family<ListenerLabel, Gauge>,
+    accept_errors: Family<ListenerLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            registry: Registry::with_prefix("postback_relay"),
+            ingest_requests: Family::default(),
+            events: Family::default(),
+            ingest_seconds: latency(),
+            attempts: Family::default(),
+            delivery_seconds: Family::new_with_constructor(latency as fn() -> Histogram),
+            queue_depth: Family::default(),
+            dlq_size: Family::default(),
+            circuit: Family::default(),
+            store_commit_seconds: latency(),
+            store_commit_ops: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            reloads: Family::default(),
+            connections: Family::default(),
+            accept_errors: Family::default(),
+        };
+        m.register();
+        m
+    }
+
+    fn register(&mut self) {
+        let r = &mut self.registry;
+        let build = Family::<VersionLabel, Gauge>::default();
+        build
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        r.register("build_info", "The running version", build);
+        r.register(
+            "ingest_requests",
+            "POST /v1/events requests by result: accepted (202), or why refused",
+            self.ingest_requests.clone(),
+        );
+        r.register(
+            "ingest_events",
+            "Events in accepted requests by outcome: accepted, duplicate, rejected",
+            self.events.clone(),
+        );
+        r.register(
+            "ingest_duration_seconds",
+            "Time from the request's headers to its answer, for requests that reached the store",
+            self.ingest_seconds.clone(),
+        );
+        r.register(
+            "delivery_attempts",
+            "Delivery attempts by destination and outcome: delivered, retry (failed, will retry), dead_letter",
+            self.attempts.clone(),
+        );
+        r.register(
+            "delivery_duration_seconds",
+            "Time of one delivery attempt, by destination",
+            self.delivery_seconds.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Queued deliveries by destination (read from the store at scrape time)",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "dlq_size",
+            "Dead letters by destination (read from the store at scrape time)",
+            self.dlq_size.clone(),
+        );
+        r.register(
+            "circuit_state",
+            "1 for the state each destination's circuit breaker is in (closed, open, half_open)",
+            self.circuit.clone(),
+        );
+        r.register(
+            "store_commit_duration_seconds",
+            "Time of one durable store commit",
+            self.store_commit_seconds.clone(),
+        );
+        r.register(
+            "store_commit_operations",
+            "Operations folded into one store commit (group commit batch size)",
+            self.store_commit_ops.clone(),
+        );
+        r.register(
+            "rule_reloads",
+            "Rule reloads by result: ok, failed (the rules in force stayed)",
+            self.reloads.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Open HTTP connections by listener (ingest, admin)",
+            self.connections.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Failed accepts by listener (e.g. out of file descriptors)",
+            self.accept_errors.clone(),
+        );
+    }
+
+    /// One ingest request ended with `result` (a fixed word, see `IngestResult`).
+    pub fn ingest_request(&self, result: &'static str) {
+        self.ingest_requests
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    /// An accepted request: its events' outcomes and how long it took.
+    pub fn ingest_accepted(
+        &self,
+        accepted: usize,
+        duplicates: usize,
+        rejected: usize,
+        took: Duration,
+    ) {
+        for (outcome, n) in [
+            ("accepted", accepted),
+            ("duplicate", duplicates),
+            ("rejected", rejected),
+        ] {
+            self.events
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc_by(n as u64);
+        }
+        self.ingest_seconds.observe(took.as_secs_f64());
+    }
+
+    /// A rule reload ended.
+    pub fn rule_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// A store commit of `operations` operations took `took`. For the store backend
+    /// to call (see ARCHITECTURE.md); nothing else records it.
+    pub fn store_commit(&self, operations: usize, took: Duration) {
+        self.store_commit_seconds.observe(took.as_secs_f64());
+        self.store_commit_ops.observe(operations as f64);
+    }
+
+    pub fn connection_opened(&self, listener: &'static str) {
+        self.connections
+            .get_or_create(&ListenerLabel { listener })
+            .inc();
+    }
+
+    pub fn connection_closed(&self, listener: &'static str) {
+        self.connections
+            .get_or_create(&ListenerLabel { listener })
+            .dec();
+    }
+
+    pub fn accept_error(&self, listener: &'static str) {
+        self.accept_errors
+            .get_or_create(&ListenerLabel { listener })
+            .inc();
+    }
+
+    /// The text exposition, with the per-destination gauges set from `counts` and
+    /// `status` (read by the caller at scrape time).
+    pub fn render(&self, counts: &[DestinationCounts], status: &[DestinationStatus]) -> String {
+        self.queue_depth.clear();
+        self.dlq_size.clear();
+        self.circuit.clear();
+        for c in counts {
+            let l = DestinationLabel {
+                destination: c.destination.clone(),
+            };
+            self.queue_depth
+                .get_or_create(&l)
+                .set(i64::try_from(c.queued).unwrap_or(i64::MAX));
+            self.dlq_size
+                .get_or_create(&l)
+                .set(i64::try_from(c.dead).unwrap_or(i64::MAX));
+        }
+        for s in status {
+            for (state, name) in [
+                (BreakerState::Closed, "closed"),
+                (BreakerState::Open, "open"),
+                (BreakerState::HalfOpen, "half_open"),
+            ] {
+                self.circuit
+                    .get_or_create(&DestinationState {
+                        destination: s.name.clone(),
+                        state: name,
+                    })
+                    .set(i64::from(s.breaker == state));
+            }
+        }
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl DeliveryObserver for Metrics {
+    fn attempt(&self, destination: &str, outcome: AttemptOutcome, elapsed: Duration) {
+        self.attempts
+            .get_or_create(&DestinationOutcome {
+                destination: destination.to_string(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.delivery_seconds
+            .get_or_create(&DestinationLabel {
+                destination: destination.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_gauges_and_destination_labels() {
+        let m = Metrics::new();
+        m.ingest_request("accepted");
+        m.ingest_accepted(2, 1, 0, Duration::from_millis(3));
+        m.attempt("aff", AttemptOutcome::Retry, Duration::from_millis(5));
+        m.rule_reload(false);
+        let text = m.render(
+            &[DestinationCounts {
+                destination: "aff".into(),
+                queued: 4,
+                dead: 1,
+            }],
+            &[DestinationStatus {
+                name: "aff".into(),
+                breaker: BreakerState::Open,
+                last_error: None,
+                in_flight: 0,
+            }],
+        );
+        for line in [
+            "postback_relay_ingest_requests_total{result=\"accepted\"} 1",
+            "postback_relay_ingest_events_total{outcome=\"accepted\"} 2",
+            "postback_relay_delivery_attempts_total{destination=\"aff\",outcome=\"retry\"} 1",
+            "postback_relay_queue_depth{destination=\"aff\"} 4",
+            "postback_relay_dlq_size{destination=\"aff\"} 1",
+            "postback_relay_circuit_state{destination=\"aff\",state=\"open\"} 1",
+            "postback_relay_circuit_state{destination=\"aff\",state=\"closed\"} 0",
+            "postback_relay_rule_reloads_total{result=\"failed\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in:\n{text}");
+        }
+        // a destination gone from the store is gone from the gauges
+        let text = m.render(&[], &[]);
+        assert!(!text.contains("queue_depth{destination=\"aff\"}"), "{text}");
+    }
+}

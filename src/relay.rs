@@ -1,0 +1,86 @@
+//! The running relay's shared state: what request handlers, signal handlers and the
+//! rule watcher work with.
+//!
+//! Owns: the `Relay` value (config, verifier, dedupe rule, rules in force, store,
+//! delivery engine, metrics, TLS certificates) and the reloads that act on it (rules,
+//! certificates). Never: starts tasks or listeners (`app` does), or speaks HTTP
+//! (`http` does). It depends on neither, so the arrows run app -> http -> relay.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::dedupe::DedupeRule;
+use crate::deliver::Deliverer;
+use crate::diag::Diagnostic;
+use crate::http::tls::TlsCertificates;
+use crate::ingest::verify::Verifier;
+use crate::metrics::Metrics;
+use crate::outbound::DeliverySettings;
+use crate::rules::{RuleSet, RulesHandle};
+use crate::store::Store;
+
+/// Everything a request handler needs.
+pub struct Relay {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub dedupe: DedupeRule,
+    pub dedupe_secret: [u8; 32],
+    pub rules: RulesHandle,
+    pub store: Arc<dyn Store>,
+    pub deliverer: Deliverer,
+    pub metrics: Arc<Metrics>,
+    /// The ingest listener's certificates, when `[tls]` is set.
+    pub tls: Option<TlsCertificates>,
+}
+
+impl Relay {
+    /// Reloads the rule files; on success the delivery workers follow the new set.
+    /// On error nothing changes. Returns the enabled destinations' names.
+    pub fn reload_rules(&self) -> Result<Vec<String>, Vec<Diagnostic>> {
+        let result = self.rules.reload_and_log();
+        self.metrics.rule_reload(result.is_ok());
+        result?;
+        self.follow_rules();
+        Ok(self
+            .rules
+            .current()
+            .destinations()
+            .iter()
+            .map(|d| d.name.clone())
+            .collect())
+    }
+
+    /// Points the delivery workers at the rules in force.
+    pub fn follow_rules(&self) {
+        let current = self.rules.current();
+        self.deliverer
+            .update_destinations(delivery_settings(&current));
+        // Dead-letter what is still queued for destinations whose rule file is gone.
+        let store = self.store.clone();
+        let rules = self.rules.clone();
+        self.deliverer
+            .spawn(async move { crate::app::retire_removed(&*store, &rules).await });
+    }
+
+    /// Reads the TLS certificate and key again (SIGHUP); on error the ones in use stay.
+    pub fn reload_tls(&self) {
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!(cert = %tls.cert_path().display(), "TLS certificate reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload refused; the certificate in use stays")
+                }
+            }
+        }
+    }
+}
+
+pub fn delivery_settings(rules: &RuleSet) -> Vec<(String, DeliverySettings)> {
+    rules
+        .destinations()
+        .iter()
+        .map(|d| (d.name.clone(), d.delivery.clone()))
+        .collect()
+}
