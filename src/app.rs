@@ -56,7 +56,6 @@ pub async fn retire_removed(store: &dyn Store, rules: &RulesHandle) {
     }
 }
 
-
 /// Why the relay could not start.
 #[derive(Debug)]
 pub enum StartError {

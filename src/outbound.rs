@@ -206,7 +206,10 @@ mod tests {
         c.redact(&mut stored);
         assert!(!stored.url.contains("tok-secret-123") && !stored.url.contains("9876543210"));
         assert!(!stored.headers[0].1.contains("tok-secret-123"));
-        assert!(stored.url.ends_with("&r=eu"), "short values are not credentials");
+        assert!(
+            stored.url.ends_with("&r=eu"),
+            "short values are not credentials"
+        );
         assert_eq!(c.attach(&stored).unwrap(), full);
 
         // A rotated token is what retries send.
@@ -220,6 +223,9 @@ mod tests {
         let gone = Credentials::new(&[("PIXEL".into(), "9876543210".into())]);
         let e = gone.attach(&stored).unwrap_err();
         assert!(e.contains("${TOKEN}"), "{e}");
-        assert!(!format!("{c:?}").contains("tok-secret"), "Debug shows names only");
+        assert!(
+            !format!("{c:?}").contains("tok-secret"),
+            "Debug shows names only"
+        );
     }
 }

@@ -566,7 +566,10 @@ allow = ["event_id"]
     accept(&relay, "e-cred").await;
     assert!(partner.wait_for_requests(1, Duration::from_secs(20)).await);
     let first = partner.requests()[0].clone();
-    assert_eq!(first.header("authorization"), Some("Bearer tok-canary-0815bb"));
+    assert_eq!(
+        first.header("authorization"),
+        Some("Bearer tok-canary-0815bb")
+    );
     assert_eq!(first.target, "/pb?key=key-canary-4711aa&eid=e-cred");
     for canary in ["tok-canary-0815bb", "key-canary-4711aa"] {
         let hits = files_with(&relay.data_dir(), canary.as_bytes());
@@ -603,7 +606,8 @@ fn files_with(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
             let p = entry.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
                 hits.push(p);
             }
         }

@@ -408,8 +408,8 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory::delivery;
     use crate::deliver::testing::{FakePartner, Reply};
+    use crate::store::memory::delivery;
     use base64::Engine;
     use hmac::Mac;
     use sha2::Sha256;

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::store::memory::{delivery, MemStore};
 use super::testing::{FakePartner, Reply};
 use super::*;
 use crate::outbound::{RateLimit, RetrySettings};
+use crate::store::memory::{delivery, MemStore};
 
 fn settings() -> DeliverySettings {
     DeliverySettings {

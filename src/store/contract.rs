@@ -98,11 +98,17 @@ async fn claimed_once_when_due(b: Box<dyn Backend>) {
     assert_eq!(out.len(), 2);
     let first = ids(&out[0]);
     assert_eq!(first.len(), 2);
-    assert!(s.claim_due("a", NOW - 1, 10).await.expect("claim").is_empty());
+    assert!(s
+        .claim_due("a", NOW - 1, 10)
+        .await
+        .expect("claim")
+        .is_empty());
     assert_eq!(s.next_due("a").await.expect("next"), Some(NOW));
     let claimed = s.claim_due("a", NOW, 10).await.expect("claim");
     assert_eq!(claimed.len(), 2);
-    assert!(claimed.iter().all(|d| d.destination == "a" && d.attempts == 0));
+    assert!(claimed
+        .iter()
+        .all(|d| d.destination == "a" && d.attempts == 0));
     assert_eq!(claimed[0].id, first[0], "in the order accepted");
     assert!(claimed
         .iter()
@@ -113,12 +119,19 @@ async fn claimed_once_when_due(b: Box<dyn Backend>) {
     s.release(&claimed[1].id).await.expect("release");
     assert_eq!(s.claim_due("a", NOW, 10).await.expect("claim").len(), 1);
     assert_eq!(counts_of(&*s).await, vec![c("a", 2, 0), c("b", 1, 0)]);
-    assert!(s.claim_due("nobody", NOW, 10).await.expect("claim").is_empty());
+    assert!(s
+        .claim_due("nobody", NOW, 10)
+        .await
+        .expect("claim")
+        .is_empty());
 }
 
 async fn duplicates_in_window_batch_and_restart(mut b: Box<dyn Backend>) {
     let s = b.store();
-    let out = s.accept(vec![event(key(1), &["a"])], NOW).await.expect("accept");
+    let out = s
+        .accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("accept");
     assert!(matches!(out[0], AcceptOutcome::Accepted { .. }));
     let batch = vec![
         event(key(1), &["a"]),
@@ -137,12 +150,22 @@ async fn duplicates_in_window_batch_and_restart(mut b: Box<dyn Backend>) {
             .accept(vec![event(key(1), &["a"])], NOW + DAY_MS)
             .await
             .expect("accept");
-        assert_eq!(out[0], AcceptOutcome::Duplicate, "dedupe survives a restart");
+        assert_eq!(
+            out[0],
+            AcceptOutcome::Duplicate,
+            "dedupe survives a restart"
+        );
     }
     let s = b.store();
     let later = NOW + 8 * DAY_MS;
-    let out = s.accept(vec![event(key(1), &["a"])], later).await.expect("accept");
-    assert!(matches!(out[0], AcceptOutcome::Accepted { .. }), "window over");
+    let out = s
+        .accept(vec![event(key(1), &["a"])], later)
+        .await
+        .expect("accept");
+    assert!(
+        matches!(out[0], AcceptOutcome::Accepted { .. }),
+        "window over"
+    );
     let out = s
         .accept(vec![event(key(1), &["a"])], later + 1)
         .await
@@ -195,7 +218,11 @@ async fn complete_and_retry_later(b: Box<dyn Backend>) {
     d.last_error = Some("HTTP 503".into());
     d.next_attempt_at = NOW + 5_000;
     s.retry_later(d.clone()).await.expect("retry");
-    assert!(s.claim_due("a", NOW + 4_999, 10).await.expect("claim").is_empty());
+    assert!(s
+        .claim_due("a", NOW + 4_999, 10)
+        .await
+        .expect("claim")
+        .is_empty());
     assert_eq!(s.next_due("a").await.expect("next"), Some(NOW + 5_000));
     let again = s.claim_due("a", NOW + 5_000, 10).await.expect("claim");
     assert_eq!(again, vec![d.clone()], "same id, updated record");
@@ -232,7 +259,11 @@ async fn dead_letters_list_and_replay(mut b: Box<dyn Backend>) {
     assert_eq!(listed[0].delivery.destination, "a");
     assert_eq!(s.dlq_list(Some("b"), 10).await.expect("list").len(), 2);
     assert_eq!(s.dlq_list(None, 1).await.expect("list").len(), 1);
-    assert!(s.claim_due("a", NOW + DAY_MS, 10).await.expect("claim").is_empty());
+    assert!(s
+        .claim_due("a", NOW + DAY_MS, 10)
+        .await
+        .expect("claim")
+        .is_empty());
 
     let at = NOW + DAY_MS;
     let n = s
@@ -254,7 +285,10 @@ async fn dead_letters_list_and_replay(mut b: Box<dyn Backend>) {
     assert_eq!(counts_of(&*s).await, vec![c("a", 1, 1), c("b", 2, 0)]);
     let none = ReplaySelector::Id("dlv_nope".into());
     assert_eq!(s.dlq_replay(none, at).await.expect("replay"), 0);
-    assert_eq!(s.dlq_replay(ReplaySelector::All, at).await.expect("replay"), 1);
+    assert_eq!(
+        s.dlq_replay(ReplaySelector::All, at).await.expect("replay"),
+        1
+    );
     assert!(s.dlq_list(None, 10).await.expect("list").is_empty());
     drop((s, back));
     if b.restart() {
@@ -280,10 +314,19 @@ async fn purge_expired_only(b: Box<dyn Backend>) {
     let at = NOW + 7 * DAY_MS + 1000;
     assert_eq!(s.purge(at).await.expect("purge"), (2, 0));
     assert_eq!(s.purge(at).await.expect("purge"), (0, 0));
-    let out = s.accept(vec![event(key(3), &["a"])], at).await.expect("accept");
+    let out = s
+        .accept(vec![event(key(3), &["a"])], at)
+        .await
+        .expect("accept");
     assert_eq!(out[0], AcceptOutcome::Duplicate, "unexpired key kept");
-    let out = s.accept(vec![event(key(1), &["a"])], at).await.expect("accept");
-    assert!(matches!(out[0], AcceptOutcome::Accepted { .. }), "purged key is new");
+    let out = s
+        .accept(vec![event(key(1), &["a"])], at)
+        .await
+        .expect("accept");
+    assert!(
+        matches!(out[0], AcceptOutcome::Accepted { .. }),
+        "purged key is new"
+    );
     assert_eq!(s.purge(NOW + 15 * DAY_MS).await.expect("purge").1, 1);
     let left = s.dlq_list(None, 10).await.expect("list");
     assert_eq!(left.len(), 1);
@@ -293,7 +336,9 @@ async fn purge_expired_only(b: Box<dyn Backend>) {
 
 async fn late_settles_are_no_ops(b: Box<dyn Backend>) {
     let s = b.store();
-    s.accept(vec![event(key(1), &["a"])], NOW).await.expect("accept");
+    s.accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("accept");
     let d = s.claim_due("a", NOW, 10).await.expect("claim").remove(0);
     s.complete(&d.id).await.expect("complete");
     s.complete(&d.id).await.expect("again");
@@ -301,27 +346,46 @@ async fn late_settles_are_no_ops(b: Box<dyn Backend>) {
     late.next_attempt_at = NOW + 1;
     s.retry_later(late.clone()).await.expect("late retry");
     s.dead_letter(late, NOW).await.expect("late dead letter");
-    s.complete("dlv_0000000000000000000000000").await.expect("unknown");
+    s.complete("dlv_0000000000000000000000000")
+        .await
+        .expect("unknown");
     assert_eq!(counts_of(&*s).await, vec![]);
-    assert!(s.claim_due("a", NOW + DAY_MS, 10).await.expect("claim").is_empty());
+    assert!(s
+        .claim_due("a", NOW + DAY_MS, 10)
+        .await
+        .expect("claim")
+        .is_empty());
     assert!(s.dlq_list(None, 10).await.expect("list").is_empty());
 }
 
 async fn lookup_follows_a_delivery(b: Box<dyn Backend>) {
     let s = b.store();
-    let out = s.accept(vec![event(key(1), &["a", "b"])], NOW).await.expect("accept");
+    let out = s
+        .accept(vec![event(key(1), &["a", "b"])], NOW)
+        .await
+        .expect("accept");
     let [a, bb] = <[String; 2]>::try_from(ids(&out[0])).expect("two ids");
     let st = s.lookup(&a).await.expect("lookup").expect("known");
-    assert_eq!((st.state, st.destination.as_str(), st.attempts), ("queued", "a", 0));
+    assert_eq!(
+        (st.state, st.destination.as_str(), st.attempts),
+        ("queued", "a", 0)
+    );
     let mut d = s.claim_due("a", NOW, 10).await.expect("claim").remove(0);
     d.attempts = 1;
     d.last_status = Some(503);
     d.next_attempt_at = NOW + 100;
     s.retry_later(d).await.expect("retry");
     let st = s.lookup(&a).await.expect("lookup").expect("known");
-    assert_eq!((st.state, st.attempts, st.last_status), ("retrying", 1, Some(503)));
+    assert_eq!(
+        (st.state, st.attempts, st.last_status),
+        ("retrying", 1, Some(503))
+    );
     assert_eq!(st.next_attempt_at, Some(NOW + 100));
-    let d = s.claim_due("a", NOW + 100, 10).await.expect("claim").remove(0);
+    let d = s
+        .claim_due("a", NOW + 100, 10)
+        .await
+        .expect("claim")
+        .remove(0);
     s.complete(&d.id).await.expect("complete");
     let st = s.lookup(&a).await.expect("lookup").expect("known");
     assert_eq!(st.state, "delivered");
@@ -335,9 +399,12 @@ async fn lookup_follows_a_delivery(b: Box<dyn Backend>) {
 
 async fn retire_moves_a_destination_to_the_dlq(b: Box<dyn Backend>) {
     let s = b.store();
-    s.accept(vec![event(key(1), &["a", "gone"]), event(key(2), &["gone"])], NOW)
-        .await
-        .expect("accept");
+    s.accept(
+        vec![event(key(1), &["a", "gone"]), event(key(2), &["gone"])],
+        NOW,
+    )
+    .await
+    .expect("accept");
     let mut d = s.claim_due("gone", NOW, 1).await.expect("claim").remove(0);
     d.next_attempt_at = NOW + 50;
     s.retry_later(d).await.expect("retry");
@@ -351,8 +418,17 @@ async fn retire_moves_a_destination_to_the_dlq(b: Box<dyn Backend>) {
     assert!(dead
         .iter()
         .all(|d| d.delivery.last_error.as_deref() == Some("destination removed")));
-    assert!(s.claim_due("gone", NOW + DAY_MS, 10).await.expect("claim").is_empty());
-    assert_eq!(s.retire_destination("never", "x", NOW).await.expect("retire"), 0);
+    assert!(s
+        .claim_due("gone", NOW + DAY_MS, 10)
+        .await
+        .expect("claim")
+        .is_empty());
+    assert_eq!(
+        s.retire_destination("never", "x", NOW)
+            .await
+            .expect("retire"),
+        0
+    );
 }
 
 async fn same_key_concurrently_accepted_once(b: Box<dyn Backend>) {
@@ -447,8 +523,10 @@ pub async fn run_model(mut b: Box<dyn Backend>, ops: Vec<ModelOp>) {
                 let batch: Vec<EventToAccept> = evs
                     .iter()
                     .map(|(k, mask)| {
-                        let dests: Vec<&str> =
-                            (0..3).filter(|i| mask & (1 << i) != 0).map(|i| DESTS[i]).collect();
+                        let dests: Vec<&str> = (0..3)
+                            .filter(|i| mask & (1 << i) != 0)
+                            .map(|i| DESTS[i])
+                            .collect();
                         event(key(*k), &dests)
                     })
                     .collect();
@@ -493,7 +571,10 @@ pub async fn run_model(mut b: Box<dyn Backend>, ops: Vec<ModelOp>) {
                     m.claimed.insert(d.id.clone(), d);
                 }
             }
-            ModelOp::Complete(i) | ModelOp::Dead(i) | ModelOp::Release(i) | ModelOp::Retry(i, _)
+            ModelOp::Complete(i)
+            | ModelOp::Dead(i)
+            | ModelOp::Release(i)
+            | ModelOp::Retry(i, _)
                 if m.claimed.is_empty() =>
             {
                 let _ = i;

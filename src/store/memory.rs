@@ -87,7 +87,11 @@ impl Store for MemStore {
         events: Vec<EventToAccept>,
         now_ms: i64,
     ) -> StoreResult<Vec<AcceptOutcome>> {
-        let window = if self.window_ms > 0 { self.window_ms } else { 7 * 86_400_000 };
+        let window = if self.window_ms > 0 {
+            self.window_ms
+        } else {
+            7 * 86_400_000
+        };
         let mut marks = self.marks.lock().unwrap();
         let mut queued = self.queued.lock().unwrap();
         let mut out = Vec::with_capacity(events.len());
@@ -258,7 +262,11 @@ impl Store for MemStore {
     }
 
     async fn purge(&self, now_ms: i64) -> StoreResult<(usize, usize)> {
-        let retention = if self.retention_ms > 0 { self.retention_ms } else { 14 * 86_400_000 };
+        let retention = if self.retention_ms > 0 {
+            self.retention_ms
+        } else {
+            14 * 86_400_000
+        };
         let mut marks = self.marks.lock().unwrap();
         let before = marks.len();
         marks.retain(|_, exp| *exp > now_ms);
@@ -283,10 +291,20 @@ impl Store for MemStore {
             finished_at,
         };
         if let Some(d) = self.queued.lock().unwrap().iter().find(|d| d.id == id) {
-            let state = if d.attempts == 0 { "queued" } else { "retrying" };
+            let state = if d.attempts == 0 {
+                "queued"
+            } else {
+                "retrying"
+            };
             return Ok(Some(status(d, state, None)));
         }
-        if let Some(d) = self.dead.lock().unwrap().iter().find(|d| d.delivery.id == id) {
+        if let Some(d) = self
+            .dead
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|d| d.delivery.id == id)
+        {
             return Ok(Some(status(&d.delivery, "dead", Some(d.dead_at))));
         }
         if let Some(d) = self.completed.lock().unwrap().iter().find(|d| d.id == id) {

@@ -237,7 +237,10 @@ impl Engine {
                 .and_then(|b| b.try_into().ok())
                 .map(u16::from_be_bytes)
                 .ok_or("a counter key is unreadable")?;
-            counts.insert(id, layout::parse_counts(&v).ok_or("a counter is unreadable")?);
+            counts.insert(
+                id,
+                layout::parse_counts(&v).ok_or("a counter is unreadable")?,
+            );
         }
         let seq = match self.meta.get(layout::SEQ_META_KEY).map_err(err)? {
             Some(v) => layout::u64_value(&v).ok_or("meta/seq is unreadable")?,

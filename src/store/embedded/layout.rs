@@ -258,7 +258,10 @@ mod tests {
         assert!(id.starts_with("dlv_"));
         assert_eq!(id.len(), 30);
         assert_eq!(IdParts::parse(&id), Some(p));
-        assert_eq!(IdParts::parse(&id.to_uppercase().replace("DLV_", "dlv_")), Some(p));
+        assert_eq!(
+            IdParts::parse(&id.to_uppercase().replace("DLV_", "dlv_")),
+            Some(p)
+        );
         assert_eq!(IdParts::parse("dlv_nope"), None);
         assert_eq!(IdParts::parse("other"), None);
     }

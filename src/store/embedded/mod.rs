@@ -168,8 +168,8 @@ impl EmbeddedStore {
         let refuse = StoreError::Unavailable;
         engine::prepare_dir(&opts.data_dir).map_err(refuse)?;
         engine::check_layout(&opts.data_dir).map_err(refuse)?;
-        let secret = engine::load_or_create_secret(&opts.data_dir.join(engine::KEY_FILE))
-            .map_err(refuse)?;
+        let secret =
+            engine::load_or_create_secret(&opts.data_dir.join(engine::KEY_FILE)).map_err(refuse)?;
         let engine = Engine::open(&opts.data_dir).map_err(refuse)?;
         let loaded = engine
             .load(&opts.data_dir.join(engine::DB_DIR))

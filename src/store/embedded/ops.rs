@@ -81,9 +81,9 @@ impl Writer {
         match op {
             Op::Accept { events, now_ms } => self.accept(e, g, events, *now_ms),
             Op::Complete { id } => self.complete(e, g, id).map(|()| Ok(Outcome::Done)),
-            Op::RetryLater { delivery } => self
-                .retry_later(e, g, delivery)
-                .map(|()| Ok(Outcome::Done)),
+            Op::RetryLater { delivery } => {
+                self.retry_later(e, g, delivery).map(|()| Ok(Outcome::Done))
+            }
             Op::DeadLetter { delivery, now_ms } => self
                 .dead_letter(e, g, delivery, *now_ms)
                 .map(|()| Ok(Outcome::Done)),
@@ -97,11 +97,13 @@ impl Writer {
             } => self
                 .retire(e, g, destination, reason, *now_ms)
                 .map(|n| Ok(Outcome::Counted(n, 0))),
-            Op::Purge { now_ms } => self.purge(e, g, *now_ms).map(|(a, b)| Ok(Outcome::Counted(a, b))),
+            Op::Purge { now_ms } => self
+                .purge(e, g, *now_ms)
+                .map(|(a, b)| Ok(Outcome::Counted(a, b))),
         }
     }
 
-    fn batch<'g>(g: &'g mut Group) -> Result<&'g mut fjall::OwnedWriteBatch, Fatal> {
+    fn batch(g: &mut Group) -> Result<&mut fjall::OwnedWriteBatch, Fatal> {
         g.batch.as_mut().ok_or_else(|| "no write batch".to_string())
     }
 
@@ -118,7 +120,8 @@ impl Writer {
         let mut seen = std::collections::HashSet::new();
         for ev in events {
             let key = ev.dedupe_key.0;
-            let dup = g.marked.contains(&key) || !seen.insert(key) || self.is_marked(e, &key, now_s)?;
+            let dup =
+                g.marked.contains(&key) || !seen.insert(key) || self.is_marked(e, &key, now_s)?;
             fresh.push(!dup);
         }
         let new: u64 = events
@@ -154,7 +157,11 @@ impl Writer {
             g.marked.insert(key);
             let b = Self::batch(g)?;
             b.insert(&e.dedupe, key, expiry);
-            b.insert(&e.dedupe_exp, layout::dedupe_exp_key(u64::from_be_bytes(expiry), &key), []);
+            b.insert(
+                &e.dedupe_exp,
+                layout::dedupe_exp_key(u64::from_be_bytes(expiry), &key),
+                [],
+            );
             let mut ids = Vec::with_capacity(ev.deliveries.len());
             for d in &ev.deliveries {
                 let dest = self.dest_id(e, g, &d.destination)?;

@@ -192,7 +192,11 @@ pub fn lookup(s: &Shared, id: &str) -> StoreResult<Option<DeliveryStatus>> {
         if layout::parse_retry_key(&k).is_some_and(|(_, _, seq)| seq == p.seq) {
             let r: Record = layout::decode("delivery", &v).map_err(corrupt)?;
             // A replayed dead letter waits here too, with its attempts reset.
-            let state = if r.attempts == 0 { "queued" } else { "retrying" };
+            let state = if r.attempts == 0 {
+                "queued"
+            } else {
+                "retrying"
+            };
             return Ok(Some(r.status(id.to_owned(), name, state)));
         }
     }

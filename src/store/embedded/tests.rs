@@ -126,7 +126,11 @@ async fn full_queue_refuses_and_writes_nothing() {
             .accept(vec![event(key(1), &["a", "b"])], NOW)
             .await
             .expect("accept");
-        assert_eq!(out, vec![AcceptOutcome::Duplicate], "duplicates add nothing");
+        assert_eq!(
+            out,
+            vec![AcceptOutcome::Duplicate],
+            "duplicates add nothing"
+        );
     }
     let s = open(dir.path());
     let out = s
@@ -207,7 +211,10 @@ async fn a_failed_write_is_refused_then_recovered_from() {
         .accept(vec![event(key(2), &["a"]), event(key(1), &["a"])], NOW)
         .await
         .expect("accepts again");
-    assert!(matches!(out[0], AcceptOutcome::Accepted { .. }), "the failed write left no mark");
+    assert!(
+        matches!(out[0], AcceptOutcome::Accepted { .. }),
+        "the failed write left no mark"
+    );
     assert_eq!(out[1], AcceptOutcome::Duplicate, "earlier marks kept");
     assert_eq!(counts_of(&s).await, vec![c("a", 2, 0)]);
 }
@@ -217,7 +224,9 @@ async fn a_store_without_its_dedupe_key_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     drop(open(dir.path()));
     fs::remove_file(dir.path().join("dedupe.key")).expect("remove key");
-    let err = EmbeddedStore::open(options(dir.path())).err().expect("refused");
+    let err = EmbeddedStore::open(options(dir.path()))
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("dedupe.key"), "{err}");
 }
 
@@ -247,7 +256,9 @@ async fn an_emptied_store_next_to_its_key_is_refused_not_started_empty() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let s = open(dir.path());
-        s.accept(vec![event(key(1), &["a"])], NOW).await.expect("accept");
+        s.accept(vec![event(key(1), &["a"])], NOW)
+            .await
+            .expect("accept");
     }
     fs::remove_dir_all(dir.path().join("store")).expect("remove");
     fs::create_dir(dir.path().join("store")).expect("mkdir");
@@ -268,7 +279,9 @@ async fn truncated_or_garbled_store_files_are_refused_without_a_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let s = open(dir.path());
-        s.accept(vec![event(key(1), &["a"])], NOW).await.expect("accept");
+        s.accept(vec![event(key(1), &["a"])], NOW)
+            .await
+            .expect("accept");
     }
     for f in files(&dir.path().join("store")) {
         let len = fs::metadata(&f).expect("meta").len().max(16) as usize;
@@ -317,7 +330,10 @@ async fn files_are_private_and_hold_no_plaintext_click_id() {
     }
     let mode = fs::metadata(&data).expect("dir").permissions().mode();
     assert_eq!(mode & 0o777, 0o700, "data_dir is private");
-    let key_mode = fs::metadata(data.join("dedupe.key")).expect("key").permissions().mode();
+    let key_mode = fs::metadata(data.join("dedupe.key"))
+        .expect("key")
+        .permissions()
+        .mode();
     assert_eq!(key_mode & 0o777, 0o600);
     let all = files(&data);
     assert!(all.len() >= 3, "{all:?}");
@@ -366,7 +382,10 @@ async fn bytes_per_dedupe_key() {
         .iter()
         .map(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0))
         .sum();
-    println!("{n} keys: {bytes} bytes on disk, {:.1} bytes/key", bytes as f64 / n as f64);
+    println!(
+        "{n} keys: {bytes} bytes on disk, {:.1} bytes/key",
+        bytes as f64 / n as f64
+    );
 }
 
 #[tokio::test]
@@ -374,7 +393,9 @@ async fn dead_letters_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let s = open(dir.path());
-        s.accept(vec![event(key(1), &["a"])], NOW).await.expect("accept");
+        s.accept(vec![event(key(1), &["a"])], NOW)
+            .await
+            .expect("accept");
         let d = s.claim_due("a", NOW, 1).await.expect("claim").remove(0);
         s.dead_letter(d, NOW).await.expect("dead");
         assert_eq!(s.dlq_list(None, 10).await.expect("list").len(), 1);

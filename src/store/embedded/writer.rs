@@ -148,7 +148,11 @@ impl Writer {
         }
         // Closing: release the database before the store's owner returns.
         self.engine = None;
-        *self.shared.engine.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .shared
+            .engine
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     fn run_group(&mut self, pending: Vec<Pending>) {
@@ -190,7 +194,10 @@ impl Writer {
             let counts = lock(&self.shared.counts);
             for (dest, (dq, dd)) in &g.counts {
                 let (q, d) = counts.get(dest).copied().unwrap_or((0, 0));
-                let v = layout::counts_value(q.saturating_add_signed(*dq), d.saturating_add_signed(*dd));
+                let v = layout::counts_value(
+                    q.saturating_add_signed(*dq),
+                    d.saturating_add_signed(*dd),
+                );
                 batch.insert(&engine.meta, layout::count_meta_key(*dest), v);
             }
         }
@@ -251,7 +258,11 @@ impl Writer {
         tracing::error!(error = %why, "the store cannot write; refusing new events until it can (retrying)");
         *lock(&self.shared.broken) = Some(why);
         self.engine = None;
-        *self.shared.engine.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .shared
+            .engine
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         self.reopen_wait = REOPEN_FIRST;
         self.reopen_at = Instant::now() + self.reopen_wait;
     }
@@ -271,7 +282,11 @@ impl Writer {
                 let engine = Arc::new(engine);
                 self.install(loaded);
                 self.engine = Some(engine.clone());
-                *self.shared.engine.write().unwrap_or_else(|p| p.into_inner()) = Some(engine);
+                *self
+                    .shared
+                    .engine
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(engine);
                 *lock(&self.shared.broken) = None;
                 tracing::info!("the store can write again");
             }
@@ -291,22 +306,38 @@ impl Writer {
         if self.next_seq > self.seq_reserved {
             self.seq_reserved = self.next_seq + SEQ_BLOCK;
             if let Some(b) = g.batch.as_mut() {
-                b.insert(&engine.meta, layout::SEQ_META_KEY, self.seq_reserved.to_be_bytes());
+                b.insert(
+                    &engine.meta,
+                    layout::SEQ_META_KEY,
+                    self.seq_reserved.to_be_bytes(),
+                );
             }
         }
         seq
     }
 
     /// The destination's number, assigning (and recording) one the first time.
-    pub fn dest_id(&mut self, engine: &Engine, g: &mut Group, name: &str) -> Result<DestId, String> {
+    pub fn dest_id(
+        &mut self,
+        engine: &Engine,
+        g: &mut Group,
+        name: &str,
+    ) -> Result<DestId, String> {
         if let Some(id) = self.shared.dest_id(name) {
             return Ok(id);
         }
         if let Some((_, id)) = g.new_dests.iter().find(|(n, _)| n == name) {
             return Ok(*id);
         }
-        let used = self.shared.dests.read().unwrap_or_else(|p| p.into_inner()).len() + g.new_dests.len();
-        let id = DestId::try_from(used + 1).map_err(|_| "more than 65,535 destinations".to_string())?;
+        let used = self
+            .shared
+            .dests
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+            + g.new_dests.len();
+        let id =
+            DestId::try_from(used + 1).map_err(|_| "more than 65,535 destinations".to_string())?;
         if let Some(b) = g.batch.as_mut() {
             b.insert(&engine.meta, layout::dest_meta_key(name), id.to_be_bytes());
         }
