@@ -562,7 +562,11 @@ allow = ["event_id"]
             partner.url("/pb")
         )
     };
-    let relay = TestRelay::start(&[("aff", &rule_with("tok-canary-0815bb"))], "").await;
+    let relay = TestRelay::start(
+        &[("aff", &rule_with("tok-canary-0815bb"))],
+        "[rules]\nallow_env = [\"PB_*\"]\n",
+    )
+    .await;
     accept(&relay, "e-cred").await;
     assert!(partner.wait_for_requests(1, Duration::from_secs(20)).await);
     let first = partner.requests()[0].clone();
