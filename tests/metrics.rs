@@ -22,8 +22,10 @@ allow = ["event_id"]
     )
 }
 
-/// Every sample of the scrape: (name, sorted labels) -> value.
-async fn scrape(relay: &TestRelay) -> HashMap<(String, Vec<(String, String)>), f64> {
+/// Every sample of a scrape: (name, sorted labels) -> value.
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+async fn scrape(relay: &TestRelay) -> Samples {
     let resp = relay
         .client
         .get(format!("{}/metrics", relay.base))
@@ -57,7 +59,7 @@ async fn scrape(relay: &TestRelay) -> HashMap<(String, Vec<(String, String)>), f
 }
 
 fn get(
-    m: &HashMap<(String, Vec<(String, String)>), f64>,
+    m: &Samples,
     name: &str,
     labels: &[(&str, &str)],
 ) -> f64 {

@@ -147,20 +147,6 @@ pub fn replay_selector(v: &Value) -> Result<ReplaySelector, String> {
     Err("say which dead letters to replay: {\"id\": \"...\"}, {\"destination\": \"...\"} or {\"all\": true}".into())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive() {
-        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
-        assert_eq!(bearer_token("Basic abc"), None);
-        assert_eq!(bearer_token("Bearerabc"), None);
-    }
-}
-
 pub async fn replay(relay: &Relay, selector: ReplaySelector) -> HttpResponse {
     match relay
         .store
@@ -238,4 +224,18 @@ async fn destinations(relay: &Relay) -> HttpResponse {
         StatusCode::OK,
         json!({"destinations": out.into_values().collect::<Vec<_>>()}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 }
