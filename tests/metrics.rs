@@ -58,11 +58,7 @@ async fn scrape(relay: &TestRelay) -> Samples {
     out
 }
 
-fn get(
-    m: &Samples,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut l: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
