@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -130,13 +131,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
         None => None,
     };
     let store = open_store(&config).map_err(StartError::Store)?;
-    let ingest = crate::http::bind(config.listen)
-        .await
-        .map_err(StartError::Listen)?;
-    let admin = match config.admin_listen {
-        Some(a) => Some(crate::http::bind(a).await.map_err(StartError::Listen)?),
-        None => None,
-    };
+    let (ingest, admin) = bind_listeners(&config).await?;
     let addr = ingest
         .local_addr()
         .map_err(|e| StartError::Listen(e.to_string()))?;
@@ -167,6 +162,41 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
     warn_if_descriptors_are_short(&relay.config);
 
     let (shutdown, rx) = watch::channel(false);
+    let servers = spawn_servers(&relay, ingest, admin, tls, rx);
+    let background = vec![tokio::spawn(purge_loop(relay.clone()))];
+    let watcher = watch_rules(&relay);
+    log_ready(&relay, addr, admin_addr);
+    Ok(Running {
+        addr,
+        admin_addr,
+        relay,
+        shutdown,
+        servers,
+        background,
+        _watcher: watcher,
+    })
+}
+
+async fn bind_listeners(config: &Config) -> Result<(TcpListener, Option<TcpListener>), StartError> {
+    let ingest = crate::http::bind(config.listen)
+        .await
+        .map_err(StartError::Listen)?;
+    let admin = match config.admin_listen {
+        Some(a) => Some(crate::http::bind(a).await.map_err(StartError::Listen)?),
+        None => None,
+    };
+    Ok((ingest, admin))
+}
+
+/// One server task per listener: ingest (with the admin API unless it has its own
+/// listener), and admin.
+fn spawn_servers(
+    relay: &Arc<Relay>,
+    ingest: TcpListener,
+    admin: Option<TcpListener>,
+    tls: Option<TlsCertificates>,
+    rx: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
     let edge = Edge::new(relay.clone());
     let mut servers = vec![tokio::spawn(crate::http::serve(
         edge.clone(),
@@ -194,18 +224,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
             GRACE,
         )));
     }
-    let background = vec![tokio::spawn(purge_loop(relay.clone()))];
-    let watcher = watch_rules(&relay);
-    log_ready(&relay, addr, admin_addr);
-    Ok(Running {
-        addr,
-        admin_addr,
-        relay,
-        shutdown,
-        servers,
-        background,
-        _watcher: watcher,
-    })
+    servers
 }
 
 fn watch_rules(relay: &Arc<Relay>) -> Option<notify::RecommendedWatcher> {

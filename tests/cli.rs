@@ -131,7 +131,9 @@ fn help_and_version_exit_0_usage_errors_exit_2() {
         // An error naming the problem, or (no subcommand) the usage, on stderr.
         assert!(
             (r.stderr.starts_with("error: ") && r.stderr.contains("--help"))
-                || (args.is_empty() && r.stderr.contains("Usage: postback-relay <COMMAND>")),
+                || (args.is_empty()
+                    && r.stderr.contains("Usage: postback-relay")
+                    && r.stderr.contains("<COMMAND>")),
             "{args:?}: {}",
             r.stderr
         );

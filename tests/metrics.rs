@@ -146,6 +146,8 @@ async fn counters_move_as_the_scenario_expects() {
                 &[("destination", "bad"), ("outcome", "dead_letter")],
             ) == 1.0
             && get(&m, "postback_relay_dlq_size", &[("destination", "bad")]) == 1.0
+            // the attempt is counted before its outcome is committed
+            && get(&m, "postback_relay_queue_depth", &[("destination", "good")]) == 0.0
     })
     .await;
     let m = scrape(&relay).await;
