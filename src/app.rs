@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -25,36 +26,6 @@ use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::Store;
 
 pub use crate::relay::{delivery_settings, Relay};
-
-/// Moves the queue of every destination without a rule file (enabled or not) to the
-/// dead-letter queue, with a reason that says how to bring it back.
-pub async fn retire_removed(store: &dyn Store, rules: &RulesHandle) {
-    let Ok(counts) = store.counts().await else {
-        return;
-    };
-    let current = rules.current();
-    for c in counts.into_iter().filter(|c| c.queued > 0) {
-        let known = current.get(&c.destination).is_some()
-            || current.disabled().iter().any(|d| d.name == c.destination);
-        if known {
-            continue;
-        }
-        let reason = format!(
-            "destination removed: no rule file {}.toml in the rules directory; restore it and replay",
-            c.destination
-        );
-        let now = chrono::Utc::now().timestamp_millis();
-        match store.retire_destination(&c.destination, &reason, now).await {
-            Ok(n) if n > 0 => {
-                tracing::warn!(destination = %c.destination, count = n, "destination removed: its queued deliveries were dead-lettered")
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(destination = %c.destination, error = %e, "cannot dead-letter the deliveries of a removed destination")
-            }
-        }
-    }
-}
 
 /// Why the relay could not start.
 #[derive(Debug)]
@@ -155,13 +126,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
         None => None,
     };
     let store = open_store(&config).map_err(StartError::Store)?;
-    let ingest = crate::http::bind(config.listen)
-        .await
-        .map_err(StartError::Listen)?;
-    let admin = match config.admin_listen {
-        Some(a) => Some(crate::http::bind(a).await.map_err(StartError::Listen)?),
-        None => None,
-    };
+    let (ingest, admin) = bind_listeners(&config).await?;
     let addr = ingest
         .local_addr()
         .map_err(|e| StartError::Listen(e.to_string()))?;
@@ -178,6 +143,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
     .map_err(|e| StartError::Store(e.to_string()))?;
     let metrics = Arc::new(Metrics::new());
     deliverer.observe(metrics.clone());
+    store.observe(metrics.clone());
     let relay = Arc::new(Relay {
         verifier: Verifier::new(&config.ingest.secrets, config.ingest.tolerance),
         dedupe: DedupeRule::new(&config.dedupe),
@@ -192,6 +158,41 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
     warn_if_descriptors_are_short(&relay.config);
 
     let (shutdown, rx) = watch::channel(false);
+    let servers = spawn_servers(&relay, ingest, admin, tls, rx);
+    let background = vec![tokio::spawn(purge_loop(relay.clone()))];
+    let watcher = watch_rules(&relay);
+    log_ready(&relay, addr, admin_addr);
+    Ok(Running {
+        addr,
+        admin_addr,
+        relay,
+        shutdown,
+        servers,
+        background,
+        _watcher: watcher,
+    })
+}
+
+async fn bind_listeners(config: &Config) -> Result<(TcpListener, Option<TcpListener>), StartError> {
+    let ingest = crate::http::bind(config.listen)
+        .await
+        .map_err(StartError::Listen)?;
+    let admin = match config.admin_listen {
+        Some(a) => Some(crate::http::bind(a).await.map_err(StartError::Listen)?),
+        None => None,
+    };
+    Ok((ingest, admin))
+}
+
+/// One server task per listener: ingest (with the admin API unless it has its own
+/// listener), and admin.
+fn spawn_servers(
+    relay: &Arc<Relay>,
+    ingest: TcpListener,
+    admin: Option<TcpListener>,
+    tls: Option<TlsCertificates>,
+    rx: watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
     let edge = Edge::new(relay.clone());
     let mut servers = vec![tokio::spawn(crate::http::serve(
         edge.clone(),
@@ -219,18 +220,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
             GRACE,
         )));
     }
-    let background = vec![tokio::spawn(purge_loop(relay.clone()))];
-    let watcher = watch_rules(&relay);
-    log_ready(&relay, addr, admin_addr);
-    Ok(Running {
-        addr,
-        admin_addr,
-        relay,
-        shutdown,
-        servers,
-        background,
-        _watcher: watcher,
-    })
+    servers
 }
 
 fn watch_rules(relay: &Arc<Relay>) -> Option<notify::RecommendedWatcher> {
@@ -310,7 +300,7 @@ async fn purge_loop(relay: Arc<Relay>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tick.tick().await;
-        retire_removed(&*relay.store, &relay.rules).await;
+        crate::relay::retire_removed(&*relay.store, &relay.rules).await;
         let now = chrono::Utc::now().timestamp_millis();
         match relay.store.purge(now).await {
             Ok((keys, dead)) if keys + dead > 0 => {

@@ -544,6 +544,8 @@ fn read_admin(root: &Section<'_>) -> (Option<String>, Option<SocketAddr>) {
 
 fn read_server(root: &Section<'_>, max_body: u64) -> ServerLimits {
     let mut l = ServerLimits::default();
+    // Room for at least one whole body, whatever `ingest.max_body` says.
+    l.max_body_bytes_in_flight = l.max_body_bytes_in_flight.max(max_body);
     let Some(s) = root.section("server", "[server]") else {
         return l;
     };

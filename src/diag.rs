@@ -135,33 +135,15 @@ impl Source {
                     && !name.as_bytes()[0].is_ascii_digit();
                 if valid_name && !inner.contains('\n') {
                     vars.push(name.to_string());
-                    let found = match env.refuse(name) {
-                        Some(why) => Err(why),
-                        None => Ok(env.var(name)),
-                    };
-                    let value = match (found, default) {
-                        (Ok(Some(v)), _) => v,
-                        (Ok(None), Some(d)) => d.to_string(),
-                        (Err(why), _) => {
+                    let value = match lookup(env, name, default) {
+                        Ok(v) => v,
+                        Err(message) => {
                             let (line, col) = line_col(&original, i);
                             errors.push(Diagnostic {
                                 file: path.to_path_buf(),
                                 line,
                                 col,
-                                message: why,
-                            });
-                            unset.push(text.len());
-                            String::new()
-                        }
-                        (Ok(None), None) => {
-                            let (line, col) = line_col(&original, i);
-                            errors.push(Diagnostic {
-                                file: path.to_path_buf(),
-                                line,
-                                col,
-                                message: format!(
-                                    "environment variable {name} is not set; set it, or write ${{{name}:-default}} to give a default"
-                                ),
+                                message,
                             });
                             unset.push(text.len());
                             String::new()
@@ -169,17 +151,7 @@ impl Source {
                     };
                     let start = text.len();
                     values.push((name.to_string(), value.clone()));
-                    for ch in value.chars() {
-                        match ch {
-                            '"' => text.push_str("\\\""),
-                            '\\' => text.push_str("\\\\"),
-                            '\n' => text.push_str("\\n"),
-                            '\r' => text.push_str("\\r"),
-                            '\t' => text.push_str("\\t"),
-                            c if c.is_control() => text.push_str(&format!("\\u{:04X}", c as u32)),
-                            c => text.push(c),
-                        }
-                    }
+                    push_escaped(&mut text, &value);
                     subs.push((start, text.len(), i, close + 1));
                     i = close + 1;
                     continue;
@@ -281,6 +253,35 @@ impl Source {
             line,
             col,
             message: message.into(),
+        }
+    }
+}
+
+/// The value of `${name}` / `${name:-default}`, or why it has none (refused, unset).
+fn lookup(env: &dyn Env, name: &str, default: Option<&str>) -> Result<String, String> {
+    if let Some(why) = env.refuse(name) {
+        return Err(why);
+    }
+    match (env.var(name), default) {
+        (Some(v), _) => Ok(v),
+        (None, Some(d)) => Ok(d.to_string()),
+        (None, None) => Err(format!(
+            "environment variable {name} is not set; set it, or write ${{{name}:-default}} to give a default"
+        )),
+    }
+}
+
+/// Appends `value` escaped for a TOML basic string, where substitutions stand.
+fn push_escaped(text: &mut String, value: &str) {
+    for ch in value.chars() {
+        match ch {
+            '"' => text.push_str("\\\""),
+            '\\' => text.push_str("\\\\"),
+            '\n' => text.push_str("\\n"),
+            '\r' => text.push_str("\\r"),
+            '\t' => text.push_str("\\t"),
+            c if c.is_control() => text.push_str(&format!("\\u{:04X}", c as u32)),
+            c => text.push(c),
         }
     }
 }

@@ -309,6 +309,12 @@ impl DeliveryObserver for Metrics {
     }
 }
 
+impl crate::store::StoreObserver for Metrics {
+    fn committed(&self, operations: usize, took: Duration) {
+        self.store_commit(operations, took);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,7 +59,7 @@ impl Relay {
         let store = self.store.clone();
         let rules = self.rules.clone();
         self.deliverer
-            .spawn(async move { crate::app::retire_removed(&*store, &rules).await });
+            .spawn(async move { retire_removed(&*store, &rules).await });
     }
 
     /// Reads the TLS certificate and key again (SIGHUP); on error the ones in use stay.
@@ -83,4 +83,34 @@ pub fn delivery_settings(rules: &RuleSet) -> Vec<(String, DeliverySettings)> {
         .iter()
         .map(|d| (d.name.clone(), d.delivery.clone()))
         .collect()
+}
+
+/// Moves the queue of every destination without a rule file (enabled or not) to the
+/// dead-letter queue, with a reason that says how to bring it back.
+pub async fn retire_removed(store: &dyn Store, rules: &RulesHandle) {
+    let Ok(counts) = store.counts().await else {
+        return;
+    };
+    let current = rules.current();
+    for c in counts.into_iter().filter(|c| c.queued > 0) {
+        let known = current.get(&c.destination).is_some()
+            || current.disabled().iter().any(|d| d.name == c.destination);
+        if known {
+            continue;
+        }
+        let reason = format!(
+            "destination removed: no rule file {}.toml in the rules directory; restore it and replay",
+            c.destination
+        );
+        let now = chrono::Utc::now().timestamp_millis();
+        match store.retire_destination(&c.destination, &reason, now).await {
+            Ok(n) if n > 0 => {
+                tracing::warn!(destination = %c.destination, count = n, "destination removed: its queued deliveries were dead-lettered")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(destination = %c.destination, error = %e, "cannot dead-letter the deliveries of a removed destination")
+            }
+        }
+    }
 }

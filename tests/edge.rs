@@ -357,3 +357,61 @@ fn logs_are_json_lines_when_stderr_is_not_a_terminal() {
         "{log}"
     );
 }
+
+#[test]
+fn out_of_descriptors_accept_errors_are_logged_rarely_and_service_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config_dir(tmp.path(), "[server]\nheader_read_timeout = \"30s\"\n");
+    // 64 descriptors and the default cap of 1024 connections: accepts fail (EMFILE).
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec \"{}\" serve --config \"{}\" --log-format text",
+            env!("CARGO_BIN_EXE_postback-relay"),
+            cfg.display()
+        ))
+        .env("RUST_LOG", "info");
+    let relay = RelayProcess::spawn_logging(cmd);
+    assert!(relay.log().contains("open-files limit"), "{}", relay.log());
+    let hogs: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(&relay.addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let failures = relay.log().matches("cannot accept connections").count();
+    assert!(
+        (1..=2).contains(&failures),
+        "{failures} accept-error lines in 2 s:\n{}",
+        relay.log()
+    );
+    drop(hogs);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (s, v) = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut last = (0, serde_json::Value::Null);
+        for i in 0..50 {
+            let id = format!("m-fd-{i}");
+            let r = signed_request(
+                &client,
+                &relay.base,
+                &id,
+                &event("fd1", "install", "c-fd"),
+                "application/json",
+                event("fd1", "install", "c-fd").as_bytes(),
+            )
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+            if let Ok(r) = r {
+                let status = r.status().as_u16();
+                last = (status, r.json().await.unwrap_or_default());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        last
+    });
+    assert_eq!(s, 202, "{v}");
+}

@@ -108,6 +108,15 @@ pub enum Command {
         /// One event, a JSON array, or NDJSON; `-` reads standard input.
         events: String,
     },
+    /// Exit 0 when the relay answers `GET /readyz` with 200, else 1 (for container
+    /// and service health checks).
+    Health {
+        #[arg(long, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// The URL to ask (default: http://<listen>/readyz from the config).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Inspect and replay dead-lettered deliveries.
     Dlq {
         #[command(subcommand)]
@@ -165,6 +174,7 @@ pub fn run(cli: Cli) -> i32 {
             url,
             events,
         } => send(&config, url, &events),
+        Command::Health { config, url } => health(&config, url),
         Command::Dlq { command } => dlq::run(command),
     }
 }
@@ -384,6 +394,47 @@ fn send(config: &Path, url: Option<String>, events: &str) -> i32 {
         }
         Err(e) => {
             eprintln!("{e}");
+            1
+        }
+    }
+}
+
+fn health(config: &Path, url: Option<String>) -> i32 {
+    let url = match url {
+        Some(u) => u,
+        None => match load_config(config, &Overrides::default()) {
+            Ok(c) => format!("http://{}/readyz", connect_addr(c.listen)),
+            Err(code) => return code,
+        },
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let status = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        Ok::<_, String>(resp.status())
+    });
+    match status {
+        Ok(s) if s.is_success() => {
+            println!("ready ({url})");
+            0
+        }
+        Ok(s) => {
+            eprintln!("not ready: {url} answered {s}");
+            1
+        }
+        Err(e) => {
+            eprintln!("not ready: {e}");
             1
         }
     }

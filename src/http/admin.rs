@@ -47,8 +47,26 @@ pub async fn handle(relay: &Relay, req: Request<Incoming>) -> HttpResponse {
         );
     }
     let path = req.uri().path().to_string();
-    let query: BTreeMap<String, String> = req
-        .uri()
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/admin/destinations") => destinations(relay).await,
+        (Method::GET, "/admin/dlq") => dlq(relay, &query(&req)).await,
+        (Method::POST, "/admin/dlq/replay") => match replay_request(req).await {
+            Ok(selector) => replay(relay, selector).await,
+            Err(resp) => resp,
+        },
+        (Method::POST, "/admin/reload") => reload(relay),
+        (Method::GET, p) if p.starts_with("/admin/deliveries/") => {
+            delivery(relay, &p["/admin/deliveries/".len()..]).await
+        }
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no such admin endpoint: {} {path}", req.method())}),
+        ),
+    }
+}
+
+fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
+    req.uri()
         .query()
         .map(|q| {
             q.split('&')
@@ -61,88 +79,73 @@ pub async fn handle(relay: &Relay, req: Request<Incoming>) -> HttpResponse {
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/admin/destinations") => destinations(relay).await,
-        (Method::GET, "/admin/dlq") => {
-            let limit = query
-                .get("limit")
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(1000usize);
-            match relay
-                .store
-                .dlq_list(query.get("destination").map(String::as_str), limit)
-                .await
-            {
-                Ok(list) => json_response(
-                    StatusCode::OK,
-                    json!({"dead_letters": list.iter().map(dead_letter_json).collect::<Vec<_>>()}),
-                ),
-                Err(e) => json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"error": e.to_string()}),
-                ),
-            }
-        }
-        (Method::POST, "/admin/dlq/replay") => {
-            let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    return json_response(
-                        StatusCode::BAD_REQUEST,
-                        json!({"error": "body unreadable or over 64KiB"}),
-                    )
-                }
-            };
-            let v: Value = if body.is_empty() {
-                json!({})
-            } else {
-                match serde_json::from_slice(&body) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        return json_response(
-                            StatusCode::BAD_REQUEST,
-                            json!({"error": format!("invalid JSON: {e}")}),
-                        )
-                    }
-                }
-            };
-            let selector = match replay_selector(&v) {
-                Ok(s) => s,
-                Err(e) => return json_response(StatusCode::BAD_REQUEST, json!({"error": e})),
-            };
-            replay(relay, selector).await
-        }
-        (Method::GET, p) if p.starts_with("/admin/deliveries/") => {
-            let id = &p["/admin/deliveries/".len()..];
-            match relay.store.lookup(id).await {
-                Ok(Some(status)) => json_response(StatusCode::OK, json!(status)),
-                Ok(None) => json_response(
-                    StatusCode::NOT_FOUND,
-                    json!({"error": "no such delivery (unknown ID, or delivered/dead longer ago than the dead-letter retention)"}),
-                ),
-                Err(e) => json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"error": e.to_string()}),
-                ),
-            }
-        }
-        (Method::POST, "/admin/reload") => match relay.reload_rules() {
-            Ok(names) => json_response(
-                StatusCode::OK,
-                json!({"status": "reloaded", "destinations": names}),
-            ),
-            Err(errors) => json_response(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({
-                    "status": "refused; the rules in force stay in force",
-                    "errors": errors.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-                }),
-            ),
-        },
-        _ => json_response(
+        .unwrap_or_default()
+}
+
+async fn dlq(relay: &Relay, query: &BTreeMap<String, String>) -> HttpResponse {
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(1000usize);
+    match relay
+        .store
+        .dlq_list(query.get("destination").map(String::as_str), limit)
+        .await
+    {
+        Ok(list) => json_response(
+            StatusCode::OK,
+            json!({"dead_letters": list.iter().map(dead_letter_json).collect::<Vec<_>>()}),
+        ),
+        Err(e) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+/// The replay selector of a `POST /admin/dlq/replay` body, or the 400 to answer.
+async fn replay_request(req: Request<Incoming>) -> Result<ReplaySelector, HttpResponse> {
+    let bad = |error: String| json_response(StatusCode::BAD_REQUEST, json!({"error": error}));
+    let body = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|_| bad("body unreadable or over 64KiB".into()))?
+        .to_bytes();
+    let v: Value = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON: {e}")))?
+    };
+    replay_selector(&v).map_err(bad)
+}
+
+/// `GET /admin/deliveries/{id}`: where one delivery stands, never its payload.
+async fn delivery(relay: &Relay, id: &str) -> HttpResponse {
+    match relay.store.lookup(id).await {
+        Ok(Some(status)) => json_response(StatusCode::OK, json!(status)),
+        Ok(None) => json_response(
             StatusCode::NOT_FOUND,
-            json!({"error": format!("no such admin endpoint: {} {path}", req.method())}),
+            json!({"error": "no such delivery (unknown ID, or delivered/dead longer ago than the dead-letter retention)"}),
+        ),
+        Err(e) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+fn reload(relay: &Relay) -> HttpResponse {
+    match relay.reload_rules() {
+        Ok(names) => json_response(
+            StatusCode::OK,
+            json!({"status": "reloaded", "destinations": names}),
+        ),
+        Err(errors) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({
+                "status": "refused; the rules in force stay in force",
+                "errors": errors.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            }),
         ),
     }
 }

@@ -159,9 +159,10 @@ async fn read_signed(
         .unwrap_or(max_body)
         .min(max_body);
     let budget = edge.body_budget.clone();
-    let limits = &edge.limits;
-    let permit = tokio::time::timeout(
-        limits.body_read_timeout,
+    // Waiting for a share of the budget and reading share one deadline.
+    let deadline = tokio::time::Instant::now() + edge.limits.body_read_timeout;
+    let permit = tokio::time::timeout_at(
+        deadline,
         budget.acquire_many_owned(u32::try_from(want).unwrap_or(u32::MAX)),
     )
     .await;
@@ -176,28 +177,27 @@ async fn read_signed(
         return Err(r);
     };
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let bytes =
-        match tokio::time::timeout(limits.body_read_timeout, collect(&mut body, limit)).await {
-            Err(_) => {
-                return Err(Refusal::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "the body did not arrive within body_read_timeout",
-                ))
-            }
-            Ok(Err(Collect::TooLarge)) => {
-                linger(edge, parts, body, None, conn);
-                return Err(too_large(max_body));
-            }
-            Ok(Err(Collect::Broken)) => {
-                return Err(Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "could not read the request body",
-                ))
-            }
-            Ok(Ok(b)) => b,
-        };
+    let bytes = match tokio::time::timeout_at(deadline, collect(&mut body, limit)).await {
+        Err(_) => {
+            return Err(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body did not arrive within body_read_timeout",
+            ))
+        }
+        Ok(Err(Collect::TooLarge)) => {
+            linger(edge, parts, body, None, conn);
+            return Err(too_large(max_body));
+        }
+        Ok(Err(Collect::Broken)) => {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "could not read the request body",
+            ))
+        }
+        Ok(Ok(b)) => b,
+    };
     if let Err(e) = edge.relay.verifier.verify_body(&headers, &bytes) {
         return Err(unauthorized(&e));
     }

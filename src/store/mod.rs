@@ -24,6 +24,7 @@ pub mod embedded;
 #[cfg(test)]
 pub(crate) mod memory;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -155,8 +156,17 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// Told about every durable commit (metrics): how many operations it carried and how
+/// long the write and fsync took.
+pub trait StoreObserver: Send + Sync {
+    fn committed(&self, operations: usize, took: Duration);
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Reports commits to `observer` from now on (a backend without commits ignores it).
+    fn observe(&self, _observer: Arc<dyn StoreObserver>) {}
+
     /// The per-installation secret dedupe keys are hashed with.
     fn dedupe_secret(&self) -> [u8; 32];
 

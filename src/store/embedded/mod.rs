@@ -108,6 +108,7 @@ pub(crate) struct Shared {
     counts: Mutex<HashMap<DestId, (u64, u64)>>,
     claims: Mutex<HashMap<DestId, DestClaims>>,
     commits: AtomicU64,
+    observer: std::sync::OnceLock<Arc<dyn super::StoreObserver>>,
     /// Test hook: the next this-many group commits fail as if the disk were full.
     #[cfg(test)]
     fail_commits: std::sync::atomic::AtomicUsize,
@@ -181,6 +182,7 @@ impl EmbeddedStore {
             counts: Mutex::new(HashMap::new()),
             claims: Mutex::new(HashMap::new()),
             commits: AtomicU64::new(0),
+            observer: std::sync::OnceLock::new(),
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicUsize::new(0),
         });
@@ -276,6 +278,10 @@ fn unexpected() -> StoreError {
 impl Store for EmbeddedStore {
     fn dedupe_secret(&self) -> [u8; 32] {
         self.secret
+    }
+
+    fn observe(&self, observer: Arc<dyn super::StoreObserver>) {
+        let _ = self.shared.observer.set(observer);
     }
 
     async fn accept(

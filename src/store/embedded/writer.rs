@@ -174,9 +174,13 @@ impl Writer {
                 }
             }
         }
+        let started = Instant::now();
         if let Err(e) = self.commit(&engine, &mut g) {
             self.go_broken(format!("store write failed: {e}"));
             return answer_all(pending, &self.broken_reason());
+        }
+        if let Some(o) = self.shared.observer.get() {
+            o.committed(pending.len(), started.elapsed());
         }
         self.after_commit(g);
         for (p, r) in pending.into_iter().zip(results) {

@@ -1,0 +1,36 @@
+# postback-relay container image: build with the Rust toolchain, run from a small
+# Debian image as an unprivileged user.
+#
+#   docker build -t postback-relay .
+#   docker run -p 8080:8080 -e POSTBACK_RELAY_SECRET=whsec_... \
+#     -v $PWD/rules:/etc/postback-relay/rules:ro -v relay-data:/var/lib/postback-relay \
+#     postback-relay
+#
+# The image carries the example config (/etc/postback-relay/postback-relay.toml);
+# mount your own over it. The queue lives in /var/lib/postback-relay: keep it on a volume.
+
+FROM rust:1-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+RUN cargo build --release --locked --bin postback-relay \
+ && strip target/release/postback-relay
+
+FROM debian:bookworm-slim
+RUN groupadd --system --gid 10001 relay \
+ && useradd --system --uid 10001 --gid relay --home-dir /var/lib/postback-relay --shell /usr/sbin/nologin relay \
+ && mkdir -p /etc/postback-relay /var/lib/postback-relay \
+ && chown relay:relay /var/lib/postback-relay
+COPY --from=build /src/target/release/postback-relay /usr/local/bin/postback-relay
+COPY postback-relay.toml /etc/postback-relay/postback-relay.toml
+COPY rules /etc/postback-relay/rules
+USER relay:relay
+VOLUME ["/var/lib/postback-relay"]
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["/usr/local/bin/postback-relay", "health", "--url", "http://127.0.0.1:8080/readyz"]
+ENTRYPOINT ["/usr/local/bin/postback-relay"]
+CMD ["serve", "--config", "/etc/postback-relay/postback-relay.toml", \
+     "--listen", "0.0.0.0:8080", "--data-dir", "/var/lib/postback-relay", \
+     "--log-format", "json"]

@@ -1,0 +1,246 @@
+//! `GET /metrics` parses as Prometheus exposition, and its counters move as a
+//! scripted scenario says they must.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use postback_relay::deliver::testing::{FakePartner, Reply};
+
+fn rule(url: &str, max_attempts: u32) -> String {
+    format!(
+        r#"[destination]
+url = "{url}?eid={{event_id}}"
+method = "GET"
+retry = {{ max_attempts = {max_attempts}, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "100ms" }}
+
+[privacy]
+allow = ["event_id"]
+"#
+    )
+}
+
+/// Every sample of a scrape: (name, sorted labels) -> value.
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+async fn scrape(relay: &TestRelay) -> Samples {
+    let resp = relay
+        .client
+        .get(format!("{}/metrics", relay.base))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(resp.status().as_u16(), 200);
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    let text = resp.text().await.unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("Prometheus exposition");
+    assert!(!scrape.samples.is_empty(), "{text}");
+    let mut out = HashMap::new();
+    for s in scrape.samples {
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            // A histogram counts as its number of observations.
+            prometheus_parse::Value::Histogram(ref buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            _ => continue,
+        };
+        let mut labels: Vec<(String, String)> = s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.sort();
+        out.insert((s.metric, labels), v);
+    }
+    out
+}
+
+fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut l: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    l.sort();
+    m.get(&(name.to_string(), l)).copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn counters_move_as_the_scenario_expects() {
+    let good = FakePartner::start().await.unwrap();
+    good.enqueue([Reply::status(503)]);
+    let bad = FakePartner::start().await.unwrap();
+    bad.set_default(Reply::status(400));
+    let relay = TestRelay::start(
+        &[
+            ("good", &rule(&good.url("/pb"), 5)),
+            ("bad", &rule(&bad.url("/pb"), 1)),
+        ],
+        "",
+    )
+    .await;
+
+    let before = scrape(&relay).await;
+    assert_eq!(
+        get(
+            &before,
+            "postback_relay_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+
+    let batch = format!(
+        "[{},{}]",
+        event("e1", "install", "c1"),
+        r#"{"event_id":"e2"}"#
+    );
+    let (s, _) = relay.post_json("m1", &batch).await;
+    assert_eq!(s, 202);
+    let (s, _) = relay.post_json("m2", &event("e3", "install", "c1")).await;
+    assert_eq!(s, 202, "a duplicate");
+    let forged = signed_request(
+        &relay.client,
+        &relay.base,
+        "m3",
+        "{}",
+        "application/json",
+        b"other",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(forged.status().as_u16(), 401);
+    let (s, _) = relay
+        .admin_post("/admin/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(s, 200);
+    std::fs::write(
+        relay.rules_dir().join("broken.toml"),
+        "[destination]\nurl = 5\n",
+    )
+    .unwrap();
+    let (s, _) = relay
+        .admin_post("/admin/reload", serde_json::json!({}))
+        .await;
+    assert_eq!(s, 422);
+    std::fs::remove_file(relay.rules_dir().join("broken.toml")).unwrap();
+
+    assert!(
+        good.wait_for_requests(2, Duration::from_secs(10)).await,
+        "retried then delivered"
+    );
+    assert!(bad.wait_for_requests(1, Duration::from_secs(10)).await);
+    let settled = eventually(10, || async {
+        let m = scrape(&relay).await;
+        get(
+            &m,
+            "postback_relay_delivery_attempts_total",
+            &[("destination", "good"), ("outcome", "delivered")],
+        ) == 1.0
+            && get(
+                &m,
+                "postback_relay_delivery_attempts_total",
+                &[("destination", "bad"), ("outcome", "dead_letter")],
+            ) == 1.0
+            && get(&m, "postback_relay_dlq_size", &[("destination", "bad")]) == 1.0
+            // the attempt is counted before its outcome is committed
+            && get(&m, "postback_relay_queue_depth", &[("destination", "good")]) == 0.0
+    })
+    .await;
+    let m = scrape(&relay).await;
+    assert!(settled, "{m:#?}");
+
+    let expect = [
+        (
+            "postback_relay_ingest_requests_total",
+            vec![("result", "accepted")],
+            2.0,
+        ),
+        (
+            "postback_relay_ingest_requests_total",
+            vec![("result", "unauthorized")],
+            1.0,
+        ),
+        (
+            "postback_relay_ingest_events_total",
+            vec![("outcome", "accepted")],
+            1.0,
+        ),
+        (
+            "postback_relay_ingest_events_total",
+            vec![("outcome", "duplicate")],
+            1.0,
+        ),
+        (
+            "postback_relay_ingest_events_total",
+            vec![("outcome", "rejected")],
+            1.0,
+        ),
+        ("postback_relay_ingest_duration_seconds_count", vec![], 2.0),
+        (
+            "postback_relay_delivery_attempts_total",
+            vec![("destination", "good"), ("outcome", "retry")],
+            1.0,
+        ),
+        (
+            "postback_relay_delivery_attempts_total",
+            vec![("destination", "good"), ("outcome", "delivered")],
+            1.0,
+        ),
+        (
+            "postback_relay_delivery_attempts_total",
+            vec![("destination", "bad"), ("outcome", "dead_letter")],
+            1.0,
+        ),
+        (
+            "postback_relay_delivery_duration_seconds_count",
+            vec![("destination", "good")],
+            2.0,
+        ),
+        (
+            "postback_relay_queue_depth",
+            vec![("destination", "good")],
+            0.0,
+        ),
+        ("postback_relay_dlq_size", vec![("destination", "bad")], 1.0),
+        (
+            "postback_relay_circuit_state",
+            vec![("destination", "good"), ("state", "closed")],
+            1.0,
+        ),
+        (
+            "postback_relay_rule_reloads_total",
+            vec![("result", "ok")],
+            1.0,
+        ),
+        (
+            "postback_relay_rule_reloads_total",
+            vec![("result", "failed")],
+            1.0,
+        ),
+    ];
+    for (name, labels, want) in expect {
+        assert_eq!(get(&m, name, &labels), want, "{name} {labels:?} in {m:#?}");
+    }
+    // Every accepted event and settled delivery went through a durable commit.
+    assert!(
+        get(&m, "postback_relay_store_commit_operations", &[]) >= 1.0,
+        "{m:#?}"
+    );
+    assert!(get(&m, "postback_relay_store_commit_duration_seconds", &[]) >= 1.0);
+    assert!(
+        get(
+            &m,
+            "postback_relay_connections_open",
+            &[("listener", "ingest")]
+        ) >= 1.0
+    );
+    relay.stop().await;
+}

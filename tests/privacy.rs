@@ -1,0 +1,259 @@
+//! Secrets and personal data stay where they belong: a canary event goes through
+//! accept, failure, dead letter, replay and delivery on the real binary and shows up
+//! in no log line, metric, admin answer or stored failure reason; rule files cannot
+//! read the relay's own secrets; the CLI ignores HTTP proxies.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use postback_relay::deliver::testing::{FakePartner, Reply};
+
+const EMAIL: &str = "canary.person@example.com";
+const PHONE: &str = "+1 555 0199 7731";
+const PHONE_DIGITS: &str = "155501997731";
+const IP: &str = "203.0.113.77";
+const CLICK: &str = "clk-CANARY-7f3e";
+
+fn canary_event() -> String {
+    serde_json::json!({
+        "event_id": "evt-canary", "event_name": "purchase", "click_id": CLICK,
+        "user": {"email": EMAIL, "phone": PHONE, "ip": IP},
+        "properties": {"value": 1.5}
+    })
+    .to_string()
+}
+
+fn leaks(text: &str) -> Vec<&'static str> {
+    [EMAIL, PHONE, PHONE_DIGITS, IP, CLICK, "canary.person"]
+        .into_iter()
+        .filter(|c| text.contains(c))
+        .collect()
+}
+
+fn write_relay(dir: &Path, partner_url: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    std::fs::write(
+        dir.join("rules/aff.toml"),
+        format!(
+            r#"[destination]
+url = "{partner_url}?c={{click_id}}&em={{user.email}}&ph={{user.phone}}&ip={{user.ip}}"
+method = "GET"
+retry = {{ max_attempts = 3, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "100ms" }}
+
+[privacy]
+allow = ["click_id", "user.email", "user.phone", "user.ip"]
+hash = ["user.email", "user.phone"]
+truncate_ip = ["user.ip"]
+"#
+        ),
+    )
+    .unwrap();
+    let cfg = dir.join("postback-relay.toml");
+    // A fixed port: `dlq list` finds the running relay through `listen`.
+    let listen = format!("listen = \"127.0.0.1:{}\"", free_port());
+    std::fs::write(
+        &cfg,
+        config_text("").replace("listen = \"127.0.0.1:0\"", &listen),
+    )
+    .unwrap();
+    cfg
+}
+
+#[tokio::test]
+async fn a_canary_event_leaves_no_trace_in_logs_metrics_admin_answers_or_failure_reasons() {
+    let partner = FakePartner::start().await.unwrap();
+    // A partner that echoes what it got, as real ones do in their error bodies.
+    partner.set_default(Reply::status(400).body(format!(
+        "bad click {CLICK} for {EMAIL} from {IP} tel {PHONE}"
+    )));
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = write_relay(tmp.path(), &partner.url("/pb"));
+    let relay = RelayProcess::spawn(&cfg, "info,postback_relay=debug");
+    let client = reqwest::Client::new();
+    let (s, v) = post_json_to(&client, &relay.base, "m-canary", &canary_event()).await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+
+    let mut seen = String::new();
+    let dead = eventually(10, || async {
+        admin_get_at(&client, &relay.base, "/admin/dlq").await["dead_letters"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    assert!(dead, "dead-lettered");
+    let dlq = admin_get_at(&client, &relay.base, "/admin/dlq").await;
+    assert_eq!(
+        dlq["dead_letters"][0]["last_error"], "HTTP 400 Bad Request (gave up: rejected)",
+        "{dlq}"
+    );
+    seen.push_str(&dlq.to_string());
+    seen.push_str(
+        &admin_get_at(&client, &relay.base, "/admin/destinations")
+            .await
+            .to_string(),
+    );
+    let list = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+        .args(["dlq", "list", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    seen.push_str(&String::from_utf8_lossy(&list.stdout));
+
+    // Replay, and this time the partner takes it.
+    partner.set_default(Reply::ok());
+    let (s, v) = {
+        let r = client
+            .post(format!("{}/admin/dlq/replay", relay.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(r#"{"all": true}"#)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(s, 200, "{v}");
+    seen.push_str(&v);
+    assert!(partner.wait_for_requests(2, Duration::from_secs(10)).await);
+    let delivered = &partner.requests()[1];
+    assert!(
+        delivered.target.contains(&format!("c={CLICK}")),
+        "the click ID reaches the partner"
+    );
+    assert!(
+        delivered.target.contains("ip=203.0.113.0"),
+        "{}",
+        delivered.target
+    );
+    assert!(
+        leaks(&delivered.target.replace(CLICK, "")).is_empty(),
+        "{}",
+        delivered.target
+    );
+
+    let metrics = client
+        .get(format!("{}/metrics", relay.base))
+        .send()
+        .await
+        .unwrap();
+    seen.push_str(&metrics.text().await.unwrap());
+    relay.signal(libc::SIGTERM);
+    let mut relay = relay;
+    assert_eq!(relay.wait_exit(Duration::from_secs(20)), Some(0));
+    let log = relay.log();
+    assert!(
+        log.contains("dead-lettered") && log.contains("HTTP 400 Bad Request"),
+        "{log}"
+    );
+    assert!(
+        leaks(&log).is_empty(),
+        "canary {:?} in the log:\n{log}",
+        leaks(&log)
+    );
+    assert!(
+        leaks(&seen).is_empty(),
+        "canary {:?} in:\n{seen}",
+        leaks(&seen)
+    );
+}
+
+#[test]
+fn a_rule_reading_the_relays_secret_or_an_unlisted_variable_fails_check_located() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("relay.toml");
+    std::fs::write(
+        &cfg,
+        "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[admin]\ntoken = \"${ADMIN_TOKEN_VAR}\"\n[rules]\nallow_env = [\"PARTNER_*\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir(tmp.path().join("rules")).unwrap();
+    let rule = tmp.path().join("rules/leaky.toml");
+    std::fs::write(
+        &rule,
+        "[destination]\nmethod = \"GET\"\nurl = \"https://p.example/x?s=${POSTBACK_RELAY_SECRET}&a=${ADMIN_TOKEN_VAR}&h=${HOME}&ok=${PARTNER_KEY}\"\n[privacy]\nallow = [\"click_id\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env("POSTBACK_RELAY_SECRET", SECRET)
+        .env("ADMIN_TOKEN_VAR", "admin-token-value-0123456789")
+        .env("PARTNER_KEY", "k")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let r = rule.display();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with(&*r.to_string()))
+        .collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{r}:3:30: rule files may not read the environment variable POSTBACK_RELAY_SECRET"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "{r}:3:57: rule files may not read the environment variable ADMIN_TOKEN_VAR"
+        )),
+        "{stderr}"
+    );
+    assert!(lines[2].starts_with(&format!("{r}:3:78: rule files may only read the environment variables listed in [rules] allow_env")), "{stderr}");
+    assert!(
+        !stderr.contains("admin-token-value") && !stderr.contains("MfKQ9r8"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn send_and_dlq_ignore_http_proxies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    std::fs::create_dir_all(tmp.path().join("rules")).unwrap();
+    let cfg = tmp.path().join("postback-relay.toml");
+    std::fs::write(
+        &cfg,
+        config_text("").replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{addr}\"")),
+    )
+    .unwrap();
+    let _relay = RelayProcess::spawn(&cfg, "info");
+    let events = tmp.path().join("e.json");
+    std::fs::write(&events, event("p1", "install", "c-proxy")).unwrap();
+    // A proxy that does not exist: a client that used it would fail.
+    let proxied = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .env("HTTP_PROXY", "http://127.0.0.1:9")
+            .env("http_proxy", "http://127.0.0.1:9")
+            .env("ALL_PROXY", "http://127.0.0.1:9")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .unwrap()
+    };
+    let send = proxied(&["send", events.to_str().unwrap()]);
+    assert!(
+        send.status.success(),
+        "{}",
+        String::from_utf8_lossy(&send.stderr)
+    );
+    let list = proxied(&["dlq", "list"]);
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+}
