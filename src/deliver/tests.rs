@@ -20,6 +20,7 @@ fn settings() -> DeliverySettings {
         },
         concurrency: 4,
         sign_secret: None,
+        ..DeliverySettings::default()
     }
 }
 

@@ -192,6 +192,7 @@ impl Destination {
                 url,
                 headers,
                 body,
+                event_time_ms: Some(event.timestamp.timestamp_millis()),
             },
             consent_dropped: drops,
         })

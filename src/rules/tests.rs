@@ -106,6 +106,7 @@ fn example_affiliate_get_postback() {
             url: "http://127.0.0.1:9999/postback?clickid=clk_9f2c&goal=purchase&payout=9.99".into(),
             headers: vec![],
             body: None,
+            event_time_ms: Some(1_795_600_800_000),
         }
     );
     assert_eq!(
