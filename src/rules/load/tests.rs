@@ -277,13 +277,13 @@ fn presets_are_checked() {
         "preset tiktok_events needs `event_source_id`; add it under [params], like: event_source_id = ",
     );
     one_error(
-        &format!("{base}preset = \"meta_capi\"\n[privacy]\nallow = [\"event_id\", \"user.email\"]\n"),
-        "5:22",
+        &format!("{base}preset = \"meta_capi\"\n[params]\naction_source = \"app\"\n[privacy]\nallow = [\"event_id\", \"user.email\"]\n"),
+        "7:22",
         "`user.email` is allowed, but meta_capi only accepts it hashed; add \"user.email\" to `hash` in [privacy]",
     );
     one_error(
-        &format!("{base}preset = \"google_ads\"\n[params]\nconversion_action = \"c\"\n[privacy]\nallow = [\"user\"]\nhash = [\"user.email\"]\n"),
-        "7:10",
+        &format!("{base}oauth = {{ client_id = \"i\", client_secret = \"s\", refresh_token = \"r\" }}\npreset = \"google_ads\"\n[params]\nconversion_action = \"c\"\n[privacy]\nallow = [\"user\"]\nhash = [\"user.email\"]\n"),
+        "8:10",
         "allowing `user` lets `user.phone` through, but google_ads only accepts it hashed",
     );
     one_error(
