@@ -313,8 +313,9 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
             }
         }
     }
-    if let Some(f) = dest.get("oauth") {
-        delivery.oauth = partner::read_oauth(&f);
+    let oauth_field = dest.get("oauth");
+    if let Some(f) = &oauth_field {
+        delivery.oauth = partner::read_oauth(f);
     }
     dest.finish();
     if preset.is_none() {
@@ -359,6 +360,7 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
                 has_auth_header: headers
                     .iter()
                     .any(|(n, _)| n.eq_ignore_ascii_case("authorization")),
+                oauth_written: oauth_field.is_some(),
             };
             check.apply(&mut delivery, &privacy, success_field.as_ref());
         }

@@ -128,6 +128,8 @@ pub struct PresetCheck<'x> {
     pub params: &'x Params,
     pub url_text: Option<&'x str>,
     pub has_auth_header: bool,
+    /// `oauth` is written (even if it had mistakes, reported where they are).
+    pub oauth_written: bool,
 }
 
 impl PresetCheck<'_> {
@@ -160,7 +162,7 @@ impl PresetCheck<'_> {
     fn google_credentials(&self, delivery: &DeliverySettings) {
         match (&delivery.oauth, self.has_auth_header) {
             (Some(_), true) => self.preset_field.error("preset google_ads gets its access token from `oauth`; remove the Authorization header from `headers`"),
-            (None, _) => self.preset_field.error(format!("preset google_ads needs OAuth credentials (an access token lasts one hour); add to [destination]: oauth = {OAUTH_EXAMPLE}")),
+            (None, _) if !self.oauth_written => self.preset_field.error(format!("preset google_ads needs OAuth credentials (an access token lasts one hour); add to [destination]: oauth = {OAUTH_EXAMPLE}")),
             _ => {}
         }
         if let Some(v) = self.params.values.get("api_version") {
