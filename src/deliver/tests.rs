@@ -398,3 +398,5 @@ fn status_serializes_for_the_admin_api() {
         r#"{"name":"meta","breaker":"half_open","last_error":"HTTP 503","in_flight":3}"#
     );
 }
+
+mod partners;
