@@ -111,7 +111,10 @@ fn declared(d: &DeclaredSuccess, status: u16, body: &str) -> Judgement {
     }
     if !d.json.is_empty() {
         let Some(answer) = json(body) else {
-            return Judgement::because(otherwise, "the answer is not JSON, so [success] json = ... cannot hold");
+            return Judgement::because(
+                otherwise,
+                "the answer is not JSON, so [success] json = ... cannot hold",
+            );
         };
         for (path, want) in &d.json {
             let got = lookup(&answer, path);

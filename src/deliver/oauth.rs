@@ -54,7 +54,11 @@ impl TokenSource {
     }
 
     /// A token that has more than `RENEW_BEFORE` to live, fetched if needed.
-    pub async fn token(&self, client: &PostbackClient, timeout: Duration) -> Result<String, Attempt> {
+    pub async fn token(
+        &self,
+        client: &PostbackClient,
+        timeout: Duration,
+    ) -> Result<String, Attempt> {
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.as_ref().filter(|c| Instant::now() < c.renew_at) {
             return Ok(c.token.clone());
@@ -96,7 +100,9 @@ impl TokenSource {
         let (status, body) = match client.post_form(&s.token_url, &form, timeout).await {
             Ok(answer) => answer,
             Err(Attempt::Timeout) => {
-                return Err(Attempt::Connect("the OAuth token endpoint timed out".into()))
+                return Err(Attempt::Connect(
+                    "the OAuth token endpoint timed out".into(),
+                ))
             }
             Err(Attempt::Connect(e)) => {
                 return Err(Attempt::Connect(format!(
@@ -175,7 +181,10 @@ mod tests {
     #[tokio::test]
     async fn a_token_is_cached_until_shortly_before_it_expires() {
         let endpoint = FakePartner::start().await.unwrap();
-        endpoint.enqueue([token_reply("ya29.first", 3600), token_reply("ya29.second", 3600)]);
+        endpoint.enqueue([
+            token_reply("ya29.first", 3600),
+            token_reply("ya29.second", 3600),
+        ]);
         let client = PostbackClient::new(true).unwrap();
         let s = source(endpoint.url("/token"));
         let t = Duration::from_secs(5);
@@ -192,8 +201,14 @@ mod tests {
         );
         // After a 401 the token is renewed once, and a second renew of the same
         // rejected token reuses the new one.
-        assert_eq!(s.renew(&client, t, "ya29.first").await.unwrap(), "ya29.second");
-        assert_eq!(s.renew(&client, t, "ya29.first").await.unwrap(), "ya29.second");
+        assert_eq!(
+            s.renew(&client, t, "ya29.first").await.unwrap(),
+            "ya29.second"
+        );
+        assert_eq!(
+            s.renew(&client, t, "ya29.first").await.unwrap(),
+            "ya29.second"
+        );
         assert_eq!(endpoint.request_count(), 2);
     }
 
@@ -227,6 +242,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(s.token(&client, t).await, Err(Attempt::Connect(_))));
+        assert!(matches!(
+            s.token(&client, t).await,
+            Err(Attempt::Connect(_))
+        ));
     }
 }

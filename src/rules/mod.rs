@@ -166,7 +166,9 @@ impl Destination {
                 Some(form(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
             }
             Body::Json(node) => {
-                let mut value = node.render(&ctx).unwrap_or_else(|| Value::Object(Map::new()));
+                let mut value = node
+                    .render(&ctx)
+                    .unwrap_or_else(|| Value::Object(Map::new()));
                 if let Some(finish) = self.partner.and_then(|p| p.finish) {
                     finish(&mut value);
                 }

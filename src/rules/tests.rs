@@ -294,7 +294,10 @@ fn google_ads_preset_request() {
     let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
     assert_eq!(body["conversions"][0]["gbraid"], json!("gb-1"));
     assert!(body["conversions"][0].get("wbraid").is_none());
-    assert_eq!(body["conversions"][0]["consent"]["adUserData"], json!("DENIED"));
+    assert_eq!(
+        body["conversions"][0]["consent"]["adUserData"],
+        json!("DENIED")
+    );
     assert!(body["conversions"][0].get("userIdentifiers").is_none());
 }
 
@@ -318,8 +321,14 @@ fn without_consent_meta_gets_nothing_and_the_event_is_skipped_not_sent() {
     let skip = shipped("meta").evaluate(&ev).unwrap_err();
     assert_eq!(skip.kind(), "no_consent");
     let text = skip.to_string();
-    assert!(text.starts_with("nothing Meta can match this conversion on is left"), "{text}");
-    assert!(text.contains("consent.ad_user_data is not true, so user.email, user.phone"), "{text}");
+    assert!(
+        text.starts_with("nothing Meta can match this conversion on is left"),
+        "{text}"
+    );
+    assert!(
+        text.contains("consent.ad_user_data is not true, so user.email, user.phone"),
+        "{text}"
+    );
     // With a click ID left, TikTok still gets the conversion without personal data.
     let mut ev = typical("tiktok");
     ev.fields["consent"]["ad_user_data"] = json!(false);
@@ -329,10 +338,20 @@ fn without_consent_meta_gets_nothing_and_the_event_is_skipped_not_sent() {
     // Adjust: without consent the advertising IDs go, Adjust's own adid stays.
     let mut ev = typical("any");
     ev.fields["consent"]["ad_user_data"] = json!(false);
-    let body = shipped("adjust").render(&ev).unwrap().body.unwrap_or_default();
-    assert!(body.contains("adid=adj-1") && !body.contains("idfa"), "{body}");
+    let body = shipped("adjust")
+        .render(&ev)
+        .unwrap()
+        .body
+        .unwrap_or_default();
+    assert!(
+        body.contains("adid=adj-1") && !body.contains("idfa"),
+        "{body}"
+    );
     ev.fields["device"] = json!({"idfa": "IDFA-1"});
-    assert_eq!(shipped("adjust").render(&ev).unwrap_err().kind(), "no_consent");
+    assert_eq!(
+        shipped("adjust").render(&ev).unwrap_err().kind(),
+        "no_consent"
+    );
 }
 
 #[test]

@@ -65,7 +65,10 @@ fn tiktok_reads_code_inside_a_200() {
 fn adjust_202_means_a_bad_token_not_delivered() {
     // adjust/dev-docs api/s2s-api/security.mdx: 200 OK accepted; 202 "Missing
     // authentication token" / "Wrong authentication token".
-    assert_eq!(verdict(&ADJUST, 200, r#"{"status":"OK"}"#), Verdict::Delivered);
+    assert_eq!(
+        verdict(&ADJUST, 200, r#"{"status":"OK"}"#),
+        Verdict::Delivered
+    );
     let j = judge(&ADJUST, 202, "Wrong authentication token");
     assert_eq!(j.verdict, Verdict::Reject);
     assert!(j.reason.unwrap_or_default().contains("S2S token"));

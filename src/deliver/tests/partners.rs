@@ -14,10 +14,7 @@ fn partner_settings(answers: PartnerAnswers) -> DeliverySettings {
 
 /// Runs one delivery to a partner scripted with `replies`, until it completes or
 /// is dead-lettered; returns (completed, dead letter error, requests seen).
-async fn run(
-    answers: PartnerAnswers,
-    replies: Vec<Reply>,
-) -> (bool, Option<String>, usize) {
+async fn run(answers: PartnerAnswers, replies: Vec<Reply>) -> (bool, Option<String>, usize) {
     let partner = FakePartner::start().await.unwrap();
     partner.enqueue(replies);
     partner.set_default(Reply::status(418));
@@ -48,7 +45,10 @@ fn json_reply(status: u16, body: &str) -> Reply {
 #[tokio::test]
 async fn meta_delivered_only_when_events_received_and_retried_when_transient() {
     // M1 success answer; Graph API "Handling Errors" code 2 is temporary.
-    let ok = json_reply(200, r#"{"events_received":1,"messages":[],"fbtrace_id":"x"}"#);
+    let ok = json_reply(
+        200,
+        r#"{"events_received":1,"messages":[],"fbtrace_id":"x"}"#,
+    );
     let transient = json_reply(
         500,
         r#"{"error":{"message":"m","type":"OAuthException","code":2,"is_transient":true,"fbtrace_id":"x"}}"#,
@@ -72,7 +72,10 @@ async fn meta_delivered_only_when_events_received_and_retried_when_transient() {
 
 #[tokio::test]
 async fn tiktok_non_zero_code_in_a_200_is_not_delivered() {
-    let ok = json_reply(200, r#"{"code":0,"message":"OK","request_id":"r","data":{}}"#);
+    let ok = json_reply(
+        200,
+        r#"{"code":0,"message":"OK","request_id":"r","data":{}}"#,
+    );
     let busy = json_reply(200, r#"{"code":40100,"message":"Too many requests"}"#);
     let (done, _, seen) = run(PartnerAnswers::TikTokEvents, vec![busy, ok]).await;
     assert!(done && seen == 2);
@@ -86,7 +89,10 @@ async fn tiktok_non_zero_code_in_a_200_is_not_delivered() {
 async fn adjust_202_is_a_bad_token_and_device_not_found_is_retried() {
     // adjust/dev-docs s2s-api/security.mdx and s2s-api/index.mdx.
     let ok = json_reply(200, r#"{"status":"OK"}"#);
-    let device = json_reply(404, r#"{"error":"Event request failed (Device not found)"}"#);
+    let device = json_reply(
+        404,
+        r#"{"error":"Event request failed (Device not found)"}"#,
+    );
     let (done, _, seen) = run(PartnerAnswers::Adjust, vec![device, ok]).await;
     assert!(done && seen == 2);
     let (done, dead, _) = run(
@@ -146,7 +152,13 @@ async fn google_partial_failures_are_permanent_or_later_per_code() {
     let mut three_days = partner_settings(PartnerAnswers::GoogleAds);
     three_days.retry.give_up_after = Duration::from_secs(3 * 86400);
     let deliverer = start(&store, vec![("g", three_days)], opts());
-    assert!(eventually(Duration::from_secs(5), || store.queued().iter().any(|d| d.attempts == 1)).await);
+    assert!(
+        eventually(Duration::from_secs(5), || store
+            .queued()
+            .iter()
+            .any(|d| d.attempts == 1))
+        .await
+    );
     let queued = store.queued()[0].clone();
     let wait = queued.next_attempt_at - queued.last_attempt_at.unwrap_or(0);
     assert!(wait >= 6 * 3_600_000, "due again after {wait} ms");
@@ -162,7 +174,8 @@ fn token_reply(token: &str, expires_in: u64) -> Reply {
     )
 }
 
-const GOOGLE_OK: &str = r#"{"results":[{"gclid":"g","conversionAction":"customers/1/conversionActions/2"}]}"#;
+const GOOGLE_OK: &str =
+    r#"{"results":[{"gclid":"g","conversionAction":"customers/1/conversionActions/2"}]}"#;
 
 #[tokio::test]
 async fn google_ads_access_token_is_renewed_before_expiry_and_after_a_401() {
@@ -189,17 +202,32 @@ async fn google_ads_access_token_is_renewed_before_expiry_and_after_a_401() {
         }),
         ..partner_settings(PartnerAnswers::GoogleAds)
     };
-    let mut first = delivery("dlv_1", "g", &google.url("/v26/customers/1:uploadClickConversions"));
+    let mut first = delivery(
+        "dlv_1",
+        "g",
+        &google.url("/v26/customers/1:uploadClickConversions"),
+    );
     // A stored Authorization header (an old queued request) is replaced, not sent.
-    first.request.headers.push(("Authorization".into(), "Bearer stale".into()));
+    first
+        .request
+        .headers
+        .push(("Authorization".into(), "Bearer stale".into()));
     store.push(first);
     let deliverer = start(&store, vec![("g", settings)], opts());
-    assert!(eventually(Duration::from_secs(5), || store.completed_ids() == ["dlv_1"]).await);
+    assert!(
+        eventually(Duration::from_secs(5), || store.completed_ids()
+            == ["dlv_1"])
+        .await
+    );
 
     // Past the first token's renewal time: the next send renews first (no 401 needed),
     // then Google refuses that token once: renewed again, resent in the same attempt.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    store.push(delivery("dlv_2", "g", &google.url("/v26/customers/1:uploadClickConversions")));
+    store.push(delivery(
+        "dlv_2",
+        "g",
+        &google.url("/v26/customers/1:uploadClickConversions"),
+    ));
     deliverer.notify("g");
     assert!(eventually(Duration::from_secs(5), || store.completed_ids().len() == 2).await);
 
@@ -208,7 +236,10 @@ async fn google_ads_access_token_is_renewed_before_expiry_and_after_a_401() {
         .iter()
         .map(|r| r.header("authorization").unwrap_or_default().to_string())
         .collect();
-    assert_eq!(auth, ["Bearer ya29.one", "Bearer ya29.two", "Bearer ya29.three"]);
+    assert_eq!(
+        auth,
+        ["Bearer ya29.one", "Bearer ya29.two", "Bearer ya29.three"]
+    );
     assert_eq!(oauth.request_count(), 3);
     assert!(store.dead().is_empty(), "no dead letter");
     assert!(store.queued().is_empty(), "nothing waits for a retry");
@@ -233,9 +264,11 @@ async fn an_event_older_than_the_partner_accepts_is_dead_lettered_unsent() {
         ..settings()
     };
     let deliverer = start(&store, vec![("meta", settings)], opts());
-    assert!(eventually(Duration::from_secs(5), || store.dead().len() == 1
-        && store.completed_ids() == ["dlv_2"])
-    .await);
+    assert!(
+        eventually(Duration::from_secs(5), || store.dead().len() == 1
+            && store.completed_ids() == ["dlv_2"])
+        .await
+    );
     let dead = store.dead()[0].delivery.clone();
     assert_eq!(dead.id, "dlv_1");
     assert_eq!(

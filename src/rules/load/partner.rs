@@ -58,7 +58,9 @@ fn json_scalar(v: &TomlValue) -> Option<serde_json::Value> {
     match v {
         TomlValue::String(s) => Some(serde_json::Value::String(s.value().clone())),
         TomlValue::Integer(i) => Some(serde_json::Value::from(*i.value())),
-        TomlValue::Float(f) => serde_json::Number::from_f64(*f.value()).map(serde_json::Value::Number),
+        TomlValue::Float(f) => {
+            serde_json::Number::from_f64(*f.value()).map(serde_json::Value::Number)
+        }
         TomlValue::Boolean(b) => Some(serde_json::Value::Bool(*b.value())),
         _ => None,
     }
@@ -133,10 +135,21 @@ pub struct PresetCheck<'x> {
 }
 
 impl PresetCheck<'_> {
-    pub fn apply(&self, delivery: &mut DeliverySettings, privacy: &Privacy, success: Option<&Field<'_>>) {
+    pub fn apply(
+        &self,
+        delivery: &mut DeliverySettings,
+        privacy: &Privacy,
+        success: Option<&Field<'_>>,
+    ) {
         let p = self.preset;
         if let Some(f) = success {
-            self.doc.error(f.key_span.clone().or(f.span.clone()), format!("preset {} reads {}'s answers itself (see README-RULES.md); remove [success]", p.name, p.partner));
+            self.doc.error(
+                f.key_span.clone().or(f.span.clone()),
+                format!(
+                    "preset {} reads {}'s answers itself (see README-RULES.md); remove [success]",
+                    p.name, p.partner
+                ),
+            );
         }
         delivery.success = SuccessRule::Partner(p.answers);
         delivery.max_event_age = p.max_event_age;
@@ -166,16 +179,25 @@ impl PresetCheck<'_> {
             _ => {}
         }
         if let Some(v) = self.params.values.get("api_version") {
-            let ok = v.strip_prefix('v').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            let ok = v
+                .strip_prefix('v')
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
             if !ok {
-                self.preset_field.error(format!("`params.api_version` is \"{v}\"; write a Google Ads API version like \"v26\""));
+                self.preset_field.error(format!(
+                    "`params.api_version` is \"{v}\"; write a Google Ads API version like \"v26\""
+                ));
             }
         }
     }
 
     /// Meta requires `event_source_url` for website events.
     fn meta_source_url(&self, privacy: &Privacy) {
-        let source = self.params.values.get("action_source").map(String::as_str).unwrap_or("website");
+        let source = self
+            .params
+            .values
+            .get("action_source")
+            .map(String::as_str)
+            .unwrap_or("website");
         if source == "website" && privacy.allow.coverage("page.url") != Coverage::Allowed {
             self.preset_field.error("Meta requires event_source_url for action_source \"website\"; add \"page.url\" to `allow` in [privacy] (or set params.action_source to where the conversions happen)");
         }
@@ -185,5 +207,8 @@ impl PresetCheck<'_> {
 /// `params.default_country`: where phone numbers without a country code are from
 /// (checked by `read_params`).
 pub fn default_country(params: &Params) -> Option<phonenumber::country::Id> {
-    params.values.get("default_country").and_then(|c| parse_country(c))
+    params
+        .values
+        .get("default_country")
+        .and_then(|c| parse_country(c))
 }

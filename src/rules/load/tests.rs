@@ -421,8 +421,12 @@ fn success_tables_are_read_and_checked() {
         "{}{ALLOW}[success]\nstatus = [200, 202]\njson = {{ code = 0, \"data.ok\" = true }}\ncontains = \"OK\"\nretry_status = 409\notherwise = \"retry\"\n",
         "[destination]\nurl = \"https://a.example/\"\n"
     );
-    let (d, _) = load_text(Path::new("rules/x.toml"), ok, &HashMap::<String, String>::new())
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    let (d, _) = load_text(
+        Path::new("rules/x.toml"),
+        ok,
+        &HashMap::<String, String>::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(
         d.delivery.success,
         SuccessRule::Declared(crate::outbound::DeclaredSuccess {

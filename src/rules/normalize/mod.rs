@@ -98,9 +98,8 @@ impl Normaliser {
         let out = match (kind, self.style) {
             (FieldKind::Email, HashStyle::Google) => meta::email(&text).map(gmail_without_dots),
             (FieldKind::Email, _) => meta::email(&text),
-            (FieldKind::Phone, HashStyle::Digits) => {
-                phone::e164(&text, self.default_country).map(|p| p.trim_start_matches('+').to_string())
-            }
+            (FieldKind::Phone, HashStyle::Digits) => phone::e164(&text, self.default_country)
+                .map(|p| p.trim_start_matches('+').to_string()),
             (FieldKind::Phone, _) => phone::e164(&text, self.default_country),
             (FieldKind::Name, _) => Some(meta::name(&text)),
             (FieldKind::City, _) => meta::city(&text),

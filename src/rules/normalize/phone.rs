@@ -43,9 +43,15 @@ mod tests {
         let gb = parse_country("gb");
         let us = parse_country("US");
         // A trunk zero written after the country code is not part of the number.
-        assert_eq!(e164("+44 (0)20 7946 0958", None).as_deref(), Some("+442079460958"));
+        assert_eq!(
+            e164("+44 (0)20 7946 0958", None).as_deref(),
+            Some("+442079460958")
+        );
         assert_eq!(e164("020 7946 0958", gb).as_deref(), Some("+442079460958"));
-        assert_eq!(e164("0044 20 7946 0958", None).as_deref(), Some("+442079460958"));
+        assert_eq!(
+            e164("0044 20 7946 0958", None).as_deref(),
+            Some("+442079460958")
+        );
         assert_eq!(e164("(650) 253-0000", us).as_deref(), Some("+16502530000"));
         assert_eq!(e164("+1 650 253 0000", gb).as_deref(), Some("+16502530000"));
         // Without a country code and without a default country: which country? None.

@@ -66,10 +66,17 @@ fn meta_capi_param_builder_vectors() {
             None => expected.map(str::to_string),
         };
         if got != want {
-            wrong.push(format!("{field} {input:?}: got {got:?}, want {want:?} (Meta: {expected:?})"));
+            wrong.push(format!(
+                "{field} {input:?}: got {got:?}, want {want:?} (Meta: {expected:?})"
+            ));
         }
     }
-    assert!(wrong.is_empty(), "{} wrong:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
     // Every dispute listed is one of Meta's cases (no stale entries).
     assert_eq!(
         disputed.len(),
@@ -98,10 +105,14 @@ fn meta_php_sdk_vectors() {
         (FieldKind::Country, "   US   ", Some("us")),
         (FieldKind::Country, "*****UU*****", Some("uu")),
         (FieldKind::Email, "foo(.bar)@baz.com/", None), // SDK: "foo.bar@baz.com"
-        (FieldKind::Email, "foo\"@bar.com", None),     // SDK: "foo@bar.com"
-        (FieldKind::Email, "foo()@bar.com", None),     // SDK: "foo@bar.com"
+        (FieldKind::Email, "foo\"@bar.com", None),      // SDK: "foo@bar.com"
+        (FieldKind::Email, "foo()@bar.com", None),      // SDK: "foo@bar.com"
     ];
     for (kind, input, want) in agree {
-        assert_eq!(n.normalise(input, *kind).as_deref(), *want, "{kind:?} {input:?}");
+        assert_eq!(
+            n.normalise(input, *kind).as_deref(),
+            *want,
+            "{kind:?} {input:?}"
+        );
     }
 }
