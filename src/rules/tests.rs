@@ -558,6 +558,11 @@ Content-Type: application/json
     // With consent the request is shown, secrets masked.
     let text = preview(&rules, &typical("x"));
     assert!(text.contains("POST https://graph.facebook.com/v21.0/123456789012345/events?access_token=***\nAuthorization: Bearer ***\n"), "{text}");
+    // The test event is from 2026-11-25: past Meta's 7 days once that is a week ago.
+    let mut old = typical("x");
+    old.timestamp = chrono::Utc::now() - chrono::Duration::days(8);
+    let text = preview(&rules, &old);
+    assert!(text.contains("== a-meta ==\nnot sent: the event is 8 days old and this partner takes events up to 7 days old"), "{text}");
     assert!(!text.contains("replace-me"));
 }
 
