@@ -445,6 +445,7 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
                 ok: true,
             };
             let node = c.item(f.item, f.span.clone());
+            partner::check_hashed_names(doc, f.item, &privacy);
             c.ok.then_some(node)
         });
 

@@ -212,3 +212,73 @@ pub fn default_country(params: &Params) -> Option<phonenumber::country::Id> {
         .get("default_country")
         .and_then(|c| parse_country(c))
 }
+
+/// A `[body]` key named as a hash (`sha256_email`, `email_sha256`, `hashedPhone`,
+/// `em_hashed`) promises the partner a digest: every field its value names must be
+/// in `hash`, or a clear value would go out under a hashed name.
+pub fn check_hashed_names(doc: &Doc<'_>, item: &toml_edit::Item, privacy: &Privacy) {
+    let Some(table) = item.as_table_like() else {
+        return;
+    };
+    for (key, value) in table.iter() {
+        let lower = key.to_ascii_lowercase();
+        let hashed_name = lower.contains("sha256") || lower.contains("hashed");
+        match value {
+            toml_edit::Item::Value(TomlValue::String(s)) if hashed_name => {
+                hashed_value(doc, key, s.value(), value.span(), privacy)
+            }
+            toml_edit::Item::Value(TomlValue::Array(a)) => {
+                for v in a.iter() {
+                    if let TomlValue::InlineTable(t) = v {
+                        check_inline(doc, t, privacy);
+                    }
+                }
+            }
+            toml_edit::Item::Value(TomlValue::InlineTable(t)) => check_inline(doc, t, privacy),
+            toml_edit::Item::Table(_) => check_hashed_names(doc, value, privacy),
+            toml_edit::Item::ArrayOfTables(a) => {
+                for t in a.iter() {
+                    check_hashed_names(doc, &toml_edit::Item::Table(t.clone()), privacy);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn check_inline(doc: &Doc<'_>, t: &toml_edit::InlineTable, privacy: &Privacy) {
+    for (key, v) in t.iter() {
+        let lower = key.to_ascii_lowercase();
+        if let TomlValue::String(s) = v {
+            if lower.contains("sha256") || lower.contains("hashed") {
+                hashed_value(doc, key, s.value(), v.span(), privacy);
+            }
+        }
+    }
+}
+
+fn hashed_value(
+    doc: &Doc<'_>,
+    key: &str,
+    text: &str,
+    span: Option<std::ops::Range<usize>>,
+    privacy: &Privacy,
+) {
+    let lenient = Params {
+        lenient: true,
+        ..Params::default()
+    };
+    let Ok(t) = super::super::template::Template::parse(text, &lenient) else {
+        return;
+    };
+    for p in t.placeholders() {
+        if let super::super::template::PlaceholderSource::Field(path) = &p.source {
+            if !privacy.hash.iter().any(|(h, _)| h == path) {
+                doc.error(
+                    span.clone(),
+                    format!("`{key}` is sent as a hash, but `{path}` is not in `hash`, so it would go out in clear; add \"{path}\" to `hash` in [privacy]"),
+                );
+            }
+        }
+    }
+}

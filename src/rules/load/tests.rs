@@ -506,3 +506,18 @@ fn partner_requirements_are_checked_where_written() {
         "`params.default_country` is \"Narnia\"; write a two-letter country code",
     );
 }
+
+#[test]
+fn fields_under_hashed_names_must_be_hashed() {
+    let base = "[destination]\nurl = \"https://a.example/\"\n[privacy]\nallow = [\"user.email\", \"user.phone\"]\nhash = [\"user.phone\"]\n";
+    one_error(
+        &format!("{base}[body]\nemail_sha256 = \"{{user.email}}\"\nphone_sha256 = \"{{user.phone}}\"\n"),
+        "7:16",
+        "`email_sha256` is sent as a hash, but `user.email` is not in `hash`, so it would go out in clear",
+    );
+    one_error(
+        &format!("{base}[body]\nids = [{{ hashedEmail = \"{{user.email}}\" }}]\n"),
+        "7:24",
+        "`hashedEmail` is sent as a hash, but `user.email` is not in `hash`",
+    );
+}
