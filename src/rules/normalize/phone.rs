@@ -61,4 +61,16 @@ mod tests {
         assert_eq!(e164("n/a", us), None);
         assert_eq!(parse_country("XX"), None);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn any_text_is_read_without_panicking(raw in "[+0-9 ()\\-.#*a-zA-Z\\x{0660}-\\x{0669}]{0,40}") {
+            for country in [None, parse_country("US"), parse_country("GB"), parse_country("DE")] {
+                if let Some(n) = e164(&raw, country) {
+                    proptest::prop_assert!(n.starts_with('+') && n[1..].bytes().all(|b| b.is_ascii_digit()));
+                }
+            }
+        }
+    }
 }
