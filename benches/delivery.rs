@@ -40,6 +40,7 @@ async fn fill(store: &dyn Store, urls: &[String], round: u64) {
                                     r#"{"event_name":"purchase","click_id":"clk_9f2c","value":9.99}"#
                                         .into(),
                                 ),
+                                event_time_ms: None,
                             },
                         })
                         .collect(),

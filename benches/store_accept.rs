@@ -38,6 +38,7 @@ fn event() -> EventToAccept {
                     url: format!("https://{d}.example.test/v1/events"),
                     headers: vec![("Content-Type".into(), "application/json".into())],
                     body: Some(body.clone()),
+                    event_time_ms: None,
                 },
             })
             .collect(),

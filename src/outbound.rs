@@ -34,6 +34,11 @@ pub struct OutboundRequest {
     pub headers: Vec<(String, String)>,
     /// The body (JSON or form-encoded), when the method carries one.
     pub body: Option<String>,
+    /// The event's time (Unix milliseconds), so the deliver path can refuse to send
+    /// an event older than the partner accepts. (No `skip_serializing_if`: the store
+    /// encodes requests with postcard, which needs every field in place.)
+    #[serde(default)]
+    pub event_time_ms: Option<i64>,
 }
 
 /// Requests allowed per period (`rate_limit = "50/s"`).
@@ -163,6 +168,14 @@ pub struct DeliverySettings {
     pub sign_secret: Option<String>,
     /// What the rule file took from the environment, attached at send time.
     pub credentials: Credentials,
+    /// What counts as delivered, retried or rejected (`[success]` or the preset's).
+    pub success: SuccessRule,
+    /// Events older than this are dead-lettered at send time, never sent (the
+    /// partner would refuse them: Meta 7 days, Adjust 58 days).
+    pub max_event_age: Option<Duration>,
+    /// OAuth2 refresh-token credentials: an access token is fetched at send time and
+    /// sent as `Authorization: Bearer ...` (Google Ads).
+    pub oauth: Option<OAuthSettings>,
 }
 
 impl Default for DeliverySettings {
@@ -174,7 +187,64 @@ impl Default for DeliverySettings {
             concurrency: 8,
             sign_secret: None,
             credentials: Credentials::default(),
+            success: SuccessRule::default(),
+            max_event_age: None,
+            oauth: None,
         }
+    }
+}
+
+/// How a partner's answer is read: which answers mean the partner took the event.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SuccessRule {
+    /// Any 2xx is delivered; 408, 425, 429 and 5xx are retried; the rest rejected.
+    #[default]
+    AnyTwoHundred,
+    /// A `[success]` table written in the rule file.
+    Declared(DeclaredSuccess),
+    /// A preset's reading of its partner's documented answers.
+    Partner(PartnerAnswers),
+}
+
+/// `[success]` of a rule file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeclaredSuccess {
+    /// Statuses that can mean delivered; empty means any 2xx.
+    pub status: Vec<u16>,
+    /// Dotted paths in the JSON answer and the value each must have.
+    pub json: Vec<(String, serde_json::Value)>,
+    /// Text the answer must contain.
+    pub contains: Option<String>,
+    /// Statuses retried besides 408, 425, 429 and 5xx.
+    pub retry_status: Vec<u16>,
+    /// When the status fits but the answer does not: retry (true) or dead-letter.
+    pub retry_otherwise: bool,
+}
+
+/// The partners whose answers the presets know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartnerAnswers {
+    MetaCapi,
+    TikTokEvents,
+    AppsFlyer,
+    Adjust,
+    GoogleAds,
+}
+
+/// OAuth2 refresh-token credentials (RFC 6749 section 6). Secrets: `Debug` hides them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OAuthSettings {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub refresh_token: String,
+}
+
+impl std::fmt::Debug for OAuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthSettings")
+            .field("token_url", &self.token_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -188,6 +258,7 @@ mod tests {
             url: url.into(),
             headers: vec![("Authorization".into(), auth.into())],
             body: Some("{}".into()),
+            event_time_ms: None,
         }
     }
 

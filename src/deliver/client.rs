@@ -19,9 +19,18 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// `User-Agent` of every postback.
 pub const USER_AGENT: &str = concat!("postback-relay/", env!("CARGO_PKG_VERSION"));
+/// How much of a response body is kept in memory for the destination's success rule.
+/// Never stored or logged: partners echo click IDs and URL tokens in their answers.
+pub const BODY_KEPT: usize = 16 * 1024;
 /// How much of a response body is read at most (to reuse the connection); the rest is
 /// dropped with the connection.
 pub const BODY_READ_MAX: usize = 64 * 1024;
+/// Left as they are in a form value (RFC 3986 unreserved).
+const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 /// Longest `last_error` text.
 pub const ERROR_MAX: usize = 1024;
 
@@ -186,10 +195,13 @@ impl SigningKey {
 pub struct Sent {
     pub attempt: Attempt,
     pub error: Option<String>,
+    /// The start of the partner's answer (at most `BODY_KEPT`), for the success rule.
+    pub body: String,
 }
 
 impl Sent {
-    fn failed(attempt: Attempt) -> Sent {
+    /// An attempt that got no answer (or was never made), with its error text.
+    pub fn failed(attempt: Attempt) -> Sent {
         let error = match &attempt {
             Attempt::Timeout => "timed out".to_string(),
             Attempt::Connect(e) => format!("connection failed: {e}"),
@@ -199,6 +211,7 @@ impl Sent {
         Sent {
             attempt,
             error: Some(truncate(&error, ERROR_MAX)),
+            body: String::new(),
         }
     }
 }
@@ -245,7 +258,19 @@ impl PostbackClient {
         timeout: Duration,
         signer: Option<&SigningKey>,
     ) -> Sent {
-        let request = match self.build(delivery, timeout, signer) {
+        self.send_with_token(delivery, timeout, signer, None).await
+    }
+
+    /// `send`, with `Authorization: Bearer <token>` set at send time (replacing any
+    /// stored Authorization header): credentials that renew never reach the queue.
+    pub async fn send_with_token(
+        &self,
+        delivery: &Delivery,
+        timeout: Duration,
+        signer: Option<&SigningKey>,
+        bearer: Option<&str>,
+    ) -> Sent {
+        let request = match self.build(delivery, timeout, signer, bearer) {
             Ok(r) => r,
             Err(attempt) => return Sent::failed(attempt),
         };
@@ -259,25 +284,59 @@ impl PostbackClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| policy::parse_retry_after(v, SystemTime::now()));
-        // Read (capped) so the connection can be reused, but never kept: partners echo
-        // click IDs and URL tokens in their answers.
-        read_capped(&mut response).await;
+        // Read (capped) so the connection can be reused. The start of it is judged by
+        // the success rule, then dropped: it is never stored or logged.
+        let body = read_capped(&mut response).await;
         let attempt = Attempt::Response {
             status,
             retry_after,
         };
         let error = (!(200..300).contains(&status)).then(|| status_reason(status));
-        Sent { attempt, error }
+        Sent {
+            attempt,
+            error,
+            body,
+        }
     }
 
-    fn build(
+    /// POSTs a form to `url` (an OAuth token endpoint) under the same address rules
+    /// as postbacks; the status and the start of the answer. Errors never hold the
+    /// form (it carries secrets).
+    pub async fn post_form(
         &self,
-        delivery: &Delivery,
+        url: &str,
+        form: &[(&str, &str)],
         timeout: Duration,
-        signer: Option<&SigningKey>,
-    ) -> Result<reqwest::Request, Attempt> {
-        let out = &delivery.request;
-        let url = reqwest::Url::parse(&out.url)
+    ) -> Result<(u16, String), Attempt> {
+        let url = self.checked_url(url)?;
+        let body: Vec<String> = form
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    percent_encoding::utf8_percent_encode(k, FORM),
+                    percent_encoding::utf8_percent_encode(v, FORM)
+                )
+            })
+            .collect();
+        let request = self
+            .http
+            .post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body.join("&"))
+            .timeout(timeout);
+        let mut response = request.send().await.map_err(attempt_from_error)?;
+        let status = response.status().as_u16();
+        Ok((status, read_capped(&mut response).await))
+    }
+
+    /// A partner URL that parses, is http(s), and (unless private networks are
+    /// allowed) does not name a non-public IP literal.
+    fn checked_url(&self, raw: &str) -> Result<reqwest::Url, Attempt> {
+        let url = reqwest::Url::parse(raw)
             .map_err(|e| Attempt::Invalid(format!("partner URL does not parse: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(Attempt::Invalid(format!(
@@ -299,6 +358,18 @@ impl PostbackClient {
                 }
             }
         }
+        Ok(url)
+    }
+
+    fn build(
+        &self,
+        delivery: &Delivery,
+        timeout: Duration,
+        signer: Option<&SigningKey>,
+        bearer: Option<&str>,
+    ) -> Result<reqwest::Request, Attempt> {
+        let out = &delivery.request;
+        let url = self.checked_url(&out.url)?;
 
         let mut headers = HeaderMap::with_capacity(out.headers.len() + 4);
         for (i, (name, value)) in out.headers.iter().enumerate() {
@@ -308,6 +379,11 @@ impl PostbackClient {
             let value = HeaderValue::from_str(value)
                 .map_err(|_| Attempt::Invalid(format!("header {name} has an invalid value")))?;
             headers.append(name, value);
+        }
+        if let Some(token) = bearer {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Attempt::Invalid("the access token is not a header value".into()))?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
         }
         let id = HeaderValue::from_str(&delivery.id)
             .map_err(|_| Attempt::Invalid("delivery id is not a valid header value".into()))?;
@@ -368,15 +444,22 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-/// Reads and discards up to `BODY_READ_MAX` bytes of the answer.
-async fn read_capped(response: &mut reqwest::Response) {
+/// Reads up to `BODY_READ_MAX` bytes of the answer; keeps the first `BODY_KEPT`.
+async fn read_capped(response: &mut reqwest::Response) -> String {
+    let mut kept = Vec::new();
     let mut read = 0usize;
     while read < BODY_READ_MAX {
         match response.chunk().await {
-            Ok(Some(chunk)) => read += chunk.len(),
+            Ok(Some(chunk)) => {
+                read += chunk.len();
+                let room = BODY_KEPT.saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
             Ok(None) | Err(_) => break,
         }
     }
+    let text = String::from_utf8_lossy(&kept);
+    truncate(text.trim(), BODY_KEPT)
 }
 
 /// What is kept of a failed answer: its status and the status's standard reason

@@ -13,9 +13,12 @@
 //!   was given up (`dead_letter`); every other path keeps or releases the claim;
 //! - every attempt of a delivery carries the same `webhook-id` (its stable ID).
 
+pub mod answer;
 pub mod breaker;
 pub mod client;
+pub mod oauth;
 pub mod policy;
+mod send;
 pub mod testing;
 mod worker;
 

@@ -129,6 +129,8 @@ pub enum GiveUp {
     MaxAttempts,
     /// The next attempt would fall after `started_ms + give_up_after`.
     Expired,
+    /// The event is older than the partner accepts: sending it can only fail.
+    TooOld,
 }
 
 impl GiveUp {
@@ -137,6 +139,7 @@ impl GiveUp {
             GiveUp::Rejected => "rejected",
             GiveUp::MaxAttempts => "max_attempts reached",
             GiveUp::Expired => "give_up_after passed",
+            GiveUp::TooOld => "the event is older than the partner accepts",
         }
     }
 }
@@ -152,26 +155,61 @@ pub fn decide<R: Rng + ?Sized>(
     now_ms: i64,
     rng: &mut R,
 ) -> Decision {
-    match classify(attempt) {
+    let retry_after = match attempt {
+        Attempt::Response { retry_after, .. } => *retry_after,
+        _ => None,
+    };
+    let schedule = Schedule {
+        attempts,
+        started_ms,
+        now_ms,
+    };
+    decide_verdict(retry, classify(attempt), retry_after, schedule, rng)
+}
+
+/// Where a delivery stands when an attempt is decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Attempts made, counting this one.
+    pub attempts: u32,
+    /// When the first attempt was made (Unix ms).
+    pub started_ms: i64,
+    pub now_ms: i64,
+}
+
+/// `decide` for a verdict already reached (from the status and the answer's body,
+/// see `answer::judge`); `retry_after` is the partner's requested wait, a floor.
+pub fn decide_verdict<R: Rng + ?Sized>(
+    retry: &RetrySettings,
+    verdict: Verdict,
+    retry_after: Option<Duration>,
+    at: Schedule,
+    rng: &mut R,
+) -> Decision {
+    match verdict {
         Verdict::Delivered => Decision::Complete,
         Verdict::Reject => Decision::DeadLetter(GiveUp::Rejected),
         Verdict::Retry => {
-            if attempts >= retry.max_attempts {
+            if at.attempts >= retry.max_attempts {
                 return Decision::DeadLetter(GiveUp::MaxAttempts);
             }
-            let retry_after = match attempt {
-                Attempt::Response { retry_after, .. } => *retry_after,
-                _ => None,
-            };
-            let delay = next_delay(retry, attempts, retry_after, rng);
-            let at = now_ms.saturating_add(millis(delay));
-            let deadline = started_ms.saturating_add(millis(retry.give_up_after));
-            if at > deadline {
+            let delay = next_delay(retry, at.attempts, retry_after, rng);
+            let next = at.now_ms.saturating_add(millis(delay));
+            let deadline = at.started_ms.saturating_add(millis(retry.give_up_after));
+            if next > deadline {
                 Decision::DeadLetter(GiveUp::Expired)
             } else {
-                Decision::RetryAt(at)
+                Decision::RetryAt(next)
             }
         }
+    }
+}
+
+/// Whether an event is older than the partner accepts, at `now_ms`.
+pub fn too_old(event_time_ms: Option<i64>, max_age: Option<Duration>, now_ms: i64) -> bool {
+    match (event_time_ms, max_age) {
+        (Some(t), Some(max)) => now_ms.saturating_sub(t) > millis(max),
+        _ => false,
     }
 }
 
@@ -390,6 +428,36 @@ mod tests {
         assert_eq!(
             decide(&s, &late, 1, started, 1_000, &mut rng),
             Decision::DeadLetter(GiveUp::Expired)
+        );
+    }
+
+    #[test]
+    fn events_past_the_partners_age_limit_are_too_old() {
+        let week = Some(Duration::from_secs(7 * 86400));
+        let now = 10 * 86_400_000;
+        assert!(too_old(Some(now - 8 * 86_400_000), week, now));
+        assert!(!too_old(Some(now - 6 * 86_400_000), week, now));
+        assert!(!too_old(None, week, now));
+        assert!(!too_old(Some(0), None, now));
+    }
+
+    #[test]
+    fn a_verdict_from_the_body_can_ask_for_a_long_wait() {
+        let s = settings();
+        let mut rng = StdRng::seed_from_u64(11);
+        let six_hours = Duration::from_secs(6 * 3600);
+        let at = Schedule {
+            attempts: 1,
+            started_ms: 0,
+            now_ms: 0,
+        };
+        assert_eq!(
+            decide_verdict(&s, Verdict::Retry, Some(six_hours), at, &mut rng),
+            Decision::RetryAt(6 * 3_600_000)
+        );
+        assert_eq!(
+            decide_verdict(&s, Verdict::Reject, None, at, &mut rng),
+            Decision::DeadLetter(GiveUp::Rejected)
         );
     }
 

@@ -20,7 +20,7 @@ fn settings() -> DeliverySettings {
         },
         concurrency: 4,
         sign_secret: None,
-        credentials: Default::default(),
+        ..DeliverySettings::default()
     }
 }
 
@@ -399,3 +399,5 @@ fn status_serializes_for_the_admin_api() {
         r#"{"name":"meta","breaker":"half_open","last_error":"HTTP 503","in_flight":3}"#
     );
 }
+
+mod partners;

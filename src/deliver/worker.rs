@@ -17,8 +17,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::breaker::{Admission, Breaker, BreakerState};
-use super::client::{PostbackClient, Sent, SigningKey};
-use super::policy::{self, Attempt, Decision};
+use super::client::{PostbackClient, SigningKey};
+use super::oauth::TokenSource;
+use super::policy::{self, Decision, GiveUp};
+use super::send::Sender;
 use super::DeliverOptions;
 use crate::outbound::{DeliverySettings, RateLimit};
 use crate::store::{Delivery, Store};
@@ -38,6 +40,9 @@ pub(crate) struct Applied {
     pub settings: DeliverySettings,
     pub signer: Result<Option<SigningKey>, String>,
     pub limiter: Option<Arc<DefaultDirectRateLimiter>>,
+    /// The destination's renewing access token, kept across reloads that keep its
+    /// credentials.
+    pub oauth: Option<Arc<TokenSource>>,
 }
 
 impl Applied {
@@ -51,10 +56,16 @@ impl Applied {
             Some(p) if p.settings.rate_limit == settings.rate_limit => p.limiter.clone(),
             _ => settings.rate_limit.and_then(limiter),
         };
+        let oauth = match (&settings.oauth, previous.and_then(|p| p.oauth.as_ref())) {
+            (Some(new), Some(old)) if old.settings() == new => Some(old.clone()),
+            (Some(new), _) => Some(Arc::new(TokenSource::new(new.clone()))),
+            (None, _) => None,
+        };
         Applied {
             settings,
             signer,
             limiter,
+            oauth,
         }
     }
 }
@@ -372,28 +383,13 @@ async fn send_one(
     probe: bool,
 ) {
     let started = now_ms();
-    // The stored request holds markers where the partner's credentials go: the
-    // destination's current values are put back only for the send.
-    let ready = applied
-        .settings
-        .credentials
-        .attach(&delivery.request)
-        .and_then(|request| applied.signer.clone().map(|s| (request, s)));
-    let sent = match ready {
-        Ok((request, signer)) => {
-            let outgoing = Delivery {
-                request,
-                ..delivery.clone()
-            };
-            ctx.client
-                .send(&outgoing, applied.settings.timeout, signer.as_ref())
-                .await
-        }
-        Err(e) => Sent {
-            attempt: Attempt::Invalid(e.clone()),
-            error: Some(e),
-        },
+    let sender = Sender {
+        ctx: &ctx,
+        settings: &applied.settings,
+        signer: &applied.signer,
+        oauth: applied.oauth.as_deref(),
     };
+    let judged = sender.attempt(&delivery, started).await;
     let finished = now_ms();
 
     // A delivery with no attempts is new or replayed: its give-up clock starts now.
@@ -402,22 +398,26 @@ async fn send_one(
     }
     delivery.attempts = delivery.attempts.saturating_add(1);
     delivery.last_attempt_at = Some(started);
-    delivery.last_status = match sent.attempt {
-        Attempt::Response { status, .. } => Some(status),
-        _ => None,
-    };
-    let decision = {
+    delivery.last_status = judged.status;
+    let decision = if judged.too_old {
+        Decision::DeadLetter(GiveUp::TooOld)
+    } else {
+        let at = policy::Schedule {
+            attempts: delivery.attempts,
+            started_ms: delivery.first_attempt_at.unwrap_or(started),
+            now_ms: finished,
+        };
         let mut rng = rand::thread_rng();
-        policy::decide(
+        policy::decide_verdict(
             &applied.settings.retry,
-            &sent.attempt,
-            delivery.attempts,
-            delivery.first_attempt_at.unwrap_or(started),
-            finished,
+            judged.verdict,
+            judged.retry_after,
+            at,
             &mut rng,
         )
     };
-    lock(&worker.breaker).record(policy::health(&sent.attempt), Instant::now());
+    lock(&worker.breaker).record(judged.health, Instant::now());
+    let sent = judged;
 
     let id = delivery.id.clone();
     let attempt = delivery.attempts;

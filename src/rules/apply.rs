@@ -10,7 +10,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use super::normalize::{hash_value, truncate_ip, FieldKind, HashStyle};
+use super::normalize::{ipv4_only, truncate_ip, FieldKind, HashStyle, Normaliser};
 
 /// Why an event is not sent to a destination. `Display` is for humans; it names the
 /// condition and never shows field values other than `event_name`.
@@ -28,6 +28,36 @@ pub enum Skip {
     Missing { field: String },
     /// A rendered header value would contain a line break or control character.
     InvalidHeader { header: String },
+    /// None of the fields the partner matches conversions on is left after privacy:
+    /// sending would be refused (Meta: `user_data` required) or match nothing.
+    NoIdentifier {
+        partner: String,
+        /// The identifier fields this rule allows.
+        needs: Vec<String>,
+        /// The consent field and what it dropped, when consent removed some.
+        consent: Option<(String, Vec<String>)>,
+    },
+    /// A field the partner requires is missing.
+    Required {
+        partner: String,
+        field: String,
+        why: String,
+    },
+}
+
+impl Skip {
+    /// A short label for counting skips by reason (metrics, logs): never a value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Skip::EventName { .. } | Skip::FieldMismatch { .. } | Skip::Missing { .. } => "when",
+            Skip::InvalidHeader { .. } => "invalid_header",
+            Skip::NoIdentifier {
+                consent: Some(_), ..
+            } => "no_consent",
+            Skip::NoIdentifier { .. } => "no_identifier",
+            Skip::Required { .. } => "missing_required",
+        }
+    }
 }
 
 fn quoted_list(v: &[String]) -> String {
@@ -69,6 +99,30 @@ impl fmt::Display for Skip {
                 f,
                 "header {header} would contain a line break or control character after filling in its placeholders"
             ),
+            Skip::NoIdentifier {
+                partner,
+                needs,
+                consent,
+            } => {
+                write!(
+                    f,
+                    "nothing {partner} can match this conversion on is left (it needs one of: {})",
+                    needs.join(", ")
+                )?;
+                if let Some((require, dropped)) = consent {
+                    write!(
+                        f,
+                        "; {require} is not true, so {} were dropped",
+                        dropped.join(", ")
+                    )?;
+                }
+                Ok(())
+            }
+            Skip::Required {
+                partner,
+                field,
+                why,
+            } => write!(f, "{field} is missing, and {partner} needs it: {why}"),
         }
     }
 }
@@ -254,6 +308,10 @@ pub struct Privacy {
     pub truncate_ip: Vec<String>,
     pub consent: Option<Consent>,
     pub style: HashStyle,
+    /// Fields the partner takes only as IPv4 (set by presets): IPv6 is dropped.
+    pub ipv4_only: Vec<String>,
+    /// Phone numbers without a country code are read as numbers of this country.
+    pub default_country: Option<phonenumber::country::Id>,
 }
 
 impl Privacy {
@@ -289,9 +347,13 @@ impl Privacy {
         for p in consent_drops {
             remove_path(&mut fields, p);
         }
+        let normaliser = Normaliser {
+            style: self.style,
+            default_country: self.default_country,
+        };
         for (p, kind) in &self.hash {
             if let Some(v) = get_path_mut(&mut fields, p) {
-                match hash_value(v, *kind, self.style) {
+                match normaliser.hash_value(v, *kind) {
                     Some(h) => *v = h,
                     None => {
                         remove_path(&mut fields, p);
@@ -302,6 +364,16 @@ impl Privacy {
         for p in &self.truncate_ip {
             if let Some(v) = get_path_mut(&mut fields, p) {
                 match v.as_str().and_then(truncate_ip) {
+                    Some(t) => *v = Value::String(t),
+                    None => {
+                        remove_path(&mut fields, p);
+                    }
+                }
+            }
+        }
+        for p in &self.ipv4_only {
+            if let Some(v) = get_path_mut(&mut fields, p) {
+                match v.as_str().and_then(ipv4_only) {
                     Some(t) => *v = Value::String(t),
                     None => {
                         remove_path(&mut fields, p);

@@ -13,7 +13,9 @@ use std::time::Duration;
 use toml_edit::{Item, Value as TomlValue};
 
 use crate::diag::{Diagnostic, Env, Source};
-use crate::outbound::{Credentials, DeliverySettings, Method, RateLimit, RetrySettings};
+use crate::outbound::{
+    Credentials, DeliverySettings, Method, RateLimit, RetrySettings, SuccessRule,
+};
 use crate::settings::{parse_duration, Doc, Section};
 
 use super::apply::{AllowTree, Condition, Consent, Coverage, Privacy, Rename, When};
@@ -21,6 +23,8 @@ use super::normalize::FieldKind;
 use super::presets::{self, Preset};
 use super::template::{check_url, BodyNode, Params, Placeholder, PlaceholderSource, Template};
 use super::{is_valid_path, Body, Destination, Format, RuleSet};
+
+mod partner;
 
 /// Loads every `*.toml` in `dir` (sorted by name; names starting with `.` are
 /// ignored, as editors' lock and swap files are).
@@ -155,6 +159,7 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
         }
     }
     let body_field = root.get("body");
+    let success_field = root.get("success");
 
     let dest = root
         .require(
@@ -164,6 +169,28 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
         .and_then(|f| f.as_section(&format!("{{ url = {URL_EXAMPLE} }}")));
     root.finish();
     let dest = dest?;
+
+    let preset_field = dest.get("preset");
+    let preset: Option<&'static Preset> = preset_field.as_ref().and_then(|f| {
+        let s = f.as_str("\"meta_capi\"")?;
+        let found = presets::find(s);
+        if found.is_none() {
+            f.error(format!(
+                "unknown preset \"{s}\"; the presets are: {}",
+                presets::NAMES.join(", ")
+            ));
+        }
+        found
+    });
+    // A preset's default params (like Google's `api_version`) are usable in the URL.
+    let mut params = params;
+    for (k, v) in preset.map(|p| p.default_params).unwrap_or_default() {
+        params
+            .values
+            .entry((*k).to_string())
+            .or_insert_with(|| (*v).to_string());
+    }
+    privacy.default_country = partner::default_country(&params);
 
     let checker = Checker {
         doc,
@@ -208,19 +235,6 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
             }
         }
     });
-    let preset_field = dest.get("preset");
-    let preset: Option<&'static Preset> = preset_field.as_ref().and_then(|f| {
-        let s = f.as_str("\"meta_capi\"")?;
-        let found = presets::find(s);
-        if found.is_none() {
-            f.error(format!(
-                "unknown preset \"{s}\"; the presets are: {}",
-                presets::NAMES.join(", ")
-            ));
-        }
-        found
-    });
-
     let mut headers = Vec::new();
     if let Some(sec) = dest.section("headers", "{ Authorization = \"Bearer ${PARTNER_TOKEN}\" }") {
         for (key, f) in sec.entries() {
@@ -300,7 +314,20 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
             }
         }
     }
+    let oauth_field = dest.get("oauth");
+    if let Some(f) = &oauth_field {
+        delivery.oauth = partner::read_oauth(f);
+    }
     dest.finish();
+    if preset.is_none() {
+        if let Some(sec) = success_field
+            .as_ref()
+            .and_then(|f| f.as_section(partner::SUCCESS_EXAMPLE))
+        {
+            delivery.success = SuccessRule::Declared(partner::read_success(&sec));
+            sec.finish();
+        }
+    }
 
     // Method, format and body fit together.
     let mut method = method.unwrap_or(Method::Post);
@@ -324,6 +351,20 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
         method = p.method;
         format = p.format;
         privacy.style = p.hash_style;
+        if let Some(pf) = &preset_field {
+            let check = partner::PresetCheck {
+                doc,
+                preset: p,
+                preset_field: pf,
+                params: &params,
+                url_text: url_field.as_ref().and_then(|f| f.item.as_str()),
+                has_auth_header: headers
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case("authorization")),
+                oauth_written: oauth_field.is_some(),
+            };
+            check.apply(&mut delivery, &privacy, success_field.as_ref());
+        }
     } else if method == Method::Get {
         if let Some(f) = &format_field {
             f.error("`format` applies to POST bodies; a GET request has none, so remove `format`");
@@ -405,6 +446,7 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
                 ok: true,
             };
             let node = c.item(f.item, f.span.clone());
+            partner::check_hashed_names(doc, f.item, &privacy);
             c.ok.then_some(node)
         });
 
@@ -441,6 +483,9 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
         (Method::Post, Format::Form, Some(_)) => Body::FilteredForm,
     };
 
+    if let Some(p) = preset {
+        privacy.ipv4_only = p.ipv4_only.iter().map(|s| (*s).to_string()).collect();
+    }
     Some((
         Destination {
             name,
@@ -459,6 +504,11 @@ fn compile(doc: &Doc<'_>, name: String) -> Option<(Destination, bool)> {
             url: url?,
             headers,
             body,
+            partner: preset,
+            needs_source_url: preset.is_some_and(|p| {
+                p.name == "meta_capi"
+                    && params.values.get("action_source").map(String::as_str) == Some("website")
+            }),
         },
         enabled,
     ))
@@ -470,6 +520,14 @@ fn read_params(sec: Option<Section<'_>>) -> Params {
         for (k, f) in sec.entries() {
             match &f.item {
                 Item::Value(TomlValue::String(s)) => {
+                    if k == "default_country"
+                        && super::normalize::parse_country(s.value()).is_none()
+                    {
+                        f.error(format!(
+                            "`params.default_country` is \"{}\"; write a two-letter country code like \"US\" or \"GB\"",
+                            s.value()
+                        ));
+                    }
                     params.values.insert(k, s.value().clone());
                 }
                 Item::Value(TomlValue::Integer(i)) => {

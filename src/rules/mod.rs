@@ -104,6 +104,10 @@ pub struct Destination {
     url: Template,
     headers: Vec<(String, Template)>,
     body: Body,
+    /// The preset's partner rules (identifiers, body finishing), when a preset is used.
+    partner: Option<&'static presets::Preset>,
+    /// Meta website events: `event_source_url` (from `page.url`) is required.
+    needs_source_url: bool,
 }
 
 /// Only what is safe to log: compiled headers and `sign_secret` hold secrets.
@@ -137,6 +141,7 @@ impl Destination {
         self.when.check(&event.fields)?;
         let drops = self.privacy.consent_drops(&event.fields);
         let fields = self.privacy.apply(&event.fields, &self.renames, &drops);
+        self.check_partner(&fields, &drops)?;
         let ctx = Ctx {
             fields: &fields,
             timestamp: event.timestamp,
@@ -160,11 +165,15 @@ impl Destination {
                 flatten("", &fields, &mut pairs);
                 Some(form(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
             }
-            Body::Json(node) => Some(
-                node.render(&ctx)
-                    .unwrap_or_else(|| Value::Object(Map::new()))
-                    .to_string(),
-            ),
+            Body::Json(node) => {
+                let mut value = node
+                    .render(&ctx)
+                    .unwrap_or_else(|| Value::Object(Map::new()));
+                if let Some(finish) = self.partner.and_then(|p| p.finish) {
+                    finish(&mut value);
+                }
+                Some(value.to_string())
+            }
             Body::Form(pairs) => {
                 let rendered: Vec<(&str, String)> = pairs
                     .iter()
@@ -192,9 +201,50 @@ impl Destination {
                 url,
                 headers,
                 body,
+                event_time_ms: Some(event.timestamp.timestamp_millis()),
             },
             consent_dropped: drops,
         })
+    }
+}
+
+impl Destination {
+    /// The partner's own requirements, on the filtered event: something to match
+    /// the conversion on, and the fields it cannot do without.
+    fn check_partner(&self, fields: &Map<String, Value>, drops: &[String]) -> Result<(), Skip> {
+        let Some(p) = self.partner else {
+            return Ok(());
+        };
+        let present = |path: &str| match crate::event::get_path(fields, path) {
+            None | Some(Value::Null) => false,
+            Some(Value::String(s)) => !s.trim().is_empty(),
+            Some(_) => true,
+        };
+        if !p.identifiers.iter().any(|f| present(f)) {
+            return Err(Skip::NoIdentifier {
+                partner: p.partner.to_string(),
+                needs: p
+                    .identifiers
+                    .iter()
+                    .filter(|f| self.privacy.allow.coverage(f) == apply::Coverage::Allowed)
+                    .map(|f| (*f).to_string())
+                    .collect(),
+                consent: self
+                    .privacy
+                    .consent
+                    .as_ref()
+                    .filter(|_| !drops.is_empty())
+                    .map(|c| (c.require.clone(), drops.to_vec())),
+            });
+        }
+        if self.needs_source_url && !present("page.url") {
+            return Err(Skip::Required {
+                partner: p.partner.to_string(),
+                field: "page.url".into(),
+                why: "Meta requires event_source_url for action_source \"website\"".into(),
+            });
+        }
+        Ok(())
     }
 }
 

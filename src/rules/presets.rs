@@ -9,7 +9,11 @@
 //! Preset placeholders naming fields the rule does not `allow` are simply omitted,
 //! so the rule file's `[privacy]` always has the last word.
 
-use crate::outbound::Method;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::outbound::{Method, PartnerAnswers};
 
 use super::normalize::HashStyle;
 use super::Format;
@@ -27,7 +31,22 @@ pub struct Preset {
     /// Fields the partner only accepts hashed: allowing one without `hash` is an error.
     pub must_hash: &'static [&'static str],
     pub hash_style: HashStyle,
+    /// How the partner's answers are read (see `deliver::answer`).
+    pub answers: PartnerAnswers,
+    /// The partner's name in messages.
+    pub partner: &'static str,
+    /// Fields the partner can match a conversion on: with none of them left after
+    /// privacy (consent, allow, hashing), the event is skipped, not sent to fail.
+    pub identifiers: &'static [&'static str],
+    /// Fields the partner takes only as IPv4: an IPv6 value is dropped.
+    pub ipv4_only: &'static [&'static str],
+    /// Oldest event the partner accepts.
+    pub max_event_age: Option<Duration>,
+    /// Partner rules a template cannot say, applied to the rendered JSON body.
+    pub finish: Option<fn(&mut Value)>,
 }
+
+const DAY: u64 = 86400;
 
 pub const NAMES: &[&str] = &[
     "meta_capi",
@@ -63,6 +82,10 @@ em = "{user.email}"
 ph = "{user.phone}"
 fn = "{user.first_name}"
 ln = "{user.last_name}"
+ct = "{user.city}"
+st = "{user.state}"
+zp = "{user.zip}"
+country = "{user.country}"
 external_id = "{user.external_id}"
 client_ip_address = "{user.ip}"
 client_user_agent = "{user.user_agent}"
@@ -81,8 +104,34 @@ order_id = "{properties.order_id}"
             "user.phone",
             "user.first_name",
             "user.last_name",
+            "user.city",
+            "user.state",
+            "user.zip",
+            "user.country",
         ],
         hash_style: HashStyle::Digits,
+        answers: PartnerAnswers::MetaCapi,
+        partner: "Meta",
+        // Meta (M2): user_data is required; any customer information parameter.
+        identifiers: &[
+            "user.email",
+            "user.phone",
+            "user.external_id",
+            "user.first_name",
+            "user.last_name",
+            "user.city",
+            "user.state",
+            "user.zip",
+            "user.country",
+            "user.ip",
+            "user.user_agent",
+            "user.fbc",
+            "user.fbp",
+        ],
+        ipv4_only: &[],
+        // M1: a request fails if an event is more than 7 days old.
+        max_event_age: Some(Duration::from_secs(7 * DAY)),
+        finish: None,
     },
     // TikTok Events API 2.0: POST /open_api/v1.3/event/track/, header Access-Token.
     Preset {
@@ -122,6 +171,19 @@ contents = "{properties.contents}"
         default_params: &[("event_source", "web")],
         must_hash: &["user.email", "user.phone", "user.external_id"],
         hash_style: HashStyle::E164,
+        answers: PartnerAnswers::TikTokEvents,
+        partner: "TikTok",
+        identifiers: &[
+            "click_id",
+            "user.ttp",
+            "user.email",
+            "user.phone",
+            "user.external_id",
+            "user.ip",
+        ],
+        ipv4_only: &[],
+        max_event_age: None,
+        finish: None,
     },
     // AppsFlyer S2S in-app events: POST /inappevent/{APP_ID}, header `authentication`.
     // `eventValue` is a JSON *string*; `eventTime` is "yyyy-MM-dd HH:mm:ss.SSS" UTC.
@@ -135,6 +197,11 @@ customer_user_id = "{user.external_id}"
 idfa = "{device.idfa}"
 idfv = "{device.idfv}"
 advertising_id = "{device.gaid}"
+oaid = "{device.oaid}"
+amazon_aid = "{device.fire_adid}"
+os = "{device.os_version}"
+att = "{device.att_status}"
+bundleIdentifier = "{params.bundle_id}"
 eventName = "{event_name}"
 eventValue = "{properties|json}"
 eventCurrency = "{properties.currency}"
@@ -146,6 +213,13 @@ af_events_api = "true"
         default_params: &[],
         must_hash: &[],
         hash_style: HashStyle::Digits,
+        answers: PartnerAnswers::AppsFlyer,
+        partner: "AppsFlyer",
+        // A1: appsflyer_id is required.
+        identifiers: &["device.appsflyer_id"],
+        ipv4_only: &["user.ip"],
+        max_event_age: None,
+        finish: Some(appsflyer_finish),
     },
     // Adjust S2S events: POST https://s2s.adjust.com/event, form-encoded, header
     // `Authorization: Bearer {S2S_TOKEN}`. The event token comes from `event_name`:
@@ -161,8 +235,11 @@ event_token = "{event_name}"
 idfa = "{device.idfa}"
 idfv = "{device.idfv}"
 gps_adid = "{device.gaid}"
+fire_adid = "{device.fire_adid}"
 oaid = "{device.oaid}"
 web_uuid = "{device.web_uuid}"
+adid = "{device.adid}"
+android_id = "{device.android_id}"
 created_at_unix = "{timestamp.unix}"
 ip_address = "{user.ip}"
 revenue = "{properties.value}"
@@ -172,6 +249,24 @@ currency = "{properties.currency}"
         default_params: &[],
         must_hash: &[],
         hash_style: HashStyle::Digits,
+        answers: PartnerAnswers::Adjust,
+        partner: "Adjust",
+        // J1: a device ID is required (preferred and backup identifiers).
+        identifiers: &[
+            "device.idfa",
+            "device.gaid",
+            "device.fire_adid",
+            "device.oaid",
+            "device.web_uuid",
+            "device.adid",
+            "device.idfv",
+            "device.android_id",
+        ],
+        // J1: `ip_address` accepts only IPv4 addresses.
+        ipv4_only: &["user.ip"],
+        // J1: events older than 58 days are rejected.
+        max_event_age: Some(Duration::from_secs(58 * DAY)),
+        finish: None,
     },
     // Google Ads: POST /v{N}/customers/{CUSTOMER_ID}:uploadClickConversions, headers
     // Authorization (OAuth) and developer-token. The event's click_id is the gclid.
@@ -195,13 +290,110 @@ userIdentifiers = [
   { hashedEmail = "{user.email}" },
   { hashedPhoneNumber = "{user.phone}" },
 ]
+consent = { adUserData = "{consent.ad_user_data}" }
 "#,
         required_params: &[(
             "conversion_action",
             "\"customers/1234567890/conversionActions/987654321\"",
         )],
-        default_params: &[],
+        default_params: &[("api_version", "v26")],
         must_hash: &["user.email", "user.phone"],
         hash_style: HashStyle::Google,
+        answers: PartnerAnswers::GoogleAds,
+        partner: "Google Ads",
+        identifiers: &[
+            "click_id",
+            "attribution.gbraid",
+            "attribution.wbraid",
+            "user.email",
+            "user.phone",
+        ],
+        ipv4_only: &[],
+        max_event_age: None,
+        finish: Some(google_conversion),
     },
 ];
+
+/// AppsFlyer counts revenue only from `af_revenue` with `af_currency` (A4): the
+/// event's `value` / `currency` inside `eventValue` are sent under those names.
+fn appsflyer_revenue(body: &mut Value) {
+    let Some(Value::String(text)) = body.get("eventValue") else {
+        return;
+    };
+    let Ok(Value::Object(mut props)) = serde_json::from_str::<Value>(text) else {
+        return;
+    };
+    for (ours, theirs) in [("value", "af_revenue"), ("currency", "af_currency")] {
+        if props.contains_key(theirs) {
+            continue;
+        }
+        if let Some(v) = props.shift_remove(ours) {
+            let text = match v {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            props.insert(theirs.to_string(), Value::String(text));
+        }
+    }
+    body["eventValue"] = Value::String(Value::Object(props).to_string());
+}
+
+/// AppsFlyer fields a template cannot shape: revenue names, and the ATT status as
+/// Apple's `ATTrackingManager.AuthorizationStatus` raw value.
+fn appsflyer_finish(body: &mut Value) {
+    appsflyer_revenue(body);
+    let att = match body.get("att") {
+        Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
+            "notdetermined" | "not_determined" | "0" => Some(0),
+            "restricted" | "1" => Some(1),
+            "denied" | "2" => Some(2),
+            "authorized" | "3" => Some(3),
+            _ => None,
+        },
+        Some(Value::Number(n)) => n.as_u64().filter(|n| *n <= 3),
+        _ => return,
+    };
+    match att {
+        Some(n) => body["att"] = Value::from(n),
+        None => {
+            if let Some(o) = body.as_object_mut() {
+                o.shift_remove("att");
+            }
+        }
+    }
+}
+
+/// Google Ads takes one click identifier per conversion (`GBRAID_WBRAID_BOTH_SET`
+/// and friends): the gclid first, then gbraid, then wbraid. `consent.adUserData`
+/// (G7) is "GRANTED" or "DENIED", from the event's `consent.ad_user_data`.
+fn google_conversion(body: &mut Value) {
+    let Some(Value::Array(conversions)) = body.get_mut("conversions") else {
+        return;
+    };
+    for c in conversions.iter_mut().filter_map(Value::as_object_mut) {
+        let mut found = false;
+        for key in ["gclid", "gbraid", "wbraid"] {
+            if c.contains_key(key) {
+                if found {
+                    c.shift_remove(key);
+                }
+                found = true;
+            }
+        }
+        google_consent(c);
+    }
+}
+
+fn google_consent(conversion: &mut Map<String, Value>) {
+    let Some(Value::Object(consent)) = conversion.get_mut("consent") else {
+        return;
+    };
+    match consent.get("adUserData") {
+        Some(Value::Bool(true)) => consent.insert("adUserData".into(), "GRANTED".into()),
+        Some(Value::Bool(false)) => consent.insert("adUserData".into(), "DENIED".into()),
+        _ => consent.shift_remove("adUserData"),
+    };
+    if consent.is_empty() {
+        conversion.shift_remove("consent");
+    }
+}

@@ -50,6 +50,17 @@ fn preview_one(out: &mut String, d: &Destination, event: &Event, disabled: bool)
             return;
         }
     };
+    if let Some(max) = d.delivery.max_event_age {
+        let age = chrono::Utc::now().signed_duration_since(event.timestamp);
+        if age.num_seconds() > i64::try_from(max.as_secs()).unwrap_or(i64::MAX) {
+            let _ = writeln!(
+                out,
+                "not sent: the event is {} days old and this partner takes events up to {} days old (it would be queued, then dead-lettered unsent); it would be:",
+                age.num_days(),
+                max.as_secs() / 86400
+            );
+        }
+    }
     let req = &r.request;
     let _ = writeln!(out, "{} {}", req.method.as_str(), mask_url(&req.url));
     for (name, value) in &req.headers {

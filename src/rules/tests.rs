@@ -26,9 +26,13 @@ fn typical(network: &str) -> Event {
         "click_id": "clk_9f2c",
         "timestamp": "2026-11-25T10:00:00Z",
         "attribution": {"network": network, "campaign": "c1"},
-        "user": {"email": " Person@Example.com", "phone": "+1 (555) 010-0100", "ip": "203.0.113.7",
-                 "user_agent": "UA/1.0", "external_id": "u42"},
-        "device": {"idfa": "IDFA-1", "gaid": "GAID-1", "os": "ios", "appsflyer_id": "af-1"},
+        "page": {"url": "https://shop.example/checkout"},
+        "user": {"email": " Person@Example.com", "phone": "+1 (650) 253-0000", "ip": "203.0.113.7",
+                 "user_agent": "UA/1.0", "external_id": "u42", "first_name": "Mary Ann",
+                 "last_name": "O'Brien", "city": "Menlo Park", "state": "California",
+                 "zip": "94025-1234", "country": "United States"},
+        "device": {"idfa": "IDFA-1", "gaid": "GAID-1", "os": "ios", "os_version": "17.4",
+                   "att_status": "authorized", "appsflyer_id": "af-1", "adid": "adj-1"},
         "consent": {"ad_user_data": true, "ad_personalization": false, "gpc": false},
         "properties": {"value": 9.99, "currency": "USD", "order_id": "o-1"}
     }))
@@ -106,6 +110,7 @@ fn example_affiliate_get_postback() {
             url: "http://127.0.0.1:9999/postback?clickid=clk_9f2c&goal=purchase&payout=9.99".into(),
             headers: vec![],
             body: None,
+            event_time_ms: Some(1_795_600_800_000),
         }
     );
     assert_eq!(
@@ -120,9 +125,12 @@ fn h(s: &str) -> String {
 
 #[test]
 fn meta_capi_preset_request() {
-    // PARTNERS.md / Meta customer-information-parameters: em trimmed + lower-cased,
-    // ph digits with country code; IP and user agent in clear (here truncated by rule).
-    let req = shipped("meta").render(&typical("any")).unwrap();
+    // Meta customer-information parameters (M3), normalised as Meta's own
+    // capi-param-builder does (M5): "Mary Ann" -> maryann, state and country names to
+    // codes, ZIP+4 cut; phone with country code, no "+"; the real IP and user agent
+    // in clear (M3: "always provide the real IP"); event_source_url for website (M2).
+    let d = shipped("meta");
+    let req = d.render(&typical("any")).unwrap();
     assert_eq!(req.method, Method::Post);
     assert_eq!(
         req.url,
@@ -137,17 +145,31 @@ fn meta_capi_preset_request() {
     );
     let expected = json!({"data": [{
         "event_name": "Purchase", "event_time": 1795600800, "event_id": "evt_01JD8X",
-        "action_source": "website",
-        "user_data": {"em": h("person@example.com"), "ph": h("15550100100"),
-                      "client_ip_address": "203.0.113.0", "client_user_agent": "UA/1.0"},
-        "custom_data": {"value": 9.99, "currency": "USD"}
+        "action_source": "website", "event_source_url": "https://shop.example/checkout",
+        "user_data": {"em": h("person@example.com"), "ph": h("16502530000"),
+                      "fn": h("maryann"), "ln": h("obrien"), "ct": h("menlopark"),
+                      "st": h("ca"), "zp": h("94025"), "country": h("us"),
+                      "external_id": h("u42"),
+                      "client_ip_address": "203.0.113.7", "client_user_agent": "UA/1.0"},
+        "custom_data": {"value": 9.99, "currency": "USD", "order_id": "o-1"}
     }]});
     assert_eq!(req.body, Some(expected.to_string()));
+    assert_eq!(req.event_time_ms, Some(1_795_600_800_000));
+    // M1: Meta refuses events over 7 days old; its answers are read as Meta's.
+    assert_eq!(
+        d.delivery.max_event_age,
+        Some(std::time::Duration::from_secs(7 * 86400))
+    );
+    assert_eq!(
+        d.delivery.success,
+        crate::outbound::SuccessRule::Partner(crate::outbound::PartnerAnswers::MetaCapi)
+    );
 }
 
 #[test]
 fn tiktok_events_preset_request() {
-    // TikTok Events API 2.0: email/phone/external_id SHA-256; phone in E.164.
+    // TikTok server tag (T1): email trimmed + lower-cased, external_id hashed with its
+    // case kept; phone in E.164 with "+" (T2).
     let req = shipped("tiktok").render(&typical("tiktok")).unwrap();
     assert_eq!(
         req.url,
@@ -165,7 +187,7 @@ fn tiktok_events_preset_request() {
         "data": [{
             "event": "CompletePayment", "event_time": 1795600800, "event_id": "evt_01JD8X",
             "user": {"ttclid": "clk_9f2c", "external_id": h("u42"), "email": h("person@example.com"),
-                     "phone": h("+15550100100"), "ip": "203.0.113.7", "user_agent": "UA/1.0"},
+                     "phone": h("+16502530000"), "ip": "203.0.113.7", "user_agent": "UA/1.0"},
             "properties": {"value": 9.99, "currency": "USD"}
         }]
     });
@@ -174,9 +196,11 @@ fn tiktok_events_preset_request() {
 
 #[test]
 fn appsflyer_s2s_preset_request() {
-    // AppsFlyer S2S: eventValue is a JSON string; eventTime "yyyy-MM-dd HH:mm:ss.SSS" UTC.
+    // AppsFlyer S2S API 3 (A1): api3 host; eventValue a JSON string with revenue as
+    // af_revenue / af_currency (A4); os for iOS 14+ (A3); att as Apple's raw value
+    // (authorized = 3); eventTime "yyyy-MM-dd HH:mm:ss.SSS" UTC.
     let req = shipped("appsflyer").render(&typical("any")).unwrap();
-    assert_eq!(req.url, "https://api2.appsflyer.com/inappevent/id123456789");
+    assert_eq!(req.url, "https://api3.appsflyer.com/inappevent/id123456789");
     assert_eq!(
         req.headers,
         headers(&[
@@ -186,17 +210,19 @@ fn appsflyer_s2s_preset_request() {
     );
     let expected = json!({
         "appsflyer_id": "af-1", "customer_user_id": "u42", "idfa": "IDFA-1",
-        "advertising_id": "GAID-1", "eventName": "af_purchase",
-        "eventValue": "{\"value\":9.99,\"currency\":\"USD\"}", "eventCurrency": "USD",
-        "eventTime": "2026-11-25 10:00:00.000", "af_events_api": "true"
+        "advertising_id": "GAID-1", "os": "17.4", "att": 3, "eventName": "af_purchase",
+        "eventValue": "{\"af_revenue\":\"9.99\",\"af_currency\":\"USD\"}", "eventCurrency": "USD",
+        "ip": "203.0.113.7", "eventTime": "2026-11-25 10:00:00.000", "af_events_api": "true"
     });
     assert_eq!(req.body, Some(expected.to_string()));
 }
 
 #[test]
 fn adjust_s2s_preset_request() {
-    // Adjust S2S: form-encoded POST with s2s=1, app_token, event_token, a device ID.
-    let req = shipped("adjust").render(&typical("any")).unwrap();
+    // Adjust S2S (J1): form-encoded POST with s2s=1, app_token, event_token, device
+    // IDs including adid; ip_address only as IPv4.
+    let d = shipped("adjust");
+    let req = d.render(&typical("any")).unwrap();
     assert_eq!(req.url, "https://s2s.adjust.com/event");
     assert_eq!(
         req.headers,
@@ -207,22 +233,33 @@ fn adjust_s2s_preset_request() {
     );
     assert_eq!(
         req.body.as_deref(),
-        Some("s2s=1&app_token=abc123def456&event_token=abc123&idfa=IDFA-1&gps_adid=GAID-1&created_at_unix=1795600800&ip_address=203.0.113.7&revenue=9.99&currency=USD")
+        Some("s2s=1&app_token=abc123def456&event_token=abc123&idfa=IDFA-1&gps_adid=GAID-1&adid=adj-1&created_at_unix=1795600800&ip_address=203.0.113.7&revenue=9.99&currency=USD")
+    );
+    let mut v6 = typical("any");
+    v6.fields["user"]["ip"] = json!("2001:db8::7");
+    let body = d.render(&v6).unwrap().body.unwrap_or_default();
+    assert!(!body.contains("ip_address"), "{body}");
+    // J1: events older than 58 days are rejected by Adjust.
+    assert_eq!(
+        d.delivery.max_event_age,
+        Some(std::time::Duration::from_secs(58 * 86400))
     );
 }
 
 #[test]
 fn google_ads_preset_request() {
-    // Google Ads API "Normalization and hashing": trim, lower-case, phone in E.164.
-    let req = shipped("google-ads").render(&typical("google")).unwrap();
+    // Google Ads API v26 (G5), "Normalization and hashing": trim, lower-case, phone
+    // in E.164; consent.adUserData (G7); one click identifier per conversion.
+    let d = shipped("google-ads");
+    let req = d.render(&typical("google")).unwrap();
     assert_eq!(
         req.url,
-        "https://googleads.googleapis.com/v19/customers/1234567890:uploadClickConversions"
+        "https://googleads.googleapis.com/v26/customers/1234567890:uploadClickConversions"
     );
+    // No Authorization here: the access token is attached at send time (oauth).
     assert_eq!(
         req.headers,
         headers(&[
-            ("Authorization", "Bearer replace-me"),
             ("developer-token", "replace-me"),
             ("Content-Type", "application/json")
         ])
@@ -235,10 +272,33 @@ fn google_ads_preset_request() {
             "conversionDateTime": "2026-11-25 10:00:00+00:00",
             "conversionValue": 9.99, "currencyCode": "USD", "orderId": "o-1",
             "userIdentifiers": [{"hashedEmail": h("person@example.com")},
-                                {"hashedPhoneNumber": h("+15550100100")}]
+                                {"hashedPhoneNumber": h("+16502530000")}],
+            "consent": {"adUserData": "GRANTED"}
         }]
     });
     assert_eq!(req.body, Some(expected.to_string()));
+    let oauth = d.delivery.oauth.clone().expect("oauth settings");
+    assert_eq!(oauth.token_url, "https://oauth2.googleapis.com/token");
+    assert!(!format!("{:?}", d.delivery).contains("replace-me"));
+
+    // gclid first, then gbraid, then wbraid: Google rejects more than one.
+    let mut ev = typical("google");
+    ev.fields["attribution"]["gbraid"] = json!("gb-1");
+    ev.fields["attribution"]["wbraid"] = json!("wb-1");
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    assert_eq!(body["conversions"][0]["gclid"], json!("clk_9f2c"));
+    assert!(body["conversions"][0].get("gbraid").is_none());
+    assert!(body["conversions"][0].get("wbraid").is_none());
+    ev.fields.shift_remove("click_id");
+    ev.fields["consent"]["ad_user_data"] = json!(false);
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    assert_eq!(body["conversions"][0]["gbraid"], json!("gb-1"));
+    assert!(body["conversions"][0].get("wbraid").is_none());
+    assert_eq!(
+        body["conversions"][0]["consent"]["adUserData"],
+        json!("DENIED")
+    );
+    assert!(body["conversions"][0].get("userIdentifiers").is_none());
 }
 
 #[test]
@@ -253,21 +313,56 @@ fn every_preset_compiles() {
 }
 
 #[test]
-fn without_consent_personal_fields_are_dropped_and_the_event_still_goes() {
+fn without_consent_meta_gets_nothing_and_the_event_is_skipped_not_sent() {
+    // Meta (M2): user_data is required. Without consent every identifier is dropped,
+    // so the event is skipped with a reason instead of being sent to be refused.
     let mut ev = typical("any");
     ev.fields["consent"]["ad_user_data"] = json!(false);
-    let r = shipped("meta").evaluate(&ev).unwrap();
-    assert_eq!(
-        r.consent_dropped,
-        ["user.email", "user.phone", "user.ip", "user.user_agent"]
+    let skip = shipped("meta").evaluate(&ev).unwrap_err();
+    assert_eq!(skip.kind(), "no_consent");
+    let text = skip.to_string();
+    assert!(
+        text.starts_with("nothing Meta can match this conversion on is left"),
+        "{text}"
     );
+    assert!(
+        text.contains("consent.ad_user_data is not true, so user.email, user.phone"),
+        "{text}"
+    );
+    // With a click ID left, TikTok still gets the conversion without personal data.
+    let mut ev = typical("tiktok");
+    ev.fields["consent"]["ad_user_data"] = json!(false);
+    let r = shipped("tiktok").evaluate(&ev).unwrap();
     let body: Value = serde_json::from_str(r.request.body.as_deref().unwrap()).unwrap();
-    assert_eq!(
-        body["data"][0]["user_data"],
-        Value::Null,
-        "emptied object is removed"
+    assert_eq!(body["data"][0]["user"], json!({"ttclid": "clk_9f2c"}));
+    // Adjust: without consent the advertising IDs go, Adjust's own adid stays.
+    let mut ev = typical("any");
+    ev.fields["consent"]["ad_user_data"] = json!(false);
+    let body = shipped("adjust")
+        .render(&ev)
+        .unwrap()
+        .body
+        .unwrap_or_default();
+    assert!(
+        body.contains("adid=adj-1") && !body.contains("idfa"),
+        "{body}"
     );
-    assert_eq!(body["data"][0]["event_name"], json!("Purchase"));
+    ev.fields["device"] = json!({"idfa": "IDFA-1"});
+    assert_eq!(
+        shipped("adjust").render(&ev).unwrap_err().kind(),
+        "no_consent"
+    );
+}
+
+#[test]
+fn meta_website_events_without_a_page_url_are_skipped() {
+    let mut ev = typical("any");
+    ev.fields.shift_remove("page");
+    let skip = shipped("meta").render(&ev).unwrap_err();
+    assert_eq!(
+        skip.to_string(),
+        "page.url is missing, and Meta needs it: Meta requires event_source_url for action_source \"website\""
+    );
 }
 
 #[test]
@@ -276,14 +371,15 @@ fn a_user_body_extends_a_preset_and_params_fill_it() {
         "m",
         "[destination]\nurl = \"https://graph.example/e\"\npreset = \"meta_capi\"\n\
          [params]\naction_source = \"app\"\ntest_event_code = \"TEST1\"\n\
-         [[body.data]]\nopt_out = false\n[privacy]\nallow = [\"event_name\"]\n",
+         [[body.data]]\nopt_out = false\n[privacy]\nallow = [\"event_name\", \"user.ip\"]\n",
     );
     let body: Value =
         serde_json::from_str(d.render(&typical("x")).unwrap().body.as_deref().unwrap()).unwrap();
     assert_eq!(
         body,
         json!({"test_event_code": "TEST1", "data": [{"event_name": "purchase", "event_time": 1795600800,
-               "action_source": "app", "opt_out": false}]})
+               "action_source": "app", "user_data": {"client_ip_address": "203.0.113.7"},
+               "opt_out": false}]})
     );
 }
 
@@ -445,25 +541,7 @@ fn preview_shows_requests_with_secrets_masked_and_skip_reasons() {
     let text = preview(&rules, &ev);
     let expected = "\
 == a-meta ==
-POST https://graph.facebook.com/v21.0/123456789012345/events?access_token=***
-Authorization: Bearer ***
-Content-Type: application/json
-(consent: consent.ad_user_data is not true, so these fields were dropped: user.email, user.phone, user.ip, user.user_agent)
-
-{
-  \"data\": [
-    {
-      \"event_name\": \"Purchase\",
-      \"event_time\": 1795600800,
-      \"event_id\": \"evt_01JD8X\",
-      \"action_source\": \"website\",
-      \"custom_data\": {
-        \"value\": 9.99,
-        \"currency\": \"USD\"
-      }
-    }
-  ]
-}
+not sent: nothing Meta can match this conversion on is left (it needs one of: user.email, user.phone, user.external_id, user.first_name, user.last_name, user.city, user.state, user.zip, user.country, user.ip, user.user_agent, user.fbc, user.fbp); consent.ad_user_data is not true, so user.email, user.phone, user.first_name, user.last_name, user.city, user.state, user.zip, user.country, user.external_id, user.ip, user.user_agent were dropped
 
 == b-aff ==
 not sent: event_name \"purchase\" is not listed in [when] event_name = [\"install\"]
@@ -476,6 +554,15 @@ Content-Type: application/json
 {}
 ";
     assert_eq!(text, expected);
+    assert!(!text.contains("replace-me"));
+    // With consent the request is shown, secrets masked.
+    let text = preview(&rules, &typical("x"));
+    assert!(text.contains("POST https://graph.facebook.com/v21.0/123456789012345/events?access_token=***\nAuthorization: Bearer ***\n"), "{text}");
+    // The test event is from 2026-11-25: past Meta's 7 days once that is a week ago.
+    let mut old = typical("x");
+    old.timestamp = chrono::Utc::now() - chrono::Duration::days(8);
+    let text = preview(&rules, &old);
+    assert!(text.contains("== a-meta ==\nnot sent: the event is 8 days old and this partner takes events up to 7 days old"), "{text}");
     assert!(!text.contains("replace-me"));
 }
 
@@ -569,7 +656,8 @@ mod leaks {
             ];
             for text in &rules {
                 let d = rule("p", text);
-                let req = d.render(&ev).unwrap();
+                // Skipped (no identifier the partner needs is left): nothing is sent.
+                let Ok(req) = d.render(&ev) else { continue };
                 let sent = format!("{} {:?} {}", req.url, req.headers, req.body.clone().unwrap_or_default());
                 for (path, canary) in &placed {
                     let allowed = allow.iter().any(|a| under(path, a));

@@ -45,6 +45,7 @@ pub fn event(k: DedupeKey, destinations: &[&str]) -> EventToAccept {
                     url: format!("https://{d}.example.test/postback"),
                     headers: vec![("Content-Type".into(), "application/json".into())],
                     body: Some(r#"{"event_name":"purchase","value":9.99}"#.into()),
+                    event_time_ms: None,
                 },
             })
             .collect(),

@@ -65,6 +65,7 @@ pub fn delivery(id: &str, destination: &str, url: &str) -> Delivery {
             url: url.to_string(),
             headers: vec![("Content-Type".into(), "application/json".into())],
             body: Some(format!(r#"{{"delivery":"{id}"}}"#)),
+            event_time_ms: None,
         },
         attempts: 0,
         created_at: 0,

@@ -277,13 +277,13 @@ fn presets_are_checked() {
         "preset tiktok_events needs `event_source_id`; add it under [params], like: event_source_id = ",
     );
     one_error(
-        &format!("{base}preset = \"meta_capi\"\n[privacy]\nallow = [\"event_id\", \"user.email\"]\n"),
-        "5:22",
+        &format!("{base}preset = \"meta_capi\"\n[params]\naction_source = \"app\"\n[privacy]\nallow = [\"event_id\", \"user.email\"]\n"),
+        "7:22",
         "`user.email` is allowed, but meta_capi only accepts it hashed; add \"user.email\" to `hash` in [privacy]",
     );
     one_error(
-        &format!("{base}preset = \"google_ads\"\n[params]\nconversion_action = \"c\"\n[privacy]\nallow = [\"user\"]\nhash = [\"user.email\"]\n"),
-        "7:10",
+        &format!("{base}oauth = {{ client_id = \"i\", client_secret = \"s\", refresh_token = \"r\" }}\npreset = \"google_ads\"\n[params]\nconversion_action = \"c\"\n[privacy]\nallow = [\"user\"]\nhash = [\"user.email\"]\n"),
+        "8:10",
         "allowing `user` lets `user.phone` through, but google_ads only accepts it hashed",
     );
     one_error(
@@ -413,4 +413,111 @@ fn rates() {
     );
     assert!(parse_rate("0/s").is_err());
     assert!(parse_rate("5").is_err());
+}
+
+#[test]
+fn success_tables_are_read_and_checked() {
+    let ok = format!(
+        "{}{ALLOW}[success]\nstatus = [200, 202]\njson = {{ code = 0, \"data.ok\" = true }}\ncontains = \"OK\"\nretry_status = 409\notherwise = \"retry\"\n",
+        "[destination]\nurl = \"https://a.example/\"\n"
+    );
+    let (d, _) = load_text(
+        Path::new("rules/x.toml"),
+        ok,
+        &HashMap::<String, String>::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        d.delivery.success,
+        SuccessRule::Declared(crate::outbound::DeclaredSuccess {
+            status: vec![200, 202],
+            json: vec![
+                ("code".into(), serde_json::json!(0)),
+                ("data.ok".into(), serde_json::json!(true)),
+            ],
+            contains: Some("OK".into()),
+            retry_status: vec![409],
+            retry_otherwise: true,
+        })
+    );
+    one_error(
+        &get_rule("", "[success]\nstatus = [200, 700]\n"),
+        "7:16",
+        "`success.status` lists HTTP statuses as numbers from 100 to 599",
+    );
+    one_error(
+        &get_rule("", "[success]\notherwise = \"skip\"\n"),
+        "7:13",
+        "`success.otherwise` is \"skip\"; write \"retry\"",
+    );
+    one_error(
+        &get_rule("", "[success]\njson = { code = [0] }\n"),
+        "7:17",
+        "`success.json.code` must be a plain value",
+    );
+    one_error(
+        &get_rule("", "[success]\nstatuses = [200]\n"),
+        "7:1",
+        "statuses",
+    );
+    one_error(
+        &format!("[destination]\nurl = \"https://a.example/\"\npreset = \"appsflyer_s2s\"\n{ALLOW}[success]\nstatus = 200\n"),
+        "6:2",
+        "preset appsflyer_s2s reads AppsFlyer's answers itself",
+    );
+}
+
+#[test]
+fn partner_requirements_are_checked_where_written() {
+    let base = "[destination]\nurl = \"https://a.example/\"\n";
+    one_error(
+        &format!("{base}preset = \"google_ads\"\n[params]\nconversion_action = \"c\"\n{ALLOW}"),
+        "3:10",
+        "preset google_ads needs OAuth credentials",
+    );
+    one_error(
+        &format!("{base}oauth = {{ client_id = \"i\", client_secret = \"\", refresh_token = \"r\" }}\npreset = \"google_ads\"\n[params]\nconversion_action = \"c\"\n{ALLOW}"),
+        "3:44",
+        "`destination.oauth.client_secret` is empty",
+    );
+    one_error(
+        &format!("{base}oauth = {{ client_id = \"i\", client_secret = \"s\", refresh_token = \"r\" }}\nheaders = {{ Authorization = \"Bearer x\" }}\npreset = \"google_ads\"\n[params]\nconversion_action = \"c\"\n{ALLOW}"),
+        "5:10",
+        "remove the Authorization header",
+    );
+    one_error(
+        &format!("{base}oauth = {{ client_id = \"i\", client_secret = \"s\", refresh_token = \"r\" }}\npreset = \"google_ads\"\n[params]\nconversion_action = \"c\"\napi_version = \"26\"\n{ALLOW}"),
+        "4:10",
+        "`params.api_version` is \"26\"; write a Google Ads API version like \"v26\"",
+    );
+    one_error(
+        &format!("[destination]\nurl = \"https://api3.appsflyer.com/inappevent/123456789\"\npreset = \"appsflyer_s2s\"\n{ALLOW}"),
+        "3:10",
+        "the AppsFlyer app ID \"123456789\" is only digits: iOS app IDs start with \"id\"",
+    );
+    one_error(
+        &format!("{base}preset = \"meta_capi\"\n{ALLOW}"),
+        "3:10",
+        "Meta requires event_source_url for action_source \"website\"; add \"page.url\" to `allow`",
+    );
+    one_error(
+        &get_rule("", "[params]\ndefault_country = \"Narnia\"\n"),
+        "7:19",
+        "`params.default_country` is \"Narnia\"; write a two-letter country code",
+    );
+}
+
+#[test]
+fn fields_under_hashed_names_must_be_hashed() {
+    let base = "[destination]\nurl = \"https://a.example/\"\n[privacy]\nallow = [\"user.email\", \"user.phone\"]\nhash = [\"user.phone\"]\n";
+    one_error(
+        &format!("{base}[body]\nemail_sha256 = \"{{user.email}}\"\nphone_sha256 = \"{{user.phone}}\"\n"),
+        "7:16",
+        "`email_sha256` is sent as a hash, but `user.email` is not in `hash`, so it would go out in clear",
+    );
+    one_error(
+        &format!("{base}[body]\nids = [{{ hashedEmail = \"{{user.email}}\" }}]\n"),
+        "7:24",
+        "`hashedEmail` is sent as a hash, but `user.email` is not in `hash`",
+    );
 }

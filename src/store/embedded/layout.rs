@@ -292,6 +292,7 @@ mod tests {
                 url: "https://p.example/x".into(),
                 headers: vec![("A".into(), "b".into())],
                 body: Some("{}".into()),
+                event_time_ms: None,
             },
         };
         let bytes = encode(&r).unwrap();

@@ -1,0 +1,334 @@
+//! Reading a partner's answer: did the partner take the event?
+//!
+//! Owns: the success rule of each destination applied to one answer (status and a
+//! bounded prefix of the body): the generic `[success]` table of a rule file, and
+//! each preset partner's documented answers (Meta `events_received`, TikTok `code`,
+//! Google Ads `partialFailureError` per-conversion codes, Adjust's 202 for a bad
+//! token, ...). Never: does I/O or reads a clock; the result is a plain value, and
+//! its `reason` names codes and fields, never body values (they may echo personal
+//! data).
+//!
+//! Every preset request carries exactly one event, so a partial failure is the
+//! failure of that one event: retrying the request retries only what failed.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::policy::{self, Attempt, Verdict};
+use crate::outbound::{DeclaredSuccess, PartnerAnswers, SuccessRule};
+
+/// What one answer means for the delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    /// A wait the partner asked for in its body (Google `TOO_RECENT_EVENT`: 6 hours).
+    pub retry_after: Option<Duration>,
+    /// Why an answer with a success status is not a success (kept as `last_error`).
+    pub reason: Option<String>,
+}
+
+impl Judgement {
+    fn of(verdict: Verdict) -> Judgement {
+        Judgement {
+            verdict,
+            retry_after: None,
+            reason: None,
+        }
+    }
+
+    fn because(verdict: Verdict, reason: impl Into<String>) -> Judgement {
+        Judgement {
+            verdict,
+            retry_after: None,
+            reason: Some(reason.into()),
+        }
+    }
+}
+
+/// Google asks to wait 6 hours after a click before uploading its conversion.
+pub const GOOGLE_TOO_RECENT_WAIT: Duration = Duration::from_secs(6 * 3600);
+
+/// The verdict of the delivery contract for a bare status (2xx delivered; 408, 425,
+/// 429, 5xx retried; the rest rejected).
+fn by_status(status: u16) -> Verdict {
+    policy::classify(&Attempt::Response {
+        status,
+        retry_after: None,
+    })
+}
+
+/// Judges one answer under a destination's success rule.
+pub fn judge(rule: &SuccessRule, status: u16, body: &str) -> Judgement {
+    match rule {
+        SuccessRule::AnyTwoHundred => Judgement::of(by_status(status)),
+        SuccessRule::Declared(d) => declared(d, status, body),
+        SuccessRule::Partner(p) => match p {
+            PartnerAnswers::MetaCapi => meta(status, body),
+            PartnerAnswers::TikTokEvents => tiktok(status, body),
+            PartnerAnswers::AppsFlyer => Judgement::of(by_status(status)),
+            PartnerAnswers::Adjust => adjust(status, body),
+            PartnerAnswers::GoogleAds => google(status, body),
+        },
+    }
+}
+
+fn json(body: &str) -> Option<Value> {
+    serde_json::from_str(body).ok()
+}
+
+fn declared(d: &DeclaredSuccess, status: u16, body: &str) -> Judgement {
+    let fits = if d.status.is_empty() {
+        (200..300).contains(&status)
+    } else {
+        d.status.contains(&status)
+    };
+    if !fits {
+        if d.retry_status.contains(&status) {
+            return Judgement::of(Verdict::Retry);
+        }
+        return match by_status(status) {
+            // A 2xx the rule does not list is not a success.
+            Verdict::Delivered => Judgement::because(
+                Verdict::Reject,
+                format!("HTTP {status} is not listed in [success] status"),
+            ),
+            v => Judgement::of(v),
+        };
+    }
+    let otherwise = if d.retry_otherwise {
+        Verdict::Retry
+    } else {
+        Verdict::Reject
+    };
+    if let Some(text) = &d.contains {
+        if !body.contains(text.as_str()) {
+            return Judgement::because(
+                otherwise,
+                "the answer does not contain the text [success] contains = ... expects",
+            );
+        }
+    }
+    if !d.json.is_empty() {
+        let Some(answer) = json(body) else {
+            return Judgement::because(
+                otherwise,
+                "the answer is not JSON, so [success] json = ... cannot hold",
+            );
+        };
+        for (path, want) in &d.json {
+            let got = lookup(&answer, path);
+            if !same(got, want) {
+                return Judgement::because(
+                    otherwise,
+                    format!("the answer's `{path}` is not what [success] json = ... expects"),
+                );
+            }
+        }
+    }
+    Judgement::of(Verdict::Delivered)
+}
+
+/// A dotted path into a JSON value; numeric parts index arrays.
+fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut cur = v;
+    for part in path.split('.') {
+        cur = match cur {
+            Value::Object(m) => m.get(part)?,
+            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// Equal as JSON, with numbers compared by value (`0` equals `0.0`).
+fn same(got: Option<&Value>, want: &Value) -> bool {
+    match (got, want) {
+        (Some(Value::Number(a)), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Some(g), w) => g == w,
+        (None, _) => false,
+    }
+}
+
+/// Graph API error codes its documentation says to retry: 1 API Unknown, 2 API
+/// Service, 4 / 17 / 32 / 613 rate limits, 341 application limit.
+const META_TRANSIENT: &[i64] = &[1, 2, 4, 17, 32, 341, 613];
+
+/// Meta Conversions API: a 200 whose `events_received` counts our one event.
+fn meta(status: u16, body: &str) -> Judgement {
+    let answer = json(body);
+    if (200..300).contains(&status) {
+        let received = answer
+            .as_ref()
+            .and_then(|a| a.get("events_received"))
+            .and_then(Value::as_u64);
+        return match received {
+            Some(n) if n >= 1 => Judgement::of(Verdict::Delivered),
+            _ => Judgement::because(
+                Verdict::Reject,
+                "Meta answered without events_received >= 1: the event was not taken",
+            ),
+        };
+    }
+    let error = answer.as_ref().and_then(|a| a.get("error"));
+    let transient = error
+        .and_then(|e| e.get("is_transient"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let code = error.and_then(|e| e.get("code")).and_then(Value::as_i64);
+    if transient || code.is_some_and(|c| META_TRANSIENT.contains(&c)) {
+        return Judgement::because(
+            Verdict::Retry,
+            format!("Meta error code {} is temporary", code.unwrap_or(0)),
+        );
+    }
+    match code {
+        Some(c) => Judgement::because(by_status(status), format!("Meta error code {c}")),
+        None => Judgement::of(by_status(status)),
+    }
+}
+
+/// TikTok Events API: HTTP 200 with `code` 0; a non-zero code is an error inside a
+/// 200 (40100 too many requests and 5xxxx server errors are temporary).
+fn tiktok(status: u16, body: &str) -> Judgement {
+    if !(200..300).contains(&status) {
+        return Judgement::of(by_status(status));
+    }
+    let code = json(body)
+        .as_ref()
+        .and_then(|a| a.get("code"))
+        .and_then(Value::as_i64);
+    match code {
+        Some(0) => Judgement::of(Verdict::Delivered),
+        Some(c) if c == 40100 || (50000..60000).contains(&c) => {
+            Judgement::because(Verdict::Retry, format!("TikTok code {c} is temporary"))
+        }
+        Some(c) => Judgement::because(Verdict::Reject, format!("TikTok answered code {c}")),
+        None => Judgement::because(
+            Verdict::Reject,
+            "TikTok answered without a `code`: the event was not confirmed",
+        ),
+    }
+}
+
+/// Adjust S2S: 200 OK. Its S2S security page says a missing or wrong token is
+/// answered 202; "earlier unique event tracked" (400) is a duplicate, already
+/// recorded; "Device not found" (404) can clear once the SDK's install arrives.
+fn adjust(status: u16, body: &str) -> Judgement {
+    match status {
+        200 => Judgement::of(Verdict::Delivered),
+        202 => Judgement::because(
+            Verdict::Reject,
+            "Adjust answered 202: the S2S token is missing or wrong, the event was not recorded",
+        ),
+        400 if body.contains("earlier unique event tracked") => Judgement::of(Verdict::Delivered),
+        404 if body.contains("Device not found") => Judgement::because(
+            Verdict::Retry,
+            "Adjust has no device data yet (Device not found)",
+        ),
+        s => Judgement::of(by_status(s)),
+    }
+}
+
+/// Google Ads `uploadClickConversions` with `partialFailure: true`: an HTTP 200 can
+/// carry the conversion's failure in `partialFailureError`.
+fn google(status: u16, body: &str) -> Judgement {
+    let answer = json(body);
+    let codes = |root: &str| -> Vec<(String, String)> {
+        answer
+            .as_ref()
+            .and_then(|a| a.get(root))
+            .map(google_codes)
+            .unwrap_or_default()
+    };
+    if (200..300).contains(&status) {
+        let codes = codes("partialFailureError");
+        let has_failure = answer
+            .as_ref()
+            .and_then(|a| a.get("partialFailureError"))
+            .is_some_and(|e| !e.is_null() && e.as_object().is_none_or(|o| !o.is_empty()));
+        if !has_failure {
+            return Judgement::of(Verdict::Delivered);
+        }
+        if codes.is_empty() {
+            return Judgement::because(
+                Verdict::Reject,
+                "Google reported a partial failure without error codes",
+            );
+        }
+        return google_verdict(&codes);
+    }
+    let codes = codes("error");
+    if codes.is_empty() {
+        return Judgement::of(by_status(status));
+    }
+    let judged = google_verdict(&codes);
+    match (by_status(status), judged.verdict) {
+        // A 429 / 5xx stays retryable whatever the codes say.
+        (Verdict::Retry, Verdict::Reject) => Judgement {
+            verdict: Verdict::Retry,
+            ..judged
+        },
+        _ => judged,
+    }
+}
+
+/// (category, code) pairs of a Google Ads failure: `details[].errors[].errorCode`.
+fn google_codes(failure: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let details = failure.get("details").and_then(Value::as_array);
+    for detail in details.into_iter().flatten() {
+        let errors = detail.get("errors").and_then(Value::as_array);
+        for error in errors.into_iter().flatten() {
+            if let Some(Value::Object(code)) = error.get("errorCode") {
+                for (category, value) in code {
+                    let value = value.as_str().unwrap_or_default();
+                    out.push((category.clone(), value.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Google's error codes (google-ads-python `errors/types/conversion_upload_error.py`,
+/// `quota_error.py`, `internal_error.py`) sorted into done, later and never.
+fn google_verdict(codes: &[(String, String)]) -> Judgement {
+    let mut later = None;
+    let mut never = None;
+    for (category, code) in codes {
+        match (category.as_str(), code.as_str()) {
+            // Already recorded: the partner has it.
+            (
+                "conversionUploadError",
+                "CLICK_CONVERSION_ALREADY_EXISTS" | "DUPLICATE_CLICK_CONVERSION_IN_REQUEST",
+            ) => {}
+            // "Retry after 6 hours have passed."
+            ("conversionUploadError", "TOO_RECENT_EVENT" | "TOO_RECENT_CONVERSION_ACTION") => {
+                later.get_or_insert((code.clone(), Some(GOOGLE_TOO_RECENT_WAIT)));
+            }
+            ("quotaError", "RESOURCE_EXHAUSTED" | "RESOURCE_TEMPORARILY_EXHAUSTED")
+            | ("internalError", _) => {
+                later.get_or_insert((code.clone(), None));
+            }
+            _ => {
+                never.get_or_insert(format!("{category} {code}"));
+            }
+        }
+    }
+    if let Some(what) = never {
+        return Judgement::because(Verdict::Reject, format!("Google Ads: {what}"));
+    }
+    match later {
+        Some((code, wait)) => Judgement {
+            verdict: Verdict::Retry,
+            retry_after: wait,
+            reason: Some(format!("Google Ads: {code}, retried later")),
+        },
+        None => Judgement::of(Verdict::Delivered),
+    }
+}
+
+#[cfg(test)]
+mod tests;
