@@ -51,6 +51,8 @@ pub struct Writer {
     pub(super) seq_reserved: u64,
     pub(super) queued_total: u64,
     pub(super) disk: Option<(Instant, u64)>,
+    /// Where the next purge's scan of dedupe marks starts (after this key).
+    pub(super) dedupe_cursor: Option<Vec<u8>>,
     reopen_at: Instant,
     reopen_wait: Duration,
 }
@@ -100,6 +102,7 @@ impl Writer {
             seq_reserved: 0,
             queued_total: 0,
             disk: None,
+            dedupe_cursor: None,
             reopen_at: Instant::now(),
             reopen_wait: REOPEN_FIRST,
         };
@@ -385,8 +388,8 @@ impl Writer {
             return Ok(Some(loc));
         }
         if engine
-            .queue
-            .contains_key(layout::queue_key(dest, seq))
+            .queue(dest)
+            .and_then(|q| q.contains_key(layout::seq_key(seq)))
             .map_err(|e| e.to_string())?
         {
             return Ok(Some(Loc::Fresh));
