@@ -592,8 +592,9 @@ fn send_signs_one_event_an_array_and_ndjson_and_reads_stdin() {
     let r = send(&one);
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert!(
-        r.stderr
-            .contains(&format!("cannot reach http://{addr}/v1/events")),
+        r.stderr.contains(&format!(
+            "cannot reach the relay at http://{addr}/v1/events"
+        )),
         "{}",
         r.stderr
     );
@@ -794,4 +795,134 @@ fn a_signal_right_after_ready_is_handled_gracefully() {
             relay.log()
         );
     }
+}
+
+#[test]
+fn send_with_no_relay_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, addr) = serve_config(dir.path());
+    let events = dir.path().join("e.json");
+    std::fs::write(&events, ev("no-relay").to_string()).unwrap();
+    let r = run(&["send", "--config", s(&cfg), s(&events)], dir.path());
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stderr.contains(&format!(
+            "cannot reach the relay at http://{addr}/v1/events"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("is `postback-relay serve` running with this config?"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn preview_reads_standard_input_and_shows_one_destination() {
+    let repo = Path::new(REPO);
+    let event = std::fs::read_to_string(repo.join("examples/purchase.json"))
+        .unwrap()
+        .replace(
+            "\"2026-11-25T10:00:00Z\"",
+            &chrono::Utc::now().timestamp().to_string(),
+        );
+    let r = run_stdin(
+        &["preview", "--destination", "example-aff", "-"],
+        repo,
+        &event,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("== example-aff =="), "{}", r.stdout);
+    assert_eq!(r.stdout.matches("== ").count(), 1, "{}", r.stdout);
+
+    let r = run_stdin(&["preview", "--destination", "nope", "-"], repo, &event);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no destination \"nope\""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("example-aff"),
+        "the known names: {}",
+        r.stderr
+    );
+
+    let r = run_stdin(&["preview", "-"], repo, "{not json");
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.starts_with("<stdin>:1:2: invalid JSON"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn every_option_has_a_description_in_help() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, wanted) in [
+        (
+            &["preview", "--help"][..],
+            &["--destination", "--rules", "--config"][..],
+        ),
+        (&["check", "--help"][..], &["--rules", "--config"][..]),
+        (
+            &["dlq", "list", "--help"][..],
+            &["--destination", "--config"][..],
+        ),
+        (
+            &["dlq", "replay", "--help"][..],
+            &["--destination", "--id", "--all", "--config"][..],
+        ),
+    ] {
+        let r = run(args, dir.path());
+        assert_eq!(r.code, 0, "{args:?}");
+        for opt in wanted {
+            let line = r
+                .stdout
+                .lines()
+                .find(|l| l.trim_start().starts_with(opt))
+                .unwrap_or_else(|| panic!("{opt} in {args:?}: {}", r.stdout));
+            let described = line.split_once(opt).map(|(_, rest)| rest).unwrap_or("");
+            // After the option (and its value name) comes a description.
+            assert!(
+                described.split_whitespace().count() >= 2,
+                "{opt} of {args:?} has no description: {line:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_second_relay_on_the_same_data_directory_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = serve_config(dir.path());
+    let mut first = spawn_serve(&cfg);
+    let (cfg2, _) = {
+        // Same data_dir, another port.
+        let other = dir.path().join("second.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("listen = ") {
+                    format!("listen = \"{addr}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&other, text).unwrap();
+        (other, addr)
+    };
+    let r = run(&["serve", "--config", s(&cfg2)], dir.path());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("another postback-relay is using the data directory"),
+        "{}",
+        r.stderr
+    );
+    first.kill();
 }

@@ -259,15 +259,17 @@ fn check_head(
 }
 
 fn unauthorized(e: &VerifyError) -> Refusal {
-    let result = match e {
-        VerifyError::TooOld | VerifyError::TooNew => "stale_timestamp",
-        _ => "unauthorized",
-    };
-    Refusal::new(
-        StatusCode::UNAUTHORIZED,
-        result,
-        format!("{e}; sign the request per Standard Webhooks with one of the relay's secrets"),
-    )
+    match e {
+        // A clock problem, not a signing one: the message says what to fix.
+        VerifyError::TooOld(_) | VerifyError::TooNew(_) => {
+            Refusal::new(StatusCode::UNAUTHORIZED, "stale_timestamp", e.to_string())
+        }
+        _ => Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("{e}; sign the request per Standard Webhooks with one of the relay's secrets"),
+        ),
+    }
 }
 
 fn too_large(max: u64) -> Refusal {

@@ -33,7 +33,7 @@ pub use apply::Skip;
 pub use load::parse_rate;
 pub use normalize::{hash_str, sha256_hex, truncate_ip, FieldKind, HashStyle};
 pub use presets::NAMES as PRESET_NAMES;
-pub use preview::preview;
+pub use preview::{preview, preview_named};
 pub use reload::{spawn_watcher, RulesHandle};
 pub use template::DERIVED as DERIVED_PLACEHOLDERS;
 

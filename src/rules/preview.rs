@@ -35,6 +35,19 @@ pub fn preview(rules: &RuleSet, event: &Event) -> String {
     out
 }
 
+/// The preview of one destination (enabled or disabled) by name; `None` when no rule
+/// file has that name.
+pub fn preview_named(rules: &RuleSet, event: &Event, name: &str) -> Option<String> {
+    let mut out = String::new();
+    if let Some(d) = rules.destinations().iter().find(|d| d.name == name) {
+        preview_one(&mut out, d, event, false);
+    } else {
+        let d = rules.disabled().iter().find(|d| d.name == name)?;
+        preview_one(&mut out, d, event, true);
+    }
+    Some(out)
+}
+
 fn preview_one(out: &mut String, d: &Destination, event: &Event, disabled: bool) {
     let _ = writeln!(out, "== {} ==", d.name);
     if disabled {
