@@ -205,11 +205,25 @@ impl Config {
         overrides: &Overrides,
     ) -> Result<Config, Vec<Diagnostic>> {
         let text = std::fs::read_to_string(path).map_err(|e| {
+            let message = if e.kind() == std::io::ErrorKind::NotFound {
+                let cwd = std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|_| "the current directory".into());
+                if path.is_relative() {
+                    format!(
+                        "no such config file in {cwd}; run from the directory that holds it, or pass --config FILE"
+                    )
+                } else {
+                    "no such config file; pass --config FILE with the right path".to_string()
+                }
+            } else {
+                format!("cannot read the config file: {e}")
+            };
             vec![Diagnostic {
                 file: path.to_path_buf(),
                 line: 0,
                 col: 0,
-                message: format!("cannot read the config file: {e}"),
+                message,
             }]
         })?;
         Config::parse(path, text, env, overrides)

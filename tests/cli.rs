@@ -926,3 +926,17 @@ fn a_second_relay_on_the_same_data_directory_is_refused_by_name() {
     );
     first.kill();
 }
+
+#[test]
+fn check_away_from_the_config_names_the_directory_and_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(&["check"], dir.path());
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr.trim(),
+        format!(
+            "postback-relay.toml: no such config file in {}; run from the directory that holds it, or pass --config FILE",
+            dir.path().canonicalize().unwrap().display()
+        )
+    );
+}

@@ -242,6 +242,11 @@ fn check(config: &Path, rules: Option<PathBuf>) -> i32 {
     let mut errors = Vec::new();
     let (rules_dir, loaded) = match Config::load(config, &ProcessEnv, &ov) {
         Ok(cfg) => (cfg.rules_dir.clone(), Some(cfg)),
+        Err(e) if !config.exists() && rules.is_none() => {
+            // No config at all: its rules directory is unknown; say only the cause.
+            print_diagnostics(&e);
+            return 1;
+        }
         Err(e) => {
             errors.extend(e);
             // Still check the rules the config names, not `./rules` of the cwd.

@@ -30,7 +30,9 @@ const VERSION_MARKER: &str = "version";
 /// Block cache. Small on purpose: queued deliveries are read once, in order.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// The journal is replayed at start after a crash: its size bounds recovery time.
+/// 64 MiB is the engine's smallest hard cap; `bound_journal` keeps it far lower.
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+const JOURNAL_SOFT_BYTES: u64 = 12 * 1024 * 1024;
 const QUEUE_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 const DEDUPE_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 const SMALL_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
@@ -184,6 +186,44 @@ impl Engine {
             meta: db.keyspace(layout::META, small)?,
             db,
         })
+    }
+
+    /// Every keyspace, the queues included.
+    pub fn keyspaces(&self) -> Vec<Keyspace> {
+        let mut all = vec![
+            self.retry.clone(),
+            self.dead.clone(),
+            self.done.clone(),
+            self.dedupe.clone(),
+            self.meta.clone(),
+        ];
+        all.extend(
+            self.queues
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned(),
+        );
+        all
+    }
+
+    /// Seals the memtables once the journal passes `JOURNAL_SOFT_BYTES`, so the
+    /// journal (replayed at start after a crash) stays short: a keyspace written
+    /// rarely (counters) would otherwise pin every journal up to the hard cap.
+    pub fn bound_journal(&self) {
+        if self.db.journal_disk_space().unwrap_or(0) < JOURNAL_SOFT_BYTES {
+            return;
+        }
+        for k in self.keyspaces() {
+            let _ = k.rotate_memtable();
+        }
+    }
+
+    /// Clean close: write every memtable out, so the next start replays nothing.
+    pub fn flush_all(&self) {
+        for k in self.keyspaces() {
+            let _ = k.rotate_memtable_and_wait();
+        }
     }
 
     /// The fresh queue of one destination, opened (or created) on first use.
