@@ -214,19 +214,24 @@ async fn destinations(relay: &Relay) -> HttpResponse {
             )
         }
     };
+    let rules = relay.rules.current();
     let mut out: BTreeMap<String, Value> = BTreeMap::new();
-    for d in relay.rules.current().destinations() {
-        out.insert(
-            d.name.clone(),
-            json!({"name": d.name, "enabled": true, "queue_depth": 0, "dlq_size": 0,
-                   "circuit": "closed", "last_error": null, "in_flight": 0}),
-        );
+    let entry = |name: &str, state: &str| {
+        json!({"name": name, "enabled": state == "enabled", "state": state,
+               "queue_depth": 0, "dlq_size": 0, "circuit": "closed", "last_error": null,
+               "in_flight": 0, "delivered": 0, "last_success_at": null})
+    };
+    for d in rules.destinations() {
+        out.insert(d.name.clone(), entry(&d.name, "enabled"));
+    }
+    // Validated but `enabled = false`: shown, so an operator sees why nothing is sent.
+    for d in rules.disabled() {
+        out.insert(d.name.clone(), entry(&d.name, "disabled"));
     }
     for c in counts {
-        let e = out.entry(c.destination.clone()).or_insert_with(|| {
-            json!({"name": c.destination, "enabled": false, "circuit": "closed",
-                   "last_error": null, "in_flight": 0})
-        });
+        let e = out
+            .entry(c.destination.clone())
+            .or_insert_with(|| entry(&c.destination, "removed"));
         e["queue_depth"] = json!(c.queued);
         e["dlq_size"] = json!(c.dead);
     }
@@ -235,6 +240,11 @@ async fn destinations(relay: &Relay) -> HttpResponse {
             e["circuit"] = serde_json::to_value(s.breaker).unwrap_or(Value::Null);
             e["last_error"] = json!(s.last_error);
             e["in_flight"] = json!(s.in_flight);
+            e["delivered"] = json!(s.delivered);
+            e["last_success_at"] = json!(s
+                .last_success_at
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
         }
     }
     json_response(
