@@ -34,6 +34,19 @@ pub enum StartError {
     Store(String),
     Listen(String),
     Tls(String),
+    /// The delivery engine could not start (its HTTP client).
+    Delivery(String),
+    /// SIGTERM / SIGINT / SIGHUP handlers could not be installed.
+    Signals(std::io::Error),
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Signals(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for StartError {
@@ -51,6 +64,8 @@ impl std::fmt::Display for StartError {
             StartError::Store(e) => write!(f, "cannot open the store: {e}"),
             StartError::Listen(e) => write!(f, "cannot listen: {e}"),
             StartError::Tls(e) => write!(f, "cannot start TLS: {e}"),
+            StartError::Delivery(e) => write!(f, "cannot start delivery: {e}"),
+            StartError::Signals(e) => write!(f, "cannot install the signal handlers: {e}"),
         }
     }
 }
@@ -140,7 +155,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
             ..DeliverOptions::default()
         },
     )
-    .map_err(|e| StartError::Store(e.to_string()))?;
+    .map_err(|e| StartError::Delivery(e.to_string()))?;
     let metrics = Arc::new(Metrics::new());
     deliverer.observe(metrics.clone());
     store.observe(metrics.clone());
@@ -262,6 +277,12 @@ fn log_ready(relay: &Relay, addr: SocketAddr, admin_addr: Option<SocketAddr>) {
         admin = %admin,
         destinations = names.len(),
         names = %names.join(","),
+        disabled = %rules
+            .disabled()
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
         data_dir = %cfg.data_dir.display(),
         rules_dir = %cfg.rules_dir.display(),
         version = env!("CARGO_PKG_VERSION"),
@@ -320,9 +341,9 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
     let (mut term, mut int, mut hup) = {
         use tokio::signal::unix::{signal, SignalKind};
         (
-            signal(SignalKind::terminate()).map_err(|e| StartError::Listen(e.to_string()))?,
-            signal(SignalKind::interrupt()).map_err(|e| StartError::Listen(e.to_string()))?,
-            signal(SignalKind::hangup()).map_err(|e| StartError::Listen(e.to_string()))?,
+            signal(SignalKind::terminate()).map_err(StartError::Signals)?,
+            signal(SignalKind::interrupt()).map_err(StartError::Signals)?,
+            signal(SignalKind::hangup()).map_err(StartError::Signals)?,
         )
     };
     let running = start(config, env).await?;
@@ -365,5 +386,23 @@ mod tests {
         let text = "Limit                     Soft Limit           Hard Limit           Units\nMax cpu time              unlimited            unlimited            seconds\nMax open files            256                  4096                 files\n";
         assert_eq!(super::open_files_limit(text), Some(256));
         assert_eq!(super::open_files_limit("nothing"), None);
+    }
+
+    use super::StartError;
+
+    #[test]
+    fn start_errors_say_which_part_failed() {
+        let e = StartError::Delivery("TLS backend unavailable".into());
+        assert_eq!(
+            e.to_string(),
+            "cannot start delivery: TLS backend unavailable"
+        );
+        let io = std::io::Error::other("no signalfd");
+        let e = StartError::Signals(io);
+        assert_eq!(
+            e.to_string(),
+            "cannot install the signal handlers: no signalfd"
+        );
+        assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
     }
 }

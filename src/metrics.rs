@@ -337,6 +337,8 @@ mod tests {
                 breaker: BreakerState::Open,
                 last_error: None,
                 in_flight: 0,
+                delivered: 0,
+                last_success_at: None,
             }],
         );
         for line in [
