@@ -149,51 +149,64 @@ pub enum Condition {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct When {
     pub conditions: Vec<Condition>,
+    /// (line, column) in the rule file of each condition, for explanations.
+    pub places: Vec<(usize, usize)>,
 }
 
 impl When {
     pub fn check(&self, fields: &Map<String, Value>) -> Result<(), Skip> {
-        for c in &self.conditions {
-            match c {
-                Condition::OneOf { field, values } => {
-                    let got = crate::event::get_path(fields, field).and_then(scalar_string);
-                    let ok = got
-                        .as_deref()
-                        .is_some_and(|g| values.iter().any(|v| v == g));
-                    if ok {
-                        continue;
-                    }
-                    if field == "event_name" {
-                        if let Some(name) = got {
-                            return Err(Skip::EventName {
-                                name,
-                                expected: values.clone(),
-                            });
-                        }
-                    }
-                    return Err(Skip::FieldMismatch {
-                        field: field.clone(),
-                        expected: values.clone(),
-                        missing: crate::event::get_path(fields, field).is_none(),
-                    });
+        self.check_each(fields).map_err(|(_, skip)| skip)
+    }
+
+    /// Like `check`; a failure also says which condition (its index) failed.
+    pub fn check_each(&self, fields: &Map<String, Value>) -> Result<(), (usize, Skip)> {
+        for (i, c) in self.conditions.iter().enumerate() {
+            Self::holds(c, fields).map_err(|skip| (i, skip))?;
+        }
+        Ok(())
+    }
+
+    fn holds(c: &Condition, fields: &Map<String, Value>) -> Result<(), Skip> {
+        match c {
+            Condition::OneOf { field, values } => {
+                let got = crate::event::get_path(fields, field).and_then(scalar_string);
+                if got
+                    .as_deref()
+                    .is_some_and(|g| values.iter().any(|v| v == g))
+                {
+                    return Ok(());
                 }
-                Condition::Has(field) => {
-                    let present = match crate::event::get_path(fields, field) {
-                        None => false,
-                        Some(Value::String(s)) => !s.trim().is_empty(),
-                        Some(Value::Array(a)) => !a.is_empty(),
-                        Some(Value::Object(o)) => !o.is_empty(),
-                        Some(_) => true,
-                    };
-                    if !present {
-                        return Err(Skip::Missing {
-                            field: field.clone(),
+                if field == "event_name" {
+                    if let Some(name) = got {
+                        return Err(Skip::EventName {
+                            name,
+                            expected: values.clone(),
                         });
                     }
                 }
+                Err(Skip::FieldMismatch {
+                    field: field.clone(),
+                    expected: values.clone(),
+                    missing: crate::event::get_path(fields, field).is_none(),
+                })
+            }
+            Condition::Has(field) => {
+                let present = match crate::event::get_path(fields, field) {
+                    None => false,
+                    Some(Value::String(s)) => !s.trim().is_empty(),
+                    Some(Value::Array(a)) => !a.is_empty(),
+                    Some(Value::Object(o)) => !o.is_empty(),
+                    Some(_) => true,
+                };
+                if present {
+                    Ok(())
+                } else {
+                    Err(Skip::Missing {
+                        field: field.clone(),
+                    })
+                }
             }
         }
-        Ok(())
     }
 }
 
@@ -426,6 +439,7 @@ mod tests {
                 },
                 Condition::Has("click_id".into()),
             ],
+            places: vec![(1, 1), (2, 1), (3, 1)],
         };
         let ok = obj(
             json!({"event_name": "purchase", "attribution": {"network": "example-aff"}, "click_id": "c"}),
@@ -460,6 +474,8 @@ mod tests {
                 field: "click_id".into()
             }
         );
+        let failed = when.check_each(&obj(json!({"event_name": "install"})));
+        assert_eq!(failed.map_err(|(i, _)| when.places[i]), Err((2, 1)));
     }
 
     #[test]
@@ -469,6 +485,7 @@ mod tests {
                 field: "consent.gpc".into(),
                 values: vec!["false".into()],
             }],
+            places: vec![(1, 1)],
         };
         assert!(when.check(&obj(json!({"consent": {"gpc": false}}))).is_ok());
         assert!(when.check(&obj(json!({"consent": {"gpc": true}}))).is_err());

@@ -1,0 +1,200 @@
+//! `postback-relay check [--events DIR]`: the config and every rule file, strictly
+//! (every error, exit 1), warnings beside them, and with `--events` every rule run
+//! against sample events.
+//!
+//! Owns: what `check` prints. Never: sends or writes anything.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, Overrides};
+use crate::diag::{Diagnostic, ProcessEnv};
+use crate::event::Event;
+use crate::rules::{masked, LoadOptions, RuleSet};
+
+use super::{print_diagnostics, rules_env};
+
+pub fn run(config: &Path, rules: Option<PathBuf>, events: Option<&Path>) -> i32 {
+    let ov = Overrides {
+        rules_dir: rules.clone(),
+        ..Overrides::default()
+    };
+    let mut errors = Vec::new();
+    let (rules_dir, loaded) = match Config::load(config, &ProcessEnv, &ov) {
+        Ok(cfg) => (cfg.rules_dir.clone(), Some(cfg)),
+        Err(e) => {
+            errors.extend(e);
+            // Still check the rules the config names, not `./rules` of the cwd.
+            (Config::rules_dir_of(config, &ProcessEnv, rules), None)
+        }
+    };
+    let (policy, custom_fields) = match &loaded {
+        Some(cfg) => (cfg.rules_env.clone(), cfg.custom_fields.clone()),
+        None => (Config::rules_env_of(config, &ProcessEnv), Vec::new()),
+    };
+    let options = LoadOptions { custom_fields };
+    let set = match RuleSet::load_dir_lenient(&rules_dir, &rules_env(policy), &options) {
+        Ok(set) => set,
+        Err(e) => {
+            errors.extend(e);
+            RuleSet::empty()
+        }
+    };
+    errors.extend(set.errors());
+    print_warnings(set.warnings());
+    let mut code = 0;
+    if let Some(dir) = events {
+        code = run_events(&set, dir);
+    }
+    if !errors.is_empty() {
+        print_diagnostics(&errors);
+        eprintln!("{} error{}", errors.len(), plural(errors.len()));
+        return 1;
+    }
+    let count = set.destinations().len();
+    println!(
+        "ok: {} and {} ({} enabled destination{}{})",
+        config.display(),
+        rules_dir.display(),
+        count,
+        plural(count),
+        match set.warnings().len() {
+            0 => String::new(),
+            n => format!(", {n} warning{}", plural(n)),
+        }
+    );
+    code
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn print_warnings(warnings: &[Diagnostic]) {
+    for w in warnings {
+        eprintln!(
+            "{}:{}:{}: warning: {}",
+            w.file.display(),
+            w.line,
+            w.col,
+            w.message
+        );
+    }
+}
+
+/// One sample event and what to call it in the report.
+struct Sample {
+    label: String,
+    event: Event,
+}
+
+/// Runs every destination against every sample event; returns 1 when a sample file
+/// could not be read as events.
+fn run_events(set: &RuleSet, dir: &Path) -> i32 {
+    let (samples, bad) = read_samples(dir);
+    for e in &bad {
+        eprintln!("{e}");
+    }
+    println!("sample events: {} from {}", samples.len(), dir.display());
+    for d in set.destinations().iter().chain(set.disabled()) {
+        let disabled = set.get(&d.name).is_none();
+        println!(
+            "\n== {}{} ==",
+            d.name,
+            if disabled { " (disabled)" } else { "" }
+        );
+        let mut gets = 0;
+        for s in &samples {
+            match d.evaluate(&s.event) {
+                Ok(r) => {
+                    gets += 1;
+                    let req = masked(d, &r.request);
+                    println!("gets {}: {} {}", s.label, req.method.as_str(), req.url);
+                    for (place, ph) in d.empty_placeholders(&s.event) {
+                        println!(
+                            "  warning: {ph} in the {place} has no value for {}",
+                            s.label
+                        );
+                    }
+                }
+                Err(skip) => println!("not {}: {skip}", s.label),
+            }
+        }
+        println!("{gets} of {} events sent", samples.len());
+    }
+    for b in set.broken() {
+        println!("\n== {} (has errors: gets nothing until fixed) ==", b.name);
+    }
+    i32::from(!bad.is_empty())
+}
+
+/// Every event of every `*.json` / `*.ndjson` file in `dir`, sorted by file name.
+fn read_samples(dir: &Path) -> (Vec<Sample>, Vec<String>) {
+    let mut samples = Vec::new();
+    let mut bad = Vec::new();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json" || x == "ndjson"))
+            .collect(),
+        Err(e) => {
+            bad.push(format!(
+                "{}: cannot read the events directory: {e}",
+                dir.display()
+            ));
+            return (samples, bad);
+        }
+    };
+    files.sort();
+    let now = chrono::Utc::now();
+    for file in files {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let body = match std::fs::read(&file) {
+            Ok(b) => b,
+            Err(e) => {
+                bad.push(format!("{}: cannot read: {e}", file.display()));
+                continue;
+            }
+        };
+        let framing = if name.ends_with(".ndjson") {
+            crate::ingest::body::Framing::Ndjson
+        } else {
+            crate::ingest::body::Framing::Json
+        };
+        let parsed = match crate::ingest::body::parse_events(&body, framing, usize::MAX, now) {
+            Ok(p) => p,
+            Err(e) => {
+                bad.push(format!("{}: {}", file.display(), body_error(&e)));
+                continue;
+            }
+        };
+        let many = parsed.len() > 1;
+        for (i, p) in parsed.into_iter().enumerate() {
+            let label = if many {
+                format!("{name}[{i}]")
+            } else {
+                name.clone()
+            };
+            match p {
+                Ok(event) => samples.push(Sample { label, event }),
+                Err(e) => bad.push(format!("{}: event {i}: invalid event: {e}", file.display())),
+            }
+        }
+    }
+    (samples, bad)
+}
+
+fn body_error(e: &crate::ingest::body::BodyError) -> String {
+    match e {
+        crate::ingest::body::BodyError::Unparseable(m) => m.clone(),
+        crate::ingest::body::BodyError::TooManyEvents { count, .. } => {
+            format!("{count} events")
+        }
+    }
+}
