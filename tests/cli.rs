@@ -570,14 +570,34 @@ fn send_signs_one_event_an_array_and_ndjson_and_reads_stdin() {
     let v = parse_send(&r);
     assert_eq!(statuses(&v), pairs(&["e7"], "duplicate"));
 
-    // A rejected event is reported, and the exit code is still 0 (the relay answered 202).
+    // A rejected event beside an accepted one is reported, and the exit code is
+    // still 0 (the relay answered 202).
     let r = run_stdin(
         &["send", "--config", s(&cfg), "-"],
         tmp.path(),
-        r#"[{"event_id": "e9"}]"#,
+        &format!(r#"[{{"event_id": "e9"}}, {}]"#, ev("e10")),
     );
     let v = parse_send(&r);
-    assert_eq!(v["rejected"], 1, "{v}");
+    assert_eq!(
+        (v["rejected"].as_u64(), v["accepted"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    // Every event rejected: the relay answers 400 with the same results; exit 1.
+    let r = run_stdin(
+        &["send", "--config", s(&cfg), "-"],
+        tmp.path(),
+        r#"[{"event_id": "e11"}]"#,
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let (status, body) = r.stdout.split_once('\n').expect("two parts");
+    assert_eq!(status, "HTTP 400 Bad Request", "{}", r.stdout);
+    let v: serde_json::Value = serde_json::from_str(body).expect("JSON answer");
+    assert_eq!(
+        v["results"][0],
+        serde_json::json!({"index": 0, "status": "rejected", "error": "event_name: missing"}),
+        "{v}"
+    );
 
     let mut relay = relay;
     relay.signal(libc::SIGTERM);
@@ -600,7 +620,7 @@ fn send_signs_one_event_an_array_and_ndjson_and_reads_stdin() {
 }
 
 #[test]
-fn serve_with_an_invalid_config_or_rule_exits_1_located_and_never_binds() {
+fn serve_with_an_invalid_config_or_strict_with_an_invalid_rule_exits_1_located_and_never_binds() {
     for broken_rule in [false, true] {
         let tmp = tempfile::tempdir().unwrap();
         // We hold the port: a relay that tried to bind would fail with a listen error
@@ -637,7 +657,10 @@ fn serve_with_an_invalid_config_or_rule_exits_1_located_and_never_binds() {
             )
         };
         let started = Instant::now();
-        let r = run(&["serve", "--config", s(&cfg)], tmp.path());
+        // A broken rule file stops only a strict start (the default starts without it).
+        let strict: &[&str] = if broken_rule { &["--strict"] } else { &[] };
+        let args = [&["serve", "--config", s(&cfg)][..], strict].concat();
+        let r = run(&args, tmp.path());
         assert_eq!(r.code, 1, "stderr: {}", r.stderr);
         assert!(started.elapsed() < Duration::from_secs(20));
         for w in want {

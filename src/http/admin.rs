@@ -214,18 +214,30 @@ async fn destinations(relay: &Relay) -> HttpResponse {
             )
         }
     };
+    let rules = relay.rules.current();
     let mut out: BTreeMap<String, Value> = BTreeMap::new();
-    for d in relay.rules.current().destinations() {
+    for d in rules.destinations() {
         out.insert(
             d.name.clone(),
             json!({"name": d.name, "enabled": true, "queue_depth": 0, "dlq_size": 0,
-                   "circuit": "closed", "last_error": null, "in_flight": 0}),
+                   "circuit": "closed", "last_error": null, "in_flight": 0,
+                   "rule_errors": []}),
+        );
+    }
+    // A rule file with errors: no new deliveries, its queue waits for the fix.
+    for b in rules.broken() {
+        out.insert(
+            b.name.clone(),
+            json!({"name": b.name, "enabled": false, "status": "rule file has errors",
+                   "file": b.file.display().to_string(), "queue_depth": 0, "dlq_size": 0,
+                   "circuit": "closed", "last_error": null, "in_flight": 0,
+                   "rule_errors": b.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>()}),
         );
     }
     for c in counts {
         let e = out.entry(c.destination.clone()).or_insert_with(|| {
             json!({"name": c.destination, "enabled": false, "circuit": "closed",
-                   "last_error": null, "in_flight": 0})
+                   "last_error": null, "in_flight": 0, "rule_errors": []})
         });
         e["queue_depth"] = json!(c.queued);
         e["dlq_size"] = json!(c.dead);

@@ -76,6 +76,13 @@ async fn ready(edge: &Edge) -> HttpResponse {
 async fn metrics(edge: &Edge) -> HttpResponse {
     let relay = &edge.relay;
     let counts = relay.store.counts().await.unwrap_or_default();
+    let rules = relay.rules.current();
+    let broken: Vec<(String, usize)> = rules
+        .broken()
+        .iter()
+        .map(|b| (b.name.clone(), b.errors.len()))
+        .collect();
+    relay.metrics.set_rule_errors(&broken);
     let text = relay.metrics.render(&counts, &relay.deliverer.status());
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     resp.headers_mut().insert(
@@ -390,6 +397,14 @@ async fn process(
                 rejected = report.rejected,
                 "events processed"
             );
+            // Every event rejected: nothing was taken, so the sender must not read
+            // success; the per-event results say why.
+            if report.rejected > 0 && report.accepted == 0 && report.duplicates == 0 {
+                return (
+                    json_response(StatusCode::BAD_REQUEST, report.to_json()),
+                    "all_rejected",
+                );
+            }
             (
                 json_response(StatusCode::ACCEPTED, report.to_json()),
                 "accepted",
