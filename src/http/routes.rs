@@ -1,5 +1,5 @@
 //! The routes: `POST /v1/events` from headers to answer, `/healthz`, `/readyz`,
-//! `/metrics`, and the hand-off to `admin`.
+//! `/metrics`, and the hand-off to `admin` and `ui` (the preview page).
 //!
 //! Ingest order, cheapest refusal first: content type, `Content-Length` against
 //! `max_body`, the Standard Webhooks headers and the timestamp tolerance — all before
@@ -45,6 +45,11 @@ pub async fn route(
         (&Method::GET, "/readyz") => ready(edge).await,
         (&Method::GET, "/metrics") if admin => metrics(edge).await,
         (_, p) if admin && p.starts_with("/admin/") => super::admin::handle(&edge.relay, req).await,
+        (_, p) if admin && (p == "/ui" || p.starts_with("/ui/")) => {
+            // Only the ingest listener may speak TLS; the admin one never does.
+            let secure = ingest && edge.relay.tls.is_some();
+            super::ui::handle(&edge.relay, req, secure).await
+        }
         (_, "/healthz" | "/readyz") => not_allowed(req.method(), &path),
         (_, "/v1/events") if ingest => not_allowed(req.method(), &path),
         (_, "/metrics") if admin => not_allowed(req.method(), &path),

@@ -14,7 +14,7 @@ use super::{Destination, RuleSet};
 const MASK: &str = "***";
 
 /// `req` as a human may see it: every value the rule file took from the environment
-/// masked wherever it stands, header values other than Content-Type/Accept masked,
+/// masked wherever it stands (URL, headers, body), header values other than Content-Type/Accept masked,
 /// and URL query values whose key looks secret masked.
 pub fn masked(d: &Destination, req: &OutboundRequest) -> OutboundRequest {
     let mut out = req.clone();
@@ -23,6 +23,7 @@ pub fn masked(d: &Destination, req: &OutboundRequest) -> OutboundRequest {
     for (name, value) in &mut out.headers {
         *value = mask_header(name, &unmark(value));
     }
+    out.body = out.body.map(|b| d.delivery.credentials.mask_in(&b, MASK));
     out
 }
 
