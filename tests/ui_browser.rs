@@ -217,7 +217,7 @@ async fn the_preview_page_logs_in_previews_explains_and_checks_a_draft() {
         "{request}"
     );
     assert!(
-        request.contains("\"user\""),
+        request.contains("\"email\""),
         "consent given: the hashed e-mail is sent: {request}"
     );
     assert!(!request.contains("A@B.com"), "{request}");
