@@ -215,17 +215,18 @@ fn check_prints_every_config_and_rule_error_located_in_one_run() {
     let expected = [
         format!("{c}:7:13: `ingest.tolerance`: unknown unit \"parsecs\" in \"5 parsecs\""),
         format!("{c}:8:1: unknown key `max_bach` in [ingest]; did you mean `max_batch`?"),
-        format!("{b}:3:43: `{{user.email}}` names a field that [privacy] does not allow"),
+        // In a rule file, unknown keys (causes) come before what they may cause.
         format!("{b}:5:1: unknown key `retri` in [destination]; did you mean `retry`?"),
+        format!("{b}:3:43: `{{user.email}}` names a field that [privacy] does not allow"),
     ];
     assert_eq!(lines.len(), expected.len(), "stderr:\n{}", r.stderr);
     for (line, want) in lines.iter().zip(&expected) {
         assert!(line.starts_with(want.as_str()), "want {want}\ngot  {line}");
     }
     assert!(
-        lines[2].contains("add \"user.email\" to `allow`"),
+        lines[3].contains("add \"user.email\" to `allow`"),
         "says what to write: {}",
-        lines[2]
+        lines[3]
     );
     assert_eq!(r.stderr.lines().last(), Some("4 errors"), "{}", r.stderr);
     assert!(!tmp.path().join("data").exists(), "check writes nothing");
