@@ -98,37 +98,53 @@ fn run_events(set: &RuleSet, dir: &Path) -> i32 {
     for e in &bad {
         eprintln!("{e}");
     }
-    println!("sample events: {} from {}", samples.len(), dir.display());
+    print!("{}", events_report(set, &samples, dir));
+    i32::from(!bad.is_empty())
+}
+
+/// Per destination: which sample events it gets (the request line, masked), why it
+/// skips the others, and placeholders without a value.
+fn events_report(set: &RuleSet, samples: &[Sample], dir: &Path) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!("sample events: {} from {}\n", samples.len(), dir.display());
     for d in set.destinations().iter().chain(set.disabled()) {
         let disabled = set.get(&d.name).is_none();
-        println!(
+        let _ = writeln!(
+            out,
             "\n== {}{} ==",
             d.name,
             if disabled { " (disabled)" } else { "" }
         );
         let mut gets = 0;
-        for s in &samples {
+        for s in samples {
             match d.evaluate(&s.event) {
                 Ok(r) => {
                     gets += 1;
                     let req = masked(d, &r.request);
-                    println!("gets {}: {} {}", s.label, req.method.as_str(), req.url);
+                    let _ = writeln!(out, "gets {}: {} {}", s.label, req.method.as_str(), req.url);
                     for (place, ph) in d.empty_placeholders(&s.event) {
-                        println!(
+                        let _ = writeln!(
+                            out,
                             "  warning: {ph} in the {place} has no value for {}",
                             s.label
                         );
                     }
                 }
-                Err(skip) => println!("not {}: {skip}", s.label),
+                Err(skip) => {
+                    let _ = writeln!(out, "not {}: {skip}", s.label);
+                }
             }
         }
-        println!("{gets} of {} events sent", samples.len());
+        let _ = writeln!(out, "{gets} of {} events sent", samples.len());
     }
     for b in set.broken() {
-        println!("\n== {} (has errors: gets nothing until fixed) ==", b.name);
+        let _ = writeln!(
+            out,
+            "\n== {} (has errors: gets nothing until fixed) ==",
+            b.name
+        );
     }
-    i32::from(!bad.is_empty())
+    out
 }
 
 /// Every event of every `*.json` / `*.ndjson` file in `dir`, sorted by file name.
@@ -196,5 +212,46 @@ fn body_error(e: &crate::ingest::body::BodyError) -> String {
         crate::ingest::body::BodyError::TooManyEvents { count, .. } => {
             format!("{count} events")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn sample_events_show_what_each_destination_gets_and_empty_placeholders() {
+        let rules = tempfile::tempdir().unwrap();
+        std::fs::write(
+            rules.path().join("aff.toml"),
+            "[destination]\nurl = \"https://a.example/p?c={click_id}&v={properties.value}\"\nmethod = \"GET\"\n[when]\nevent_name = [\"purchase\"]\n[privacy]\nallow = [\"click_id\", \"properties.value\"]\n",
+        )
+        .unwrap();
+        std::fs::write(rules.path().join("bad.toml"), "[destination]\n").unwrap();
+        let env: HashMap<String, String> = HashMap::new();
+        let set = RuleSet::load_dir_lenient(rules.path(), &env, &LoadOptions::default()).unwrap();
+        let events = tempfile::tempdir().unwrap();
+        std::fs::write(
+            events.path().join("a.json"),
+            r#"[{"event_id": "e1", "event_name": "purchase", "click_id": "c1"},
+                {"event_id": "e2", "event_name": "install"}]"#,
+        )
+        .unwrap();
+        std::fs::write(events.path().join("b.ndjson"), "{\"event_id\": 5}\n").unwrap();
+        let (samples, bad) = read_samples(events.path());
+        assert_eq!(
+            bad,
+            [format!(
+                "{}: event 0: invalid event: event_id: must be a string, not a number",
+                events.path().join("b.ndjson").display()
+            )]
+        );
+        let report = events_report(&set, &samples, events.path());
+        let body = report.split_once('\n').map(|(_, b)| b).unwrap_or_default();
+        assert_eq!(
+            body,
+            "\n== aff ==\ngets a.json[0]: GET https://a.example/p?c=c1&v=\n  warning: {properties.value} in the url has no value for a.json[0]\nnot a.json[1]: event_name \"install\" is not listed in [when] event_name = [\"purchase\"]\n1 of 2 events sent\n\n== bad (has errors: gets nothing until fixed) ==\n"
+        );
     }
 }

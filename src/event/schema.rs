@@ -196,9 +196,12 @@ fn validate_object(node: &Node, fields: &Map<String, Value>, prefix: &str) -> Re
             format!("{prefix}.{k}")
         }
     };
+    // Required fields first, in the order listed, each checked whole.
     for r in &node.required {
-        if matches!(fields.get(r), None | Some(Value::Null)) {
-            return Err(format!("{}: missing", path(r)));
+        match (fields.get(r), node.properties.get(r)) {
+            (None | Some(Value::Null), _) => return Err(format!("{}: missing", path(r))),
+            (Some(v), Some(child)) => validate_value(child, v, &path(r))?,
+            (Some(_), None) => {}
         }
     }
     for (k, child) in &node.properties {

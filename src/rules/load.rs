@@ -205,13 +205,7 @@ fn compile(doc: &Doc<'_>, name: String, known: &Known<'_>) -> Option<(Destinatio
     let (mut delivery, oauth_field) = destination::read_delivery(&dest);
     dest.finish();
     if preset.is_none() {
-        if let Some(sec) = success_field
-            .as_ref()
-            .and_then(|f| f.as_section(partner::SUCCESS_EXAMPLE))
-        {
-            delivery.success = SuccessRule::Declared(partner::read_success(&sec));
-            sec.finish();
-        }
+        read_success(success_field.as_ref(), &mut delivery);
     }
     let shape = Shape {
         doc,
@@ -223,13 +217,7 @@ fn compile(doc: &Doc<'_>, name: String, known: &Known<'_>) -> Option<(Destinatio
         params: &params,
     };
     let (method, format) = shape.method_format(&req, &mut delivery, &privacy);
-    let preset_body = shape.preset_body(&privacy, &read.allow_entries);
-    let user_body = shape.user_body(method, &checker, &privacy);
-    let body_node = match (preset_body, user_body) {
-        (Some(p), Some(u)) => Some(p.merge(u)),
-        (p, u) => p.or(u),
-    };
-    let body = shape.body(method, format, body_node);
+    let body = shape.compile_body(method, format, &checker, &privacy, &read.allow_entries);
     if let Some(p) = preset {
         privacy.style = p.hash_style;
         privacy.ipv4_only = p.ipv4_only.iter().map(|s| (*s).to_string()).collect();
@@ -261,6 +249,14 @@ fn compile(doc: &Doc<'_>, name: String, known: &Known<'_>) -> Option<(Destinatio
         },
         enabled,
     ))
+}
+
+/// `[success]`, for a rule without a preset (presets know their partner's answers).
+fn read_success(field: Option<&crate::settings::Field<'_>>, delivery: &mut DeliverySettings) {
+    if let Some(sec) = field.and_then(|f| f.as_section(partner::SUCCESS_EXAMPLE)) {
+        delivery.success = SuccessRule::Declared(partner::read_success(&sec));
+        sec.finish();
+    }
 }
 
 /// The keys a rule file has at its top level.

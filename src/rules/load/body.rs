@@ -289,7 +289,7 @@ impl Shape<'_> {
 
     /// The preset's body with its params; the preset's required params and the
     /// fields it only takes hashed are checked here.
-    pub fn preset_body(
+    fn preset_body(
         &self,
         privacy: &Privacy,
         allow_entries: &[(String, Option<Range<usize>>)],
@@ -356,7 +356,7 @@ impl Shape<'_> {
     }
 
     /// The user's `[body]` (POST only), checked like every template.
-    pub fn user_body(
+    fn user_body(
         &self,
         method: Method,
         checker: &Checker<'_>,
@@ -378,8 +378,26 @@ impl Shape<'_> {
         c.ok.then_some(node)
     }
 
+    /// The body: the preset's with the user's `[body]` laid over it.
+    pub fn compile_body(
+        &self,
+        method: Method,
+        format: Format,
+        checker: &Checker<'_>,
+        privacy: &Privacy,
+        allow_entries: &[(String, Option<Range<usize>>)],
+    ) -> Body {
+        let preset_body = self.preset_body(privacy, allow_entries);
+        let user_body = self.user_body(method, checker, privacy);
+        let node = match (preset_body, user_body) {
+            (Some(p), Some(u)) => Some(p.merge(u)),
+            (p, u) => p.or(u),
+        };
+        self.body(method, format, node)
+    }
+
     /// What the request carries, from method, format and the compiled body.
-    pub fn body(&self, method: Method, format: Format, node: Option<BodyNode>) -> Body {
+    fn body(&self, method: Method, format: Format, node: Option<BodyNode>) -> Body {
         match (method, format, node) {
             (Method::Get, _, _) => Body::None,
             (Method::Post, Format::Json, Some(node)) => Body::Json(node),
