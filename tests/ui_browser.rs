@@ -254,6 +254,7 @@ async fn the_preview_page_logs_in_previews_explains_and_checks_a_draft() {
         .await
         .unwrap();
     assert!(!request.contains("\"email\""), "{request}");
+    assert!(!request.contains("\"user\""), "no empty object left: {request}");
 
     // An install is not for crm: the [when] line that failed, located.
     click_option(&c, "example", "2").await;

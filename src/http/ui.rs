@@ -248,7 +248,7 @@ fn examples() -> Vec<Value> {
     let mut base: Value = serde_json::from_str(EXAMPLE_EVENT).unwrap_or_else(|_| json!({}));
     if let Some(o) = base.as_object_mut() {
         // Partners judge an event's age by its time: a fresh example is always sent.
-        o.remove("timestamp");
+        o.shift_remove("timestamp");
     }
     let mut no_consent = base.clone();
     no_consent["consent"]["ad_user_data"] = json!(false);

@@ -407,12 +407,20 @@ pub fn get_path_mut<'a>(fields: &'a mut Map<String, Value>, path: &str) -> Optio
     (!cur.is_null()).then_some(cur)
 }
 
+/// An object emptied this way is removed too, as `allow` leaves out empty objects: a
+/// partner never gets `"user": {}` after consent dropped the e-mail.
 pub fn remove_path(fields: &mut Map<String, Value>, path: &str) -> Option<Value> {
     match path.rsplit_once('.') {
         None => fields.shift_remove(path),
-        Some((parent, last)) => get_path_mut(fields, parent)?
-            .as_object_mut()?
-            .shift_remove(last),
+        Some((parent, last)) => {
+            let obj = get_path_mut(fields, parent)?.as_object_mut()?;
+            let removed = obj.shift_remove(last);
+            let emptied = removed.is_some() && obj.is_empty();
+            if emptied {
+                remove_path(fields, parent);
+            }
+            removed
+        }
     }
 }
 
@@ -476,6 +484,16 @@ mod tests {
         );
         let failed = when.check_each(&obj(json!({"event_name": "install"})));
         assert_eq!(failed.map_err(|(i, _)| when.places[i]), Err((2, 1)));
+    }
+
+    #[test]
+    fn removing_the_last_field_of_an_object_removes_the_object() {
+        let mut f = obj(json!({"a": 1, "user": {"p": {"email": "x"}}}));
+        assert_eq!(remove_path(&mut f, "user.p.email"), Some(json!("x")));
+        assert_eq!(Value::Object(f), json!({"a": 1}));
+        let mut f = obj(json!({"user": {"email": "x", "ip": "y"}}));
+        remove_path(&mut f, "user.email");
+        assert_eq!(Value::Object(f), json!({"user": {"ip": "y"}}));
     }
 
     #[test]
