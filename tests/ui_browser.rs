@@ -254,7 +254,10 @@ async fn the_preview_page_logs_in_previews_explains_and_checks_a_draft() {
         .await
         .unwrap();
     assert!(!request.contains("\"email\""), "{request}");
-    assert!(!request.contains("\"user\""), "no empty object left: {request}");
+    assert!(
+        !request.contains("\"user\""),
+        "no empty object left: {request}"
+    );
 
     // An install is not for crm: the [when] line that failed, located.
     click_option(&c, "example", "2").await;
@@ -362,5 +365,31 @@ async fn the_preview_api_refuses_without_a_session_and_a_wrong_token_gets_no_coo
     assert_eq!(resp.status(), 400);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["error"], "no destination named \"nope\"");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_listener_the_page_moves_there() {
+    // `extra` lands in [admin], after its token.
+    let relay = TestRelay::start(&[], "listen = \"127.0.0.1:0\"").await;
+    let admin = relay
+        .running
+        .as_ref()
+        .and_then(|r| r.admin_addr)
+        .expect("an admin listener");
+    let client = reqwest::Client::new();
+    let on_admin = client
+        .get(format!("http://{admin}/ui"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_admin.status(), 200);
+    assert!(on_admin.text().await.unwrap().contains("id=\"token\""));
+    let on_ingest = client
+        .get(format!("{}/ui", relay.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_ingest.status(), 404);
     relay.stop().await;
 }
