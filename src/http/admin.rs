@@ -136,10 +136,15 @@ async fn delivery(relay: &Relay, id: &str) -> HttpResponse {
 
 fn reload(relay: &Relay) -> HttpResponse {
     match relay.reload_rules() {
-        Ok(names) => json_response(
-            StatusCode::OK,
-            json!({"status": "reloaded", "destinations": names}),
-        ),
+        Ok(names) => {
+            // Files that already had errors stay left out (they did not block this).
+            let rules = relay.rules.current();
+            let rule_errors: Vec<String> = rules.errors().iter().map(|d| d.to_string()).collect();
+            json_response(
+                StatusCode::OK,
+                json!({"status": "reloaded", "destinations": names, "rule_errors": rule_errors}),
+            )
+        }
         Err(errors) => json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({
