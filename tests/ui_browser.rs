@@ -116,6 +116,24 @@ require = "consent.ad_user_data"
 drop = ["user.email"]
 "#;
 
+async fn click(c: &Client, id: &str) {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click #{id}: {e}"));
+}
+
+async fn type_into(c: &Client, id: &str, text: &str) {
+    c.find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("#{id}: {e}"))
+        .send_keys(text)
+        .await
+        .unwrap_or_else(|e| panic!("type into #{id}: {e}"));
+}
+
 async fn click_option(c: &Client, select: &str, value: &str) {
     c.find(Locator::Css(&format!("#{select} option[value='{value}']")))
         .await
@@ -142,36 +160,16 @@ async fn the_preview_page_logs_in_previews_explains_and_checks_a_draft() {
 
     // A wrong token is refused, and opens nothing.
     c.goto(&ui).await.unwrap();
-    c.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys("wrong-token-000000000")
-        .await
-        .unwrap();
-    c.find(Locator::Id("login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "token", "wrong-token-000000000").await;
+    click(&c, "login").await;
     let refused = text_with(&c, "#login-error", "Wrong token").await;
     assert!(refused.contains("Wrong token"), "{refused}");
     assert!(c.find(Locator::Id("destination")).await.is_err());
     assert!(c.get_all_cookies().await.unwrap().is_empty());
 
     // The right token: a session cookie, HttpOnly and SameSite=Strict; no token in URLs.
-    c.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(ADMIN_TOKEN)
-        .await
-        .unwrap();
-    c.find(Locator::Id("login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "token", ADMIN_TOKEN).await;
+    click(&c, "login").await;
     let errors = text_with(&c, "#rule-errors", "bad.toml:3:1").await;
     let cookies = c.get_all_cookies().await.unwrap();
     assert_eq!(cookies.len(), 1, "{cookies:?}");
@@ -193,24 +191,14 @@ async fn the_preview_page_logs_in_previews_explains_and_checks_a_draft() {
 
     // One event, two destinations.
     click_option(&c, "destination", "aff").await;
-    c.find(Locator::Id("preview"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "preview").await;
     let request = text_with(&c, "#request", "GET ").await;
     assert!(
         request.contains(&format!("GET {}", partner.url("/p?c=clk_9f2c&e=purchase"))),
         "{request}"
     );
     click_option(&c, "destination", "crm").await;
-    c.find(Locator::Id("preview"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "preview").await;
     let request = text_with(&c, "#request", "POST ").await;
     assert!(
         request.contains(&format!("POST {}", partner.url("/crm"))),
@@ -224,12 +212,7 @@ async fn the_preview_page_logs_in_previews_explains_and_checks_a_draft() {
 
     // Without consent: the drop is explained, field by field.
     click_option(&c, "example", "1").await;
-    c.find(Locator::Id("preview"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "preview").await;
     let consent = text_with(&c, "#consent", "is not true").await;
     assert!(
         consent.contains("consent.ad_user_data is not true"),
@@ -261,12 +244,7 @@ async fn the_preview_page_logs_in_previews_explains_and_checks_a_draft() {
 
     // An install is not for crm: the [when] line that failed, located.
     click_option(&c, "example", "2").await;
-    c.find(Locator::Id("preview"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "preview").await;
     let when = text_with(&c, "#when-failed", "event_name").await;
     let crm_file = relay.rules_dir().join("crm.toml");
     assert!(
@@ -279,18 +257,8 @@ async fn the_preview_page_logs_in_previews_explains_and_checks_a_draft() {
 
     // A pasted draft with a mistake: its located error, and nothing saved.
     let draft = crm.replace("method = \"POST\"", "methd = \"POST\"");
-    c.find(Locator::Id("draft"))
-        .await
-        .unwrap()
-        .send_keys(&draft)
-        .await
-        .unwrap();
-    c.find(Locator::Id("preview-draft"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&c, "draft", &draft).await;
+    click(&c, "preview-draft").await;
     let draft_errors = text_with(&c, "#draft-errors", "methd").await;
     assert!(
         draft_errors.contains(
