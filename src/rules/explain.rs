@@ -133,9 +133,10 @@ fn leaf_paths(prefix: &str, fields: &Map<String, Value>, out: &mut Vec<String>) 
 }
 
 impl Destination {
-    /// The placeholders of this destination's URL, headers and body that have no
-    /// value for `event` after `[privacy]` (rendered empty in a URL or header, left
-    /// out of a body), as (where, placeholder). Empty when the event is not sent.
+    /// The placeholders of this destination's URL, headers and body (the user's own,
+    /// not a preset's) that have no value for `event` after `[privacy]` (rendered
+    /// empty in a URL or header, left out of a body), as (where, placeholder). Empty
+    /// when the event is not sent.
     pub fn empty_placeholders(&self, event: &Event) -> Vec<(String, String)> {
         if self.when.check(&event.fields).is_err() {
             return Vec::new();
@@ -152,6 +153,9 @@ impl Destination {
             empty_in(t, &format!("header {name}"), &ctx, &mut out);
         }
         match &self.body {
+            // A preset's body names every field its partner could take; leaving out
+            // what an event lacks is its design, not a slip.
+            _ if self.partner.is_some() => {}
             Body::Json(node) => empty_in_node(node, "body", &ctx, &mut out),
             Body::Form(pairs) => {
                 for (k, t) in pairs {
