@@ -21,7 +21,7 @@ use crate::http::tls::TlsCertificates;
 use crate::http::{Edge, Listener, Routes};
 use crate::ingest::verify::Verifier;
 use crate::metrics::Metrics;
-use crate::rules::RulesHandle;
+use crate::rules::{LoadOptions, RulesHandle};
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::Store;
 
@@ -135,7 +135,14 @@ const GRACE: Duration = Duration::from_secs(10);
 /// Builds and starts the relay: store, rules, delivery workers, HTTP listeners.
 pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Running, StartError> {
     let rules_env = Arc::new(RulesEnv::new(env, config.rules_env.clone()));
-    let rules = RulesHandle::load(&config.rules_dir, rules_env).map_err(StartError::Invalid)?;
+    let options = LoadOptions {
+        custom_fields: config.custom_fields.clone(),
+    };
+    // Lenient unless --strict: a rule file with errors never stops intake for the
+    // other partners; it is logged, shown in /admin/destinations and /metrics.
+    let rules = RulesHandle::open(&config.rules_dir, rules_env, options, config.strict_rules)
+        .map_err(StartError::Invalid)?;
+    crate::rules::log_broken(&rules.current());
     let tls = match &config.tls {
         Some(files) => Some(TlsCertificates::load(files).map_err(StartError::Tls)?),
         None => None,
@@ -283,6 +290,7 @@ fn log_ready(relay: &Relay, addr: SocketAddr, admin_addr: Option<SocketAddr>) {
             .map(|d| d.name.as_str())
             .collect::<Vec<_>>()
             .join(","),
+        broken = rules.broken().len(),
         data_dir = %cfg.data_dir.display(),
         rules_dir = %cfg.rules_dir.display(),
         version = env!("CARGO_PKG_VERSION"),

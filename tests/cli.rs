@@ -215,17 +215,18 @@ fn check_prints_every_config_and_rule_error_located_in_one_run() {
     let expected = [
         format!("{c}:7:13: `ingest.tolerance`: unknown unit \"parsecs\" in \"5 parsecs\""),
         format!("{c}:8:1: unknown key `max_bach` in [ingest]; did you mean `max_batch`?"),
-        format!("{b}:3:43: `{{user.email}}` names a field that [privacy] does not allow"),
+        // In a rule file, unknown keys (causes) come before what they may cause.
         format!("{b}:5:1: unknown key `retri` in [destination]; did you mean `retry`?"),
+        format!("{b}:3:43: `{{user.email}}` names a field that [privacy] does not allow"),
     ];
     assert_eq!(lines.len(), expected.len(), "stderr:\n{}", r.stderr);
     for (line, want) in lines.iter().zip(&expected) {
         assert!(line.starts_with(want.as_str()), "want {want}\ngot  {line}");
     }
     assert!(
-        lines[2].contains("add \"user.email\" to `allow`"),
+        lines[3].contains("add \"user.email\" to `allow`"),
         "says what to write: {}",
-        lines[2]
+        lines[3]
     );
     assert_eq!(r.stderr.lines().last(), Some("4 errors"), "{}", r.stderr);
     assert!(!tmp.path().join("data").exists(), "check writes nothing");
@@ -570,14 +571,34 @@ fn send_signs_one_event_an_array_and_ndjson_and_reads_stdin() {
     let v = parse_send(&r);
     assert_eq!(statuses(&v), pairs(&["e7"], "duplicate"));
 
-    // A rejected event is reported, and the exit code is still 0 (the relay answered 202).
+    // A rejected event beside an accepted one is reported, and the exit code is
+    // still 0 (the relay answered 202).
     let r = run_stdin(
         &["send", "--config", s(&cfg), "-"],
         tmp.path(),
-        r#"[{"event_id": "e9"}]"#,
+        &format!(r#"[{{"event_id": "e9"}}, {}]"#, ev("e10")),
     );
     let v = parse_send(&r);
-    assert_eq!(v["rejected"], 1, "{v}");
+    assert_eq!(
+        (v["rejected"].as_u64(), v["accepted"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    // Every event rejected: the relay answers 400 with the same results; exit 1.
+    let r = run_stdin(
+        &["send", "--config", s(&cfg), "-"],
+        tmp.path(),
+        r#"[{"event_id": "e11"}]"#,
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let (status, body) = r.stdout.split_once('\n').expect("two parts");
+    assert_eq!(status, "HTTP 400 Bad Request", "{}", r.stdout);
+    let v: serde_json::Value = serde_json::from_str(body).expect("JSON answer");
+    assert_eq!(
+        v["results"][0],
+        serde_json::json!({"index": 0, "status": "rejected", "error": "event_name: missing"}),
+        "{v}"
+    );
 
     let mut relay = relay;
     relay.signal(libc::SIGTERM);
@@ -601,7 +622,7 @@ fn send_signs_one_event_an_array_and_ndjson_and_reads_stdin() {
 }
 
 #[test]
-fn serve_with_an_invalid_config_or_rule_exits_1_located_and_never_binds() {
+fn serve_with_an_invalid_config_or_strict_with_an_invalid_rule_exits_1_located_and_never_binds() {
     for broken_rule in [false, true] {
         let tmp = tempfile::tempdir().unwrap();
         // We hold the port: a relay that tried to bind would fail with a listen error
@@ -638,7 +659,10 @@ fn serve_with_an_invalid_config_or_rule_exits_1_located_and_never_binds() {
             )
         };
         let started = Instant::now();
-        let r = run(&["serve", "--config", s(&cfg)], tmp.path());
+        // A broken rule file stops only a strict start (the default starts without it).
+        let strict: &[&str] = if broken_rule { &["--strict"] } else { &[] };
+        let args = [&["serve", "--config", s(&cfg)][..], strict].concat();
+        let r = run(&args, tmp.path());
         assert_eq!(r.code, 1, "stderr: {}", r.stderr);
         assert!(started.elapsed() < Duration::from_secs(20));
         for w in want {

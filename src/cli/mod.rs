@@ -15,6 +15,7 @@ use crate::config::{Config, Overrides, DEFAULT_PATH};
 use crate::diag::{Diagnostic, ProcessEnv};
 use crate::rules::RuleSet;
 
+mod check;
 mod dlq;
 
 #[derive(Parser, Debug)]
@@ -81,8 +82,14 @@ pub enum Command {
         /// Rules directory (overrides `rules_dir`).
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Refuse to start (and to reload) while any rule file has errors. Default:
+        /// start with the valid rule files; the broken ones are logged and shown in
+        /// /admin/destinations and /metrics, and their queues wait.
+        #[arg(long)]
+        strict: bool,
     },
-    /// Validate the config and every rule file; print every error as FILE:LINE:COL: message.
+    /// Validate the config and every rule file; print every error as FILE:LINE:COL: message
+    /// (warnings too, as FILE:LINE:COL: warning: message); exit 1 on any error.
     Check {
         /// Config file.
         #[arg(long, default_value = DEFAULT_PATH)]
@@ -90,6 +97,11 @@ pub enum Command {
         /// Rules directory to check (overrides the config's `rules_dir`).
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Also run every rule against the sample events in this directory (`*.json`:
+        /// one event or an array; `*.ndjson`): which events each destination gets, and
+        /// any placeholder that renders empty.
+        #[arg(long)]
+        events: Option<PathBuf>,
     },
     /// Show, for each destination, the exact request an event would produce. Sends nothing, writes nothing.
     Preview {
@@ -168,15 +180,21 @@ pub fn run(cli: Cli) -> i32 {
             listen,
             data_dir,
             rules,
+            strict,
         } => serve(
             &config,
             Overrides {
                 listen,
                 data_dir,
                 rules_dir: rules,
+                strict,
             },
         ),
-        Command::Check { config, rules } => check(&config, rules),
+        Command::Check {
+            config,
+            rules,
+            events,
+        } => check::run(&config, rules, events.as_deref()),
         Command::Preview {
             config,
             rules,
@@ -193,7 +211,7 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-fn print_diagnostics(d: &[Diagnostic]) {
+pub(crate) fn print_diagnostics(d: &[Diagnostic]) {
     for x in d {
         eprintln!("{x}");
     }
@@ -234,58 +252,8 @@ fn serve(config: &Path, ov: Overrides) -> i32 {
     }
 }
 
-fn check(config: &Path, rules: Option<PathBuf>) -> i32 {
-    let ov = Overrides {
-        rules_dir: rules.clone(),
-        ..Overrides::default()
-    };
-    let mut errors = Vec::new();
-    let (rules_dir, loaded) = match Config::load(config, &ProcessEnv, &ov) {
-        Ok(cfg) => (cfg.rules_dir.clone(), Some(cfg)),
-        Err(e) if !config.exists() && rules.is_none() => {
-            // No config at all: its rules directory is unknown; say only the cause.
-            print_diagnostics(&e);
-            return 1;
-        }
-        Err(e) => {
-            errors.extend(e);
-            // Still check the rules the config names, not `./rules` of the cwd.
-            (Config::rules_dir_of(config, &ProcessEnv, rules), None)
-        }
-    };
-    let policy = match &loaded {
-        Some(cfg) => cfg.rules_env.clone(),
-        None => Config::rules_env_of(config, &ProcessEnv),
-    };
-    let count = match RuleSet::load_dir(&rules_dir, &rules_env(policy)) {
-        Ok(set) => set.destinations().len(),
-        Err(e) => {
-            errors.extend(e);
-            0
-        }
-    };
-    if errors.is_empty() {
-        println!(
-            "ok: {} and {} ({} enabled destination{})",
-            config.display(),
-            rules_dir.display(),
-            count,
-            if count == 1 { "" } else { "s" }
-        );
-        0
-    } else {
-        print_diagnostics(&errors);
-        eprintln!(
-            "{} error{}",
-            errors.len(),
-            if errors.len() == 1 { "" } else { "s" }
-        );
-        1
-    }
-}
-
 /// The environment as rule files may see it under `policy` (`[rules] allow_env`).
-fn rules_env(policy: crate::config::RulesEnvPolicy) -> crate::config::RulesEnv {
+pub(crate) fn rules_env(policy: crate::config::RulesEnvPolicy) -> crate::config::RulesEnv {
     crate::config::RulesEnv::new(std::sync::Arc::new(ProcessEnv), policy)
 }
 

@@ -136,10 +136,15 @@ async fn delivery(relay: &Relay, id: &str) -> HttpResponse {
 
 fn reload(relay: &Relay) -> HttpResponse {
     match relay.reload_rules() {
-        Ok(names) => json_response(
-            StatusCode::OK,
-            json!({"status": "reloaded", "destinations": names}),
-        ),
+        Ok(names) => {
+            // Files that already had errors stay left out (they did not block this).
+            let rules = relay.rules.current();
+            let rule_errors: Vec<String> = rules.errors().iter().map(|d| d.to_string()).collect();
+            json_response(
+                StatusCode::OK,
+                json!({"status": "reloaded", "destinations": names, "rule_errors": rule_errors}),
+            )
+        }
         Err(errors) => json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({
@@ -219,7 +224,7 @@ async fn destinations(relay: &Relay) -> HttpResponse {
     let entry = |name: &str, state: &str| {
         json!({"name": name, "enabled": state == "enabled", "state": state,
                "queue_depth": 0, "dlq_size": 0, "circuit": "closed", "last_error": null,
-               "in_flight": 0, "delivered": 0, "last_success_at": null})
+               "in_flight": 0, "delivered": 0, "last_success_at": null, "rule_errors": []})
     };
     for d in rules.destinations() {
         out.insert(d.name.clone(), entry(&d.name, "enabled"));
@@ -227,6 +232,14 @@ async fn destinations(relay: &Relay) -> HttpResponse {
     // Validated but `enabled = false`: shown, so an operator sees why nothing is sent.
     for d in rules.disabled() {
         out.insert(d.name.clone(), entry(&d.name, "disabled"));
+    }
+    // A rule file with errors: no new deliveries, its queue waits for the fix.
+    for b in rules.broken() {
+        let mut e = entry(&b.name, "broken");
+        e["status"] = json!("rule file has errors");
+        e["file"] = json!(b.file.display().to_string());
+        e["rule_errors"] = json!(b.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>());
+        out.insert(b.name.clone(), e);
     }
     for c in counts {
         let e = out
