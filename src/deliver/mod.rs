@@ -26,8 +26,9 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
+use crate::sync::lock;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -144,10 +145,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Deliverer {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Deliverer {
