@@ -19,6 +19,9 @@ pub mod client;
 pub mod oauth;
 pub mod policy;
 mod send;
+/// Test helpers (`FakePartner`): built for this crate's tests and, with the `testing`
+/// feature, for its integration tests and benches; never in a release build.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod worker;
 
