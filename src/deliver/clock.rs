@@ -9,7 +9,10 @@
 //! with tokio's monotonic clock. So a step of the system clock (NTP correcting a
 //! wrong boot time, an operator's `date -s`) neither releases every retry at once nor
 //! makes every delivery look past `give_up_after`; the step takes effect at the next
-//! start. And under `tokio::time::pause` the whole engine runs on paused time: tests
+//! start. The monotonic clock still follows NTP's rate corrections (only steps are
+//! ignored) and stands still while the machine is suspended. The relay stamps accepts
+//! and purges dedupe marks with the same clock, so dedupe windows do not all expire
+//! at a step either. And under `tokio::time::pause` the whole engine runs on paused time: tests
 //! advance it instead of sleeping.
 
 use tokio::time::Instant;

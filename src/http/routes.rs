@@ -348,7 +348,9 @@ async fn process(
 ) -> (HttpResponse, &'static str) {
     let relay = &edge.relay;
     let cfg = &relay.config.ingest;
-    let now = Utc::now();
+    // The delivery engine's clock: a step of the system clock must not expire (or
+    // revive) every dedupe mark at once.
+    let now = relay.deliverer.clock().now();
     let parsed = match body::parse_events(&signed.bytes, signed.framing, cfg.max_batch, now) {
         Ok(p) => p,
         Err(BodyError::Unparseable(m)) => {

@@ -112,6 +112,9 @@ pub(crate) struct Shared {
     /// Test hook: the next this-many group commits fail as if the disk were full.
     #[cfg(test)]
     fail_commits: std::sync::atomic::AtomicUsize,
+    /// Test hook: the next this-many group commits reach the disk, then report failure.
+    #[cfg(test)]
+    fail_commits_after_writing: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -185,6 +188,8 @@ impl EmbeddedStore {
             observer: std::sync::OnceLock::new(),
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicUsize::new(0),
+            #[cfg(test)]
+            fail_commits_after_writing: std::sync::atomic::AtomicUsize::new(0),
         });
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let w = writer::Writer::new(shared.clone(), &opts, loaded);
@@ -209,6 +214,15 @@ impl EmbeddedStore {
     #[cfg(test)]
     pub(crate) fn fail_next_commits(&self, n: usize) {
         self.shared.fail_commits.store(n, Ordering::SeqCst);
+    }
+
+    /// Test hook: the next `n` group commits are written and fsync'd, then fail (as a
+    /// journal write that failed after its bytes reached the disk).
+    #[cfg(test)]
+    pub(crate) fn fail_next_commits_after_writing(&self, n: usize) {
+        self.shared
+            .fail_commits_after_writing
+            .store(n, Ordering::SeqCst);
     }
 
     async fn submit(&self, op: ops::Op) -> StoreResult<ops::Outcome> {

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::engine::Engine;
 use super::layout::{self, DestId, Done, IdParts, Record};
-use super::writer::{Group, Writer};
+use super::writer::{Group, Undo, Writer};
 use super::{Loc, CHUNK};
 use crate::store::{
     AcceptOutcome, Delivery, EventToAccept, ReplaySelector, StoreError, StoreResult,
@@ -155,13 +155,12 @@ impl Writer {
                 continue;
             }
             g.marked.insert(key);
+            let exp_key = layout::dedupe_exp_key(u64::from_be_bytes(expiry), &key);
             let b = Self::batch(g)?;
             b.insert(&e.dedupe, key, expiry);
-            b.insert(
-                &e.dedupe_exp,
-                layout::dedupe_exp_key(u64::from_be_bytes(expiry), &key),
-                [],
-            );
+            b.insert(&e.dedupe_exp, exp_key, []);
+            g.undo.push(Undo::Dedupe(key));
+            g.undo.push(Undo::DedupeExp(exp_key.to_vec()));
             let mut ids = Vec::with_capacity(ev.deliveries.len());
             for d in &ev.deliveries {
                 let dest = self.dest_id(e, g, &d.destination)?;
@@ -179,6 +178,7 @@ impl Writer {
                 };
                 let value = layout::encode(&record)?;
                 Self::batch(g)?.insert(&e.queue, layout::queue_key(dest, seq), value);
+                g.undo.push(Undo::Queue(dest, seq));
                 g.count(dest, 1, 0);
                 let parts = IdParts {
                     created_ms: u64::try_from(now_ms.max(0)).unwrap_or(0),

@@ -219,6 +219,53 @@ async fn a_failed_write_is_refused_then_recovered_from() {
     assert_eq!(counts_of(&s).await, vec![c("a", 2, 0)]);
 }
 
+/// Found by tests/store_faults.rs on a full tmpfs: a commit that failed with ENOSPC
+/// had reached the journal anyway, and its event (answered 503) was delivered after
+/// the reopen. What a failed commit inserted is now removed before the store is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_that_reached_the_disk_is_undone_before_the_store_is_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    s.accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("accept");
+    s.fail_next_commits_after_writing(1);
+    s.accept(vec![event(key(2), &["a", "b"])], NOW)
+        .await
+        .expect_err("the write reports failure");
+    let mut ready = false;
+    for _ in 0..100 {
+        if s.ready().await {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready, "the store reopens by itself");
+    assert_eq!(
+        counts_of(&s).await,
+        vec![c("a", 1, 0)],
+        "only the first event is queued"
+    );
+    let claimed = s.claim_due("b", NOW, 10).await.expect("claim");
+    assert!(
+        claimed.is_empty(),
+        "the failed event's delivery is gone: {claimed:?}"
+    );
+    let out = s
+        .accept(vec![event(key(2), &["a"])], NOW)
+        .await
+        .expect("accepts again");
+    assert!(
+        matches!(out[0], AcceptOutcome::Accepted { .. }),
+        "the failed write left no dedupe mark"
+    );
+    drop(s);
+    // And after a restart too.
+    let s = open(dir.path());
+    assert_eq!(counts_of(&s).await, vec![c("a", 2, 0)]);
+}
+
 #[tokio::test]
 async fn a_store_without_its_dedupe_key_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
