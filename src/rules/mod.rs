@@ -13,6 +13,8 @@
 //! The rule-file format is described for users in README-RULES.md.
 
 mod apply;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod load;
 mod normalize;
 mod presets;

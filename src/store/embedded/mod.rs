@@ -210,6 +210,20 @@ impl EmbeddedStore {
         self.shared.commits.load(Ordering::Relaxed)
     }
 
+    /// Fuzzing entry (feature `fuzzing`): decodes `bytes` as a stored delivery record,
+    /// as every read of the queue, retry and dead-letter keyspaces does.
+    #[cfg(feature = "fuzzing")]
+    pub fn fuzz_decode_record(bytes: &[u8]) -> Result<(), String> {
+        let record: layout::Record = layout::decode("delivery", bytes)?;
+        let delivery = record.into_delivery("dlv_fuzz".into(), "fuzz".into());
+        let again = layout::encode(&layout::Record::from_delivery(&delivery, None))?;
+        let back: layout::Record = layout::decode("delivery", &again)?;
+        if back.into_delivery("dlv_fuzz".into(), "fuzz".into()) != delivery {
+            return Err("a record does not survive encode after decode".into());
+        }
+        Ok(())
+    }
+
     /// Test hook: make the next `n` group commits fail as a full disk would.
     #[cfg(test)]
     pub(crate) fn fail_next_commits(&self, n: usize) {
