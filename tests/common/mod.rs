@@ -25,6 +25,21 @@ pub struct TestRelay {
     pub config: Config,
 }
 
+/// The `[store]` section of the backend the crash and fault suites run on:
+/// `PBR_TEST_STORE=embedded` (the default) or `redis` (then `PBR_TEST_REDIS_URL`,
+/// default `redis://127.0.0.1:6379`). Other backends plug in here.
+pub fn store_section() -> String {
+    match std::env::var("PBR_TEST_STORE").as_deref() {
+        Ok("redis") => {
+            let url = std::env::var("PBR_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+            format!("[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n")
+        }
+        Ok("embedded") | Err(_) => "[store]\nbackend = \"embedded\"\n".to_string(),
+        Ok(other) => panic!("PBR_TEST_STORE={other}: not a store backend (embedded, redis)"),
+    }
+}
+
 /// The config text for a test relay; `extra` is appended (TOML).
 pub fn config_text(extra: &str) -> String {
     format!(
