@@ -225,6 +225,7 @@ fn check_head(
 ) -> Result<(Framing, SignedHeaders), Refusal> {
     let cfg = &edge.relay.config.ingest;
     let headers = &parts.headers;
+    ambiguous_head(headers)?;
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let Some(framing) = body::framing(content_type) else {
         return Err(Refusal::new(
@@ -256,6 +257,25 @@ fn check_head(
         )
         .map_err(|e| unauthorized(&e))?;
     Ok((framing, signed))
+}
+
+/// A Standard Webhooks header given twice is refused: which one would be verified?
+/// (`Content-Length` beside `Transfer-Encoding` never gets here: hyper frames such a
+/// request by `Transfer-Encoding` alone and closes the connection after it, as RFC
+/// 9112 section 6.1 allows; tests/bad_input.rs holds it to that.)
+fn ambiguous_head(headers: &hyper::HeaderMap) -> Result<(), Refusal> {
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!(
+                    "{name} appears more than once; send it once (several signatures go in one webhook-signature, space-separated)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn unauthorized(e: &VerifyError) -> Refusal {
@@ -392,10 +412,13 @@ async fn process(
                 rejected = report.rejected,
                 "events processed"
             );
-            (
-                json_response(StatusCode::ACCEPTED, report.to_json()),
-                "accepted",
-            )
+            // Nothing taken, nothing a duplicate: every event was rejected.
+            let status = if report.accepted == 0 && report.duplicates == 0 && report.rejected > 0 {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::ACCEPTED
+            };
+            (json_response(status, report.to_json()), "accepted")
         }
         Err(e) => {
             tracing::warn!(error = %e, "store refused the write; answering 503");
