@@ -570,13 +570,17 @@ fn send_signs_one_event_an_array_and_ndjson_and_reads_stdin() {
     let v = parse_send(&r);
     assert_eq!(statuses(&v), pairs(&["e7"], "duplicate"));
 
-    // A rejected event is reported, and the exit code is still 0 (the relay answered 202).
+    // A request whose every event is rejected is answered 400 with the per-event
+    // results; `send` prints them and exits 1 (invalid input).
     let r = run_stdin(
         &["send", "--config", s(&cfg), "-"],
         tmp.path(),
         r#"[{"event_id": "e9"}]"#,
     );
-    let v = parse_send(&r);
+    assert_eq!(r.code, 1, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    let (status, body) = r.stdout.split_once('\n').expect("two parts");
+    assert_eq!(status, "HTTP 400 Bad Request", "{}", r.stdout);
+    let v: serde_json::Value = serde_json::from_str(body).expect("JSON answer");
     assert_eq!(v["rejected"], 1, "{v}");
 
     let mut relay = relay;

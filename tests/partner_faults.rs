@@ -135,7 +135,7 @@ async fn serve_raw(mut stream: TcpStream, mode: Raw, delivered: Arc<Mutex<Vec<us
         Raw::ResetMidResponse => {
             let _ = stream.write_all(b"HTTP/1.1 20").await;
             // Linger 0: closing sends a reset, not a clean end of stream.
-            let _ = stream.set_linger(Some(Duration::ZERO));
+            let _ = stream.set_zero_linger();
             drop(stream);
         }
         Raw::ResetMidBody => {
@@ -146,7 +146,7 @@ async fn serve_raw(mut stream: TcpStream, mode: Raw, delivered: Arc<Mutex<Vec<us
             if let (Ok(()), Some(e)) = (ok, event) {
                 delivered.lock().expect("delivered").push(e);
             }
-            let _ = stream.set_linger(Some(Duration::ZERO));
+            let _ = stream.set_zero_linger();
             drop(stream);
         }
         Raw::HugeBody => {

@@ -159,6 +159,33 @@ fn write_setup(dir: &Path, partner: &FakePartner) {
     fs::write(dir.join("postback-relay.toml"), config).expect("config");
 }
 
+/// While the disk stays full: every request is refused with `Retry-After`, none
+/// accepted, and the relay stays unready (it does not reopen onto a full disk).
+/// Returns the next event number.
+async fn while_full(
+    relay: &RelayProcess,
+    client: &reqwest::Client,
+    mut next: usize,
+    seen: &mut Outcomes,
+) -> usize {
+    assert_eq!(readyz(client, relay).await, 503, "/readyz while full");
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(readyz(client, relay).await, 503, "/readyz while full");
+        let (status, retry_after) = send(relay, client, next, seen).await;
+        next += 1;
+        assert_eq!(
+            status,
+            503,
+            "a request while the disk is full; log:\n{}",
+            relay.log()
+        );
+        assert!(retry_after.is_some());
+    }
+    assert_eq!(readyz(client, relay).await, 503, "/readyz while full");
+    next
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_gives_503_and_readyz_503_then_recovers_by_itself_losing_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -197,23 +224,7 @@ async fn a_full_disk_gives_503_and_readyz_503_then_recovers_by_itself_losing_not
         retry_after.is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s >= 1)),
         "503 carries Retry-After in seconds"
     );
-    assert_eq!(readyz(&client, &relay).await, 503, "/readyz while full");
-    // Still full: every further request is refused, none accepted, and the relay stays
-    // unready (it does not reopen onto a full disk).
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(readyz(&client, &relay).await, 503, "/readyz while full");
-        let (status, retry_after) = send(&relay, &client, next, &mut seen).await;
-        next += 1;
-        assert_eq!(
-            status,
-            503,
-            "a request while the disk is full; log:\n{}",
-            relay.log()
-        );
-        assert!(retry_after.is_some());
-    }
-    assert_eq!(readyz(&client, &relay).await, 503, "/readyz while full");
+    next = while_full(&relay, &client, next, &mut seen).await;
 
     // Space returns: the relay recovers by itself, no restart, no operator.
     fs::remove_file(&filler).expect("remove filler");

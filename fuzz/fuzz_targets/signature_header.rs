@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
     let sig = parts.next();
     let body = parts.next().unwrap_or("").as_bytes();
     let secret = Secret::parse(SECRET).expect("the test secret parses");
-    let verifier = Verifier::new(std::slice::from_ref(&secret), std::time::Duration::from_secs(300));
+    let verifier = Verifier::new(
+        std::slice::from_ref(&secret),
+        std::time::Duration::from_secs(300),
+    );
     if let Ok(headers) = verifier.check_headers(id, ts, sig, NOW) {
         let _ = verifier.verify_body(&headers, body);
         // What we sign ourselves always verifies, whatever the id and timestamp text.

@@ -412,13 +412,18 @@ async fn process(
                 rejected = report.rejected,
                 "events processed"
             );
-            // Nothing taken, nothing a duplicate: every event was rejected.
-            let status = if report.accepted == 0 && report.duplicates == 0 && report.rejected > 0 {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::ACCEPTED
-            };
-            (json_response(status, report.to_json()), "accepted")
+            // Nothing taken, nothing a duplicate: every event was rejected (400, with the
+            // same per-event results).
+            if report.accepted == 0 && report.duplicates == 0 && report.rejected > 0 {
+                return (
+                    json_response(StatusCode::BAD_REQUEST, report.to_json()),
+                    "bad_request",
+                );
+            }
+            (
+                json_response(StatusCode::ACCEPTED, report.to_json()),
+                "accepted",
+            )
         }
         Err(e) => {
             tracing::warn!(error = %e, "store refused the write; answering 503");

@@ -85,56 +85,63 @@ pub fn parse_events(
                 other => Ok(vec![Event::from_value(other, received)]),
             }
         }
-        Framing::Ndjson => {
-            let text = std::str::from_utf8(body).map_err(|e| {
-                BodyError::Unparseable(format!(
-                    "body is not UTF-8 (invalid byte at offset {})",
-                    e.valid_up_to()
-                ))
-            })?;
-            let lines: Vec<(usize, &str)> = text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-                .collect();
-            if lines.len() > max_batch {
-                return Err(BodyError::TooManyEvents {
-                    count: lines.len(),
-                    max: max_batch,
-                });
+        Framing::Ndjson => parse_ndjson(body, max_batch, received),
+    }
+}
+
+/// NDJSON: one event per non-empty line; a line that is not JSON is rejected alone.
+fn parse_ndjson(
+    body: &[u8],
+    max_batch: usize,
+    received: DateTime<Utc>,
+) -> Result<Vec<Parsed>, BodyError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        BodyError::Unparseable(format!(
+            "body is not UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    if lines.len() > max_batch {
+        return Err(BodyError::TooManyEvents {
+            count: lines.len(),
+            max: max_batch,
+        });
+    }
+    if lines.is_empty() {
+        return Err(BodyError::Unparseable(
+            "empty NDJSON body: no events".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(lines.len());
+    let mut any_parsed = false;
+    let mut first_error = None;
+    for (n, line) in lines {
+        match serde_json::from_str::<Strict>(line).map(|s| s.0) {
+            Ok(v) => {
+                any_parsed = true;
+                out.push(Event::from_value(v, received));
             }
-            if lines.is_empty() {
-                return Err(BodyError::Unparseable(
-                    "empty NDJSON body: no events".into(),
-                ));
+            Err(e) => {
+                let msg = format!(
+                    "invalid JSON at line {}, column {}: {}",
+                    n + 1,
+                    e.column(),
+                    strip_position(&e.to_string())
+                );
+                first_error.get_or_insert_with(|| msg.clone());
+                out.push(Err(msg));
             }
-            let mut out = Vec::with_capacity(lines.len());
-            let mut any_parsed = false;
-            let mut first_error = None;
-            for (n, line) in lines {
-                match serde_json::from_str::<Strict>(line).map(|s| s.0) {
-                    Ok(v) => {
-                        any_parsed = true;
-                        out.push(Event::from_value(v, received));
-                    }
-                    Err(e) => {
-                        let msg = format!(
-                            "invalid JSON at line {}, column {}: {}",
-                            n + 1,
-                            e.column(),
-                            strip_position(&e.to_string())
-                        );
-                        first_error.get_or_insert_with(|| msg.clone());
-                        out.push(Err(msg));
-                    }
-                }
-            }
-            if !any_parsed {
-                return Err(BodyError::Unparseable(first_error.unwrap_or_default()));
-            }
-            Ok(out)
         }
     }
+    if !any_parsed {
+        return Err(BodyError::Unparseable(first_error.unwrap_or_default()));
+    }
+    Ok(out)
 }
 
 /// A JSON value that names no key twice in any object. `serde_json::Value` keeps the
