@@ -337,7 +337,21 @@ async fn kill_9_at_every_point_loses_no_accepted_event_and_bounds_duplicates() {
         async move { done }
     })
     .await;
-    assert!(all_arrived, "not every accepted event arrived within 300 s");
+    if !all_arrived {
+        let behind: Vec<String> = partners
+            .all()
+            .iter()
+            .map(|(name, p)| {
+                let got = arrived(p);
+                let missing = h.accepted.iter().filter(|i| !got.contains_key(i)).count();
+                format!("{name}: {missing} missing")
+            })
+            .collect();
+        panic!(
+            "not every accepted event arrived within 300 s: {}",
+            behind.join(", ")
+        );
+    }
     let summary: Vec<String> = partners
         .all()
         .iter()

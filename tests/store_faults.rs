@@ -397,13 +397,6 @@ async fn damaged_store_files_are_refused_or_kept_whole(kill_9: bool) {
         }
         for how in [Damage::Truncate, Damage::FlipBit] {
             let what = format!("{} {how:?} (kill -9: {kill_9})", rel.display());
-            if matches!(how, Damage::Truncate) && rel.extension().is_some_and(|e| e == "jnl") {
-                // KNOWN GAP (README, "Proofs"): the engine reads a journal cut short as a
-                // crash mid-write and recovers to the last whole commit before the cut,
-                // without an error. Not detected yet.
-                eprintln!("{what}: not tried (known gap: a journal cut short is not detected)");
-                continue;
-            }
             let case = tempfile::tempdir().expect("tempdir");
             copy_tree(pristine.path(), case.path());
             damage(&case.path().join(&rel), how);

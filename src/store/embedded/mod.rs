@@ -178,6 +178,7 @@ impl EmbeddedStore {
         let loaded = engine
             .load(&opts.data_dir.join(engine::DB_DIR))
             .map_err(refuse)?;
+        engine::check_mark(&opts.data_dir, &loaded).map_err(refuse)?;
         let shared = Arc::new(Shared {
             engine: RwLock::new(Some(Arc::new(engine))),
             broken: Mutex::new(None),

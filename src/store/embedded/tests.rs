@@ -340,6 +340,35 @@ async fn truncated_or_garbled_store_files_are_refused_without_a_panic() {
     assert!(e.contains("damaged") && e.contains("move"), "{e}");
 }
 
+/// Found by tests/store_faults.rs: the engine reads a journal cut short as a crash
+/// mid-write and recovers to the last whole commit before the cut, silently. The
+/// commit number in `meta` and `store.mark` beside the store catch it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_cut_short_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = open(dir.path());
+        for i in 0..20 {
+            s.accept(vec![event(key(i), &["a"])], NOW)
+                .await
+                .expect("accept");
+        }
+        s.close().await;
+    }
+    assert_eq!(super::engine::read_mark(dir.path()), Some(20));
+    // Intact, it opens (and a restart keeps the count).
+    drop(open(dir.path()));
+    let journal = files(&dir.path().join("store"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "jnl"))
+        .expect("a journal file");
+    let bytes = fs::read(&journal).expect("read");
+    let used = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    fs::write(&journal, &bytes[..used / 2]).expect("cut");
+    let e = refused(dir.path());
+    assert!(e.contains("cut short") && e.contains("store.mark"), "{e}");
+}
+
 #[tokio::test]
 async fn a_store_of_the_previous_version_is_refused_with_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
