@@ -30,10 +30,6 @@ const SEQ_BLOCK: u64 = 1 << 20;
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
 const REOPEN_FIRST: Duration = Duration::from_millis(100);
 const REOPEN_MAX: Duration = Duration::from_secs(5);
-/// How often, at most, `store.mark` is rewritten under steady load (when the writer
-/// goes idle it is written once `MARK_IDLE` has passed).
-const MARK_EVERY: Duration = Duration::from_secs(1);
-const MARK_IDLE: Duration = Duration::from_millis(100);
 /// Free bytes the data directory needs before a broken store reopens.
 const REOPEN_MIN_FREE: u64 = 1 << 20;
 /// While broken and idle, how often the writer wakes to try the reopen.
@@ -59,10 +55,8 @@ pub struct Writer {
     pub(super) disk: Option<(Instant, u64)>,
     /// Inserts of failed commits, removed at the next reopen.
     undo: Vec<Undo>,
-    /// The number of the last group commit on disk, and the one `store.mark` holds.
+    /// The number of the last group commit on disk.
     commit_no: u64,
-    marked: u64,
-    marked_at: Instant,
     reopen_at: Instant,
     reopen_wait: Duration,
 }
@@ -126,8 +120,6 @@ impl Writer {
             disk: None,
             undo: Vec::new(),
             commit_no: 0,
-            marked: 0,
-            marked_at: Instant::now(),
             reopen_at: Instant::now(),
             reopen_wait: REOPEN_FIRST,
         };
@@ -141,7 +133,6 @@ impl Writer {
         self.seq_reserved = loaded.seq;
         self.queued_total = loaded.counts.values().map(|c| c.0).sum();
         self.commit_no = loaded.commit;
-        self.marked = self.marked.min(loaded.commit);
         *self.shared.dests.write().unwrap_or_else(|p| p.into_inner()) = loaded.dests;
         *lock(&self.shared.counts) = loaded.counts;
     }
@@ -152,21 +143,7 @@ impl Writer {
             if self.engine.is_none() {
                 self.try_reopen();
             }
-            let first = if self.engine.is_some() && self.marked < self.commit_no {
-                // Commits the mark does not cover yet: write it once the writer idles.
-                match rx.try_recv() {
-                    Ok(p) => p,
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        if self.marked_at.elapsed() >= MARK_IDLE {
-                            self.mark();
-                        } else {
-                            std::thread::sleep(Duration::from_millis(5));
-                        }
-                        continue;
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => break,
-                }
-            } else if self.engine.is_some() {
+            let first = if self.engine.is_some() {
                 match rx.blocking_recv() {
                     Some(p) => p,
                     None => break,
@@ -189,15 +166,8 @@ impl Writer {
                 }
             }
             self.run_group(std::mem::take(&mut group));
-            if self.marked_at.elapsed() >= MARK_EVERY && self.marked < self.commit_no {
-                self.mark();
-            }
         }
-        // Closing: the mark covers every commit, then the database is released before
-        // the store's owner returns.
-        if self.engine.is_some() && self.marked < self.commit_no {
-            self.mark();
-        }
+        // Closing: release the database before the store's owner returns.
         self.engine = None;
         *self
             .shared
@@ -290,6 +260,11 @@ impl Writer {
         }
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
         self.commit_no += 1;
+        // After the fsync, so the mark is never ahead of the journal. Not synced
+        // itself: a mark lost to a power cut is an older one, and only checks less.
+        if let Err(e) = super::engine::write_mark(&self.data_dir, self.commit_no) {
+            tracing::debug!(error = %e, "cannot write store.mark");
+        }
         Ok(())
     }
 
@@ -423,16 +398,6 @@ impl Writer {
         }
         self.undo.clear();
         Ok(())
-    }
-
-    /// Writes `store.mark` for the last commit. A failure only means less is checked
-    /// at the next start.
-    fn mark(&mut self) {
-        match super::engine::write_mark(&self.data_dir, self.commit_no) {
-            Ok(()) => self.marked = self.commit_no,
-            Err(e) => tracing::debug!(error = %e, "cannot write store.mark"),
-        }
-        self.marked_at = Instant::now();
     }
 
     fn reopen_later(&mut self, e: String) {
