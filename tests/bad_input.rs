@@ -243,12 +243,9 @@ fn a_thousand_signatures_are_401() {
     let sigs = vec![one; 1000].join(" ");
     let headers =
         format!("webhook-id: m1\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: {sigs}\r\n");
-    // 1,000 signatures are ~50 KiB of header: over the header limit (431) or over the
-    // signature count (401); either way refused before the body.
-    let relay = start();
-    let a = exchange(&relay, &post(&headers, EVENT.as_bytes()));
-    assert!(matches!(a.status, 401 | 431), "{} {}", a.status, a.body);
-    assert_nothing_stored_and_healthy(relay);
+    // 1,000 signatures are ~50 KiB of header: over `max_header_size` (16 KiB), 431
+    // before anything is parsed.
+    row(post(&headers, EVENT.as_bytes()), 431, "");
     // Under the header limit: refused by count.
     let sigs = vec![signature("m1", ts, b"other"); 300].join(" ");
     let headers =
