@@ -68,15 +68,30 @@ pub fn read_mark(data_dir: &Path) -> Option<u64> {
         .ok()
 }
 
-/// Records that commit `n` is on disk (temp file, rename: a reader sees the old mark
-/// or the new one). Written after the commit's fsync, it is never ahead of the
-/// journal; not synced itself, a power cut can only leave an older mark.
-pub fn write_mark(data_dir: &Path, n: u64) -> io::Result<()> {
-    let tmp = data_dir.join("store.mark.tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(n.to_string().as_bytes())?;
-    drop(f);
-    fs::rename(&tmp, data_dir.join(MARK_FILE))
+/// `store.mark`, kept open by the writer: a fixed-width number overwritten in place
+/// after each commit's fsync (one small write, no rename, no fsync), so it is never
+/// ahead of the journal; a power cut can only leave an older number.
+pub struct Mark(fs::File);
+
+impl Mark {
+    /// Opens (or creates) the mark and sets it to `n`, durably once.
+    pub fn open(data_dir: &Path, n: u64) -> io::Result<Mark> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(data_dir.join(MARK_FILE))?;
+        let mark = Mark(file);
+        mark.set(n)?;
+        mark.0.sync_all()?;
+        Ok(mark)
+    }
+
+    pub fn set(&self, n: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.0.write_all_at(format!("{n:020}\n").as_bytes(), 0)
+    }
 }
 
 /// A journal cut short loses its last commits without an engine error (it reads as a

@@ -55,8 +55,9 @@ pub struct Writer {
     pub(super) disk: Option<(Instant, u64)>,
     /// Inserts of failed commits, removed at the next reopen.
     undo: Vec<Undo>,
-    /// The number of the last group commit on disk.
+    /// The number of the last group commit on disk, and `store.mark` to record it in.
     commit_no: u64,
+    mark: Option<super::engine::Mark>,
     reopen_at: Instant,
     reopen_wait: Duration,
 }
@@ -120,6 +121,7 @@ impl Writer {
             disk: None,
             undo: Vec::new(),
             commit_no: 0,
+            mark: None,
             reopen_at: Instant::now(),
             reopen_wait: REOPEN_FIRST,
         };
@@ -133,6 +135,14 @@ impl Writer {
         self.seq_reserved = loaded.seq;
         self.queued_total = loaded.counts.values().map(|c| c.0).sum();
         self.commit_no = loaded.commit;
+        if self.mark.is_none() {
+            match super::engine::Mark::open(&self.data_dir, loaded.commit) {
+                Ok(m) => self.mark = Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write store.mark: a journal cut short will not be detected")
+                }
+            }
+        }
         *self.shared.dests.write().unwrap_or_else(|p| p.into_inner()) = loaded.dests;
         *lock(&self.shared.counts) = loaded.counts;
     }
@@ -260,9 +270,8 @@ impl Writer {
         }
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
         self.commit_no += 1;
-        // After the fsync, so the mark is never ahead of the journal. Not synced
-        // itself: a mark lost to a power cut is an older one, and only checks less.
-        if let Err(e) = super::engine::write_mark(&self.data_dir, self.commit_no) {
+        // After the fsync, so the mark is never ahead of the journal.
+        if let Some(Err(e)) = self.mark.as_ref().map(|m| m.set(self.commit_no)) {
             tracing::debug!(error = %e, "cannot write store.mark");
         }
         Ok(())
