@@ -329,14 +329,19 @@ async fn kill_9_at_every_point_loses_no_accepted_event_and_bounds_duplicates() {
     partners.slow.set_default(Reply::ok());
     let mut relay = RelayProcess::spawn(&dir.path().join("postback-relay.toml"), "debug");
     let arrived = |p: &FakePartner| counts(&p.requests(), false);
-    let all_arrived = common::eventually(300, || {
-        let done = partners.all().iter().all(|(_, p)| {
+    // Looked at twice a second: each look copies every recorded request, under the
+    // partner's lock, and must not starve the relay it waits for.
+    let mut all_arrived = false;
+    for _ in 0..600 {
+        all_arrived = partners.all().iter().all(|(_, p)| {
             let got = arrived(p);
             h.accepted.iter().all(|i| got.contains_key(i))
         });
-        async move { done }
-    })
-    .await;
+        if all_arrived {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     if !all_arrived {
         let behind: Vec<String> = partners
             .all()
@@ -347,9 +352,14 @@ async fn kill_9_at_every_point_loses_no_accepted_event_and_bounds_duplicates() {
                 format!("{name}: {missing} missing")
             })
             .collect();
+        let status =
+            admin_get_at(&reqwest::Client::new(), &relay.base, "/admin/destinations").await;
+        let log = relay.log();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
         panic!(
-            "not every accepted event arrived within 300 s: {}",
-            behind.join(", ")
+            "not every accepted event arrived within 300 s: {}\ndestinations: {status}\nlog, newest first:\n{}",
+            behind.join(", "),
+            tail.join("\n")
         );
     }
     let summary: Vec<String> = partners
