@@ -330,7 +330,7 @@ async fn purge_loop(relay: Arc<Relay>) {
     loop {
         tick.tick().await;
         crate::relay::retire_removed(&*relay.store, &relay.rules).await;
-        let now = chrono::Utc::now().timestamp_millis();
+        let now = relay.deliverer.clock().now_ms();
         match relay.store.purge(now).await {
             Ok((keys, dead)) if keys + dead > 0 => {
                 tracing::info!(keys, dead_letters = dead, "purged expired entries")

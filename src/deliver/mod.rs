@@ -3,7 +3,8 @@
 //! Owns: one worker per destination (`worker`), each with its own concurrency limit,
 //! rate limiter and circuit breaker (`breaker`), so a slow or failing partner never
 //! delays another; the pure retry policy (`policy`); the shared HTTP client that
-//! refuses non-public addresses and signs requests (`client`); and `testing`, a fake
+//! refuses non-public addresses and signs requests (`client`); the one clock every
+//! time-based decision reads, passed in with the options (`clock`); and `testing`, a fake
 //! partner server for tests and benches. Never: renders or filters a request (the
 //! rules did, before the store), logs a request URL, header or body, or keeps state
 //! outside a `Deliverer`.
@@ -16,6 +17,7 @@
 pub mod answer;
 pub mod breaker;
 pub mod client;
+pub mod clock;
 pub mod oauth;
 pub mod policy;
 mod send;
@@ -25,7 +27,6 @@ mod send;
 pub mod testing;
 mod worker;
 
-#[cfg(test)]
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +40,7 @@ use tokio::task::JoinHandle;
 
 pub use breaker::{BreakerSettings, BreakerState};
 pub use client::PostbackClient;
+pub use clock::Clock;
 
 use crate::outbound::DeliverySettings;
 use crate::store::Store;
@@ -58,6 +60,8 @@ pub struct DeliverOptions {
     pub store_retry_pause: Duration,
     /// Most deliveries claimed at once per destination (also bounded by free slots).
     pub claim_batch: usize,
+    /// The one clock every delivery decision reads (see `clock`).
+    pub clock: Clock,
 }
 
 impl Default for DeliverOptions {
@@ -69,6 +73,7 @@ impl Default for DeliverOptions {
             shutdown_grace: Duration::from_secs(10),
             store_retry_pause: Duration::from_millis(200),
             claim_batch: 64,
+            clock: Clock::system(),
         }
     }
 }
@@ -216,6 +221,11 @@ impl Deliverer {
                 }
             }
         }
+    }
+
+    /// The clock delivery decides by (the relay stamps accepts with it too).
+    pub fn clock(&self) -> Clock {
+        self.inner.ctx.opts.clock
     }
 
     /// Reports every attempt to `observer` from now on (once; later calls are ignored).

@@ -79,6 +79,9 @@ pub struct RecordedRequest {
     pub received_at: Instant,
     /// The HTTP version, e.g. `HTTP/1.1`.
     pub version: String,
+    /// The status the partner answers (or would have, had the request not hung or
+    /// the sender gone away first).
+    pub status: u16,
 }
 
 impl RecordedRequest {
@@ -267,6 +270,7 @@ async fn answer(
             body,
             received_at: Instant::now(),
             version: format!("{:?}", parts.version),
+            status: reply.status,
         };
         lock(&state.requests).push(recorded);
     }

@@ -1,4 +1,9 @@
 //! The delivery engine end to end: a test-double store, real fake partners over HTTP.
+//!
+//! Most tests run on paused tokio time (`start_paused`): the engine reads its one
+//! `Clock`, which advances with tokio's clock, so waits for backoffs, cool-downs and
+//! polls are skipped instead of slept. Only the rate-limit test runs in real time (the
+//! limiter keeps its own clock).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +29,10 @@ fn settings() -> DeliverySettings {
     }
 }
 
+/// Options for a test; call inside the test's runtime, so the clock is on its time.
 fn opts() -> DeliverOptions {
     DeliverOptions {
+        clock: Clock::system(),
         allow_private_networks: true,
         poll_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(1),
@@ -73,7 +80,7 @@ fn completed_of(store: &MemStore, destination: &str) -> usize {
         .count()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn three_503s_then_200_is_delivered_once_with_the_same_webhook_id_on_every_attempt() {
     let partner = FakePartner::start().await.unwrap();
     partner.enqueue([Reply::status(503), Reply::status(503), Reply::status(503)]);
@@ -86,8 +93,9 @@ async fn three_503s_then_200_is_delivered_once_with_the_same_webhook_id_on_every
             == ["dlv_1"])
         .await
     );
-    // Nothing more arrives after the success.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Nothing more arrives after the success, however long we wait (paused time: an
+    // hour of polls passes at once).
+    tokio::time::sleep(Duration::from_secs(3600)).await;
     let requests = partner.requests();
     assert_eq!(requests.len(), 4);
     for r in &requests {
@@ -105,7 +113,7 @@ async fn three_503s_then_200_is_delivered_once_with_the_same_webhook_id_on_every
     deliverer.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_400_goes_to_the_dead_letters_at_once_with_its_status_and_not_its_body() {
     let partner = FakePartner::start().await.unwrap();
     let body = format!(
@@ -133,7 +141,7 @@ async fn a_400_goes_to_the_dead_letters_at_once_with_its_status_and_not_its_body
     deliverer.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retries_stop_at_max_attempts() {
     let partner = FakePartner::start().await.unwrap();
     partner.set_default(Reply::status(500));
@@ -151,7 +159,7 @@ async fn retries_stop_at_max_attempts() {
     deliverer.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retry_after_is_honoured_as_a_floor() {
     let partner = FakePartner::start().await.unwrap();
     partner.enqueue([Reply::status(429).header("Retry-After", "1")]);
@@ -159,15 +167,79 @@ async fn retry_after_is_honoured_as_a_floor() {
     store.push(delivery("dlv_1", "aff", &partner.url("/pb")));
     let deliverer = start(&store, vec![("aff", settings())], opts());
 
+    // Backoff here is 10-40 ms; the partner asked for a second: the retry is due no
+    // sooner, on the engine's clock, and is not sent before it is due.
+    let clock = deliverer.clock();
+    assert!(
+        eventually(Duration::from_secs(5), || !store.queued().is_empty()
+            && store.queued()[0].attempts == 1)
+        .await
+    );
+    let waiting = store.queued()[0].clone();
+    let tried_at = waiting.last_attempt_at.unwrap();
+    assert!(
+        waiting.next_attempt_at >= tried_at + 1000,
+        "due {} ms after the attempt",
+        waiting.next_attempt_at - tried_at
+    );
     assert!(eventually(Duration::from_secs(5), || store.completed_ids().len() == 1).await);
-    let requests = partner.requests();
-    assert_eq!(requests.len(), 2);
-    let gap = requests[1].received_at - requests[0].received_at;
-    assert!(gap >= Duration::from_secs(1), "retried after {gap:?}");
+    assert!(clock.now_ms() >= waiting.next_attempt_at);
+    assert_eq!(partner.request_count(), 2);
     deliverer.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
+async fn give_up_after_is_measured_on_the_engines_clock_over_simulated_hours() {
+    // Six hours of 503s with backoff from 1 s to 30 min pass in milliseconds of real
+    // time: the engine's clock is tokio's (paused) clock, not the wall clock.
+    let partner = FakePartner::start().await.unwrap();
+    partner.set_default(Reply::status(503));
+    let store = Arc::new(MemStore::default());
+    store.push(delivery("dlv_1", "aff", &partner.url("/pb")));
+    let mut s = settings();
+    s.retry = RetrySettings {
+        max_attempts: 1000,
+        give_up_after: Duration::from_secs(6 * 3600),
+        initial_backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(1800),
+    };
+    let mut options = opts();
+    options.breaker.failure_threshold = 1_000_000; // the retry schedule alone
+    options.poll_interval = Duration::from_secs(60);
+    let deliverer = start(&store, vec![("aff", s)], options);
+    let clock = deliverer.clock();
+    let started = clock.now_ms();
+
+    // Looked at once a simulated minute (each look is real work).
+    for _ in 0..8 * 60 {
+        if !store.dead().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    assert_eq!(
+        store.dead().len(),
+        1,
+        "dead-lettered within 8 simulated hours"
+    );
+    let dead = store.dead()[0].delivery.clone();
+    assert!(dead.last_error.unwrap().contains("give_up_after"));
+    let span = dead.last_attempt_at.unwrap() - dead.first_attempt_at.unwrap();
+    assert!(
+        span <= 6 * 3_600_000,
+        "last attempt {span} ms after the first"
+    );
+    // Not given up early: the last attempt was made late enough that the next one
+    // would have been past the deadline (a backoff is at most 30 min).
+    assert!(span >= 6 * 3_600_000 - 1_800_000, "gave up after {span} ms");
+    assert!(clock.now_ms() - started >= span);
+    let attempts = partner.request_count();
+    assert_eq!(attempts as u32, dead.attempts);
+    assert!((5..1000).contains(&attempts), "{attempts} attempts");
+    deliverer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_partner_that_never_answers_does_not_delay_a_healthy_one() {
     let stuck = FakePartner::start().await.unwrap();
     stuck.set_default(Reply::hang());
@@ -214,7 +286,7 @@ async fn a_partner_that_never_answers_does_not_delay_a_healthy_one() {
     assert!(queued.iter().all(|d| d.attempts == 0));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn breaker_opens_against_a_failing_partner_and_closes_after_it_recovers() {
     let partner = FakePartner::start().await.unwrap();
     partner.set_default(Reply::status(503));
@@ -239,10 +311,14 @@ async fn breaker_opens_against_a_failing_partner_and_closes_after_it_recovers() 
         .await
     );
     assert_eq!(partner.request_count(), 5);
-    // While open, at most a probe now and then gets through.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // While open, only a probe now and then gets through: cool-downs of 300 ms, then
+    // 600 ms, then 1 s (the cap): in 10 s, at most a dozen probes for 30 deliveries.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let seen = partner.request_count();
-    assert!((5..=8).contains(&seen), "{seen} requests for 30 deliveries");
+    assert!(
+        (6..=5 + 12).contains(&seen),
+        "{seen} requests for 30 deliveries"
+    );
     assert!(store.completed_ids().is_empty());
 
     partner.set_default(Reply::ok());
@@ -252,7 +328,7 @@ async fn breaker_opens_against_a_failing_partner_and_closes_after_it_recovers() 
     deliverer.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn private_partner_addresses_are_dead_lettered_unless_allowed() {
     let partner = FakePartner::start().await.unwrap();
     let store = Arc::new(MemStore::default());
@@ -272,7 +348,7 @@ async fn private_partner_addresses_are_dead_lettered_unless_allowed() {
     deliverer.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn notify_sends_new_deliveries_without_waiting_for_the_poll() {
     let partner = FakePartner::start().await.unwrap();
     let store = Arc::new(MemStore::default());
@@ -289,7 +365,7 @@ async fn notify_sends_new_deliveries_without_waiting_for_the_poll() {
     deliverer.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn store_errors_are_waited_out_not_fatal() {
     let partner = FakePartner::start().await.unwrap();
     let store = Arc::new(MemStore::default());
@@ -323,7 +399,7 @@ async fn rate_limit_spaces_out_requests_beyond_the_burst() {
     deliverer.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn reload_starts_new_destinations_stops_removed_ones_and_applies_settings() {
     let partner = FakePartner::start().await.unwrap();
     let store = Arc::new(MemStore::default());
@@ -373,7 +449,7 @@ async fn update_destinations_works_from_a_thread_outside_the_runtime() {
     deliverer.shutdown().await;
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_bad_signing_secret_dead_letters_instead_of_sending_unsigned() {
     let partner = FakePartner::start().await.unwrap();
     let store = Arc::new(MemStore::default());

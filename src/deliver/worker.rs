@@ -10,7 +10,7 @@
 use crate::sync::lock;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -76,13 +76,6 @@ fn limiter(rate: RateLimit) -> Option<Arc<DefaultDirectRateLimiter>> {
     let burst = std::num::NonZeroU32::new(rate.count)?;
     let quota = Quota::with_period(rate.per / rate.count)?.allow_burst(burst);
     Some(Arc::new(RateLimiter::direct(quota)))
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// One destination's state, shared by its dispatcher, its sends and the `Deliverer`.
@@ -240,7 +233,7 @@ async fn dispatch(
             break 'dispatch;
         };
 
-        let admission = lock(&worker.breaker).admit(Instant::now());
+        let admission = lock(&worker.breaker).admit(ctx.opts.clock.instant());
         let batch = match admission {
             Admission::Open => ctx.opts.claim_batch.max(1),
             Admission::Probe => 1,
@@ -280,7 +273,7 @@ async fn dispatch(
 
         let claimed = match ctx
             .store
-            .claim_due(&worker.name, now_ms(), slots.len())
+            .claim_due(&worker.name, ctx.opts.clock.now_ms(), slots.len())
             .await
         {
             Ok(c) => c,
@@ -357,7 +350,7 @@ async fn idle(
 ) {
     let wait = match ctx.store.next_due(&worker.name).await {
         Ok(Some(at)) => {
-            let ms = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0);
+            let ms = u64::try_from(at.saturating_sub(ctx.opts.clock.now_ms())).unwrap_or(0);
             Duration::from_millis(ms).clamp(MIN_IDLE, ctx.opts.poll_interval)
         }
         Ok(None) => ctx.opts.poll_interval,
@@ -392,7 +385,7 @@ async fn send_one(
     _slot: OwnedSemaphorePermit,
     probe: bool,
 ) {
-    let started = now_ms();
+    let started = ctx.opts.clock.now_ms();
     let sender = Sender {
         ctx: &ctx,
         settings: &applied.settings,
@@ -400,7 +393,7 @@ async fn send_one(
         oauth: applied.oauth.as_deref(),
     };
     let judged = sender.attempt(&delivery, started).await;
-    let finished = now_ms();
+    let finished = ctx.opts.clock.now_ms();
 
     // A delivery with no attempts is new or replayed: its give-up clock starts now.
     if delivery.attempts == 0 || delivery.first_attempt_at.is_none() {
@@ -426,7 +419,7 @@ async fn send_one(
             &mut rng,
         )
     };
-    lock(&worker.breaker).record(judged.health, Instant::now());
+    lock(&worker.breaker).record(judged.health, ctx.opts.clock.instant());
     let sent = judged;
 
     let id = delivery.id.clone();

@@ -183,7 +183,7 @@ pub fn replay_selector(v: &Value) -> Result<ReplaySelector, String> {
 pub async fn replay(relay: &Relay, selector: ReplaySelector) -> HttpResponse {
     match relay
         .store
-        .dlq_replay(selector, Utc::now().timestamp_millis())
+        .dlq_replay(selector, relay.deliverer.clock().now_ms())
         .await
     {
         Ok(n) => {

@@ -237,6 +237,7 @@ fn check_head(
 ) -> Result<(Framing, SignedHeaders), Refusal> {
     let cfg = &edge.relay.config.ingest;
     let headers = &parts.headers;
+    ambiguous_head(headers)?;
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let Some(framing) = body::framing(content_type) else {
         return Err(Refusal::new(
@@ -268,6 +269,25 @@ fn check_head(
         )
         .map_err(|e| unauthorized(&e))?;
     Ok((framing, signed))
+}
+
+/// A Standard Webhooks header given twice is refused: which one would be verified?
+/// (`Content-Length` beside `Transfer-Encoding` never gets here: hyper frames such a
+/// request by `Transfer-Encoding` alone and closes the connection after it, as RFC
+/// 9112 section 6.1 allows; tests/bad_input.rs holds it to that.)
+fn ambiguous_head(headers: &hyper::HeaderMap) -> Result<(), Refusal> {
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!(
+                    "{name} appears more than once; send it once (several signatures go in one webhook-signature, space-separated)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn unauthorized(e: &VerifyError) -> Refusal {
@@ -362,7 +382,9 @@ async fn process(
 ) -> (HttpResponse, &'static str) {
     let relay = &edge.relay;
     let cfg = &relay.config.ingest;
-    let now = Utc::now();
+    // The delivery engine's clock: a step of the system clock must not expire (or
+    // revive) every dedupe mark at once.
+    let now = relay.deliverer.clock().now();
     let parsed = match body::parse_events(&signed.bytes, signed.framing, cfg.max_batch, now) {
         Ok(p) => p,
         Err(BodyError::Unparseable(m)) => {
@@ -404,12 +426,12 @@ async fn process(
                 rejected = report.rejected,
                 "events processed"
             );
-            // Every event rejected: nothing was taken, so the sender must not read
-            // success; the per-event results say why.
-            if report.rejected > 0 && report.accepted == 0 && report.duplicates == 0 {
+            // Nothing taken, nothing a duplicate: every event was rejected (400, with the
+            // same per-event results).
+            if report.accepted == 0 && report.duplicates == 0 && report.rejected > 0 {
                 return (
                     json_response(StatusCode::BAD_REQUEST, report.to_json()),
-                    "all_rejected",
+                    "bad_request",
                 );
             }
             (

@@ -59,14 +59,16 @@ pub fn parse_events(
 ) -> Result<Vec<Parsed>, BodyError> {
     match framing {
         Framing::Json => {
-            let value: Value = serde_json::from_slice(body).map_err(|e| {
-                BodyError::Unparseable(format!(
-                    "invalid JSON at line {}, column {}: {}",
-                    e.line(),
-                    e.column(),
-                    strip_position(&e.to_string())
-                ))
-            })?;
+            let value: Value = serde_json::from_slice::<Strict>(body)
+                .map(|s| s.0)
+                .map_err(|e| {
+                    BodyError::Unparseable(format!(
+                        "invalid JSON at line {}, column {}: {}",
+                        e.line(),
+                        e.column(),
+                        strip_position(&e.to_string())
+                    ))
+                })?;
             match value {
                 Value::Array(items) => {
                     if items.len() > max_batch {
@@ -83,55 +85,138 @@ pub fn parse_events(
                 other => Ok(vec![Event::from_value(other, received)]),
             }
         }
-        Framing::Ndjson => {
-            let text = std::str::from_utf8(body).map_err(|e| {
-                BodyError::Unparseable(format!(
-                    "body is not UTF-8 (invalid byte at offset {})",
-                    e.valid_up_to()
-                ))
-            })?;
-            let lines: Vec<(usize, &str)> = text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-                .collect();
-            if lines.len() > max_batch {
-                return Err(BodyError::TooManyEvents {
-                    count: lines.len(),
-                    max: max_batch,
-                });
+        Framing::Ndjson => parse_ndjson(body, max_batch, received),
+    }
+}
+
+/// NDJSON: one event per non-empty line; a line that is not JSON is rejected alone.
+fn parse_ndjson(
+    body: &[u8],
+    max_batch: usize,
+    received: DateTime<Utc>,
+) -> Result<Vec<Parsed>, BodyError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        BodyError::Unparseable(format!(
+            "body is not UTF-8 (invalid byte at offset {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .collect();
+    if lines.len() > max_batch {
+        return Err(BodyError::TooManyEvents {
+            count: lines.len(),
+            max: max_batch,
+        });
+    }
+    if lines.is_empty() {
+        return Err(BodyError::Unparseable(
+            "empty NDJSON body: no events".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(lines.len());
+    let mut any_parsed = false;
+    let mut first_error = None;
+    for (n, line) in lines {
+        match serde_json::from_str::<Strict>(line).map(|s| s.0) {
+            Ok(v) => {
+                any_parsed = true;
+                out.push(Event::from_value(v, received));
             }
-            if lines.is_empty() {
-                return Err(BodyError::Unparseable(
-                    "empty NDJSON body: no events".into(),
-                ));
+            Err(e) => {
+                let msg = format!(
+                    "invalid JSON at line {}, column {}: {}",
+                    n + 1,
+                    e.column(),
+                    strip_position(&e.to_string())
+                );
+                first_error.get_or_insert_with(|| msg.clone());
+                out.push(Err(msg));
             }
-            let mut out = Vec::with_capacity(lines.len());
-            let mut any_parsed = false;
-            let mut first_error = None;
-            for (n, line) in lines {
-                match serde_json::from_str::<Value>(line) {
-                    Ok(v) => {
-                        any_parsed = true;
-                        out.push(Event::from_value(v, received));
-                    }
-                    Err(e) => {
-                        let msg = format!(
-                            "invalid JSON at line {}, column {}: {}",
-                            n + 1,
-                            e.column(),
-                            strip_position(&e.to_string())
-                        );
-                        first_error.get_or_insert_with(|| msg.clone());
-                        out.push(Err(msg));
-                    }
-                }
-            }
-            if !any_parsed {
-                return Err(BodyError::Unparseable(first_error.unwrap_or_default()));
-            }
-            Ok(out)
         }
+    }
+    if !any_parsed {
+        return Err(BodyError::Unparseable(first_error.unwrap_or_default()));
+    }
+    Ok(out)
+}
+
+/// A JSON value that names no key twice in any object. `serde_json::Value` keeps the
+/// last of duplicate keys silently, while the sender's JSON library may have meant the
+/// first: such a body is refused, naming the key (not its values).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                let shown: String = key.chars().take(64).collect();
+                return Err(serde::de::Error::custom(format_args!(
+                    "duplicate key \"{shown}\" in one object; send each key once"
+                )));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
     }
 }
 
@@ -221,5 +306,37 @@ mod tests {
             parse_events(body.as_bytes(), Framing::Json, 10, now()),
             Err(BodyError::TooManyEvents { count: 11, max: 10 })
         );
+    }
+
+    #[test]
+    fn a_key_named_twice_in_one_object_is_refused_naming_the_key() {
+        for body in [
+            &br#"{"event_id":"e1","event_name":"a","click_id":"c1","click_id":"c2"}"#[..],
+            br#"[{"event_id":"e1","event_name":"a","properties":{"value":1,"value":2}}]"#,
+        ] {
+            match parse_events(body, Framing::Json, 10, now()) {
+                Err(BodyError::Unparseable(m)) => {
+                    assert!(m.contains("duplicate key") && m.contains("line 1"), "{m}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        match parse_events(b"{\"a\":1,\"a\":1}\n", Framing::Ndjson, 10, now()) {
+            Err(BodyError::Unparseable(m)) => assert!(m.contains("duplicate key \"a\""), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // The same key in sibling objects is fine; values keep their types.
+        let body = br#"[{"event_id":"e1","event_name":"a","p":{"v":1.5,"n":null,"b":true}},{"event_id":"e2","event_name":"a","p":{"v":-2}}]"#;
+        let parsed = parse_events(body, Framing::Json, 10, now()).expect("parses");
+        assert!(parsed.iter().all(Result::is_ok), "{parsed:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let body = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        match parse_events(body.as_bytes(), Framing::Json, 10, now()) {
+            Err(BodyError::Unparseable(m)) => assert!(m.contains("recursion limit"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -53,7 +53,7 @@ pub fn load_dir(
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let outcome = match std::fs::read_to_string(&path) {
+        let outcome = match read_rule_file(&path) {
             Ok(text) => load_file(&path, text, env, options),
             Err(e) => FileOutcome {
                 result: Err(vec![Diagnostic {
@@ -77,6 +77,30 @@ pub fn load_dir(
         }
     }
     Ok(set)
+}
+
+/// Most bytes a rule file may hold; the largest shipped example is 3 KiB.
+pub const MAX_RULE_FILE: u64 = 1 << 20;
+
+/// Reads a rule file, refusing one over `MAX_RULE_FILE` without reading it whole.
+fn read_rule_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(MAX_RULE_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_RULE_FILE {
+        return Err(format!(
+            "the file is too large: more than {MAX_RULE_FILE} bytes (1 MiB); a rule file is a few settings, is this the right file?"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "the file is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 /// The rule files of `dir`, sorted.

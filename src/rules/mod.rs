@@ -14,6 +14,8 @@
 
 mod apply;
 mod explain;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod load;
 mod normalize;
 mod presets;

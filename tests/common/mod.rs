@@ -25,6 +25,21 @@ pub struct TestRelay {
     pub config: Config,
 }
 
+/// The `[store]` section of the backend the crash and fault suites run on:
+/// `PBR_TEST_STORE=embedded` (the default) or `redis` (then `PBR_TEST_REDIS_URL`,
+/// default `redis://127.0.0.1:6379`). Other backends plug in here.
+pub fn store_section() -> String {
+    match std::env::var("PBR_TEST_STORE").as_deref() {
+        Ok("redis") => {
+            let url = std::env::var("PBR_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+            format!("[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n")
+        }
+        Ok("embedded") | Err(_) => "[store]\nbackend = \"embedded\"\n".to_string(),
+        Ok(other) => panic!("PBR_TEST_STORE={other}: not a store backend (embedded, redis)"),
+    }
+}
+
 /// The config text for a test relay; `extra` is appended (TOML).
 pub fn config_text(extra: &str) -> String {
     format!(
@@ -301,7 +316,28 @@ impl RelayProcess {
     }
 
     /// `spawn_command` without choosing the log format.
-    pub fn spawn_logging(mut cmd: Command) -> RelayProcess {
+    pub fn spawn_logging(cmd: Command) -> RelayProcess {
+        match Self::try_spawn_logging(cmd) {
+            Ok(p) => p,
+            Err((code, log)) => panic!("relay did not become ready (exit {code:?}); log:\n{log}"),
+        }
+    }
+
+    /// Runs `serve --config CONFIG` (text logs at `info`): the ready relay, or, if it
+    /// exits first, its exit code and everything it printed.
+    pub fn try_spawn(config: &Path) -> Result<RelayProcess, (Option<i32>, String)> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_postback-relay"));
+        cmd.args(["serve", "--config"])
+            .arg(config)
+            .args(["--log-format", "text"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        Self::try_spawn_logging(cmd)
+    }
+
+    /// `spawn_logging`, returning the exit code and log of a relay that exits (or does
+    /// not get ready within 30 s) instead of panicking.
+    pub fn try_spawn_logging(mut cmd: Command) -> Result<RelayProcess, (Option<i32>, String)> {
         let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -333,6 +369,10 @@ impl RelayProcess {
                     }
                 }
             }
+            // End of its output: the process exited (or closed stderr) before ready.
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(String::new());
+            }
         });
         let mut process = RelayProcess {
             child,
@@ -342,13 +382,22 @@ impl RelayProcess {
             reader: Some(reader),
         };
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => {
+            Ok(addr) if !addr.is_empty() => {
                 process.base = format!("http://{addr}");
                 process.addr = addr;
+                Ok(process)
             }
-            Err(_) => panic!("relay did not become ready; log:\n{}", process.log()),
+            _ => {
+                let code = process.wait_exit(Duration::from_secs(5));
+                if code.is_none() {
+                    process.kill();
+                }
+                if let Some(reader) = process.reader.take() {
+                    let _ = reader.join();
+                }
+                Err((code, process.log()))
+            }
         }
-        process
     }
 
     /// Everything the process wrote to stderr so far.

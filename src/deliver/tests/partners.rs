@@ -260,10 +260,10 @@ async fn an_event_older_than_the_partner_accepts_is_dead_lettered_unsent() {
     let partner = FakePartner::start().await.unwrap();
     let store = Arc::new(MemStore::default());
     let mut d = delivery("dlv_1", "meta", &partner.url("/events"));
-    d.request.event_time_ms = Some(crate::deliver::worker::now_ms() - 8 * 86_400_000);
+    d.request.event_time_ms = Some(crate::deliver::Clock::system().now_ms() - 8 * 86_400_000);
     store.push(d);
     let mut fresh = delivery("dlv_2", "meta", &partner.url("/events"));
-    fresh.request.event_time_ms = Some(crate::deliver::worker::now_ms() - 86_400_000);
+    fresh.request.event_time_ms = Some(crate::deliver::Clock::system().now_ms() - 86_400_000);
     store.push(fresh);
     let settings = DeliverySettings {
         max_event_age: Some(Duration::from_secs(7 * 86400)),

@@ -21,6 +21,9 @@ use super::layout::{self, DestId};
 pub const DB_DIR: &str = "store";
 /// The dedupe secret's file inside `data_dir`.
 pub const KEY_FILE: &str = "dedupe.key";
+/// Beside the store: the number of a group commit known to be on disk (`commit` in
+/// `meta` is at least this, unless the journal lost commits).
+pub const MARK_FILE: &str = "store.mark";
 /// The previous version's store file.
 const LEGACY_FILE: &str = "relay.redb";
 /// Written by the engine when it creates a database; its absence next to other files
@@ -56,6 +59,61 @@ pub struct Loaded {
     pub dests: HashMap<String, DestId>,
     pub counts: HashMap<DestId, (u64, u64)>,
     pub seq: u64,
+    /// The number of the last group commit on disk.
+    pub commit: u64,
+}
+
+/// The commit number `store.mark` holds; `None` when there is none (a new store, or
+/// one from before the mark) or it cannot be read (then nothing is checked).
+pub fn read_mark(data_dir: &Path) -> Option<u64> {
+    fs::read_to_string(data_dir.join(MARK_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `store.mark`, kept open by the writer: a fixed-width number overwritten in place
+/// after each commit's fsync (one small write, no rename, no fsync), so it is never
+/// ahead of the journal; a power cut can only leave an older number.
+pub struct Mark(fs::File);
+
+impl Mark {
+    /// Opens (or creates) the mark and sets it to `n`, durably once.
+    pub fn open(data_dir: &Path, n: u64) -> io::Result<Mark> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(data_dir.join(MARK_FILE))?;
+        let mark = Mark(file);
+        mark.set(n)?;
+        mark.0.sync_all()?;
+        Ok(mark)
+    }
+
+    pub fn set(&self, n: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.0.write_all_at(format!("{n:020}\n").as_bytes(), 0)
+    }
+}
+
+/// A journal cut short loses its last commits without an engine error (it reads as a
+/// crash mid-write): refused when the store holds fewer commits than the mark saw.
+pub fn check_mark(data_dir: &Path, loaded: &Loaded) -> Result<(), String> {
+    match read_mark(data_dir) {
+        Some(mark) if mark > loaded.commit => Err(damaged(
+            &data_dir.join(DB_DIR),
+            &format!(
+                "it ends at commit {}, but commit {mark} had reached the disk ({}): its journal was cut short and accepted events are missing. If you restored the store from an older backup on purpose, delete {} as well",
+                loaded.commit,
+                data_dir.join(MARK_FILE).display(),
+                data_dir.join(MARK_FILE).display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Whether a running relay holds the store in `data_dir` (the engine's lock file).
@@ -302,7 +360,16 @@ impl Engine {
             Some(v) => layout::u64_value(&v).ok_or("meta/seq is unreadable")?,
             None => 0,
         };
-        Ok(Loaded { dests, counts, seq })
+        let commit = match self.meta.get(layout::COMMIT_META_KEY).map_err(err)? {
+            Some(v) => layout::u64_value(&v).ok_or("meta/commit is unreadable")?,
+            None => 0,
+        };
+        Ok(Loaded {
+            dests,
+            counts,
+            seq,
+            commit,
+        })
     }
 }
 

@@ -140,6 +140,8 @@ pub fn count_meta_key(dest: DestId) -> [u8; 8] {
 }
 
 pub const SEQ_META_KEY: &[u8] = b"seq";
+/// The number of the last group commit (each commit writes it).
+pub const COMMIT_META_KEY: &[u8] = b"commit";
 pub const FORMAT_META_KEY: &[u8] = b"format";
 
 /// A queued, retrying or dead delivery as stored. The ID and the destination live in

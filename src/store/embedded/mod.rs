@@ -113,6 +113,9 @@ pub(crate) struct Shared {
     /// Test hook: the next this-many group commits fail as if the disk were full.
     #[cfg(test)]
     fail_commits: std::sync::atomic::AtomicUsize,
+    /// Test hook: the next this-many group commits reach the disk, then report failure.
+    #[cfg(test)]
+    fail_commits_after_writing: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -171,6 +174,7 @@ impl EmbeddedStore {
         let loaded = engine
             .load(&opts.data_dir.join(engine::DB_DIR))
             .map_err(refuse)?;
+        engine::check_mark(&opts.data_dir, &loaded).map_err(refuse)?;
         let shared = Arc::new(Shared {
             engine: RwLock::new(Some(Arc::new(engine))),
             broken: Mutex::new(None),
@@ -181,6 +185,8 @@ impl EmbeddedStore {
             observer: std::sync::OnceLock::new(),
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicUsize::new(0),
+            #[cfg(test)]
+            fail_commits_after_writing: std::sync::atomic::AtomicUsize::new(0),
         });
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let w = writer::Writer::new(shared.clone(), &opts, loaded);
@@ -201,10 +207,33 @@ impl EmbeddedStore {
         self.shared.commits.load(Ordering::Relaxed)
     }
 
+    /// Fuzzing entry (feature `fuzzing`): decodes `bytes` as a stored delivery record,
+    /// as every read of the queue, retry and dead-letter keyspaces does.
+    #[cfg(feature = "fuzzing")]
+    pub fn fuzz_decode_record(bytes: &[u8]) -> Result<(), String> {
+        let record: layout::Record = layout::decode("delivery", bytes)?;
+        let delivery = record.into_delivery("dlv_fuzz".into(), "fuzz".into());
+        let again = layout::encode(&layout::Record::from_delivery(&delivery, None))?;
+        let back: layout::Record = layout::decode("delivery", &again)?;
+        if back.into_delivery("dlv_fuzz".into(), "fuzz".into()) != delivery {
+            return Err("a record does not survive encode after decode".into());
+        }
+        Ok(())
+    }
+
     /// Test hook: make the next `n` group commits fail as a full disk would.
     #[cfg(test)]
     pub(crate) fn fail_next_commits(&self, n: usize) {
         self.shared.fail_commits.store(n, Ordering::SeqCst);
+    }
+
+    /// Test hook: the next `n` group commits are written and fsync'd, then fail (as a
+    /// journal write that failed after its bytes reached the disk).
+    #[cfg(test)]
+    pub(crate) fn fail_next_commits_after_writing(&self, n: usize) {
+        self.shared
+            .fail_commits_after_writing
+            .store(n, Ordering::SeqCst);
     }
 
     async fn submit(&self, op: ops::Op) -> StoreResult<ops::Outcome> {

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::engine::Engine;
 use super::layout::{self, DestId, Done, IdParts, Record};
-use super::writer::{Group, Writer};
+use super::writer::{Group, Undo, Writer};
 use super::{Loc, CHUNK};
 
 /// Dedupe marks looked at per purge (every minute): a full pass over ten million
@@ -160,6 +160,7 @@ impl Writer {
             }
             g.marked.insert(key);
             Self::batch(g)?.insert(&e.dedupe, key, expiry);
+            g.undo.push(Undo::Dedupe(key));
             let mut ids = Vec::with_capacity(ev.deliveries.len());
             for d in &ev.deliveries {
                 let dest = self.dest_id(e, g, &d.destination)?;
@@ -178,6 +179,7 @@ impl Writer {
                 let value = layout::encode(&record)?;
                 let queue = e.queue(dest).map_err(fatal)?;
                 Self::batch(g)?.insert(&queue, layout::seq_key(seq), value);
+                g.undo.push(Undo::Queue(dest, seq));
                 g.count(dest, 1, 0);
                 let parts = IdParts {
                     created_ms: u64::try_from(now_ms.max(0)).unwrap_or(0),

@@ -219,6 +219,53 @@ async fn a_failed_write_is_refused_then_recovered_from() {
     assert_eq!(counts_of(&s).await, vec![c("a", 2, 0)]);
 }
 
+/// Found by tests/store_faults.rs on a full tmpfs: a commit that failed with ENOSPC
+/// had reached the journal anyway, and its event (answered 503) was delivered after
+/// the reopen. What a failed commit inserted is now removed before the store is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_that_reached_the_disk_is_undone_before_the_store_is_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    s.accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("accept");
+    s.fail_next_commits_after_writing(1);
+    s.accept(vec![event(key(2), &["a", "b"])], NOW)
+        .await
+        .expect_err("the write reports failure");
+    let mut ready = false;
+    for _ in 0..100 {
+        if s.ready().await {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready, "the store reopens by itself");
+    assert_eq!(
+        counts_of(&s).await,
+        vec![c("a", 1, 0)],
+        "only the first event is queued"
+    );
+    let claimed = s.claim_due("b", NOW, 10).await.expect("claim");
+    assert!(
+        claimed.is_empty(),
+        "the failed event's delivery is gone: {claimed:?}"
+    );
+    let out = s
+        .accept(vec![event(key(2), &["a"])], NOW)
+        .await
+        .expect("accepts again");
+    assert!(
+        matches!(out[0], AcceptOutcome::Accepted { .. }),
+        "the failed write left no dedupe mark"
+    );
+    drop(s);
+    // And after a restart too.
+    let s = open(dir.path());
+    assert_eq!(counts_of(&s).await, vec![c("a", 2, 0)]);
+}
+
 #[tokio::test]
 async fn a_store_without_its_dedupe_key_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -291,6 +338,35 @@ async fn truncated_or_garbled_store_files_are_refused_without_a_panic() {
     }
     let e = refused(dir.path());
     assert!(e.contains("damaged") && e.contains("move"), "{e}");
+}
+
+/// Found by tests/store_faults.rs: the engine reads a journal cut short as a crash
+/// mid-write and recovers to the last whole commit before the cut, silently. The
+/// commit number in `meta` and `store.mark` beside the store catch it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_cut_short_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let s = open(dir.path());
+        for i in 0..20 {
+            s.accept(vec![event(key(i), &["a"])], NOW)
+                .await
+                .expect("accept");
+        }
+        s.close().await;
+    }
+    assert_eq!(super::engine::read_mark(dir.path()), Some(20));
+    // Intact, it opens (and a restart keeps the count).
+    drop(open(dir.path()));
+    let journal = files(&dir.path().join("store"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "jnl"))
+        .expect("a journal file");
+    let bytes = fs::read(&journal).expect("read");
+    let used = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    fs::write(&journal, &bytes[..used / 2]).expect("cut");
+    let e = refused(dir.path());
+    assert!(e.contains("cut short") && e.contains("store.mark"), "{e}");
 }
 
 #[tokio::test]

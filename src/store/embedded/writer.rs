@@ -30,6 +30,8 @@ const SEQ_BLOCK: u64 = 1 << 20;
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
 const REOPEN_FIRST: Duration = Duration::from_millis(100);
 const REOPEN_MAX: Duration = Duration::from_secs(5);
+/// Free bytes the data directory needs before a broken store reopens.
+const REOPEN_MIN_FREE: u64 = 1 << 20;
 /// While broken and idle, how often the writer wakes to try the reopen.
 const BROKEN_POLL: Duration = Duration::from_millis(50);
 /// How often the journal's size is looked at.
@@ -56,6 +58,11 @@ pub struct Writer {
     /// Where the next purge's scan of dedupe marks starts (after this key).
     pub(super) dedupe_cursor: Option<Vec<u8>>,
     last_journal_check: Instant,
+    /// Inserts of failed commits, removed at the next reopen.
+    undo: Vec<Undo>,
+    /// The number of the last group commit on disk, and `store.mark` to record it in.
+    commit_no: u64,
+    mark: Option<super::engine::Mark>,
     reopen_at: Instant,
     reopen_wait: Duration,
 }
@@ -75,6 +82,17 @@ pub struct Group {
     /// Destinations named for the first time in this group.
     pub new_dests: Vec<(String, DestId)>,
     pub queued_delta: i64,
+    /// What this group's accepts insert, to take out again if its commit fails.
+    pub undo: Vec<Undo>,
+}
+
+/// A key an accept inserted. A failed commit can still reach the journal (the engine
+/// flushes its buffer on the way down, or fails after writing); its senders were told
+/// 503, so before the store is ready again these keys are removed.
+#[derive(Debug, Clone)]
+pub enum Undo {
+    Dedupe([u8; 16]),
+    Queue(DestId, u64),
 }
 
 impl Group {
@@ -107,6 +125,9 @@ impl Writer {
             disk: None,
             dedupe_cursor: None,
             last_journal_check: Instant::now(),
+            undo: Vec::new(),
+            commit_no: 0,
+            mark: None,
             reopen_at: Instant::now(),
             reopen_wait: REOPEN_FIRST,
         };
@@ -119,6 +140,15 @@ impl Writer {
         self.next_seq = loaded.seq;
         self.seq_reserved = loaded.seq;
         self.queued_total = loaded.counts.values().map(|c| c.0).sum();
+        self.commit_no = loaded.commit;
+        if self.mark.is_none() {
+            match super::engine::Mark::open(&self.data_dir, loaded.commit) {
+                Ok(m) => self.mark = Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write store.mark: a journal cut short will not be detected")
+                }
+            }
+        }
         *self.shared.dests.write().unwrap_or_else(|p| p.into_inner()) = loaded.dests;
         *lock(&self.shared.counts) = loaded.counts;
     }
@@ -183,6 +213,7 @@ impl Writer {
         }
         let started = Instant::now();
         if let Err(e) = self.commit(&engine, &mut g) {
+            self.undo.append(&mut g.undo);
             self.go_broken(format!("store write failed: {e}"));
             return answer_all(pending, &self.broken_reason());
         }
@@ -219,6 +250,11 @@ impl Writer {
         if batch.is_empty() {
             return Ok(());
         }
+        batch.insert(
+            &engine.meta,
+            layout::COMMIT_META_KEY,
+            (self.commit_no + 1).to_be_bytes(),
+        );
         #[cfg(test)]
         if self
             .shared
@@ -233,7 +269,21 @@ impl Writer {
             .db
             .persist(PersistMode::SyncData)
             .map_err(|e| format!("fsync: {e}"))?;
+        #[cfg(test)]
+        if self
+            .shared
+            .fail_commits_after_writing
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err("No space left on device (injected by a test, after writing)".into());
+        }
         self.shared.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_no += 1;
+        // After the fsync, so the mark is never ahead of the journal.
+        if let Some(Err(e)) = self.mark.as_ref().map(|m| m.set(self.commit_no)) {
+            tracing::debug!(error = %e, "cannot write store.mark");
+        }
         Ok(())
     }
 
@@ -288,12 +338,27 @@ impl Writer {
         if Instant::now() < self.reopen_at {
             return;
         }
+        // A full disk lets the reopen itself work (recovery even frees a few bytes), and
+        // the next write fails again: stay unready until there is room to write.
+        if let Ok(free) = free_bytes(&self.data_dir) {
+            if free < REOPEN_MIN_FREE {
+                let e = format!(
+                    "the disk is full ({free} bytes free in {}); waiting for at least {REOPEN_MIN_FREE} bytes",
+                    self.data_dir.display()
+                );
+                self.reopen_later(e);
+                return;
+            }
+        }
         let reopened = Engine::open(&self.data_dir).and_then(|e| {
             let loaded = e.load(&self.data_dir.join(super::engine::DB_DIR))?;
             Ok((e, loaded))
         });
         match reopened {
-            Ok((engine, loaded)) => {
+            Ok((engine, mut loaded)) => {
+                if let Err(e) = self.undo_failed_commits(&engine, &mut loaded) {
+                    return self.reopen_later(format!("cannot undo a failed write: {e}"));
+                }
                 let engine = Arc::new(engine);
                 self.install(loaded);
                 self.engine = Some(engine.clone());
@@ -305,13 +370,60 @@ impl Writer {
                 *lock(&self.shared.broken) = None;
                 tracing::info!("the store can write again");
             }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = self.reopen_wait.as_millis() as u64, "the store cannot be reopened yet");
-                *lock(&self.shared.broken) = Some(format!("store is unavailable: {e}"));
-                self.reopen_at = Instant::now() + self.reopen_wait;
-                self.reopen_wait = (self.reopen_wait * 2).min(REOPEN_MAX);
+            Err(e) => self.reopen_later(e),
+        }
+    }
+
+    /// Removes what failed commits inserted, if it reached the disk anyway, and
+    /// corrects the queue counters; durable before the store is ready again.
+    fn undo_failed_commits(&mut self, engine: &Engine, loaded: &mut Loaded) -> Result<(), String> {
+        if self.undo.is_empty() {
+            return Ok(());
+        }
+        let mut batch = engine.db.batch();
+        let mut counted = HashSet::new();
+        let mut removed = 0usize;
+        for u in &self.undo {
+            match u {
+                Undo::Dedupe(k) => batch.remove(&engine.dedupe, *k),
+                Undo::Queue(dest, seq) => {
+                    let queue = engine.queue(*dest).map_err(|e| e.to_string())?;
+                    let key = layout::seq_key(*seq);
+                    if queue.get(key).map_err(|e| e.to_string())?.is_some() {
+                        batch.remove(&queue, key);
+                        let c = loaded.counts.entry(*dest).or_default();
+                        c.0 = c.0.saturating_sub(1);
+                        counted.insert(*dest);
+                        removed += 1;
+                    }
+                }
             }
         }
+        for dest in counted {
+            let (q, d) = loaded.counts.get(&dest).copied().unwrap_or((0, 0));
+            batch.insert(
+                &engine.meta,
+                layout::count_meta_key(dest),
+                layout::counts_value(q, d),
+            );
+        }
+        batch.commit().map_err(|e| e.to_string())?;
+        engine
+            .db
+            .persist(PersistMode::SyncData)
+            .map_err(|e| format!("fsync: {e}"))?;
+        if removed > 0 {
+            tracing::warn!(deliveries = removed, "a failed write had reached the disk; its deliveries were removed again (their senders were answered 503)");
+        }
+        self.undo.clear();
+        Ok(())
+    }
+
+    fn reopen_later(&mut self, e: String) {
+        tracing::warn!(error = %e, retry_in_ms = self.reopen_wait.as_millis() as u64, "the store cannot be reopened yet");
+        *lock(&self.shared.broken) = Some(format!("store is unavailable: {e}"));
+        self.reopen_at = Instant::now() + self.reopen_wait;
+        self.reopen_wait = (self.reopen_wait * 2).min(REOPEN_MAX);
     }
 
     /// A new sequence number; reserves the next block on disk when needed.
