@@ -274,8 +274,9 @@ async fn last_error(relay: &RelayProcess, name: &str) -> String {
 }
 
 /// Runs the fault for `fault_secs()` against relay B while relay A runs without it;
-/// returns B (still running) for fault-specific checks, and the events sent.
-async fn run(faulty: &Faulty, faulty_rule_extra: &str) -> (RelayProcess, usize) {
+/// returns B (still running) for fault-specific checks, the events sent, and B's
+/// directory (its data and rules: it must outlive B).
+async fn run(faulty: &Faulty, faulty_rule_extra: &str) -> (RelayProcess, usize, tempfile::TempDir) {
     let healthy_a = FakePartner::start().await.expect("partner");
     let healthy_b = FakePartner::start().await.expect("partner");
     let (dir_a, dir_b) = (
@@ -349,7 +350,7 @@ async fn run(faulty: &Faulty, faulty_rule_extra: &str) -> (RelayProcess, usize) 
         "relay B's memory grew with the fault: {peak_b} KiB vs {peak_a} KiB"
     );
     a.kill();
-    (b, sent)
+    (b, sent, dir_b)
 }
 
 /// After the fault ends: every event reaches the faulty partner, nothing lost.
@@ -376,7 +377,7 @@ async fn a_partner_answering_503_for_the_whole_window_delays_no_one_and_loses_no
     let p = FakePartner::start().await.expect("partner");
     p.set_default(Reply::status(503));
     let faulty = Faulty::Http(p);
-    let (b, sent) = run(&faulty, "").await;
+    let (b, sent, _dir) = run(&faulty, "").await;
     assert!(last_error(&b, "faulty").await.contains("503"));
     all_arrive_once_healed(&faulty, b, sent).await;
 }
@@ -386,7 +387,7 @@ async fn a_partner_slower_than_the_timeout_delays_no_one_and_loses_nothing() {
     let p = FakePartner::start().await.expect("partner");
     p.set_default(Reply::ok().delay(Duration::from_secs(3)));
     let faulty = Faulty::Http(p);
-    let (b, sent) = run(&faulty, "").await;
+    let (b, sent, _dir) = run(&faulty, "").await;
     let error = last_error(&b, "faulty").await;
     assert!(
         error.to_lowercase().contains("timed out") || error.contains("timeout"),
@@ -398,7 +399,7 @@ async fn a_partner_slower_than_the_timeout_delays_no_one_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_resetting_mid_response_delays_no_one_and_loses_nothing() {
     let faulty = Faulty::Raw(RawPartner::start(Raw::ResetMidResponse).await);
-    let (b, sent) = run(&faulty, "").await;
+    let (b, sent, _dir) = run(&faulty, "").await;
     if let Faulty::Raw(p) = &faulty {
         assert!(p.connections.load(Ordering::SeqCst) > 0);
     }
@@ -411,7 +412,7 @@ async fn a_reset_after_the_200_status_is_a_delivery_judged_by_its_status() {
     // A plain postback is judged by its status; a cut body does not undo a 200 (a
     // preset that reads the body judges what arrived).
     let faulty = Faulty::Raw(RawPartner::start(Raw::ResetMidBody).await);
-    let (mut b, sent) = run(&faulty, "").await;
+    let (mut b, sent, _dir) = run(&faulty, "").await;
     let settled = common::eventually(60, || async {
         let d = destination(&b, "faulty").await;
         d["queue_depth"] == 0 && d["dlq_size"] == 0
@@ -428,7 +429,7 @@ async fn a_429_storm_with_retry_after_is_honoured_and_delays_no_one() {
     let p = FakePartner::start().await.expect("partner");
     p.set_default(Reply::status(429).header("Retry-After", "2"));
     let faulty = Faulty::Http(p);
-    let (b, sent) = run(&faulty, "").await;
+    let (b, sent, _dir) = run(&faulty, "").await;
     if let Faulty::Http(p) = &faulty {
         // Each delivery waits at least 2 s between attempts: over the window, at most
         // one attempt per delivery per 2 s (plus the first).
@@ -445,7 +446,7 @@ async fn a_429_storm_with_retry_after_is_honoured_and_delays_no_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_with_a_100_mib_body_is_delivered_without_reading_it_into_memory() {
     let faulty = Faulty::Raw(RawPartner::start(Raw::HugeBody).await);
-    let (mut b, sent) = run(&faulty, "").await;
+    let (mut b, sent, _dir) = run(&faulty, "").await;
     // Settled as delivered: nothing left queued, nothing dead.
     let settled = common::eventually(60, || async {
         let d = destination(&b, "faulty").await;
@@ -471,7 +472,7 @@ async fn destination(relay: &RelayProcess, name: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_that_accepts_and_never_answers_delays_no_one_and_loses_nothing() {
     let faulty = Faulty::Raw(RawPartner::start(Raw::NeverAnswers).await);
-    let (b, sent) = run(&faulty, "").await;
+    let (b, sent, _dir) = run(&faulty, "").await;
     let error = last_error(&b, "faulty").await;
     assert!(
         error.to_lowercase().contains("timed out") || error.contains("timeout"),
@@ -483,7 +484,7 @@ async fn a_partner_that_accepts_and_never_answers_delays_no_one_and_loses_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_whose_name_does_not_resolve_delays_no_one_and_keeps_its_queue() {
     let faulty = Faulty::Dns;
-    let (mut b, sent) = run(&faulty, "").await;
+    let (mut b, sent, _dir) = run(&faulty, "").await;
     let error = last_error(&b, "faulty").await;
     assert!(
         error != "null" && !error.is_empty(),
