@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use postback_relay::deliver::testing::{FakePartner, RecordedRequest, Reply};
 
-use common::{admin_get_at, config_text, eventually, signed_request, RelayProcess};
+use common::{admin_get_at, config_text, eventually, signed_request, RelayProcess, TestStore};
 
 const CANARY_EMAIL: &str = "crash.canary.51d2@example.com";
 
@@ -70,6 +70,19 @@ async fn send_one(client: &reqwest::Client, base: &str, i: usize) -> Sent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_event_survives_kill_9_and_is_delivered() {
+    kill_9_under_load(TestStore::Embedded).await;
+}
+
+/// The same on Redis: each restarted relay is a new consumer, so what the killed one
+/// held comes back after the claim timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_event_survives_kill_9_and_is_delivered_on_redis() {
+    if let Some(store) = TestStore::redis("every_accepted_event_survives_kill_9_on_redis") {
+        kill_9_under_load(store).await;
+    }
+}
+
+async fn kill_9_under_load(store: TestStore) {
     let partner = FakePartner::start().await.expect("partner");
     partner.set_default(Reply::status(503)); // partners down while we load
                                              // A second partner rejects everything: its deliveries go to the dead letters.
@@ -101,7 +114,11 @@ allow = ["event_id"]
         ),
     )
     .expect("rule");
-    std::fs::write(dir.path().join("postback-relay.toml"), config_text("")).expect("config");
+    std::fs::write(
+        dir.path().join("postback-relay.toml"),
+        config_text(&store.config("2s")),
+    )
+    .expect("config");
 
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -216,7 +233,8 @@ allow = ["event_id"]
         cut_off.len()
     );
     eprintln!(
-        "crash test: {} accepted, {} refused, {} cut off by the kills (may or may not be committed), {} delivered",
+        "crash test ({}): {} accepted, {} refused, {} cut off by the kills (may or may not be committed), {} delivered",
+        store.name(),
         accepted.len(),
         refused.len(),
         cut_off.len(),
