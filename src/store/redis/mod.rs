@@ -110,9 +110,11 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Scripts {
-        let with_common = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        // `#!lua` (Redis 7+): a script that may write is refused whole when Redis is
+        // out of memory, before it reads or writes anything.
+        let with_common = |body: &str| Script::new(&format!("#!lua\n{COMMON}\n{body}"));
         Scripts {
-            open: Script::new(include_str!("lua/open.lua")),
+            open: Script::new(&format!("#!lua\n{}", include_str!("lua/open.lua"))),
             accept: with_common(include_str!("lua/accept.lua")),
             claim: with_common(include_str!("lua/claim.lua")),
             settle: with_common(include_str!("lua/settle.lua")),

@@ -340,6 +340,7 @@ struct OwnRedis {
     dir: tempfile::TempDir,
     child: Option<Child>,
     persistent: bool,
+    maxmemory: Option<&'static str>,
 }
 
 impl OwnRedis {
@@ -365,6 +366,7 @@ impl OwnRedis {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             persistent,
+            maxmemory: None,
         };
         r.run();
         Some(r)
@@ -379,6 +381,7 @@ impl OwnRedis {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", aof, "--appendfsync", "always"])
+            .args(self.maxmemory.iter().flat_map(|m| ["--maxmemory", m]))
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -485,6 +488,47 @@ async fn redis_back_without_its_data_is_reported_not_taken_as_empty() {
         .await
         .expect("starts on the data Redis has now");
     assert!(s.ready().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_refuses_whole_accepts_as_full() {
+    let Some(mut server) = OwnRedis::start("out_of_memory_refuses_whole_accepts", false) else {
+        return;
+    };
+    server.maxmemory = Some("3mb");
+    server.kill();
+    server.run();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = RedisStore::open(options(&server.url(), "oom", "c1", dir.path()))
+        .await
+        .expect("open");
+    let mut accepted = 0u64;
+    let mut full = None;
+    for k in 0..10_000u64 {
+        let mut ev = event(key(k), &["a", "b"]);
+        for d in &mut ev.deliveries {
+            d.request.body = Some("x".repeat(2_000));
+        }
+        match s.accept(vec![ev], NOW).await {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                full = Some(e);
+                break;
+            }
+        }
+    }
+    let err = full.expect("Redis ran out of memory");
+    assert!(matches!(err, StoreError::Full { .. }), "{err}");
+    assert_eq!(
+        counts_of(&s).await,
+        vec![c("a", accepted, 0), c("b", accepted, 0)],
+        "every accept whole or not at all"
+    );
+    let marks: u64 = ::redis::Client::open(server.url().as_str())
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| ::redis::cmd("ZCARD").arg("{oom}:dedupe").query(&mut c))
+        .expect("zcard");
+    assert_eq!(marks, accepted, "no mark without its deliveries");
 }
 
 #[tokio::test]
