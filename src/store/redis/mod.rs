@@ -95,6 +95,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// for long.
 const BATCH: usize = 1000;
 const EPOCH_FILE: &str = "redis.epoch";
+/// Consumers holding nothing and idle this long are deleted from the groups.
+const FORGET_AFTER: Duration = Duration::from_secs(86_400);
 
 struct Scripts {
     open: Script,
@@ -106,6 +108,7 @@ struct Scripts {
     purge: Script,
     next_due: Script,
     recover: Script,
+    forget: Script,
 }
 
 impl Scripts {
@@ -123,6 +126,7 @@ impl Scripts {
             purge: with_common(include_str!("lua/purge.lua")),
             next_due: with_common(include_str!("lua/next_due.lua")),
             recover: with_common(include_str!("lua/recover.lua")),
+            forget: with_common(include_str!("lua/forget.lua")),
         }
     }
 }
@@ -442,6 +446,19 @@ impl Inner {
         Ok(total)
     }
 
+    /// Deletes the consumers that hold nothing and were idle past `idle`, in every
+    /// destination's group. Returns how many.
+    async fn forget_consumers(&self, idle: Duration) -> StoreResult<usize> {
+        let mut total = 0;
+        for dest in self.destinations().await? {
+            let n: usize = self
+                .run(&self.scripts.forget, args![dest, ms(idle)])
+                .await?;
+            total += n;
+        }
+        Ok(total)
+    }
+
     async fn settle(
         &self,
         id: &str,
@@ -747,9 +764,17 @@ impl Store for RedisStore {
             keys += k;
             dead += d;
             if k < BATCH && d < BATCH {
-                return Ok((keys, dead));
+                break;
             }
         }
+        let gone = i.forget_consumers(FORGET_AFTER).await?;
+        if gone > 0 {
+            tracing::info!(
+                consumers = gone,
+                "forgot stream consumers of relays that stopped"
+            );
+        }
+        Ok((keys, dead))
     }
 
     async fn lookup(&self, id: &str) -> StoreResult<Option<DeliveryStatus>> {

@@ -552,3 +552,54 @@ async fn an_unreachable_redis_is_a_start_error_naming_it_without_password() {
     );
     assert!(!e.contains("hunter2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_holding_nothing_are_forgotten_and_holders_kept() {
+    let Some(url) = test_redis("consumers_holding_nothing_are_forgotten") else {
+        return;
+    };
+    let one = OnRedis::new(&url);
+    let done = one.open_another("done", Duration::from_secs(3600));
+    let holding = one.open_another("holding", Duration::from_secs(3600));
+    one.store()
+        .accept(vec![event(key(1), &["x"]), event(key(2), &["x"])], NOW)
+        .await
+        .expect("accept");
+    let d = done.claim_due("x", NOW, 1).await.expect("claim").remove(0);
+    done.complete(&d.id).await.expect("complete");
+    let held = holding.claim_due("x", NOW, 1).await.expect("claim");
+    assert_eq!(held.len(), 1);
+    let names = || {
+        let mut conn = ::redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("connect");
+        let v: Vec<Vec<::redis::Value>> = ::redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(format!("{{{}}}:q:x", one.prefix))
+            .arg("relay")
+            .query(&mut conn)
+            .expect("consumers");
+        let mut n: Vec<String> = v
+            .iter()
+            .filter_map(|c| match c.get(1) {
+                Some(::redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into()),
+                _ => None,
+            })
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(), vec!["done", "holding"]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let gone = holding
+        .inner
+        .forget_consumers(Duration::from_millis(1))
+        .await
+        .expect("forget");
+    assert_eq!((gone, names()), (1, vec!["holding".to_string()]));
+    holding
+        .complete(&held[0].id)
+        .await
+        .expect("the holder settles");
+    assert_eq!(counts_of(&holding).await, vec![]);
+}
