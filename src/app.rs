@@ -90,6 +90,7 @@ pub fn redis_options(config: &Config) -> RedisOptions {
         dlq_retention: s.dlq_retention,
         wait_replicas: s.redis_wait_replicas,
         wait_timeout: s.redis_wait_timeout,
+        ca: s.redis_ca.clone(),
         data_dir: Some(config.data_dir.clone()),
     }
 }

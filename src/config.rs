@@ -50,6 +50,8 @@ pub struct StoreConfig {
     /// Redis: replicas that must confirm an accept (`WAIT`) before the 202.
     pub redis_wait_replicas: u32,
     pub redis_wait_timeout: Duration,
+    /// Redis over TLS: the CA certificate(s) (PEM) to trust instead of the public roots.
+    pub redis_ca: Option<PathBuf>,
     /// Bound on queued deliveries; past it ingest answers 503.
     pub max_queued: u64,
     /// Free-space floor in `data_dir`; below it ingest answers 503.
@@ -292,7 +294,7 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides, vars: &[String]) 
         .unwrap_or_else(|| relative_to(path, "rules"));
     let ingest = read_ingest(&root);
     let dedupe = read_dedupe(&root, ingest.tolerance);
-    let store = read_store(&root);
+    let store = read_store(&root, path);
     let delivery = read_delivery(&root);
     let (admin_token, admin_listen) = read_admin(&root);
     let server = read_server(&root, ingest.max_body);
@@ -455,7 +457,7 @@ fn read_dedupe(root: &Section<'_>, tolerance: Duration) -> DedupeConfig {
     dedupe
 }
 
-fn read_store(root: &Section<'_>) -> StoreConfig {
+fn read_store(root: &Section<'_>, path: &Path) -> StoreConfig {
     let mut store = StoreConfig {
         backend: Backend::Embedded,
         redis_url: "redis://127.0.0.1:6379".into(),
@@ -464,6 +466,7 @@ fn read_store(root: &Section<'_>) -> StoreConfig {
         redis_claim_timeout: Duration::from_secs(60),
         redis_wait_replicas: 0,
         redis_wait_timeout: Duration::from_secs(1),
+        redis_ca: None,
         max_queued: 10_000_000,
         min_free_space: 256 << 20,
         dlq_retention: Duration::from_secs(30 * 86400),
@@ -480,6 +483,20 @@ fn read_store(root: &Section<'_>) -> StoreConfig {
         }
     }
     read_redis(&s, &mut store);
+    if let Some(f) = s.get("redis_ca") {
+        if let Some(p) = f.as_str("\"/etc/postback-relay/redis-ca.pem\"") {
+            let p = relative_to(path, p);
+            if !p.is_file() {
+                f.error(format!(
+                    "`store.redis_ca`: {} is not a readable file; write the path of the PEM file of the CA that signed Redis's certificate",
+                    p.display()
+                ));
+            } else if !store.redis_url.starts_with("rediss://") {
+                f.error("`store.redis_ca` is for TLS: write redis_url = \"rediss://...\"");
+            }
+            store.redis_ca = Some(p);
+        }
+    }
     if let Some(n) = s.int("max_queued", 1, i64::MAX, "10000000") {
         store.max_queued = n as u64;
     }
@@ -1064,5 +1081,11 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
             text[2].contains(":8:") && text[2].contains("300ms"),
             "{text:#?}"
         );
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let errs = parse(&format!(
+            "{base}[store]\nredis_url = \"redis://x\"\nredis_ca = \"{ca}\"\n"
+        ))
+        .expect_err("invalid");
+        assert!(errs[0].to_string().contains("rediss://"), "{errs:?}");
     }
 }

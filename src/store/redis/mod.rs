@@ -62,6 +62,8 @@ pub struct RedisOptions {
     /// Replicas that must confirm an accept before the 202 (`WAIT`); 0: none.
     pub wait_replicas: u32,
     pub wait_timeout: Duration,
+    /// TLS: trust these CA certificates (PEM file) instead of the public roots.
+    pub ca: Option<PathBuf>,
     /// Where this relay notes the epoch of the data it used, so that a restart finds
     /// out when Redis lost the data in between.
     pub data_dir: Option<PathBuf>,

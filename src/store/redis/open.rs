@@ -38,8 +38,7 @@ impl RedisStore {
             return Err("redis_prefix must be non-empty and without { or }".into());
         }
         let where_ = redacted(&opts.url);
-        let client = redis::Client::open(opts.url.as_str())
-            .map_err(|e| format!("redis_url {where_}: {e}"))?;
+        let client = client(&opts).map_err(|e| format!("redis_url {where_}: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -80,6 +79,19 @@ impl RedisStore {
         tokio::spawn(touch_claims(Arc::downgrade(&inner)));
         Ok(RedisStore { inner })
     }
+}
+
+/// The client for `redis_url`, trusting `ca` when given.
+fn client(opts: &RedisOptions) -> Result<redis::Client, String> {
+    let Some(ca) = &opts.ca else {
+        return redis::Client::open(opts.url.as_str()).map_err(|e| e.to_string());
+    };
+    let pem = std::fs::read(ca).map_err(|e| format!("redis_ca {}: {e}", ca.display()))?;
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(opts.url.as_str(), certs).map_err(|e| e.to_string())
 }
 
 /// Reads the installation's epoch and dedupe secret, creating them on first use.

@@ -53,6 +53,7 @@ fn options(url: &str, prefix: &str, consumer: &str, dir: &Path) -> RedisOptions 
         dlq_retention: Duration::from_secs(14 * 86_400),
         wait_replicas: 0,
         wait_timeout: Duration::from_secs(1),
+        ca: None,
         data_dir: Some(dir.to_path_buf()),
     }
 }
@@ -334,6 +335,22 @@ async fn stores_no_plaintext_key_and_no_credential() {
     assert!(!text.contains("Bearer secret"), "never a value");
 }
 
+/// Whether `redis-server` is on PATH; outside CI, says why a test is skipped.
+fn redis_server_installed(test: &str) -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status();
+    if found.is_err() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: CI needs redis-server on PATH; .ci/run installs it");
+        }
+        eprintln!("{test}: skipped: redis-server is not installed");
+        return false;
+    }
+    true
+}
+
 /// A `redis-server` of our own on a free port, to stop and start.
 struct OwnRedis {
     port: u16,
@@ -346,15 +363,7 @@ struct OwnRedis {
 impl OwnRedis {
     /// `None` (printed) when `redis-server` is not installed, outside CI.
     fn start(test: &str, persistent: bool) -> Option<OwnRedis> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status();
-        if found.is_err() {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: CI needs redis-server on PATH; .ci/run installs it");
-            }
-            eprintln!("{test}: skipped: redis-server is not installed");
+        if !redis_server_installed(test) {
             return None;
         }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -602,4 +611,110 @@ async fn consumers_holding_nothing_are_forgotten_and_holders_kept() {
         .await
         .expect("the holder settles");
     assert_eq!(counts_of(&holding).await, vec![]);
+}
+
+/// A CA and a server certificate for 127.0.0.1 it signed, as PEM files in `dir`:
+/// `ca.pem`, `server.pem`, `server.key`.
+fn certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("key");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("leaf params");
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).expect("leaf");
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
+    std::fs::write(dir.join("server.pem"), leaf_cert.pem()).expect("write");
+    std::fs::write(dir.join("server.key"), leaf_key.serialize_pem()).expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaks_tls_with_a_private_ca_and_authenticates() {
+    if !redis_server_installed("speaks_tls_with_a_private_ca_and_authenticates") {
+        return;
+    }
+    let certs = tempfile::tempdir().expect("tempdir");
+    certificates(certs.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let file = |n: &str| certs.path().join(n).display().to_string();
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args([
+            "--requirepass",
+            "s3cret-pw",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(certs.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server with TLS");
+    let mut up = false;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(up, "redis-server did not listen for TLS on {port}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = options(
+        &format!("rediss://:s3cret-pw@127.0.0.1:{port}"),
+        "tls",
+        "c1",
+        dir.path(),
+    );
+    o.ca = Some(certs.path().join("ca.pem"));
+    let s = RedisStore::open(o.clone()).await.expect("open over TLS");
+    let out = s
+        .accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("accept");
+    assert!(matches!(out[0], AcceptOutcome::Accepted { .. }));
+    assert!(s.ready().await);
+    drop(s);
+
+    o.url = format!("rediss://:wrong-pw@127.0.0.1:{port}");
+    let e = RedisStore::open(o.clone())
+        .await
+        .err()
+        .expect("wrong password");
+    assert!(!e.contains("wrong-pw") && !e.contains("s3cret"), "{e}");
+    o.url = format!("rediss://:s3cret-pw@127.0.0.1:{port}");
+    o.ca = None;
+    let e = RedisStore::open(o)
+        .await
+        .err()
+        .expect("an untrusted certificate");
+    assert!(e.contains("cannot reach Redis"), "{e}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
