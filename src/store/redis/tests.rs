@@ -440,6 +440,13 @@ async fn redis_away_is_unavailable_and_back_is_ready() {
         .await
         .expect_err("Redis is down");
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    // Longer than the connection's own reconnect attempts: every call still fails
+    // cleanly, and the store reconnects once Redis is back.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        assert!(s.claim_due("a", NOW, 10).await.is_err());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     server.run();
     let mut back = false;
     for _ in 0..200 {
