@@ -358,6 +358,8 @@ struct OwnRedis {
     child: Option<Child>,
     persistent: bool,
     maxmemory: Option<&'static str>,
+    /// The port of the primary this one replicates.
+    replica_of: Option<u16>,
 }
 
 impl OwnRedis {
@@ -376,6 +378,7 @@ impl OwnRedis {
             child: None,
             persistent,
             maxmemory: None,
+            replica_of: None,
         };
         r.run();
         Some(r)
@@ -391,6 +394,11 @@ impl OwnRedis {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", aof, "--appendfsync", "always"])
             .args(self.maxmemory.iter().flat_map(|m| ["--maxmemory", m]))
+            .args(
+                self.replica_of
+                    .iter()
+                    .flat_map(|p| ["--replicaof".to_string(), format!("127.0.0.1 {p}")]),
+            )
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -724,4 +732,39 @@ async fn speaks_tls_with_a_private_ca_and_authenticates() {
     assert!(e.contains("cannot reach Redis"), "{e}");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accept_waits_for_the_replicas_asked_for() {
+    let Some(primary) = OwnRedis::start("an_accept_waits_for_the_replicas", false) else {
+        return;
+    };
+    let Some(mut replica) = OwnRedis::start("an_accept_waits_for_the_replicas", false) else {
+        return;
+    };
+    replica.replica_of = Some(primary.port);
+    replica.kill();
+    replica.run();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = options(&primary.url(), "wait", "c1", dir.path());
+    o.wait_replicas = 1;
+    o.wait_timeout = Duration::from_secs(10);
+    let s = RedisStore::open(o.clone()).await.expect("open");
+    // The replica may still be syncing: the first accepts can time out.
+    let mut ok = false;
+    for k in 0..50 {
+        if s.accept(vec![event(key(k), &["a"])], NOW).await.is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "one replica confirmed an accept");
+    o.wait_replicas = 2;
+    o.wait_timeout = Duration::from_millis(200);
+    let s = RedisStore::open(o).await.expect("open");
+    let err = s
+        .accept(vec![event(key(1000), &["a"])], NOW)
+        .await
+        .expect_err("there is only one replica");
+    assert!(err.to_string().contains("only 1 of 2"), "{err}");
 }
