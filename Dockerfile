@@ -14,6 +14,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+# Built into the binary: the event schema (docs/) and the preview page's example event.
+COPY docs ./docs
+COPY examples/purchase.json ./examples/purchase.json
 RUN cargo build --release --locked --bin postback-relay \
  && strip target/release/postback-relay
 

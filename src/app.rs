@@ -21,7 +21,7 @@ use crate::http::tls::TlsCertificates;
 use crate::http::{Edge, Listener, Routes};
 use crate::ingest::verify::Verifier;
 use crate::metrics::Metrics;
-use crate::rules::RulesHandle;
+use crate::rules::{LoadOptions, RulesHandle};
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::Store;
@@ -35,6 +35,19 @@ pub enum StartError {
     Store(String),
     Listen(String),
     Tls(String),
+    /// The delivery engine could not start (its HTTP client).
+    Delivery(String),
+    /// SIGTERM / SIGINT / SIGHUP handlers could not be installed.
+    Signals(std::io::Error),
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Signals(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for StartError {
@@ -52,6 +65,8 @@ impl std::fmt::Display for StartError {
             StartError::Store(e) => write!(f, "cannot open the store: {e}"),
             StartError::Listen(e) => write!(f, "cannot listen: {e}"),
             StartError::Tls(e) => write!(f, "cannot start TLS: {e}"),
+            StartError::Delivery(e) => write!(f, "cannot start delivery: {e}"),
+            StartError::Signals(e) => write!(f, "cannot install the signal handlers: {e}"),
         }
     }
 }
@@ -144,7 +159,14 @@ const GRACE: Duration = Duration::from_secs(10);
 /// Builds and starts the relay: store, rules, delivery workers, HTTP listeners.
 pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Running, StartError> {
     let rules_env = Arc::new(RulesEnv::new(env, config.rules_env.clone()));
-    let rules = RulesHandle::load(&config.rules_dir, rules_env).map_err(StartError::Invalid)?;
+    let options = LoadOptions {
+        custom_fields: config.custom_fields.clone(),
+    };
+    // Lenient unless --strict: a rule file with errors never stops intake for the
+    // other partners; it is logged, shown in /admin/destinations and /metrics.
+    let rules = RulesHandle::open(&config.rules_dir, rules_env, options, config.strict_rules)
+        .map_err(StartError::Invalid)?;
+    crate::rules::log_broken(&rules.current());
     let tls = match &config.tls {
         Some(files) => Some(TlsCertificates::load(files).map_err(StartError::Tls)?),
         None => None,
@@ -164,7 +186,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
             ..DeliverOptions::default()
         },
     )
-    .map_err(|e| StartError::Store(e.to_string()))?;
+    .map_err(|e| StartError::Delivery(e.to_string()))?;
     let metrics = Arc::new(Metrics::new());
     deliverer.observe(metrics.clone());
     store.observe(metrics.clone());
@@ -286,6 +308,13 @@ fn log_ready(relay: &Relay, addr: SocketAddr, admin_addr: Option<SocketAddr>) {
         admin = %admin,
         destinations = names.len(),
         names = %names.join(","),
+        disabled = %rules
+            .disabled()
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        broken = rules.broken().len(),
         data_dir = %cfg.data_dir.display(),
         rules_dir = %cfg.rules_dir.display(),
         version = env!("CARGO_PKG_VERSION"),
@@ -344,9 +373,9 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
     let (mut term, mut int, mut hup) = {
         use tokio::signal::unix::{signal, SignalKind};
         (
-            signal(SignalKind::terminate()).map_err(|e| StartError::Listen(e.to_string()))?,
-            signal(SignalKind::interrupt()).map_err(|e| StartError::Listen(e.to_string()))?,
-            signal(SignalKind::hangup()).map_err(|e| StartError::Listen(e.to_string()))?,
+            signal(SignalKind::terminate()).map_err(StartError::Signals)?,
+            signal(SignalKind::interrupt()).map_err(StartError::Signals)?,
+            signal(SignalKind::hangup()).map_err(StartError::Signals)?,
         )
     };
     let running = start(config, env).await?;
@@ -389,5 +418,23 @@ mod tests {
         let text = "Limit                     Soft Limit           Hard Limit           Units\nMax cpu time              unlimited            unlimited            seconds\nMax open files            256                  4096                 files\n";
         assert_eq!(super::open_files_limit(text), Some(256));
         assert_eq!(super::open_files_limit("nothing"), None);
+    }
+
+    use super::StartError;
+
+    #[test]
+    fn start_errors_say_which_part_failed() {
+        let e = StartError::Delivery("TLS backend unavailable".into());
+        assert_eq!(
+            e.to_string(),
+            "cannot start delivery: TLS backend unavailable"
+        );
+        let io = std::io::Error::other("no signalfd");
+        let e = StartError::Signals(io);
+        assert_eq!(
+            e.to_string(),
+            "cannot install the signal handlers: no signalfd"
+        );
+        assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
     }
 }

@@ -24,11 +24,32 @@ pub struct IngestConfig {
     pub max_batch: usize,
 }
 
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            secrets: Vec::new(),
+            tolerance: Duration::from_secs(300),
+            max_body: 1 << 20,
+            max_batch: 1000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupeConfig {
     pub window: Duration,
     pub key: Vec<String>,
     pub by_event: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for DedupeConfig {
+    fn default() -> Self {
+        DedupeConfig {
+            window: Duration::from_secs(7 * 86400),
+            key: vec!["click_id".into(), "event_name".into()],
+            by_event: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +79,24 @@ pub struct StoreConfig {
     pub min_free_space: u64,
     /// How long dead letters are kept.
     pub dlq_retention: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: Backend::Embedded,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "postback-relay".into(),
+            redis_consumer: None,
+            redis_claim_timeout: Duration::from_secs(60),
+            redis_wait_replicas: 0,
+            redis_wait_timeout: Duration::from_secs(1),
+            redis_ca: None,
+            max_queued: 10_000_000,
+            min_free_space: 256 << 20,
+            dlq_retention: Duration::from_secs(30 * 86400),
+        }
+    }
 }
 
 /// Limits of the HTTP listeners (`[server]`): what a client on the open internet may
@@ -196,6 +235,12 @@ pub struct Config {
     pub server: ServerLimits,
     pub tls: Option<TlsConfig>,
     pub rules_env: RulesEnvPolicy,
+    /// `[rules] custom_fields`: event fields outside the event schema that rule files
+    /// may name without a warning (a path covers everything under it).
+    pub custom_fields: Vec<String>,
+    /// `[rules] strict` or `serve --strict`: refuse to start (and to reload) while any
+    /// rule file has errors. Default: start with the valid rule files.
+    pub strict_rules: bool,
 }
 
 /// Command-line values that take precedence over the file.
@@ -204,6 +249,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub rules_dir: Option<PathBuf>,
+    /// `serve --strict`.
+    pub strict: bool,
 }
 
 pub const DEFAULT_PATH: &str = "postback-relay.toml";
@@ -216,11 +263,25 @@ impl Config {
         overrides: &Overrides,
     ) -> Result<Config, Vec<Diagnostic>> {
         let text = std::fs::read_to_string(path).map_err(|e| {
+            let message = if e.kind() == std::io::ErrorKind::NotFound {
+                let cwd = std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|_| "the current directory".into());
+                if path.is_relative() {
+                    format!(
+                        "no such config file in {cwd}; run from the directory that holds it, or pass --config FILE"
+                    )
+                } else {
+                    "no such config file; pass --config FILE with the right path".to_string()
+                }
+            } else {
+                format!("cannot read the config file: {e}")
+            };
             vec![Diagnostic {
                 file: path.to_path_buf(),
                 line: 0,
                 col: 0,
-                message: format!("cannot read the config file: {e}"),
+                message,
             }]
         })?;
         Config::parse(path, text, env, overrides)
@@ -299,7 +360,7 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides, vars: &[String]) 
     let (admin_token, admin_listen) = read_admin(&root);
     let server = read_server(&root, ingest.max_body);
     let tls = read_tls(&root, path);
-    let rules_env = read_rules(&root, path, vars);
+    let rules = read_rules(&root, path, vars);
     root.finish();
 
     if doc.error_count() > before {
@@ -320,7 +381,9 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides, vars: &[String]) 
         admin_listen,
         server,
         tls,
-        rules_env,
+        rules_env: rules.env,
+        custom_fields: rules.custom_fields,
+        strict_rules: rules.strict || ov.strict,
     })
 }
 
@@ -339,12 +402,7 @@ fn read_addr(f: &crate::settings::Field<'_>, example: &str) -> Option<SocketAddr
 }
 
 fn read_ingest(root: &Section<'_>) -> IngestConfig {
-    let mut cfg = IngestConfig {
-        secrets: Vec::new(),
-        tolerance: Duration::from_secs(300),
-        max_body: 1 << 20,
-        max_batch: 1000,
-    };
+    let mut cfg = IngestConfig::default();
     let Some(ingest) = root.section("ingest", "[ingest]") else {
         root.error(
             "missing [ingest] with `secrets`: the relay accepts only signed events; add:\n[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]",
@@ -405,11 +463,7 @@ fn read_secrets(f: &crate::settings::Field<'_>) -> Vec<WebhookSecret> {
 }
 
 fn read_dedupe(root: &Section<'_>, tolerance: Duration) -> DedupeConfig {
-    let mut dedupe = DedupeConfig {
-        window: Duration::from_secs(7 * 86400),
-        key: vec!["click_id".into(), "event_name".into()],
-        by_event: BTreeMap::new(),
-    };
+    let mut dedupe = DedupeConfig::default();
     let Some(d) = root.section("dedupe", "[dedupe]") else {
         return dedupe;
     };
@@ -458,19 +512,7 @@ fn read_dedupe(root: &Section<'_>, tolerance: Duration) -> DedupeConfig {
 }
 
 fn read_store(root: &Section<'_>, path: &Path) -> StoreConfig {
-    let mut store = StoreConfig {
-        backend: Backend::Embedded,
-        redis_url: "redis://127.0.0.1:6379".into(),
-        redis_prefix: "postback-relay".into(),
-        redis_consumer: None,
-        redis_claim_timeout: Duration::from_secs(60),
-        redis_wait_replicas: 0,
-        redis_wait_timeout: Duration::from_secs(1),
-        redis_ca: None,
-        max_queued: 10_000_000,
-        min_free_space: 256 << 20,
-        dlq_retention: Duration::from_secs(30 * 86400),
-    };
+    let mut store = StoreConfig::default();
     let Some(s) = root.section("store", "[store]") else {
         return store;
     };
@@ -552,18 +594,25 @@ fn read_redis(s: &Section<'_>, store: &mut StoreConfig) {
     }
 }
 
+/// `[delivery]`.
 struct DeliveryConfig {
     allow_private_networks: bool,
     breaker_failures: u32,
     breaker_cool_down: Duration,
 }
 
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            allow_private_networks: false,
+            breaker_failures: 5,
+            breaker_cool_down: Duration::from_secs(30),
+        }
+    }
+}
+
 fn read_delivery(root: &Section<'_>) -> DeliveryConfig {
-    let mut cfg = DeliveryConfig {
-        allow_private_networks: false,
-        breaker_failures: 5,
-        breaker_cool_down: Duration::from_secs(30),
-    };
+    let mut cfg = DeliveryConfig::default();
     let Some(d) = root.section("delivery", "[delivery]") else {
         return cfg;
     };
@@ -690,7 +739,15 @@ fn read_tls(root: &Section<'_>, path: &Path) -> Option<TlsConfig> {
     })
 }
 
-fn read_rules(root: &Section<'_>, path: &Path, vars: &[String]) -> RulesEnvPolicy {
+/// `[rules]`.
+#[derive(Default)]
+struct RulesSection {
+    env: RulesEnvPolicy,
+    custom_fields: Vec<String>,
+    strict: bool,
+}
+
+fn read_rules(root: &Section<'_>, path: &Path, vars: &[String]) -> RulesSection {
     let mut policy = RulesEnvPolicy {
         allow: Vec::new(),
         reserved: vars.to_vec(),
@@ -698,8 +755,10 @@ fn read_rules(root: &Section<'_>, path: &Path, vars: &[String]) -> RulesEnvPolic
     };
     policy.reserved.sort();
     policy.reserved.dedup();
+    let mut out = RulesSection::default();
     let Some(r) = root.section("rules", "[rules]") else {
-        return policy;
+        out.env = policy;
+        return out;
     };
     if let Some(f) = r.get("allow_env") {
         for (name, span) in f
@@ -713,8 +772,22 @@ fn read_rules(root: &Section<'_>, path: &Path, vars: &[String]) -> RulesEnvPolic
             }
         }
     }
+    if let Some(f) = r.get("custom_fields") {
+        for (p, span) in f
+            .as_str_list("[\"properties.sku\", \"user.loyalty_tier\"]")
+            .unwrap_or_default()
+        {
+            if crate::rules::is_valid_path(&p) {
+                out.custom_fields.push(p);
+            } else {
+                f.doc.error(span, format!("`rules.custom_fields`: \"{p}\" is not a field path; write dotted names like \"properties.sku\""));
+            }
+        }
+    }
+    out.strict = r.bool("strict").unwrap_or(false);
     r.finish();
-    policy
+    out.env = policy;
+    out
 }
 
 fn check_allow_entry(entry: &str, reserved: &[String]) -> Result<(), String> {
@@ -955,6 +1028,8 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         assert_eq!(cfg.server.max_connections, 10);
         assert_eq!(cfg.server.max_header_size, 8192);
         assert_eq!(cfg.server.body_read_timeout, Duration::from_secs(30));
+        assert!(!cfg.strict_rules);
+        assert!(cfg.custom_fields.is_empty());
         assert_eq!(
             cfg.admin_listen,
             Some(SocketAddr::from(([127, 0, 0, 1], 0)))
@@ -972,6 +1047,24 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
             .unwrap_err()
             .contains("relay's own settings"));
         assert!(p.check("POSTBACK_RELAY_ADMIN_TOKEN").is_err());
+    }
+
+    #[test]
+    fn custom_fields_and_strict_are_read_from_rules() {
+        let cfg = parse(
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[rules]\ncustom_fields = [\"properties.sku\"]\nstrict = true\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.custom_fields, vec!["properties.sku".to_string()]);
+        assert!(cfg.strict_rules);
+        let errs = parse(
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[rules]\ncustom_fields = [\"a b\"]\n",
+        )
+        .expect_err("invalid");
+        assert_eq!(
+            errs[0].to_string(),
+            "cfg/relay.toml:4:18: `rules.custom_fields`: \"a b\" is not a field path; write dotted names like \"properties.sku\""
+        );
     }
 
     #[test]
@@ -1043,6 +1136,7 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
                 data_dir: Some(PathBuf::from("/tmp/x")),
                 rules_dir: None,
+                strict: false,
             },
         )
         .expect("valid");

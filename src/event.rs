@@ -1,8 +1,12 @@
 //! The event as app backends send it: validation and dotted-path access.
 //!
-//! Owns: what makes an event valid (`event_id`, `event_name` required; `timestamp`
-//! RFC 3339 or Unix seconds, defaulting to the time received), and looking up
-//! `a.b.c` paths in it. Never: decides what leaves the relay (that is `rules`).
+//! Owns: what makes an event valid: the JSON Schema in `docs/event.schema.json`
+//! (`schema`: required fields, the types of the fields it names), plus what a schema
+//! cannot say (ID lengths in bytes; `timestamp` RFC 3339 or Unix seconds, defaulting
+//! to the time received), and looking up `a.b.c` paths in it. Never: decides what
+//! leaves the relay (that is `rules`).
+
+pub mod schema;
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Value};
@@ -30,15 +34,15 @@ impl Event {
                 json_type(&value)
             ));
         };
+        schema::schema().validate(&fields)?;
         let id = required_string(&fields, "event_id")?;
         let name = required_string(&fields, "event_name")?;
         let click_id = match fields.get("click_id") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.is_empty() => None,
             Some(Value::String(s)) if s.len() > MAX_ID_LEN => {
                 return Err(format!("click_id: longer than {MAX_ID_LEN} bytes"))
             }
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::String(_)) | None | Some(Value::Null) => None,
             Some(other) => {
                 return Err(format!(
                     "click_id: must be a string, not {}",
@@ -172,6 +176,14 @@ mod tests {
         assert_eq!(err, Err("event_id: must be a string, not a number".into()));
         let err = Event::from_value(json!([1]), now());
         assert!(err.unwrap_err().starts_with("event: must be a JSON object"));
+        let err = Event::from_value(
+            json!({"event_id": "e", "event_name": "n", "user": {"phone": 15550100}}),
+            now(),
+        );
+        assert_eq!(
+            err,
+            Err("user.phone: must be a string, not a number".into())
+        );
     }
 
     #[test]

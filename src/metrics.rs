@@ -79,6 +79,7 @@ pub struct Metrics {
     queue_depth: Family<DestinationLabel, Gauge>,
     dlq_size: Family<DestinationLabel, Gauge>,
     circuit: Family<DestinationState, Gauge>,
+    rule_errors: Family<DestinationLabel, Gauge>,
     store_commit_seconds: Histogram,
     store_commit_ops: Histogram,
     reloads: Family<ResultLabel, Counter>,
@@ -110,6 +111,7 @@ impl Metrics {
             queue_depth: Family::default(),
             dlq_size: Family::default(),
             circuit: Family::default(),
+            rule_errors: Family::default(),
             store_commit_seconds: latency(),
             store_commit_ops: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             reloads: Family::default(),
@@ -168,6 +170,11 @@ impl Metrics {
             "circuit_state",
             "1 for the state each destination's circuit breaker is in (closed, open, half_open)",
             self.circuit.clone(),
+        );
+        r.register(
+            "rule_file_errors",
+            "Errors in each destination's rule file, for files that have some: such a destination gets no new deliveries and its queue waits until the file is fixed",
+            self.rule_errors.clone(),
         );
         r.register(
             "store_commit_duration_seconds",
@@ -254,6 +261,19 @@ impl Metrics {
             .inc();
     }
 
+    /// The destinations whose rule files have errors, with how many (read by the
+    /// caller at scrape time); the others have no series.
+    pub fn set_rule_errors(&self, broken: &[(String, usize)]) {
+        self.rule_errors.clear();
+        for (name, n) in broken {
+            self.rule_errors
+                .get_or_create(&DestinationLabel {
+                    destination: name.clone(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The text exposition, with the per-destination gauges set from `counts` and
     /// `status` (read by the caller at scrape time).
     pub fn render(&self, counts: &[DestinationCounts], status: &[DestinationStatus]) -> String {
@@ -337,6 +357,8 @@ mod tests {
                 breaker: BreakerState::Open,
                 last_error: None,
                 in_flight: 0,
+                delivered: 0,
+                last_success_at: None,
             }],
         );
         for line in [

@@ -123,6 +123,17 @@ impl Credentials {
         }
     }
 
+    /// `text` with every credential replaced by `mask` (for showing a body to a human).
+    pub fn mask_in(&self, text: &str, mask: &str) -> String {
+        let mut out = text.to_string();
+        for (_, value) in &self.values {
+            if out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), mask);
+            }
+        }
+        out
+    }
+
     /// The request to send: every marker replaced by the current value. An error
     /// names the variable when the destination's rule no longer sets it.
     pub fn attach(&self, stored: &OutboundRequest) -> Result<OutboundRequest, String> {

@@ -85,17 +85,16 @@ pub fn delivery_settings(rules: &RuleSet) -> Vec<(String, DeliverySettings)> {
         .collect()
 }
 
-/// Moves the queue of every destination without a rule file (enabled or not) to the
-/// dead-letter queue, with a reason that says how to bring it back.
+/// Moves the queue of every destination without a rule file (enabled, disabled or
+/// with errors) to the dead-letter queue, with a reason that says how to bring it
+/// back. A file with errors still counts: its queue waits until the file is fixed.
 pub async fn retire_removed(store: &dyn Store, rules: &RulesHandle) {
     let Ok(counts) = store.counts().await else {
         return;
     };
     let current = rules.current();
     for c in counts.into_iter().filter(|c| c.queued > 0) {
-        let known = current.get(&c.destination).is_some()
-            || current.disabled().iter().any(|d| d.name == c.destination);
-        if known {
+        if current.has_file(&c.destination) {
             continue;
         }
         let reason = format!(

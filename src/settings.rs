@@ -19,6 +19,10 @@ pub struct Doc<'s> {
     pub source: &'s Source,
     root: Option<toml_edit::Document<&'s str>>,
     errors: RefCell<Vec<Diagnostic>>,
+    /// Mistakes that cause others (unknown keys, syntax): reported first.
+    causes: RefCell<Vec<Diagnostic>>,
+    /// What is allowed but probably not meant (`check` prints them; they load).
+    warnings: RefCell<Vec<Diagnostic>>,
     /// Errors left out because an unset variable caused them (see `Source::depends_on_unset`).
     consequential: std::cell::Cell<usize>,
 }
@@ -30,16 +34,17 @@ impl<'s> Doc<'s> {
             Ok(d) => (Some(d), Vec::new()),
             Err(e) => {
                 let msg = e.message().trim().to_string();
-                (
-                    None,
-                    vec![source.diag(e.span(), format!("TOML syntax error: {msg}"))],
-                )
+                let msg = duplicate_key(source, e.span(), &msg)
+                    .unwrap_or_else(|| format!("TOML syntax error: {msg}"));
+                (None, vec![source.diag(e.span(), msg)])
             }
         };
         Doc {
             source,
             root,
-            errors: RefCell::new(errors),
+            errors: RefCell::new(Vec::new()),
+            causes: RefCell::new(errors),
+            warnings: RefCell::new(Vec::new()),
             consequential: std::cell::Cell::new(0),
         }
     }
@@ -76,12 +81,50 @@ impl<'s> Doc<'s> {
             .push(self.source.diag(span, message));
     }
 
+    /// A mistake that causes others (an unknown key): listed before them.
+    pub fn cause(&self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.causes
+            .borrow_mut()
+            .push(self.source.diag(span, message));
+    }
+
+    /// A diagnostic made elsewhere (environment substitution) that causes others.
+    pub fn add_cause(&self, d: Diagnostic) {
+        self.causes.borrow_mut().push(d);
+    }
+
+    /// Something that loads but is probably not meant; never makes the file invalid.
+    pub fn warn(&self, span: Option<Range<usize>>, message: impl Into<String>) {
+        self.warnings
+            .borrow_mut()
+            .push(self.source.diag(span, message));
+    }
+
+    /// An error that another one already explains: not reported, but counted, so
+    /// the value is still treated as invalid.
+    pub fn consequence(&self) {
+        self.consequential.set(self.consequential.get() + 1);
+    }
+
+    /// Every error: causes first, then the rest, each group top to bottom.
     pub fn into_errors(self) -> Vec<Diagnostic> {
-        self.errors.into_inner()
+        self.into_report().0
+    }
+
+    /// (errors as `into_errors` orders them, warnings top to bottom).
+    pub fn into_report(self) -> (Vec<Diagnostic>, Vec<Diagnostic>) {
+        let mut causes = self.causes.into_inner();
+        let mut rest = self.errors.into_inner();
+        let mut warnings = self.warnings.into_inner();
+        for list in [&mut causes, &mut rest, &mut warnings] {
+            list.sort_by_key(|d| (d.line, d.col));
+        }
+        causes.append(&mut rest);
+        (causes, warnings)
     }
 
     pub fn error_count(&self) -> usize {
-        self.errors.borrow().len() + self.consequential.get()
+        self.errors.borrow().len() + self.causes.borrow().len() + self.consequential.get()
     }
 }
 
@@ -329,6 +372,11 @@ impl<'a> Section<'a> {
         self.get(key).and_then(|f| f.as_section(example))
     }
 
+    /// The keys written in this table, in file order (without marking them known).
+    pub fn keys(&self) -> Vec<String> {
+        self.table.iter().map(|(k, _)| k.to_string()).collect()
+    }
+
     /// Reports every key that no getter asked for, with the allowed ones as a hint.
     pub fn finish(self) {
         let used = self.used.borrow();
@@ -352,7 +400,7 @@ impl<'a> Section<'a> {
             let suggestion = closest(k, &allowed)
                 .map(|c| format!("did you mean `{c}`? "))
                 .unwrap_or_default();
-            self.doc.error(
+            self.doc.cause(
                 span,
                 format!(
                     "unknown key `{k}` {place}; {suggestion}allowed keys: {}",
@@ -361,6 +409,68 @@ impl<'a> Section<'a> {
             );
         }
     }
+}
+
+/// "duplicate key" made precise: which key, in which table, and where it first stands.
+/// Reads keys written one per line (`key = ...`) and table headers (`[name]`); other
+/// layouts get the key without its first place.
+fn duplicate_key(source: &Source, span: Option<Range<usize>>, msg: &str) -> Option<String> {
+    if !msg.starts_with("duplicate key") {
+        return None;
+    }
+    let span = span?;
+    let text = source.text.as_str();
+    let key = bare(text.get(span.clone())?);
+    // (offset, table the entry is in, name) of every header and key line before it.
+    let mut entries = Vec::new();
+    let mut table = String::new();
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        let indent = line.len() - line.trim_start().len();
+        let header = t
+            .strip_prefix('[')
+            .filter(|h| !h.starts_with('['))
+            .and_then(|h| h.split(']').next());
+        if let Some(h) = header {
+            table = bare(h);
+            entries.push((pos + indent, String::new(), table.clone()));
+        } else if t.contains('=') && !t.starts_with('#') {
+            entries.push((pos + indent, table.clone(), bare(t.split('=').next()?)));
+        }
+        pos += line.len();
+    }
+    let (_, dup_table, _) = entries
+        .iter()
+        .rev()
+        .find(|(at, _, _)| *at <= span.start)?
+        .clone();
+    let first = entries
+        .iter()
+        .find(|(at, t, k)| *at < span.start && *t == dup_table && *k == key);
+    let place = if dup_table.is_empty() {
+        String::from("at the top level")
+    } else {
+        format!("in [{dup_table}]")
+    };
+    Some(match first {
+        Some((at, _, _)) => {
+            let d = source.diag(Some(*at..*at + 1), "");
+            let (line, col) = (d.line, d.col);
+            format!("duplicate key `{key}` {place}: it is already written at line {line}, column {col}; keep one of the two")
+        }
+        None => format!(
+            "duplicate key `{key}` {place}: each key may be written once per table; keep one"
+        ),
+    })
+}
+
+/// A key or table name as written, without quotes and blanks around its parts.
+fn bare(k: &str) -> String {
+    k.split('.')
+        .map(|p| p.trim().trim_matches('"').trim_matches('\''))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn describe(item: &Item) -> String {
@@ -569,6 +679,25 @@ mod tests {
         for t in &text {
             assert!(!t.contains("s3cr3t") && !t.contains("p4ss"), "{t}");
         }
+    }
+
+    #[test]
+    fn a_duplicate_key_names_the_key_and_both_places() {
+        let src = Source::plain(
+            Path::new("x.toml"),
+            "[privacy]\nallow = [\"a\"]\nhash = []\n  allow = [\"b\"]\n",
+        );
+        let errs = Doc::parse(&src).into_errors();
+        assert_eq!(
+            errs[0].to_string(),
+            "x.toml:4:3: duplicate key `allow` in [privacy]: it is already written at line 2, column 1; keep one of the two"
+        );
+        let src = Source::plain(Path::new("x.toml"), "a = 1\n[x]\nb = 1\n[x]\n");
+        let errs = Doc::parse(&src).into_errors();
+        assert_eq!(
+            errs[0].to_string(),
+            "x.toml:4:2: duplicate key `x` at the top level: it is already written at line 2, column 1; keep one of the two"
+        );
     }
 
     #[test]

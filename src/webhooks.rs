@@ -109,13 +109,23 @@ fn feed(mac: &mut HmacSha256, id: &str, timestamp: &str, body: &[u8]) {
     mac.update(body);
 }
 
+/// A timestamp outside the tolerance, with what the sender needs to fix its clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stale {
+    pub timestamp: i64,
+    pub now: i64,
+    pub tolerance_s: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerifyError {
     MissingHeader(&'static str),
     BadId,
     BadTimestamp,
-    TooOld,
-    TooNew,
+    /// Older than `now - tolerance` (all Unix seconds).
+    TooOld(Stale),
+    /// Later than `now + tolerance`.
+    TooNew(Stale),
     TooManySignatures,
     NoValidSignature,
 }
@@ -127,7 +137,7 @@ impl VerifyError {
             VerifyError::MissingHeader(_) | VerifyError::BadId | VerifyError::BadTimestamp => {
                 "bad_headers"
             }
-            VerifyError::TooOld | VerifyError::TooNew => "stale_timestamp",
+            VerifyError::TooOld(_) | VerifyError::TooNew(_) => "stale_timestamp",
             VerifyError::TooManySignatures | VerifyError::NoValidSignature => "bad_signature",
         }
     }
@@ -141,10 +151,27 @@ impl std::fmt::Display for VerifyError {
             VerifyError::BadTimestamp => {
                 write!(f, "webhook-timestamp is not a Unix time in seconds")
             }
-            VerifyError::TooOld => write!(f, "webhook-timestamp is too old (outside tolerance)"),
-            VerifyError::TooNew => write!(
+            VerifyError::TooOld(s) => write!(
                 f,
-                "webhook-timestamp is too far in the future (outside tolerance)"
+                "webhook-timestamp {} is {} s behind this server's clock ({}, {}); the tolerance \
+                 is {} s both ways: send the current Unix time in seconds, and check the \
+                 sender's clock",
+                s.timestamp,
+                s.now.saturating_sub(s.timestamp),
+                s.now,
+                rfc3339(s.now),
+                s.tolerance_s
+            ),
+            VerifyError::TooNew(s) => write!(
+                f,
+                "webhook-timestamp {} is {} s ahead of this server's clock ({}, {}); the \
+                 tolerance is {} s both ways: send the current Unix time in seconds (not \
+                 milliseconds), and check the sender's clock",
+                s.timestamp,
+                s.timestamp.saturating_sub(s.now),
+                s.now,
+                rfc3339(s.now),
+                s.tolerance_s
             ),
             VerifyError::TooManySignatures => write!(
                 f,
@@ -153,6 +180,12 @@ impl std::fmt::Display for VerifyError {
             VerifyError::NoValidSignature => write!(f, "no valid signature"),
         }
     }
+}
+
+fn rfc3339(unix_s: i64) -> String {
+    chrono::DateTime::from_timestamp(unix_s, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 /// Headers that passed the first step: well formed, timestamp within tolerance, at
@@ -204,11 +237,16 @@ impl Verifier {
         }
         let ts: i64 = ts_text.parse().map_err(|_| VerifyError::BadTimestamp)?;
         let tol = i64::try_from(self.tolerance.as_secs()).unwrap_or(i64::MAX);
+        let stale = Stale {
+            timestamp: ts,
+            now,
+            tolerance_s: tol,
+        };
         if ts < now.saturating_sub(tol) {
-            return Err(VerifyError::TooOld);
+            return Err(VerifyError::TooOld(stale));
         }
         if ts > now.saturating_add(tol) {
-            return Err(VerifyError::TooNew);
+            return Err(VerifyError::TooNew(stale));
         }
         let candidates = candidates(sig_header)?;
         Ok(SignedHeaders {
@@ -407,7 +445,11 @@ mod tests {
         assert_eq!(
             v.check_headers(Some(SPEC_ID), Some(&ts), Some(SPEC_SIG), SPEC_TS + 301)
                 .unwrap_err(),
-            VerifyError::TooOld
+            VerifyError::TooOld(Stale {
+                timestamp: SPEC_TS,
+                now: SPEC_TS + 301,
+                tolerance_s: 300
+            })
         );
         let h = v
             .check_headers(Some(SPEC_ID), Some(&ts), Some(SPEC_SIG), SPEC_TS)
@@ -422,18 +464,42 @@ mod tests {
         let body = SPEC_BODY.as_bytes();
         let now = 1_790_000_000;
         for (ts, want) in [
-            (now - 301, Err(VerifyError::TooOld)),
-            (now + 301, Err(VerifyError::TooNew)),
+            (now - 301, Err("too old")),
+            (now + 301, Err("too new")),
             (now - 300, Ok(())),
             (now + 300, Ok(())),
         ] {
             let sig = sign(&secret(), SPEC_ID, ts, body);
-            assert_eq!(
-                v.verify(Some(SPEC_ID), Some(&ts.to_string()), Some(&sig), body, now),
-                want,
-                "ts offset {}",
-                ts - now
-            );
+            let got = v
+                .verify(Some(SPEC_ID), Some(&ts.to_string()), Some(&sig), body, now)
+                .map_err(|e| match e {
+                    VerifyError::TooOld(_) => "too old",
+                    VerifyError::TooNew(_) => "too new",
+                    _ => "other",
+                });
+            assert_eq!(got, want, "ts offset {}", ts - now);
         }
+    }
+
+    #[test]
+    fn a_stale_timestamp_names_the_tolerance_and_the_server_time_not_secrets() {
+        let stale = Stale {
+            timestamp: 1_764_064_800,
+            now: 1_764_068_400,
+            tolerance_s: 300,
+        };
+        assert_eq!(
+            VerifyError::TooOld(stale).to_string(),
+            "webhook-timestamp 1764064800 is 3600 s behind this server's clock (1764068400, \
+             2025-11-25T11:00:00Z); the tolerance is 300 s both ways: send the current Unix \
+             time in seconds, and check the sender's clock"
+        );
+        let ms = Stale {
+            timestamp: 1_764_068_400_000,
+            ..stale
+        };
+        let text = VerifyError::TooNew(ms).to_string();
+        assert!(text.contains("ahead of this server's clock") && text.contains("not milliseconds"));
+        assert!(!text.contains("secret"));
     }
 }

@@ -215,17 +215,18 @@ fn check_prints_every_config_and_rule_error_located_in_one_run() {
     let expected = [
         format!("{c}:7:13: `ingest.tolerance`: unknown unit \"parsecs\" in \"5 parsecs\""),
         format!("{c}:8:1: unknown key `max_bach` in [ingest]; did you mean `max_batch`?"),
-        format!("{b}:3:43: `{{user.email}}` names a field that [privacy] does not allow"),
+        // In a rule file, unknown keys (causes) come before what they may cause.
         format!("{b}:5:1: unknown key `retri` in [destination]; did you mean `retry`?"),
+        format!("{b}:3:43: `{{user.email}}` names a field that [privacy] does not allow"),
     ];
     assert_eq!(lines.len(), expected.len(), "stderr:\n{}", r.stderr);
     for (line, want) in lines.iter().zip(&expected) {
         assert!(line.starts_with(want.as_str()), "want {want}\ngot  {line}");
     }
     assert!(
-        lines[2].contains("add \"user.email\" to `allow`"),
+        lines[3].contains("add \"user.email\" to `allow`"),
         "says what to write: {}",
-        lines[2]
+        lines[3]
     );
     assert_eq!(r.stderr.lines().last(), Some("4 errors"), "{}", r.stderr);
     assert!(!tmp.path().join("data").exists(), "check writes nothing");
@@ -570,14 +571,34 @@ fn send_signs_one_event_an_array_and_ndjson_and_reads_stdin() {
     let v = parse_send(&r);
     assert_eq!(statuses(&v), pairs(&["e7"], "duplicate"));
 
-    // A rejected event is reported, and the exit code is still 0 (the relay answered 202).
+    // A rejected event beside an accepted one is reported, and the exit code is
+    // still 0 (the relay answered 202).
     let r = run_stdin(
         &["send", "--config", s(&cfg), "-"],
         tmp.path(),
-        r#"[{"event_id": "e9"}]"#,
+        &format!(r#"[{{"event_id": "e9"}}, {}]"#, ev("e10")),
     );
     let v = parse_send(&r);
-    assert_eq!(v["rejected"], 1, "{v}");
+    assert_eq!(
+        (v["rejected"].as_u64(), v["accepted"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    // Every event rejected: the relay answers 400 with the same results; exit 1.
+    let r = run_stdin(
+        &["send", "--config", s(&cfg), "-"],
+        tmp.path(),
+        r#"[{"event_id": "e11"}]"#,
+    );
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    let (status, body) = r.stdout.split_once('\n').expect("two parts");
+    assert_eq!(status, "HTTP 400 Bad Request", "{}", r.stdout);
+    let v: serde_json::Value = serde_json::from_str(body).expect("JSON answer");
+    assert_eq!(
+        v["results"][0],
+        serde_json::json!({"index": 0, "status": "rejected", "error": "event_name: missing"}),
+        "{v}"
+    );
 
     let mut relay = relay;
     relay.signal(libc::SIGTERM);
@@ -592,15 +613,16 @@ fn send_signs_one_event_an_array_and_ndjson_and_reads_stdin() {
     let r = send(&one);
     assert_eq!(r.code, 1, "{}", r.stdout);
     assert!(
-        r.stderr
-            .contains(&format!("cannot reach http://{addr}/v1/events")),
+        r.stderr.contains(&format!(
+            "cannot reach the relay at http://{addr}/v1/events"
+        )),
         "{}",
         r.stderr
     );
 }
 
 #[test]
-fn serve_with_an_invalid_config_or_rule_exits_1_located_and_never_binds() {
+fn serve_with_an_invalid_config_or_strict_with_an_invalid_rule_exits_1_located_and_never_binds() {
     for broken_rule in [false, true] {
         let tmp = tempfile::tempdir().unwrap();
         // We hold the port: a relay that tried to bind would fail with a listen error
@@ -637,7 +659,10 @@ fn serve_with_an_invalid_config_or_rule_exits_1_located_and_never_binds() {
             )
         };
         let started = Instant::now();
-        let r = run(&["serve", "--config", s(&cfg)], tmp.path());
+        // A broken rule file stops only a strict start (the default starts without it).
+        let strict: &[&str] = if broken_rule { &["--strict"] } else { &[] };
+        let args = [&["serve", "--config", s(&cfg)][..], strict].concat();
+        let r = run(&args, tmp.path());
         assert_eq!(r.code, 1, "stderr: {}", r.stderr);
         assert!(started.elapsed() < Duration::from_secs(20));
         for w in want {
@@ -794,4 +819,148 @@ fn a_signal_right_after_ready_is_handled_gracefully() {
             relay.log()
         );
     }
+}
+
+#[test]
+fn send_with_no_relay_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, addr) = serve_config(dir.path());
+    let events = dir.path().join("e.json");
+    std::fs::write(&events, ev("no-relay").to_string()).unwrap();
+    let r = run(&["send", "--config", s(&cfg), s(&events)], dir.path());
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stderr.contains(&format!(
+            "cannot reach the relay at http://{addr}/v1/events"
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("is `postback-relay serve` running with this config?"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn preview_reads_standard_input_and_shows_one_destination() {
+    let repo = Path::new(REPO);
+    let event = std::fs::read_to_string(repo.join("examples/purchase.json"))
+        .unwrap()
+        .replace(
+            "\"2026-11-25T10:00:00Z\"",
+            &chrono::Utc::now().timestamp().to_string(),
+        );
+    let r = run_stdin(
+        &["preview", "--destination", "example-aff", "-"],
+        repo,
+        &event,
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("== example-aff =="), "{}", r.stdout);
+    assert_eq!(r.stdout.matches("== ").count(), 1, "{}", r.stdout);
+
+    let r = run_stdin(&["preview", "--destination", "nope", "-"], repo, &event);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no destination \"nope\""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("example-aff"),
+        "the known names: {}",
+        r.stderr
+    );
+
+    let r = run_stdin(&["preview", "-"], repo, "{not json");
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.starts_with("<stdin>:1:2: invalid JSON"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn every_option_has_a_description_in_help() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, wanted) in [
+        (
+            &["preview", "--help"][..],
+            &["--destination", "--rules", "--config"][..],
+        ),
+        (&["check", "--help"][..], &["--rules", "--config"][..]),
+        (
+            &["dlq", "list", "--help"][..],
+            &["--destination", "--config"][..],
+        ),
+        (
+            &["dlq", "replay", "--help"][..],
+            &["--destination", "--id", "--all", "--config"][..],
+        ),
+    ] {
+        let r = run(args, dir.path());
+        assert_eq!(r.code, 0, "{args:?}");
+        for opt in wanted {
+            let line = r
+                .stdout
+                .lines()
+                .find(|l| l.trim_start().starts_with(opt))
+                .unwrap_or_else(|| panic!("{opt} in {args:?}: {}", r.stdout));
+            let described = line.split_once(opt).map(|(_, rest)| rest).unwrap_or("");
+            // After the option (and its value name) comes a description.
+            assert!(
+                described.split_whitespace().count() >= 2,
+                "{opt} of {args:?} has no description: {line:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_second_relay_on_the_same_data_directory_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, _) = serve_config(dir.path());
+    let mut first = spawn_serve(&cfg);
+    let (cfg2, _) = {
+        // Same data_dir, another port.
+        let other = dir.path().join("second.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("listen = ") {
+                    format!("listen = \"{addr}\"")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&other, text).unwrap();
+        (other, addr)
+    };
+    let r = run(&["serve", "--config", s(&cfg2)], dir.path());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("another postback-relay is using the data directory"),
+        "{}",
+        r.stderr
+    );
+    first.kill();
+}
+
+#[test]
+fn check_away_from_the_config_names_the_directory_and_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = run(&["check"], dir.path());
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr.trim(),
+        format!(
+            "postback-relay.toml: no such config file in {}; run from the directory that holds it, or pass --config FILE",
+            dir.path().canonicalize().unwrap().display()
+        )
+    );
 }

@@ -654,3 +654,67 @@ fn files_with(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
     }
     hits
 }
+
+/// `/admin/destinations` shows disabled partners too, and per destination how many
+/// deliveries succeeded and when the last one did; `/admin/deliveries/{id}` follows
+/// one delivery without its payload.
+#[tokio::test]
+async fn admin_shows_disabled_destinations_delivered_counts_and_one_delivery() {
+    let partner = FakePartner::start().await.expect("partner");
+    let aff = rule(&partner.url("/pb"), "2s", 5, 2);
+    let off = format!(
+        "enabled = false\n{}",
+        rule(&partner.url("/off"), "2s", 5, 2)
+    );
+    let relay = TestRelay::start(&[("aff", &aff), ("off", &off)], "").await;
+    let (s, v) = relay
+        .post_json("msg-adm", &event("e-adm", "purchase", "clk-adm"))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["results"][0]["delivery_ids"][0]
+        .as_str()
+        .expect("a delivery id in the 202")
+        .to_string();
+    assert!(partner.wait_for_requests(1, Duration::from_secs(20)).await);
+    assert_eq!(
+        partner.requests()[0].header("webhook-id"),
+        Some(id.as_str())
+    );
+    wait_destination(&relay.client, &relay.base, "aff", 20, |d| {
+        d["delivered"] == 1
+    })
+    .await;
+    let d = destination_at(&relay.client, &relay.base, "aff").await;
+    assert_eq!(d["state"], "enabled");
+    assert!(
+        d["last_success_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{d}"
+    );
+    let all = relay.admin_get("/admin/destinations").await;
+    let off = all["destinations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|d| d["name"] == "off")
+        .cloned()
+        .expect("the disabled destination is listed");
+    assert_eq!(
+        (off["enabled"].clone(), off["state"].clone()),
+        (json!(false), json!("disabled"))
+    );
+
+    let st = relay.admin_get(&format!("/admin/deliveries/{id}")).await;
+    assert_eq!(st["state"], "delivered", "{st}");
+    assert_eq!(st["destination"], "aff");
+    assert!(
+        st.get("request").is_none() && !st.to_string().contains("clk-adm"),
+        "{st}"
+    );
+    let missing = relay
+        .admin_get("/admin/deliveries/dlv_00000000000000000000000000")
+        .await;
+    assert!(missing["error"].as_str().is_some(), "{missing}");
+    relay.stop().await;
+}

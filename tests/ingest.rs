@@ -327,3 +327,29 @@ async fn health_and_readiness() {
     }
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_whose_every_event_is_rejected_is_a_400_with_the_same_results() {
+    let relay = TestRelay::start(&[], "").await;
+    let body = r#"[{"event_id": "e1"}, {"event_name": "purchase"}]"#;
+    let (s, v) = relay.post_json("msg_all_bad", body).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        v,
+        serde_json::json!({"accepted": 0, "duplicates": 0, "rejected": 2, "results": [
+            {"index": 0, "status": "rejected", "error": "event_name: missing"},
+            {"index": 1, "status": "rejected", "error": "event_id: missing"}]})
+    );
+    // One good event among them: partial success stays 202.
+    let body = format!(
+        r#"[{{"event_id": "e1"}}, {}]"#,
+        event("e2", "purchase", "c2")
+    );
+    let (s, v) = relay.post_json("msg_some_bad", &body).await;
+    assert_eq!(
+        (s, v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (202, Some(1), Some(1)),
+        "{v}"
+    );
+    relay.stop().await;
+}

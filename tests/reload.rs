@@ -82,14 +82,15 @@ async fn a_broken_change_keeps_the_old_rules_and_the_fix_is_picked_up_without_re
         .collect();
     let f = aff.display();
     assert_eq!(errors.len(), 2, "{errors:#?}");
+    // The unknown key (a cause) first, then the rest top to bottom.
     assert!(
-        errors[0].starts_with(&format!(
-            "{f}:2:{col}: `{{user.email}}` names a field that [privacy] does not allow"
-        )),
+        errors[0].starts_with(&format!("{f}:3:1: unknown key `methd` in [destination]")),
         "{errors:#?}"
     );
     assert!(
-        errors[1].starts_with(&format!("{f}:3:1: unknown key `methd` in [destination]")),
+        errors[1].starts_with(&format!(
+            "{f}:2:{col}: `{{user.email}}` names a field that [privacy] does not allow"
+        )),
         "{errors:#?}"
     );
     assert!(

@@ -84,7 +84,10 @@ fn admin_call(
                 .header("content-type", "application/json")
                 .body(b.to_string());
         }
-        let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| super::request_error(&url, &e))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| format!("{url}: {e}"))?;

@@ -15,6 +15,7 @@ use crate::config::{Config, Overrides, DEFAULT_PATH};
 use crate::diag::{Diagnostic, ProcessEnv};
 use crate::rules::RuleSet;
 
+mod check;
 mod dlq;
 
 #[derive(Parser, Debug)]
@@ -81,22 +82,40 @@ pub enum Command {
         /// Rules directory (overrides `rules_dir`).
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Refuse to start (and to reload) while any rule file has errors. Default:
+        /// start with the valid rule files; the broken ones are logged and shown in
+        /// /admin/destinations and /metrics, and their queues wait.
+        #[arg(long)]
+        strict: bool,
     },
-    /// Validate the config and every rule file; print every error as FILE:LINE:COL: message.
+    /// Validate the config and every rule file; print every error as FILE:LINE:COL: message
+    /// (warnings too, as FILE:LINE:COL: warning: message); exit 1 on any error.
     Check {
+        /// Config file.
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
+        /// Rules directory to check (overrides the config's `rules_dir`).
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Also run every rule against the sample events in this directory (`*.json`:
+        /// one event or an array; `*.ndjson`): which events each destination gets, and
+        /// any placeholder that renders empty.
+        #[arg(long)]
+        events: Option<PathBuf>,
     },
     /// Show, for each destination, the exact request an event would produce. Sends nothing, writes nothing.
     Preview {
+        /// Config file.
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
+        /// Rules directory (overrides the config's `rules_dir`).
         #[arg(long)]
         rules: Option<PathBuf>,
-        /// The event (a JSON file).
-        event: PathBuf,
+        /// Only this destination (a rule file's name without `.toml`).
+        #[arg(long)]
+        destination: Option<String>,
+        /// The event: a JSON file, or `-` for standard input.
+        event: String,
     },
     /// Sign a file of events with the first ingest secret and POST it to the relay.
     Send {
@@ -128,19 +147,25 @@ pub enum Command {
 pub enum DlqCommand {
     /// List dead-lettered deliveries with their last error.
     List {
+        /// Config file (its admin token and listen address, or its data directory).
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
+        /// Only the dead letters of this destination.
         #[arg(long)]
         destination: Option<String>,
     },
     /// Put dead-lettered deliveries back on the queue.
     Replay {
+        /// Config file (its admin token and listen address, or its data directory).
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
+        /// Replay every dead letter of this destination.
         #[arg(long)]
         destination: Option<String>,
+        /// Replay one dead letter, by its delivery ID (`dlv_...`, see `dlq list`).
         #[arg(long, conflicts_with = "all")]
         id: Option<String>,
+        /// Replay every dead letter.
         #[arg(long)]
         all: bool,
     },
@@ -155,20 +180,27 @@ pub fn run(cli: Cli) -> i32 {
             listen,
             data_dir,
             rules,
+            strict,
         } => serve(
             &config,
             Overrides {
                 listen,
                 data_dir,
                 rules_dir: rules,
+                strict,
             },
         ),
-        Command::Check { config, rules } => check(&config, rules),
+        Command::Check {
+            config,
+            rules,
+            events,
+        } => check::run(&config, rules, events.as_deref()),
         Command::Preview {
             config,
             rules,
+            destination,
             event,
-        } => preview(&config, rules, &event),
+        } => preview(&config, rules, destination.as_deref(), &event),
         Command::Send {
             config,
             url,
@@ -179,7 +211,7 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-fn print_diagnostics(d: &[Diagnostic]) {
+pub(crate) fn print_diagnostics(d: &[Diagnostic]) {
     for x in d {
         eprintln!("{x}");
     }
@@ -220,57 +252,12 @@ fn serve(config: &Path, ov: Overrides) -> i32 {
     }
 }
 
-fn check(config: &Path, rules: Option<PathBuf>) -> i32 {
-    let ov = Overrides {
-        rules_dir: rules.clone(),
-        ..Overrides::default()
-    };
-    let mut errors = Vec::new();
-    let (rules_dir, loaded) = match Config::load(config, &ProcessEnv, &ov) {
-        Ok(cfg) => (cfg.rules_dir.clone(), Some(cfg)),
-        Err(e) => {
-            errors.extend(e);
-            // Still check the rules the config names, not `./rules` of the cwd.
-            (Config::rules_dir_of(config, &ProcessEnv, rules), None)
-        }
-    };
-    let policy = match &loaded {
-        Some(cfg) => cfg.rules_env.clone(),
-        None => Config::rules_env_of(config, &ProcessEnv),
-    };
-    let count = match RuleSet::load_dir(&rules_dir, &rules_env(policy)) {
-        Ok(set) => set.destinations().len(),
-        Err(e) => {
-            errors.extend(e);
-            0
-        }
-    };
-    if errors.is_empty() {
-        println!(
-            "ok: {} and {} ({} enabled destination{})",
-            config.display(),
-            rules_dir.display(),
-            count,
-            if count == 1 { "" } else { "s" }
-        );
-        0
-    } else {
-        print_diagnostics(&errors);
-        eprintln!(
-            "{} error{}",
-            errors.len(),
-            if errors.len() == 1 { "" } else { "s" }
-        );
-        1
-    }
-}
-
 /// The environment as rule files may see it under `policy` (`[rules] allow_env`).
-fn rules_env(policy: crate::config::RulesEnvPolicy) -> crate::config::RulesEnv {
+pub(crate) fn rules_env(policy: crate::config::RulesEnvPolicy) -> crate::config::RulesEnv {
     crate::config::RulesEnv::new(std::sync::Arc::new(ProcessEnv), policy)
 }
 
-fn preview(config: &Path, rules: Option<PathBuf>, event: &Path) -> i32 {
+fn preview(config: &Path, rules: Option<PathBuf>, only: Option<&str>, event: &str) -> i32 {
     let (rules_dir, policy) = match rules {
         Some(r) => (r, Config::rules_env_of(config, &ProcessEnv)),
         None => match load_config(config, &Overrides::default()) {
@@ -285,34 +272,76 @@ fn preview(config: &Path, rules: Option<PathBuf>, event: &Path) -> i32 {
             return 1;
         }
     };
-    let text = match std::fs::read(event) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{}: cannot read: {e}", event.display());
-            return 1;
-        }
-    };
-    let value: Value = match serde_json::from_slice(&text) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!(
-                "{}:{}:{}: invalid JSON: {e}",
-                event.display(),
-                e.line(),
-                e.column()
-            );
-            return 1;
-        }
-    };
-    let ev = match crate::event::Event::from_value(value, chrono::Utc::now()) {
+    let ev = match read_event(event) {
         Ok(ev) => ev,
         Err(e) => {
-            eprintln!("{}: invalid event: {e}", event.display());
+            eprintln!("{e}");
             return 1;
         }
     };
-    print!("{}", crate::rules::preview(&set, &ev));
+    match only {
+        None => print!("{}", crate::rules::preview(&set, &ev)),
+        Some(name) => match crate::rules::preview_named(&set, &ev, name) {
+            Some(text) => print!("{text}"),
+            None => {
+                let known: Vec<&str> = set
+                    .destinations()
+                    .iter()
+                    .chain(set.disabled())
+                    .map(|d| d.name.as_str())
+                    .collect();
+                eprintln!(
+                    "no destination \"{name}\" in {}; the destinations are: {}",
+                    rules_dir.display(),
+                    if known.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+                return 1;
+            }
+        },
+    }
     0
+}
+
+/// One event for `preview`: a JSON file, or `-` for standard input.
+fn read_event(arg: &str) -> Result<crate::event::Event, String> {
+    let (what, text) = if arg == "-" {
+        let mut body = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut body)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        ("<stdin>".to_string(), body)
+    } else {
+        let body = std::fs::read(arg).map_err(|e| format!("{arg}: cannot read: {e}"))?;
+        (arg.to_string(), body)
+    };
+    let value: Value = serde_json::from_slice(&text)
+        .map_err(|e| format!("{what}:{}:{}: invalid JSON: {e}", e.line(), e.column()))?;
+    crate::event::Event::from_value(value, chrono::Utc::now())
+        .map_err(|e| format!("{what}: invalid event: {e}"))
+}
+
+/// A failed request to the relay, with its causes; when nothing answers, what to do.
+pub fn request_error(url: &str, e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if e.is_connect() {
+        format!(
+            "cannot reach the relay at {url} ({text}); is `postback-relay serve` running with this config?"
+        )
+    } else if e.is_timeout() {
+        format!("the relay at {url} did not answer in time ({text})")
+    } else {
+        format!("{url}: {text}")
+    }
 }
 
 /// Reads the events to send and picks the framing: JSON (one object or an array),
@@ -374,7 +403,7 @@ fn send(config: &Path, url: Option<String>, events: &str) -> i32 {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+            .map_err(|e| request_error(&url, &e))?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         Ok::<_, String>((status, text))
@@ -421,7 +450,7 @@ fn health(config: &Path, url: Option<String>) -> i32 {
             .get(&url)
             .send()
             .await
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| request_error(&url, &e))?;
         Ok::<_, String>(resp.status())
     });
     match status {

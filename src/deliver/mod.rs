@@ -77,6 +77,10 @@ pub struct DestinationStatus {
     pub breaker: BreakerState,
     pub last_error: Option<String>,
     pub in_flight: usize,
+    /// Completed since the relay started.
+    pub delivered: u64,
+    /// When the last delivery succeeded, Unix ms.
+    pub last_success_at: Option<i64>,
 }
 
 /// How one attempt ended, for metrics.
@@ -236,6 +240,8 @@ impl Deliverer {
                 breaker: r.worker.breaker_state(),
                 last_error: r.worker.last_error(),
                 in_flight: r.worker.in_flight(),
+                delivered: r.worker.delivered().0,
+                last_success_at: r.worker.delivered().1,
             })
             .collect()
     }

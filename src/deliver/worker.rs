@@ -99,6 +99,10 @@ pub(crate) struct DestinationWorker {
     wake: Notify,
     in_flight: Mutex<HashSet<String>>,
     last_error: Mutex<Option<String>>,
+    /// Deliveries this worker completed since the relay started, and when the last
+    /// one was (Unix ms).
+    delivered: std::sync::atomic::AtomicU64,
+    last_success_at: Mutex<Option<i64>>,
     /// `Some(grace)` once stopping: finish in-flight sends within `grace`.
     stop: watch::Sender<Option<Duration>>,
 }
@@ -125,6 +129,8 @@ impl DestinationWorker {
             wake: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
             last_error: Mutex::new(None),
+            delivered: std::sync::atomic::AtomicU64::new(0),
+            last_success_at: Mutex::new(None),
             stop,
         });
         let task = tokio::spawn(dispatch(ctx, worker.clone(), stop_rx));
@@ -174,6 +180,14 @@ impl DestinationWorker {
 
     pub fn breaker_state(&self) -> BreakerState {
         lock(&self.breaker).state(Instant::now())
+    }
+
+    /// (deliveries completed since start, when the last one was in Unix ms).
+    pub fn delivered(&self) -> (u64, Option<i64>) {
+        (
+            self.delivered.load(std::sync::atomic::Ordering::Relaxed),
+            *lock(&self.last_success_at),
+        )
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -436,6 +450,10 @@ async fn send_one(
         Decision::Complete => {
             tracing::debug!(destination = name, delivery_id = %id, ?status, attempt, "delivered");
             settle(&ctx, name, &id, || ctx.store.complete(&id)).await;
+            worker
+                .delivered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *lock(&worker.last_success_at) = Some(finished);
         }
         Decision::RetryAt(at) => {
             delivery.last_error = sent.error.clone();

@@ -136,10 +136,15 @@ async fn delivery(relay: &Relay, id: &str) -> HttpResponse {
 
 fn reload(relay: &Relay) -> HttpResponse {
     match relay.reload_rules() {
-        Ok(names) => json_response(
-            StatusCode::OK,
-            json!({"status": "reloaded", "destinations": names}),
-        ),
+        Ok(names) => {
+            // Files that already had errors stay left out (they did not block this).
+            let rules = relay.rules.current();
+            let rule_errors: Vec<String> = rules.errors().iter().map(|d| d.to_string()).collect();
+            json_response(
+                StatusCode::OK,
+                json!({"status": "reloaded", "destinations": names, "rule_errors": rule_errors}),
+            )
+        }
         Err(errors) => json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({
@@ -214,19 +219,32 @@ async fn destinations(relay: &Relay) -> HttpResponse {
             )
         }
     };
+    let rules = relay.rules.current();
     let mut out: BTreeMap<String, Value> = BTreeMap::new();
-    for d in relay.rules.current().destinations() {
-        out.insert(
-            d.name.clone(),
-            json!({"name": d.name, "enabled": true, "queue_depth": 0, "dlq_size": 0,
-                   "circuit": "closed", "last_error": null, "in_flight": 0}),
-        );
+    let entry = |name: &str, state: &str| {
+        json!({"name": name, "enabled": state == "enabled", "state": state,
+               "queue_depth": 0, "dlq_size": 0, "circuit": "closed", "last_error": null,
+               "in_flight": 0, "delivered": 0, "last_success_at": null, "rule_errors": []})
+    };
+    for d in rules.destinations() {
+        out.insert(d.name.clone(), entry(&d.name, "enabled"));
+    }
+    // Validated but `enabled = false`: shown, so an operator sees why nothing is sent.
+    for d in rules.disabled() {
+        out.insert(d.name.clone(), entry(&d.name, "disabled"));
+    }
+    // A rule file with errors: no new deliveries, its queue waits for the fix.
+    for b in rules.broken() {
+        let mut e = entry(&b.name, "broken");
+        e["status"] = json!("rule file has errors");
+        e["file"] = json!(b.file.display().to_string());
+        e["rule_errors"] = json!(b.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>());
+        out.insert(b.name.clone(), e);
     }
     for c in counts {
-        let e = out.entry(c.destination.clone()).or_insert_with(|| {
-            json!({"name": c.destination, "enabled": false, "circuit": "closed",
-                   "last_error": null, "in_flight": 0})
-        });
+        let e = out
+            .entry(c.destination.clone())
+            .or_insert_with(|| entry(&c.destination, "removed"));
         e["queue_depth"] = json!(c.queued);
         e["dlq_size"] = json!(c.dead);
     }
@@ -235,6 +253,11 @@ async fn destinations(relay: &Relay) -> HttpResponse {
             e["circuit"] = serde_json::to_value(s.breaker).unwrap_or(Value::Null);
             e["last_error"] = json!(s.last_error);
             e["in_flight"] = json!(s.in_flight);
+            e["delivered"] = json!(s.delivered);
+            e["last_success_at"] = json!(s
+                .last_success_at
+                .and_then(chrono::DateTime::from_timestamp_millis)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
         }
     }
     json_response(

@@ -2,8 +2,8 @@
 //!
 //! Owns: the accept loop (connection cap, rate-limited accept errors), each
 //! connection's limits (`conn`: header-read, body-read and idle timeouts; header size;
-//! HTTP/2 stream limits), TLS (`tls`), the routes (`routes`: ingest, health, metrics)
-//! and the admin API (`admin`). Never: logs request bodies or headers other than
+//! HTTP/2 stream limits), TLS (`tls`), the routes (`routes`: ingest, health, metrics),
+//! the admin API (`admin`) and the preview page (`ui`). Never: logs request bodies or headers other than
 //! `webhook-id`; decides what an event means (that is `ingest`, `rules`, `store`).
 //!
 //! HTTP/1.1 on plain listeners; HTTP/2 and HTTP/1.1 by ALPN on TLS.
@@ -12,6 +12,7 @@ pub mod admin;
 pub mod conn;
 pub mod routes;
 pub mod tls;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -35,9 +36,10 @@ pub use routes::{json_response, HttpResponse};
 /// Which endpoints a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Routes {
-    /// `/v1/events`, `/healthz`, `/readyz`; with `admin`, also `/admin/*` and `/metrics`.
+    /// `/v1/events`, `/healthz`, `/readyz`; with `admin`, also `/admin/*`, `/ui` and
+    /// `/metrics`.
     Ingest { admin: bool },
-    /// `/admin/*`, `/metrics`, `/healthz`, `/readyz`.
+    /// `/admin/*`, `/ui`, `/metrics`, `/healthz`, `/readyz`.
     Admin,
 }
 

@@ -1,5 +1,5 @@
 //! The routes: `POST /v1/events` from headers to answer, `/healthz`, `/readyz`,
-//! `/metrics`, and the hand-off to `admin`.
+//! `/metrics`, and the hand-off to `admin` and `ui` (the preview page).
 //!
 //! Ingest order, cheapest refusal first: content type, `Content-Length` against
 //! `max_body`, the Standard Webhooks headers and the timestamp tolerance — all before
@@ -45,6 +45,11 @@ pub async fn route(
         (&Method::GET, "/readyz") => ready(edge).await,
         (&Method::GET, "/metrics") if admin => metrics(edge).await,
         (_, p) if admin && p.starts_with("/admin/") => super::admin::handle(&edge.relay, req).await,
+        (_, p) if admin && (p == "/ui" || p.starts_with("/ui/")) => {
+            // Only the ingest listener may speak TLS; the admin one never does.
+            let secure = ingest && edge.relay.tls.is_some();
+            super::ui::handle(&edge.relay, req, secure).await
+        }
         (_, "/healthz" | "/readyz") => not_allowed(req.method(), &path),
         (_, "/v1/events") if ingest => not_allowed(req.method(), &path),
         (_, "/metrics") if admin => not_allowed(req.method(), &path),
@@ -76,6 +81,13 @@ async fn ready(edge: &Edge) -> HttpResponse {
 async fn metrics(edge: &Edge) -> HttpResponse {
     let relay = &edge.relay;
     let counts = relay.store.counts().await.unwrap_or_default();
+    let rules = relay.rules.current();
+    let broken: Vec<(String, usize)> = rules
+        .broken()
+        .iter()
+        .map(|b| (b.name.clone(), b.errors.len()))
+        .collect();
+    relay.metrics.set_rule_errors(&broken);
     let text = relay.metrics.render(&counts, &relay.deliverer.status());
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     resp.headers_mut().insert(
@@ -259,15 +271,17 @@ fn check_head(
 }
 
 fn unauthorized(e: &VerifyError) -> Refusal {
-    let result = match e {
-        VerifyError::TooOld | VerifyError::TooNew => "stale_timestamp",
-        _ => "unauthorized",
-    };
-    Refusal::new(
-        StatusCode::UNAUTHORIZED,
-        result,
-        format!("{e}; sign the request per Standard Webhooks with one of the relay's secrets"),
-    )
+    match e {
+        // A clock problem, not a signing one: the message says what to fix.
+        VerifyError::TooOld(_) | VerifyError::TooNew(_) => {
+            Refusal::new(StatusCode::UNAUTHORIZED, "stale_timestamp", e.to_string())
+        }
+        _ => Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("{e}; sign the request per Standard Webhooks with one of the relay's secrets"),
+        ),
+    }
 }
 
 fn too_large(max: u64) -> Refusal {
@@ -390,6 +404,14 @@ async fn process(
                 rejected = report.rejected,
                 "events processed"
             );
+            // Every event rejected: nothing was taken, so the sender must not read
+            // success; the per-event results say why.
+            if report.rejected > 0 && report.accepted == 0 && report.duplicates == 0 {
+                return (
+                    json_response(StatusCode::BAD_REQUEST, report.to_json()),
+                    "all_rejected",
+                );
+            }
             (
                 json_response(StatusCode::ACCEPTED, report.to_json()),
                 "accepted",

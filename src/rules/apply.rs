@@ -149,51 +149,64 @@ pub enum Condition {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct When {
     pub conditions: Vec<Condition>,
+    /// (line, column) in the rule file of each condition, for explanations.
+    pub places: Vec<(usize, usize)>,
 }
 
 impl When {
     pub fn check(&self, fields: &Map<String, Value>) -> Result<(), Skip> {
-        for c in &self.conditions {
-            match c {
-                Condition::OneOf { field, values } => {
-                    let got = crate::event::get_path(fields, field).and_then(scalar_string);
-                    let ok = got
-                        .as_deref()
-                        .is_some_and(|g| values.iter().any(|v| v == g));
-                    if ok {
-                        continue;
-                    }
-                    if field == "event_name" {
-                        if let Some(name) = got {
-                            return Err(Skip::EventName {
-                                name,
-                                expected: values.clone(),
-                            });
-                        }
-                    }
-                    return Err(Skip::FieldMismatch {
-                        field: field.clone(),
-                        expected: values.clone(),
-                        missing: crate::event::get_path(fields, field).is_none(),
-                    });
+        self.check_each(fields).map_err(|(_, skip)| skip)
+    }
+
+    /// Like `check`; a failure also says which condition (its index) failed.
+    pub fn check_each(&self, fields: &Map<String, Value>) -> Result<(), (usize, Skip)> {
+        for (i, c) in self.conditions.iter().enumerate() {
+            Self::holds(c, fields).map_err(|skip| (i, skip))?;
+        }
+        Ok(())
+    }
+
+    fn holds(c: &Condition, fields: &Map<String, Value>) -> Result<(), Skip> {
+        match c {
+            Condition::OneOf { field, values } => {
+                let got = crate::event::get_path(fields, field).and_then(scalar_string);
+                if got
+                    .as_deref()
+                    .is_some_and(|g| values.iter().any(|v| v == g))
+                {
+                    return Ok(());
                 }
-                Condition::Has(field) => {
-                    let present = match crate::event::get_path(fields, field) {
-                        None => false,
-                        Some(Value::String(s)) => !s.trim().is_empty(),
-                        Some(Value::Array(a)) => !a.is_empty(),
-                        Some(Value::Object(o)) => !o.is_empty(),
-                        Some(_) => true,
-                    };
-                    if !present {
-                        return Err(Skip::Missing {
-                            field: field.clone(),
+                if field == "event_name" {
+                    if let Some(name) = got {
+                        return Err(Skip::EventName {
+                            name,
+                            expected: values.clone(),
                         });
                     }
                 }
+                Err(Skip::FieldMismatch {
+                    field: field.clone(),
+                    expected: values.clone(),
+                    missing: crate::event::get_path(fields, field).is_none(),
+                })
+            }
+            Condition::Has(field) => {
+                let present = match crate::event::get_path(fields, field) {
+                    None => false,
+                    Some(Value::String(s)) => !s.trim().is_empty(),
+                    Some(Value::Array(a)) => !a.is_empty(),
+                    Some(Value::Object(o)) => !o.is_empty(),
+                    Some(_) => true,
+                };
+                if present {
+                    Ok(())
+                } else {
+                    Err(Skip::Missing {
+                        field: field.clone(),
+                    })
+                }
             }
         }
-        Ok(())
     }
 }
 
@@ -394,12 +407,20 @@ pub fn get_path_mut<'a>(fields: &'a mut Map<String, Value>, path: &str) -> Optio
     (!cur.is_null()).then_some(cur)
 }
 
+/// An object emptied this way is removed too, as `allow` leaves out empty objects: a
+/// partner never gets `"user": {}` after consent dropped the e-mail.
 pub fn remove_path(fields: &mut Map<String, Value>, path: &str) -> Option<Value> {
     match path.rsplit_once('.') {
         None => fields.shift_remove(path),
-        Some((parent, last)) => get_path_mut(fields, parent)?
-            .as_object_mut()?
-            .shift_remove(last),
+        Some((parent, last)) => {
+            let obj = get_path_mut(fields, parent)?.as_object_mut()?;
+            let removed = obj.shift_remove(last);
+            let emptied = removed.is_some() && obj.is_empty();
+            if emptied {
+                remove_path(fields, parent);
+            }
+            removed
+        }
     }
 }
 
@@ -426,6 +447,7 @@ mod tests {
                 },
                 Condition::Has("click_id".into()),
             ],
+            places: vec![(1, 1), (2, 1), (3, 1)],
         };
         let ok = obj(
             json!({"event_name": "purchase", "attribution": {"network": "example-aff"}, "click_id": "c"}),
@@ -460,6 +482,18 @@ mod tests {
                 field: "click_id".into()
             }
         );
+        let failed = when.check_each(&obj(json!({"event_name": "install"})));
+        assert_eq!(failed.map_err(|(i, _)| when.places[i]), Err((2, 1)));
+    }
+
+    #[test]
+    fn removing_the_last_field_of_an_object_removes_the_object() {
+        let mut f = obj(json!({"a": 1, "user": {"p": {"email": "x"}}}));
+        assert_eq!(remove_path(&mut f, "user.p.email"), Some(json!("x")));
+        assert_eq!(Value::Object(f), json!({"a": 1}));
+        let mut f = obj(json!({"user": {"email": "x", "ip": "y"}}));
+        remove_path(&mut f, "user.email");
+        assert_eq!(Value::Object(f), json!({"user": {"ip": "y"}}));
     }
 
     #[test]
@@ -469,6 +503,7 @@ mod tests {
                 field: "consent.gpc".into(),
                 values: vec!["false".into()],
             }],
+            places: vec![(1, 1)],
         };
         assert!(when.check(&obj(json!({"consent": {"gpc": false}}))).is_ok());
         assert!(when.check(&obj(json!({"consent": {"gpc": true}}))).is_err());

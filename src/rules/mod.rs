@@ -13,6 +13,7 @@
 //! The rule-file format is described for users in README-RULES.md.
 
 mod apply;
+mod explain;
 mod load;
 mod normalize;
 mod presets;
@@ -30,11 +31,12 @@ use crate::event::Event;
 use crate::outbound::{DeliverySettings, Method, OutboundRequest};
 
 pub use apply::Skip;
-pub use load::parse_rate;
+pub use explain::{Explanation, FieldFate, WhenFailed};
+pub use load::{compile_draft, parse_rate};
 pub use normalize::{hash_str, sha256_hex, truncate_ip, FieldKind, HashStyle};
 pub use presets::NAMES as PRESET_NAMES;
-pub use preview::preview;
-pub use reload::{spawn_watcher, RulesHandle};
+pub use preview::{masked, preview, preview_named};
+pub use reload::{log_broken, spawn_watcher, RulesHandle};
 pub use template::DERIVED as DERIVED_PLACEHOLDERS;
 
 use apply::{Privacy, Rename, When};
@@ -283,17 +285,93 @@ pub struct Routed {
     pub outcome: Result<OutboundRequest, Skip>,
 }
 
+/// What loading rules knows beyond the files: the config's `[rules] custom_fields`,
+/// event fields outside the schema that rule files may name without a warning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub custom_fields: Vec<String>,
+}
+
+/// A rule file with errors: its destination gets no new deliveries, and what is
+/// already queued for it waits (it is not dead-lettered) until the file is fixed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// The destination's name (the file name without `.toml`).
+    pub name: String,
+    pub file: PathBuf,
+    /// Every error of the file, located.
+    pub errors: Vec<Diagnostic>,
+}
+
 /// Every rule file of a directory, compiled. Immutable: share it as `Arc<RuleSet>`.
 #[derive(Debug, Default)]
 pub struct RuleSet {
     destinations: Vec<Arc<Destination>>,
     disabled: Vec<Arc<Destination>>,
+    broken: Vec<Broken>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl RuleSet {
-    /// Loads every `*.toml` in dir (sorted by name). All errors of all files in one pass.
+    /// Loads every `*.toml` in dir (sorted by name). All errors of all files in one
+    /// pass; any error fails the whole set (`check`, `serve --strict`).
     pub fn load_dir(dir: &Path, env: &dyn Env) -> Result<RuleSet, Vec<Diagnostic>> {
-        load::load_dir(dir, env)
+        RuleSet::load_dir_with(dir, env, &LoadOptions::default())
+    }
+
+    /// `load_dir` with the config's options (custom fields).
+    pub fn load_dir_with(
+        dir: &Path,
+        env: &dyn Env,
+        options: &LoadOptions,
+    ) -> Result<RuleSet, Vec<Diagnostic>> {
+        let set = load::load_dir(dir, env, options)?;
+        if set.broken.is_empty() {
+            Ok(set)
+        } else {
+            Err(set.errors())
+        }
+    }
+
+    /// Loads every valid file of `dir`; files with errors become `broken()` entries
+    /// instead of failing the set. `Err` only when the directory cannot be read.
+    pub fn load_dir_lenient(
+        dir: &Path,
+        env: &dyn Env,
+        options: &LoadOptions,
+    ) -> Result<RuleSet, Vec<Diagnostic>> {
+        load::load_dir(dir, env, options)
+    }
+
+    /// Rule files with errors, in name order.
+    pub fn broken(&self) -> &[Broken] {
+        &self.broken
+    }
+
+    /// Every error of every broken file.
+    pub fn errors(&self) -> Vec<Diagnostic> {
+        self.broken
+            .iter()
+            .flat_map(|b| b.errors.iter().cloned())
+            .collect()
+    }
+
+    /// What loads but is probably not meant (unknown fields, case slips), located.
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
+    }
+
+    /// Whether `name` has a rule file here: enabled, disabled or broken.
+    pub fn has_file(&self, name: &str) -> bool {
+        self.get(name).is_some()
+            || self.disabled.iter().any(|d| d.name == name)
+            || self.broken.iter().any(|b| b.name == name)
+    }
+
+    /// An enabled or disabled destination by name.
+    pub fn find(&self, name: &str) -> Option<&Arc<Destination>> {
+        self.get(name)
+            .or_else(|| self.disabled.iter().find(|d| d.name == name))
     }
 
     /// No destinations (before the first load, or in tests).

@@ -7,10 +7,38 @@
 use std::fmt::Write as _;
 
 use crate::event::Event;
+use crate::outbound::OutboundRequest;
 
 use super::{Destination, RuleSet};
 
 const MASK: &str = "***";
+
+/// `req` as a human may see it: every value the rule file took from the environment
+/// masked wherever it stands (URL, headers, body), header values other than Content-Type/Accept masked,
+/// and URL query values whose key looks secret masked.
+pub fn masked(d: &Destination, req: &OutboundRequest) -> OutboundRequest {
+    let mut out = req.clone();
+    d.delivery.credentials.redact(&mut out);
+    out.url = mask_url(&unmark(&out.url));
+    for (name, value) in &mut out.headers {
+        *value = mask_header(name, &unmark(value));
+    }
+    out.body = out.body.map(|b| d.delivery.credentials.mask_in(&b, MASK));
+    out
+}
+
+/// Replaces each credential marker (`\u{1}NAME\u{1}`) by the mask.
+fn unmark(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, part) in text.split('\u{1}').enumerate() {
+        if i % 2 == 0 {
+            out.push_str(part);
+        } else {
+            out.push_str(MASK);
+        }
+    }
+    out
+}
 
 /// For each enabled destination, in name order: the exact request (secrets masked,
 /// JSON bodies pretty-printed) or the reason the event is not sent there; then the
@@ -33,6 +61,19 @@ pub fn preview(rules: &RuleSet, event: &Event) -> String {
         out.push_str("no destinations: the rules directory has no rule files\n");
     }
     out
+}
+
+/// The preview of one destination (enabled or disabled) by name; `None` when no rule
+/// file has that name.
+pub fn preview_named(rules: &RuleSet, event: &Event, name: &str) -> Option<String> {
+    let mut out = String::new();
+    if let Some(d) = rules.destinations().iter().find(|d| d.name == name) {
+        preview_one(&mut out, d, event, false);
+    } else {
+        let d = rules.disabled().iter().find(|d| d.name == name)?;
+        preview_one(&mut out, d, event, true);
+    }
+    Some(out)
 }
 
 fn preview_one(out: &mut String, d: &Destination, event: &Event, disabled: bool) {
@@ -155,6 +196,15 @@ mod tests {
             "https://h/p?access_token=***&click=1&api_key=***&sig=***&x=#f"
         );
         assert_eq!(mask_url("https://h/p"), "https://h/p");
+    }
+
+    #[test]
+    fn credential_markers_become_masks() {
+        assert_eq!(
+            unmark("https://h/\u{1}PIXEL\u{1}/events"),
+            "https://h/***/events"
+        );
+        assert_eq!(unmark("plain"), "plain");
     }
 
     #[test]

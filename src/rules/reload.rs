@@ -1,9 +1,14 @@
-//! Hot reload: the rules in force, swapped whole, only for a set without errors.
+//! Hot reload: the rules in force, swapped whole, only for a set without new errors.
 //!
 //! Owns: `RulesHandle` (the shared current `RuleSet`, and `reload`) and the file
 //! watcher that calls it (debounced). SIGHUP and `POST /admin/reload` are wired by
 //! the caller to `RulesHandle::reload`. Never: logs event data (there is none here),
-//! and never leaves a half-applied change: on any error the old rules stay.
+//! and never leaves a half-applied change: on a new error the old rules stay.
+//!
+//! Lenient (the default for `serve`): a file that already had errors in the rules in
+//! force stays a `Broken` entry and does not block changes to the others; a file
+//! that was valid, or is new, and has errors refuses the change. Strict (`serve
+//! --strict`): any error refuses the change, and the first load.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -14,7 +19,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::diag::{Diagnostic, Env};
 
-use super::RuleSet;
+use super::{LoadOptions, RuleSet};
 
 /// Quiet time after the last change before reloading: editors write in several steps.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -28,6 +33,8 @@ pub struct RulesHandle {
 struct Inner {
     dir: PathBuf,
     env: Arc<dyn Env + Send + Sync>,
+    options: LoadOptions,
+    strict: bool,
     current: RwLock<Arc<RuleSet>>,
     /// One reload at a time, so a slow older load never overwrites a newer one.
     reloading: Mutex<()>,
@@ -42,30 +49,72 @@ impl std::fmt::Debug for RulesHandle {
 }
 
 impl RulesHandle {
-    /// Loads `dir` for the first time.
+    /// Loads `dir` for the first time, strictly: any error fails.
     pub fn load(
         dir: impl Into<PathBuf>,
         env: Arc<dyn Env + Send + Sync>,
     ) -> Result<RulesHandle, Vec<Diagnostic>> {
-        let dir = dir.into();
-        let rules = RuleSet::load_dir(&dir, env.as_ref())?;
-        Ok(RulesHandle::new(dir, env, rules))
+        RulesHandle::open(dir, env, LoadOptions::default(), true)
     }
 
-    /// A handle starting with `rules` already loaded from `dir`.
+    /// Loads `dir` for the first time. Strict: any error fails. Lenient: files with
+    /// errors become `Broken` entries; `Err` only when `dir` cannot be read.
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        env: Arc<dyn Env + Send + Sync>,
+        options: LoadOptions,
+        strict: bool,
+    ) -> Result<RulesHandle, Vec<Diagnostic>> {
+        let dir = dir.into();
+        let rules = if strict {
+            RuleSet::load_dir_with(&dir, env.as_ref(), &options)?
+        } else {
+            RuleSet::load_dir_lenient(&dir, env.as_ref(), &options)?
+        };
+        Ok(RulesHandle::with_options(dir, env, rules, options, strict))
+    }
+
+    /// A handle starting with `rules` already loaded from `dir` (strict reloads).
     pub fn new(
         dir: impl Into<PathBuf>,
         env: Arc<dyn Env + Send + Sync>,
         rules: RuleSet,
     ) -> RulesHandle {
+        RulesHandle::with_options(dir, env, rules, LoadOptions::default(), true)
+    }
+
+    fn with_options(
+        dir: impl Into<PathBuf>,
+        env: Arc<dyn Env + Send + Sync>,
+        rules: RuleSet,
+        options: LoadOptions,
+        strict: bool,
+    ) -> RulesHandle {
         RulesHandle {
             inner: Arc::new(Inner {
                 dir: dir.into(),
                 env,
+                options,
+                strict,
                 current: RwLock::new(Arc::new(rules)),
                 reloading: Mutex::new(()),
             }),
         }
+    }
+
+    /// The environment rule files are read with (`[rules] allow_env` applied).
+    pub fn env(&self) -> &(dyn Env + Send + Sync) {
+        self.inner.env.as_ref()
+    }
+
+    pub fn options(&self) -> &LoadOptions {
+        &self.inner.options
+    }
+
+    /// The rule files as they are on disk now, read leniently, without touching the
+    /// rules in force (what the preview page shows as the current errors).
+    pub fn read_disk(&self) -> Result<RuleSet, Vec<Diagnostic>> {
+        RuleSet::load_dir_lenient(&self.inner.dir, self.env(), &self.inner.options)
     }
 
     pub fn dir(&self) -> &Path {
@@ -82,15 +131,24 @@ impl RulesHandle {
         Arc::clone(&guard)
     }
 
-    /// Re-loads the directory; swaps the rules atomically only when every file is
-    /// valid. On error the rules in force stay and every diagnostic is returned.
+    /// Re-loads the directory; swaps the rules atomically unless a file has errors
+    /// that the rules in force did not already have (strict: unless any file has
+    /// errors). Refused, the rules in force stay and every diagnostic is returned.
     pub fn reload(&self) -> Result<(), Vec<Diagnostic>> {
         let _one_at_a_time = self
             .inner
             .reloading
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let rules = RuleSet::load_dir(&self.inner.dir, self.inner.env.as_ref())?;
+        let rules = self.read_disk()?;
+        let before = self.current();
+        let newly_broken = rules
+            .broken()
+            .iter()
+            .any(|b| self.inner.strict || !before.broken().iter().any(|o| o.name == b.name));
+        if newly_broken {
+            return Err(rules.errors());
+        }
         let mut current = self
             .inner
             .current
@@ -110,8 +168,10 @@ impl RulesHandle {
                     dir = %self.inner.dir.display(),
                     destinations = rules.destinations().len(),
                     disabled = rules.disabled().len(),
+                    broken = rules.broken().len(),
                     "rules reloaded"
                 );
+                log_broken(&rules);
             }
             Err(errors) => {
                 for d in errors {
@@ -130,6 +190,24 @@ impl RulesHandle {
             }
         }
         result
+    }
+}
+
+/// Logs each file with errors (every error located) and each warning: the relay
+/// runs without those destinations until their files are fixed.
+pub fn log_broken(rules: &RuleSet) {
+    for b in rules.broken() {
+        for d in &b.errors {
+            tracing::error!(file = %d.file.display(), line = d.line, col = d.col, "{d}");
+        }
+        tracing::error!(
+            destination = %b.name,
+            errors = b.errors.len(),
+            "rule file has errors: this destination gets no new deliveries and its queue waits until the file is fixed"
+        );
+    }
+    for w in rules.warnings() {
+        tracing::warn!(file = %w.file.display(), line = w.line, col = w.col, "{w}");
     }
 }
 
@@ -231,6 +309,40 @@ mod tests {
             .map(|d| d.name.clone())
             .collect();
         assert_eq!(names, ["aff", "b"]);
+    }
+
+    #[test]
+    fn lenient_a_broken_file_does_not_block_the_others_and_a_new_error_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("aff.toml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("bad.toml"), GOOD.replace("method", "methd")).unwrap();
+        assert!(RulesHandle::open(dir.path(), env(), LoadOptions::default(), true).is_err());
+        let handle = RulesHandle::open(dir.path(), env(), LoadOptions::default(), false).unwrap();
+        let rules = handle.current();
+        assert_eq!(rules.destinations().len(), 1);
+        assert_eq!(rules.broken()[0].name, "bad");
+        assert!(rules.has_file("bad"));
+        assert!(rules.broken()[0].errors[0]
+            .to_string()
+            .contains("bad.toml:3:1: unknown key `methd`"));
+
+        // The broken file stays broken: a change to another file still applies.
+        std::fs::write(dir.path().join("b.toml"), GOOD).unwrap();
+        handle.reload().unwrap();
+        assert_eq!(handle.current().destinations().len(), 2);
+
+        // A file that was valid breaks: refused whole.
+        let before = handle.current();
+        std::fs::write(dir.path().join("b.toml"), "nonsense").unwrap();
+        assert!(handle.reload().is_err());
+        assert!(Arc::ptr_eq(&before, &handle.current()));
+
+        // Both fixed: everything in force.
+        std::fs::write(dir.path().join("b.toml"), GOOD).unwrap();
+        std::fs::write(dir.path().join("bad.toml"), GOOD).unwrap();
+        handle.reload().unwrap();
+        assert_eq!(handle.current().destinations().len(), 3);
+        assert!(handle.current().broken().is_empty());
     }
 
     #[test]

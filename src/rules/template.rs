@@ -463,6 +463,10 @@ pub fn check_url(text: &str, t: &Template) -> Result<(), TemplateError> {
     let mut pos = 0;
     for s in &t.segments {
         if let Segment::Lit(l) = s {
+            if let Some(i) = l.find('<') {
+                let at = text.find(l.as_str()).map_or(pos, |p| p + i);
+                return err(at, angle_hint(&l[i..]));
+            }
             if let Some(i) = l.find(|c: char| c.is_whitespace() || c.is_control()) {
                 let at = text.find(l.as_str()).map_or(pos, |p| p + i);
                 return err(
@@ -474,6 +478,31 @@ pub fn check_url(text: &str, t: &Template) -> Result<(), TemplateError> {
         }
     }
     Ok(())
+}
+
+/// `<click id>` in a URL is how partners' documentation marks what to fill in; sent
+/// as it is, the partner gets the text itself. Point at the relay's placeholders.
+fn angle_hint(from: &str) -> String {
+    match from.find('>') {
+        Some(end) => {
+            let inner = &from[1..end];
+            let guess: String = inner
+                .trim()
+                .chars()
+                .map(|c| {
+                    if c.is_whitespace() || c == '-' {
+                        '_'
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                })
+                .collect();
+            format!(
+                "`<{inner}>` in `url` looks like a placeholder from the partner's documentation, but the relay would send it as text; write the event field in braces instead, like {{{guess}}} (see Placeholders in README-RULES.md)"
+            )
+        }
+        None => "`url` contains `<`, which is not allowed in a URL; write it as %3C".into(),
+    }
 }
 
 /// The host as written must be the host the sender connects to: the URL is parsed

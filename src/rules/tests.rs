@@ -671,3 +671,50 @@ mod leaks {
         }
     }
 }
+
+#[test]
+fn masked_hides_every_environment_value_in_url_headers_and_body() {
+    let env: HashMap<String, String> = [
+        (
+            "PARTNER_TOKEN".to_string(),
+            "s3cr3t-token-value".to_string(),
+        ),
+        ("PIXEL".to_string(), "123456789012".to_string()),
+    ]
+    .into();
+    let text = "[destination]\nurl = \"https://p.example/${PIXEL}/e?c={click_id}\"\nheaders = { X-Key = \"${PARTNER_TOKEN}\" }\n[privacy]\nallow = [\"click_id\"]\n[body]\nkey = \"${PARTNER_TOKEN}\"\nc = \"{click_id}\"\n";
+    let (d, _) = load::load_text(Path::new("rules/p.toml"), text.into(), &env).unwrap();
+    let r = d.render(&typical("x")).unwrap();
+    let m = masked(&d, &r);
+    assert_eq!(m.url, "https://p.example/***/e?c=clk_9f2c");
+    assert_eq!(m.body.as_deref(), Some(r#"{"key":"***","c":"clk_9f2c"}"#));
+    assert!(m
+        .headers
+        .contains(&("X-Key".to_string(), "***".to_string())));
+}
+
+#[test]
+fn explain_names_the_failed_when_line_and_each_fields_fate() {
+    let d = rule(
+        "crm",
+        "[destination]\nurl = \"https://a.example/\"\n[when]\nevent_name = [\"purchase\"]\n\"attribution.network\" = \"crm\"\n[privacy]\nallow = [\"click_id\", \"user.email\", \"user.ip\"]\nhash = [\"user.email\"]\ntruncate_ip = [\"user.ip\"]\n[privacy.consent]\nrequire = \"consent.ad_user_data\"\ndrop = [\"user.ip\"]\n",
+    );
+    let e = d.explain(&typical("other"));
+    let failed = e.when_failed.expect("the network does not match");
+    assert_eq!((failed.line, failed.col), (5, 1));
+    assert_eq!(
+        failed.reason,
+        "attribution.network is not \"crm\" as [when] requires"
+    );
+    let mut ev = typical("crm");
+    ev.fields["consent"]["ad_user_data"] = json!(false);
+    let e = d.explain(&ev);
+    assert!(e.when_failed.is_none());
+    assert_eq!(e.consent, Some(("consent.ad_user_data".to_string(), false)));
+    let fate = |p: &str| e.fields.iter().find(|(f, _)| f == p).map(|(_, x)| *x);
+    assert_eq!(fate("click_id"), Some(FieldFate::Allowed));
+    assert_eq!(fate("user.email"), Some(FieldFate::Hashed));
+    assert_eq!(fate("user.ip"), Some(FieldFate::DroppedForConsent));
+    assert_eq!(fate("user.phone"), Some(FieldFate::NotAllowed));
+    assert!(e.outcome.is_ok());
+}

@@ -150,7 +150,7 @@ fn hash_and_truncate_ip_must_be_allowed() {
     one_error(
         &get_rule("", "hash = [\"user.email\"]\n"),
         "6:9",
-        "\"user.email\" is in `hash` but not in `allow`, so it is never sent; add \"user.email\" to `allow` in [privacy]",
+        "\"user.email\" is in `hash` but not in `allow`, so it is never sent; remove it from `hash`, or, to send it hashed, add \"user.email\" to `allow` as well",
     );
     one_error(
         &get_rule("", "truncate_ip = [\"click_id\", \"user.ip\"]\n"),
@@ -519,5 +519,111 @@ fn fields_under_hashed_names_must_be_hashed() {
         &format!("{base}[body]\nids = [{{ hashedEmail = \"{{user.email}}\" }}]\n"),
         "7:24",
         "`hashedEmail` is sent as a hash, but `user.email` is not in `hash`",
+    );
+}
+
+/// Errors and warnings of one file, as printed, with `custom` declared.
+fn report(text: &str, custom: &[&str]) -> (Vec<String>, Vec<String>) {
+    let options = LoadOptions {
+        custom_fields: custom.iter().map(|c| c.to_string()).collect(),
+    };
+    let env: HashMap<String, String> = HashMap::new();
+    let out = load_file(Path::new("rules/x.toml"), text.to_string(), &env, &options);
+    let errors = match out.result {
+        Ok(_) => Vec::new(),
+        Err(e) => e.iter().map(|d| d.to_string()).collect(),
+    };
+    (errors, out.warnings.iter().map(|d| d.to_string()).collect())
+}
+
+#[test]
+fn when_typos_load_but_warn_with_what_was_meant() {
+    let (errs, warns) = report(
+        &get_rule(
+            "",
+            "[when]\nevent_nme = [\"purchase\"]\nnetwork = \"acme\"\nevent_name = [\"Purchase\"]\n",
+        ),
+        &[],
+    );
+    assert_eq!(errs, Vec::<String>::new());
+    assert_eq!(
+        warns,
+        [
+            "rules/x.toml:7:1: `event_nme` in [when] is not a field of the event (docs/event.schema.json), so no event matches this rule; did you mean `event_name`? if your events do carry it, add \"event_nme\" to [rules] custom_fields in the config",
+            "rules/x.toml:8:1: `network` in [when] is not a field of the event (docs/event.schema.json), so no event matches this rule; did you mean `attribution.network`? if your events do carry it, add \"network\" to [rules] custom_fields in the config",
+            "rules/x.toml:9:15: \"Purchase\" differs from the usual event_name \"purchase\" only by case, and [when] compares exactly: events with event_name \"purchase\" do not match; write \"purchase\" if that is what your app sends",
+        ]
+    );
+    // Declared custom fields are known.
+    let (_, warns) = report(
+        &get_rule("", "[when]\n\"properties.tier\" = \"gold\"\n"),
+        &["properties.tier"],
+    );
+    assert_eq!(warns, Vec::<String>::new());
+}
+
+#[test]
+fn a_misspelt_placeholder_is_matched_against_known_fields_first() {
+    let text = "[destination]\nurl = \"https://a.example/p?cid={clickid}\"\nmethod = \"GET\"\n[privacy]\nallow = [\"click_id\"]\n";
+    let (errs, _) = report(text, &[]);
+    assert_eq!(
+        errs,
+        ["rules/x.toml:2:32: `{clickid}` names no field of the event; did you mean `{click_id}`?"]
+    );
+    // Allowing the typo makes it load, with warnings at both places.
+    let (errs, warns) = report(&text.replace("[\"click_id\"]", "[\"clickid\"]"), &[]);
+    assert_eq!(errs, Vec::<String>::new());
+    assert_eq!(
+        warns,
+        [
+            "rules/x.toml:2:32: `{clickid}` is not a field of the event (docs/event.schema.json), so it renders empty unless your events carry it; did you mean `{click_id}`?",
+            "rules/x.toml:5:10: `clickid` in `privacy.allow` is not a field of the event (docs/event.schema.json); did you mean `click_id`? if your events do carry it, add \"clickid\" to [rules] custom_fields in the config",
+        ]
+    );
+}
+
+#[test]
+fn a_partner_doc_placeholder_in_the_url_gets_the_brace_syntax() {
+    one_error(
+        &format!("[destination]\nurl = \"https://a.example/p?cid=<click id>\"\nmethod = \"GET\"\n{ALLOW}"),
+        "2:32",
+        "`<click id>` in `url` looks like a placeholder from the partner's documentation, but the relay would send it as text; write the event field in braces instead, like {click_id} (see Placeholders in README-RULES.md)",
+    );
+}
+
+#[test]
+fn a_misspelt_allow_is_the_one_error_reported_first() {
+    let text = "[destination]\nurl = \"https://a.example/p?c={click_id}&e={event_name}&v={properties.value}\"\nmethod = \"GET\"\n[privacy]\nalow = [\"click_id\", \"event_name\", \"properties.value\"]\nhash = [\"click_id\"]\n";
+    let (errs, _) = report(text, &[]);
+    assert_eq!(
+        errs,
+        ["rules/x.toml:5:1: unknown key `alow` in [privacy]; did you mean `allow`? allowed keys: allow, consent, hash, truncate_ip"]
+    );
+}
+
+#[test]
+fn causes_come_before_what_they_cause() {
+    // An unknown key further down is listed before an error above it.
+    let text = format!(
+        "[destination]\nurl = \"https://a.example/p?c={{click_id}}&m={{user.email}}\"\nmethod = \"GET\"\n{ALLOW}hsah = []\n"
+    );
+    let (errs, _) = report(&text, &[]);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("rules/x.toml:6:1: unknown key `hsah`"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].starts_with("rules/x.toml:2:43: `{user.email}`"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn a_duplicate_key_names_the_key_and_its_first_place() {
+    one_error(
+        &format!("{GET}[privacy]\nallow = [\"click_id\"]\nallow = [\"event_name\"]\n"),
+        "6:1",
+        "duplicate key `allow` in [privacy]: it is already written at line 5, column 1; keep one of the two",
     );
 }

@@ -30,19 +30,24 @@ const VERSION_MARKER: &str = "version";
 /// Block cache. Small on purpose: queued deliveries are read once, in order.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// The journal is replayed at start after a crash: its size bounds recovery time.
+/// 64 MiB is the engine's smallest hard cap; `bound_journal` keeps it far lower.
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
-const QUEUE_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+const JOURNAL_SOFT_BYTES: u64 = 12 * 1024 * 1024;
+const QUEUE_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+const DEDUPE_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 const SMALL_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The open database and its keyspaces.
 pub struct Engine {
     pub db: Database,
-    pub queue: Keyspace,
+    /// One keyspace per destination (`queue_N`), keyed by sequence alone: appends
+    /// only ever land at its end, so flushed tables never overlap and compaction
+    /// moves them instead of rewriting them.
+    queues: std::sync::RwLock<HashMap<DestId, Keyspace>>,
     pub retry: Keyspace,
     pub dead: Keyspace,
     pub done: Keyspace,
     pub dedupe: Keyspace,
-    pub dedupe_exp: Keyspace,
     pub meta: Keyspace,
 }
 
@@ -170,18 +175,76 @@ impl Engine {
             .max_journaling_size(MAX_JOURNAL_BYTES)
             .worker_threads(1)
             .open()?;
-        let big = || KeyspaceCreateOptions::default().max_memtable_size(QUEUE_MEMTABLE_BYTES);
+        let big = || KeyspaceCreateOptions::default().max_memtable_size(DEDUPE_MEMTABLE_BYTES);
         let small = || KeyspaceCreateOptions::default().max_memtable_size(SMALL_MEMTABLE_BYTES);
         Ok(Engine {
-            queue: db.keyspace(layout::QUEUE, big)?,
+            queues: std::sync::RwLock::new(HashMap::new()),
             retry: db.keyspace(layout::RETRY, small)?,
             dead: db.keyspace(layout::DEAD, small)?,
             done: db.keyspace(layout::DONE, small)?,
             dedupe: db.keyspace(layout::DEDUPE, big)?,
-            dedupe_exp: db.keyspace(layout::DEDUPE_EXP, small)?,
             meta: db.keyspace(layout::META, small)?,
             db,
         })
+    }
+
+    /// Every keyspace, the queues included.
+    pub fn keyspaces(&self) -> Vec<Keyspace> {
+        let mut all = vec![
+            self.retry.clone(),
+            self.dead.clone(),
+            self.done.clone(),
+            self.dedupe.clone(),
+            self.meta.clone(),
+        ];
+        all.extend(
+            self.queues
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned(),
+        );
+        all
+    }
+
+    /// Seals the memtables once the journal passes `JOURNAL_SOFT_BYTES`, so the
+    /// journal (replayed at start after a crash) stays short: a keyspace written
+    /// rarely (counters) would otherwise pin every journal up to the hard cap.
+    pub fn bound_journal(&self) {
+        if self.db.journal_disk_space().unwrap_or(0) < JOURNAL_SOFT_BYTES {
+            return;
+        }
+        for k in self.keyspaces() {
+            let _ = k.rotate_memtable();
+        }
+    }
+
+    /// Clean close: write every memtable out, so the next start replays nothing.
+    pub fn flush_all(&self) {
+        for k in self.keyspaces() {
+            let _ = k.rotate_memtable_and_wait();
+        }
+    }
+
+    /// The fresh queue of one destination, opened (or created) on first use.
+    pub fn queue(&self, dest: DestId) -> fjall::Result<Keyspace> {
+        if let Some(k) = self
+            .queues
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&dest)
+        {
+            return Ok(k.clone());
+        }
+        let mut queues = self.queues.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = queues.get(&dest) {
+            return Ok(k.clone());
+        }
+        let k = self.db.keyspace(&format!("{}_{dest}", layout::QUEUE), || {
+            KeyspaceCreateOptions::default().max_memtable_size(QUEUE_MEMTABLE_BYTES)
+        })?;
+        queues.insert(dest, k.clone());
+        Ok(k)
     }
 
     /// Reads the destination table, the counters and the sequence high-water mark, and

@@ -3,12 +3,11 @@
 //!
 //! | keyspace | key | value |
 //! |---|---|---|
-//! | `queue` | dest (2) + seq (8) | [`Record`]: fresh deliveries, FIFO by append sequence |
+//! | `queue_N` (one per destination N) | seq (8) | [`Record`]: fresh deliveries, FIFO by append sequence |
 //! | `retry` | dest (2) + due ms (8) + seq (8) | [`Record`]: deliveries waiting on a retry or replayed |
 //! | `dead` | dest (2) + seq (8) | [`Record`] with `dead_at` |
 //! | `done` | delivery ID (16) | [`Done`]: delivered, remembered for the DLQ retention |
-//! | `dedupe` | keyed hash (16) | expiry, Unix s (8) |
-//! | `dedupe_exp` | expiry s (8) + keyed hash (16) | empty: purge by range |
+//! | `dedupe` | keyed hash (16) | expiry, Unix s (8); purged by a resumable scan |
 //! | `meta` | `dest/NAME`, `seq`, `count/` + dest (2), `format` | ids, counters |
 //!
 //! All integers are big-endian so that byte order is numeric order. A destination is
@@ -28,7 +27,6 @@ pub const RETRY: &str = "retry";
 pub const DEAD: &str = "dead";
 pub const DONE: &str = "done";
 pub const DEDUPE: &str = "dedupe";
-pub const DEDUPE_EXP: &str = "dedupe_exp";
 pub const META: &str = "meta";
 
 /// The on-disk format this code writes and reads (`meta/format`).
@@ -82,6 +80,16 @@ impl IdParts {
     }
 }
 
+/// Key in a destination's own queue keyspace.
+pub fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+pub fn parse_seq_key(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.get(..8)?.try_into().ok()?))
+}
+
+/// Key of a dead letter: destination, then sequence.
 pub fn queue_key(dest: DestId, seq: u64) -> [u8; 10] {
     let mut k = [0u8; 10];
     k[..2].copy_from_slice(&dest.to_be_bytes());
@@ -117,13 +125,6 @@ pub fn parse_retry_key(k: &[u8]) -> Option<(DestId, i64, u64)> {
     let due = u64::from_be_bytes(k.get(2..10)?.try_into().ok()?);
     let seq = u64::from_be_bytes(k.get(10..18)?.try_into().ok()?);
     Some((dest, from_due_bits(due), seq))
-}
-
-pub fn dedupe_exp_key(expiry_s: u64, hash: &[u8; 16]) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&expiry_s.to_be_bytes());
-    k[8..].copy_from_slice(hash);
-    k
 }
 
 pub fn dest_meta_key(name: &str) -> Vec<u8> {

@@ -11,6 +11,10 @@ use super::engine::Engine;
 use super::layout::{self, DestId, Done, IdParts, Record};
 use super::writer::{Group, Writer};
 use super::{Loc, CHUNK};
+
+/// Dedupe marks looked at per purge (every minute): a full pass over ten million
+/// marks takes a few hours, during which expired marks only take disk space.
+const DEDUPE_SCAN: usize = 50_000;
 use crate::store::{
     AcceptOutcome, Delivery, EventToAccept, ReplaySelector, StoreError, StoreResult,
 };
@@ -155,13 +159,7 @@ impl Writer {
                 continue;
             }
             g.marked.insert(key);
-            let b = Self::batch(g)?;
-            b.insert(&e.dedupe, key, expiry);
-            b.insert(
-                &e.dedupe_exp,
-                layout::dedupe_exp_key(u64::from_be_bytes(expiry), &key),
-                [],
-            );
+            Self::batch(g)?.insert(&e.dedupe, key, expiry);
             let mut ids = Vec::with_capacity(ev.deliveries.len());
             for d in &ev.deliveries {
                 let dest = self.dest_id(e, g, &d.destination)?;
@@ -178,7 +176,8 @@ impl Writer {
                     request: d.request.clone(),
                 };
                 let value = layout::encode(&record)?;
-                Self::batch(g)?.insert(&e.queue, layout::queue_key(dest, seq), value);
+                let queue = e.queue(dest).map_err(fatal)?;
+                Self::batch(g)?.insert(&queue, layout::seq_key(seq), value);
                 g.count(dest, 1, 0);
                 let parts = IdParts {
                     created_ms: u64::try_from(now_ms.max(0)).unwrap_or(0),
@@ -215,9 +214,10 @@ impl Writer {
         let Some(loc) = self.locate(e, parts.dest, parts.seq)? else {
             return Ok(None);
         };
+        let queue = e.queue(parts.dest).map_err(fatal)?;
         let b = Self::batch(g)?;
         match loc {
-            Loc::Fresh => b.remove(&e.queue, layout::queue_key(parts.dest, parts.seq)),
+            Loc::Fresh => b.remove(&queue, layout::seq_key(parts.seq)),
             Loc::Retry { due_ms } => {
                 b.remove(&e.retry, layout::retry_key(parts.dest, due_ms, parts.seq))
             }
@@ -359,8 +359,14 @@ impl Writer {
             .map(|c| c.claimed.keys().copied().collect())
             .unwrap_or_default();
         let mut moved = 0;
-        for (ks, is_retry) in [(&e.queue, false), (&e.retry, true)] {
-            for item in ks.prefix(dest.to_be_bytes()) {
+        let queue = e.queue(dest).map_err(fatal)?;
+        for (ks, is_retry) in [(&queue, false), (&e.retry, true)] {
+            let items = if is_retry {
+                ks.prefix(dest.to_be_bytes())
+            } else {
+                ks.iter()
+            };
+            for item in items {
                 if moved >= CHUNK {
                     return Ok(moved);
                 }
@@ -368,7 +374,7 @@ impl Writer {
                 let seq = if is_retry {
                     layout::parse_retry_key(&k).map(|(_, _, s)| s)
                 } else {
-                    layout::parse_queue_key(&k).map(|(_, s)| s)
+                    layout::parse_seq_key(&k)
                 };
                 let Some(seq) = seq else { continue };
                 if claimed.contains(&seq) || !g.touched.insert((dest, seq)) {
@@ -389,28 +395,37 @@ impl Writer {
         Ok(moved)
     }
 
-    /// Up to `CHUNK` expired dedupe marks, and dead letters and receipts past the
-    /// retention. Returns (marks, dead letters) removed.
+    /// Expired dedupe marks found by scanning the next `DEDUPE_SCAN` marks from where
+    /// the last purge stopped (marks carry their expiry, so no index is written per
+    /// event; an expired mark that waits for the scan is ignored by lookups), and up
+    /// to `CHUNK` dead letters and receipts past the retention. Returns (marks, dead
+    /// letters) removed.
     fn purge(&mut self, e: &Engine, g: &mut Group, now_ms: i64) -> Result<(usize, usize), Fatal> {
         let now_s = u64::try_from(now_ms.max(0)).unwrap_or(0) / 1000;
         let mut keys = 0;
-        let end = layout::dedupe_exp_key(now_s, &[0xff; 16]);
-        for item in e.dedupe_exp.range(..=end.as_slice()) {
-            if keys >= CHUNK {
+        let mut scanned = 0;
+        let from = self.dedupe_cursor.take();
+        let range = match &from {
+            Some(after) => e.dedupe.range::<&[u8], _>((
+                std::ops::Bound::Excluded(after.as_slice()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => e.dedupe.iter(),
+        };
+        for item in range {
+            if scanned >= DEDUPE_SCAN {
                 break;
             }
-            let k = item.key().map_err(fatal)?;
-            let (Some(expiry), Some(hash)) = (layout::u64_value(&k), k.get(8..24)) else {
-                continue;
-            };
-            // A key re-marked later carries a later expiry: keep it.
-            let current = e.dedupe.get(hash).map_err(fatal)?;
-            let b = Self::batch(g)?;
-            if current.as_deref().and_then(layout::u64_value) == Some(expiry) {
-                b.remove(&e.dedupe, hash);
+            scanned += 1;
+            let (k, v) = item.into_inner().map_err(fatal)?;
+            if layout::u64_value(&v).is_none_or(|expiry| expiry <= now_s) {
+                Self::batch(g)?.remove(&e.dedupe, k.clone());
+                keys += 1;
             }
-            b.remove(&e.dedupe_exp, k);
-            keys += 1;
+            self.dedupe_cursor = Some(k.to_vec());
+        }
+        if scanned < DEDUPE_SCAN {
+            self.dedupe_cursor = None; // reached the end: the next purge starts over
         }
         let cutoff = now_ms.saturating_sub(self.retention_ms);
         let mut dead = 0;

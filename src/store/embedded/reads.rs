@@ -50,14 +50,13 @@ pub fn claim_due(
         claims.claimed.insert(seq, Loc::Retry { due_ms });
     }
     let start = claims.cursor.map_or(0, |c| c.saturating_add(1));
-    let from = layout::queue_key(dest, start);
-    let to = layout::queue_key(dest, u64::MAX);
-    for item in e.queue.range(from.as_slice()..=to.as_slice()) {
+    let queue = e.queue(dest).map_err(err)?;
+    for item in queue.range(layout::seq_key(start)..) {
         if out.len() >= limit {
             break;
         }
         let (k, v) = item.into_inner().map_err(err)?;
-        let Some((_, seq)) = layout::parse_queue_key(&k) else {
+        let Some(seq) = layout::parse_seq_key(&k) else {
             continue;
         };
         if claims.claimed.contains_key(&seq) {
@@ -105,11 +104,10 @@ pub fn next_due(s: &Shared, destination: &str) -> StoreResult<Option<i64>> {
         }
     }
     let start = claims.cursor.map_or(0, |c| c.saturating_add(1));
-    let from = layout::queue_key(dest, start);
-    let to = layout::queue_key(dest, u64::MAX);
-    for item in e.queue.range(from.as_slice()..=to.as_slice()) {
+    let queue = e.queue(dest).map_err(err)?;
+    for item in queue.range(layout::seq_key(start)..) {
         let (k, v) = item.into_inner().map_err(err)?;
-        let Some((_, seq)) = layout::parse_queue_key(&k) else {
+        let Some(seq) = layout::parse_seq_key(&k) else {
             continue;
         };
         if claims.claimed.contains_key(&seq) {
@@ -179,7 +177,12 @@ pub fn lookup(s: &Shared, id: &str) -> StoreResult<Option<DeliveryStatus>> {
     let e = s.engine()?;
     let name = s.dest_name(p.dest);
     let key = layout::queue_key(p.dest, p.seq);
-    if let Some(v) = e.queue.get(key).map_err(err)? {
+    if let Some(v) = e
+        .queue(p.dest)
+        .map_err(err)?
+        .get(layout::seq_key(p.seq))
+        .map_err(err)?
+    {
         let r: Record = layout::decode("delivery", &v).map_err(corrupt)?;
         return Ok(Some(r.status(id.to_owned(), name, "queued")));
     }

@@ -405,3 +405,51 @@ async fn dead_letters_survive_a_restart() {
     assert_eq!(s.dlq_list(None, 10).await.expect("list").len(), 1);
     assert_eq!(s.dlq_list(Some("a"), 10).await.expect("list").len(), 1);
 }
+
+/// Measures how long opening a store with a large backlog takes (the relay is ready
+/// once its store is open): run with
+/// `cargo test --release --lib open_time_with_a_backlog -- --ignored --nocapture`
+/// (`BACKLOG` deliveries, default 1,000,000, 3 destinations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn open_time_with_a_backlog() {
+    let n: u64 = std::env::var("BACKLOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let started = std::time::Instant::now();
+    {
+        let s = EmbeddedStore::open(EmbeddedOptions {
+            max_queued: u64::MAX,
+            ..options(dir.path())
+        })
+        .expect("open");
+        let mut k = 0u64;
+        while k * 3 < n {
+            let events = (0..100)
+                .map(|i| event(key(k + i), &["a", "b", "c"]))
+                .collect();
+            s.accept(events, NOW).await.expect("accept");
+            k += 100;
+        }
+    }
+    println!("filled {n} deliveries in {:?}", started.elapsed());
+    for round in 0..3 {
+        let t = std::time::Instant::now();
+        let e = super::engine::Engine::open(dir.path()).expect("engine");
+        let engine_open = t.elapsed();
+        let loaded = e.load(&dir.path().join("store")).map(|l| l.dests.len());
+        println!(
+            "engine open {engine_open:?}, load {:?} ({loaded:?})",
+            t.elapsed()
+        );
+        drop(e);
+        let t = std::time::Instant::now();
+        let s = open(dir.path());
+        let opened = t.elapsed();
+        let counts = counts_of(&s).await;
+        println!("round {round}: open {opened:?} ({counts:?})");
+        drop(s);
+    }
+}

@@ -32,6 +32,8 @@ const REOPEN_FIRST: Duration = Duration::from_millis(100);
 const REOPEN_MAX: Duration = Duration::from_secs(5);
 /// While broken and idle, how often the writer wakes to try the reopen.
 const BROKEN_POLL: Duration = Duration::from_millis(50);
+/// How often the journal's size is looked at.
+const JOURNAL_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 pub struct Pending {
     pub op: Op,
@@ -51,6 +53,9 @@ pub struct Writer {
     pub(super) seq_reserved: u64,
     pub(super) queued_total: u64,
     pub(super) disk: Option<(Instant, u64)>,
+    /// Where the next purge's scan of dedupe marks starts (after this key).
+    pub(super) dedupe_cursor: Option<Vec<u8>>,
+    last_journal_check: Instant,
     reopen_at: Instant,
     reopen_wait: Duration,
 }
@@ -100,6 +105,8 @@ impl Writer {
             seq_reserved: 0,
             queued_total: 0,
             disk: None,
+            dedupe_cursor: None,
+            last_journal_check: Instant::now(),
             reopen_at: Instant::now(),
             reopen_wait: REOPEN_FIRST,
         };
@@ -146,8 +153,11 @@ impl Writer {
             }
             self.run_group(std::mem::take(&mut group));
         }
-        // Closing: release the database before the store's owner returns.
-        self.engine = None;
+        // Closing: write the memtables out (a clean start then replays nothing) and
+        // release the database before the store's owner returns.
+        if let Some(engine) = self.engine.take() {
+            engine.flush_all();
+        }
         *self
             .shared
             .engine
@@ -181,6 +191,10 @@ impl Writer {
         }
         if let Some(o) = self.shared.observer.get() {
             o.committed(pending.len(), started.elapsed());
+        }
+        if self.last_journal_check.elapsed() >= JOURNAL_CHECK_EVERY {
+            self.last_journal_check = Instant::now();
+            engine.bound_journal();
         }
         self.after_commit(g);
         for (p, r) in pending.into_iter().zip(results) {
@@ -385,8 +399,8 @@ impl Writer {
             return Ok(Some(loc));
         }
         if engine
-            .queue
-            .contains_key(layout::queue_key(dest, seq))
+            .queue(dest)
+            .and_then(|q| q.contains_key(layout::seq_key(seq)))
             .map_err(|e| e.to_string())?
         {
             return Ok(Some(Loc::Fresh));

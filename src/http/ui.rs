@@ -1,0 +1,390 @@
+//! `GET /ui`: the preview page, for marketers without a terminal. Behind the admin
+//! token: a login form sets an HttpOnly, SameSite=Strict cookie (no token in URLs).
+//!
+//! Owns: the login (`POST /ui/login`, `POST /ui/logout`), the session cookie (an
+//! expiry and its HMAC under the admin token: nothing is stored server-side, and a
+//! new token ends every session), the page itself (`ui.html`, built into the binary),
+//! and its JSON calls: `GET /ui/api/state` (destinations, the rule files' current
+//! errors as on disk) and `POST /ui/api/preview` (one event through one destination,
+//! or through a pasted draft rule that is never saved). Never: stores or logs what
+//! the page is given (events, drafts); shows a secret (requests are masked by
+//! `rules::masked`).
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use chrono::Utc;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use super::routes::{json_response, HttpResponse};
+use crate::event::Event;
+use crate::relay::Relay;
+use crate::rules::{compile_draft, masked, Destination, Explanation, RuleSet};
+
+const PAGE: &str = include_str!("ui.html");
+const EXAMPLE_EVENT: &str = include_str!("../../examples/purchase.json");
+const COOKIE_NAME: &str = "pbr_ui";
+/// How long a login lasts.
+const SESSION_SECS: i64 = 12 * 3600;
+/// Largest body the page may send (an event plus a draft rule).
+const MAX_BODY: usize = 256 * 1024;
+
+/// Serves every `/ui` path. `secure`: the listener speaks TLS (the cookie gets
+/// `Secure`).
+pub async fn handle(relay: &Relay, req: Request<Incoming>, secure: bool) -> HttpResponse {
+    let Some(token) = relay.config.admin_token.clone() else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": "the preview page is off: it needs the admin API; set [admin] token in the config"}),
+        );
+    };
+    let path = req.uri().path().to_string();
+    let authed = session_valid(&req, &token);
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/ui" | "/ui/") if authed => html(StatusCode::OK, PAGE.to_string()),
+        (Method::GET, "/ui" | "/ui/") => html(StatusCode::OK, login_page(None)),
+        (Method::POST, "/ui/login") => login(req, &token, secure).await,
+        (Method::POST, "/ui/logout") => redirect_with_cookie(&format!(
+            "{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0"
+        )),
+        (_, p) if p.starts_with("/ui/api/") && !authed => json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "not logged in: open /ui and enter the admin token"}),
+        ),
+        (Method::GET, "/ui/api/state") => json_response(StatusCode::OK, state(relay)),
+        (Method::POST, "/ui/api/preview") => match read_json(req).await {
+            Ok(v) => preview(relay, &v),
+            Err(resp) => resp,
+        },
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no such page: {} {path}", req.method())}),
+        ),
+    }
+}
+
+fn html(status: StatusCode, body: String) -> HttpResponse {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    resp
+}
+
+fn login_page(error: Option<&str>) -> String {
+    let error = error
+        .map(|e| format!("<p id=\"login-error\" class=\"error\">{e}</p>"))
+        .unwrap_or_default();
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>postback-relay: log in</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:28em;margin:4em auto;padding:0 1em}}
+input{{font:inherit;padding:.4em;width:100%;box-sizing:border-box}}button{{font:inherit;padding:.4em 1.2em;margin-top:.8em}}
+.error{{color:#a00}}</style></head>
+<body><h1>Rule preview</h1>
+<p>Enter the relay's admin token (<code>[admin] token</code> in the config).</p>
+{error}<form method="post" action="/ui/login">
+<label for="token">Admin token</label>
+<input id="token" name="token" type="password" autocomplete="current-password" autofocus>
+<button id="login" type="submit">Log in</button></form></body></html>"#
+    )
+}
+
+async fn login(req: Request<Incoming>, token: &str, secure: bool) -> HttpResponse {
+    let body = match Limited::new(req.into_body(), 4096).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return html(
+                StatusCode::BAD_REQUEST,
+                login_page(Some("The form was too large.")),
+            )
+        }
+    };
+    let given = url::form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        given.as_bytes(),
+        token.as_bytes(),
+    )) {
+        return html(
+            StatusCode::UNAUTHORIZED,
+            login_page(Some(
+                "Wrong token: nothing was opened. Check [admin] token in the config.",
+            )),
+        );
+    }
+    let expires = Utc::now().timestamp() + SESSION_SECS;
+    let value = format!("{expires}.{}", session_mac(token, expires));
+    redirect_with_cookie(&format!(
+        "{COOKIE_NAME}={value}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={SESSION_SECS}{}",
+        if secure { "; Secure" } else { "" }
+    ))
+}
+
+fn redirect_with_cookie(cookie: &str) -> HttpResponse {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    let h = resp.headers_mut();
+    h.insert(LOCATION, HeaderValue::from_static("/ui"));
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        h.insert(SET_COOKIE, v);
+    }
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// HMAC-SHA256 of the expiry under the admin token, hex.
+fn session_mac(token: &str, expires: i64) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(token.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(format!("postback-relay ui session|{expires}").as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Whether the request carries an unexpired session cookie made with this token.
+fn session_valid(req: &Request<Incoming>, token: &str) -> bool {
+    req.headers()
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(&format!("{COOKIE_NAME}=")))
+        .any(|value| cookie_valid(value, token, Utc::now().timestamp()))
+}
+
+fn cookie_valid(value: &str, token: &str, now: i64) -> bool {
+    let Some((exp, mac)) = value.split_once('.') else {
+        return false;
+    };
+    let Ok(exp) = exp.parse::<i64>() else {
+        return false;
+    };
+    let want = session_mac(token, exp);
+    exp > now
+        && !want.is_empty()
+        && bool::from(subtle::ConstantTimeEq::ct_eq(
+            mac.as_bytes(),
+            want.as_bytes(),
+        ))
+}
+
+/// A JSON body (the page always sends `Content-Type: application/json`, which a
+/// cross-site form cannot).
+async fn read_json(req: Request<Incoming>) -> Result<Value, HttpResponse> {
+    let bad = |error: String| json_response(StatusCode::BAD_REQUEST, json!({"error": error}));
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return Err(bad("send Content-Type: application/json".into()));
+    }
+    let body = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|_| bad(format!("body unreadable or over {} KiB", MAX_BODY / 1024)))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON: {e}")))
+}
+
+/// The destinations to pick from, the rule files' errors as they are on disk now,
+/// and example events.
+fn state(relay: &Relay) -> Value {
+    let rules = relay.rules.current();
+    let list = |ds: &[std::sync::Arc<Destination>], enabled: bool| -> Vec<Value> {
+        ds.iter()
+            .map(|d| {
+                json!({"name": d.name, "enabled": enabled, "description": d.description,
+                       "method": d.method.as_str(), "preset": d.preset})
+            })
+            .collect()
+    };
+    let mut destinations = list(rules.destinations(), true);
+    destinations.extend(list(rules.disabled(), false));
+    let (errors, warnings) = match relay.rules.read_disk() {
+        Ok(disk) => (diagnostics(&disk.errors()), diagnostics(disk.warnings())),
+        Err(e) => (diagnostics(&e), Vec::new()),
+    };
+    json!({
+        "destinations": destinations,
+        "broken": rules.broken().iter().map(|b| json!({"name": b.name})).collect::<Vec<_>>(),
+        "errors": errors,
+        "warnings": warnings,
+        "examples": examples(),
+    })
+}
+
+fn diagnostics(d: &[crate::diag::Diagnostic]) -> Vec<String> {
+    d.iter().map(|x| x.to_string()).collect()
+}
+
+/// The repository's example event, with and without consent, and as an install.
+fn examples() -> Vec<Value> {
+    let mut base: Value = serde_json::from_str(EXAMPLE_EVENT).unwrap_or_else(|_| json!({}));
+    if let Some(o) = base.as_object_mut() {
+        // Partners judge an event's age by its time: a fresh example is always sent.
+        o.shift_remove("timestamp");
+    }
+    let mut no_consent = base.clone();
+    no_consent["consent"]["ad_user_data"] = json!(false);
+    no_consent["event_id"] = json!("evt_no_consent");
+    let mut install = base.clone();
+    install["event_name"] = json!("install");
+    install["event_id"] = json!("evt_install");
+    vec![
+        json!({"name": "purchase", "event": base}),
+        json!({"name": "purchase without consent", "event": no_consent}),
+        json!({"name": "install", "event": install}),
+    ]
+}
+
+/// `{"destination": NAME, "event": {...}, "draft": "TOML"?}`: what that partner would
+/// receive, or why not. With `draft`, the draft is compiled in place of the file
+/// (never saved); its errors come back located.
+fn preview(relay: &Relay, v: &Value) -> HttpResponse {
+    let bad = |error: String| json_response(StatusCode::BAD_REQUEST, json!({"error": error}));
+    let name = v["destination"].as_str().unwrap_or("").to_string();
+    let event = match Event::from_value(v["event"].clone(), Utc::now()) {
+        Ok(e) => e,
+        Err(e) => return bad(format!("the event is not valid: {e}")),
+    };
+    let rules = relay.rules.current();
+    match v["draft"].as_str().filter(|d| !d.trim().is_empty()) {
+        Some(draft) => preview_draft(relay, &name, draft, &event),
+        None => match rules.find(&name) {
+            Some(d) => json_response(StatusCode::OK, verdict(d, &event, "rules", Vec::new())),
+            None => bad(unknown_destination(&rules, &name)),
+        },
+    }
+}
+
+fn unknown_destination(rules: &RuleSet, name: &str) -> String {
+    if rules.broken().iter().any(|b| b.name == name) {
+        format!(
+            "the rule file of {name} has errors (listed above); paste it as a draft to check a fix"
+        )
+    } else {
+        format!("no destination named \"{name}\"")
+    }
+}
+
+fn preview_draft(relay: &Relay, name: &str, draft: &str, event: &Event) -> HttpResponse {
+    let name = if name.is_empty() { "draft" } else { name };
+    let path = PathBuf::from("draft").join(format!("{name}.toml"));
+    let (result, warnings) = compile_draft(
+        &path,
+        draft.to_string(),
+        relay.rules.env(),
+        relay.rules.options(),
+    );
+    match result {
+        Ok(d) => json_response(
+            StatusCode::OK,
+            verdict(&d, event, "draft", diagnostics(&warnings)),
+        ),
+        Err(errors) => json_response(
+            StatusCode::OK,
+            json!({"destination": name, "source": "draft", "errors": diagnostics(&errors),
+                   "warnings": diagnostics(&warnings)}),
+        ),
+    }
+}
+
+/// One destination's verdict as the page shows it.
+fn verdict(d: &Destination, event: &Event, source: &str, warnings: Vec<String>) -> Value {
+    let Explanation {
+        when_failed,
+        consent,
+        fields,
+        outcome,
+    } = d.explain(event);
+    let mut out = json!({
+        "destination": d.name,
+        "source": source,
+        "errors": [],
+        "warnings": warnings,
+        "when_failed": when_failed.map(|w| json!({
+            "reason": w.reason,
+            "at": format!("{}:{}:{}", w.file.display(), w.line, w.col),
+        })),
+        "consent": consent.map(|(field, given)| json!({"field": field, "given": given})),
+        "fields": fields.iter().map(|(p, f)| json!({"path": p, "fate": f.as_str()})).collect::<Vec<_>>(),
+    });
+    match outcome {
+        Ok(r) => {
+            let req = masked(d, &r.request);
+            let body = req.body.as_deref().map(|b| {
+                serde_json::from_str::<Value>(b)
+                    .ok()
+                    .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                    .unwrap_or_else(|| b.to_string())
+            });
+            out["sent"] = json!(true);
+            out["request"] = json!({"method": req.method.as_str(), "url": req.url,
+                                    "headers": req.headers, "body": body});
+            out["consent_dropped"] = json!(r.consent_dropped);
+        }
+        Err(skip) => {
+            out["sent"] = json!(false);
+            out["reason"] = json!(skip.to_string());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_cookie_holds_only_for_its_token_until_it_expires() {
+        let token = "admin-token-0123456789";
+        let now = 1_800_000_000;
+        let good = format!("{}.{}", now + 60, session_mac(token, now + 60));
+        assert!(cookie_valid(&good, token, now));
+        assert!(!cookie_valid(&good, "another-token-0123456789", now));
+        assert!(!cookie_valid(&good, token, now + 61), "expired");
+        let forged = format!("{}.{}", now + 999_999, session_mac(token, now + 60));
+        assert!(!cookie_valid(&forged, token, now), "expiry moved");
+        assert!(
+            !cookie_valid(token, token, now),
+            "the token itself is no cookie"
+        );
+        assert!(!cookie_valid("", token, now));
+    }
+
+    #[test]
+    fn the_examples_are_valid_events() {
+        for e in examples() {
+            assert!(
+                Event::from_value(e["event"].clone(), Utc::now()).is_ok(),
+                "{e}"
+            );
+        }
+    }
+}
