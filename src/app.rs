@@ -387,12 +387,20 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    // reload_rules logs each error with its location itself
-                    match relay.reload_rules() {
-                        Ok(names) => tracing::info!(destinations = names.len(), "rules reloaded (SIGHUP)"),
-                        Err(errors) => tracing::warn!(errors = errors.len(), "rule reload on SIGHUP refused"),
+                    // Blocking file reads and parsing: off the async workers.
+                    // reload_rules logs each error with its location itself.
+                    let r = relay.clone();
+                    let reloaded = tokio::task::spawn_blocking(move || {
+                        let rules = r.reload_rules();
+                        r.reload_tls();
+                        rules
+                    })
+                    .await;
+                    match reloaded {
+                        Ok(Ok(names)) => tracing::info!(destinations = names.len(), "rules reloaded (SIGHUP)"),
+                        Ok(Err(errors)) => tracing::warn!(errors = errors.len(), "rule reload on SIGHUP refused"),
+                        Err(e) => tracing::error!(error = %e, "rule reload on SIGHUP did not finish"),
                     }
-                    relay.reload_tls();
                 }
             }
         }

@@ -24,4 +24,5 @@ pub mod relay;
 pub mod rules;
 pub mod settings;
 pub mod store;
+mod sync;
 pub mod webhooks;

@@ -501,24 +501,10 @@ fn describe_value(v: &Value) -> String {
 fn closest<'x>(k: &str, allowed: &[&'x str]) -> Option<&'x str> {
     allowed
         .iter()
-        .map(|a| (edit_distance(k, a), *a))
+        .map(|a| (strsim::levenshtein(k, a), *a))
         .filter(|(d, a)| *d <= 2.max(a.len() / 4))
         .min_by_key(|(d, _)| *d)
         .map(|(_, a)| a)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// `500ms`, `30s`, `5m`, `2h`, `7d`, and sums like `1h30m`.

@@ -121,7 +121,7 @@ pub enum Command {
     Send {
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
-        /// Relay URL (default: http://<listen>/v1/events from the config).
+        /// Relay URL (default: `http://LISTEN/v1/events` from the config).
         #[arg(long)]
         url: Option<String>,
         /// One event, a JSON array, or NDJSON; `-` reads standard input.
@@ -132,7 +132,7 @@ pub enum Command {
     Health {
         #[arg(long, default_value = DEFAULT_PATH)]
         config: PathBuf,
-        /// The URL to ask (default: http://<listen>/readyz from the config).
+        /// The URL to ask (default: `http://LISTEN/readyz` from the config).
         #[arg(long)]
         url: Option<String>,
     },

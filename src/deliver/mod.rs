@@ -19,6 +19,9 @@ pub mod client;
 pub mod oauth;
 pub mod policy;
 mod send;
+/// Test helpers (`FakePartner`): built for this crate's tests and, with the `testing`
+/// feature, for its integration tests and benches; never in a release build.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod worker;
 
@@ -26,8 +29,9 @@ mod worker;
 #[cfg(test)]
 mod tests;
 
+use crate::sync::lock;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -144,10 +148,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Deliverer {
     inner: Arc<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Deliverer {

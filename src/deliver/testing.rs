@@ -6,10 +6,11 @@
 //! (`503, 503, 503` then the default `200`; a `429` with `Retry-After`; a reply that
 //! never comes). Never: used by the relay itself.
 
+use crate::sync::lock;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -106,11 +107,6 @@ struct State {
     /// Keep every request (tests) or only count them (benches).
     record: bool,
     count: std::sync::atomic::AtomicUsize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A test that panicked while holding the lock must not hide its own failure.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A partner endpoint on `127.0.0.1:<port>`. Stops when dropped.

@@ -7,8 +7,9 @@
 //! semaphore or a breaker with another destination, panics on a store error, or logs
 //! a URL, header or body.
 
+use crate::sync::lock;
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -75,11 +76,6 @@ fn limiter(rate: RateLimit) -> Option<Arc<DefaultDirectRateLimiter>> {
     let burst = std::num::NonZeroU32::new(rate.count)?;
     let quota = Quota::with_period(rate.per / rate.count)?.allow_burst(burst);
     Some(Arc::new(RateLimiter::direct(quota)))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The data behind these locks stays consistent at every step: keep going.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -5,6 +5,7 @@
 //! queued request (URLs and headers can hold partner secrets) or event data.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::Utc;
 use http_body_util::{BodyExt, Limited};
@@ -24,7 +25,7 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-pub async fn handle(relay: &Relay, req: Request<Incoming>) -> HttpResponse {
+pub async fn handle(relay: &Arc<Relay>, req: Request<Incoming>) -> HttpResponse {
     let Some(token) = relay.config.admin_token.as_deref() else {
         return json_response(
             StatusCode::NOT_FOUND,
@@ -54,7 +55,17 @@ pub async fn handle(relay: &Relay, req: Request<Incoming>) -> HttpResponse {
             Ok(selector) => replay(relay, selector).await,
             Err(resp) => resp,
         },
-        (Method::POST, "/admin/reload") => reload(relay),
+        (Method::POST, "/admin/reload") => {
+            // Reading and parsing the files is blocking work: off the async workers.
+            let r = relay.clone();
+            match tokio::task::spawn_blocking(move || reload(&r)).await {
+                Ok(resp) => resp,
+                Err(e) => json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": format!("reload did not finish: {e}")}),
+                ),
+            }
+        }
         (Method::GET, p) if p.starts_with("/admin/deliveries/") => {
             delivery(relay, &p["/admin/deliveries/".len()..]).await
         }

@@ -226,7 +226,7 @@ fn relevant(event: &notify::Event) -> bool {
     })
 }
 
-/// Watches the handle's directory and reloads (debounced by [`DEBOUNCE`]) when a
+/// Watches the handle's directory and reloads (debounced by `DEBOUNCE`) when a
 /// `*.toml` in it changes. Keep the returned watcher alive; dropping it stops the
 /// watching and ends the background thread.
 /// `on_reload` runs after each reload with whether it was applied (the delivery

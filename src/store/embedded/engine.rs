@@ -219,13 +219,6 @@ impl Engine {
         }
     }
 
-    /// Clean close: write every memtable out, so the next start replays nothing.
-    pub fn flush_all(&self) {
-        for k in self.keyspaces() {
-            let _ = k.rotate_memtable_and_wait();
-        }
-    }
-
     /// The fresh queue of one destination, opened (or created) on first use.
     pub fn queue(&self, dest: DestId) -> fjall::Result<Keyspace> {
         if let Some(k) = self

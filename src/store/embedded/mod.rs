@@ -33,6 +33,7 @@ mod ops;
 mod reads;
 mod writer;
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,11 +113,6 @@ pub(crate) struct Shared {
     /// Test hook: the next this-many group commits fail as if the disk were full.
     #[cfg(test)]
     fail_commits: std::sync::atomic::AtomicUsize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every structure behind these locks is consistent between single steps.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {

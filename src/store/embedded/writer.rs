@@ -153,11 +153,8 @@ impl Writer {
             }
             self.run_group(std::mem::take(&mut group));
         }
-        // Closing: write the memtables out (a clean start then replays nothing) and
-        // release the database before the store's owner returns.
-        if let Some(engine) = self.engine.take() {
-            engine.flush_all();
-        }
+        // Closing: release the database before the store's owner returns.
+        self.engine = None;
         *self
             .shared
             .engine
