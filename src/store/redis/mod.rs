@@ -30,7 +30,7 @@ mod tests;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -43,6 +43,7 @@ use crate::store::{
     AcceptOutcome, DeadLetter, Delivery, DeliveryStatus, DestinationCounts, EventToAccept,
     ReplaySelector, Store, StoreError, StoreObserver, StoreResult,
 };
+use crate::sync::lock;
 
 /// What the Redis backend needs from the config.
 #[derive(Debug, Clone)]
@@ -153,10 +154,6 @@ struct Inner {
     lost: AtomicBool,
     closed: AtomicBool,
     observer: Mutex<Option<Arc<dyn StoreObserver>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn wall_ms() -> i64 {
