@@ -17,7 +17,10 @@
 #   LOADBENCH_WARMUP=2          warm-up seconds before each measured window (quick: 0.5)
 #   LOADBENCH_CONNECTIONS=64    load-generator connections
 #   LOADBENCH_BACKLOG=1000000   deliveries queued for the drain shape (quick: 20000)
-#   LOADBENCH_SHAPES=abcdef     which relay shapes to run (the baselines always run)
+#   LOADBENCH_SHAPES=abcdefghij which relay shapes to run (the baselines always run;
+#                               g-j: one and two relays on one Redis)
+#   LOADBENCH_REDIS_SERVER=PATH redis-server for shapes g-j (default: the one on PATH;
+#                               the bench runs its own on a free port, AOF everysec)
 #   LOADBENCH_POOL_MB=1024      memory for one pool of pre-signed requests
 #   LOADBENCH_DRAIN_TIMEOUT=420 seconds allowed to fill, and to drain, the backlog
 #   LOADBENCH_TIMEOUT=1500      hard limit for the whole bench, in seconds
@@ -43,7 +46,8 @@ else
   drain_timeout=${LOADBENCH_DRAIN_TIMEOUT:-420}
 fi
 connections=${LOADBENCH_CONNECTIONS:-64}
-shapes=${LOADBENCH_SHAPES:-abcdef}
+shapes=${LOADBENCH_SHAPES:-abcdefghij}
+redis_server=${LOADBENCH_REDIS_SERVER:-$(command -v redis-server || true)}
 pool_mb=${LOADBENCH_POOL_MB:-1024}
 limit=${LOADBENCH_TIMEOUT:-1500}
 target_dir=${CARGO_TARGET_DIR:-$root/target}
@@ -96,6 +100,7 @@ args=(run --relay "$relay_bin" --work "$work" --duration "$duration" --warmup "$
       --connections "$connections" --backlog "$backlog" --shapes "$shapes"
       --pool-mb "$pool_mb" --drain-timeout "$drain_timeout")
 if [[ -n "${LOADBENCH_OUT:-}" ]]; then args+=(--out "$LOADBENCH_OUT"); fi
+if [[ -n "$redis_server" ]]; then args+=(--redis-server "$redis_server"); fi
 
 # Bounded in time: the bench is killed after $limit seconds whatever happens.
 timeout --kill-after=10 "$limit" "$bench_bin" "${args[@]}" &

@@ -23,6 +23,7 @@ use crate::ingest::verify::Verifier;
 use crate::metrics::Metrics;
 use crate::rules::{LoadOptions, RulesHandle};
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
+use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::Store;
 
 pub use crate::relay::{delivery_settings, Relay};
@@ -71,7 +72,7 @@ impl std::fmt::Display for StartError {
 }
 
 /// Opens the configured store.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
     match config.store.backend {
         Backend::Embedded => EmbeddedStore::open(EmbeddedOptions {
             data_dir: config.data_dir.clone(),
@@ -82,7 +83,30 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
         })
         .map(|s| Arc::new(s) as Arc<dyn Store>)
         .map_err(|e| format!("{} ({})", e, config.data_dir.display())),
-        Backend::Redis => Err("backend = \"redis\" is not available in this version yet".into()),
+        Backend::Redis => RedisStore::open(redis_options(config))
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn Store>),
+    }
+}
+
+/// The Redis backend's options, from `[store]`.
+pub fn redis_options(config: &Config) -> RedisOptions {
+    let s = &config.store;
+    RedisOptions {
+        url: s.redis_url.clone(),
+        prefix: s.redis_prefix.clone(),
+        consumer: s
+            .redis_consumer
+            .clone()
+            .unwrap_or_else(RedisOptions::default_consumer),
+        claim_timeout: s.redis_claim_timeout,
+        dedupe_window: config.dedupe.window,
+        max_queued: s.max_queued,
+        dlq_retention: s.dlq_retention,
+        wait_replicas: s.redis_wait_replicas,
+        wait_timeout: s.redis_wait_timeout,
+        ca: s.redis_ca.clone(),
+        data_dir: Some(config.data_dir.clone()),
     }
 }
 
@@ -147,7 +171,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
         Some(files) => Some(TlsCertificates::load(files).map_err(StartError::Tls)?),
         None => None,
     };
-    let store = open_store(&config).map_err(StartError::Store)?;
+    let store = open_store(&config).await.map_err(StartError::Store)?;
     let (ingest, admin) = bind_listeners(&config).await?;
     let addr = ingest
         .local_addr()

@@ -62,6 +62,17 @@ pub enum Backend {
 pub struct StoreConfig {
     pub backend: Backend,
     pub redis_url: String,
+    /// Redis: every key is `{prefix}:...`; one installation, one prefix.
+    pub redis_prefix: String,
+    /// Redis: this relay's consumer name; `None`: host name and process ID.
+    pub redis_consumer: Option<String>,
+    /// Redis: a claim not renewed this long (its relay died) goes to another relay.
+    pub redis_claim_timeout: Duration,
+    /// Redis: replicas that must confirm an accept (`WAIT`) before the 202.
+    pub redis_wait_replicas: u32,
+    pub redis_wait_timeout: Duration,
+    /// Redis over TLS: the CA certificate(s) (PEM) to trust instead of the public roots.
+    pub redis_ca: Option<PathBuf>,
     /// Bound on queued deliveries; past it ingest answers 503.
     pub max_queued: u64,
     /// Free-space floor in `data_dir`; below it ingest answers 503.
@@ -75,6 +86,12 @@ impl Default for StoreConfig {
         StoreConfig {
             backend: Backend::Embedded,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "postback-relay".into(),
+            redis_consumer: None,
+            redis_claim_timeout: Duration::from_secs(60),
+            redis_wait_replicas: 0,
+            redis_wait_timeout: Duration::from_secs(1),
+            redis_ca: None,
             max_queued: 10_000_000,
             min_free_space: 256 << 20,
             dlq_retention: Duration::from_secs(30 * 86400),
@@ -338,7 +355,7 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides, vars: &[String]) 
         .unwrap_or_else(|| relative_to(path, "rules"));
     let ingest = read_ingest(&root);
     let dedupe = read_dedupe(&root, ingest.tolerance);
-    let store = read_store(&root);
+    let store = read_store(&root, path);
     let delivery = read_delivery(&root);
     let (admin_token, admin_listen) = read_admin(&root);
     let server = read_server(&root, ingest.max_body);
@@ -494,7 +511,7 @@ fn read_dedupe(root: &Section<'_>, tolerance: Duration) -> DedupeConfig {
     dedupe
 }
 
-fn read_store(root: &Section<'_>) -> StoreConfig {
+fn read_store(root: &Section<'_>, path: &Path) -> StoreConfig {
     let mut store = StoreConfig::default();
     let Some(s) = root.section("store", "[store]") else {
         return store;
@@ -502,16 +519,25 @@ fn read_store(root: &Section<'_>) -> StoreConfig {
     if let Some(f) = s.get("backend") {
         match f.as_str("\"embedded\"") {
             Some("embedded") => store.backend = Backend::Embedded,
-            Some("redis") => {
-                store.backend = Backend::Redis;
-                f.error("`store.backend = \"redis\"` is not available in this version yet; write backend = \"embedded\"");
-            }
+            Some("redis") => store.backend = Backend::Redis,
             Some(_) => f.error("`store.backend` must be \"embedded\" or \"redis\""),
             None => {}
         }
     }
-    if let Some(u) = s.str("redis_url", "\"redis://127.0.0.1:6379\"") {
-        store.redis_url = u;
+    read_redis(&s, &mut store);
+    if let Some(f) = s.get("redis_ca") {
+        if let Some(p) = f.as_str("\"/etc/postback-relay/redis-ca.pem\"") {
+            let p = relative_to(path, p);
+            if !p.is_file() {
+                f.error(format!(
+                    "`store.redis_ca`: {} is not a readable file; write the path of the PEM file of the CA that signed Redis's certificate",
+                    p.display()
+                ));
+            } else if !store.redis_url.starts_with("rediss://") {
+                f.error("`store.redis_ca` is for TLS: write redis_url = \"rediss://...\"");
+            }
+            store.redis_ca = Some(p);
+        }
     }
     if let Some(n) = s.int("max_queued", 1, i64::MAX, "10000000") {
         store.max_queued = n as u64;
@@ -524,6 +550,48 @@ fn read_store(root: &Section<'_>) -> StoreConfig {
     }
     s.finish();
     store
+}
+
+/// The `redis_*` keys of `[store]`.
+fn read_redis(s: &Section<'_>, store: &mut StoreConfig) {
+    if let Some(f) = s.get("redis_url") {
+        match f.as_str("\"redis://127.0.0.1:6379\"") {
+            Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {
+                store.redis_url = u.to_owned()
+            }
+            Some(_) => f.error("`store.redis_url` must start with redis:// or rediss:// (TLS), like \"redis://:PASSWORD@127.0.0.1:6379/0\""),
+            None => {}
+        }
+    }
+    if let Some(f) = s.get("redis_prefix") {
+        match f.as_str("\"postback-relay\"") {
+            Some(p) if !p.is_empty() && !p.contains(['{', '}']) => store.redis_prefix = p.to_owned(),
+            Some(_) => f.error("`store.redis_prefix` must be a non-empty name without { or }, like \"postback-relay\""),
+            None => {}
+        }
+    }
+    if let Some(f) = s.get("redis_consumer") {
+        match f.as_str("\"relay-1\"") {
+            Some(c) if !c.trim().is_empty() => store.redis_consumer = Some(c.to_owned()),
+            Some(_) => f.error("`store.redis_consumer` must not be empty; leave it out for host name and process ID"),
+            None => {}
+        }
+    }
+    if let Some(d) = s.duration("redis_claim_timeout", "\"60s\"") {
+        if d < Duration::from_millis(300) {
+            if let Some(f) = s.get("redis_claim_timeout") {
+                f.error("`store.redis_claim_timeout` must be at least 300ms");
+            }
+        } else {
+            store.redis_claim_timeout = d;
+        }
+    }
+    if let Some(n) = s.int("redis_wait_replicas", 0, 64, "1") {
+        store.redis_wait_replicas = n as u32;
+    }
+    if let Some(d) = s.duration("redis_wait_timeout", "\"1s\"") {
+        store.redis_wait_timeout = d;
+    }
 }
 
 /// `[delivery]`.
@@ -1075,5 +1143,43 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         assert_eq!(cfg.listen.port(), 0);
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(cfg.rules_dir, PathBuf::from("rules"));
+    }
+
+    #[test]
+    fn the_redis_backend_reads_its_keys_and_locates_mistakes() {
+        let base = format!("listen = \"127.0.0.1:1\"\n[ingest]\nsecrets = [\"{SECRET}\"]\n");
+        let cfg = parse(&format!(
+            "{base}[store]\nbackend = \"redis\"\nredis_url = \"rediss://:pw@redis.internal:6380/2\"\nredis_prefix = \"shop\"\nredis_consumer = \"relay-a\"\nredis_claim_timeout = \"30s\"\nredis_wait_replicas = 1\n"
+        ))
+        .expect("valid");
+        assert_eq!(cfg.store.backend, Backend::Redis);
+        assert_eq!(cfg.store.redis_prefix, "shop");
+        assert_eq!(cfg.store.redis_consumer.as_deref(), Some("relay-a"));
+        assert_eq!(cfg.store.redis_claim_timeout, Duration::from_secs(30));
+        assert_eq!(cfg.store.redis_wait_replicas, 1);
+        let errs = parse(&format!(
+            "{base}[store]\nbackend = \"redis\"\nredis_url = \"http://x\"\nredis_prefix = \"{{x}}\"\nredis_claim_timeout = \"10ms\"\n"
+        ))
+        .expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(
+            text[0].contains(":6:") && text[0].contains("redis://"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].contains(":7:") && text[1].contains("redis_prefix"),
+            "{text:#?}"
+        );
+        assert!(
+            text[2].contains(":8:") && text[2].contains("300ms"),
+            "{text:#?}"
+        );
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let errs = parse(&format!(
+            "{base}[store]\nredis_url = \"redis://x\"\nredis_ca = \"{ca}\"\n"
+        ))
+        .expect_err("invalid");
+        assert!(errs[0].to_string().contains("rediss://"), "{errs:?}");
     }
 }

@@ -120,9 +120,21 @@ fn stderr(o: &Output) -> String {
 
 #[tokio::test]
 async fn three_503s_then_200_deliver_once_after_four_requests_with_one_webhook_id() {
+    three_503s_then_200(TestStore::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_503s_then_200_deliver_once_after_four_requests_with_one_webhook_id_on_redis() {
+    if let Some(store) = TestStore::redis("three_503s_then_200_on_redis") {
+        three_503s_then_200(store).await;
+    }
+}
+
+async fn three_503s_then_200(store: TestStore) {
     let partner = FakePartner::start().await.expect("partner");
     partner.enqueue([Reply::status(503), Reply::status(503), Reply::status(503)]);
-    let relay = TestRelay::start(&[("aff", &rule(&partner.url("/pb"), "500ms", 5, 2))], "").await;
+    let aff = rule(&partner.url("/pb"), "500ms", 5, 2);
+    let relay = TestRelay::start(&[("aff", &aff)], &store.config("60s")).await;
 
     accept(&relay, "e-retry").await;
 
@@ -274,10 +286,22 @@ async fn a_400_is_dead_lettered_at_once_and_the_dlq_cli_replays_it_through_the_r
 
 #[tokio::test]
 async fn with_no_relay_running_the_dlq_cli_opens_the_store_and_the_replay_is_sent_after_restart() {
+    dlq_cli_without_a_relay(TestStore::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_relay_running_the_dlq_cli_opens_the_store_and_the_replay_is_sent_after_restart_on_redis(
+) {
+    if let Some(store) = TestStore::redis("dlq_cli_without_a_relay_on_redis") {
+        dlq_cli_without_a_relay(store).await;
+    }
+}
+
+async fn dlq_cli_without_a_relay(store: TestStore) {
     let partner = FakePartner::start().await.expect("partner");
     partner.set_default(Reply::status(400));
     let aff = rule(&partner.url("/pb"), "500ms", 5, 2);
-    let relay = TestRelay::start(&[("aff", &aff)], "").await;
+    let relay = TestRelay::start(&[("aff", &aff)], &store.config("60s")).await;
     accept(&relay, "e-offline").await;
     wait_destination(&relay.client, &relay.base, "aff", 20, |d| {
         d["dlq_size"] == 1
@@ -307,7 +331,7 @@ async fn with_no_relay_running_the_dlq_cli_opens_the_store_and_the_replay_is_sen
     assert_eq!(stdout(&out).trim(), "no dead letters", "{}", stderr(&out));
 
     partner.set_default(Reply::ok());
-    let relay = TestRelay::start_in(dir, &[("aff", &aff)], "").await;
+    let relay = TestRelay::start_in(dir, &[("aff", &aff)], &store.config("60s")).await;
     assert!(partner.wait_for_requests(2, Duration::from_secs(20)).await);
     wait_destination(&relay.client, &relay.base, "aff", 20, |d| {
         d["queue_depth"] == 0 && d["dlq_size"] == 0
@@ -361,13 +385,25 @@ async fn a_partner_that_never_answers_does_not_delay_a_healthy_one() {
 
 #[tokio::test]
 async fn a_failing_partner_opens_the_circuit_and_all_is_delivered_once_it_recovers() {
+    partner_outage(TestStore::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_partner_opens_the_circuit_and_all_is_delivered_once_it_recovers_on_redis() {
+    if let Some(store) = TestStore::redis("partner_outage_on_redis") {
+        partner_outage(store).await;
+    }
+}
+
+async fn partner_outage(store: TestStore) {
     const N: usize = 30;
     let partner = FakePartner::start().await.expect("partner");
     partner.set_default(Reply::status(503));
     // Many attempts allowed, so nothing is dead-lettered while the circuit is open.
+    let config = config_with_delivery("breaker_failures = 5\nbreaker_cool_down = \"500ms\"");
     let relay = TestRelay::start_with_config(
         &[("aff", &rule(&partner.url("/pb"), "500ms", 100, 4))],
-        &config_with_delivery("breaker_failures = 5\nbreaker_cool_down = \"500ms\""),
+        &format!("{config}{}", store.config("60s")),
     )
     .await;
 

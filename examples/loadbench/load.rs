@@ -18,7 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub struct Spec {
-    pub addr: SocketAddr,
+    /// The servers under test; connection i goes to `addrs[i % len]` (several relays
+    /// behind one load balancer).
+    pub addrs: Vec<SocketAddr>,
     pub connections: usize,
     pub warmup: Duration,
     /// Measured window after the warm-up; `None`: until the pool is used up.
@@ -108,9 +110,13 @@ async fn drive(spec: Spec) -> Result<Outcome, String> {
         return Err("empty request pool".into());
     }
     // Connect everything before the clock starts.
+    if spec.addrs.is_empty() {
+        return Err("no server to load".into());
+    }
     let mut streams = Vec::with_capacity(spec.connections);
-    for _ in 0..spec.connections {
-        streams.push(connect(spec.addr).await?);
+    for i in 0..spec.connections {
+        let addr = spec.addrs[i % spec.addrs.len()];
+        streams.push((addr, connect(addr).await?));
     }
     let start = Instant::now();
     let measure_from = start + spec.warmup;
@@ -123,10 +129,11 @@ async fn drive(spec: Spec) -> Result<Outcome, String> {
     });
     let local = tokio::task::LocalSet::new();
     let mut tasks = Vec::new();
-    for stream in streams {
+    for (addr, stream) in streams {
         let (spec, shared) = (spec.clone(), shared.clone());
         tasks.push(local.spawn_local(async move {
-            connection(stream, &spec, &shared, start, measure_from, end, hard_end).await
+            let at = (addr, stream);
+            connection(at, &spec, &shared, start, measure_from, end, hard_end).await
         }));
     }
     let mut total = Outcome::default();
@@ -183,7 +190,7 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
 
 #[allow(clippy::too_many_arguments)]
 async fn connection(
-    mut stream: TcpStream,
+    (addr, mut stream): (SocketAddr, TcpStream),
     spec: &Spec,
     shared: &Shared,
     start: Instant,
@@ -250,7 +257,7 @@ async fn connection(
                     }
                 }
                 if close {
-                    match connect(spec.addr).await {
+                    match connect(addr).await {
                         Ok(s) => stream = s,
                         Err(e) => {
                             out.io_errors += 1;
@@ -265,7 +272,7 @@ async fn connection(
                 out.first_io_error.get_or_insert(e);
                 buf.clear();
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                match connect(spec.addr).await {
+                match connect(addr).await {
                     Ok(s) => stream = s,
                     Err(e) => {
                         out.first_io_error.get_or_insert(e);

@@ -64,9 +64,12 @@ struct RunArgs {
     /// Memory budget (MiB) for one pool of pre-signed requests.
     #[arg(long, default_value_t = 1024)]
     pool_mb: usize,
-    /// Shapes to run (letters a-f); the baselines always run.
-    #[arg(long, default_value = "abcdef")]
+    /// Shapes to run (letters a-j); the baselines always run.
+    #[arg(long, default_value = "abcdefghij")]
     shapes: String,
+    /// `redis-server` to run the Redis shapes (g-j) on; they are skipped without it.
+    #[arg(long)]
+    redis_server: Option<PathBuf>,
     /// Give up on filling or draining the backlog after this many seconds.
     #[arg(long, default_value_t = 420.0)]
     drain_timeout: f64,
@@ -110,7 +113,7 @@ impl Ctx {
 
     fn spec(&self, addr: SocketAddr, pool: Arc<Vec<bytes::Bytes>>, wrap: bool) -> load::Spec {
         load::Spec {
-            addr,
+            addrs: vec![addr],
             connections: self.args.connections,
             warmup: self.warmup,
             duration: Some(self.duration),
@@ -164,104 +167,15 @@ fn run(args: RunArgs) -> Result<(), String> {
     // Baselines: the same generator, the same requests, a server that does nothing.
     let (base_single, base_batch) = baselines(&ctx, &mut rows)?;
 
-    let single_pool_len = |ctx: &Ctx| {
-        let want = base_single * (ctx.warmup + ctx.duration).as_secs_f64() * 1.15;
-        (want.ceil() as usize).clamp(10_000, ctx.pool_cap(1).max(10_000))
-    };
-
-    // (a) accept only: single events, 3 destinations, partners down.
-    let mut rate_a = None;
-    if ctx.wants('a') {
-        let r = relay_shape(
-            &ctx,
-            "a",
-            "(a) accept only: single events, 3 dest., partners down",
-            3,
-            false,
-            single_pool_len(&ctx),
-            1,
-            None,
-            base_single,
-            &mut notes,
-        )?;
-        rate_a = r.rps;
-        rows.push(r);
-    }
-    if ctx.wants('b') {
-        rows.push(relay_shape(
-            &ctx,
-            "b",
-            "(b) end to end: single events, 1 dest. delivering",
-            1,
-            true,
-            single_pool_len(&ctx),
-            1,
-            None,
-            base_single,
-            &mut notes,
-        )?);
-    }
-    if ctx.wants('c') {
-        rows.push(relay_shape(
-            &ctx,
-            "c",
-            "(c) end to end: single events, 3 dest. delivering",
-            3,
-            true,
-            single_pool_len(&ctx),
-            1,
-            None,
-            base_single,
-            &mut notes,
-        )?);
-    }
-    if ctx.wants('d') {
-        let want = base_batch * (ctx.warmup + ctx.duration).as_secs_f64() * 1.15;
-        let len = (want.ceil() as usize).clamp(200, ctx.pool_cap(100).max(200));
-        rows.push(relay_shape(
-            &ctx,
-            "d",
-            "(d) accept only: batches of 100, 3 dest., partners down",
-            3,
-            false,
-            len,
-            100,
-            None,
-            base_batch,
-            &mut notes,
-        )?);
-    }
-    if ctx.wants('e') {
-        match rate_a {
-            Some(a) if a > 0.0 => {
-                let rate = a / 2.0;
-                let len = (rate * (ctx.warmup + ctx.duration).as_secs_f64() * 1.05).ceil() as usize
-                    + ctx.args.connections;
-                let mut r = relay_shape(
-                    &ctx,
-                    "e",
-                    &format!("(e) latency at half of (a)'s rate ({rate:.0} req/s), as (a)"),
-                    3,
-                    false,
-                    len,
-                    1,
-                    Some(rate),
-                    base_single,
-                    &mut notes,
-                )?;
-                r.ratio = None;
-                rows.push(r);
-                rows.push(baseline_at_rate(&ctx, rate, &mut notes)?);
-            }
-            _ => notes.push("(e) skipped: it needs the rate shape (a) reached".into()),
-        }
-    }
+    embedded_shapes(&ctx, base_single, base_batch, &mut rows, &mut notes)?;
     let mut backlog_lines = Vec::new();
     if ctx.wants('f') {
         let (row, lines) = drain_shape(&ctx)?;
         rows.push(row);
         backlog_lines = lines;
     }
+
+    redis_shapes(&ctx, base_single, &mut rows, &mut notes)?;
 
     let table = report::table(&rows);
     let mut text = String::new();
@@ -290,6 +204,178 @@ fn run(args: RunArgs) -> Result<(), String> {
     println!("\n{text}");
     if let Some(out) = &ctx.args.out {
         std::fs::write(out, &text).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// Pre-signed single-event requests for one shape: enough for the warm-up and the
+/// window at the baseline's rate, within the memory budget.
+fn single_pool_len(ctx: &Ctx, base_single: f64) -> usize {
+    let want = base_single * (ctx.warmup + ctx.duration).as_secs_f64() * 1.15;
+    (want.ceil() as usize).clamp(10_000, ctx.pool_cap(1).max(10_000))
+}
+
+/// A closed-loop shape of single events.
+fn single<'a>(
+    ctx: &Ctx,
+    name: &'a str,
+    label: &str,
+    dest: usize,
+    up: bool,
+    base: f64,
+    on: On<'a>,
+) -> Shape<'a> {
+    Shape {
+        name,
+        label: label.to_string(),
+        destinations: dest,
+        partners_up: up,
+        pool_len: single_pool_len(ctx, base),
+        per_request: 1,
+        rate: None,
+        baseline_rps: base,
+        on,
+    }
+}
+
+/// Shapes (a) to (e): one relay on the embedded store.
+fn embedded_shapes(
+    ctx: &Ctx,
+    base_single: f64,
+    base_batch: f64,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
+    let mut rate_a = None;
+    if ctx.wants('a') {
+        let label = "(a) accept only: single events, 3 dest., partners down";
+        let r = relay_shape(
+            ctx,
+            single(ctx, "a", label, 3, false, base_single, On::Embedded),
+            notes,
+        )?;
+        rate_a = r.rps;
+        rows.push(r);
+    }
+    if ctx.wants('b') {
+        let label = "(b) end to end: single events, 1 dest. delivering";
+        rows.push(relay_shape(
+            ctx,
+            single(ctx, "b", label, 1, true, base_single, On::Embedded),
+            notes,
+        )?);
+    }
+    if ctx.wants('c') {
+        let label = "(c) end to end: single events, 3 dest. delivering";
+        rows.push(relay_shape(
+            ctx,
+            single(ctx, "c", label, 3, true, base_single, On::Embedded),
+            notes,
+        )?);
+    }
+    if ctx.wants('d') {
+        let want = base_batch * (ctx.warmup + ctx.duration).as_secs_f64() * 1.15;
+        let len = (want.ceil() as usize).clamp(200, ctx.pool_cap(100).max(200));
+        let mut sh = single(
+            ctx,
+            "d",
+            "(d) accept only: batches of 100, 3 dest., partners down",
+            3,
+            false,
+            base_batch,
+            On::Embedded,
+        );
+        sh.pool_len = len;
+        sh.per_request = 100;
+        rows.push(relay_shape(ctx, sh, notes)?);
+    }
+    if ctx.wants('e') {
+        match rate_a {
+            Some(a) if a > 0.0 => {
+                let rate = a / 2.0;
+                let label = format!("(e) latency at half of (a)'s rate ({rate:.0} req/s), as (a)");
+                let mut sh = single(ctx, "e", &label, 3, false, base_single, On::Embedded);
+                sh.pool_len = (rate * (ctx.warmup + ctx.duration).as_secs_f64() * 1.05).ceil()
+                    as usize
+                    + ctx.args.connections;
+                sh.rate = Some(rate);
+                let mut r = relay_shape(ctx, sh, notes)?;
+                r.ratio = None;
+                rows.push(r);
+                rows.push(baseline_at_rate(ctx, rate, notes)?);
+            }
+            _ => notes.push("(e) skipped: it needs the rate shape (a) reached".into()),
+        }
+    }
+    Ok(())
+}
+
+/// Shapes (g) to (j): one and two relays on one Redis (the bench's own
+/// `redis-server`, AOF with `appendfsync everysec`).
+fn redis_shapes(
+    ctx: &Ctx,
+    base_single: f64,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
+    if !"ghij".chars().any(|c| ctx.wants(c)) {
+        return Ok(());
+    }
+    let Some(bin) = &ctx.args.redis_server else {
+        notes.push(
+            "(g)-(j) skipped: no redis-server (install it, or set LOADBENCH_REDIS_SERVER)".into(),
+        );
+        return Ok(());
+    };
+    let redis = OwnRedis::start(ctx, bin)?;
+    let shapes = [
+        (
+            'g',
+            "(g) Redis, 1 relay: accept only, single events, 3 dest., partners down",
+            3,
+            false,
+            1,
+        ),
+        (
+            'h',
+            "(h) Redis, 1 relay: end to end, single events, 1 dest. delivering",
+            1,
+            true,
+            1,
+        ),
+        (
+            'i',
+            "(i) Redis, 2 relays: accept only, single events, 3 dest., partners down",
+            3,
+            false,
+            2,
+        ),
+        (
+            'j',
+            "(j) Redis, 2 relays: end to end, single events, 1 dest. delivering",
+            1,
+            true,
+            2,
+        ),
+    ];
+    for (c, label, dest, up, relays) in shapes {
+        if ctx.wants(c) {
+            let name: &str = match c {
+                'g' => "g",
+                'h' => "h",
+                'i' => "i",
+                _ => "j",
+            };
+            let on = On::Redis {
+                redis: &redis,
+                relays,
+            };
+            rows.push(relay_shape(
+                ctx,
+                single(ctx, name, label, dest, up, base_single, on),
+                notes,
+            )?);
+        }
     }
     Ok(())
 }
@@ -414,50 +500,175 @@ fn read_listen(config: &Path) -> Result<SocketAddr, String> {
 }
 
 fn fresh_setup(ctx: &Ctx, name: &str, destinations: usize) -> Result<RelaySetup, String> {
+    setup_on(ctx, name, destinations, relay::EMBEDDED)
+}
+
+fn setup_on(ctx: &Ctx, name: &str, destinations: usize, store: &str) -> Result<RelaySetup, String> {
     let dir = ctx.args.work.join(format!("shape-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     let listen: SocketAddr = ([127, 0, 0, 1], relay::free_port()?).into();
-    relay::write_setup(&dir, listen, &ctx.partner_ports, destinations)
+    relay::write_setup(&dir, listen, &ctx.partner_ports, destinations, store)
 }
 
-/// One measured shape against a fresh relay (fresh data dir).
-#[allow(clippy::too_many_arguments)]
-fn relay_shape(
+/// What the relays of a shape store in: their own data dirs, or one Redis.
+enum On<'a> {
+    Embedded,
+    Redis { redis: &'a OwnRedis, relays: usize },
+}
+
+/// The relays of one shape, started on `on`, each with its own directory.
+fn start_relays(
     ctx: &Ctx,
     name: &str,
-    label: &str,
+    destinations: usize,
+    on: &On<'_>,
+) -> Result<Vec<(RelaySetup, RunningRelay)>, String> {
+    let (store, relays) = match on {
+        On::Embedded => (relay::EMBEDDED.to_string(), 1),
+        On::Redis { redis, relays } => (redis.store_lines(name), *relays),
+    };
+    let mut out = Vec::new();
+    for k in 0..relays {
+        let id = if relays == 1 {
+            name.to_string()
+        } else {
+            format!("{name}{k}")
+        };
+        let setup = setup_on(ctx, &id, destinations, &store)?;
+        let (r, _) = start_relay(ctx, &setup, &format!("relay-{id}.log"))?;
+        out.push((setup, r));
+    }
+    Ok(out)
+}
+
+/// A `redis-server` of the bench's own on a free port, with its append-only file in
+/// the scratch directory (`appendfsync everysec`, the setting the README advises).
+struct OwnRedis {
+    proc: Proc,
+    port: u16,
+}
+
+impl OwnRedis {
+    fn start(ctx: &Ctx, bin: &Path) -> Result<OwnRedis, String> {
+        let port = relay::free_port()?;
+        let dir = ctx.args.work.join("redis");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+        .arg("--dir")
+        .arg(&dir);
+        let log = ctx.logs.join("redis.log");
+        let proc = Proc::spawn(cmd, "redis-server", &log, &ctx.pids)?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok(OwnRedis { proc, port });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Err(format!("redis-server did not listen on {addr}"))
+    }
+
+    fn store_lines(&self, shape: &str) -> String {
+        format!(
+            "backend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\nredis_prefix = \"loadbench-{shape}\"",
+            self.port
+        )
+    }
+
+    /// Drops everything between shapes (the server is the bench's alone).
+    fn flush(&self) -> Result<(), String> {
+        let url = format!("redis://127.0.0.1:{}", self.port);
+        let mut c = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .map_err(|e| format!("redis: {e}"))?;
+        redis::cmd("FLUSHALL")
+            .query::<()>(&mut c)
+            .map_err(|e| format!("redis FLUSHALL: {e}"))
+    }
+
+    /// Redis's `used_memory`, in bytes.
+    fn used_memory(&self) -> Option<u64> {
+        let url = format!("redis://127.0.0.1:{}", self.port);
+        let mut c = redis::Client::open(url.as_str())
+            .ok()?
+            .get_connection()
+            .ok()?;
+        let info: String = redis::cmd("INFO").arg("memory").query(&mut c).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+}
+
+/// One measured shape.
+struct Shape<'a> {
+    name: &'a str,
+    label: String,
     destinations: usize,
     partners_up: bool,
     pool_len: usize,
     per_request: u64,
+    /// Open loop at this many requests/s; `None`: closed loop.
     rate: Option<f64>,
     baseline_rps: f64,
-    notes: &mut Vec<String>,
-) -> Result<Row, String> {
-    eprintln!("loadbench: {label}");
-    let setup = fresh_setup(ctx, name, destinations)?;
-    let partners = if partners_up {
+    on: On<'a>,
+}
+
+/// CPU seconds used so far by the relays, this process, and Redis (if any).
+fn cpu_now(stats: &[String], redis: Option<&String>) -> Option<(f64, f64, Option<f64>)> {
+    let mut relays = 0.0;
+    for s in stats {
+        relays += relay::cpu_secs(s)?;
+    }
+    let me = relay::cpu_secs("/proc/self/stat")?;
+    Some((relays, me, redis.and_then(|r| relay::cpu_secs(r))))
+}
+
+/// One measured shape against freshly started relays (fresh data dirs or prefix).
+fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row, String> {
+    let name = sh.name;
+    eprintln!("loadbench: {}", sh.label);
+    let partners = if sh.partners_up {
         Some(Partners::start(&ctx.partner_ports)?)
     } else {
         None
     };
     let t = Instant::now();
-    let pool = events::pool(&ctx.run_id, pool_len, per_request, None, ctx.threads)?;
+    let pool = events::pool(&ctx.run_id, sh.pool_len, sh.per_request, None, ctx.threads)?;
     eprintln!(
         "  {} pre-signed requests ({} MiB) made in {:.1} s",
         pool.requests.len(),
         pool.bytes >> 20,
         t.elapsed().as_secs_f64()
     );
-    let (mut r, _) = start_relay(ctx, &setup, &format!("relay-{name}.log"))?;
-    let mut spec = ctx.spec(r.addr, Arc::new(pool.requests), false);
-    spec.rate = rate;
+    let mut relays = start_relays(ctx, name, sh.destinations, &sh.on)?;
+    let addrs: Vec<SocketAddr> = relays.iter().map(|(_, r)| r.addr).collect();
+    let mut spec = ctx.spec(addrs[0], Arc::new(pool.requests), false);
+    spec.addrs = addrs.clone();
+    spec.rate = sh.rate;
 
-    // Count what the partners receive inside the measured window.
-    // and the CPU the relay and this process (generator + partners) use in it.
+    // Count what the partners receive inside the measured window, and the CPU the
+    // relays, this process (generator + partners) and Redis use in it.
     let counters = partners.as_ref().map(|p| p.counters.clone());
     let warmup = ctx.warmup;
-    let relay_stat = format!("/proc/{}/stat", r.proc.pid());
+    let stats: Vec<String> = relays
+        .iter()
+        .map(|(_, r)| format!("/proc/{}/stat", r.proc.pid()))
+        .collect();
+    let redis_stat = match &sh.on {
+        On::Redis { redis, .. } => Some(format!("/proc/{}/stat", redis.proc.pid())),
+        On::Embedded => None,
+    };
+    let (stats2, redis_stat2) = (stats.clone(), redis_stat.clone());
     let sampler = std::thread::spawn(move || {
         std::thread::sleep(warmup);
         let n: u64 = counters
@@ -465,29 +676,17 @@ fn relay_shape(
             .flatten()
             .map(|c| c.requests.load(std::sync::atomic::Ordering::Relaxed))
             .sum();
-        let cpu = (
-            relay::cpu_secs(&relay_stat),
-            relay::cpu_secs("/proc/self/stat"),
-        );
-        (Instant::now(), n, cpu)
+        (Instant::now(), n, cpu_now(&stats2, redis_stat2.as_ref()))
     });
     let o = load::run(spec)?;
     let end = (
         Instant::now(),
         partners.as_ref().map_or(0, |p| p.total_requests()),
     );
-    let cpu_end = (r.proc.cpu_secs(), relay::cpu_secs("/proc/self/stat"));
+    let cpu_end = cpu_now(&stats, redis_stat.as_ref());
     let (from, n0, cpu0) = sampler.join().map_err(|_| "sampler panicked")?;
     let span = end.0.saturating_duration_since(from).as_secs_f64();
-    if let (Some(r0), Some(r1), Some(b0), Some(b1), true) =
-        (cpu0.0, cpu_end.0, cpu0.1, cpu_end.1, span > 0.0)
-    {
-        notes.push(format!(
-            "({name}) CPU in the window: relay {:.2} cores, load generator + fake partners {:.2} cores",
-            (r1 - r0) / span,
-            (b1 - b0) / span
-        ));
-    }
+    cpu_note(name, cpu0, cpu_end, span, notes);
     let postbacks = partners.as_ref().map(|_| {
         if span > 0.0 {
             (end.1 - n0) as f64 / span
@@ -495,25 +694,64 @@ fn relay_shape(
             0.0
         }
     });
-    let left = relay::queued(r.addr).ok();
-    let rss = r.proc.status_kib("VmHWM");
-    if !r.proc.is_running() {
-        return Err(format!(
-            "the relay died during shape ({name}); its log ends with:\n{}",
-            relay::log_tail(&r.log, 20)
+    let left = relay::queued(addrs[0]).ok();
+    let rss = relays
+        .iter()
+        .filter_map(|(_, r)| r.proc.status_kib("VmHWM"))
+        .max();
+    if let On::Redis { redis, .. } = &sh.on {
+        if let (Some(bytes), Some(q)) = (redis.used_memory(), left) {
+            notes.push(format!(
+                "({name}) Redis used_memory {} MiB with {q} deliveries queued",
+                bytes >> 20
+            ));
+        }
+    }
+    for (setup, r) in &mut relays {
+        if !r.proc.is_running() {
+            return Err(format!(
+                "a relay died during shape ({name}); its log ends with:\n{}",
+                relay::log_tail(&r.log, 20)
+            ));
+        }
+        r.proc.terminate(Duration::from_secs(30));
+        let _ = std::fs::remove_dir_all(&setup.dir);
+    }
+    drop(partners);
+    if let On::Redis { redis, .. } = &sh.on {
+        redis.flush()?;
+    }
+    let ratio = (sh.baseline_rps > 0.0).then(|| o.requests_per_sec() / sh.baseline_rps);
+    let row = Row::from_outcome(&sh.label, &o, sh.per_request, postbacks, rss, ratio);
+    shape_notes(name, &o, notes);
+    outcome_notes(name, &o, left, sh.partners_up, sh.rate, notes);
+    Ok(row)
+}
+
+type Cpu = Option<(f64, f64, Option<f64>)>;
+
+fn cpu_note(name: &str, from: Cpu, to: Cpu, span: f64, notes: &mut Vec<String>) {
+    if let (Some((r0, b0, x0)), Some((r1, b1, x1)), true) = (from, to, span > 0.0) {
+        let redis = match (x0, x1) {
+            (Some(a), Some(b)) => format!(", redis-server {:.2} cores", (b - a) / span),
+            _ => String::new(),
+        };
+        notes.push(format!(
+            "({name}) CPU in the window: relay {:.2} cores, load generator + fake partners {:.2} cores{redis}",
+            (r1 - r0) / span,
+            (b1 - b0) / span
         ));
     }
-    r.proc.terminate(Duration::from_secs(30));
-    drop(partners);
-    let _ = std::fs::remove_dir_all(&setup.dir);
+}
 
-    let ratio = if baseline_rps > 0.0 {
-        Some(o.requests_per_sec() / baseline_rps)
-    } else {
-        None
-    };
-    let row = Row::from_outcome(label, &o, per_request, postbacks, rss, ratio);
-    shape_notes(name, &o, notes);
+fn outcome_notes(
+    name: &str,
+    o: &load::Outcome,
+    left: Option<u64>,
+    partners_up: bool,
+    rate: Option<f64>,
+    notes: &mut Vec<String>,
+) {
     if let (Some(q), true) = (left, partners_up) {
         notes.push(format!(
             "({name}) deliveries still queued when the load stopped: {q}{}",
@@ -539,7 +777,6 @@ fn relay_shape(
         o.non_2xx(),
         o.io_errors
     );
-    Ok(row)
 }
 
 fn shape_notes(name: &str, o: &load::Outcome, notes: &mut Vec<String>) {
@@ -585,7 +822,7 @@ fn drain_shape(ctx: &Ctx) -> Result<(Row, Vec<String>), String> {
     );
     let (mut r, _) = start_relay(ctx, &setup, "relay-f-fill.log")?;
     let spec = load::Spec {
-        addr: r.addr,
+        addrs: vec![r.addr],
         connections: ctx.args.connections,
         warmup: Duration::ZERO,
         duration: None,

@@ -78,11 +78,6 @@ impl Proc {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
     }
 
-    /// CPU seconds (user + system) the process has used so far.
-    pub fn cpu_secs(&self) -> Option<f64> {
-        cpu_secs(&format!("/proc/{}/stat", self.pid()))
-    }
-
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
@@ -249,13 +244,17 @@ pub struct RelaySetup {
     pub data_dir: PathBuf,
 }
 
-/// Writes `dir/postback-relay.toml`, `dir/rules/` (the first `destinations` of the 3
+/// The `[store]` lines of the embedded store.
+pub const EMBEDDED: &str = "backend = \"embedded\"";
+
+/// Writes `dir/postback-relay.toml` (with `store`, the `[store]` lines), `dir/rules/` (the first `destinations` of the 3
 /// bench destinations, posting to `partner_ports`) and an empty `dir/data/`.
 pub fn write_setup(
     dir: &Path,
     listen: SocketAddr,
     partner_ports: &[u16],
     destinations: usize,
+    store: &str,
 ) -> Result<RelaySetup, String> {
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     let rules = dir.join("rules");
@@ -280,7 +279,7 @@ window = "7d"
 key = ["click_id", "event_name"]
 
 [store]
-backend = "embedded"
+{store}
 
 [delivery]
 allow_private_networks = true

@@ -102,12 +102,22 @@ fn admin_call(
     })
 }
 
-fn with_store<T>(
-    cfg: &Config,
-    f: impl FnOnce(std::sync::Arc<dyn crate::store::Store>) -> T,
-) -> Result<T, String> {
-    let store = crate::app::open_store(cfg)?;
-    Ok(f(store))
+/// Runs `f` on the store opened directly (no relay runs), in a runtime of its own.
+fn with_store<T, F, Fut>(cfg: &Config, f: F) -> Result<T, String>
+where
+    F: FnOnce(std::sync::Arc<dyn crate::store::Store>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let store = crate::app::open_store(cfg).await?;
+        let out = f(store.clone()).await;
+        store.close().await;
+        out
+    })
 }
 
 fn print_list(v: &Value) {
@@ -146,17 +156,13 @@ fn list(config: &Path, destination: Option<String>) -> i32 {
             .unwrap_or_default();
         admin_call(&cfg, "GET", &format!("/admin/dlq{q}"), None)
     } else {
-        with_store(&cfg, |store| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
-            match rt {
-                Ok(rt) => rt
-                    .block_on(store.dlq_list(destination.as_deref(), usize::MAX))
-                    .map(|l| json!({"dead_letters": l.iter().map(crate::http::admin::dead_letter_json).collect::<Vec<_>>()}))
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
+        with_store(&cfg, |store| async move {
+            store
+                .dlq_list(destination.as_deref(), usize::MAX)
+                .await
+                .map(|l| json!({"dead_letters": l.iter().map(crate::http::admin::dead_letter_json).collect::<Vec<_>>()}))
+                .map_err(|e| e.to_string())
         })
-        .and_then(|r| r)
     };
     match result {
         Ok(v) => {
@@ -184,18 +190,12 @@ fn replay(config: &Path, selector: ReplaySelector) -> i32 {
         admin_call(&cfg, "POST", "/admin/dlq/replay", Some(body))
             .map(|v| v["replayed"].as_u64().unwrap_or(0) as usize)
     } else {
-        with_store(&cfg, |store| {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            match rt {
-                Ok(rt) => rt
-                    .block_on(store.dlq_replay(selector, chrono::Utc::now().timestamp_millis()))
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
+        with_store(&cfg, |store| async move {
+            store
+                .dlq_replay(selector, chrono::Utc::now().timestamp_millis())
+                .await
+                .map_err(|e| e.to_string())
         })
-        .and_then(|r| r)
     };
     match result {
         Ok(n) => {

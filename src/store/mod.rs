@@ -2,7 +2,8 @@
 //!
 //! Owns: the `Store` trait the rest of the relay talks to, the values it stores
 //! (`Delivery`, `DeadLetter`, hashed `DedupeKey`s) and its errors; the embedded backend
-//! (`embedded`, an LSM store in `data_dir`). Never: sees a raw event or a partner's
+//! (`embedded`, an LSM store in `data_dir`) and the shared one (`redis`, several relays on
+//! one Redis or Valkey). Never: sees a raw event or a partner's
 //! credentials. What reaches a store is already filtered and rendered by the rules
 //! (secret header values and URL parts replaced by markers, see
 //! `outbound::Credentials`), and dedupe keys are keyed hashes.
@@ -23,6 +24,7 @@ pub(crate) mod contract;
 pub mod embedded;
 #[cfg(test)]
 pub(crate) mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -454,3 +454,73 @@ impl Drop for RelayProcess {
         }
     }
 }
+
+/// The store a test relay runs on: the embedded one, or a Redis key prefix of its own
+/// (deleted when this is dropped).
+pub enum TestStore {
+    Embedded,
+    Redis { url: String, prefix: String },
+}
+
+impl TestStore {
+    /// The Redis at `PBR_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) under a
+    /// fresh prefix; `None`, with the reason printed, when there is none here. In CI
+    /// (`CI=true`) a missing Redis fails the test.
+    pub fn redis(test: &str) -> Option<TestStore> {
+        let url =
+            std::env::var("PBR_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let up = redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+        match up {
+            Ok(_) => Some(TestStore::Redis {
+                url,
+                prefix: format!("pbr-it-{:012x}", rand::random::<u64>() >> 16),
+            }),
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("{test}: CI needs a Redis at {url} ({e}); .ci/run starts one")
+            }
+            Err(e) => {
+                eprintln!("{test}: skipped on Redis: no Redis at {url} ({e}); set PBR_TEST_REDIS_URL or start redis-server");
+                None
+            }
+        }
+    }
+
+    /// The `[store]` section for the config (empty for the embedded store); a claim
+    /// of a killed relay goes to another after `claim_timeout`.
+    pub fn config(&self, claim_timeout: &str) -> String {
+        match self {
+            TestStore::Embedded => String::new(),
+            TestStore::Redis { url, prefix } => format!(
+                "\n[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\nredis_claim_timeout = \"{claim_timeout}\"\n"
+            ),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            TestStore::Embedded => "embedded",
+            TestStore::Redis { .. } => "redis",
+        }
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let TestStore::Redis { url, prefix } = self else {
+            return;
+        };
+        let Ok(mut conn) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection())
+        else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{{prefix}}}*"))
+            .query(&mut conn)
+            .unwrap_or_default();
+        for k in keys {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(k).query(&mut conn);
+        }
+    }
+}

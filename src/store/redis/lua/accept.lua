@@ -1,0 +1,46 @@
+-- accept: ARGV[3] now ms, [4] dedupe window ms, [5] max queued, [6] number of
+-- events, then per event: dedupe key, number of deliveries, then per delivery:
+-- destination, delivery ID, rendered request. All or nothing: a script runs whole.
+-- Returns one 1 (accepted) or 0 (duplicate) per event.
+local now = tonumber(ARGV[3])
+local window = tonumber(ARGV[4])
+local max = tonumber(ARGV[5])
+local events = {}
+local i = 7
+local adding = 0
+for e = 1, tonumber(ARGV[6]) do
+  local nd = tonumber(ARGV[i + 1])
+  events[e] = { ARGV[i], i + 2, nd }
+  adding = adding + nd
+  i = i + 2 + 3 * nd
+end
+local queued = tonumber(redis.call('HGET', COUNTS, 'total') or '0')
+if adding > 0 and queued + adding > max then
+  return redis.error_reply('FULL ' .. n(queued) .. ' deliveries queued, max_queued is ' .. n(max))
+end
+local DEDUPE = P .. ':dedupe'
+local out = {}
+for e, ev in ipairs(events) do
+  local exp = redis.call('ZSCORE', DEDUPE, ev[1])
+  if exp and tonumber(exp) > now then
+    out[e] = 0
+  else
+    redis.call('ZADD', DEDUPE, n(now + window), ev[1])
+    for d = 0, ev[3] - 1 do
+      local j = ev[2] + 3 * d
+      local dest, id = ARGV[j], ARGV[j + 1]
+      if redis.call('SADD', P .. ':dests', dest) == 1 then
+        redis.pcall('XGROUP', 'CREATE', stream(dest), GROUP, '0', 'MKSTREAM')
+      end
+      redis.call('HSET', record(id), 'dest', dest, 'req', ARGV[j + 2], 'ca', n(now),
+        'na', n(now), 'att', '0')
+      enqueue(dest, id, now)
+      count(dest, 1, 0)
+    end
+    out[e] = 1
+  end
+end
+-- The marks expire with the window: once no event came for a whole window, every
+-- mark in the set has expired, and so does the set.
+redis.call('PEXPIRE', DEDUPE, n(window))
+return out

@@ -1,0 +1,48 @@
+-- claim: ARGV[3] destination, [4] consumer, [5] now ms, [6] limit, [7] claim
+-- timeout ms. Moves due retries back onto the stream, hands out the due entries no
+-- consumer has seen, then entries another consumer has held past the timeout.
+-- Returns each claimed delivery's record (HGETALL) with its delivery ID first.
+local dest, consumer = ARGV[3], ARGV[4]
+local now, limit, idle = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local q = stream(dest)
+if redis.call('EXISTS', q) == 0 then
+  return {}
+end
+local RETRY = P .. ':retry:' .. dest
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', RETRY, '-inf', n(now), 'LIMIT', 0, limit)) do
+  redis.call('ZREM', RETRY, id)
+  enqueue(dest, id, tonumber(redis.call('HGET', record(id), 'na') or n(now)))
+end
+local ids = {}
+local function take(entries)
+  for _, e in ipairs(entries) do
+    if type(e) == 'table' and type(e[2]) == 'table' then
+      ids[#ids + 1] = { e[1], e[2][2] }
+    end
+  end
+end
+local fresh = redis.call('XRANGE', q, '(' .. last_delivered(q), n(now), 'COUNT', limit)
+if #fresh > 0 then
+  local got = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', #fresh, 'STREAMS', q, '>')
+  if got then
+    take(got[1][2])
+  end
+end
+if #ids < limit and idle > 0 then
+  local r = redis.call('XAUTOCLAIM', q, GROUP, consumer, idle, '0-0', 'COUNT', limit - #ids)
+  take(r[2])
+end
+local out = {}
+for _, x in ipairs(ids) do
+  local entry, id = x[1], x[2]
+  local fields = redis.call('HGETALL', record(id))
+  local st = redis.call('HGET', record(id), 'st')
+  if st == 'q' and redis.call('HGET', record(id), 'e') == entry then
+    table.insert(fields, 1, id)
+    out[#out + 1] = fields
+  else
+    -- an entry whose delivery moved on (retired, or a stale duplicate): drop it
+    drop_entry(dest, entry)
+  end
+end
+return out

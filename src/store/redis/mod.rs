@@ -1,0 +1,690 @@
+//! The Redis (or Valkey) backend: several relays share one dedupe state and one
+//! delivery queue.
+//!
+//! Owns: the keys of one installation under `{prefix}` (one hash tag, so one slot):
+//! the dedupe marks, one stream per destination with one consumer group (`relay`,
+//! each relay process a consumer), the retry and dead-letter sorted sets, delivery
+//! records and counters; the Lua scripts that change them atomically (`lua/`).
+//! Never: speaks HTTP, sees a raw event or a credential (requests carry markers).
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `{P}:meta` | hash | `epoch` (this data's identity), `secret` (dedupe key), `format` |
+//! | `{P}:dedupe` | sorted set | keyed hash (16 bytes) -> expiry (ms) |
+//! | `{P}:q:<dest>` | stream | entry `i` = delivery ID; entry time = due time |
+//! | `{P}:retry:<dest>` | sorted set | delivery ID -> due (ms) |
+//! | `{P}:dead:<dest>` | sorted set | delivery ID -> dead at (ms) |
+//! | `{P}:r:<id>` | hash | the delivery (`record.rs`); a delivered one's receipt expires |
+//! | `{P}:counts` | hash | `q:<dest>`, `d:<dest>`, `total`: counts without scanning |
+//! | `{P}:dests`, `{P}:top` | set, hash | destinations; each stream's latest entry time |
+//!
+//! Every script first checks `{P}:meta`'s epoch against the one this relay opened:
+//! if Redis lost its data, the relay says so (`ready() == false`, writes answer
+//! `Unavailable`) instead of carrying on with an empty queue.
+
+mod open;
+mod record;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rand::RngCore;
+use redis::aio::ConnectionManager;
+use redis::{RedisError, Script, Value};
+
+use self::record::{encode_request, outcome_fields, Fields};
+use crate::store::{
+    AcceptOutcome, DeadLetter, Delivery, DeliveryStatus, DestinationCounts, EventToAccept,
+    ReplaySelector, Store, StoreError, StoreObserver, StoreResult,
+};
+use crate::sync::lock;
+
+/// What the Redis backend needs from the config.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` (TLS).
+    pub url: String,
+    /// Key prefix: every key is `{prefix}:...`.
+    pub prefix: String,
+    /// This process's consumer name in the stream groups; unique among live relays.
+    pub consumer: String,
+    /// A claim held this long by a relay that stopped touching it (dead) is handed
+    /// to another.
+    pub claim_timeout: Duration,
+    pub dedupe_window: Duration,
+    pub max_queued: u64,
+    pub dlq_retention: Duration,
+    /// Replicas that must confirm an accept before the 202 (`WAIT`); 0: none.
+    pub wait_replicas: u32,
+    pub wait_timeout: Duration,
+    /// TLS: trust these CA certificates (PEM file) instead of the public roots.
+    pub ca: Option<PathBuf>,
+    /// Where this relay notes the epoch of the data it used, so that a restart finds
+    /// out when Redis lost the data in between.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl RedisOptions {
+    /// `host-pid`: unique among live processes, new for each run.
+    pub fn default_consumer() -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "relay".into());
+        format!("{host}-{}", std::process::id())
+    }
+}
+
+/// A script's arguments, each as Redis takes it.
+macro_rules! args {
+    ($($x:expr),* $(,)?) => {{
+        let mut v: Vec<Vec<u8>> = Vec::new();
+        $( v.extend(::redis::ToRedisArgs::to_redis_args(&$x)); )*
+        v
+    }};
+}
+
+const FORMAT: &str = "1";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much a script moves at once (replay, retire, purge), so no call holds Redis
+/// for long.
+const BATCH: usize = 1000;
+const EPOCH_FILE: &str = "redis.epoch";
+/// Consumers holding nothing and idle this long are deleted from the groups.
+const FORGET_AFTER: Duration = Duration::from_secs(86_400);
+
+struct Scripts {
+    open: Script,
+    accept: Script,
+    claim: Script,
+    settle: Script,
+    replay: Script,
+    retire: Script,
+    purge: Script,
+    next_due: Script,
+    recover: Script,
+    forget: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        // `#!lua` (Redis 7+): a script that may write is refused whole when Redis is
+        // out of memory, before it reads or writes anything.
+        let with_common = |body: &str| Script::new(&format!("#!lua\n{COMMON}\n{body}"));
+        Scripts {
+            open: Script::new(&format!("#!lua\n{}", include_str!("lua/open.lua"))),
+            accept: with_common(include_str!("lua/accept.lua")),
+            claim: with_common(include_str!("lua/claim.lua")),
+            settle: with_common(include_str!("lua/settle.lua")),
+            replay: with_common(include_str!("lua/replay.lua")),
+            retire: with_common(include_str!("lua/retire.lua")),
+            purge: with_common(include_str!("lua/purge.lua")),
+            next_due: with_common(include_str!("lua/next_due.lua")),
+            recover: with_common(include_str!("lua/recover.lua")),
+            forget: with_common(include_str!("lua/forget.lua")),
+        }
+    }
+}
+
+const COMMON: &str = include_str!("lua/common.lua");
+
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: ConnectionManager,
+    opts: RedisOptions,
+    /// `{prefix}`: the hash tag every key starts with.
+    p: String,
+    epoch: String,
+    secret: [u8; 32],
+    scripts: Scripts,
+    /// Claims this process holds: delivery ID -> (destination, stream entry).
+    held: Mutex<HashMap<String, (String, String)>>,
+    lost: AtomicBool,
+    closed: AtomicBool,
+    observer: Mutex<Option<Arc<dyn StoreObserver>>>,
+}
+
+fn wall_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Keeps this process's claims from looking abandoned: every third of the claim
+/// timeout, reset their idle time. Ends when the store is dropped or closed.
+async fn touch_claims(inner: Weak<Inner>) {
+    loop {
+        let every = match inner.upgrade() {
+            Some(i) => (i.opts.claim_timeout / 3).max(Duration::from_millis(100)),
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(i) = inner.upgrade() else { return };
+        if i.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut by_dest: HashMap<String, Vec<String>> = HashMap::new();
+        for (dest, entry) in lock(&i.held).values() {
+            by_dest.entry(dest.clone()).or_default().push(entry.clone());
+        }
+        for (dest, entries) in by_dest {
+            let mut cmd = redis::cmd("XCLAIM");
+            cmd.arg(i.key(&format!("q:{dest}")))
+                .arg("relay")
+                .arg(&i.opts.consumer)
+                .arg(0)
+                .arg(&entries)
+                .arg("JUSTID");
+            let r: Result<Value, _> = cmd.query_async(&mut i.conn.clone()).await;
+            if let Err(e) = r {
+                tracing::warn!(destination = %dest, error = %e, "cannot renew claims in Redis");
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.p)
+    }
+
+    /// Refuses work once closed, or once Redis was found to have lost the data.
+    fn usable(&self) -> StoreResult<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        }
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(LOST.into()));
+        }
+        Ok(())
+    }
+
+    /// A script call with the prefix and epoch in front of `args`.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        args: Vec<Vec<u8>>,
+    ) -> StoreResult<T> {
+        self.usable()?;
+        let mut inv = script.prepare_invoke();
+        inv.arg(&self.p).arg(&self.epoch);
+        for a in args {
+            inv.arg(a);
+        }
+        let mut conn = self.conn.clone();
+        inv.invoke_async(&mut conn).await.map_err(|e| self.error(e))
+    }
+
+    /// Classifies a Redis error; notes a data loss.
+    fn error(&self, e: RedisError) -> StoreError {
+        match e.code() {
+            Some("DATALOSS") => {
+                self.note_lost();
+                StoreError::Unavailable(LOST.into())
+            }
+            Some("FULL") => StoreError::Full {
+                reason: e.detail().unwrap_or("max_queued reached").to_owned(),
+                retry_after: Duration::from_secs(5),
+            },
+            Some("OOM") => StoreError::Full {
+                reason: "Redis is out of memory (maxmemory)".into(),
+                retry_after: Duration::from_secs(5),
+            },
+            _ => StoreError::Unavailable(format!("Redis: {e}")),
+        }
+    }
+
+    /// Redis no longer holds the data this relay opened: say so once, loudly, and
+    /// stop using it.
+    fn note_lost(&self) {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                prefix = %self.opts.prefix,
+                epoch = %self.epoch,
+                "Redis lost the relay's data (a restart without persistence, a flush, or a failover to an empty replica): every delivery queued there is gone. This relay stops accepting and delivering; restart it to go on with the data Redis has now (see README, scale-out)"
+            );
+        }
+    }
+
+    fn committed(&self, operations: usize, started: Instant) {
+        if let Some(o) = lock(&self.observer).as_ref() {
+            o.committed(operations, started.elapsed());
+        }
+    }
+
+    async fn destinations(&self) -> StoreResult<Vec<String>> {
+        self.usable()?;
+        let mut d: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key("dests"))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        d.sort();
+        Ok(d)
+    }
+
+    /// Puts back what this consumer name held when its last process died.
+    async fn recover(&self) -> StoreResult<usize> {
+        let mut total = 0;
+        for dest in self.destinations().await? {
+            loop {
+                let n: usize = self
+                    .run(
+                        &self.scripts.recover,
+                        args![dest, self.opts.consumer, BATCH],
+                    )
+                    .await?;
+                total += n;
+                if n < BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Deletes the consumers that hold nothing and were idle past `idle`, in every
+    /// destination's group. Returns how many.
+    async fn forget_consumers(&self, idle: Duration) -> StoreResult<usize> {
+        let mut total = 0;
+        for dest in self.destinations().await? {
+            let n: usize = self
+                .run(&self.scripts.forget, args![dest, ms(idle)])
+                .await?;
+            total += n;
+        }
+        Ok(total)
+    }
+
+    async fn settle(
+        &self,
+        id: &str,
+        what: &str,
+        now: i64,
+        d: Option<&Delivery>,
+    ) -> StoreResult<()> {
+        let started = Instant::now();
+        let (set, del) = d.map(outcome_fields).unwrap_or_default();
+        let retention = ms(self.opts.dlq_retention).max(1);
+        let mut args = args![id, what, now, retention, set.len()];
+        for (f, v) in &set {
+            args.extend(args![f, v]);
+        }
+        for f in &del {
+            args.extend(args![f]);
+        }
+        let _: i64 = self.run(&self.scripts.settle, args).await?;
+        lock(&self.held).remove(id);
+        self.committed(1, started);
+        Ok(())
+    }
+
+    /// After an accept: the replicas asked for have the write, or the sender is
+    /// told to try again.
+    async fn wait_for_replicas(&self) -> StoreResult<()> {
+        let want = self.opts.wait_replicas;
+        if want == 0 {
+            return Ok(());
+        }
+        let got: u32 = redis::cmd("WAIT")
+            .arg(want)
+            .arg(ms(self.opts.wait_timeout))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(|e| self.error(e))?;
+        if got < want {
+            return Err(StoreError::Unavailable(format!(
+                "only {got} of {want} Redis replicas confirmed the write in time"
+            )));
+        }
+        Ok(())
+    }
+}
+
+const LOST: &str = "Redis lost the relay's data (restart without persistence, flush or failover to an empty replica); restart the relay to go on";
+
+/// An accept's arguments after the prefix and epoch.
+struct AcceptArgs {
+    args: Vec<Vec<u8>>,
+    ids: Vec<Vec<String>>,
+}
+
+fn accept_args(inner: &Inner, events: &[EventToAccept], now_ms: i64) -> StoreResult<AcceptArgs> {
+    let mut args: Vec<Vec<u8>> = vec![
+        now_ms.to_string().into_bytes(),
+        ms(inner.opts.dedupe_window).to_string().into_bytes(),
+        inner.opts.max_queued.to_string().into_bytes(),
+        events.len().to_string().into_bytes(),
+    ];
+    let mut ids = Vec::with_capacity(events.len());
+    for ev in events {
+        args.push(ev.dedupe_key.0.to_vec());
+        args.push(ev.deliveries.len().to_string().into_bytes());
+        let mut these = Vec::with_capacity(ev.deliveries.len());
+        for d in &ev.deliveries {
+            let id = new_id();
+            args.push(d.destination.clone().into_bytes());
+            args.push(id.clone().into_bytes());
+            args.push(encode_request(&d.request).map_err(StoreError::Unavailable)?);
+            these.push(id);
+        }
+        ids.push(these);
+    }
+    Ok(AcceptArgs { args, ids })
+}
+
+/// `dlv_` + a ULID: unique across relays without coordination.
+fn new_id() -> String {
+    let mut random = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut random);
+    let now = u64::try_from(wall_ms()).unwrap_or(0);
+    let u = ulid::Ulid::from_parts(now, u128::from_be_bytes(random));
+    let mut buf = [0u8; ulid::ULID_LEN];
+    format!("dlv_{}", u.array_to_str(&mut buf))
+}
+
+/// A claim script's answer: each a delivery ID followed by its record's fields.
+fn claimed(rows: Vec<Vec<Vec<u8>>>) -> Vec<(Delivery, String)> {
+    let mut out = Vec::with_capacity(rows.len());
+    for mut row in rows {
+        if row.is_empty() {
+            continue;
+        }
+        let id = String::from_utf8_lossy(&row.remove(0)).into_owned();
+        let fields = Fields::from_pairs(row);
+        match (fields.delivery(&id), fields.entry()) {
+            (Some(d), Some(entry)) => out.push((d, entry)),
+            _ => {
+                tracing::warn!(delivery_id = %id, "a queued delivery in Redis does not decode; left claimed")
+            }
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn observe(&self, observer: Arc<dyn StoreObserver>) {
+        *lock(&self.inner.observer) = Some(observer);
+    }
+
+    fn dedupe_secret(&self) -> [u8; 32] {
+        self.inner.secret
+    }
+
+    async fn accept(
+        &self,
+        events: Vec<EventToAccept>,
+        now_ms: i64,
+    ) -> StoreResult<Vec<AcceptOutcome>> {
+        let i = &self.inner;
+        let started = Instant::now();
+        let AcceptArgs { args, ids } = accept_args(i, &events, now_ms)?;
+        let flags: Vec<i64> = i.run(&i.scripts.accept, args).await?;
+        i.wait_for_replicas().await?;
+        i.committed(1, started);
+        Ok(flags
+            .into_iter()
+            .zip(ids)
+            .map(|(f, delivery_ids)| match f {
+                1 => AcceptOutcome::Accepted { delivery_ids },
+                _ => AcceptOutcome::Duplicate,
+            })
+            .collect())
+    }
+
+    async fn claim_due(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let i = &self.inner;
+        let idle = ms(i.opts.claim_timeout);
+        let rows: Vec<Vec<Vec<u8>>> = i
+            .run(
+                &i.scripts.claim,
+                args![destination, i.opts.consumer, now_ms, limit, idle],
+            )
+            .await?;
+        let got = claimed(rows);
+        let mut held = lock(&i.held);
+        Ok(got
+            .into_iter()
+            .map(|(d, entry)| {
+                held.insert(d.id.clone(), (d.destination.clone(), entry));
+                d
+            })
+            .collect())
+    }
+
+    async fn next_due(&self, destination: &str) -> StoreResult<Option<i64>> {
+        let i = &self.inner;
+        let v: Option<String> = i.run(&i.scripts.next_due, args![destination]).await?;
+        Ok(v.and_then(|t| t.parse().ok()))
+    }
+
+    async fn complete(&self, id: &str) -> StoreResult<()> {
+        self.inner.settle(id, "complete", wall_ms(), None).await
+    }
+
+    async fn retry_later(&self, delivery: Delivery) -> StoreResult<()> {
+        let id = delivery.id.clone();
+        self.inner
+            .settle(&id, "retry", wall_ms(), Some(&delivery))
+            .await
+    }
+
+    async fn dead_letter(&self, delivery: Delivery, now_ms: i64) -> StoreResult<()> {
+        let id = delivery.id.clone();
+        self.inner
+            .settle(&id, "dead", now_ms, Some(&delivery))
+            .await
+    }
+
+    async fn release(&self, id: &str) -> StoreResult<()> {
+        self.inner.settle(id, "release", wall_ms(), None).await
+    }
+
+    async fn dlq_list(
+        &self,
+        destination: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<DeadLetter>> {
+        let i = &self.inner;
+        let dests = match destination {
+            Some(d) => vec![d.to_owned()],
+            None => i.destinations().await?,
+        };
+        let stop = i64::try_from(limit).unwrap_or(i64::MAX).saturating_sub(1);
+        let mut out = Vec::new();
+        for dest in dests {
+            let ids: Vec<String> = redis::cmd("ZRANGE")
+                .arg(i.key(&format!("dead:{dest}")))
+                .arg(0)
+                .arg(stop)
+                .query_async(&mut i.conn.clone())
+                .await
+                .map_err(|e| i.error(e))?;
+            for chunk in ids.chunks(BATCH) {
+                let mut pipe = redis::pipe();
+                for id in chunk {
+                    pipe.cmd("HGETALL").arg(i.key(&format!("r:{id}")));
+                }
+                let rows: Vec<Vec<Vec<u8>>> = pipe
+                    .query_async(&mut i.conn.clone())
+                    .await
+                    .map_err(|e| i.error(e))?;
+                for (id, row) in chunk.iter().zip(rows) {
+                    let f = Fields::from_pairs(row);
+                    if f.state().as_deref() == Some("d") {
+                        out.extend(f.dead_letter(id));
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.dead_at, a.delivery.created_at, &a.delivery.id).cmp(&(
+                b.dead_at,
+                b.delivery.created_at,
+                &b.delivery.id,
+            ))
+        });
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn dlq_replay(&self, which: ReplaySelector, now_ms: i64) -> StoreResult<usize> {
+        let i = &self.inner;
+        let started = Instant::now();
+        let dests = match &which {
+            ReplaySelector::Id(id) => {
+                let n: usize = i
+                    .run(&i.scripts.replay, args![now_ms, "id", id, BATCH])
+                    .await?;
+                i.committed(1, started);
+                return Ok(n);
+            }
+            ReplaySelector::Destination(d) => vec![d.clone()],
+            ReplaySelector::All => i.destinations().await?,
+        };
+        let mut total = 0;
+        for dest in dests {
+            loop {
+                let n: usize = i
+                    .run(&i.scripts.replay, args![now_ms, "dest", dest, BATCH])
+                    .await?;
+                total += n;
+                if n < BATCH {
+                    break;
+                }
+            }
+        }
+        i.committed(1, started);
+        Ok(total)
+    }
+
+    async fn counts(&self) -> StoreResult<Vec<DestinationCounts>> {
+        let i = &self.inner;
+        i.usable()?;
+        let all: HashMap<String, i64> = redis::cmd("HGETALL")
+            .arg(i.key("counts"))
+            .query_async(&mut i.conn.clone())
+            .await
+            .map_err(|e| i.error(e))?;
+        let count = |k: String| u64::try_from(all.get(&k).copied().unwrap_or(0)).unwrap_or(0);
+        Ok(i.destinations()
+            .await?
+            .into_iter()
+            .map(|d| DestinationCounts {
+                queued: count(format!("q:{d}")),
+                dead: count(format!("d:{d}")),
+                destination: d,
+            })
+            .collect())
+    }
+
+    async fn purge(&self, now_ms: i64) -> StoreResult<(usize, usize)> {
+        let i = &self.inner;
+        let dests = i.destinations().await?;
+        let retention = ms(i.opts.dlq_retention);
+        let (mut keys, mut dead) = (0, 0);
+        loop {
+            let mut args = args![now_ms, retention, BATCH];
+            for d in &dests {
+                args.extend(args![d]);
+            }
+            let (k, d): (usize, usize) = i.run(&i.scripts.purge, args).await?;
+            keys += k;
+            dead += d;
+            if k < BATCH && d < BATCH {
+                break;
+            }
+        }
+        let gone = i.forget_consumers(FORGET_AFTER).await?;
+        if gone > 0 {
+            tracing::info!(
+                consumers = gone,
+                "forgot stream consumers of relays that stopped"
+            );
+        }
+        Ok((keys, dead))
+    }
+
+    async fn lookup(&self, id: &str) -> StoreResult<Option<DeliveryStatus>> {
+        let i = &self.inner;
+        i.usable()?;
+        if id.is_empty() {
+            return Ok(None);
+        }
+        let row: Vec<Vec<u8>> = redis::cmd("HGETALL")
+            .arg(i.key(&format!("r:{id}")))
+            .query_async(&mut i.conn.clone())
+            .await
+            .map_err(|e| i.error(e))?;
+        Ok(Fields::from_pairs(row).status(id))
+    }
+
+    async fn retire_destination(
+        &self,
+        destination: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> StoreResult<usize> {
+        let i = &self.inner;
+        let started = Instant::now();
+        let mut total = 0;
+        loop {
+            let n: usize = i
+                .run(&i.scripts.retire, args![destination, reason, now_ms, BATCH])
+                .await?;
+            total += n;
+            if n < BATCH {
+                break;
+            }
+        }
+        i.committed(1, started);
+        Ok(total)
+    }
+
+    async fn ready(&self) -> bool {
+        let i = &self.inner;
+        if i.usable().is_err() {
+            return false;
+        }
+        // The epoch, not a PING: a Redis that came back empty is not ready.
+        let mut conn = i.conn.clone();
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(i.key("meta")).arg("epoch");
+        let get = cmd.query_async::<Option<String>>(&mut conn);
+        match tokio::time::timeout(Duration::from_secs(2), get).await {
+            Ok(Ok(Some(e))) if e == i.epoch => true,
+            Ok(Ok(_)) => {
+                i.note_lost();
+                false
+            }
+            _ => false,
+        }
+    }
+
+    async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,179 @@
+//! Opening the Redis store: connect (TLS and AUTH from the URL), create or read the
+//! installation's meta hash (epoch, dedupe secret, format), check the epoch note in
+//! `data_dir`, warn about server settings that lose data, take back this consumer's
+//! claims, and start renewing claims.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::RngCore;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{
+    touch_claims, Inner, RedisOptions, RedisStore, Scripts, CONNECT_TIMEOUT, EPOCH_FILE, FORMAT,
+    RESPONSE_TIMEOUT,
+};
+
+/// The URL without its password, for messages.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "(redis_url)".into(),
+    }
+}
+
+impl RedisStore {
+    /// Connects, creates the installation's keys on first use, checks that Redis
+    /// still holds the data this relay used before, and takes back the claims a
+    /// previous process of the same consumer name held.
+    pub async fn open(opts: RedisOptions) -> Result<RedisStore, String> {
+        if opts.prefix.is_empty() || opts.prefix.contains(['{', '}']) {
+            return Err("redis_prefix must be non-empty and without { or }".into());
+        }
+        let where_ = redacted(&opts.url);
+        let client = client(&opts).map_err(|e| format!("redis_url {where_}: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(3)
+            .set_max_delay(Duration::from_secs(1));
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|e| format!("cannot reach Redis at {where_}: {e}"))?;
+        let p = format!("{{{}}}", opts.prefix);
+        let scripts = Scripts::new();
+        let (epoch, secret) = init_meta(&scripts, &mut conn, &p)
+            .await
+            .map_err(|e| format!("Redis at {where_}: {e}"))?;
+        if let Some(dir) = &opts.data_dir {
+            check_epoch_note(dir, &opts.prefix, &epoch, &where_)?;
+        }
+        warn_about_settings(&mut conn, &where_).await;
+        let inner = Arc::new(Inner {
+            conn,
+            opts,
+            p,
+            epoch,
+            secret,
+            scripts,
+            held: Mutex::new(HashMap::new()),
+            lost: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            observer: Mutex::new(None),
+        });
+        let recovered = inner.recover().await.map_err(|e| e.to_string())?;
+        if recovered > 0 {
+            tracing::info!(
+                deliveries = recovered,
+                consumer = %inner.opts.consumer,
+                "took back the claims of this consumer's previous process"
+            );
+        }
+        tokio::spawn(touch_claims(Arc::downgrade(&inner)));
+        Ok(RedisStore { inner })
+    }
+}
+
+/// The client for `redis_url`, trusting `ca` when given.
+fn client(opts: &RedisOptions) -> Result<redis::Client, String> {
+    let Some(ca) = &opts.ca else {
+        return redis::Client::open(opts.url.as_str()).map_err(|e| e.to_string());
+    };
+    let pem = std::fs::read(ca).map_err(|e| format!("redis_ca {}: {e}", ca.display()))?;
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(opts.url.as_str(), certs).map_err(|e| e.to_string())
+}
+
+/// Reads the installation's epoch and dedupe secret, creating them on first use.
+async fn init_meta(
+    scripts: &Scripts,
+    conn: &mut ConnectionManager,
+    p: &str,
+) -> Result<(String, [u8; 32]), String> {
+    let mut fresh = [0u8; 48];
+    rand::thread_rng().fill_bytes(&mut fresh);
+    let epoch: String = fresh[32..].iter().map(|b| format!("{b:02x}")).collect();
+    let (epoch, secret, format, _created): (String, Vec<u8>, String, i64) = scripts
+        .open
+        .prepare_invoke()
+        .arg(p)
+        .arg(&epoch)
+        .arg(&fresh[..32])
+        .arg(FORMAT)
+        .invoke_async(conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    if format != FORMAT {
+        return Err(format!(
+            "the keys under {p} were written in format {format}, this version reads {FORMAT}; use another redis_prefix or the matching version"
+        ));
+    }
+    let secret = <[u8; 32]>::try_from(secret.as_slice())
+        .map_err(|_| format!("{p}:meta holds a damaged dedupe secret"))?;
+    Ok((epoch, secret))
+}
+
+/// The epoch note in `data_dir`: a relay that used this prefix before refuses to
+/// start on data with another epoch (Redis lost or replaced it) until the operator
+/// deletes the note.
+fn check_epoch_note(dir: &Path, prefix: &str, epoch: &str, url: &str) -> Result<(), String> {
+    let path = dir.join(EPOCH_FILE);
+    let line = format!("{prefix} {epoch}\n");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let mut words = text.split_whitespace();
+            if let (Some(p), Some(e)) = (words.next(), words.next()) {
+                if p == prefix && e != epoch {
+                    return Err(format!(
+                        "{}: this relay used Redis data {e} under prefix {prefix}, but {url} now holds {}: Redis lost the relay's data (a restart without persistence, a flush, or a failover to an empty replica), and every delivery queued there is gone. To start on the data Redis has now, delete {}",
+                        path.display(),
+                        epoch,
+                        path.display()
+                    ));
+                }
+                if p == prefix {
+                    return Ok(());
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::write(&path, line).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Warns about server settings that lose accepted deliveries.
+async fn warn_about_settings(conn: &mut ConnectionManager, url: &str) {
+    let get = |name: &'static str| {
+        let mut c = conn.clone();
+        async move {
+            let v: Option<(String, String)> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut c)
+                .await
+                .ok();
+            v.map(|(_, value)| value)
+        }
+    };
+    // CONFIG may be refused (managed services, ACLs): then nothing is said.
+    if let Some(policy) = get("maxmemory-policy").await {
+        if policy != "noeviction" {
+            tracing::warn!(redis = %url, maxmemory_policy = %policy, "Redis may evict keys under memory pressure: queued deliveries and dedupe marks can vanish; set maxmemory-policy noeviction");
+        }
+    }
+    if get("appendonly").await.as_deref() == Some("no") {
+        tracing::warn!(redis = %url, "Redis runs without the append-only file: a Redis restart loses every queued delivery (the relay then refuses to go on); set appendonly yes");
+    }
+}

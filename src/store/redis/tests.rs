@@ -1,0 +1,772 @@
+//! The Redis backend against a real Redis: the contract suite and model test, then
+//! what only a shared store can get wrong (two relays on one queue, a relay that
+//! dies holding claims, Redis going away and coming back, Redis losing its data).
+//!
+//! Redis is `PBR_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`). Without one the
+//! tests print why and pass; in CI (`CI=true`) a missing Redis fails them. Each
+//! backend uses its own random key prefix and deletes its keys when dropped.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::store::contract::{self, c, counts_of, event, key, Backend, NOW};
+
+/// The test Redis, or `None` (with the reason printed) when there is none here.
+pub fn test_redis(test: &str) -> Option<String> {
+    let url =
+        std::env::var("PBR_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let up = ::redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .and_then(|mut c| ::redis::cmd("PING").query::<String>(&mut c));
+    match up {
+        Ok(_) => Some(url),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{test}: CI needs a Redis at {url} ({e}); .ci/run starts one")
+        }
+        Err(e) => {
+            eprintln!("{test}: skipped: no Redis at {url} ({e}); set PBR_TEST_REDIS_URL or start redis-server");
+            None
+        }
+    }
+}
+
+fn random_prefix() -> String {
+    let b: [u8; 6] = rand::random();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("pbr-test-{hex}")
+}
+
+fn options(url: &str, prefix: &str, consumer: &str, dir: &Path) -> RedisOptions {
+    RedisOptions {
+        url: url.to_owned(),
+        prefix: prefix.to_owned(),
+        consumer: consumer.to_owned(),
+        // Long: in the contract, a claim is only ever taken back by a restart.
+        claim_timeout: Duration::from_secs(3600),
+        dedupe_window: Duration::from_secs(7 * 86_400),
+        max_queued: 1_000_000,
+        dlq_retention: Duration::from_secs(14 * 86_400),
+        wait_replicas: 0,
+        wait_timeout: Duration::from_secs(1),
+        ca: None,
+        data_dir: Some(dir.to_path_buf()),
+    }
+}
+
+/// Deletes every key under `prefix`.
+fn delete_prefix(url: &str, prefix: &str) {
+    let Ok(mut conn) = ::redis::Client::open(url).and_then(|c| c.get_connection()) else {
+        return;
+    };
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    for k in keys {
+        let _: Result<i64, _> = ::redis::cmd("DEL").arg(k).query(&mut conn);
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+struct OnRedis {
+    url: String,
+    prefix: String,
+    dir: tempfile::TempDir,
+    store: Option<Arc<dyn Store>>,
+}
+
+impl OnRedis {
+    fn new(url: &str) -> OnRedis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let prefix = random_prefix();
+        let store = block_on(RedisStore::open(options(url, &prefix, "c1", dir.path())))
+            .expect("open the Redis store");
+        OnRedis {
+            url: url.to_owned(),
+            prefix,
+            dir,
+            store: Some(Arc::new(store)),
+        }
+    }
+
+    fn open_another(&self, consumer: &str, claim_timeout: Duration) -> RedisStore {
+        let mut o = options(&self.url, &self.prefix, consumer, self.dir.path());
+        o.claim_timeout = claim_timeout;
+        block_on(RedisStore::open(o)).expect("open a second store")
+    }
+}
+
+impl Drop for OnRedis {
+    fn drop(&mut self) {
+        delete_prefix(&self.url, &self.prefix);
+    }
+}
+
+impl Backend for OnRedis {
+    fn store(&self) -> Arc<dyn Store> {
+        self.store.clone().expect("open")
+    }
+
+    /// A crash and a restart: the same consumer name on the same prefix, so the new
+    /// process takes its predecessor's claims back at once.
+    fn restart(&mut self) -> bool {
+        self.store = None;
+        let o = options(&self.url, &self.prefix, "c1", self.dir.path());
+        let s = block_on(RedisStore::open(o)).expect("reopen");
+        self.store = Some(Arc::new(s));
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_the_store_contract() {
+    let Some(url) = test_redis("passes_the_store_contract") else {
+        return;
+    };
+    let fresh = move || Box::new(OnRedis::new(&url)) as Box<dyn Backend>;
+    contract::suite(&fresh).await;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn agrees_with_the_model(ops in prop::collection::vec(contract::model_op(), 1..40)) {
+        let Some(url) = test_redis("agrees_with_the_model") else {
+            return Ok(());
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let b = Box::new(OnRedis::new(&url));
+            contract::run_model(b, ops).await;
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_share_dedupe_and_split_the_queue() {
+    let Some(url) = test_redis("two_relays_share_dedupe_and_split_the_queue") else {
+        return;
+    };
+    let one = OnRedis::new(&url);
+    let a = one.store();
+    let b: Arc<dyn Store> = Arc::new(one.open_another("c2", Duration::from_secs(3600)));
+    assert_eq!(a.dedupe_secret(), b.dedupe_secret(), "one secret for all");
+    let mut tasks = Vec::new();
+    for k in 0..40u64 {
+        for s in [a.clone(), b.clone()] {
+            tasks.push(tokio::spawn(async move {
+                s.accept(vec![event(key(k), &["x"])], NOW).await
+            }));
+        }
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        let out = t.await.expect("join").expect("accept");
+        accepted += usize::from(matches!(out[0], AcceptOutcome::Accepted { .. }));
+    }
+    assert_eq!(accepted, 40, "each key accepted once across both relays");
+    let from_a = a.claim_due("x", NOW, 25).await.expect("claim");
+    let from_b = b.claim_due("x", NOW, 100).await.expect("claim");
+    assert_eq!((from_a.len(), from_b.len()), (25, 15));
+    let mut all: Vec<&str> = from_a
+        .iter()
+        .chain(&from_b)
+        .map(|d| d.id.as_str())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 40, "no delivery handed to both");
+    for d in &from_b {
+        a.complete(&d.id).await.expect("settle another's claim");
+    }
+    assert_eq!(counts_of(&*b).await, vec![c("x", 25, 0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_of_a_dead_relay_go_to_another_after_the_timeout() {
+    let Some(url) = test_redis("claims_of_a_dead_relay_go_to_another_after_the_timeout") else {
+        return;
+    };
+    let one = OnRedis::new(&url);
+    // Long enough that a loaded machine does not make the claim look abandoned
+    // between the two claims below.
+    let timeout = Duration::from_secs(2);
+    let dying = one.open_another("dying", timeout);
+    let heir = one.open_another("heir", timeout);
+    one.store()
+        .accept(vec![event(key(1), &["x"]), event(key(2), &["x"])], NOW)
+        .await
+        .expect("accept");
+    let held = dying.claim_due("x", NOW, 10).await.expect("claim");
+    assert_eq!(held.len(), 2);
+    drop(dying);
+    assert!(
+        heir.claim_due("x", NOW, 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "held, not yet abandoned"
+    );
+    let mut got = Vec::new();
+    for _ in 0..400 {
+        got.extend(heir.claim_due("x", NOW, 10).await.expect("claim"));
+        if got.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ids: Vec<_> = got.iter().map(|d| d.id.clone()).collect();
+    ids.sort();
+    let mut want: Vec<_> = held.iter().map(|d| d.id.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want, "the heir has them");
+    for d in got {
+        heir.complete(&d.id).await.expect("complete");
+    }
+    assert_eq!(counts_of(&heir).await, vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_relay_keeps_its_claims_past_the_timeout() {
+    let Some(url) = test_redis("a_live_relay_keeps_its_claims_past_the_timeout") else {
+        return;
+    };
+    let one = OnRedis::new(&url);
+    let timeout = Duration::from_secs(2);
+    let slow = one.open_another("slow", timeout);
+    let other = one.open_another("other", timeout);
+    one.store()
+        .accept(vec![event(key(1), &["x"])], NOW)
+        .await
+        .expect("accept");
+    let held = slow.claim_due("x", NOW, 10).await.expect("claim");
+    assert_eq!(held.len(), 1);
+    // Several timeouts pass while the claim is held (a slow partner): the holder
+    // renews it, so nobody else sends it meanwhile.
+    for _ in 0..4 {
+        tokio::time::sleep(timeout).await;
+        assert!(other
+            .claim_due("x", NOW, 10)
+            .await
+            .expect("claim")
+            .is_empty());
+    }
+    slow.complete(&held[0].id).await.expect("complete");
+    let st = slow
+        .lookup(&held[0].id)
+        .await
+        .expect("lookup")
+        .expect("known");
+    assert_eq!((st.state, st.attempts), ("delivered", 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_queued_an_accept_is_refused_whole() {
+    let Some(url) = test_redis("past_max_queued_an_accept_is_refused_whole") else {
+        return;
+    };
+    let one = OnRedis::new(&url);
+    let mut o = options(&url, &one.prefix, "small", one.dir.path());
+    o.max_queued = 2;
+    let s = RedisStore::open(o).await.expect("open");
+    s.accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("one");
+    let err = s
+        .accept(vec![event(key(2), &["a"]), event(key(3), &["b"])], NOW)
+        .await
+        .expect_err("full");
+    assert!(matches!(err, StoreError::Full { .. }), "{err}");
+    assert_eq!(
+        counts_of(&s).await,
+        vec![c("a", 1, 0)],
+        "nothing of it kept"
+    );
+    let out = s
+        .accept(vec![event(key(2), &["a"])], NOW)
+        .await
+        .expect("fits");
+    assert!(
+        matches!(out[0], AcceptOutcome::Accepted { .. }),
+        "key 2 not marked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_no_plaintext_key_and_no_credential() {
+    let Some(url) = test_redis("stores_no_plaintext_key_and_no_credential") else {
+        return;
+    };
+    let one = OnRedis::new(&url);
+    let mut ev = event(key(7), &["a"]);
+    ev.deliveries[0]
+        .request
+        .headers
+        .push(("Authorization".into(), "Bearer \u{1}META_TOKEN\u{1}".into()));
+    one.store().accept(vec![ev], NOW).await.expect("accept");
+    let mut conn = ::redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{{{}}}*", one.prefix))
+        .query(&mut conn)
+        .expect("keys");
+    let dump: Vec<u8> = keys
+        .iter()
+        .flat_map(|k| {
+            ::redis::cmd("DUMP")
+                .arg(k)
+                .query::<Vec<u8>>(&mut conn)
+                .unwrap_or_default()
+        })
+        .collect();
+    let text = String::from_utf8_lossy(&dump);
+    assert!(text.contains("META_TOKEN"), "the marker is stored");
+    assert!(!text.contains("Bearer secret"), "never a value");
+}
+
+/// Whether `redis-server` is on PATH; outside CI, says why a test is skipped.
+fn redis_server_installed(test: &str) -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status();
+    if found.is_err() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: CI needs redis-server on PATH; .ci/run installs it");
+        }
+        eprintln!("{test}: skipped: redis-server is not installed");
+        return false;
+    }
+    true
+}
+
+/// A `redis-server` of our own on a free port, to stop and start.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    persistent: bool,
+    maxmemory: Option<&'static str>,
+    /// The port of the primary this one replicates.
+    replica_of: Option<u16>,
+}
+
+impl OwnRedis {
+    /// `None` (printed) when `redis-server` is not installed, outside CI.
+    fn start(test: &str, persistent: bool) -> Option<OwnRedis> {
+        if !redis_server_installed(test) {
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut r = OwnRedis {
+            port,
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+            persistent,
+            maxmemory: None,
+            replica_of: None,
+        };
+        r.run();
+        Some(r)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let aof = if self.persistent { "yes" } else { "no" };
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", aof, "--appendfsync", "always"])
+            .args(self.maxmemory.iter().flat_map(|m| ["--maxmemory", m]))
+            .args(
+                self.replica_of
+                    .iter()
+                    .flat_map(|p| ["--replicaof".to_string(), format!("127.0.0.1 {p}")]),
+            )
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not listen on {}", self.port);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_away_is_unavailable_and_back_is_ready() {
+    let Some(mut server) = OwnRedis::start("redis_away_is_unavailable_and_back_is_ready", true)
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = RedisStore::open(options(&server.url(), "away", "c1", dir.path()))
+        .await
+        .expect("open");
+    s.accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("accept");
+    server.kill();
+    assert!(!s.ready().await);
+    let err = s
+        .accept(vec![event(key(2), &["a"])], NOW)
+        .await
+        .expect_err("Redis is down");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    // Longer than the connection's own reconnect attempts: every call still fails
+    // cleanly, and the store reconnects once Redis is back.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        assert!(s.claim_due("a", NOW, 10).await.is_err());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    server.run();
+    let mut back = false;
+    for _ in 0..200 {
+        if s.ready().await {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "ready again once Redis is back");
+    let out = s
+        .accept(vec![event(key(1), &["a"]), event(key(2), &["a"])], NOW)
+        .await
+        .expect("accept again");
+    assert_eq!(out[0], AcceptOutcome::Duplicate, "the mark survived (AOF)");
+    assert!(matches!(out[1], AcceptOutcome::Accepted { .. }));
+    assert_eq!(counts_of(&s).await, vec![c("a", 2, 0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_back_without_its_data_is_reported_not_taken_as_empty() {
+    let Some(mut server) = OwnRedis::start("redis_back_without_its_data", false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = options(&server.url(), "lossy", "c1", dir.path());
+    let s = RedisStore::open(o.clone()).await.expect("open");
+    s.accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("accept");
+    server.kill();
+    server.run();
+    let mut err = None;
+    for _ in 0..200 {
+        match s.accept(vec![event(key(2), &["a"])], NOW).await {
+            Err(StoreError::Unavailable(e)) if e.contains("lost") => {
+                err = Some(e);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(_) => panic!("an emptied Redis was taken as an empty queue"),
+        }
+    }
+    assert!(err.is_some(), "the loss is reported");
+    assert!(!s.ready().await);
+    assert!(s.claim_due("a", NOW, 10).await.is_err());
+    drop(s);
+    let refused = RedisStore::open(o.clone()).await.err().expect("refused");
+    assert!(
+        refused.contains("redis.epoch") && refused.contains("lost"),
+        "{refused}"
+    );
+    std::fs::remove_file(dir.path().join(EPOCH_FILE)).expect("operator accepts the loss");
+    let s = RedisStore::open(o)
+        .await
+        .expect("starts on the data Redis has now");
+    assert!(s.ready().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_memory_refuses_whole_accepts_as_full() {
+    let Some(mut server) = OwnRedis::start("out_of_memory_refuses_whole_accepts", false) else {
+        return;
+    };
+    server.maxmemory = Some("3mb");
+    server.kill();
+    server.run();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = RedisStore::open(options(&server.url(), "oom", "c1", dir.path()))
+        .await
+        .expect("open");
+    let mut accepted = 0u64;
+    let mut full = None;
+    for k in 0..10_000u64 {
+        let mut ev = event(key(k), &["a", "b"]);
+        for d in &mut ev.deliveries {
+            d.request.body = Some("x".repeat(2_000));
+        }
+        match s.accept(vec![ev], NOW).await {
+            Ok(_) => accepted += 1,
+            Err(e) => {
+                full = Some(e);
+                break;
+            }
+        }
+    }
+    let err = full.expect("Redis ran out of memory");
+    assert!(matches!(err, StoreError::Full { .. }), "{err}");
+    assert_eq!(
+        counts_of(&s).await,
+        vec![c("a", accepted, 0), c("b", accepted, 0)],
+        "every accept whole or not at all"
+    );
+    let marks: u64 = ::redis::Client::open(server.url().as_str())
+        .and_then(|c| c.get_connection())
+        .and_then(|mut c| ::redis::cmd("ZCARD").arg("{oom}:dedupe").query(&mut c))
+        .expect("zcard");
+    assert_eq!(marks, accepted, "no mark without its deliveries");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_a_start_error_naming_it_without_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = options(
+        &format!("redis://:hunter2@127.0.0.1:{port}"),
+        "x",
+        "c",
+        dir.path(),
+    );
+    o.data_dir = None;
+    let e = RedisStore::open(o).await.err().expect("no Redis there");
+    assert!(
+        e.contains("cannot reach Redis at redis://:***@127.0.0.1"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_holding_nothing_are_forgotten_and_holders_kept() {
+    let Some(url) = test_redis("consumers_holding_nothing_are_forgotten") else {
+        return;
+    };
+    let one = OnRedis::new(&url);
+    let done = one.open_another("done", Duration::from_secs(3600));
+    let holding = one.open_another("holding", Duration::from_secs(3600));
+    one.store()
+        .accept(vec![event(key(1), &["x"]), event(key(2), &["x"])], NOW)
+        .await
+        .expect("accept");
+    let d = done.claim_due("x", NOW, 1).await.expect("claim").remove(0);
+    done.complete(&d.id).await.expect("complete");
+    let held = holding.claim_due("x", NOW, 1).await.expect("claim");
+    assert_eq!(held.len(), 1);
+    let names = || {
+        let mut conn = ::redis::Client::open(url.as_str())
+            .and_then(|c| c.get_connection())
+            .expect("connect");
+        let v: Vec<Vec<::redis::Value>> = ::redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(format!("{{{}}}:q:x", one.prefix))
+            .arg("relay")
+            .query(&mut conn)
+            .expect("consumers");
+        let mut n: Vec<String> = v
+            .iter()
+            .filter_map(|c| match c.get(1) {
+                Some(::redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into()),
+                _ => None,
+            })
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(), vec!["done", "holding"]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let gone = holding
+        .inner
+        .forget_consumers(Duration::from_millis(1))
+        .await
+        .expect("forget");
+    assert_eq!((gone, names()), (1, vec!["holding".to_string()]));
+    holding
+        .complete(&held[0].id)
+        .await
+        .expect("the holder settles");
+    assert_eq!(counts_of(&holding).await, vec![]);
+}
+
+/// A CA and a server certificate for 127.0.0.1 it signed, as PEM files in `dir`:
+/// `ca.pem`, `server.pem`, `server.key`.
+fn certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("key");
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("leaf params");
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).expect("leaf");
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
+    std::fs::write(dir.join("server.pem"), leaf_cert.pem()).expect("write");
+    std::fs::write(dir.join("server.key"), leaf_key.serialize_pem()).expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speaks_tls_with_a_private_ca_and_authenticates() {
+    if !redis_server_installed("speaks_tls_with_a_private_ca_and_authenticates") {
+        return;
+    }
+    let certs = tempfile::tempdir().expect("tempdir");
+    certificates(certs.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let file = |n: &str| certs.path().join(n).display().to_string();
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args([
+            "--requirepass",
+            "s3cret-pw",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(certs.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server with TLS");
+    let mut up = false;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(up, "redis-server did not listen for TLS on {port}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = options(
+        &format!("rediss://:s3cret-pw@127.0.0.1:{port}"),
+        "tls",
+        "c1",
+        dir.path(),
+    );
+    o.ca = Some(certs.path().join("ca.pem"));
+    let s = RedisStore::open(o.clone()).await.expect("open over TLS");
+    let out = s
+        .accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("accept");
+    assert!(matches!(out[0], AcceptOutcome::Accepted { .. }));
+    assert!(s.ready().await);
+    drop(s);
+
+    o.url = format!("rediss://:wrong-pw@127.0.0.1:{port}");
+    let e = RedisStore::open(o.clone())
+        .await
+        .err()
+        .expect("wrong password");
+    assert!(!e.contains("wrong-pw") && !e.contains("s3cret"), "{e}");
+    o.url = format!("rediss://:s3cret-pw@127.0.0.1:{port}");
+    o.ca = None;
+    let e = RedisStore::open(o)
+        .await
+        .err()
+        .expect("an untrusted certificate");
+    assert!(e.contains("cannot reach Redis"), "{e}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accept_waits_for_the_replicas_asked_for() {
+    let Some(primary) = OwnRedis::start("an_accept_waits_for_the_replicas", false) else {
+        return;
+    };
+    let Some(mut replica) = OwnRedis::start("an_accept_waits_for_the_replicas", false) else {
+        return;
+    };
+    replica.replica_of = Some(primary.port);
+    replica.kill();
+    replica.run();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = options(&primary.url(), "wait", "c1", dir.path());
+    o.wait_replicas = 1;
+    o.wait_timeout = Duration::from_secs(10);
+    let s = RedisStore::open(o.clone()).await.expect("open");
+    // The replica may still be syncing: the first accepts can time out.
+    let mut ok = false;
+    for k in 0..50 {
+        if s.accept(vec![event(key(k), &["a"])], NOW).await.is_ok() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "one replica confirmed an accept");
+    o.wait_replicas = 2;
+    o.wait_timeout = Duration::from_millis(200);
+    let s = RedisStore::open(o).await.expect("open");
+    let err = s
+        .accept(vec![event(key(1000), &["a"])], NOW)
+        .await
+        .expect_err("there is only one replica");
+    assert!(err.to_string().contains("only 1 of 2"), "{err}");
+}

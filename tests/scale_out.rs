@@ -1,0 +1,312 @@
+//! Several relays on one Redis, with the real binary and real (fake) partners: the
+//! same events sent to two relays at once reach each partner exactly once; a relay
+//! killed with SIGKILL while holding deliveries has them delivered by the other after
+//! the claim timeout; Redis going away is a 503 with `Retry-After` and an unready
+//! relay, and both ingest and delivery resume by themselves when it returns.
+//!
+//! Needs a Redis (`PBR_TEST_REDIS_URL`, default 127.0.0.1:6379) and, for the last
+//! test, `redis-server` on PATH: without them the tests print why and pass, except in
+//! CI (`CI=true`), where they fail.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use postback_relay::deliver::testing::{FakePartner, RecordedRequest, Reply};
+use serde_json::Value;
+
+use common::*;
+
+/// A GET postback with the event ID in its URL.
+fn rule(url: &str, timeout: &str) -> String {
+    format!(
+        r#"[destination]
+url = "{url}?eid={{event_id}}"
+method = "GET"
+timeout = "{timeout}"
+concurrency = 16
+retry = {{ max_attempts = 100, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "500ms" }}
+
+[privacy]
+allow = ["event_id"]
+"#
+    )
+}
+
+/// A relay directory (config, rules) on `store`; returns the config path.
+fn relay_dir(dir: &Path, store: &TestStore, rules: &[(&str, String)]) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
+    for (name, text) in rules {
+        std::fs::write(dir.join(format!("rules/{name}.toml")), text).expect("rule");
+    }
+    let config = dir.join("postback-relay.toml");
+    std::fs::write(&config, config_text(&store.config("2s"))).expect("config");
+    config
+}
+
+/// How many requests carried each event ID.
+fn per_event(requests: &[RecordedRequest]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in requests {
+        if let Some(eid) = r.target.split("eid=").nth(1) {
+            *m.entry(eid.to_owned()).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+async fn idle(client: &reqwest::Client, base: &str) -> bool {
+    let v = admin_get_at(client, base, "/admin/destinations").await;
+    v["destinations"].as_array().is_some_and(|ds| {
+        ds.iter()
+            .all(|d| d["queue_depth"] == 0 && d["in_flight"] == 0)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_redis_deliver_each_event_once_per_destination() {
+    let Some(store) = TestStore::redis("two_relays_on_one_redis") else {
+        return;
+    };
+    const N: usize = 150;
+    let aff = FakePartner::start().await.expect("partner");
+    let net = FakePartner::start().await.expect("partner");
+    let rules = vec![
+        ("aff", rule(&aff.url("/a"), "5s")),
+        ("net", rule(&net.url("/n"), "5s")),
+    ];
+    let (d1, d2) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let r1 = RelayProcess::spawn(&relay_dir(d1.path(), &store, &rules), "info");
+    let r2 = RelayProcess::spawn(&relay_dir(d2.path(), &store, &rules), "info");
+    let client = reqwest::Client::new();
+
+    // Every event goes to both relays at once, as a retrying sender behind a load
+    // balancer would send it.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        for (n, base) in [(1, r1.base.clone()), (2, r2.base.clone())] {
+            let c = client.clone();
+            tasks.spawn(async move {
+                let body = event(&format!("ev-{i}"), "purchase", &format!("clk-{i}"));
+                let (s, v) = post_json_to(&c, &base, &format!("msg-{i}-{n}"), &body).await;
+                (i, s, v)
+            });
+        }
+    }
+    let mut outcomes: HashMap<usize, Vec<String>> = HashMap::new();
+    while let Some(done) = tasks.join_next().await {
+        let (i, status, v) = done.expect("join");
+        assert_eq!(status, 202, "{v}");
+        let st = v["results"][0]["status"].as_str().unwrap_or("").to_owned();
+        outcomes.entry(i).or_default().push(st);
+    }
+    for (i, mut o) in outcomes {
+        o.sort();
+        assert_eq!(o, vec!["accepted", "duplicate"], "event {i}");
+    }
+
+    assert!(aff.wait_for_requests(N, Duration::from_secs(60)).await);
+    assert!(net.wait_for_requests(N, Duration::from_secs(60)).await);
+    assert!(
+        eventually(60, || async {
+            idle(&client, &r1.base).await && idle(&client, &r2.base).await
+        })
+        .await,
+        "both relays drained"
+    );
+    for (name, p) in [("aff", &aff), ("net", &net)] {
+        let seen = per_event(&p.requests());
+        assert_eq!(seen.len(), N, "{name}: every event arrived");
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).collect();
+        assert!(twice.is_empty(), "{name}: sent more than once: {twice:?}");
+    }
+    let logs = format!("{}{}", r1.log(), r2.log());
+    assert!(!logs.contains("clk-"), "a log line contains a click ID");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_holding_deliveries_has_them_delivered_by_the_other() {
+    let Some(store) = TestStore::redis("a_relay_killed_holding_deliveries") else {
+        return;
+    };
+    const N: usize = 10;
+    let partner = FakePartner::start().await.expect("partner");
+    partner.set_default(Reply::hang());
+    let rules = vec![("aff", rule(&partner.url("/pb"), "60s"))];
+    let (d1, d2) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let mut holder = RelayProcess::spawn(&relay_dir(d1.path(), &store, &rules), "info");
+    let client = reqwest::Client::new();
+    for i in 0..N {
+        let body = event(&format!("ev-{i}"), "purchase", &format!("clk-{i}"));
+        let (s, v) = post_json_to(&client, &holder.base, &format!("m-{i}"), &body).await;
+        assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    }
+    // The partner hangs: every delivery is claimed by the first relay, in flight.
+    assert!(partner.wait_for_requests(N, Duration::from_secs(30)).await);
+    let heir = RelayProcess::spawn(&relay_dir(d2.path(), &store, &rules), "info");
+    holder.kill();
+    let before = partner.requests().len();
+    partner.set_default(Reply::ok());
+
+    let delivered = || per_event(&partner.requests()[before..]);
+    assert!(
+        eventually(60, || {
+            let n = delivered().len();
+            async move { n == N }
+        })
+        .await,
+        "the other relay delivered {} of {N}",
+        delivered().len()
+    );
+    assert!(eventually(30, || idle(&client, &heir.base)).await);
+    let once = delivered();
+    assert!(once.values().all(|n| *n == 1), "{once:?}");
+    let v = admin_get_at(&client, &heir.base, "/admin/destinations").await;
+    let aff: &Value = &v["destinations"][0];
+    assert_eq!(
+        (aff["queue_depth"].as_u64(), aff["dlq_size"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+}
+
+/// A `redis-server` of this test's own, with an append-only file, to stop and start.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start(test: &str) -> Option<OwnRedis> {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status();
+        if found.is_err() {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{test}: CI needs redis-server on PATH; .ci/run installs it");
+            }
+            eprintln!("{test}: skipped: redis-server is not installed");
+            return None;
+        }
+        let mut r = OwnRedis {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        r.run();
+        Some(r)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("redis-server did not listen on {}", self.port);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn readyz(client: &reqwest::Client, base: &str) -> u16 {
+    client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_away_is_a_503_with_retry_after_and_the_relay_resumes_when_it_returns() {
+    let Some(mut redis) = OwnRedis::start("redis_away_is_a_503") else {
+        return;
+    };
+    let partner = FakePartner::start().await.expect("partner");
+    let store = format!(
+        "\n[store]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\n",
+        redis.port
+    );
+    let relay = TestRelay::start(&[("aff", &rule(&partner.url("/pb"), "5s"))], &store).await;
+    let (s, _) = relay
+        .post_json("m-1", &event("ev-1", "purchase", "clk-1"))
+        .await;
+    assert_eq!(s, 202);
+    assert!(partner.wait_for_requests(1, Duration::from_secs(30)).await);
+
+    redis.stop();
+    let (s, v, headers) = relay
+        .post_signed(
+            "m-2",
+            &event("ev-2", "purchase", "clk-2"),
+            "application/json",
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    assert_eq!(readyz(&relay.client, &relay.base).await, 503);
+
+    redis.run();
+    let client = relay.client.clone();
+    let base = relay.base.clone();
+    assert!(
+        eventually(60, || async { readyz(&client, &base).await == 200 }).await,
+        "ready again once Redis is back"
+    );
+    let (s, v) = relay
+        .post_json("m-2", &event("ev-2", "purchase", "clk-2"))
+        .await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    let (s, v) = relay
+        .post_json("m-1", &event("ev-1", "purchase", "clk-1"))
+        .await;
+    assert_eq!(
+        (s, v["duplicates"].as_u64()),
+        (202, Some(1)),
+        "the mark outlived the outage: {v}"
+    );
+    assert!(partner.wait_for_requests(2, Duration::from_secs(30)).await);
+    let seen = per_event(&partner.requests());
+    assert_eq!(seen.get("ev-2"), Some(&1), "{seen:?}");
+    relay.stop().await;
+}
