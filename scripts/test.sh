@@ -18,5 +18,15 @@ if ! "$venv/bin/python" -c "import standardwebhooks" 2>/dev/null; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check standardwebhooks
 fi
 export PBR_TEST_PYTHON="$PWD/$venv/bin/python"
-# No doc tests: the crate documents with prose, and the last line should count tests.
+# The crash checker again on the Redis backend (scripts/ensure-redis.sh, called by
+# .ci/run, provides one); then every test. No doc tests: the crate documents with
+# prose, and the last line should count tests.
+if redis-cli -u "${PBR_TEST_REDIS_URL:-redis://127.0.0.1:6379}" ping >/dev/null 2>&1; then
+  PBR_TEST_STORE=redis cargo test --test crash "$@"
+elif [ "${CI:-}" = "true" ]; then
+  echo "scripts/test.sh: no Redis at ${PBR_TEST_REDIS_URL:-redis://127.0.0.1:6379} (CI needs one)" >&2
+  exit 1
+else
+  echo "scripts/test.sh: no Redis answering: the crash checker runs on the embedded store only"
+fi
 cargo test --lib --bins --tests "$@"

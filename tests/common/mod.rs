@@ -33,7 +33,12 @@ pub fn store_section() -> String {
         Ok("redis") => {
             let url = std::env::var("PBR_TEST_REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
-            format!("[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n")
+            // Its own key prefix (tests share one Redis), and claims of a killed relay
+            // back after 2 s instead of a minute.
+            let prefix = format!("pbr-test-{:016x}", rand::random::<u64>());
+            format!(
+                "[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_prefix = \"{prefix}\"\nredis_claim_timeout = \"2s\"\n"
+            )
         }
         Ok("embedded") | Err(_) => "[store]\nbackend = \"embedded\"\n".to_string(),
         Ok(other) => panic!("PBR_TEST_STORE={other}: not a store backend (embedded, redis)"),
