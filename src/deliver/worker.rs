@@ -325,9 +325,14 @@ async fn dispatch(
         }
     }
 
-    // Stopping: let in-flight sends finish within the grace period, then give back
-    // the claims of those that did not.
     let grace = (*stop.borrow()).unwrap_or(Duration::ZERO);
+    drain(&ctx, &worker, sends, grace).await;
+    tracing::debug!(destination = %worker.name, "delivery worker stopped");
+}
+
+/// Stopping: lets in-flight sends finish within `grace`, then gives back the claims
+/// of those that did not.
+async fn drain(ctx: &Context, worker: &DestinationWorker, mut sends: JoinSet<()>, grace: Duration) {
     let drained =
         tokio::time::timeout(grace, async { while sends.join_next().await.is_some() {} }).await;
     if drained.is_err() {
@@ -337,9 +342,8 @@ async fn dispatch(
         if !unsettled.is_empty() {
             tracing::info!(destination = %worker.name, count = unsettled.len(), "releasing deliveries still in flight at shutdown");
         }
-        release_all(&ctx, &worker.name, unsettled.iter().map(String::as_str)).await;
+        release_all(ctx, &worker.name, unsettled.iter().map(String::as_str)).await;
     }
-    tracing::debug!(destination = %worker.name, "delivery worker stopped");
 }
 
 /// Nothing due: sleep until the next due time, a `notify`, or the poll interval.

@@ -520,39 +520,7 @@ pub async fn run_model(mut b: Box<dyn Backend>, ops: Vec<ModelOp>) {
     let mut s = b.store();
     for op in ops {
         match op {
-            ModelOp::Accept(evs) => {
-                let batch: Vec<EventToAccept> = evs
-                    .iter()
-                    .map(|(k, mask)| {
-                        let dests: Vec<&str> = (0..3)
-                            .filter(|i| mask & (1 << i) != 0)
-                            .map(|i| DESTS[i])
-                            .collect();
-                        event(key(*k), &dests)
-                    })
-                    .collect();
-                let out = s.accept(batch, now).await.expect("accept");
-                let mut seen = BTreeSet::new();
-                for ((k, mask), o) in evs.iter().zip(out) {
-                    let dup = !seen.insert(*k) || m.marks.get(k).is_some_and(|&e| e > now);
-                    match o {
-                        AcceptOutcome::Duplicate => assert!(dup, "key {k} wrongly a duplicate"),
-                        AcceptOutcome::Accepted { delivery_ids } => {
-                            assert!(!dup, "key {k} accepted twice in its window");
-                            m.marks.insert(*k, now + 7 * DAY_MS);
-                            let dests: Vec<&str> = (0..3)
-                                .filter(|i| mask & (1 << i) != 0)
-                                .map(|i| DESTS[i])
-                                .collect();
-                            assert_eq!(delivery_ids.len(), dests.len());
-                            for (id, d) in delivery_ids.into_iter().zip(dests) {
-                                let st = State::Queued { due: now };
-                                m.deliveries.insert(id, (d.to_owned(), st));
-                            }
-                        }
-                    }
-                }
-            }
+            ModelOp::Accept(evs) => model_accept(&*s, &mut m, &evs, now).await,
             ModelOp::Claim(d) => {
                 let dest = DESTS[usize::from(d)];
                 let got = s.claim_due(dest, now, 1000).await.expect("claim");
@@ -641,6 +609,40 @@ pub async fn run_model(mut b: Box<dyn Backend>, ops: Vec<ModelOp>) {
             }
         }
         assert_eq!(counts_of(&*s).await, m.counts(), "counts");
+    }
+}
+
+/// The destinations a mask of `ModelOp::Accept` names.
+fn dests_of(mask: u8) -> Vec<&'static str> {
+    (0..3)
+        .filter(|i| mask & (1 << i) != 0)
+        .map(|i| DESTS[i])
+        .collect()
+}
+
+/// One accept of (key, destinations mask) events, checked against the model.
+async fn model_accept(s: &dyn Store, m: &mut Model, evs: &[(u64, u8)], now: i64) {
+    let batch: Vec<EventToAccept> = evs
+        .iter()
+        .map(|(k, mask)| event(key(*k), &dests_of(*mask)))
+        .collect();
+    let out = s.accept(batch, now).await.expect("accept");
+    let mut seen = BTreeSet::new();
+    for ((k, mask), o) in evs.iter().zip(out) {
+        let dup = !seen.insert(*k) || m.marks.get(k).is_some_and(|&e| e > now);
+        match o {
+            AcceptOutcome::Duplicate => assert!(dup, "key {k} wrongly a duplicate"),
+            AcceptOutcome::Accepted { delivery_ids } => {
+                assert!(!dup, "key {k} accepted twice in its window");
+                m.marks.insert(*k, now + 7 * DAY_MS);
+                let dests = dests_of(*mask);
+                assert_eq!(delivery_ids.len(), dests.len());
+                for (id, d) in delivery_ids.into_iter().zip(dests) {
+                    m.deliveries
+                        .insert(id, (d.to_owned(), State::Queued { due: now }));
+                }
+            }
+        }
     }
 }
 

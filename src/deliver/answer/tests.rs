@@ -22,7 +22,7 @@ fn without_a_rule_any_2xx_is_delivered() {
 
 #[test]
 fn meta_counts_events_received() {
-    // Meta Conversions API "Using the API" (PARTNERS.md M1): a success answers
+    // Meta Conversions API "Using the API" (docs/partners.md M1): a success answers
     // {"events_received": 1, "messages": [], "fbtrace_id": ...}.
     let ok = r#"{"events_received":1,"messages":[],"fbtrace_id":"A1b2"}"#;
     assert_eq!(verdict(&META, 200, ok), Verdict::Delivered);
@@ -46,7 +46,7 @@ fn meta_counts_events_received() {
 #[test]
 fn tiktok_reads_code_inside_a_200() {
     // TikTok Events API answers HTTP 200 with {"code": 0, "message": "OK", ...};
-    // errors come as non-zero codes in a 200 (PARTNERS.md: reported by third
+    // errors come as non-zero codes in a 200 (docs/partners.md: reported by third
     // parties; TikTok's reference pages could not be retrieved).
     let ok = r#"{"code":0,"message":"OK","request_id":"r","data":{}}"#;
     assert_eq!(verdict(&TIKTOK, 200, ok), Verdict::Delivered);
@@ -107,7 +107,7 @@ fn google_partial(category: &str, code: &str) -> String {
 #[test]
 fn google_partial_failures_are_read_per_conversion() {
     // google-ads-python v25 conversion_upload_service.py / conversion_upload_error.py
-    // (PARTNERS.md G1, G6): with partialFailure the answer is HTTP 200 and the
+    // (docs/partners.md G1, G6): with partialFailure the answer is HTTP 200 and the
     // conversion's error is in partialFailureError.details[].errors[].errorCode.
     let ok = r#"{"results":[{"gclid":"g","conversionAction":"customers/1/conversionActions/2","conversionDateTime":"2026-11-25 10:00:00+00:00"}],"jobId":"1"}"#;
     assert_eq!(verdict(&GOOGLE, 200, ok), Verdict::Delivered);

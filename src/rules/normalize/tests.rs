@@ -16,7 +16,7 @@ fn with_country(style: HashStyle, code: &str) -> Normaliser {
 
 #[test]
 fn email_is_trimmed_and_lower_cased_before_hashing() {
-    // PARTNERS.md "Hashing test vectors", and Meta's customer-information-parameters
+    // docs/partners.md "Hashing test vectors", and Meta's customer-information-parameters
     // page (`em`: trim, lower-case, then SHA-256), the same rule as Snap's, whose
     // docs give this very example: Person@Example.com -> person@example.com.
     let expected = sha256_hex("person@example.com");

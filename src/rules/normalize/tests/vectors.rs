@@ -39,7 +39,7 @@ fn disputes() -> Vec<(String, String, Option<String>)> {
 
 #[test]
 fn meta_capi_param_builder_vectors() {
-    // facebook/capi-param-builder nodejs tests (PARTNERS.md M5): 1,448 assertions.
+    // facebook/capi-param-builder nodejs tests (docs/partners.md M5): 1,448 assertions.
     let v: Value = serde_json::from_str(META).expect("vector file parses");
     let cases = v["cases"].as_array().expect("cases");
     assert!(cases.len() > 1300);
@@ -88,7 +88,7 @@ fn meta_capi_param_builder_vectors() {
 #[test]
 fn meta_php_sdk_vectors() {
     // facebook/facebook-php-business-sdk test/FacebookAdsTest/Object/ServerSide/
-    // ServerSideNormalizeTest.php (PARTNERS.md M6). Where the SDK cleans an invalid
+    // ServerSideNormalizeTest.php (docs/partners.md M6). Where the SDK cleans an invalid
     // e-mail ("foo(.bar)@baz.com/" -> "foo.bar@baz.com"), the newer capi-param-builder
     // (M5) drops it; we follow M5 (README in tests/vectors).
     let n = with_country(HashStyle::Digits, "US");
