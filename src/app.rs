@@ -21,7 +21,7 @@ use crate::http::tls::TlsCertificates;
 use crate::http::{Edge, Listener, Routes};
 use crate::ingest::verify::Verifier;
 use crate::metrics::Metrics;
-use crate::rules::{LoadOptions, RulesHandle};
+use crate::rules::{LoadOptions, RulesHandle, RulesWatcher};
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::Store;
@@ -32,11 +32,16 @@ pub use crate::relay::{delivery_settings, Relay};
 #[derive(Debug)]
 pub enum StartError {
     Invalid(Vec<Diagnostic>),
+    /// The store could not be opened (the message names the data directory or URL).
     Store(String),
-    Listen(String),
+    /// A listener could not be bound.
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     Tls(String),
     /// The delivery engine could not start (its HTTP client).
-    Delivery(String),
+    Delivery(crate::deliver::DeliverError),
     /// SIGTERM / SIGINT / SIGHUP handlers could not be installed.
     Signals(std::io::Error),
 }
@@ -45,6 +50,8 @@ impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StartError::Signals(e) => Some(e),
+            StartError::Listen { source, .. } => Some(source),
+            StartError::Delivery(e) => Some(e),
             _ => None,
         }
     }
@@ -63,7 +70,7 @@ impl std::fmt::Display for StartError {
                 Ok(())
             }
             StartError::Store(e) => write!(f, "cannot open the store: {e}"),
-            StartError::Listen(e) => write!(f, "cannot listen: {e}"),
+            StartError::Listen { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             StartError::Tls(e) => write!(f, "cannot start TLS: {e}"),
             StartError::Delivery(e) => write!(f, "cannot start delivery: {e}"),
             StartError::Signals(e) => write!(f, "cannot install the signal handlers: {e}"),
@@ -130,7 +137,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    watcher: Option<RulesWatcher>,
 }
 
 impl Running {
@@ -145,7 +152,10 @@ impl Running {
             b.abort();
             let _ = b.await;
         }
-        drop(self._watcher);
+        // A reload in progress finishes before the workers stop (it may start some).
+        if let Some(w) = self.watcher {
+            let _ = tokio::task::spawn_blocking(move || w.stop()).await;
+        }
         self.relay.deliverer.clone().shutdown().await;
         // Closed explicitly: a task that still holds the store cannot keep the data
         // directory locked after `stop` returns.
@@ -173,9 +183,10 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
     };
     let store = open_store(&config).await.map_err(StartError::Store)?;
     let (ingest, admin) = bind_listeners(&config).await?;
-    let addr = ingest
-        .local_addr()
-        .map_err(|e| StartError::Listen(e.to_string()))?;
+    let addr = ingest.local_addr().map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let deliverer = Deliverer::start(
         store.clone(),
@@ -186,7 +197,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
             ..DeliverOptions::default()
         },
     )
-    .map_err(|e| StartError::Delivery(e.to_string()))?;
+    .map_err(StartError::Delivery)?;
     let metrics = Arc::new(Metrics::new());
     deliverer.observe(metrics.clone());
     store.observe(metrics.clone());
@@ -215,16 +226,19 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
         shutdown,
         servers,
         background,
-        _watcher: watcher,
+        watcher,
     })
 }
 
 async fn bind_listeners(config: &Config) -> Result<(TcpListener, Option<TcpListener>), StartError> {
-    let ingest = crate::http::bind(config.listen)
-        .await
-        .map_err(StartError::Listen)?;
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })
+    };
+    let ingest = bind(config.listen).await?;
     let admin = match config.admin_listen {
-        Some(a) => Some(crate::http::bind(a).await.map_err(StartError::Listen)?),
+        Some(a) => Some(bind(a).await?),
         None => None,
     };
     Ok((ingest, admin))
@@ -269,7 +283,7 @@ fn spawn_servers(
     servers
 }
 
-fn watch_rules(relay: &Arc<Relay>) -> Option<notify::RecommendedWatcher> {
+fn watch_rules(relay: &Arc<Relay>) -> Option<RulesWatcher> {
     let r = Arc::downgrade(relay);
     let watched = crate::rules::spawn_watcher(relay.rules.clone(), move |applied| {
         if let Some(r) = r.upgrade() {
@@ -410,8 +424,6 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutting down: finishing in-flight requests");
-    // `stop` waits for the last reference to the relay (so the store is closed):
-    // ours must not be it.
     #[cfg(unix)]
     drop(relay);
     running.stop().await;
@@ -432,10 +444,21 @@ mod tests {
 
     #[test]
     fn start_errors_say_which_part_failed() {
-        let e = StartError::Delivery("TLS backend unavailable".into());
+        let e = StartError::Delivery(crate::deliver::DeliverError::Client(
+            "TLS backend unavailable".into(),
+        ));
         assert_eq!(
             e.to_string(),
-            "cannot start delivery: TLS backend unavailable"
+            "cannot start delivery: the HTTP client: TLS backend unavailable"
+        );
+        assert!(std::error::Error::source(&e).is_some(), "the cause is kept");
+        let e = StartError::Listen {
+            addr: "127.0.0.1:8080".parse().unwrap(),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot listen on 127.0.0.1:8080: address in use"
         );
         let io = std::io::Error::other("no signalfd");
         let e = StartError::Signals(io);

@@ -964,3 +964,39 @@ fn check_away_from_the_config_names_the_directory_and_the_flag() {
         )
     );
 }
+
+/// `postback-relay preview ... | head -c 0`: the reader is gone before anything is
+/// written. The command ends quietly (exit 0, no panic, nothing on stderr) instead
+/// of panicking on a broken pipe as `println!` does.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let repo = Path::new(REPO);
+    let event = repo.join("examples/purchase.json");
+    assert!(
+        event.exists(),
+        "{} is the README's example",
+        event.display()
+    );
+    for args in [vec!["preview", s(&event)], vec!["check"], vec!["--help"]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        // Closed before the child starts: its first write fails with EPIPE.
+        drop(reader);
+        let out = bin()
+            .args(&args)
+            .current_dir(repo)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("binary runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        if args[0] != "--help" {
+            // clap's own --help printing is clap's; ours must be quiet and succeed.
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+            assert!(
+                !stderr.contains("cannot write"),
+                "a closed pipe is not an error: {stderr}"
+            );
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //!
 //! Owns: what `check` prints. Never: sends or writes anything.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, Overrides};
@@ -11,9 +12,14 @@ use crate::diag::{Diagnostic, ProcessEnv};
 use crate::event::Event;
 use crate::rules::{masked, LoadOptions, RuleSet};
 
-use super::{print_diagnostics, rules_env};
+use super::{rules_env, CliError};
 
-pub fn run(config: &Path, rules: Option<PathBuf>, events: Option<&Path>) -> i32 {
+pub fn run(
+    out: &mut dyn Write,
+    config: &Path,
+    rules: Option<PathBuf>,
+    events: Option<&Path>,
+) -> Result<(), CliError> {
     let ov = Overrides {
         rules_dir: rules.clone(),
         ..Overrides::default()
@@ -23,8 +29,7 @@ pub fn run(config: &Path, rules: Option<PathBuf>, events: Option<&Path>) -> i32 
         Ok(cfg) => (cfg.rules_dir.clone(), Some(cfg)),
         Err(e) if !config.exists() && rules.is_none() => {
             // No config at all: its rules directory is unknown; say only the cause.
-            super::print_diagnostics(&e);
-            return 1;
+            return Err(e.into());
         }
         Err(e) => {
             errors.extend(e);
@@ -46,17 +51,19 @@ pub fn run(config: &Path, rules: Option<PathBuf>, events: Option<&Path>) -> i32 
     };
     errors.extend(set.errors());
     print_warnings(set.warnings());
-    let mut code = 0;
-    if let Some(dir) = events {
-        code = run_events(&set, dir);
-    }
+    let unreadable = match events {
+        Some(dir) => run_events(out, &set, dir)?,
+        None => Vec::new(),
+    };
     if !errors.is_empty() {
-        print_diagnostics(&errors);
-        eprintln!("{} error{}", errors.len(), plural(errors.len()));
-        return 1;
+        for e in &unreadable {
+            eprintln!("{e}");
+        }
+        return Err(errors.into());
     }
     let count = set.destinations().len();
-    println!(
+    writeln!(
+        out,
         "ok: {} and {} ({} enabled destination{}{})",
         config.display(),
         rules_dir.display(),
@@ -66,8 +73,12 @@ pub fn run(config: &Path, rules: Option<PathBuf>, events: Option<&Path>) -> i32 
             0 => String::new(),
             n => format!(", {n} warning{}", plural(n)),
         }
-    );
-    code
+    )?;
+    if unreadable.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(unreadable.join("\n")))
+    }
 }
 
 fn plural(n: usize) -> &'static str {
@@ -96,15 +107,12 @@ struct Sample {
     event: Event,
 }
 
-/// Runs every destination against every sample event; returns 1 when a sample file
-/// could not be read as events.
-fn run_events(set: &RuleSet, dir: &Path) -> i32 {
+/// Runs every destination against every sample event; returns what could not be read
+/// as events (one message per file or event).
+fn run_events(out: &mut dyn Write, set: &RuleSet, dir: &Path) -> std::io::Result<Vec<String>> {
     let (samples, bad) = read_samples(dir);
-    for e in &bad {
-        eprintln!("{e}");
-    }
-    print!("{}", events_report(set, &samples, dir));
-    i32::from(!bad.is_empty())
+    write!(out, "{}", events_report(set, &samples, dir))?;
+    Ok(bad)
 }
 
 /// Per destination: which sample events it gets (the request line, masked), why it

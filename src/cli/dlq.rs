@@ -1,20 +1,22 @@
 //! `dlq list` and `dlq replay`: through the running relay's admin API when it
 //! runs, by opening the store directly when it does not.
 
+use std::io::Write;
 use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{connect_addr, load_config, DlqCommand};
+use super::client::{connect_addr, request_error};
+use super::{load_config, CliError, DlqCommand};
 use crate::config::{Config, Overrides};
 use crate::store::ReplaySelector;
 
-pub fn run(cmd: DlqCommand) -> i32 {
+pub fn run(out: &mut dyn Write, cmd: DlqCommand) -> Result<(), CliError> {
     match cmd {
         DlqCommand::List {
             config,
             destination,
-        } => list(&config, destination),
+        } => list(out, &config, destination),
         DlqCommand::Replay {
             config,
             destination,
@@ -26,11 +28,12 @@ pub fn run(cmd: DlqCommand) -> i32 {
                 (None, Some(d), _) => ReplaySelector::Destination(d),
                 (None, None, true) => ReplaySelector::All,
                 (None, None, false) => {
-                    eprintln!("say what to replay: --id ID, --destination NAME, or --all");
-                    return 2;
+                    return Err(CliError::Usage(
+                        "say what to replay: --id ID, --destination NAME, or --all".into(),
+                    ));
                 }
             };
-            replay(&config, selector)
+            replay(out, &config, selector)
         }
     }
 }
@@ -84,10 +87,7 @@ fn admin_call(
                 .header("content-type", "application/json")
                 .body(b.to_string());
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| super::request_error(&url, &e))?;
+        let resp = req.send().await.map_err(|e| request_error(&url, &e))?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| format!("{url}: {e}"))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| format!("{url}: {e}"))?;
@@ -120,14 +120,14 @@ where
     })
 }
 
-fn print_list(v: &Value) {
+fn print_list(out: &mut dyn Write, v: &Value) -> std::io::Result<()> {
     let items = v["dead_letters"].as_array().cloned().unwrap_or_default();
     if items.is_empty() {
-        println!("no dead letters");
-        return;
+        return writeln!(out, "no dead letters");
     }
     for d in items {
-        println!(
+        writeln!(
+            out,
             "{}  {}  attempts={}  last_status={}  dead_at={}  last_error={}",
             d["id"].as_str().unwrap_or(""),
             d["destination"].as_str().unwrap_or(""),
@@ -135,15 +135,13 @@ fn print_list(v: &Value) {
             d["last_status"],
             d["dead_at"].as_str().unwrap_or(""),
             d["last_error"].as_str().unwrap_or("")
-        );
+        )?;
     }
+    Ok(())
 }
 
-fn list(config: &Path, destination: Option<String>) -> i32 {
-    let cfg = match load_config(config, &Overrides::default()) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+fn list(out: &mut dyn Write, config: &Path, destination: Option<String>) -> Result<(), CliError> {
+    let cfg = load_config(config, &Overrides::default())?;
     let result = if relay_is_running(&cfg) {
         let q = destination
             .as_deref()
@@ -164,23 +162,12 @@ fn list(config: &Path, destination: Option<String>) -> i32 {
                 .map_err(|e| e.to_string())
         })
     };
-    match result {
-        Ok(v) => {
-            print_list(&v);
-            0
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            1
-        }
-    }
+    let listed = result.map_err(CliError::Failed)?;
+    Ok(print_list(out, &listed)?)
 }
 
-fn replay(config: &Path, selector: ReplaySelector) -> i32 {
-    let cfg = match load_config(config, &Overrides::default()) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+fn replay(out: &mut dyn Write, config: &Path, selector: ReplaySelector) -> Result<(), CliError> {
+    let cfg = load_config(config, &Overrides::default())?;
     let result = if relay_is_running(&cfg) {
         let body = match &selector {
             ReplaySelector::All => json!({"all": true}),
@@ -197,14 +184,11 @@ fn replay(config: &Path, selector: ReplaySelector) -> i32 {
                 .map_err(|e| e.to_string())
         })
     };
-    match result {
-        Ok(n) => {
-            println!("replayed {n} dead letter{}", if n == 1 { "" } else { "s" });
-            0
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            1
-        }
-    }
+    let n = result.map_err(CliError::Failed)?;
+    writeln!(
+        out,
+        "replayed {n} dead letter{}",
+        if n == 1 { "" } else { "s" }
+    )?;
+    Ok(())
 }

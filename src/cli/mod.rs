@@ -1,22 +1,25 @@
 //! The command line: `serve`, `check`, `preview`, `send`, `dlq list|replay`.
 //!
-//! Owns: argument parsing (clap), what each command prints, exit codes
-//! (0 success, 1 invalid input or config, 2 usage). Never: duplicates the logic of
-//! the modules it calls.
+//! Owns: argument parsing (clap), what each command prints (on the writer `run`
+//! hands it), and, through [`CliError`], exit codes (0 success, 1 failure, 2 usage).
+//! Never: duplicates the logic of the modules it calls.
 
-use std::io::Read;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
-use serde_json::Value;
 
 use crate::config::{Config, Overrides, DEFAULT_PATH};
-use crate::diag::{Diagnostic, ProcessEnv};
-use crate::rules::RuleSet;
+use crate::diag::ProcessEnv;
 
 mod check;
+mod client;
 mod dlq;
+mod error;
+mod preview;
+
+pub use error::CliError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -171,10 +174,23 @@ pub enum DlqCommand {
     },
 }
 
-/// Runs a parsed command; returns the process exit code.
+/// Runs a parsed command; returns the process exit code ([`CliError::exit_code`]).
 pub fn run(cli: Cli) -> i32 {
     init_logging(cli.log_format);
-    match cli.command {
+    let mut out = std::io::stdout();
+    let result = dispatch(cli.command, &mut out).and_then(|()| Ok(out.flush()?));
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            e.report();
+            e.exit_code()
+        }
+    }
+}
+
+/// Runs one command, writing what it prints on standard output to `out`.
+fn dispatch(command: Command, out: &mut dyn Write) -> Result<(), CliError> {
+    match command {
         Command::Serve {
             config,
             listen,
@@ -194,296 +210,41 @@ pub fn run(cli: Cli) -> i32 {
             config,
             rules,
             events,
-        } => check::run(&config, rules, events.as_deref()),
+        } => check::run(out, &config, rules, events.as_deref()),
         Command::Preview {
             config,
             rules,
             destination,
             event,
-        } => preview(&config, rules, destination.as_deref(), &event),
+        } => preview::run(out, &config, rules, destination.as_deref(), &event),
         Command::Send {
             config,
             url,
             events,
-        } => send(&config, url, &events),
-        Command::Health { config, url } => health(&config, url),
-        Command::Dlq { command } => dlq::run(command),
+        } => client::send(out, &config, url, &events),
+        Command::Health { config, url } => client::health(out, &config, url),
+        Command::Dlq { command } => dlq::run(out, command),
     }
 }
 
-pub(crate) fn print_diagnostics(d: &[Diagnostic]) {
-    for x in d {
-        eprintln!("{x}");
-    }
+fn load_config(path: &Path, ov: &Overrides) -> Result<Config, CliError> {
+    Ok(Config::load(path, &ProcessEnv, ov)?)
 }
 
-pub fn load_config(path: &Path, ov: &Overrides) -> Result<Config, i32> {
-    Config::load(path, &ProcessEnv, ov).map_err(|errs| {
-        print_diagnostics(&errs);
-        1
-    })
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, i32> {
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| {
-            eprintln!("cannot start the async runtime: {e}");
-            1
-        })
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))
 }
 
-fn serve(config: &Path, ov: Overrides) -> i32 {
-    let cfg = match load_config(config, &ov) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    match rt.block_on(crate::app::run(cfg, std::sync::Arc::new(ProcessEnv))) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("{e}");
-            1
-        }
-    }
+fn serve(config: &Path, ov: Overrides) -> Result<(), CliError> {
+    let cfg = load_config(config, &ov)?;
+    runtime()?.block_on(crate::app::run(cfg, std::sync::Arc::new(ProcessEnv)))?;
+    Ok(())
 }
 
 /// The environment as rule files may see it under `policy` (`[rules] allow_env`).
-pub(crate) fn rules_env(policy: crate::config::RulesEnvPolicy) -> crate::config::RulesEnv {
+fn rules_env(policy: crate::config::RulesEnvPolicy) -> crate::config::RulesEnv {
     crate::config::RulesEnv::new(std::sync::Arc::new(ProcessEnv), policy)
-}
-
-fn preview(config: &Path, rules: Option<PathBuf>, only: Option<&str>, event: &str) -> i32 {
-    let (rules_dir, policy) = match rules {
-        Some(r) => (r, Config::rules_env_of(config, &ProcessEnv)),
-        None => match load_config(config, &Overrides::default()) {
-            Ok(c) => (c.rules_dir, c.rules_env),
-            Err(code) => return code,
-        },
-    };
-    let set = match RuleSet::load_dir(&rules_dir, &rules_env(policy)) {
-        Ok(s) => s,
-        Err(e) => {
-            print_diagnostics(&e);
-            return 1;
-        }
-    };
-    let ev = match read_event(event) {
-        Ok(ev) => ev,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
-    match only {
-        None => print!("{}", crate::rules::preview(&set, &ev)),
-        Some(name) => match crate::rules::preview_named(&set, &ev, name) {
-            Some(text) => print!("{text}"),
-            None => {
-                let known: Vec<&str> = set
-                    .destinations()
-                    .iter()
-                    .chain(set.disabled())
-                    .map(|d| d.name.as_str())
-                    .collect();
-                eprintln!(
-                    "no destination \"{name}\" in {}; the destinations are: {}",
-                    rules_dir.display(),
-                    if known.is_empty() {
-                        "(none)".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                );
-                return 1;
-            }
-        },
-    }
-    0
-}
-
-/// One event for `preview`: a JSON file, or `-` for standard input.
-fn read_event(arg: &str) -> Result<crate::event::Event, String> {
-    let (what, text) = if arg == "-" {
-        let mut body = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut body)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
-        ("<stdin>".to_string(), body)
-    } else {
-        let body = std::fs::read(arg).map_err(|e| format!("{arg}: cannot read: {e}"))?;
-        (arg.to_string(), body)
-    };
-    let value: Value = serde_json::from_slice(&text)
-        .map_err(|e| format!("{what}:{}:{}: invalid JSON: {e}", e.line(), e.column()))?;
-    crate::event::Event::from_value(value, chrono::Utc::now())
-        .map_err(|e| format!("{what}: invalid event: {e}"))
-}
-
-/// A failed request to the relay, with its causes; when nothing answers, what to do.
-pub fn request_error(url: &str, e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    if e.is_connect() {
-        format!(
-            "cannot reach the relay at {url} ({text}); is `postback-relay serve` running with this config?"
-        )
-    } else if e.is_timeout() {
-        format!("the relay at {url} did not answer in time ({text})")
-    } else {
-        format!("{url}: {text}")
-    }
-}
-
-/// Reads the events to send and picks the framing: JSON (one object or an array),
-/// else NDJSON.
-fn read_events(arg: &str) -> Result<(Vec<u8>, &'static str), String> {
-    let mut body = Vec::new();
-    if arg == "-" {
-        std::io::stdin()
-            .read_to_end(&mut body)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
-    } else {
-        body = std::fs::read(arg).map_err(|e| format!("{arg}: cannot read: {e}"))?;
-    }
-    if serde_json::from_slice::<Value>(&body).is_ok() {
-        Ok((body, "application/json"))
-    } else {
-        Ok((body, "application/x-ndjson"))
-    }
-}
-
-fn send(config: &Path, url: Option<String>, events: &str) -> i32 {
-    let cfg = match load_config(config, &Overrides::default()) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let (body, content_type) = match read_events(events) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
-    let Some(secret) = cfg.ingest.secrets.first() else {
-        eprintln!("{}: no ingest secret to sign with", cfg.path.display());
-        return 1;
-    };
-    let url = url.unwrap_or_else(|| format!("http://{}/v1/events", connect_addr(cfg.listen)));
-    let id = format!("msg_{}", random_hex(16));
-    let ts = chrono::Utc::now().timestamp();
-    let signature = crate::ingest::verify::sign(secret, &id, ts, &body);
-    let rt = match runtime() {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let result = rt.block_on(async {
-        // Never through a proxy (HTTP_PROXY etc.): signed event bodies go straight
-        // to the relay.
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let resp = client
-            .post(&url)
-            .header("content-type", content_type)
-            .header("webhook-id", &id)
-            .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| request_error(&url, &e))?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        Ok::<_, String>((status, text))
-    });
-    match result {
-        Ok((status, text)) => {
-            println!("HTTP {status}");
-            match serde_json::from_str::<Value>(&text) {
-                Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(text)),
-                Err(_) => println!("{text}"),
-            }
-            if status.is_success() {
-                0
-            } else {
-                1
-            }
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            1
-        }
-    }
-}
-
-fn health(config: &Path, url: Option<String>) -> i32 {
-    let url = match url {
-        Some(u) => u,
-        None => match load_config(config, &Overrides::default()) {
-            Ok(c) => format!("http://{}/readyz", connect_addr(c.listen)),
-            Err(code) => return code,
-        },
-    };
-    let rt = match runtime() {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let status = rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let resp = client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| request_error(&url, &e))?;
-        Ok::<_, String>(resp.status())
-    });
-    match status {
-        Ok(s) if s.is_success() => {
-            println!("ready ({url})");
-            0
-        }
-        Ok(s) => {
-            eprintln!("not ready: {url} answered {s}");
-            1
-        }
-        Err(e) => {
-            eprintln!("not ready: {e}");
-            1
-        }
-    }
-}
-
-/// An address to connect to for a listen address (0.0.0.0 -> 127.0.0.1).
-pub fn connect_addr(listen: SocketAddr) -> SocketAddr {
-    let mut a = listen;
-    if a.ip().is_unspecified() {
-        a.set_ip(match a {
-            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    a
-}
-
-pub fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut b = vec![0u8; bytes];
-    rand::thread_rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

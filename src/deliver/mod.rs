@@ -126,7 +126,7 @@ pub enum DeliverError {
 impl std::fmt::Display for DeliverError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DeliverError::Client(e) => write!(f, "delivery: {e}"),
+            DeliverError::Client(e) => write!(f, "the HTTP client: {e}"),
         }
     }
 }
@@ -171,6 +171,7 @@ impl Deliverer {
                     client,
                     opts,
                     observer: std::sync::OnceLock::new(),
+                    tasks: tokio_util::task::TaskTracker::new(),
                 }),
                 runtime: tokio::runtime::Handle::current(),
                 destinations: Mutex::new(BTreeMap::new()),
@@ -181,18 +182,18 @@ impl Deliverer {
         Ok(deliverer)
     }
 
-    /// Applies a rules reload: starts new destinations, applies changed settings,
-    /// stops removed ones once their in-flight sends finish (their queued deliveries
-    /// stay in the store). Callable from any thread, inside a runtime or not.
     /// Runs `task` on the relay's runtime; callable from any thread (the rules
-    /// watcher's included).
+    /// watcher's included). `shutdown` waits for it.
     pub fn spawn<F>(&self, task: F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.inner.runtime.spawn(task);
+        self.inner.ctx.tasks.spawn_on(task, &self.inner.runtime);
     }
 
+    /// Applies a rules reload: starts new destinations, applies changed settings,
+    /// stops removed ones once their in-flight sends finish (their queued deliveries
+    /// stay in the store). Callable from any thread, inside a runtime or not.
     pub fn update_destinations(&self, destinations: Vec<(String, DeliverySettings)>) {
         let _runtime = self.inner.runtime.enter();
         let wanted: HashMap<String, DeliverySettings> = destinations.into_iter().collect();
@@ -271,6 +272,14 @@ impl Deliverer {
             if let Err(e) = task.await {
                 tracing::error!(error = %e, "a delivery worker ended abnormally");
             }
+        }
+        let tasks = &self.inner.ctx.tasks;
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                tasks = tasks.len(),
+                "delivery tasks still running after the grace period"
+            );
         }
     }
 }

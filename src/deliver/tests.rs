@@ -479,3 +479,23 @@ fn status_serializes_for_the_admin_api() {
 }
 
 mod partners;
+
+/// Every task the engine spawns is tracked: `shutdown` returns only after the ones
+/// it was handed (a retirement, here a slow one) have finished.
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_the_tasks_the_engine_spawned() {
+    let store = Arc::new(MemStore::default());
+    let deliverer = start(&store, vec![], opts());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    deliverer.spawn(async move {
+        // Within the test's shutdown grace (1 s).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    deliverer.shutdown().await;
+    assert!(
+        done.load(std::sync::atomic::Ordering::SeqCst),
+        "shutdown returned before the spawned task ended"
+    );
+}

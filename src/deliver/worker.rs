@@ -33,6 +33,9 @@ pub(crate) struct Context {
     pub opts: DeliverOptions,
     /// Told about every attempt (metrics); set once, after start.
     pub observer: std::sync::OnceLock<Arc<dyn super::DeliveryObserver>>,
+    /// Every task the engine spawns besides the dispatchers (retirements, shrinks of
+    /// a concurrency limit): `Deliverer::shutdown` waits for them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// Settings in force, with what is derived from them. Replaced whole on reload; a
@@ -94,6 +97,8 @@ pub(crate) struct DestinationWorker {
     last_success_at: Mutex<Option<i64>>,
     /// `Some(grace)` once stopping: finish in-flight sends within `grace`.
     stop: watch::Sender<Option<Duration>>,
+    /// The engine's task tracker (`Context::tasks`).
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl DestinationWorker {
@@ -121,6 +126,7 @@ impl DestinationWorker {
             delivered: std::sync::atomic::AtomicU64::new(0),
             last_success_at: Mutex::new(None),
             stop,
+            tasks: ctx.tasks.clone(),
         });
         let task = tokio::spawn(dispatch(ctx, worker.clone(), stop_rx));
         (worker, task)
@@ -147,7 +153,8 @@ impl DestinationWorker {
         } else if wanted < *capacity {
             let excess = u32::try_from(*capacity - wanted).unwrap_or(u32::MAX);
             let slots = self.slots.clone();
-            tokio::spawn(async move {
+            // Ends when enough sends finish, or when `stop` closes the slots.
+            self.tasks.spawn(async move {
                 if let Ok(permits) = slots.acquire_many_owned(excess).await {
                     permits.forget();
                 }

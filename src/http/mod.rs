@@ -15,7 +15,6 @@ pub mod tls;
 pub mod ui;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +48,9 @@ pub struct Edge {
     pub limits: ServerLimits,
     /// Bytes of request bodies being read, all requests together.
     pub body_budget: Arc<Semaphore>,
+    /// Tasks a request leaves behind (reading what is left of a refused body):
+    /// `serve` waits for them on shutdown.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl Edge {
@@ -59,6 +61,7 @@ impl Edge {
             body_budget: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
             limits,
             relay,
+            tasks: tokio_util::task::TaskTracker::new(),
         })
     }
 }
@@ -84,7 +87,10 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(max));
     let mut errors = AcceptErrors::new(listener.name);
     let listener = Arc::new(listener);
+    // Every connection's task: waited for on shutdown, aborted past the grace period.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         // At the cap, stop accepting: new connections wait in the kernel's backlog
         // until one closes, instead of taking descriptors the relay needs.
         let permit = tokio::select! {
@@ -98,7 +104,7 @@ pub async fn serve(
         match accepted {
             Ok((stream, _peer)) => {
                 errors.ok();
-                tokio::spawn(connection(
+                conns.spawn(connection(
                     edge.clone(),
                     listener.clone(),
                     stream,
@@ -115,13 +121,14 @@ pub async fn serve(
         }
     }
     drop(listener);
-    // Every connection holds a slot until it ends: all back means all done.
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, slots.acquire_many(all))
-        .await
-        .is_err()
-    {
+    let finished = async {
+        while conns.join_next().await.is_some() {}
+        edge.tasks.close();
+        edge.tasks.wait().await;
+    };
+    if tokio::time::timeout(grace, finished).await.is_err() {
         tracing::warn!("connections still open after the grace period; closing them");
+        conns.shutdown().await;
     }
 }
 
@@ -306,11 +313,4 @@ where
     };
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(bound, conn).await;
-}
-
-/// Binds `addr`, for the caller to wrap in a `Listener`.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("{addr}: {e}"))
 }

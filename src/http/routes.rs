@@ -356,7 +356,7 @@ fn linger(
     }
     let busy = conn.begin();
     let (max, time) = (limits.linger_bytes, limits.linger_timeout);
-    tokio::spawn(async move {
+    edge.tasks.spawn(async move {
         let mut body = body;
         let drain = async {
             let mut seen = 0u64;

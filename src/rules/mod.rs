@@ -38,7 +38,7 @@ pub use load::{compile_draft, parse_rate};
 pub use normalize::{hash_str, sha256_hex, truncate_ip, FieldKind, HashStyle};
 pub use presets::NAMES as PRESET_NAMES;
 pub use preview::{masked, preview, preview_named};
-pub use reload::{log_broken, spawn_watcher, RulesHandle};
+pub use reload::{log_broken, spawn_watcher, RulesHandle, RulesWatcher};
 pub use template::DERIVED as DERIVED_PLACEHOLDERS;
 
 use apply::{Privacy, Rename, When};

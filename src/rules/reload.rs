@@ -226,15 +226,32 @@ fn relevant(event: &notify::Event) -> bool {
     })
 }
 
+/// The rules directory's watcher and the thread that reloads on its events.
+pub struct RulesWatcher {
+    watcher: RecommendedWatcher,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RulesWatcher {
+    /// Stops watching and waits for a reload in progress to finish (blocking: call
+    /// it off the async workers).
+    pub fn stop(self) {
+        drop(self.watcher);
+        if self.thread.join().is_err() {
+            tracing::error!("the rules watcher thread panicked");
+        }
+    }
+}
+
 /// Watches the handle's directory and reloads (debounced by `DEBOUNCE`) when a
-/// `*.toml` in it changes. Keep the returned watcher alive; dropping it stops the
-/// watching and ends the background thread.
+/// `*.toml` in it changes, until [`RulesWatcher::stop`] (dropping the watcher also
+/// stops it, without waiting).
 /// `on_reload` runs after each reload with whether it was applied (the delivery
 /// workers follow the new rule set through it; metrics count it).
 pub fn spawn_watcher(
     handle: RulesHandle,
     on_reload: impl Fn(bool) + Send + 'static,
-) -> notify::Result<RecommendedWatcher> {
+) -> notify::Result<RulesWatcher> {
     let (tx, rx) = mpsc::channel::<Vec<PathBuf>>();
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
@@ -245,7 +262,7 @@ pub fn spawn_watcher(
             Err(e) => tracing::warn!(error = %e, "rules directory watch error"),
         })?;
     watcher.watch(handle.dir(), RecursiveMode::NonRecursive)?;
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("rules-watch".into())
         .spawn(move || {
             while let Ok(mut changed) = rx.recv() {
@@ -267,7 +284,7 @@ pub fn spawn_watcher(
             }
         })
         .map_err(notify::Error::io)?;
-    Ok(watcher)
+    Ok(RulesWatcher { watcher, thread })
 }
 
 #[cfg(test)]

@@ -139,6 +139,8 @@ const COMMON: &str = include_str!("lua/common.lua");
 
 pub struct RedisStore {
     inner: Arc<Inner>,
+    /// The claim-renewal task: `close` ends it and waits for it.
+    touch: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 struct Inner {
@@ -686,5 +688,10 @@ impl Store for RedisStore {
 
     async fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
+        let touch = lock(&self.touch).take();
+        if let Some(task) = touch {
+            task.abort();
+            let _ = task.await;
+        }
     }
 }

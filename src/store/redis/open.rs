@@ -76,8 +76,11 @@ impl RedisStore {
                 "took back the claims of this consumer's previous process"
             );
         }
-        tokio::spawn(touch_claims(Arc::downgrade(&inner)));
-        Ok(RedisStore { inner })
+        let touch = tokio::spawn(touch_claims(Arc::downgrade(&inner)));
+        Ok(RedisStore {
+            inner,
+            touch: std::sync::Mutex::new(Some(touch)),
+        })
     }
 }
 
