@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use postback_relay::deliver::testing::FakePartner;
-use postback_relay::deliver::{DeliverOptions, Deliverer};
+use postback_relay::fake_partner::FakePartner;
 use postback_relay::outbound::{DeliverySettings, Method, OutboundRequest};
 use postback_relay::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use postback_relay::store::{DedupeKey, EventToAccept, NewDelivery, Store};
+use postback_relay::testing::{DeliverOptions, Deliverer};
 
 const PER_PARTNER: usize = 3_000;
 const PARTNERS: usize = 3;

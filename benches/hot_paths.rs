@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use postback_relay::config::WebhookSecret;
-use postback_relay::ingest::body::{parse_events, Framing};
-use postback_relay::ingest::verify::{sign, Verifier};
+use postback_relay::webhooks::{sign, Verifier};
+use postback_relay::{parse_events, Framing};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

@@ -19,14 +19,14 @@ use crate::deliver::{BreakerSettings, DeliverOptions, Deliverer};
 use crate::diag::{Diagnostic, Env};
 use crate::http::tls::TlsCertificates;
 use crate::http::{Edge, Listener, Routes};
-use crate::ingest::verify::Verifier;
 use crate::metrics::Metrics;
 use crate::rules::{LoadOptions, RulesHandle, RulesWatcher};
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use crate::store::redis::{RedisOptions, RedisStore};
 use crate::store::Store;
+use crate::webhooks::Verifier;
 
-pub use crate::relay::{delivery_settings, Relay};
+pub(crate) use crate::relay::{delivery_settings, Relay};
 
 /// Why the relay could not start.
 #[derive(Debug)]
@@ -79,7 +79,7 @@ impl std::fmt::Display for StartError {
 }
 
 /// Opens the configured store.
-pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+pub(crate) async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
     match config.store.backend {
         Backend::Embedded => EmbeddedStore::open(EmbeddedOptions {
             data_dir: config.data_dir.clone(),
@@ -97,7 +97,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
 }
 
 /// The Redis backend's options, from `[store]`.
-pub fn redis_options(config: &Config) -> RedisOptions {
+pub(crate) fn redis_options(config: &Config) -> RedisOptions {
     let s = &config.store;
     RedisOptions {
         url: s.redis_url.clone(),
@@ -118,7 +118,7 @@ pub fn redis_options(config: &Config) -> RedisOptions {
 }
 
 /// The circuit breaker of every destination, from `[delivery]`.
-pub fn breaker_settings(config: &Config) -> BreakerSettings {
+pub(crate) fn breaker_settings(config: &Config) -> BreakerSettings {
     let defaults = BreakerSettings::default();
     BreakerSettings {
         failure_threshold: config.breaker_failures,
@@ -133,7 +133,7 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin listener's address, with `[admin] listen`.
     pub admin_addr: Option<SocketAddr>,
-    pub relay: Arc<Relay>,
+    pub(crate) relay: Arc<Relay>,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -141,6 +141,11 @@ pub struct Running {
 }
 
 impl Running {
+    /// The rules in force and their reloads.
+    pub fn rules(&self) -> RulesHandle {
+        self.relay.rules.clone()
+    }
+
     /// Stops accepting, finishes in-flight requests, stops delivery workers, and
     /// waits until the store is closed (so the same data_dir can be opened again).
     pub async fn stop(self) {
@@ -328,7 +333,12 @@ fn log_ready(relay: &Relay, addr: SocketAddr, admin_addr: Option<SocketAddr>) {
             .map(|d| d.name.as_str())
             .collect::<Vec<_>>()
             .join(","),
-        broken = rules.broken().len(),
+        broken = %rules
+            .broken()
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
         data_dir = %cfg.data_dir.display(),
         rules_dir = %cfg.rules_dir.display(),
         version = env!("CARGO_PKG_VERSION"),

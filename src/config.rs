@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::diag::{Diagnostic, Env, Source};
-use crate::settings::{Doc, Section};
+use crate::toml_reader::{Doc, Section};
 
 /// A Standard Webhooks signing secret (`whsec_` + base64 of the key bytes); the
 /// protocol lives in `crate::webhooks`.
@@ -387,7 +387,7 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides, vars: &[String]) 
     })
 }
 
-fn read_addr(f: &crate::settings::Field<'_>, example: &str) -> Option<SocketAddr> {
+fn read_addr(f: &crate::toml_reader::Field<'_>, example: &str) -> Option<SocketAddr> {
     let s = f.as_str("\"127.0.0.1:8080\"")?;
     match s.parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -437,7 +437,7 @@ fn read_ingest(root: &Section<'_>) -> IngestConfig {
 }
 
 /// `ingest.secrets`; errors describe what is wrong, never show the secret.
-fn read_secrets(f: &crate::settings::Field<'_>) -> Vec<WebhookSecret> {
+fn read_secrets(f: &crate::toml_reader::Field<'_>) -> Vec<WebhookSecret> {
     let mut secrets = Vec::new();
     let Some(list) = f.as_str_list("secrets = [\"${POSTBACK_RELAY_SECRET}\"]") else {
         return secrets;

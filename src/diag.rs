@@ -3,7 +3,7 @@
 //!
 //! Owns: turning byte offsets into line/column in the file *as the user wrote it*
 //! (offsets in the substituted text are mapped back), and environment substitution.
-//! Never: decides what is valid (that is `settings`, `config` and `rules`).
+//! Never: decides what is valid (that is `toml_reader`, `config` and `rules`).
 
 use std::fmt;
 use std::ops::Range;

@@ -292,15 +292,15 @@ impl Metrics {
                 .set(i64::try_from(c.dead).unwrap_or(i64::MAX));
         }
         for s in status {
-            for (state, name) in [
-                (BreakerState::Closed, "closed"),
-                (BreakerState::Open, "open"),
-                (BreakerState::HalfOpen, "half_open"),
+            for state in [
+                BreakerState::Closed,
+                BreakerState::Open,
+                BreakerState::HalfOpen,
             ] {
                 self.circuit
                     .get_or_create(&DestinationState {
                         destination: s.name.clone(),
-                        state: name,
+                        state: state.as_str(),
                     })
                     .set(i64::from(s.breaker == state));
             }

@@ -13,11 +13,11 @@ use crate::dedupe::DedupeRule;
 use crate::deliver::Deliverer;
 use crate::diag::Diagnostic;
 use crate::http::tls::TlsCertificates;
-use crate::ingest::verify::Verifier;
 use crate::metrics::Metrics;
 use crate::outbound::DeliverySettings;
 use crate::rules::{RuleSet, RulesHandle};
 use crate::store::Store;
+use crate::webhooks::Verifier;
 
 /// Everything a request handler needs.
 pub struct Relay {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::{config_text, RelayProcess, ADMIN_TOKEN, SECRET};
 use postback_relay::config::WebhookSecret;
-use postback_relay::ingest::verify::sign;
+use postback_relay::webhooks::sign;
 
 /// The one destination: every event matches, nothing listens there (deliveries stay
 /// queued, so a stored delivery shows in its queue depth).

@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use postback_relay::config::WebhookSecret;
-use postback_relay::ingest::verify::sign;
+use postback_relay::webhooks::sign;
 use sha2::{Digest, Sha256};
 
 use common::{config_text, free_port, RelayProcess, SECRET};
@@ -999,4 +999,95 @@ fn output_to_a_closed_pipe_ends_quietly() {
             );
         }
     }
+}
+
+/// The start-up line names the destinations in force and the disabled ones, so an
+/// operator sees at once which partners get postbacks.
+#[test]
+fn the_ready_line_names_enabled_and_disabled_destinations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, addr) = serve_config(tmp.path());
+    let rules = tmp.path().join("rules");
+    let rule = |enabled: bool| {
+        format!(
+            "enabled = {enabled}\n[destination]\nurl = \"https://a.example/p?c={{click_id}}\"\nmethod = \"GET\"\n[privacy]\nallow = [\"click_id\"]\n"
+        )
+    };
+    std::fs::write(rules.join("aff.toml"), rule(true)).unwrap();
+    std::fs::write(rules.join("meta.toml"), rule(false)).unwrap();
+    std::fs::write(rules.join("tiktok.toml"), rule(false)).unwrap();
+    std::fs::write(rules.join("typo.toml"), "[destinaton]\n").unwrap();
+    let relay = spawn_serve(&cfg);
+    assert!(
+        relay.wait_log(
+            &format!("postback-relay ready listen={addr}"),
+            Duration::from_secs(30)
+        ),
+        "{}",
+        relay.log()
+    );
+    let log = relay.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("postback-relay ready"))
+        .expect("ready line");
+    for part in [
+        "destinations=1",
+        "names=aff",
+        "disabled=meta,tiktok",
+        "broken=typo",
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+}
+
+/// `check` says what `serve` would refuse: an admin token under 16 characters,
+/// located, with what to do.
+#[test]
+fn check_refuses_a_short_admin_token_located() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, _) = serve_config(tmp.path());
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = match text.find("[admin]") {
+        Some(_) => text
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("token") {
+                    "token = \"short-token\"".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => format!("{text}\n[admin]\ntoken = \"short-token\"\n"),
+    };
+    std::fs::write(&cfg, &text).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("token = \"short-token\""))
+        .expect("token line")
+        + 1;
+    let r = run(&["check", "--config", s(&cfg)], tmp.path());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "{}:{line}:9: `admin.token` is shorter than 16 characters; use a long random token, or leave it empty to turn the admin API off",
+            cfg.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout, "");
+}
+
+/// The README's Node example says what trips people up: the timestamp is Unix
+/// seconds.
+#[test]
+fn the_readme_says_the_timestamp_is_unix_seconds() {
+    let readme = std::fs::read_to_string(Path::new(REPO).join("README.md")).unwrap();
+    assert!(
+        readme.contains("`webhook-timestamp` is **Unix time in seconds** (not milliseconds)"),
+        "README.md"
+    );
 }

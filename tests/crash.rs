@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use postback_relay::deliver::testing::{FakePartner, RecordedRequest, Reply};
+use postback_relay::fake_partner::{FakePartner, RecordedRequest, Reply};
 
 use common::{admin_get_at, config_text, signed_request, RelayProcess, ADMIN_TOKEN};
 

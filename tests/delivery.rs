@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use postback_relay::deliver::testing::{FakePartner, RecordedRequest, Reply};
+use postback_relay::fake_partner::{FakePartner, RecordedRequest, Reply};
 use serde_json::{json, Value};
 
 use common::*;

@@ -48,7 +48,7 @@ fn signed_head(path_len: usize) -> String {
     let secret = postback_relay::config::WebhookSecret::parse(SECRET).unwrap();
     let ts = chrono::Utc::now().timestamp();
     let body = "x".repeat(path_len);
-    let sig = postback_relay::ingest::verify::sign(&secret, "msg_slow", ts, body.as_bytes());
+    let sig = postback_relay::webhooks::sign(&secret, "msg_slow", ts, body.as_bytes());
     format!(
         "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {path_len}\r\nwebhook-id: msg_slow\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: {sig}\r\n\r\n"
     )

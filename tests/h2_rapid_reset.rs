@@ -69,7 +69,7 @@ async fn http2_rapid_reset_gets_the_connection_closed_and_stores_nothing() {
     let body = r#"{"event_id":"e-rr","event_name":"purchase","click_id":"clk-rr"}"#;
     let ts = chrono::Utc::now().timestamp();
     let secret = postback_relay::config::WebhookSecret::parse(SECRET).expect("secret");
-    let sig = postback_relay::ingest::verify::sign(&secret, "m-rr", ts, body.as_bytes());
+    let sig = postback_relay::webhooks::sign(&secret, "m-rr", ts, body.as_bytes());
     let mut opened = 0usize;
     let mut refused = None;
     for _ in 0..10_000 {

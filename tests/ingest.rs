@@ -144,8 +144,7 @@ async fn bad_signatures_and_stale_timestamps_are_401_and_write_no_dedupe_key() {
     let body = event("e401", "install", "clk-401");
     let secret = postback_relay::config::WebhookSecret::parse(SECRET).expect("secret");
     let now = chrono::Utc::now().timestamp();
-    let good =
-        |ts: i64| postback_relay::ingest::verify::sign(&secret, "msg_401", ts, body.as_bytes());
+    let good = |ts: i64| postback_relay::webhooks::sign(&secret, "msg_401", ts, body.as_bytes());
     let h = |ts: i64, sig: String| {
         vec![
             ("webhook-id", "msg_401".to_string()),
@@ -215,7 +214,7 @@ async fn too_many_events_is_413_and_unsupported_type_is_415() {
     let big = format!("[{}]", "1,".repeat(40_000) + "1");
     let secret = postback_relay::config::WebhookSecret::parse(SECRET).expect("secret");
     let ts = chrono::Utc::now().timestamp();
-    let sig = postback_relay::ingest::verify::sign(&secret, "msg_big", ts, big.as_bytes());
+    let sig = postback_relay::webhooks::sign(&secret, "msg_big", ts, big.as_bytes());
     let stream = futures_stream(big);
     let resp = relay
         .client

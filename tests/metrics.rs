@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use postback_relay::deliver::testing::{FakePartner, Reply};
+use postback_relay::fake_partner::{FakePartner, Reply};
 
 fn rule(url: &str, max_attempts: u32) -> String {
     format!(

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use postback_relay::deliver::testing::{FakePartner, Reply};
+use postback_relay::fake_partner::{FakePartner, Reply};
 
 const EMAIL: &str = "canary.person@example.com";
 const PHONE: &str = "+1 555 0199 7731";

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postback_relay::deliver::testing::FakePartner;
+use postback_relay::fake_partner::FakePartner;
 
 use common::{config_text, event, eventually, post_json_to, RelayProcess, TestRelay};
 
@@ -35,7 +35,7 @@ async fn a_broken_change_keeps_the_old_rules_and_the_fix_is_picked_up_without_re
     let partner = FakePartner::start().await.unwrap();
     let old_rule = get_rule(&partner.url("/v1/postback?c={click_id}&e={event_name}"), "");
     let relay = TestRelay::start(&[("aff", &old_rule)], "").await;
-    let rules = relay.running.as_ref().unwrap().relay.rules.clone();
+    let rules = relay.running.as_ref().unwrap().rules();
     let aff = relay.rules_dir().join("aff.toml");
 
     let (s, v) = relay

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use postback_relay::app::{self, StartError};
 use postback_relay::config::{Config, Overrides};
-use postback_relay::deliver::testing::{FakePartner, Reply};
+use postback_relay::fake_partner::{FakePartner, Reply};
 
 use common::{config_text, event, eventually, TestRelay};
 

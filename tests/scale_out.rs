@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use postback_relay::deliver::testing::{FakePartner, RecordedRequest, Reply};
+use postback_relay::fake_partner::{FakePartner, RecordedRequest, Reply};
 use serde_json::Value;
 
 use common::*;

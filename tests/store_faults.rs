@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use postback_relay::deliver::testing::FakePartner;
+use postback_relay::fake_partner::FakePartner;
 
 use common::{config_text, eventually, post_signed_to, RelayProcess};
 
@@ -363,7 +363,7 @@ async fn a_truncated_or_bit_flipped_store_file_is_refused_at_start_or_kept_whole
 async fn damaged_store_files_are_refused_or_kept_whole(kill_9: bool) {
     // A store holding 30 queued deliveries to a partner that is down.
     let partner = FakePartner::start().await.expect("partner");
-    partner.set_default(postback_relay::deliver::testing::Reply::status(503));
+    partner.set_default(postback_relay::fake_partner::Reply::status(503));
     let pristine = tempfile::tempdir().expect("tempdir");
     write_setup(pristine.path(), &partner);
     let rule = fs::read_to_string(pristine.path().join("rules/aff.toml")).expect("rule");

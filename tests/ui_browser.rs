@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use postback_relay::deliver::testing::FakePartner;
+use postback_relay::fake_partner::FakePartner;
 use serde_json::json;
 
 use common::{free_port, TestRelay, ADMIN_TOKEN};

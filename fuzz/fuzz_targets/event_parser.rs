@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postback_relay::ingest::body::{parse_events, BodyError, Framing};
+use postback_relay::{parse_events, BodyError, Framing};
 
 fuzz_target!(|data: &[u8]| {
     let now = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("time");

@@ -491,7 +491,7 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::testing::{FakePartner, Reply};
+    use crate::fake_partner::{FakePartner, Reply};
     use crate::store::memory::delivery;
     use base64::Engine;
     use hmac::Mac;

@@ -21,14 +21,11 @@ pub mod clock;
 pub mod oauth;
 pub mod policy;
 mod send;
-/// Test helpers (`FakePartner`): built for this crate's tests and, with the `testing`
-/// feature, for its integration tests and benches; never in a release build.
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
 mod worker;
 
+/// The engine end to end against fake partners, on paused time.
 #[cfg(test)]
-mod tests;
+mod engine_tests;
 
 use crate::sync::lock;
 use std::collections::{BTreeMap, HashMap};

@@ -159,7 +159,7 @@ fn read_token(status: u16, body: &str, asked: Instant) -> Result<Cached, Attempt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deliver::testing::{FakePartner, Reply};
+    use crate::fake_partner::{FakePartner, Reply};
 
     fn source(url: String) -> TokenSource {
         TokenSource::new(OAuthSettings {

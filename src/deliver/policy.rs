@@ -146,7 +146,10 @@ impl GiveUp {
 
 /// The whole rule: classify, then retry unless `attempts` (counting this one) reached
 /// `max_attempts` or the next attempt would be later than `started_ms + give_up_after`.
-/// `started_ms` is when the delivery's first attempt was made.
+/// `started_ms` is when the delivery's first attempt was made. (The engine judges
+/// the answer's body first and calls `decide_verdict`; the tests state the policy
+/// through this.)
+#[cfg(test)]
 pub fn decide<R: Rng + ?Sized>(
     retry: &RetrySettings,
     attempt: &Attempt,
@@ -347,6 +350,37 @@ mod tests {
             // Full jitter: the whole range is used, not just a band near the cap.
             assert!(seen_low && seen_high, "attempt {attempts}");
         }
+    }
+
+    /// The example rule file says what the schedule is; it must be this one (the
+    /// settings of `settings()`, the caps of `backoff_cap_doubles_from_initial_up_to_max`).
+    #[test]
+    fn the_example_rules_retry_comment_describes_this_schedule() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/rules/example-aff.toml");
+        let text = std::fs::read_to_string(path).expect("rules/example-aff.toml");
+        let comment: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            comment.contains(
+                "Retries: up to 12 attempts within 3 days. The wait before retry N is random between 0 and 5s x 2^(N-1), at most 1h (\"full jitter\""
+            ),
+            "{comment}"
+        );
+        assert!(text.contains(
+            "retry = { max_attempts = 12, give_up_after = \"3d\", initial_backoff = \"5s\", max_backoff = \"1h\" }"
+        ));
+        let s = settings();
+        assert_eq!(
+            (s.max_attempts, s.give_up_after.as_secs()),
+            (12, 3 * 86_400)
+        );
+        assert_eq!(
+            (s.initial_backoff.as_secs(), s.max_backoff.as_secs()),
+            (5, 3600)
+        );
     }
 
     #[test]

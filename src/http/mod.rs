@@ -30,7 +30,7 @@ use crate::relay::Relay;
 use conn::{ConnState, Expired, TrackedIo};
 use tls::TlsCertificates;
 
-pub use routes::{json_response, HttpResponse};
+pub use routes::HttpResponse;
 
 /// Which endpoints a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,14 +1,13 @@
 //! Ingest: `POST /v1/events` from signature to 202.
 //!
 //! Owns: the request limits (content type, `max_body` before and while reading,
-//! `max_batch`), Standard Webhooks verification (`verify`), body parsing (`body`),
+//! `max_batch`), Standard Webhooks verification (through `crate::webhooks`), body parsing (`body`),
 //! and `accept`: dedupe keys + rule routing + one durable store commit per request.
 //! `accept` takes only the pieces it needs and says which destinations got new
 //! deliveries; the HTTP layer tells delivery. Never: answers 202 before the store said
 //! the write is durable; logs event data.
 
 pub mod body;
-pub mod verify;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};

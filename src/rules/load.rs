@@ -18,7 +18,7 @@ use toml_edit::{Item, Value as TomlValue};
 
 use crate::diag::{Diagnostic, Env, Source};
 use crate::outbound::{Credentials, DeliverySettings, SuccessRule};
-use crate::settings::{Doc, Section};
+use crate::toml_reader::{Doc, Section};
 
 use super::apply::{Condition, Consent, Coverage, Privacy, Rename, When};
 use super::normalize::FieldKind;
@@ -33,7 +33,8 @@ mod partner;
 
 #[cfg(test)]
 pub use body::compile_preset;
-pub use destination::parse_rate;
+#[cfg(test)]
+use destination::parse_rate;
 
 use body::{Checker, Shape};
 use destination::URL_EXAMPLE;
@@ -170,8 +171,8 @@ pub fn load_file(path: &Path, text: String, env: &dyn Env, options: &LoadOptions
     FileOutcome { result, warnings }
 }
 
-/// Compiles one rule file's text (tests); warnings are left out.
-#[cfg(test)]
+/// Compiles one rule file's text (tests and fuzz targets); warnings are left out.
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn load_text(
     path: &Path,
     text: String,
@@ -276,7 +277,7 @@ fn compile(doc: &Doc<'_>, name: String, known: &Known<'_>) -> Option<(Destinatio
 }
 
 /// `[success]`, for a rule without a preset (presets know their partner's answers).
-fn read_success(field: Option<&crate::settings::Field<'_>>, delivery: &mut DeliverySettings) {
+fn read_success(field: Option<&crate::toml_reader::Field<'_>>, delivery: &mut DeliverySettings) {
     if let Some(sec) = field.and_then(|f| f.as_section(partner::SUCCESS_EXAMPLE)) {
         delivery.success = SuccessRule::Declared(partner::read_success(&sec));
         sec.finish();
@@ -567,7 +568,7 @@ fn read_when(sec: &Section<'_>, prefix: &str, when: &mut When, known: &Known<'_>
 /// The values of one `[when]` condition, each with its place.
 fn when_values(
     sec: &Section<'_>,
-    f: &crate::settings::Field<'_>,
+    f: &crate::toml_reader::Field<'_>,
     field: &str,
 ) -> Option<Vec<AllowEntry>> {
     let example = format!("\"{field}\" = \"value\" or \"{field}\" = [\"a\", \"b\"]");

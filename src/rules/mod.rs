@@ -33,12 +33,15 @@ use crate::event::Event;
 use crate::outbound::{DeliverySettings, Method, OutboundRequest};
 
 pub use apply::Skip;
-pub use explain::{Explanation, FieldFate, WhenFailed};
-pub use load::{compile_draft, parse_rate};
+pub(crate) use explain::Explanation;
+#[cfg(test)]
+use explain::FieldFate;
+pub(crate) use load::compile_draft;
 pub use normalize::{hash_str, sha256_hex, truncate_ip, FieldKind, HashStyle};
 pub use presets::NAMES as PRESET_NAMES;
 pub use preview::{masked, preview, preview_named};
-pub use reload::{log_broken, spawn_watcher, RulesHandle, RulesWatcher};
+pub use reload::RulesHandle;
+pub(crate) use reload::{log_broken, spawn_watcher, RulesWatcher};
 pub use template::DERIVED as DERIVED_PLACEHOLDERS;
 
 use apply::{Privacy, Rename, When};

@@ -419,46 +419,36 @@ pub fn check_url(text: &str, t: &Template) -> Result<(), TemplateError> {
             "`url` has a backslash before its path; the sender's URL parser reads `\\` as `/`, so the host would not be the one written; write `/`, or %5C inside the path".into(),
         );
     }
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
-        match v6.split_once(']') {
-            Some((h, p)) if h.parse::<std::net::Ipv6Addr>().is_ok() => (h, p.strip_prefix(':')),
-            _ => {
-                return err(
-                    rest_at,
-                    format!("`url` has a malformed IPv6 host `{host_port}`"),
-                )
-            }
-        }
-    } else {
-        match host_port.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (host_port, None),
-        }
-    };
-    if host.is_empty() {
+    // `https:///p` is read by the URL parser as the host `p`: say what is missing.
+    if authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, h)| h)
+        .is_empty()
+    {
         return err(
             rest_at,
             "`url` has no host; write it like https://partner.example/path".into(),
         );
     }
-    if !host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':')
-        || host.starts_with('.')
-        || host.starts_with('-')
-    {
-        return err(rest_at, format!("`url` has an invalid host `{host}`"));
+    // Host and port as the sender (reqwest, through the `url` crate) reads them: a
+    // URL accepted here is the URL sent.
+    let url = url::Url::parse(&probe(t)).map_err(|e| TemplateError {
+        at: rest_at,
+        message: parse_error_message(e, authority),
+    })?;
+    let Some(parsed) = url.host_str() else {
+        return err(
+            rest_at,
+            "`url` has no host; write it like https://partner.example/path".into(),
+        );
+    };
+    if url.port() == Some(0) {
+        return err(
+            rest_at,
+            "`url` has an invalid port `0`; use a number from 1 to 65535".into(),
+        );
     }
-    if let Some(p) = port {
-        if p.parse::<u16>().map_or(true, |n| n == 0) {
-            return err(
-                rest_at,
-                format!("`url` has an invalid port `{p}`; use a number from 1 to 65535"),
-            );
-        }
-    }
-    same_host_for_the_sender(t, host, rest_at)?;
+    same_host_for_the_sender(authority, parsed, rest_at)?;
     // Blanks and control characters in the literal parts.
     let mut pos = 0;
     for s in &t.segments {
@@ -505,28 +495,48 @@ fn angle_hint(from: &str) -> String {
     }
 }
 
-/// The host as written must be the host the sender connects to: the URL is parsed
-/// here with the same parser (`url`, as reqwest does), placeholders standing in as
-/// plain text, so that `check` never shows one host while another is contacted.
-fn same_host_for_the_sender(t: &Template, written: &str, at: usize) -> Result<(), TemplateError> {
-    let probe: String = t
-        .segments
+/// The URL text with every placeholder replaced by `x` (placeholders never reach the
+/// host: `check_url` refuses that first).
+fn probe(t: &Template) -> String {
+    t.segments
         .iter()
         .map(|s| match s {
             Segment::Lit(l) => l.as_str(),
             Segment::Ph(_) | Segment::Absent => "x",
         })
-        .collect();
-    let url = url::Url::parse(&probe).map_err(|e| TemplateError {
-        at,
-        message: format!("`url` is not a valid URL ({e}); write it like \"https://partner.example/postback?click={{click_id}}\""),
-    })?;
-    let parsed = url
-        .host_str()
-        .unwrap_or("")
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let written = written.to_ascii_lowercase();
+        .collect()
+}
+
+/// The `url` crate's refusal, said the way a rule file's author writes URLs.
+fn parse_error_message(e: url::ParseError, authority: &str) -> String {
+    use url::ParseError as P;
+    match e {
+        P::EmptyHost => "`url` has no host; write it like https://partner.example/path".into(),
+        P::InvalidPort => {
+            let port = authority.rsplit_once(':').map_or("", |(_, p)| p);
+            format!("`url` has an invalid port `{port}`; use a number from 1 to 65535")
+        }
+        P::InvalidIpv6Address => format!("`url` has a malformed IPv6 host `{authority}`"),
+        P::InvalidIpv4Address | P::InvalidDomainCharacter | P::IdnaError => {
+            format!("`url` has an invalid host `{authority}`")
+        }
+        other => format!(
+            "`url` is not a valid URL ({other}); write it like \"https://partner.example/postback?click={{click_id}}\""
+        ),
+    }
+}
+
+/// The host as written (after any `user@`, without the port) must be the host the
+/// sender connects to: `http://2130706433/` or `http://0x7f.1/` read as some name but
+/// connect to 127.0.0.1.
+fn same_host_for_the_sender(authority: &str, parsed: &str, at: usize) -> Result<(), TemplateError> {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let written = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
+        None => host_port.split_once(':').map_or(host_port, |(h, _)| h),
+    }
+    .to_ascii_lowercase();
+    let parsed = parsed.trim_start_matches('[').trim_end_matches(']');
     let same = parsed == written
         || matches!(
             (parsed.parse::<std::net::IpAddr>(), written.parse::<std::net::IpAddr>()),
@@ -640,6 +650,16 @@ mod tests {
         assert!(ok("https://a.example/p q").is_err());
         assert!(ok("https://user@a.example/p").is_ok());
         assert!(ok("https://A.Example/p").is_ok());
+        assert!(ok("https://a.example:0/").is_err());
+        let e = ok("https://a.example:99999/").unwrap_err();
+        assert!(e.message.contains("invalid port `99999`"), "{}", e.message);
+        let e = ok("http://[::1/").unwrap_err();
+        assert!(e.message.contains("malformed IPv6"), "{}", e.message);
+        let e = ok("https://a b.example/").unwrap_err();
+        assert!(e.message.contains("a b.example"), "{}", e.message);
+        // A name the sender would change (IDNA) is refused: write what is sent.
+        let e = ok("https://bücher.example/").unwrap_err();
+        assert!(e.message.contains("xn--"), "{}", e.message);
     }
 
     #[test]

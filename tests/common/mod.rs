@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use postback_relay::app::{self, Running};
 use postback_relay::config::{Config, Overrides, WebhookSecret};
-use postback_relay::ingest::verify::sign;
+use postback_relay::webhooks::sign;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";

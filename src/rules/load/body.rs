@@ -7,7 +7,7 @@ use std::ops::Range;
 use toml_edit::{Item, Value as TomlValue};
 
 use crate::outbound::{DeliverySettings, Method};
-use crate::settings::{Doc, Field};
+use crate::toml_reader::{Doc, Field};
 
 use super::super::apply::{AllowTree, Coverage, Privacy};
 use super::super::presets::Preset;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::outbound::{DeliverySettings, Method, RateLimit, RetrySettings};
-use crate::settings::{parse_duration, Field, Section};
+use crate::toml_reader::{parse_duration, Field, Section};
 
 use super::super::presets::{self, Preset};
 use super::super::template::{check_url, Params, Template};

@@ -8,7 +8,7 @@
 use std::ops::Range;
 
 use crate::event::schema::{closest_path, schema, Schema};
-use crate::settings::Doc;
+use crate::toml_reader::Doc;
 
 /// The fields a rule file may name.
 pub struct Known<'a> {

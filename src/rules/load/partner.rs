@@ -5,7 +5,7 @@
 use toml_edit::Value as TomlValue;
 
 use crate::outbound::{DeclaredSuccess, DeliverySettings, OAuthSettings, SuccessRule};
-use crate::settings::{Doc, Field, Section};
+use crate::toml_reader::{Doc, Field, Section};
 
 use super::super::apply::{Coverage, Privacy};
 use super::super::normalize::parse_country;

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::testing::{FakePartner, Reply};
 use super::*;
+use crate::fake_partner::{FakePartner, Reply};
 use crate::outbound::{RateLimit, RetrySettings};
 use crate::store::memory::{delivery, MemStore};
 

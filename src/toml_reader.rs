@@ -49,6 +49,7 @@ impl<'s> Doc<'s> {
         }
     }
 
+    #[cfg(test)]
     pub fn has_syntax_error(&self) -> bool {
         self.root.is_none()
     }
@@ -279,11 +280,6 @@ pub struct Section<'a> {
 }
 
 impl<'a> Section<'a> {
-    /// The dotted name of this table (`""` for the top level).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn span(&self) -> Option<Range<usize>> {
         self.span.clone()
     }
@@ -362,6 +358,7 @@ impl<'a> Section<'a> {
         self.get(key).and_then(|f| f.as_size(example))
     }
 
+    #[cfg(test)]
     pub fn str_list(&self, key: &str, example: &str) -> Option<Vec<String>> {
         self.get(key)
             .and_then(|f| f.as_str_list(example))
