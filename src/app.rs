@@ -311,11 +311,14 @@ fn watch_rules(relay: &Arc<Relay>) -> Option<RulesWatcher> {
 fn log_ready(relay: &Relay, addr: SocketAddr, admin_addr: Option<SocketAddr>) {
     let cfg = &relay.config;
     let rules = relay.rules.current();
-    let names: Vec<&str> = rules
+    let comma_separated = |names: Vec<&str>| names.join(",");
+    let enabled: Vec<&str> = rules
         .destinations()
         .iter()
         .map(|d| d.name.as_str())
         .collect();
+    let disabled = rules.disabled().iter().map(|d| d.name.as_str()).collect();
+    let broken = rules.broken().iter().map(|b| b.name.as_str()).collect();
     let admin = match (&cfg.admin_token, admin_addr) {
         (None, _) => "off".to_string(),
         (Some(_), Some(a)) => a.to_string(),
@@ -325,20 +328,10 @@ fn log_ready(relay: &Relay, addr: SocketAddr, admin_addr: Option<SocketAddr>) {
         listen = %addr,
         tls = cfg.tls.is_some(),
         admin = %admin,
-        destinations = names.len(),
-        names = %names.join(","),
-        disabled = %rules
-            .disabled()
-            .iter()
-            .map(|d| d.name.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
-        broken = %rules
-            .broken()
-            .iter()
-            .map(|b| b.name.as_str())
-            .collect::<Vec<_>>()
-            .join(","),
+        destinations = enabled.len(),
+        names = %comma_separated(enabled),
+        disabled = %comma_separated(disabled),
+        broken = %comma_separated(broken),
         data_dir = %cfg.data_dir.display(),
         rules_dir = %cfg.rules_dir.display(),
         version = env!("CARGO_PKG_VERSION"),

@@ -443,6 +443,20 @@ fn spawn_serve(cfg: &Path) -> RelayProcess {
     RelayProcess::spawn_command(cmd)
 }
 
+/// `serve` with this config, waited for until its ready line names `addr`.
+fn spawn_ready(cfg: &Path, addr: &str) -> RelayProcess {
+    let relay = spawn_serve(cfg);
+    assert!(
+        relay.wait_log(
+            &format!("postback-relay ready listen={addr}"),
+            Duration::from_secs(30)
+        ),
+        "{}",
+        relay.log()
+    );
+    relay
+}
+
 /// A config for a real relay on a free port; returns (config path, listen address).
 fn serve_config(dir: &Path) -> (PathBuf, String) {
     let addr = format!("127.0.0.1:{}", free_port());
@@ -473,15 +487,7 @@ fn ev(id: &str) -> serde_json::Value {
 fn send_signs_one_event_an_array_and_ndjson_and_reads_stdin() {
     let tmp = tempfile::tempdir().unwrap();
     let (cfg, addr) = serve_config(tmp.path());
-    let relay = spawn_serve(&cfg);
-    assert!(
-        relay.wait_log(
-            &format!("postback-relay ready listen={addr}"),
-            Duration::from_secs(30)
-        ),
-        "{}",
-        relay.log()
-    );
+    let relay = spawn_ready(&cfg, &addr);
     let files = tmp.path().join("events");
     std::fs::create_dir(&files).unwrap();
     let one = files.join("one.json");
@@ -1017,15 +1023,7 @@ fn the_ready_line_names_enabled_and_disabled_destinations() {
     std::fs::write(rules.join("meta.toml"), rule(false)).unwrap();
     std::fs::write(rules.join("tiktok.toml"), rule(false)).unwrap();
     std::fs::write(rules.join("typo.toml"), "[destinaton]\n").unwrap();
-    let relay = spawn_serve(&cfg);
-    assert!(
-        relay.wait_log(
-            &format!("postback-relay ready listen={addr}"),
-            Duration::from_secs(30)
-        ),
-        "{}",
-        relay.log()
-    );
+    let relay = spawn_ready(&cfg, &addr);
     let log = relay.log();
     let line = log
         .lines()
@@ -1090,4 +1088,50 @@ fn the_readme_says_the_timestamp_is_unix_seconds() {
         readme.contains("`webhook-timestamp` is **Unix time in seconds** (not milliseconds)"),
         "README.md"
     );
+}
+
+/// `check` says what every send would be refused for: a partner URL on a loopback
+/// or private address while `allow_private_networks` is false.
+#[test]
+fn check_flags_a_private_partner_address_unless_private_networks_are_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, _) = serve_config(tmp.path());
+    let rule = |host: &str| {
+        format!(
+            "[destination]\nurl = \"http://{host}/p?c={{click_id}}\"\nmethod = \"GET\"\n[privacy]\nallow = [\"click_id\"]\n"
+        )
+    };
+    let rules = tmp.path().join("rules");
+    std::fs::write(rules.join("local.toml"), rule("127.0.0.1:9999")).unwrap();
+    std::fs::write(rules.join("lan.toml"), rule("192.168.1.20")).unwrap();
+    std::fs::write(rules.join("named.toml"), rule("localhost:8080")).unwrap();
+    std::fs::write(rules.join("public.toml"), rule("partner.example")).unwrap();
+    // As the tests' config has it: allowed, so nothing to say.
+    let r = run(&["check", "--config", s(&cfg)], tmp.path());
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace(
+        "allow_private_networks = true",
+        "allow_private_networks = false",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let r = run(&["check", "--config", s(&cfg)], tmp.path());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let says = |name: &str, what: &str| {
+        format!(
+            "{}: `url`'s host {what}: the relay refuses to send there while allow_private_networks is false; for a partner on your own network set [delivery] allow_private_networks = true in {}",
+            rules.join(name).display(),
+            cfg.display()
+        )
+    };
+    for line in [
+        says("local.toml", "127.0.0.1 is loopback"),
+        says("lan.toml", "192.168.1.20 is private (192.168.0.0/16)"),
+        says("named.toml", "localhost is loopback (localhost)"),
+    ] {
+        assert!(r.stderr.contains(&line), "{line}\nin\n{}", r.stderr);
+    }
+    assert!(!r.stderr.contains("public.toml"), "{}", r.stderr);
+    assert!(r.stderr.contains("3 errors"), "{}", r.stderr);
 }

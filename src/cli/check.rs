@@ -50,6 +50,9 @@ pub fn run(
         }
     };
     errors.extend(set.errors());
+    if let Some(cfg) = &loaded {
+        errors.extend(private_partner_hosts(&set, cfg));
+    }
     print_warnings(set.warnings());
     let unreadable = match events {
         Some(dir) => run_events(out, &set, dir)?,
@@ -79,6 +82,40 @@ pub fn run(
     } else {
         Err(CliError::Failed(unreadable.join("\n")))
     }
+}
+
+/// Destinations whose URL names a loopback, private or otherwise non-public address
+/// while `allow_private_networks` is false: the relay would refuse every send there
+/// (names are resolved at send time; only what the file says is checked here).
+fn private_partner_hosts(set: &RuleSet, cfg: &Config) -> Vec<Diagnostic> {
+    if cfg.allow_private_networks {
+        return Vec::new();
+    }
+    set.destinations()
+        .iter()
+        .chain(set.disabled())
+        .filter_map(|d| {
+            let host = d.url_host()?;
+            let literal = host.trim_start_matches('[').trim_end_matches(']');
+            let reason = if literal == "localhost" || literal.ends_with(".localhost") {
+                Some("loopback (localhost)")
+            } else {
+                literal
+                    .parse::<std::net::IpAddr>()
+                    .ok()
+                    .and_then(crate::deliver::client::non_public_reason)
+            }?;
+            Some(Diagnostic {
+                file: d.file.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "`url`'s host {host} is {reason}: the relay refuses to send there while allow_private_networks is false; for a partner on your own network set [delivery] allow_private_networks = true in {}",
+                    cfg.path.display()
+                ),
+            })
+        })
+        .collect()
 }
 
 fn plural(n: usize) -> &'static str {

@@ -68,13 +68,12 @@ fn not_allowed(method: &Method, path: &str) -> HttpResponse {
 }
 
 async fn ready(edge: &Edge) -> HttpResponse {
-    if edge.relay.store.ready().await {
-        json_response(StatusCode::OK, json!({"status": "ready"}))
-    } else {
-        json_response(
+    match edge.relay.store.ready().await {
+        Ok(()) => json_response(StatusCode::OK, json!({"status": "ready"})),
+        Err(why) => json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "not ready", "error": "store is not open"}),
-        )
+            json!({"status": "not ready", "error": format!("the store cannot take writes: {why}")}),
+        ),
     }
 }
 

@@ -138,6 +138,12 @@ pub struct Rendered {
 }
 
 impl Destination {
+    /// The host of `url` (written out in the rule file: placeholders never reach it),
+    /// as the sender reads it; IPv6 in brackets.
+    pub fn url_host(&self) -> Option<String> {
+        template::url_host(&self.url)
+    }
+
     /// The request for this event, or why it is not sent here.
     pub fn render(&self, event: &Event) -> Result<OutboundRequest, Skip> {
         self.evaluate(event).map(|r| r.request)

@@ -449,7 +449,13 @@ pub fn check_url(text: &str, t: &Template) -> Result<(), TemplateError> {
         );
     }
     same_host_for_the_sender(authority, parsed, rest_at)?;
-    // Blanks and control characters in the literal parts.
+    check_literals(text, t)
+}
+
+/// The literal parts of `url`: no `<...>` (documentation's marks), no blanks or
+/// control characters.
+fn check_literals(text: &str, t: &Template) -> Result<(), TemplateError> {
+    let err = |at: usize, message: String| Err(TemplateError { at, message });
     let mut pos = 0;
     for s in &t.segments {
         if let Segment::Lit(l) = s {
@@ -505,6 +511,14 @@ fn probe(t: &Template) -> String {
             Segment::Ph(_) | Segment::Absent => "x",
         })
         .collect()
+}
+
+/// The host `check_url` accepted, as the sender reads it.
+pub fn url_host(t: &Template) -> Option<String> {
+    url::Url::parse(&probe(t))
+        .ok()?
+        .host_str()
+        .map(str::to_owned)
 }
 
 /// The `url` crate's refusal, said the way a rule file's author writes URLs.

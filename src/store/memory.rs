@@ -339,8 +339,8 @@ impl Store for MemStore {
         Ok(n)
     }
 
-    async fn ready(&self) -> bool {
-        true
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
     }
 
     async fn close(&self) {}

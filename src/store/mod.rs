@@ -236,8 +236,9 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> StoreResult<usize>;
 
-    /// Whether the store can take writes now (for `/readyz`).
-    async fn ready(&self) -> bool;
+    /// Whether the store can take writes now (for `/readyz`); if not, why, in words
+    /// for an operator.
+    async fn ready(&self) -> Result<(), String>;
 
     /// Finishes the writes in progress and closes the store (files, connections),
     /// whoever else still holds it; later calls answer `Unavailable`.

@@ -79,6 +79,10 @@ pub struct EmbeddedOptions {
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
     secret: [u8; 32],
+    /// `data_dir` and `min_free_space`, for `ready` (the writer checks the floor
+    /// before each commit; `ready` reads the disk itself, so that it turns ready
+    /// again once space is freed, even with no write coming).
+    free_floor: (PathBuf, u64),
     tx: Mutex<Option<mpsc::Sender<writer::Pending>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -197,6 +201,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             shared,
             secret,
+            free_floor: (opts.data_dir.clone(), opts.min_free_space),
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
@@ -421,8 +426,16 @@ impl Store for EmbeddedStore {
         Ok(n)
     }
 
-    async fn ready(&self) -> bool {
-        lock(&self.tx).is_some() && self.shared.engine().is_ok()
+    async fn ready(&self) -> Result<(), String> {
+        if lock(&self.tx).is_none() {
+            return Err("the store is closed".into());
+        }
+        self.shared.engine().map_err(|e| e.to_string())?;
+        let (dir, floor) = &self.free_floor;
+        match writer::below_floor(dir, *floor) {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
     }
 
     async fn close(&self) {

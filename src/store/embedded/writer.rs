@@ -487,14 +487,7 @@ impl Writer {
                 free
             }
         };
-        (free < self.min_free_space).then(|| {
-            format!(
-                "free space in {} is {} bytes, under the floor of {} bytes",
-                self.data_dir.display(),
-                free,
-                self.min_free_space
-            )
-        })
+        floor_message(&self.data_dir, free, self.min_free_space)
     }
 
     /// Where a delivery's record is: its claim says, else look.
@@ -530,6 +523,24 @@ fn answer_all(pending: Vec<Pending>, why: &str) {
     for p in pending {
         let _ = p.reply.send(Err(StoreError::Unavailable(why.to_owned())));
     }
+}
+
+/// `Some(reason)` when `data_dir`'s free space is under `floor` now (0: no floor; a
+/// failed reading is not a refusal).
+pub(super) fn below_floor(data_dir: &std::path::Path, floor: u64) -> Option<String> {
+    if floor == 0 {
+        return None;
+    }
+    floor_message(data_dir, free_bytes(data_dir).ok()?, floor)
+}
+
+fn floor_message(data_dir: &std::path::Path, free: u64, floor: u64) -> Option<String> {
+    (free < floor).then(|| {
+        format!(
+            "free space in {} is {free} bytes, under the floor of {floor} bytes (min_free_space)",
+            data_dir.display()
+        )
+    })
 }
 
 fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {

@@ -666,23 +666,22 @@ impl Store for RedisStore {
         Ok(total)
     }
 
-    async fn ready(&self) -> bool {
+    async fn ready(&self) -> Result<(), String> {
         let i = &self.inner;
-        if i.usable().is_err() {
-            return false;
-        }
+        i.usable().map_err(|e| e.to_string())?;
         // The epoch, not a PING: a Redis that came back empty is not ready.
         let mut conn = i.conn.clone();
         let mut cmd = redis::cmd("HGET");
         cmd.arg(i.key("meta")).arg("epoch");
         let get = cmd.query_async::<Option<String>>(&mut conn);
         match tokio::time::timeout(Duration::from_secs(2), get).await {
-            Ok(Ok(Some(e))) if e == i.epoch => true,
+            Ok(Ok(Some(e))) if e == i.epoch => Ok(()),
             Ok(Ok(_)) => {
                 i.note_lost();
-                false
+                Err(LOST.into())
             }
-            _ => false,
+            Ok(Err(e)) => Err(format!("Redis: {e}")),
+            Err(_) => Err("Redis did not answer within 2 s".into()),
         }
     }
 
