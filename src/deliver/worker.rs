@@ -228,56 +228,13 @@ async fn dispatch(
 ) {
     let mut sends = JoinSet::new();
     tracing::debug!(destination = %worker.name, "delivery worker started");
-    'dispatch: while !is_stopping(&stop) {
+    while !is_stopping(&stop) {
         while sends.try_join_next().is_some() {}
-
-        // A free slot first, so the breaker is asked with the latest outcomes in.
-        let first = tokio::select! {
-            permit = worker.slots.clone().acquire_owned() => permit,
-            _ = stopped(&mut stop) => break 'dispatch,
+        let (slots, probe) = match take_slots(&ctx, &worker, &mut stop).await {
+            Slots::Take(slots, probe) => (slots, probe),
+            Slots::Again => continue,
+            Slots::Stop => break,
         };
-        let Ok(first) = first else {
-            break 'dispatch;
-        };
-
-        let admission = lock(&worker.breaker).admit(ctx.opts.clock.instant());
-        let batch = match admission {
-            Admission::Open => ctx.opts.claim_batch.max(1),
-            Admission::Probe => 1,
-            Admission::WaitUntil(until) => {
-                drop(first);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
-                    _ = stopped(&mut stop) => {}
-                }
-                continue;
-            }
-            Admission::WaitForProbe => {
-                drop(first);
-                tokio::select! {
-                    _ = worker.wake.notified() => {}
-                    _ = tokio::time::sleep(ctx.opts.poll_interval) => {}
-                    _ = stopped(&mut stop) => {}
-                }
-                continue;
-            }
-        };
-        let probe = admission == Admission::Probe;
-        let give_back_probe = || {
-            if probe {
-                lock(&worker.breaker).cancel_probe();
-            }
-        };
-
-        // As many more slots as are free now, up to the batch.
-        let mut slots = vec![first];
-        while slots.len() < batch {
-            match worker.slots.clone().try_acquire_owned() {
-                Ok(p) => slots.push(p),
-                Err(_) => break,
-            }
-        }
-
         let claimed = match ctx
             .store
             .claim_due(&worker.name, ctx.opts.clock.now_ms(), slots.len())
@@ -285,7 +242,7 @@ async fn dispatch(
         {
             Ok(c) => c,
             Err(e) => {
-                give_back_probe();
+                give_back_probe(&worker, probe);
                 drop(slots);
                 tracing::warn!(destination = %worker.name, error = %e, "cannot claim deliveries; retrying");
                 pause(ctx.opts.store_retry_pause, &mut stop).await;
@@ -293,48 +250,142 @@ async fn dispatch(
             }
         };
         if claimed.is_empty() {
-            give_back_probe();
+            give_back_probe(&worker, probe);
             drop(slots);
             idle(&ctx, &worker, &mut stop).await;
             continue;
         }
-
-        let applied = worker.applied();
-        let mut claimed = claimed.into_iter();
-        while let Some(delivery) = claimed.next() {
-            if let Some(limiter) = &applied.limiter {
-                let ready = tokio::select! {
-                    _ = limiter.until_ready() => true,
-                    _ = stopped(&mut stop) => false,
-                };
-                if !ready {
-                    give_back_probe();
-                    let unsent: Vec<Delivery> = std::iter::once(delivery).chain(claimed).collect();
-                    release_all(&ctx, &worker.name, unsent.iter().map(|d| d.id.as_str())).await;
-                    break 'dispatch;
-                }
-            }
-            let Some(slot) = slots.pop() else {
-                // Cannot happen (claimed at most one per slot); be safe anyway.
-                let unsent: Vec<Delivery> = std::iter::once(delivery).chain(claimed).collect();
-                release_all(&ctx, &worker.name, unsent.iter().map(|d| d.id.as_str())).await;
-                break;
-            };
-            lock(&worker.in_flight).insert(delivery.id.clone());
-            sends.spawn(send_one(
-                ctx.clone(),
-                worker.clone(),
-                applied.clone(),
-                delivery,
-                slot,
-                probe,
-            ));
+        let batch = Batch {
+            claimed,
+            slots,
+            probe,
+        };
+        if !launch(&ctx, &worker, batch, &mut sends, &mut stop).await {
+            break;
         }
     }
 
     let grace = (*stop.borrow()).unwrap_or(Duration::ZERO);
     drain(&ctx, &worker, sends, grace).await;
     tracing::debug!(destination = %worker.name, "delivery worker stopped");
+}
+
+/// What the dispatcher may do next, as the slots and the breaker say.
+enum Slots {
+    /// Send with these slots (one per delivery to claim); `true`: as the breaker's
+    /// one probe.
+    Take(Vec<OwnedSemaphorePermit>, bool),
+    /// The breaker said wait, and the wait is over (or stopping began): ask again.
+    Again,
+    Stop,
+}
+
+/// A free slot first, so the breaker is asked with the latest outcomes in; then as
+/// many more slots as are free now, up to the claim batch (one for a probe).
+async fn take_slots(
+    ctx: &Context,
+    worker: &DestinationWorker,
+    stop: &mut watch::Receiver<Option<Duration>>,
+) -> Slots {
+    let first = tokio::select! {
+        permit = worker.slots.clone().acquire_owned() => permit,
+        _ = stopped(stop) => return Slots::Stop,
+    };
+    let Ok(first) = first else {
+        return Slots::Stop;
+    };
+    let admission = lock(&worker.breaker).admit(ctx.opts.clock.instant());
+    let batch = match admission {
+        Admission::Open => ctx.opts.claim_batch.max(1),
+        Admission::Probe => 1,
+        Admission::WaitUntil(until) => {
+            drop(first);
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = stopped(stop) => {}
+            }
+            return Slots::Again;
+        }
+        Admission::WaitForProbe => {
+            drop(first);
+            tokio::select! {
+                _ = worker.wake.notified() => {}
+                _ = tokio::time::sleep(ctx.opts.poll_interval) => {}
+                _ = stopped(stop) => {}
+            }
+            return Slots::Again;
+        }
+    };
+    let mut slots = vec![first];
+    while slots.len() < batch {
+        match worker.slots.clone().try_acquire_owned() {
+            Ok(p) => slots.push(p),
+            Err(_) => break,
+        }
+    }
+    Slots::Take(slots, admission == Admission::Probe)
+}
+
+/// A probe that sends nothing is handed back, so that the next one may go.
+fn give_back_probe(worker: &DestinationWorker, probe: bool) {
+    if probe {
+        lock(&worker.breaker).cancel_probe();
+    }
+}
+
+/// Claimed deliveries with the slots to send them in.
+struct Batch {
+    claimed: Vec<Delivery>,
+    slots: Vec<OwnedSemaphorePermit>,
+    probe: bool,
+}
+
+/// Starts one send per claimed delivery, each when the rate limit allows; returns
+/// `false` when stopping began while waiting (the unsent claims are given back).
+async fn launch(
+    ctx: &Arc<Context>,
+    worker: &Arc<DestinationWorker>,
+    batch: Batch,
+    sends: &mut JoinSet<()>,
+    stop: &mut watch::Receiver<Option<Duration>>,
+) -> bool {
+    let Batch {
+        claimed,
+        mut slots,
+        probe,
+    } = batch;
+    let applied = worker.applied();
+    let mut claimed = claimed.into_iter();
+    while let Some(delivery) = claimed.next() {
+        if let Some(limiter) = &applied.limiter {
+            let ready = tokio::select! {
+                _ = limiter.until_ready() => true,
+                _ = stopped(stop) => false,
+            };
+            if !ready {
+                give_back_probe(worker, probe);
+                let unsent: Vec<Delivery> = std::iter::once(delivery).chain(claimed).collect();
+                release_all(ctx, &worker.name, unsent.iter().map(|d| d.id.as_str())).await;
+                return false;
+            }
+        }
+        let Some(slot) = slots.pop() else {
+            // Cannot happen (claimed at most one per slot); be safe anyway.
+            let unsent: Vec<Delivery> = std::iter::once(delivery).chain(claimed).collect();
+            release_all(ctx, &worker.name, unsent.iter().map(|d| d.id.as_str())).await;
+            return true;
+        };
+        lock(&worker.in_flight).insert(delivery.id.clone());
+        sends.spawn(send_one(
+            ctx.clone(),
+            worker.clone(),
+            applied.clone(),
+            delivery,
+            slot,
+            probe,
+        ));
+    }
+    true
 }
 
 /// Stopping: lets in-flight sends finish within `grace`, then gives back the claims
@@ -405,38 +456,8 @@ async fn send_one(
     };
     let judged = sender.attempt(&delivery, started).await;
     let finished = ctx.opts.clock.now_ms();
-
-    // A delivery with no attempts is new or replayed: its give-up clock starts now.
-    if delivery.attempts == 0 || delivery.first_attempt_at.is_none() {
-        delivery.first_attempt_at = Some(started);
-    }
-    delivery.attempts = delivery.attempts.saturating_add(1);
-    delivery.last_attempt_at = Some(started);
-    delivery.last_status = judged.status;
-    let decision = if judged.too_old {
-        Decision::DeadLetter(GiveUp::TooOld)
-    } else {
-        let at = policy::Schedule {
-            attempts: delivery.attempts,
-            started_ms: delivery.first_attempt_at.unwrap_or(started),
-            now_ms: finished,
-        };
-        let mut rng = rand::thread_rng();
-        policy::decide_verdict(
-            &applied.settings.retry,
-            judged.verdict,
-            judged.retry_after,
-            at,
-            &mut rng,
-        )
-    };
+    let decision = decide(&applied.settings, &mut delivery, &judged, started, finished);
     lock(&worker.breaker).record(judged.health, ctx.opts.clock.instant());
-    let sent = judged;
-
-    let id = delivery.id.clone();
-    let attempt = delivery.attempts;
-    let status = delivery.last_status;
-    let name = worker.name.as_str();
     if let Some(observer) = ctx.observer.get() {
         let outcome = match decision {
             Decision::Complete => super::AttemptOutcome::Delivered,
@@ -444,43 +465,93 @@ async fn send_one(
             Decision::DeadLetter(_) => super::AttemptOutcome::DeadLetter,
         };
         let elapsed = Duration::from_millis(u64::try_from(finished - started).unwrap_or(0));
-        observer.attempt(name, outcome, elapsed);
+        observer.attempt(&worker.name, outcome, elapsed);
     }
+    let id = delivery.id.clone();
+    apply_decision(&ctx, &worker, delivery, decision, judged.error, finished).await;
+    lock(&worker.in_flight).remove(&id);
+    // Wake the dispatcher: a retry may be due before its current sleep ends, and a
+    // finished probe decides the breaker.
+    if probe || matches!(decision, Decision::RetryAt(_)) {
+        worker.wake.notify_one();
+    }
+}
+
+/// Stamps the attempt on the delivery and decides what comes next.
+fn decide(
+    settings: &DeliverySettings,
+    delivery: &mut Delivery,
+    judged: &super::send::Judged,
+    started: i64,
+    finished: i64,
+) -> Decision {
+    // A delivery with no attempts is new or replayed: its give-up clock starts now.
+    if delivery.attempts == 0 || delivery.first_attempt_at.is_none() {
+        delivery.first_attempt_at = Some(started);
+    }
+    delivery.attempts = delivery.attempts.saturating_add(1);
+    delivery.last_attempt_at = Some(started);
+    delivery.last_status = judged.status;
+    if judged.too_old {
+        return Decision::DeadLetter(GiveUp::TooOld);
+    }
+    let at = policy::Schedule {
+        attempts: delivery.attempts,
+        started_ms: delivery.first_attempt_at.unwrap_or(started),
+        now_ms: finished,
+    };
+    policy::decide_verdict(
+        &settings.retry,
+        judged.verdict,
+        judged.retry_after,
+        at,
+        &mut rand::thread_rng(),
+    )
+}
+
+/// Writes the decision to the store (complete, retry later, dead letter), logs it,
+/// and keeps the worker's figures for `/admin/destinations`.
+async fn apply_decision(
+    ctx: &Context,
+    worker: &DestinationWorker,
+    mut delivery: Delivery,
+    decision: Decision,
+    error: Option<String>,
+    finished: i64,
+) {
+    let id = delivery.id.clone();
+    let attempt = delivery.attempts;
+    let status = delivery.last_status;
+    let name = worker.name.as_str();
     match decision {
         Decision::Complete => {
             tracing::debug!(destination = name, delivery_id = %id, ?status, attempt, "delivered");
-            settle(&ctx, name, &id, || ctx.store.complete(&id)).await;
+            settle(ctx, name, &id, || ctx.store.complete(&id)).await;
             worker
                 .delivered
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             *lock(&worker.last_success_at) = Some(finished);
         }
         Decision::RetryAt(at) => {
-            delivery.last_error = sent.error.clone();
+            delivery.last_error = error.clone();
             delivery.next_attempt_at = at;
-            tracing::info!(destination = name, delivery_id = %id, ?status, attempt, reason = sent.error.as_deref().unwrap_or(""), retry_in_ms = at - finished, "attempt failed; will retry");
-            *lock(&worker.last_error) = sent.error;
-            settle(&ctx, name, &id, || ctx.store.retry_later(delivery.clone())).await;
+            tracing::info!(destination = name, delivery_id = %id, ?status, attempt, reason = error.as_deref().unwrap_or(""), retry_in_ms = at - finished, "attempt failed; will retry");
+            *lock(&worker.last_error) = error;
+            settle(ctx, name, &id, || ctx.store.retry_later(delivery.clone())).await;
         }
         Decision::DeadLetter(why) => {
-            let error = match sent.error {
+            let error = match error {
                 Some(e) => format!("{e} (gave up: {})", why.as_str()),
                 None => format!("gave up: {}", why.as_str()),
             };
             delivery.last_error = Some(error.clone());
             tracing::warn!(destination = name, delivery_id = %id, ?status, attempt, reason = error.as_str(), "dead-lettered");
             *lock(&worker.last_error) = Some(error);
-            settle(&ctx, name, &id, || {
+            settle(ctx, name, &id, || {
                 ctx.store.dead_letter(delivery.clone(), finished)
             })
             .await;
         }
-    }
-    lock(&worker.in_flight).remove(&id);
-    // Wake the dispatcher: a retry may be due before its current sleep ends, and a
-    // finished probe decides the breaker.
-    if probe || matches!(decision, Decision::RetryAt(_)) {
-        worker.wake.notify_one();
     }
 }
 
