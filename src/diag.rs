@@ -102,11 +102,15 @@ impl Source {
     /// for a TOML basic string, where substitutions are meant to stand. An unset variable
     /// without a default is a diagnostic; every one is reported.
     pub fn new(path: &Path, original: String, env: &dyn Env) -> (Source, Vec<Diagnostic>) {
-        let mut text = String::with_capacity(original.len());
-        let mut subs = Vec::new();
-        let mut unset = Vec::new();
-        let mut values = Vec::new();
-        let mut vars = Vec::new();
+        let mut out = Source {
+            path: path.to_path_buf(),
+            original: String::new(),
+            text: String::with_capacity(original.len()),
+            subs: Vec::new(),
+            unset: Vec::new(),
+            values: Vec::new(),
+            vars: Vec::new(),
+        };
         let mut errors = Vec::new();
         let bytes = original.as_bytes();
         let mut i = 0;
@@ -120,54 +124,19 @@ impl Source {
                 if c == b'\n' {
                     in_comment = false;
                 }
-            } else if c == b'$'
-                && !in_literal
-                && bytes.get(i + 1) == Some(&b'{')
-                && original[i + 2..].contains('}')
-            {
-                let close = match original[i + 2..].find('}') {
-                    Some(p) => i + 2 + p,
-                    None => break,
-                };
-                let inner = &original[i + 2..close];
-                let (name, default) = match inner.split_once(":-") {
-                    Some((n, d)) => (n, Some(d)),
-                    None => (inner, None),
-                };
-                let valid_name = !name.is_empty()
-                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                    && !name.as_bytes()[0].is_ascii_digit();
-                if valid_name && !inner.contains('\n') {
-                    vars.push(name.to_string());
-                    let value = match lookup(env, name, default) {
-                        Ok(v) => v,
-                        Err(message) => {
-                            let (line, col) = line_col(&original, i);
-                            errors.push(Diagnostic {
-                                file: path.to_path_buf(),
-                                line,
-                                col,
-                                message,
-                            });
-                            unset.push(text.len());
-                            String::new()
-                        }
-                    };
-                    let start = text.len();
-                    values.push((name.to_string(), value.clone()));
-                    push_escaped(&mut text, &value);
-                    subs.push((start, text.len(), i, close + 1));
-                    i = close + 1;
+            } else if c == b'$' && !in_literal && bytes.get(i + 1) == Some(&b'{') {
+                if let Some(next) = out.substitute(&original, i, env, &mut errors) {
+                    i = next;
                     continue;
                 }
             } else if in_basic {
                 if c == b'\\' {
                     // keep the escaped byte as is
-                    text.push('\\');
+                    out.text.push('\\');
                     i += 1;
                     if i < bytes.len() {
                         let ch = original[i..].chars().next().unwrap_or(' ');
-                        text.push(ch);
+                        out.text.push(ch);
                         i += ch.len_utf8();
                     }
                     continue;
@@ -187,21 +156,56 @@ impl Source {
                 in_literal = true;
             }
             let ch = original[i..].chars().next().unwrap_or(' ');
-            text.push(ch);
+            out.text.push(ch);
             i += ch.len_utf8();
         }
-        (
-            Source {
-                path: path.to_path_buf(),
-                original,
-                text,
-                subs,
-                unset,
-                values,
-                vars,
-            },
-            errors,
-        )
+        out.original = original;
+        (out, errors)
+    }
+
+    /// The `${NAME}` or `${NAME:-default}` at `at` in `original`: appends its value
+    /// (escaped) to `text` and returns where reading goes on, or `None` when it is not
+    /// a reference (no closing brace, not a valid name, over several lines): then it
+    /// is text like any other. An unset variable without default is an error.
+    fn substitute(
+        &mut self,
+        original: &str,
+        at: usize,
+        env: &dyn Env,
+        errors: &mut Vec<Diagnostic>,
+    ) -> Option<usize> {
+        let close = at + 2 + original[at + 2..].find('}')?;
+        let inner = &original[at + 2..close];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        let valid_name = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if !valid_name || inner.contains('\n') {
+            return None;
+        }
+        self.vars.push(name.to_string());
+        let value = match lookup(env, name, default) {
+            Ok(v) => v,
+            Err(message) => {
+                let (line, col) = line_col(original, at);
+                errors.push(Diagnostic {
+                    file: self.path.clone(),
+                    line,
+                    col,
+                    message,
+                });
+                self.unset.push(self.text.len());
+                String::new()
+            }
+        };
+        let start = self.text.len();
+        self.values.push((name.to_string(), value.clone()));
+        push_escaped(&mut self.text, &value);
+        self.subs.push((start, self.text.len(), at, close + 1));
+        Some(close + 1)
     }
 
     /// A source read as is, without substitution (tests, inline config).
