@@ -93,19 +93,28 @@ pub fn send(
             Ok::<_, String>((status, text))
         })
         .map_err(CliError::Failed)?;
+    let printed = print_answer(out, status, text);
+    if !status.is_success() {
+        // A refusal is a failure even when nobody reads the answer (`| head`).
+        return Err(CliError::Failed(format!(
+            "the relay refused the events ({status})"
+        )));
+    }
+    Ok(printed?)
+}
+
+/// The relay's answer: the status line, then its JSON (pretty) or text.
+fn print_answer(
+    out: &mut dyn Write,
+    status: reqwest::StatusCode,
+    text: String,
+) -> std::io::Result<()> {
     writeln!(out, "HTTP {status}")?;
     match serde_json::from_str::<Value>(&text) {
         Ok(v) => writeln!(out, "{}", serde_json::to_string_pretty(&v).unwrap_or(text))?,
         Err(_) => writeln!(out, "{text}")?,
     }
-    if status.is_success() {
-        Ok(())
-    } else {
-        out.flush()?;
-        Err(CliError::Failed(format!(
-            "the relay refused the events ({status})"
-        )))
-    }
+    out.flush()
 }
 
 /// `health`: succeeds when the relay answers `GET /readyz` with a 2xx.
