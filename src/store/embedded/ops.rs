@@ -8,7 +8,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::engine::Engine;
-use super::layout::{self, DestId, Done, IdParts, Record};
+use super::layout::{self, DestId, Done, IdParts, Record, RecordRef};
 use super::writer::{Group, Undo, Writer};
 use super::{Loc, CHUNK};
 
@@ -165,18 +165,7 @@ impl Writer {
             for d in &ev.deliveries {
                 let dest = self.dest_id(e, g, &d.destination)?;
                 let seq = self.next_seq(e, g);
-                let record = Record {
-                    created_at: now_ms,
-                    attempts: 0,
-                    first_attempt_at: None,
-                    last_attempt_at: None,
-                    next_attempt_at: now_ms,
-                    last_status: None,
-                    last_error: None,
-                    dead_at: None,
-                    request: d.request.clone(),
-                };
-                let value = layout::encode(&record)?;
+                let value = layout::encode(&RecordRef::new(&d.request, now_ms))?;
                 let queue = e.queue(dest).map_err(fatal)?;
                 Self::batch(g)?.insert(&queue, layout::seq_key(seq), value);
                 g.undo.push(Undo::Queue(dest, seq));
