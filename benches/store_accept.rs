@@ -127,7 +127,3 @@ fn accept(c: &mut Criterion) {
 
 criterion_group!(benches, accept);
 criterion_main!(benches);
-
-/// As the binary (`src/main.rs`): the store is measured with the relay's allocator.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -23,11 +23,6 @@ use relay::{Proc, RelaySetup};
 use report::Row;
 use servers::Partners;
 
-/// The relay's allocator (see `src/main.rs`), so that the bare hyper baseline runs on
-/// the same one and the ratio compares servers, not allocators.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(about = "End-to-end load bench of postback-relay (use scripts/loadbench.sh)")]
 struct Cli {
