@@ -22,6 +22,7 @@
 //! if Redis lost its data, the relay says so (`ready() == false`, writes answer
 //! `Unavailable`) instead of carrying on with an empty queue.
 
+mod mark;
 mod open;
 mod record;
 #[cfg(test)]
@@ -38,6 +39,7 @@ use rand::RngCore;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
 
+use self::open::redacted;
 use self::record::{encode_request, outcome_fields, Fields};
 use crate::store::{
     AcceptOutcome, DeadLetter, Delivery, DeliveryStatus, DestinationCounts, EventToAccept,
@@ -155,6 +157,8 @@ struct Inner {
     held: Mutex<HashMap<String, (String, String)>>,
     lost: AtomicBool,
     closed: AtomicBool,
+    /// The commit counter as this relay saw it (`data_dir/redis.mark`).
+    seen: mark::Seen,
     observer: Mutex<Option<Arc<dyn StoreObserver>>>,
 }
 
@@ -262,6 +266,18 @@ impl Inner {
         }
     }
 
+    /// Redis answered with fewer commits than this relay saw: it went back in time.
+    fn note_went_back(&self, commits: u64, seen: u64) {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                prefix = %self.opts.prefix,
+                "{}. This relay stops accepting and delivering; restart it (it will refuse to start until {} in its data directory is deleted, to accept the loss)",
+                mark::went_back(&redacted(&self.opts.url), commits, seen),
+                mark::MARK_FILE
+            );
+        }
+    }
+
     fn committed(&self, operations: usize, started: Instant) {
         if let Some(o) = lock(&self.observer).as_ref() {
             o.committed(operations, started.elapsed());
@@ -357,7 +373,7 @@ impl Inner {
     }
 }
 
-const LOST: &str = "Redis lost the relay's data (restart without persistence, flush or failover to an empty replica); restart the relay to go on";
+const LOST: &str = "Redis lost the relay's data (restart without persistence, flush, failover to an empty or lagging replica, or restore of an older snapshot); restart the relay to go on";
 
 /// An accept's arguments after the prefix and epoch.
 struct AcceptArgs {
@@ -436,11 +452,20 @@ impl Store for RedisStore {
         let i = &self.inner;
         let started = Instant::now();
         let AcceptArgs { args, ids } = accept_args(i, &events, now_ms)?;
-        let flags: Vec<i64> = i.run(&i.scripts.accept, args).await?;
+        let before = i.seen.get();
+        let reply: Vec<i64> = i.run(&i.scripts.accept, args).await?;
+        let (commit, flags) = reply.split_first().map_or((0, &[][..]), |(c, f)| (*c, f));
+        let commit = u64::try_from(commit).unwrap_or(0);
+        if commit <= before {
+            i.note_went_back(commit, before);
+            return Err(StoreError::Unavailable(LOST.into()));
+        }
+        i.seen.saw(commit);
         i.wait_for_replicas().await?;
         i.committed(1, started);
         Ok(flags
-            .into_iter()
+            .iter()
+            .copied()
             .zip(ids)
             .map(|(f, delivery_ids)| match f {
                 1 => AcceptOutcome::Accepted { delivery_ids },
@@ -669,13 +694,22 @@ impl Store for RedisStore {
     async fn ready(&self) -> Result<(), String> {
         let i = &self.inner;
         i.usable().map_err(|e| e.to_string())?;
-        // The epoch, not a PING: a Redis that came back empty is not ready.
+        // The epoch, not a PING: a Redis that came back empty is not ready; nor one
+        // that went back to fewer commits than this relay saw.
         let mut conn = i.conn.clone();
-        let mut cmd = redis::cmd("HGET");
-        cmd.arg(i.key("meta")).arg("epoch");
-        let get = cmd.query_async::<Option<String>>(&mut conn);
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(i.key("meta")).arg("epoch").arg("commits");
+        let get = cmd.query_async::<(Option<String>, Option<u64>)>(&mut conn);
+        let seen = i.seen.get();
         match tokio::time::timeout(Duration::from_secs(2), get).await {
-            Ok(Ok(Some(e))) if e == i.epoch => Ok(()),
+            Ok(Ok((Some(e), commits))) if e == i.epoch => {
+                let commits = commits.unwrap_or(0);
+                if commits < seen {
+                    i.note_went_back(commits, seen);
+                    return Err(mark::went_back(&redacted(&i.opts.url), commits, seen));
+                }
+                Ok(())
+            }
             Ok(Ok(_)) => {
                 i.note_lost();
                 Err(LOST.into())

@@ -18,7 +18,7 @@ use super::{
 };
 
 /// The URL without its password, for messages.
-fn redacted(url: &str) -> String {
+pub(super) fn redacted(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));
@@ -55,6 +55,19 @@ impl RedisStore {
         if let Some(dir) = &opts.data_dir {
             check_epoch_note(dir, &opts.prefix, &epoch, &where_)?;
         }
+        let commits: Option<u64> = redis::cmd("HGET")
+            .arg(format!("{p}:meta"))
+            .arg("commits")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("Redis at {where_}: {e}"))?;
+        let seen = super::mark::Seen::open(
+            opts.data_dir.as_deref(),
+            &opts.prefix,
+            &epoch,
+            commits.unwrap_or(0),
+            &where_,
+        )?;
         warn_about_settings(&mut conn, &where_).await;
         let inner = Arc::new(Inner {
             conn,
@@ -66,6 +79,7 @@ impl RedisStore {
             held: Mutex::new(HashMap::new()),
             lost: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            seen,
             observer: Mutex::new(None),
         });
         let recovered = inner.recover().await.map_err(|e| e.to_string())?;

@@ -516,6 +516,59 @@ async fn redis_back_without_its_data_is_reported_not_taken_as_empty() {
     assert!(s.ready().await.is_ok());
 }
 
+/// Redis restored from an older snapshot (or failed over to a replica that missed the
+/// latest writes) keeps its epoch but fewer commits: the relay notices at once (the
+/// next accept, `/readyz`), stops, and refuses to start on it until the operator
+/// deletes `redis.mark`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_gone_back_to_an_older_snapshot_is_reported_not_taken_as_current() {
+    let Some(url) = test_redis("redis_gone_back") else {
+        return;
+    };
+    let on = OnRedis::new(&url);
+    let s = on.store();
+    for k in 1..=3 {
+        s.accept(vec![event(key(k), &["a"])], NOW)
+            .await
+            .expect("accept");
+    }
+    assert!(s.ready().await.is_ok());
+    // The snapshot from before the last two accepts comes back.
+    let mut conn = ::redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let _: () = ::redis::cmd("HSET")
+        .arg(format!("{{{}}}:meta", on.prefix))
+        .arg("commits")
+        .arg(1)
+        .query(&mut conn)
+        .expect("roll back");
+    let why = s.ready().await.expect_err("not ready");
+    assert!(why.contains("went back in time"), "{why}");
+    assert!(matches!(
+        s.accept(vec![event(key(4), &["a"])], NOW).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    drop(s);
+    let o = options(&url, &on.prefix, "c2", on.dir.path());
+    let refused = RedisStore::open(o.clone()).await.err().expect("refused");
+    assert!(
+        refused.contains("redis.mark")
+            && refused.contains("commit 1")
+            && refused.contains("commit 3"),
+        "{refused}"
+    );
+    std::fs::remove_file(on.dir.path().join(mark::MARK_FILE)).expect("operator accepts the loss");
+    let again = RedisStore::open(o)
+        .await
+        .expect("starts on the data Redis has now");
+    assert!(again.ready().await.is_ok());
+    again
+        .accept(vec![event(key(5), &["a"])], NOW)
+        .await
+        .expect("accepts again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_memory_refuses_whole_accepts_as_full() {
     let Some(mut server) = OwnRedis::start("out_of_memory_refuses_whole_accepts", false) else {

@@ -1,7 +1,8 @@
 -- accept: ARGV[3] now ms, [4] dedupe window ms, [5] max queued, [6] number of
 -- events, then per event: dedupe key, number of deliveries, then per delivery:
 -- destination, delivery ID, rendered request. All or nothing: a script runs whole.
--- Returns one 1 (accepted) or 0 (duplicate) per event.
+-- Returns the new commit count ({P}:meta commits), then one 1 (accepted) or 0
+-- (duplicate) per event.
 local now = tonumber(ARGV[3])
 local window = tonumber(ARGV[4])
 local max = tonumber(ARGV[5])
@@ -43,4 +44,7 @@ end
 -- The marks expire with the window: once no event came for a whole window, every
 -- mark in the set has expired, and so does the set.
 redis.call('PEXPIRE', DEDUPE, n(window))
+-- The commit counter first: it only grows, so a relay that gets a number no larger
+-- than one it saw before knows Redis went back in time (see mark.rs).
+table.insert(out, 1, redis.call('HINCRBY', P .. ':meta', 'commits', 1))
 return out
