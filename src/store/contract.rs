@@ -72,6 +72,21 @@ pub async fn counts_of(s: &dyn Store) -> Vec<(String, u64, u64)> {
     c
 }
 
+/// Whether `s` turns ready within `within` (a store that reopens or reconnects by
+/// itself), asking every 20 ms.
+pub async fn becomes_ready(s: &dyn Store, within: std::time::Duration) -> bool {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        if s.ready().await.is_ok() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub fn c(d: &str, q: u64, dead: u64) -> (String, u64, u64) {
     (d.to_owned(), q, dead)
 }

@@ -146,9 +146,11 @@ pub const SEQ_META_KEY: &[u8] = b"seq";
 pub const COMMIT_META_KEY: &[u8] = b"commit";
 pub const FORMAT_META_KEY: &[u8] = b"format";
 
-/// A queued, retrying or dead delivery as stored. The ID and the destination live in
-/// the key; the request holds markers, never credentials.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A queued, retrying or dead delivery as read. The ID and the destination live in
+/// the key; the request holds markers, never credentials. Written through
+/// [`RecordRef`], its borrowed twin (the field order is the format: keep the two
+/// alike; `records_round_trip_and_refuse_garbage` checks it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Record {
     pub created_at: i64,
     pub attempts: u32,
@@ -161,9 +163,9 @@ pub struct Record {
     pub request: OutboundRequest,
 }
 
-/// A `Record` to write, borrowing its strings: encodes to the same bytes (postcard
-/// is positional; `&str` and `&T` encode as `String` and `T`), without copying the
-/// request first. Writing a delivery is the store's hottest path.
+/// A [`Record`] to write, borrowing its strings (postcard is positional; `&str` and
+/// `&T` encode as `String` and `T`), so the request is never copied first: writing a
+/// delivery is the store's hottest path.
 #[derive(Debug, Serialize)]
 pub struct RecordRef<'a> {
     pub created_at: i64,
@@ -192,10 +194,9 @@ impl<'a> RecordRef<'a> {
             request,
         }
     }
-}
 
-impl Record {
-    pub fn from_delivery(d: &Delivery, dead_at: Option<i64>) -> RecordRef<'_> {
+    /// A delivery as it stands (after an attempt, or dead since `dead_at`).
+    pub fn of(d: &'a Delivery, dead_at: Option<i64>) -> RecordRef<'a> {
         RecordRef {
             created_at: d.created_at,
             attempts: d.attempts,
@@ -206,6 +207,23 @@ impl Record {
             last_error: d.last_error.as_deref(),
             dead_at,
             request: &d.request,
+        }
+    }
+}
+
+impl Record {
+    /// This record, to write back (changed).
+    pub fn borrowed(&self) -> RecordRef<'_> {
+        RecordRef {
+            created_at: self.created_at,
+            attempts: self.attempts,
+            first_attempt_at: self.first_attempt_at,
+            last_attempt_at: self.last_attempt_at,
+            next_attempt_at: self.next_attempt_at,
+            last_status: self.last_status,
+            last_error: self.last_error.as_deref(),
+            dead_at: self.dead_at,
+            request: &self.request,
         }
     }
 
@@ -333,21 +351,9 @@ mod tests {
                 event_time_ms: None,
             },
         };
-        let bytes = encode(&r).unwrap();
+        // What RecordRef writes, Record reads back whole (the two keep one format).
+        let bytes = encode(&r.borrowed()).unwrap();
         assert_eq!(decode::<Record>("record", &bytes).unwrap(), r);
-        // The borrowed form writes the very same bytes.
-        let borrowed = RecordRef {
-            created_at: r.created_at,
-            attempts: r.attempts,
-            first_attempt_at: r.first_attempt_at,
-            last_attempt_at: r.last_attempt_at,
-            next_attempt_at: r.next_attempt_at,
-            last_status: r.last_status,
-            last_error: r.last_error.as_deref(),
-            dead_at: r.dead_at,
-            request: &r.request,
-        };
-        assert_eq!(encode(&borrowed).unwrap(), bytes);
         let fresh = Record {
             attempts: 0,
             first_attempt_at: None,
@@ -358,7 +364,7 @@ mod tests {
         };
         assert_eq!(
             encode(&RecordRef::new(&r.request, r.created_at)).unwrap(),
-            encode(&fresh).unwrap()
+            encode(&fresh.borrowed()).unwrap()
         );
         assert!(decode::<Record>("record", &[]).is_err());
         assert!(decode::<Record>("record", &[9, 1, 2]).is_err());

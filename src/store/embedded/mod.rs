@@ -218,7 +218,7 @@ impl EmbeddedStore {
     pub fn fuzz_decode_record(bytes: &[u8]) -> Result<(), String> {
         let record: layout::Record = layout::decode("delivery", bytes)?;
         let delivery = record.into_delivery("dlv_fuzz".into(), "fuzz".into());
-        let again = layout::encode(&layout::Record::from_delivery(&delivery, None))?;
+        let again = layout::encode(&layout::RecordRef::of(&delivery, None))?;
         let back: layout::Record = layout::decode("delivery", &again)?;
         if back.into_delivery("dlv_fuzz".into(), "fuzz".into()) != delivery {
             return Err("a record does not survive encode after decode".into());

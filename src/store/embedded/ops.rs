@@ -250,7 +250,7 @@ impl Writer {
         let Some((parts, _)) = self.take(e, g, &d.id)? else {
             return Ok(());
         };
-        let value = layout::encode(&Record::from_delivery(d, None))?;
+        let value = layout::encode(&RecordRef::of(d, None))?;
         let key = layout::retry_key(parts.dest, d.next_attempt_at, parts.seq);
         Self::batch(g)?.insert(&e.retry, key, value);
         Ok(())
@@ -266,7 +266,7 @@ impl Writer {
         let Some((parts, _)) = self.take(e, g, &d.id)? else {
             return Ok(());
         };
-        let value = layout::encode(&Record::from_delivery(d, Some(now_ms)))?;
+        let value = layout::encode(&RecordRef::of(d, Some(now_ms)))?;
         Self::batch(g)?.insert(&e.dead, layout::queue_key(parts.dest, parts.seq), value);
         g.count(parts.dest, -1, 1);
         Ok(())
@@ -319,7 +319,7 @@ impl Writer {
             r.first_attempt_at = None;
             r.next_attempt_at = now_ms;
             r.dead_at = None;
-            let value = layout::encode(&r)?;
+            let value = layout::encode(&r.borrowed())?;
             let b = Self::batch(g)?;
             b.remove(&e.dead, layout::queue_key(dest, seq));
             b.insert(&e.retry, layout::retry_key(dest, now_ms, seq), value);
@@ -374,7 +374,7 @@ impl Writer {
                 let mut r: Record = layout::decode("delivery", &v)?;
                 r.dead_at = Some(now_ms);
                 r.last_error = Some(reason.to_owned());
-                let value = layout::encode(&r)?;
+                let value = layout::encode(&r.borrowed())?;
                 let b = Self::batch(g)?;
                 b.remove(ks, k);
                 b.insert(&e.dead, layout::queue_key(dest, seq), value);

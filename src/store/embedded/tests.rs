@@ -13,7 +13,7 @@ use rand::RngCore;
 use sha2::Sha256;
 
 use super::*;
-use crate::store::contract::{self, c, counts_of, event, key, Backend, NOW};
+use crate::store::contract::{self, becomes_ready, c, counts_of, event, key, Backend, NOW};
 use crate::store::DedupeKey;
 
 fn options(dir: &Path) -> EmbeddedOptions {
@@ -203,15 +203,10 @@ async fn a_failed_write_is_refused_then_recovered_from() {
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(err.to_string().contains("No space left"), "{err}");
     assert!(s.ready().await.is_err(), "not ready while it cannot write");
-    let mut ready = false;
-    for _ in 0..100 {
-        if s.ready().await.is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ready, "the store reopens by itself");
+    assert!(
+        becomes_ready(&s, Duration::from_secs(2)).await,
+        "the store reopens by itself"
+    );
     let out = s
         .accept(vec![event(key(2), &["a"]), event(key(1), &["a"])], NOW)
         .await
@@ -238,15 +233,10 @@ async fn a_failed_write_that_reached_the_disk_is_undone_before_the_store_is_read
     s.accept(vec![event(key(2), &["a", "b"])], NOW)
         .await
         .expect_err("the write reports failure");
-    let mut ready = false;
-    for _ in 0..100 {
-        if s.ready().await.is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ready, "the store reopens by itself");
+    assert!(
+        becomes_ready(&s, Duration::from_secs(2)).await,
+        "the store reopens by itself"
+    );
     assert_eq!(
         counts_of(&s).await,
         vec![c("a", 1, 0)],

@@ -14,7 +14,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::store::contract::{self, c, counts_of, event, key, Backend, NOW};
+use crate::store::contract::{self, becomes_ready, c, counts_of, event, key, Backend, NOW};
 
 /// The test Redis, or `None` (with the reason printed) when there is none here.
 pub fn test_redis(test: &str) -> Option<String> {
@@ -458,15 +458,10 @@ async fn redis_away_is_unavailable_and_back_is_ready() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     server.run();
-    let mut back = false;
-    for _ in 0..200 {
-        if s.ready().await.is_ok() {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(back, "ready again once Redis is back");
+    assert!(
+        becomes_ready(&s, Duration::from_secs(10)).await,
+        "ready again once Redis is back"
+    );
     let out = s
         .accept(vec![event(key(1), &["a"]), event(key(2), &["a"])], NOW)
         .await
