@@ -77,6 +77,9 @@ pub struct Metrics {
     attempts: Family<DestinationOutcome, Counter>,
     delivery_seconds: HistogramFamily<DestinationLabel>,
     queue_depth: Family<DestinationLabel, Gauge>,
+    requests: Family<DestinationLabel, Counter>,
+    concurrency: Family<DestinationLabel, Gauge>,
+    backlog_age: Family<DestinationLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     dlq_size: Family<DestinationLabel, Gauge>,
     circuit: Family<DestinationState, Gauge>,
     rule_errors: Family<DestinationLabel, Gauge>,
@@ -109,6 +112,9 @@ impl Metrics {
             attempts: Family::default(),
             delivery_seconds: Family::new_with_constructor(latency as fn() -> Histogram),
             queue_depth: Family::default(),
+            requests: Family::default(),
+            concurrency: Family::default(),
+            backlog_age: Family::default(),
             dlq_size: Family::default(),
             circuit: Family::default(),
             rule_errors: Family::default(),
@@ -160,6 +166,21 @@ impl Metrics {
             "queue_depth",
             "Queued deliveries by destination (read from the store at scrape time)",
             self.queue_depth.clone(),
+        );
+        r.register(
+            "delivery_requests",
+            "Requests sent to partners by destination (a batch is one request carrying many deliveries; delivery_attempts counts each delivery)",
+            self.requests.clone(),
+        );
+        r.register(
+            "delivery_concurrency_limit",
+            "Requests the adaptive controller lets each destination have in flight now (at most its `concurrency`)",
+            self.concurrency.clone(),
+        );
+        r.register(
+            "backlog_age_seconds",
+            "How late the most overdue queued delivery of each destination is (0: keeping up)",
+            self.backlog_age.clone(),
         );
         r.register(
             "dlq_size",
@@ -276,10 +297,24 @@ impl Metrics {
 
     /// The text exposition, with the per-destination gauges set from `counts` and
     /// `status` (read by the caller at scrape time).
-    pub fn render(&self, counts: &[DestinationCounts], status: &[DestinationStatus]) -> String {
+    pub fn render(
+        &self,
+        counts: &[DestinationCounts],
+        status: &[DestinationStatus],
+        backlog_ages: &[(String, f64)],
+    ) -> String {
         self.queue_depth.clear();
         self.dlq_size.clear();
         self.circuit.clear();
+        self.concurrency.clear();
+        self.backlog_age.clear();
+        for (name, age) in backlog_ages {
+            self.backlog_age
+                .get_or_create(&DestinationLabel {
+                    destination: name.clone(),
+                })
+                .set(*age);
+        }
         for c in counts {
             let l = DestinationLabel {
                 destination: c.destination.clone(),
@@ -292,6 +327,11 @@ impl Metrics {
                 .set(i64::try_from(c.dead).unwrap_or(i64::MAX));
         }
         for s in status {
+            self.concurrency
+                .get_or_create(&DestinationLabel {
+                    destination: s.name.clone(),
+                })
+                .set(i64::try_from(s.concurrency_limit).unwrap_or(i64::MAX));
             for state in [
                 BreakerState::Closed,
                 BreakerState::Open,
@@ -327,6 +367,14 @@ impl DeliveryObserver for Metrics {
             })
             .observe(elapsed.as_secs_f64());
     }
+
+    fn request(&self, destination: &str, _events: usize, _elapsed: Duration) {
+        self.requests
+            .get_or_create(&DestinationLabel {
+                destination: destination.to_string(),
+            })
+            .inc();
+    }
 }
 
 impl crate::store::StoreObserver for Metrics {
@@ -357,10 +405,15 @@ mod tests {
                 breaker: BreakerState::Open,
                 last_error: None,
                 in_flight: 0,
+                requests_in_flight: 0,
+                concurrency_limit: 12,
                 delivered: 0,
                 last_success_at: None,
             }],
+            &[("aff".into(), 2.5)],
         );
+        m.request("aff", 100, Duration::from_millis(5));
+        let text = format!("{text}{}", m.render(&[], &[], &[]));
         for line in [
             "postback_relay_ingest_requests_total{result=\"accepted\"} 1",
             "postback_relay_ingest_events_total{outcome=\"accepted\"} 2",
@@ -370,11 +423,14 @@ mod tests {
             "postback_relay_circuit_state{destination=\"aff\",state=\"open\"} 1",
             "postback_relay_circuit_state{destination=\"aff\",state=\"closed\"} 0",
             "postback_relay_rule_reloads_total{result=\"failed\"} 1",
+            "postback_relay_delivery_concurrency_limit{destination=\"aff\"} 12",
+            "postback_relay_backlog_age_seconds{destination=\"aff\"} 2.5",
+            "postback_relay_delivery_requests_total{destination=\"aff\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing in:\n{text}");
         }
         // a destination gone from the store is gone from the gauges
-        let text = m.render(&[], &[]);
+        let text = m.render(&[], &[], &[]);
         assert!(!text.contains("queue_depth{destination=\"aff\"}"), "{text}");
     }
 }

@@ -168,13 +168,36 @@ impl Credentials {
     }
 }
 
+/// Most requests in flight to one destination when the rule sets no `concurrency`: the
+/// ceiling of the adaptive controller, which starts low and finds the partner's pace.
+pub const DEFAULT_CONCURRENCY: usize = 512;
+
+/// Several queued deliveries in one request (`[batch]`, or a preset with a batch
+/// API). Each delivery is rendered and stored alone; at send time the array at `path`
+/// of each stored body is joined into the first one's envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// Dotted path of the array in the JSON body (`data`, `conversions`).
+    pub path: String,
+    /// Most events in one request (the partner's documented maximum).
+    pub max_events: usize,
+    /// Longest an event waits for company before its request goes.
+    pub max_wait: Duration,
+}
+
+/// Default `max_wait` of a batch.
+pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_secs(1);
+
 /// How a destination is delivered to: read from its rule file's `[destination]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliverySettings {
     pub rate_limit: Option<RateLimit>,
     pub timeout: Duration,
     pub retry: RetrySettings,
+    /// Ceiling of requests in flight; the adaptive controller stays at or below it.
     pub concurrency: usize,
+    /// Several deliveries per request, when the partner takes batches.
+    pub batch: Option<BatchSettings>,
     /// `whsec_...` secret to sign outbound requests per Standard Webhooks, if set.
     pub sign_secret: Option<String>,
     /// What the rule file took from the environment, attached at send time.
@@ -195,7 +218,8 @@ impl Default for DeliverySettings {
             rate_limit: None,
             timeout: Duration::from_secs(10),
             retry: RetrySettings::default(),
-            concurrency: 8,
+            concurrency: DEFAULT_CONCURRENCY,
+            batch: None,
             sign_secret: None,
             credentials: Credentials::default(),
             success: SuccessRule::default(),

@@ -8,8 +8,10 @@
 //! its `reason` names codes and fields, never body values (they may echo personal
 //! data).
 //!
-//! Every preset request carries exactly one event, so a partial failure is the
-//! failure of that one event: retrying the request retries only what failed.
+//! A request may carry several events (a batch): `judge_batch` says whether the
+//! answer speaks for all of them or for each (Google's `partialFailureError` names
+//! the failed rows by index); an answer that refuses a whole batch for one bad event
+//! (Meta) is `Whole`, and the worker bisects the batch to find it.
 
 use std::time::Duration;
 
@@ -59,12 +61,36 @@ fn by_status(status: u16) -> Verdict {
 }
 
 /// Judges one answer under a destination's success rule.
+#[cfg(test)]
 pub fn judge(rule: &SuccessRule, status: u16, body: &str) -> Judgement {
+    judge_n(rule, status, body, 1)
+}
+
+/// What an answer to a request carrying several events says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchJudgement {
+    /// The same for every event of the request.
+    Whole(Judgement),
+    /// One judgement per event, in the request's order.
+    PerEvent(Vec<Judgement>),
+}
+
+/// Judges the answer to a request carrying `events` events.
+pub fn judge_batch(rule: &SuccessRule, status: u16, body: &str, events: usize) -> BatchJudgement {
+    if events > 1 && rule == &SuccessRule::Partner(PartnerAnswers::GoogleAds) {
+        if let Some(rows) = google_rows(status, body, events) {
+            return BatchJudgement::PerEvent(rows);
+        }
+    }
+    BatchJudgement::Whole(judge_n(rule, status, body, events))
+}
+
+fn judge_n(rule: &SuccessRule, status: u16, body: &str, events: usize) -> Judgement {
     match rule {
         SuccessRule::AnyTwoHundred => Judgement::of(by_status(status)),
         SuccessRule::Declared(d) => declared(d, status, body),
         SuccessRule::Partner(p) => match p {
-            PartnerAnswers::MetaCapi => meta(status, body),
+            PartnerAnswers::MetaCapi => meta(status, body, events),
             PartnerAnswers::TikTokEvents => tiktok(status, body),
             PartnerAnswers::AppsFlyer => Judgement::of(by_status(status)),
             PartnerAnswers::Adjust => adjust(status, body),
@@ -155,19 +181,26 @@ fn same(got: Option<&Value>, want: &Value) -> bool {
 /// Service, 4 / 17 / 32 / 613 rate limits, 341 application limit.
 const META_TRANSIENT: &[i64] = &[1, 2, 4, 17, 32, 341, 613];
 
-/// Meta Conversions API: a 200 whose `events_received` counts our one event.
-fn meta(status: u16, body: &str) -> Judgement {
+/// Meta Conversions API: a 200 whose `events_received` counts every event sent.
+fn meta(status: u16, body: &str, events: usize) -> Judgement {
     let answer = json(body);
     if (200..300).contains(&status) {
         let received = answer
             .as_ref()
             .and_then(|a| a.get("events_received"))
             .and_then(Value::as_u64);
+        let want = events.max(1) as u64;
         return match received {
-            Some(n) if n >= 1 => Judgement::of(Verdict::Delivered),
-            _ => Judgement::because(
+            Some(n) if n >= want => Judgement::of(Verdict::Delivered),
+            Some(n) => Judgement::because(
                 Verdict::Reject,
-                "Meta answered without events_received >= 1: the event was not taken",
+                format!(
+                    "Meta answered without events_received >= {want} (got {n}): not every event was taken"
+                ),
+            ),
+            None => Judgement::because(
+                Verdict::Reject,
+                "Meta answered without events_received: the events were not taken",
             ),
         };
     }
@@ -276,20 +309,72 @@ fn google(status: u16, body: &str) -> Judgement {
 
 /// (category, code) pairs of a Google Ads failure: `details[].errors[].errorCode`.
 fn google_codes(failure: &Value) -> Vec<(String, String)> {
+    google_row_codes(failure)
+        .into_iter()
+        .map(|(_, category, code)| (category, code))
+        .collect()
+}
+
+/// (row, category, code) of each error of a Google Ads failure; the row is the index
+/// in `location.fieldPathElements` of the `conversions` field, when it is given.
+fn google_row_codes(failure: &Value) -> Vec<(Option<usize>, String, String)> {
     let mut out = Vec::new();
     let details = failure.get("details").and_then(Value::as_array);
     for detail in details.into_iter().flatten() {
         let errors = detail.get("errors").and_then(Value::as_array);
         for error in errors.into_iter().flatten() {
+            let row = error
+                .pointer("/location/fieldPathElements")
+                .and_then(Value::as_array)
+                .and_then(|path| {
+                    path.iter()
+                        .find(|e| e.get("fieldName").and_then(Value::as_str) == Some("conversions"))
+                })
+                .and_then(|e| e.get("index"))
+                .and_then(Value::as_u64)
+                .and_then(|i| usize::try_from(i).ok());
             if let Some(Value::Object(code)) = error.get("errorCode") {
                 for (category, value) in code {
                     let value = value.as_str().unwrap_or_default();
-                    out.push((category.clone(), value.to_string()));
+                    out.push((row, category.clone(), value.to_string()));
                 }
             }
         }
     }
     out
+}
+
+/// A 2xx whose `partialFailureError` names the failed conversions by row: one
+/// judgement per row (the rows it does not name were taken). `None` when the answer
+/// is not such a partial failure (or names no row, or a row past `events`).
+fn google_rows(status: u16, body: &str, events: usize) -> Option<Vec<Judgement>> {
+    if !(200..300).contains(&status) {
+        return None;
+    }
+    let answer = json(body)?;
+    let failure = answer.get("partialFailureError")?;
+    let codes = google_row_codes(failure);
+    if codes.is_empty() || codes.iter().any(|(row, _, _)| row.is_none_or(|r| r >= events)) {
+        return None;
+    }
+    let mut per_row: Vec<Vec<(String, String)>> = vec![Vec::new(); events];
+    for (row, category, code) in codes {
+        if let Some(r) = row {
+            per_row[r].push((category, code));
+        }
+    }
+    Some(
+        per_row
+            .iter()
+            .map(|codes| {
+                if codes.is_empty() {
+                    Judgement::of(Verdict::Delivered)
+                } else {
+                    google_verdict(codes)
+                }
+            })
+            .collect(),
+    )
 }
 
 /// Google's error codes (google-ads-python `errors/types/conversion_upload_error.py`,

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::policy::{self, Attempt};
-use crate::outbound::Method;
-use crate::store::Delivery;
+use crate::outbound::{Method, OutboundRequest};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// `User-Agent` of every postback.
@@ -25,6 +24,30 @@ pub const BODY_KEPT: usize = 16 * 1024;
 /// How much of a response body is read at most (to reuse the connection); the rest is
 /// dropped with the connection.
 pub const BODY_READ_MAX: usize = 64 * 1024;
+/// Most of an answer kept for a request carrying a batch (per-row results of 2,000
+/// events).
+pub const BATCH_BODY_KEPT: usize = 1024 * 1024;
+
+/// How much of the answer to keep for a request carrying `events` events.
+pub fn answer_cap(events: usize) -> usize {
+    if events > 1 {
+        BATCH_BODY_KEPT
+    } else {
+        BODY_KEPT
+    }
+}
+
+/// One request to send.
+pub struct Outgoing<'a> {
+    /// `webhook-id`: the delivery's stable ID (or a batch's).
+    pub id: &'a str,
+    /// With credentials attached.
+    pub request: &'a OutboundRequest,
+    pub timeout: Duration,
+    pub signer: Option<&'a SigningKey>,
+    /// Most of the answer kept for judging (`answer_cap`).
+    pub keep: usize,
+}
 /// Left as they are in a form value (RFC 3986 unreserved).
 const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
@@ -250,27 +273,12 @@ impl PostbackClient {
         })
     }
 
-    /// Sends `delivery.request` once, with `webhook-id: <delivery.id>` and, with a key,
-    /// the Standard Webhooks signature headers.
-    pub async fn send(
-        &self,
-        delivery: &Delivery,
-        timeout: Duration,
-        signer: Option<&SigningKey>,
-    ) -> Sent {
-        self.send_with_token(delivery, timeout, signer, None).await
-    }
-
-    /// `send`, with `Authorization: Bearer <token>` set at send time (replacing any
-    /// stored Authorization header): credentials that renew never reach the queue.
-    pub async fn send_with_token(
-        &self,
-        delivery: &Delivery,
-        timeout: Duration,
-        signer: Option<&SigningKey>,
-        bearer: Option<&str>,
-    ) -> Sent {
-        let request = match self.build(delivery, timeout, signer, bearer) {
+    /// Sends `out.request` once, with `webhook-id: <out.id>`, `Authorization: Bearer
+    /// <bearer>` when given (replacing any stored Authorization header: credentials
+    /// that renew never reach the queue) and, with a key, the Standard Webhooks
+    /// signature headers.
+    pub async fn send(&self, out: &Outgoing<'_>, bearer: Option<&str>) -> Sent {
+        let request = match self.build(out, bearer) {
             Ok(r) => r,
             Err(attempt) => return Sent::failed(attempt),
         };
@@ -286,7 +294,7 @@ impl PostbackClient {
             .and_then(|v| policy::parse_retry_after(v, SystemTime::now()));
         // Read (capped) so the connection can be reused. The start of it is judged by
         // the success rule, then dropped: it is never stored or logged.
-        let body = read_capped(&mut response).await;
+        let body = read_capped(&mut response, out.keep).await;
         let attempt = Attempt::Response {
             status,
             retry_after,
@@ -330,7 +338,7 @@ impl PostbackClient {
             .timeout(timeout);
         let mut response = request.send().await.map_err(attempt_from_error)?;
         let status = response.status().as_u16();
-        Ok((status, read_capped(&mut response).await))
+        Ok((status, read_capped(&mut response, BODY_KEPT).await))
     }
 
     /// A partner URL that parses, is http(s), and (unless private networks are
@@ -361,14 +369,8 @@ impl PostbackClient {
         Ok(url)
     }
 
-    fn build(
-        &self,
-        delivery: &Delivery,
-        timeout: Duration,
-        signer: Option<&SigningKey>,
-        bearer: Option<&str>,
-    ) -> Result<reqwest::Request, Attempt> {
-        let out = &delivery.request;
+    fn build(&self, o: &Outgoing<'_>, bearer: Option<&str>) -> Result<reqwest::Request, Attempt> {
+        let out = o.request;
         let url = self.checked_url(&out.url)?;
 
         let mut headers = HeaderMap::with_capacity(out.headers.len() + 4);
@@ -385,16 +387,16 @@ impl PostbackClient {
                 .map_err(|_| Attempt::Invalid("the access token is not a header value".into()))?;
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let id = HeaderValue::from_str(&delivery.id)
+        let id = HeaderValue::from_str(o.id)
             .map_err(|_| Attempt::Invalid("delivery id is not a valid header value".into()))?;
         headers.insert("webhook-id", id);
         let body = out.body.clone().unwrap_or_default();
-        if let Some(key) = signer {
+        if let Some(key) = o.signer {
             let timestamp = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0);
-            let signature = key.sign(&delivery.id, timestamp, body.as_bytes());
+            let signature = key.sign(o.id, timestamp, body.as_bytes());
             headers.insert("webhook-timestamp", HeaderValue::from(timestamp));
             let signature = HeaderValue::from_str(&signature)
                 .map_err(|_| Attempt::Invalid("signature is not a header value".into()))?;
@@ -409,7 +411,7 @@ impl PostbackClient {
             .http
             .request(method, url)
             .headers(headers)
-            .timeout(timeout);
+            .timeout(o.timeout);
         if out.body.is_some() {
             builder = builder.body(body);
         }
@@ -444,22 +446,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-/// Reads up to `BODY_READ_MAX` bytes of the answer; keeps the first `BODY_KEPT`.
-async fn read_capped(response: &mut reqwest::Response) -> String {
+/// Reads up to `BODY_READ_MAX` bytes of the answer (or `keep`, if more); keeps the
+/// first `keep`.
+async fn read_capped(response: &mut reqwest::Response, keep: usize) -> String {
     let mut kept = Vec::new();
     let mut read = 0usize;
-    while read < BODY_READ_MAX {
+    while read < BODY_READ_MAX.max(keep) {
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 read += chunk.len();
-                let room = BODY_KEPT.saturating_sub(kept.len());
+                let room = keep.saturating_sub(kept.len());
                 kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
             }
             Ok(None) | Err(_) => break,
         }
     }
     let text = String::from_utf8_lossy(&kept);
-    truncate(text.trim(), BODY_KEPT)
+    truncate(text.trim(), keep)
 }
 
 /// What is kept of a failed answer: its status and the status's standard reason
@@ -491,6 +494,26 @@ pub fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Delivery;
+
+    impl PostbackClient {
+        /// One delivery as it is stored, sent alone.
+        async fn send_delivery(
+            &self,
+            d: &Delivery,
+            timeout: Duration,
+            signer: Option<&SigningKey>,
+        ) -> Sent {
+            let out = Outgoing {
+                id: &d.id,
+                request: &d.request,
+                timeout,
+                signer,
+                keep: BODY_KEPT,
+            };
+            self.send(&out, None).await
+        }
+    }
     use crate::fake_partner::{FakePartner, Reply};
     use crate::store::memory::delivery;
     use base64::Engine;
@@ -611,7 +634,7 @@ mod tests {
         let d = delivery("d1", "p", &partner.url("/pb?click=abc"));
 
         let strict = PostbackClient::new(false).unwrap();
-        let sent = strict.send(&d, Duration::from_secs(5), None).await;
+        let sent = strict.send_delivery(&d, Duration::from_secs(5), None).await;
         assert!(
             matches!(&sent.attempt, Attempt::Refused(e) if e.contains("loopback")),
             "{sent:?}"
@@ -621,7 +644,7 @@ mod tests {
         assert_eq!(partner.request_count(), 0);
 
         let lax = PostbackClient::new(true).unwrap();
-        let sent = lax.send(&d, Duration::from_secs(5), None).await;
+        let sent = lax.send_delivery(&d, Duration::from_secs(5), None).await;
         assert_eq!(
             sent.attempt,
             Attempt::Response {
@@ -639,7 +662,7 @@ mod tests {
         let d = delivery("d1", "p", &url);
         let sent = PostbackClient::new(false)
             .unwrap()
-            .send(&d, Duration::from_secs(5), None)
+            .send_delivery(&d, Duration::from_secs(5), None)
             .await;
         assert!(matches!(sent.attempt, Attempt::Refused(_)), "{sent:?}");
         assert_eq!(partner.request_count(), 0);
@@ -657,7 +680,7 @@ mod tests {
             "http://0x7f.1:9/",
         ] {
             let sent = client
-                .send(&delivery("d", "p", url), Duration::from_secs(1), None)
+                .send_delivery(&delivery("d", "p", url), Duration::from_secs(1), None)
                 .await;
             assert!(
                 matches!(sent.attempt, Attempt::Refused(_)),
@@ -676,7 +699,7 @@ mod tests {
         d.request
             .headers
             .push(("Authorization".into(), "Bearer partner-secret".into()));
-        let sent = client.send(&d, Duration::from_secs(5), Some(&key)).await;
+        let sent = client.send_delivery(&d, Duration::from_secs(5), Some(&key)).await;
         assert_eq!(sent.error, None);
 
         let got = &partner.requests()[0];
@@ -716,7 +739,7 @@ mod tests {
         d.request.method = Method::Get;
         d.request.body = None;
         d.request.headers.clear();
-        client.send(&d, Duration::from_secs(5), None).await;
+        client.send_delivery(&d, Duration::from_secs(5), None).await;
         let got = &partner.requests()[0];
         assert_eq!(got.method, "GET");
         assert_eq!(got.target, "/pb?x=1");
@@ -737,14 +760,14 @@ mod tests {
         ]);
         let d = delivery("d1", "p", &partner.url("/pb"));
 
-        let sent = client.send(&d, Duration::from_secs(5), None).await;
+        let sent = client.send_delivery(&d, Duration::from_secs(5), None).await;
         assert!(matches!(
             sent.attempt,
             Attempt::Response { status: 302, .. }
         ));
         assert_eq!(partner.request_count(), 1, "the redirect was followed");
 
-        let sent = client.send(&d, Duration::from_secs(5), None).await;
+        let sent = client.send_delivery(&d, Duration::from_secs(5), None).await;
         assert!(matches!(
             sent.attempt,
             Attempt::Response { status: 400, .. }
@@ -752,7 +775,7 @@ mod tests {
         // the partner's body is never kept: it can echo click IDs and tokens
         assert_eq!(sent.error.as_deref(), Some("HTTP 400 Bad Request"));
 
-        let sent = client.send(&d, Duration::from_secs(5), None).await;
+        let sent = client.send_delivery(&d, Duration::from_secs(5), None).await;
         assert_eq!(
             sent.attempt,
             Attempt::Response {
@@ -768,8 +791,7 @@ mod tests {
         partner.set_default(Reply::hang());
         let client = PostbackClient::new(true).unwrap();
         let sent = client
-            .send(
-                &delivery("d1", "p", &partner.url("/pb")),
+            .send_delivery(&delivery("d1", "p", &partner.url("/pb")),
                 Duration::from_millis(200),
                 None,
             )
@@ -783,7 +805,7 @@ mod tests {
         };
         let url = format!("http://127.0.0.1:{port}/pb?email=a@b.com");
         let sent = client
-            .send(&delivery("d2", "p", &url), Duration::from_secs(5), None)
+            .send_delivery(&delivery("d2", "p", &url), Duration::from_secs(5), None)
             .await;
         assert!(matches!(sent.attempt, Attempt::Connect(_)), "{sent:?}");
         assert!(!sent.error.unwrap().contains("a@b.com"));
@@ -793,8 +815,7 @@ mod tests {
     async fn bad_urls_and_headers_are_invalid_without_echoing_secrets() {
         let client = PostbackClient::new(true).unwrap();
         let sent = client
-            .send(
-                &delivery("d", "p", "ftp://x/"),
+            .send_delivery(&delivery("d", "p", "ftp://x/"),
                 Duration::from_secs(1),
                 None,
             )
@@ -804,7 +825,7 @@ mod tests {
         d.request
             .headers
             .push(("X-Key".into(), "top\nsecret".into()));
-        let sent = client.send(&d, Duration::from_secs(1), None).await;
+        let sent = client.send_delivery(&d, Duration::from_secs(1), None).await;
         assert!(matches!(sent.attempt, Attempt::Invalid(_)));
         assert!(!sent.error.unwrap().contains("secret"));
     }

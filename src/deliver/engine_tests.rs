@@ -469,12 +469,14 @@ fn status_serializes_for_the_admin_api() {
         breaker: BreakerState::HalfOpen,
         last_error: Some("HTTP 503".into()),
         in_flight: 3,
+        requests_in_flight: 1,
+        concurrency_limit: 16,
         delivered: 7,
         last_success_at: Some(1_764_064_800_000),
     };
     assert_eq!(
         serde_json::to_string(&s).unwrap(),
-        r#"{"name":"meta","breaker":"half_open","last_error":"HTTP 503","in_flight":3,"delivered":7,"last_success_at":1764064800000}"#
+        r#"{"name":"meta","breaker":"half_open","last_error":"HTTP 503","in_flight":3,"requests_in_flight":1,"concurrency_limit":16,"delivered":7,"last_success_at":1764064800000}"#
     );
 }
 

@@ -14,10 +14,13 @@
 //!   was given up (`dead_letter`); every other path keeps or releases the claim;
 //! - every attempt of a delivery carries the same `webhook-id` (its stable ID).
 
+pub mod adaptive;
 pub mod answer;
+mod batch;
 pub mod breaker;
 pub mod client;
 pub mod clock;
+mod flight;
 pub mod oauth;
 pub mod policy;
 mod send;
@@ -82,7 +85,11 @@ pub struct DestinationStatus {
     pub name: String,
     pub breaker: BreakerState,
     pub last_error: Option<String>,
+    /// Deliveries in flight (a batch counts each of its deliveries).
     pub in_flight: usize,
+    /// Requests in flight, and the most the adaptive controller allows now.
+    pub requests_in_flight: usize,
+    pub concurrency_limit: usize,
     /// Completed since the relay started.
     pub delivered: u64,
     /// When the last delivery succeeded, Unix ms.
@@ -110,7 +117,10 @@ impl AttemptOutcome {
 
 /// Told about every delivery attempt (the relay's metrics implement it).
 pub trait DeliveryObserver: Send + Sync {
+    /// One delivery's attempt ended (a batch reports each of its deliveries).
     fn attempt(&self, destination: &str, outcome: AttemptOutcome, elapsed: Duration);
+    /// One request went to the partner carrying `events` deliveries.
+    fn request(&self, _destination: &str, _events: usize, _elapsed: Duration) {}
 }
 
 /// Why the engine could not start.
@@ -248,10 +258,27 @@ impl Deliverer {
                 breaker: r.worker.breaker_state(),
                 last_error: r.worker.last_error(),
                 in_flight: r.worker.in_flight(),
+                requests_in_flight: r.worker.gate.in_flight(),
+                concurrency_limit: r.worker.gate.limit(),
                 delivered: r.worker.delivered().0,
                 last_success_at: r.worker.delivered().1,
             })
             .collect()
+    }
+
+    /// How late the most overdue queued delivery of each destination in `names` is,
+    /// in seconds (0 when nothing is overdue): a destination that cannot keep up
+    /// shows it here before its queue is deep.
+    pub async fn backlog_ages(&self, names: &[String]) -> Vec<(String, f64)> {
+        let now = self.inner.ctx.opts.clock.now_ms();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            if let Ok(due) = self.inner.ctx.store.next_due(name).await {
+                let late = due.map_or(0, |at| now.saturating_sub(at).max(0));
+                out.push((name.clone(), late as f64 / 1000.0));
+            }
+        }
+        out
     }
 
     /// Stops claiming, waits up to `shutdown_grace` for in-flight sends, and releases

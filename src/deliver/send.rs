@@ -1,19 +1,19 @@
-//! One attempt at send time: the steps between a claimed delivery and its verdict.
+//! One request at send time: the steps between claimed deliveries and a verdict.
 //!
 //! Owns: the age check (an event older than the partner accepts is never sent),
-//! attaching a renewing OAuth token (and one renewal and resend after a 401), and
-//! judging the answer with the destination's success rule. Never: touches the store
-//! or the breaker (the worker does), or logs anything.
+//! attaching the destination's credentials and a renewing OAuth token (and one
+//! renewal and resend after a 401), and judging the answer with the destination's
+//! success rule, for the whole request or per event. Never: touches the store, the
+//! breaker or the gate (`flight` does), or logs anything.
 
 use std::time::Duration;
 
 use super::answer;
-use super::client::{Sent, SigningKey};
+use super::client::{Outgoing, Sent, SigningKey};
 use super::oauth::TokenSource;
 use super::policy::{self, Attempt, Health, Verdict};
-use super::worker::Context;
-use crate::outbound::DeliverySettings;
-use crate::store::Delivery;
+use super::client::PostbackClient;
+use crate::outbound::{DeliverySettings, OutboundRequest};
 
 /// An attempt, judged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,112 +28,149 @@ pub(crate) struct Judged {
     pub too_old: bool,
 }
 
+/// A request's answer, judged: for every event it carried, or for each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Judgement {
+    Whole(Judged),
+    /// In the request's order.
+    PerEvent(Vec<Judged>),
+}
+
 /// What the worker needs to make one attempt.
 pub(crate) struct Sender<'a> {
-    pub ctx: &'a Context,
+    pub client: &'a PostbackClient,
     pub settings: &'a DeliverySettings,
     pub signer: &'a Result<Option<SigningKey>, String>,
     pub oauth: Option<&'a TokenSource>,
 }
 
 impl Sender<'_> {
-    /// Checks the event's age, sends (with a fresh token where the destination uses
-    /// OAuth) and judges the answer.
-    pub async fn attempt(&self, delivery: &Delivery, now_ms: i64) -> Judged {
+    /// `Some` (the verdict to dead-letter with) when an event of `event_time_ms` is
+    /// older than the partner accepts at `now_ms`: it is never sent.
+    pub fn too_old(&self, event_time_ms: Option<i64>, now_ms: i64) -> Option<Judged> {
         let max_age = self.settings.max_event_age;
-        if policy::too_old(delivery.request.event_time_ms, max_age, now_ms) {
-            let days = max_age.map(|d| d.as_secs() / 86400).unwrap_or(0);
-            return Judged {
-                verdict: Verdict::Reject,
-                retry_after: None,
-                error: Some(format!(
-                    "not sent: the event is older than the {days} days this partner accepts"
-                )),
-                status: None,
-                health: Health::Unknown,
-                too_old: true,
-            };
+        if !policy::too_old(event_time_ms, max_age, now_ms) {
+            return None;
         }
-        let sent = self.send(delivery).await;
-        judge_sent(&self.settings.success, sent)
+        let days = max_age.map(|d| d.as_secs() / 86400).unwrap_or(0);
+        Some(Judged {
+            verdict: Verdict::Reject,
+            retry_after: None,
+            error: Some(format!(
+                "not sent: the event is older than the {days} days this partner accepts"
+            )),
+            status: None,
+            health: Health::Unknown,
+            too_old: true,
+        })
     }
 
-    async fn send(&self, delivery: &Delivery) -> Sent {
+    /// Sends `stored` (carrying `events` events) as `webhook-id: id`, with the
+    /// destination's credentials attached, and judges the answer. The second value is
+    /// the pause the partner asked of the whole destination (`Retry-After` on a 429
+    /// or 503).
+    pub async fn attempt(
+        &self,
+        id: &str,
+        stored: &OutboundRequest,
+        events: usize,
+    ) -> (Judgement, Option<Duration>) {
+        let sent = self.send(id, stored, events).await;
+        let pause = match sent.attempt {
+            Attempt::Response {
+                status: 429 | 503,
+                retry_after,
+            } => retry_after,
+            _ => None,
+        };
+        (judge_batch_sent(&self.settings.success, sent, events), pause)
+    }
+
+    async fn send(&self, id: &str, stored: &OutboundRequest, events: usize) -> Sent {
         // The stored request holds markers where the partner's credentials go: the
         // destination's current values are put back only for the send.
-        let outgoing = match self.settings.credentials.attach(&delivery.request) {
-            Ok(request) => Delivery {
-                request,
-                ..delivery.clone()
-            },
+        let request = match self.settings.credentials.attach(stored) {
+            Ok(request) => request,
             Err(e) => return Sent::failed(Attempt::Invalid(e)),
         };
-        let delivery = &outgoing;
         let signer = match self.signer {
             Ok(s) => s.as_ref(),
             Err(e) => return Sent::failed(Attempt::Invalid(e.clone())),
         };
-        let client = &self.ctx.client;
-        let timeout = self.settings.timeout;
-        let Some(source) = self.oauth else {
-            return client.send(delivery, timeout, signer).await;
+        let out = Outgoing {
+            id,
+            request: &request,
+            timeout: self.settings.timeout,
+            signer,
+            keep: super::client::answer_cap(events),
         };
-        let token = match source.token(client, timeout).await {
+        let client = self.client;
+        let Some(source) = self.oauth else {
+            return client.send(&out, None).await;
+        };
+        let token = match source.token(client, out.timeout).await {
             Ok(t) => t,
             Err(a) => return Sent::failed(a),
         };
-        let sent = client
-            .send_with_token(delivery, timeout, signer, Some(&token))
-            .await;
+        let sent = client.send(&out, Some(&token)).await;
         if !matches!(sent.attempt, Attempt::Response { status: 401, .. }) {
             return sent;
         }
         // Revoked or expired early: renew once and send again in this attempt.
-        match source.renew(client, timeout, &token).await {
-            Ok(fresh) => {
-                client
-                    .send_with_token(delivery, timeout, signer, Some(&fresh))
-                    .await
-            }
+        match source.renew(client, out.timeout, &token).await {
+            Ok(fresh) => client.send(&out, Some(&fresh)).await,
             Err(a) => Sent::failed(a),
         }
     }
 }
 
-/// The verdict on what was sent: answers by the success rule, the rest by the
-/// delivery contract.
-pub(crate) fn judge_sent(rule: &crate::outbound::SuccessRule, sent: Sent) -> Judged {
+/// The verdict on what was sent: answers by the success rule (for the whole request
+/// or per event), the rest by the delivery contract.
+pub(crate) fn judge_batch_sent(
+    rule: &crate::outbound::SuccessRule,
+    sent: Sent,
+    events: usize,
+) -> Judgement {
     let health = policy::health(&sent.attempt);
     let Attempt::Response {
         status,
         retry_after,
     } = sent.attempt
     else {
-        return Judged {
+        return Judgement::Whole(Judged {
             verdict: policy::classify(&sent.attempt),
             retry_after: None,
             error: sent.error,
             status: None,
             health,
             too_old: false,
+        });
+    };
+    let judged = |j: answer::Judgement| {
+        let error = match (j.verdict, j.reason, sent.error.as_deref()) {
+            (Verdict::Delivered, _, _) => None,
+            (_, Some(reason), Some(e)) => Some(super::client::truncate(
+                &format!("{reason} ({e})"),
+                super::client::ERROR_MAX,
+            )),
+            (_, Some(reason), None) => Some(format!("{reason} (HTTP {status})")),
+            (_, None, e) => e
+                .map(str::to_string)
+                .or_else(|| Some(format!("HTTP {status}"))),
         };
+        Judged {
+            verdict: j.verdict,
+            retry_after: retry_after.max(j.retry_after),
+            error,
+            status: Some(status),
+            health,
+            too_old: false,
+        }
     };
-    let j = answer::judge(rule, status, &sent.body);
-    let error = match (j.verdict, j.reason, sent.error) {
-        (Verdict::Delivered, _, _) => None,
-        (_, Some(reason), Some(e)) => Some(super::client::truncate(
-            &format!("{reason} ({e})"),
-            super::client::ERROR_MAX,
-        )),
-        (_, Some(reason), None) => Some(format!("{reason} (HTTP {status})")),
-        (_, None, e) => e.or_else(|| Some(format!("HTTP {status}"))),
-    };
-    Judged {
-        verdict: j.verdict,
-        retry_after: retry_after.max(j.retry_after),
-        error,
-        status: Some(status),
-        health,
-        too_old: false,
+    match answer::judge_batch(rule, status, &sent.body, events) {
+        answer::BatchJudgement::Whole(j) => Judgement::Whole(judged(j)),
+        answer::BatchJudgement::PerEvent(rows) => {
+            Judgement::PerEvent(rows.into_iter().map(judged).collect())
+        }
     }
 }

@@ -1,11 +1,13 @@
-//! One destination's delivery worker: its dispatcher task and its sends.
+//! One destination's delivery worker: its dispatcher task.
 //!
-//! Owns: the loop that waits for the breaker, a concurrency slot and a rate-limit
-//! permit, claims due deliveries, sends each in its own task and settles it in the
-//! store (complete / retry_later / dead_letter); idling until the next due time or a
-//! `notify`; draining and releasing claims on stop. Never: shares a limiter, a
-//! semaphore or a breaker with another destination, panics on a store error, or logs
-//! a URL, header or body.
+//! Owns: the loop that waits for a pause the partner asked for (`Retry-After` on a
+//! 429 or 503), the breaker, a place at the adaptive gate (`adaptive`) and a
+//! rate-limit permit; claims due deliveries (one per request, or up to a batch's
+//! `max_events`, waiting at most `max_wait` for company), and hands each request to
+//! its own task (`flight`), which sends and settles it; idling until the next due time
+//! or a `notify`; draining and releasing claims on stop. Never: shares a limiter, a
+//! gate or a breaker with another destination, panics on a store error, or logs a
+//! URL, header or body.
 
 use crate::sync::lock;
 use std::collections::HashSet;
@@ -13,17 +15,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::adaptive::{Gate, Permit};
 use super::breaker::{Admission, Breaker, BreakerState};
 use super::client::{PostbackClient, SigningKey};
 use super::oauth::TokenSource;
-use super::policy::{self, Decision, GiveUp};
-use super::send::Sender;
 use super::DeliverOptions;
-use crate::outbound::{DeliverySettings, RateLimit};
+use crate::outbound::{BatchSettings, DeliverySettings, RateLimit};
 use crate::store::{Delivery, Store};
 
 /// What every worker shares.
@@ -33,8 +34,8 @@ pub(crate) struct Context {
     pub opts: DeliverOptions,
     /// Told about every attempt (metrics); set once, after start.
     pub observer: std::sync::OnceLock<Arc<dyn super::DeliveryObserver>>,
-    /// Every task the engine spawns besides the dispatchers (retirements, shrinks of
-    /// a concurrency limit): `Deliverer::shutdown` waits for them.
+    /// Every task the engine spawns besides the dispatchers (retirements):
+    /// `Deliverer::shutdown` waits for them.
     pub tasks: tokio_util::task::TaskTracker,
 }
 
@@ -85,20 +86,21 @@ fn limiter(rate: RateLimit) -> Option<Arc<DefaultDirectRateLimiter>> {
 pub(crate) struct DestinationWorker {
     pub name: String,
     applied: Mutex<Arc<Applied>>,
-    slots: Arc<Semaphore>,
-    capacity: Mutex<usize>,
-    breaker: Mutex<Breaker>,
-    wake: Notify,
-    in_flight: Mutex<HashSet<String>>,
-    last_error: Mutex<Option<String>>,
+    /// Requests in flight, at most what the adaptive controller allows.
+    pub gate: Arc<Gate>,
+    pub breaker: Mutex<Breaker>,
+    pub wake: Notify,
+    pub in_flight: Mutex<HashSet<String>>,
+    pub last_error: Mutex<Option<String>>,
     /// Deliveries this worker completed since the relay started, and when the last
     /// one was (Unix ms).
-    delivered: std::sync::atomic::AtomicU64,
-    last_success_at: Mutex<Option<i64>>,
+    pub delivered: std::sync::atomic::AtomicU64,
+    pub last_success_at: Mutex<Option<i64>>,
+    /// No request before this instant: the partner asked for a pause (`Retry-After`
+    /// on a 429 or 503).
+    pub paused_until: Mutex<Option<Instant>>,
     /// `Some(grace)` once stopping: finish in-flight sends within `grace`.
     stop: watch::Sender<Option<Duration>>,
-    /// The engine's task tracker (`Context::tasks`).
-    tasks: tokio_util::task::TaskTracker,
 }
 
 impl DestinationWorker {
@@ -108,7 +110,7 @@ impl DestinationWorker {
         name: String,
         settings: DeliverySettings,
     ) -> (Arc<DestinationWorker>, tokio::task::JoinHandle<()>) {
-        let capacity = settings.concurrency.max(1);
+        let gate = Gate::new(settings.concurrency.max(1));
         let applied = Applied::new(settings, None);
         if let Err(e) = &applied.signer {
             tracing::error!(destination = %name, "{e}: its deliveries will be dead-lettered");
@@ -117,23 +119,22 @@ impl DestinationWorker {
         let worker = Arc::new(DestinationWorker {
             name,
             applied: Mutex::new(Arc::new(applied)),
-            slots: Arc::new(Semaphore::new(capacity)),
-            capacity: Mutex::new(capacity),
+            gate,
             breaker: Mutex::new(Breaker::new(ctx.opts.breaker)),
             wake: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
             last_error: Mutex::new(None),
             delivered: std::sync::atomic::AtomicU64::new(0),
             last_success_at: Mutex::new(None),
+            paused_until: Mutex::new(None),
             stop,
-            tasks: ctx.tasks.clone(),
         });
         let task = tokio::spawn(dispatch(ctx, worker.clone(), stop_rx));
         (worker, task)
     }
 
-    /// Applies changed settings: the next sends use them; the concurrency limit grows
-    /// now and shrinks as in-flight sends finish.
+    /// Applies changed settings: the next sends use them; a changed `concurrency` is
+    /// the controller's new ceiling.
     pub fn apply(&self, settings: DeliverySettings) {
         {
             let mut applied = lock(&self.applied);
@@ -146,21 +147,8 @@ impl DestinationWorker {
             }
             *applied = Arc::new(next);
         }
-        let wanted = lock(&self.applied).settings.concurrency.max(1);
-        let mut capacity = lock(&self.capacity);
-        if wanted > *capacity {
-            self.slots.add_permits(wanted - *capacity);
-        } else if wanted < *capacity {
-            let excess = u32::try_from(*capacity - wanted).unwrap_or(u32::MAX);
-            let slots = self.slots.clone();
-            // Ends when enough sends finish, or when `stop` closes the slots.
-            self.tasks.spawn(async move {
-                if let Ok(permits) = slots.acquire_many_owned(excess).await {
-                    permits.forget();
-                }
-            });
-        }
-        *capacity = wanted;
+        let ceiling = lock(&self.applied).settings.concurrency.max(1);
+        self.gate.set_ceiling(ceiling);
         self.wake.notify_one();
     }
 
@@ -170,8 +158,8 @@ impl DestinationWorker {
 
     pub fn stop(&self, grace: Duration) {
         self.stop.send_replace(Some(grace));
-        // No new slots from now on; this also ends a pending shrink of the limit.
-        self.slots.close();
+        // No new places from now on.
+        self.gate.close();
     }
 
     pub fn breaker_state(&self) -> BreakerState {
@@ -199,7 +187,7 @@ impl DestinationWorker {
         lock(&self.applied).settings.timeout
     }
 
-    fn applied(&self) -> Arc<Applied> {
+    pub fn applied(&self) -> Arc<Applied> {
         lock(&self.applied).clone()
     }
 }
@@ -230,20 +218,26 @@ async fn dispatch(
     tracing::debug!(destination = %worker.name, "delivery worker started");
     while !is_stopping(&stop) {
         while sends.try_join_next().is_some() {}
-        let (slots, probe) = match take_slots(&ctx, &worker, &mut stop).await {
-            Slots::Take(slots, probe) => (slots, probe),
+        if !wait_for_pause(&worker, &mut stop).await {
+            break;
+        }
+        let applied = worker.applied();
+        let batch = applied.settings.batch.clone();
+        let (permits, probe) = match take_slots(&ctx, &worker, batch.is_none(), &mut stop).await {
+            Slots::Take(permits, probe) => (permits, probe),
             Slots::Again => continue,
             Slots::Stop => break,
         };
+        let want = batch.as_ref().map_or(permits.len(), |b| b.max_events.max(1));
         let claimed = match ctx
             .store
-            .claim_due(&worker.name, ctx.opts.clock.now_ms(), slots.len())
+            .claim_due(&worker.name, ctx.opts.clock.now_ms(), want)
             .await
         {
             Ok(c) => c,
             Err(e) => {
                 give_back_probe(&worker, probe);
-                drop(slots);
+                drop(permits);
                 tracing::warn!(destination = %worker.name, error = %e, "cannot claim deliveries; retrying");
                 pause(ctx.opts.store_retry_pause, &mut stop).await;
                 continue;
@@ -251,16 +245,25 @@ async fn dispatch(
         };
         if claimed.is_empty() {
             give_back_probe(&worker, probe);
-            drop(slots);
+            drop(permits);
             idle(&ctx, &worker, &mut stop).await;
             continue;
         }
-        let batch = Batch {
-            claimed,
-            slots,
-            probe,
+        mark_in_flight(&worker, &claimed);
+        let requests = match &batch {
+            Some(b) => {
+                let claimed = fill_batch(&ctx, &worker, b, claimed, &mut stop).await;
+                vec![claimed]
+            }
+            None => claimed.into_iter().map(|d| vec![d]).collect(),
         };
-        if !launch(&ctx, &worker, batch, &mut sends, &mut stop).await {
+        let flights = Flights {
+            requests,
+            permits,
+            probe,
+            applied,
+        };
+        if !launch(&ctx, &worker, flights, &mut sends, &mut stop).await {
             break;
         }
     }
@@ -270,34 +273,99 @@ async fn dispatch(
     tracing::debug!(destination = %worker.name, "delivery worker stopped");
 }
 
-/// What the dispatcher may do next, as the slots and the breaker say.
+fn mark_in_flight(worker: &DestinationWorker, deliveries: &[Delivery]) {
+    let mut in_flight = lock(&worker.in_flight);
+    for d in deliveries {
+        in_flight.insert(d.id.clone());
+    }
+}
+
+/// Waits out a pause the partner asked for; false when stopping.
+async fn wait_for_pause(
+    worker: &DestinationWorker,
+    stop: &mut watch::Receiver<Option<Duration>>,
+) -> bool {
+    let until = *lock(&worker.paused_until);
+    match until {
+        Some(at) if at > Instant::now() => {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => true,
+                _ = stopped(stop) => false,
+            }
+        }
+        _ => true,
+    }
+}
+
+/// A batch that is not full waits for company: until the earliest due time of its
+/// deliveries plus `max_wait`, claiming what else became due whenever new deliveries
+/// are announced. Returns at once when full or stopping.
+async fn fill_batch(
+    ctx: &Context,
+    worker: &DestinationWorker,
+    batch: &BatchSettings,
+    mut claimed: Vec<Delivery>,
+    stop: &mut watch::Receiver<Option<Duration>>,
+) -> Vec<Delivery> {
+    let wait_ms = i64::try_from(batch.max_wait.as_millis()).unwrap_or(i64::MAX);
+    let oldest = claimed.iter().map(|d| d.next_attempt_at).min().unwrap_or(0);
+    let deadline = oldest.saturating_add(wait_ms);
+    while claimed.len() < batch.max_events && !is_stopping(stop) {
+        let now = ctx.opts.clock.now_ms();
+        if now >= deadline {
+            break;
+        }
+        let left = Duration::from_millis(u64::try_from(deadline - now).unwrap_or(0));
+        tokio::select! {
+            _ = tokio::time::sleep(left) => {}
+            _ = worker.wake.notified() => {}
+            _ = stopped(stop) => break,
+        }
+        let room = batch.max_events - claimed.len();
+        match ctx
+            .store
+            .claim_due(&worker.name, ctx.opts.clock.now_ms(), room)
+            .await
+        {
+            Ok(more) => {
+                mark_in_flight(worker, &more);
+                claimed.extend(more);
+            }
+            Err(_) => break,
+        }
+    }
+    claimed
+}
+
+/// What the dispatcher may do next, as the gate and the breaker say.
 enum Slots {
-    /// Send with these slots (one per delivery to claim); `true`: as the breaker's
-    /// one probe.
-    Take(Vec<OwnedSemaphorePermit>, bool),
+    /// Send with these places (one per request); `true`: as the breaker's one probe.
+    Take(Vec<Permit>, bool),
     /// The breaker said wait, and the wait is over (or stopping began): ask again.
     Again,
     Stop,
 }
 
-/// A free slot first, so the breaker is asked with the latest outcomes in; then as
-/// many more slots as are free now, up to the claim batch (one for a probe).
+/// A free place first, so the breaker is asked with the latest outcomes in; then
+/// (`several`: one delivery per request) as many more places as are free now, up to
+/// the claim batch (one for a probe).
 async fn take_slots(
     ctx: &Context,
     worker: &DestinationWorker,
+    several: bool,
     stop: &mut watch::Receiver<Option<Duration>>,
 ) -> Slots {
     let first = tokio::select! {
-        permit = worker.slots.clone().acquire_owned() => permit,
+        permit = worker.gate.acquire() => permit,
         _ = stopped(stop) => return Slots::Stop,
     };
-    let Ok(first) = first else {
+    let Some(first) = first else {
         return Slots::Stop;
     };
     let admission = lock(&worker.breaker).admit(ctx.opts.clock.instant());
-    let batch = match admission {
-        Admission::Open => ctx.opts.claim_batch.max(1),
-        Admission::Probe => 1,
+    let most = match admission {
+        Admission::Open if several => ctx.opts.claim_batch.max(1),
+        Admission::Open | Admission::Probe => 1,
         Admission::WaitUntil(until) => {
             drop(first);
             tokio::select! {
@@ -316,72 +384,68 @@ async fn take_slots(
             return Slots::Again;
         }
     };
-    let mut slots = vec![first];
-    while slots.len() < batch {
-        match worker.slots.clone().try_acquire_owned() {
-            Ok(p) => slots.push(p),
-            Err(_) => break,
+    let mut permits = vec![first];
+    while permits.len() < most {
+        match worker.gate.try_acquire() {
+            Some(p) => permits.push(p),
+            None => break,
         }
     }
-    Slots::Take(slots, admission == Admission::Probe)
+    Slots::Take(permits, admission == Admission::Probe)
 }
 
 /// A probe that sends nothing is handed back, so that the next one may go.
-fn give_back_probe(worker: &DestinationWorker, probe: bool) {
+pub(crate) fn give_back_probe(worker: &DestinationWorker, probe: bool) {
     if probe {
         lock(&worker.breaker).cancel_probe();
     }
 }
 
-/// Claimed deliveries with the slots to send them in.
-struct Batch {
-    claimed: Vec<Delivery>,
-    slots: Vec<OwnedSemaphorePermit>,
+/// Claimed deliveries, grouped into requests, with the places to send them in.
+struct Flights {
+    requests: Vec<Vec<Delivery>>,
+    permits: Vec<Permit>,
     probe: bool,
+    applied: Arc<Applied>,
 }
 
-/// Starts one send per claimed delivery, each when the rate limit allows; returns
-/// `false` when stopping began while waiting (the unsent claims are given back).
+/// Starts one task per request, each when the rate limit allows; returns `false`
+/// when stopping began while waiting (the unsent claims are given back).
 async fn launch(
     ctx: &Arc<Context>,
     worker: &Arc<DestinationWorker>,
-    batch: Batch,
+    flights: Flights,
     sends: &mut JoinSet<()>,
     stop: &mut watch::Receiver<Option<Duration>>,
 ) -> bool {
-    let Batch {
-        claimed,
-        mut slots,
+    let Flights {
+        requests,
+        mut permits,
         probe,
-    } = batch;
-    let applied = worker.applied();
-    let mut claimed = claimed.into_iter();
-    while let Some(delivery) = claimed.next() {
-        if let Some(limiter) = &applied.limiter {
-            let ready = tokio::select! {
+        applied,
+    } = flights;
+    let mut requests = requests.into_iter();
+    while let Some(request) = requests.next() {
+        let ready = match &applied.limiter {
+            Some(limiter) => tokio::select! {
                 _ = limiter.until_ready() => true,
                 _ = stopped(stop) => false,
-            };
-            if !ready {
-                give_back_probe(worker, probe);
-                let unsent: Vec<Delivery> = std::iter::once(delivery).chain(claimed).collect();
-                release_all(ctx, &worker.name, unsent.iter().map(|d| d.id.as_str())).await;
-                return false;
-            }
-        }
-        let Some(slot) = slots.pop() else {
-            // Cannot happen (claimed at most one per slot); be safe anyway.
-            let unsent: Vec<Delivery> = std::iter::once(delivery).chain(claimed).collect();
-            release_all(ctx, &worker.name, unsent.iter().map(|d| d.id.as_str())).await;
-            return true;
+            },
+            None => !is_stopping(stop),
         };
-        lock(&worker.in_flight).insert(delivery.id.clone());
-        sends.spawn(send_one(
+        let permit = permits.pop();
+        let Some(permit) = permit.filter(|_| ready) else {
+            give_back_probe(worker, probe);
+            let unsent: Vec<Delivery> = std::iter::once(request).chain(requests).flatten().collect();
+            release_all(ctx, worker, unsent.iter().map(|d| d.id.as_str())).await;
+            return ready;
+        };
+        sends.spawn(super::flight::fly(
             ctx.clone(),
             worker.clone(),
             applied.clone(),
-            delivery,
-            slot,
+            request,
+            permit,
             probe,
         ));
     }
@@ -396,12 +460,12 @@ async fn drain(ctx: &Context, worker: &DestinationWorker, mut sends: JoinSet<()>
     if drained.is_err() {
         sends.abort_all();
         while sends.join_next().await.is_some() {}
-        let unsettled: Vec<String> = lock(&worker.in_flight).drain().collect();
-        if !unsettled.is_empty() {
-            tracing::info!(destination = %worker.name, count = unsettled.len(), "releasing deliveries still in flight at shutdown");
-        }
-        release_all(ctx, &worker.name, unsettled.iter().map(String::as_str)).await;
     }
+    let unsettled: Vec<String> = lock(&worker.in_flight).drain().collect();
+    if !unsettled.is_empty() {
+        tracing::info!(destination = %worker.name, count = unsettled.len(), "releasing deliveries still in flight at shutdown");
+    }
+    release_all(ctx, worker, unsettled.iter().map(String::as_str)).await;
 }
 
 /// Nothing due: sleep until the next due time, a `notify`, or the poll interval.
@@ -431,151 +495,15 @@ async fn idle(
 /// Shortest idle wait, so a due time that is just passing does not spin the loop.
 const MIN_IDLE: Duration = Duration::from_millis(2);
 
-async fn release_all<'a>(ctx: &Context, destination: &str, ids: impl Iterator<Item = &'a str>) {
-    for id in ids {
-        if let Err(e) = ctx.store.release(id).await {
-            tracing::warn!(destination, delivery_id = id, error = %e, "cannot release a claim; it is due again after a restart");
-        }
-    }
-}
-
-async fn send_one(
-    ctx: Arc<Context>,
-    worker: Arc<DestinationWorker>,
-    applied: Arc<Applied>,
-    mut delivery: Delivery,
-    _slot: OwnedSemaphorePermit,
-    probe: bool,
-) {
-    let started = ctx.opts.clock.now_ms();
-    let sender = Sender {
-        ctx: &ctx,
-        settings: &applied.settings,
-        signer: &applied.signer,
-        oauth: applied.oauth.as_deref(),
-    };
-    let judged = sender.attempt(&delivery, started).await;
-    let finished = ctx.opts.clock.now_ms();
-    let decision = decide(&applied.settings, &mut delivery, &judged, started, finished);
-    lock(&worker.breaker).record(judged.health, ctx.opts.clock.instant());
-    if let Some(observer) = ctx.observer.get() {
-        let outcome = match decision {
-            Decision::Complete => super::AttemptOutcome::Delivered,
-            Decision::RetryAt(_) => super::AttemptOutcome::Retry,
-            Decision::DeadLetter(_) => super::AttemptOutcome::DeadLetter,
-        };
-        let elapsed = Duration::from_millis(u64::try_from(finished - started).unwrap_or(0));
-        observer.attempt(&worker.name, outcome, elapsed);
-    }
-    let id = delivery.id.clone();
-    apply_decision(&ctx, &worker, delivery, decision, judged.error, finished).await;
-    lock(&worker.in_flight).remove(&id);
-    // Wake the dispatcher: a retry may be due before its current sleep ends, and a
-    // finished probe decides the breaker.
-    if probe || matches!(decision, Decision::RetryAt(_)) {
-        worker.wake.notify_one();
-    }
-}
-
-/// Stamps the attempt on the delivery and decides what comes next.
-fn decide(
-    settings: &DeliverySettings,
-    delivery: &mut Delivery,
-    judged: &super::send::Judged,
-    started: i64,
-    finished: i64,
-) -> Decision {
-    // A delivery with no attempts is new or replayed: its give-up clock starts now.
-    if delivery.attempts == 0 || delivery.first_attempt_at.is_none() {
-        delivery.first_attempt_at = Some(started);
-    }
-    delivery.attempts = delivery.attempts.saturating_add(1);
-    delivery.last_attempt_at = Some(started);
-    delivery.last_status = judged.status;
-    if judged.too_old {
-        return Decision::DeadLetter(GiveUp::TooOld);
-    }
-    let at = policy::Schedule {
-        attempts: delivery.attempts,
-        started_ms: delivery.first_attempt_at.unwrap_or(started),
-        now_ms: finished,
-    };
-    policy::decide_verdict(
-        &settings.retry,
-        judged.verdict,
-        judged.retry_after,
-        at,
-        &mut rand::thread_rng(),
-    )
-}
-
-/// Writes the decision to the store (complete, retry later, dead letter), logs it,
-/// and keeps the worker's figures for `/admin/destinations`.
-async fn apply_decision(
+async fn release_all<'a>(
     ctx: &Context,
     worker: &DestinationWorker,
-    mut delivery: Delivery,
-    decision: Decision,
-    error: Option<String>,
-    finished: i64,
+    ids: impl Iterator<Item = &'a str>,
 ) {
-    let id = delivery.id.clone();
-    let attempt = delivery.attempts;
-    let status = delivery.last_status;
-    let name = worker.name.as_str();
-    match decision {
-        Decision::Complete => {
-            tracing::debug!(destination = name, delivery_id = %id, ?status, attempt, "delivered");
-            settle(ctx, name, &id, || ctx.store.complete(&id)).await;
-            worker
-                .delivered
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            *lock(&worker.last_success_at) = Some(finished);
-        }
-        Decision::RetryAt(at) => {
-            delivery.last_error = error.clone();
-            delivery.next_attempt_at = at;
-            tracing::info!(destination = name, delivery_id = %id, ?status, attempt, reason = error.as_deref().unwrap_or(""), retry_in_ms = at - finished, "attempt failed; will retry");
-            *lock(&worker.last_error) = error;
-            settle(ctx, name, &id, || ctx.store.retry_later(delivery.clone())).await;
-        }
-        Decision::DeadLetter(why) => {
-            let error = match error {
-                Some(e) => format!("{e} (gave up: {})", why.as_str()),
-                None => format!("gave up: {}", why.as_str()),
-            };
-            delivery.last_error = Some(error.clone());
-            tracing::warn!(destination = name, delivery_id = %id, ?status, attempt, reason = error.as_str(), "dead-lettered");
-            *lock(&worker.last_error) = Some(error);
-            settle(ctx, name, &id, || {
-                ctx.store.dead_letter(delivery.clone(), finished)
-            })
-            .await;
+    for id in ids {
+        lock(&worker.in_flight).remove(id);
+        if let Err(e) = ctx.store.release(id).await {
+            tracing::warn!(destination = %worker.name, delivery_id = id, error = %e, "cannot release a claim; it is due again after a restart");
         }
     }
 }
-
-/// Runs a store write, retrying a few times on error; the claim stays if all fail
-/// (the delivery is due again after a restart: at least once, never lost).
-async fn settle<'a, F, Fut>(ctx: &Context, destination: &str, id: &str, op: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = crate::store::StoreResult<()>> + 'a,
-{
-    let mut pause = ctx.opts.store_retry_pause;
-    for attempt in 1..=SETTLE_TRIES {
-        match op().await {
-            Ok(()) => return,
-            Err(e) if attempt == SETTLE_TRIES => {
-                tracing::error!(destination, delivery_id = id, error = %e, "cannot record the outcome of a delivery; it stays claimed until restart");
-            }
-            Err(e) => {
-                tracing::warn!(destination, delivery_id = id, error = %e, "cannot record the outcome of a delivery; retrying");
-                tokio::time::sleep(pause).await;
-                pause = pause.saturating_mul(2);
-            }
-        }
-    }
-}
-
-const SETTLE_TRIES: u32 = 5;

@@ -235,7 +235,9 @@ async fn destinations(relay: &Relay) -> HttpResponse {
     let entry = |name: &str, state: &str| {
         json!({"name": name, "enabled": state == "enabled", "state": state,
                "queue_depth": 0, "dlq_size": 0, "circuit": "closed", "last_error": null,
-               "in_flight": 0, "delivered": 0, "last_success_at": null, "rule_errors": []})
+               "in_flight": 0, "requests_in_flight": 0, "concurrency_limit": 0,
+               "backlog_age_seconds": 0.0,
+               "delivered": 0, "last_success_at": null, "rule_errors": []})
     };
     for d in rules.destinations() {
         out.insert(d.name.clone(), entry(&d.name, "enabled"));
@@ -252,6 +254,16 @@ async fn destinations(relay: &Relay) -> HttpResponse {
         e["rule_errors"] = json!(b.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>());
         out.insert(b.name.clone(), e);
     }
+    let queued: Vec<String> = counts
+        .iter()
+        .filter(|c| c.queued > 0)
+        .map(|c| c.destination.clone())
+        .collect();
+    for (name, age) in relay.deliverer.backlog_ages(&queued).await {
+        if let Some(e) = out.get_mut(&name) {
+            e["backlog_age_seconds"] = json!(age);
+        }
+    }
     for c in counts {
         let e = out
             .entry(c.destination.clone())
@@ -264,6 +276,8 @@ async fn destinations(relay: &Relay) -> HttpResponse {
             e["circuit"] = serde_json::to_value(s.breaker).unwrap_or(Value::Null);
             e["last_error"] = json!(s.last_error);
             e["in_flight"] = json!(s.in_flight);
+            e["requests_in_flight"] = json!(s.requests_in_flight);
+            e["concurrency_limit"] = json!(s.concurrency_limit);
             e["delivered"] = json!(s.delivered);
             e["last_success_at"] = json!(s
                 .last_success_at

@@ -87,7 +87,15 @@ async fn metrics(edge: &Edge) -> HttpResponse {
         .map(|b| (b.name.clone(), b.errors.len()))
         .collect();
     relay.metrics.set_rule_errors(&broken);
-    let text = relay.metrics.render(&counts, &relay.deliverer.status());
+    let queued: Vec<String> = counts
+        .iter()
+        .filter(|c| c.queued > 0)
+        .map(|c| c.destination.clone())
+        .collect();
+    let ages = relay.deliverer.backlog_ages(&queued).await;
+    let text = relay
+        .metrics
+        .render(&counts, &relay.deliverer.status(), &ages);
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     resp.headers_mut().insert(
         CONTENT_TYPE,

@@ -26,6 +26,7 @@ use super::presets::Preset;
 use super::template::Params;
 use super::{is_valid_path, Broken, Destination, LoadOptions, RuleSet};
 
+mod batch;
 mod body;
 mod destination;
 mod known;
@@ -207,6 +208,7 @@ fn compile(doc: &Doc<'_>, name: String, known: &Known<'_>) -> Option<(Destinatio
     let renames = read_renames(&root, known);
     let body_field = root.get("body");
     let success_field = root.get("success");
+    let batch_field = root.get("batch");
     let dest = root
         .require(
             "destination",
@@ -243,6 +245,7 @@ fn compile(doc: &Doc<'_>, name: String, known: &Known<'_>) -> Option<(Destinatio
     };
     let (method, format) = shape.method_format(&req, &mut delivery, &privacy);
     let body = shape.compile_body(method, format, &checker, &privacy, &read.allow_entries);
+    batch::read_batch(batch_field.as_ref(), preset, &body, &mut delivery);
     if let Some(p) = preset {
         privacy.style = p.hash_style;
         privacy.ipv4_only = p.ipv4_only.iter().map(|s| (*s).to_string()).collect();
@@ -294,6 +297,7 @@ const TOP_KEYS: &[&str] = &[
     "rename",
     "body",
     "success",
+    "batch",
     "destination",
 ];
 

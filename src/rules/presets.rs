@@ -44,9 +44,20 @@ pub struct Preset {
     pub max_event_age: Option<Duration>,
     /// Partner rules a template cannot say, applied to the rendered JSON body.
     pub finish: Option<fn(&mut Value)>,
+    /// The partner's batch API: the array in the body that holds the events, and the
+    /// most events one request may carry (its documented maximum). `None`: one event
+    /// per request.
+    pub batch: Option<(&'static str, usize)>,
 }
 
 const DAY: u64 = 86400;
+
+/// Meta Conversions API: up to 1,000 events in `data` (docs/partners.md).
+pub const META_BATCH_MAX: usize = 1000;
+/// TikTok Events API 2.0: up to 1,000 events in `data` (docs/partners.md).
+pub const TIKTOK_BATCH_MAX: usize = 1000;
+/// Google Ads `uploadClickConversions`: up to 2,000 conversions per request.
+pub const GOOGLE_ADS_BATCH_MAX: usize = 2000;
 
 pub const NAMES: &[&str] = &[
     "meta_capi",
@@ -132,6 +143,7 @@ order_id = "{properties.order_id}"
         // M1: a request fails if an event is more than 7 days old.
         max_event_age: Some(Duration::from_secs(7 * DAY)),
         finish: None,
+        batch: Some(("data", META_BATCH_MAX)),
     },
     // TikTok Events API 2.0: POST /open_api/v1.3/event/track/, header Access-Token.
     Preset {
@@ -184,6 +196,7 @@ contents = "{properties.contents}"
         ipv4_only: &[],
         max_event_age: None,
         finish: None,
+        batch: Some(("data", TIKTOK_BATCH_MAX)),
     },
     // AppsFlyer S2S in-app events: POST /inappevent/{APP_ID}, header `authentication`.
     // `eventValue` is a JSON *string*; `eventTime` is "yyyy-MM-dd HH:mm:ss.SSS" UTC.
@@ -220,6 +233,7 @@ af_events_api = "true"
         ipv4_only: &["user.ip"],
         max_event_age: None,
         finish: Some(appsflyer_finish),
+        batch: None,
     },
     // Adjust S2S events: POST https://s2s.adjust.com/event, form-encoded, header
     // `Authorization: Bearer {S2S_TOKEN}`. The event token comes from `event_name`:
@@ -267,6 +281,7 @@ currency = "{properties.currency}"
         // J1: events older than 58 days are rejected.
         max_event_age: Some(Duration::from_secs(58 * DAY)),
         finish: None,
+        batch: None,
     },
     // Google Ads: POST /v{N}/customers/{CUSTOMER_ID}:uploadClickConversions, headers
     // Authorization (OAuth) and developer-token. The event's click_id is the gclid.
@@ -311,6 +326,7 @@ consent = { adUserData = "{consent.ad_user_data}" }
         ipv4_only: &[],
         max_event_age: None,
         finish: Some(google_conversion),
+        batch: Some(("conversions", GOOGLE_ADS_BATCH_MAX)),
     },
 ];
 

@@ -175,7 +175,7 @@ pub fn read_delivery<'a>(dest: &Section<'a>) -> (DeliverySettings, Option<Field<
             sec.finish();
         }
     }
-    if let Some(n) = dest.int("concurrency", 1, 1024, "8") {
+    if let Some(n) = dest.int("concurrency", 1, 1024, "64") {
         delivery.concurrency = n as usize;
     }
     if let Some(f) = dest.get("sign_secret") {

@@ -1,0 +1,407 @@
+//! One request in flight: claimed deliveries sent and settled.
+//!
+//! Owns: the age check of each claimed delivery; grouping a batch into requests
+//! (`batch`); sending each; and what follows from the answer, delivery by delivery:
+//! complete, retry later, or dead letter. A batch the partner refuses whole (Meta
+//! answers one error for one bad event) is bisected: the left half is sent alone;
+//! if it is taken, the fault is in the right half; if not, the right half waits in a
+//! pool (sent as one request at the end) and the search goes on in the left half.
+//! One bad event in `n` costs `ceil(log2 n) + 1` extra requests and only it is
+//! dead-lettered, with the partner's reason. A transient failure settles the whole
+//! request as a retry (usual backoff, `Retry-After` as a floor). Every request feeds
+//! the breaker and the adaptive gate; a 429 or 503 with `Retry-After` pauses the
+//! destination. Each delivery's attempts count once per dispatch, however many
+//! requests a bisection took. Never: logs a URL, header or body.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::adaptive::{Permit, Signal};
+use super::policy::{self, Decision, GiveUp, Health, Verdict};
+use super::send::{Judged, Judgement, Sender};
+use super::worker::{give_back_probe, Applied, Context, DestinationWorker};
+use crate::store::Delivery;
+use crate::sync::lock;
+
+/// Sends `deliveries` (one request's worth, or a single delivery) and settles them.
+pub(crate) async fn fly(
+    ctx: Arc<Context>,
+    worker: Arc<DestinationWorker>,
+    applied: Arc<Applied>,
+    deliveries: Vec<Delivery>,
+    permit: Permit,
+    probe: bool,
+) {
+    let flight = Flight {
+        ctx: &ctx,
+        worker: &worker,
+        applied: &applied,
+        started: ctx.opts.clock.now_ms(),
+        sent_any: std::sync::atomic::AtomicBool::new(false),
+        retried: std::sync::atomic::AtomicBool::new(false),
+    };
+    let mut fresh = Vec::with_capacity(deliveries.len());
+    let mut old = Vec::new();
+    for d in deliveries {
+        match flight.sender().too_old(d.request.event_time_ms, flight.started) {
+            Some(judged) => old.push((d, judged)),
+            None => fresh.push(d),
+        }
+    }
+    flight.settle_each(old).await;
+    match &applied.settings.batch {
+        Some(b) if fresh.len() > 1 => {
+            let groups = {
+                let requests: Vec<_> = fresh.iter().map(|d| &d.request).collect();
+                super::batch::group(&requests, &b.path)
+            };
+            let mut slots: Vec<Option<Delivery>> = fresh.into_iter().map(Some).collect();
+            for g in groups {
+                let members: Vec<Delivery> =
+                    g.members.iter().filter_map(|&i| slots[i].take()).collect();
+                flight.deliver(members).await;
+            }
+        }
+        _ => {
+            for d in fresh {
+                flight.deliver(vec![d]).await;
+            }
+        }
+    }
+    drop(permit);
+    let sent_any = flight.sent_any.load(std::sync::atomic::Ordering::Relaxed);
+    if !sent_any {
+        give_back_probe(&worker, probe);
+    }
+    // Wake the dispatcher: a retry may be due before its current sleep ends, and a
+    // finished probe decides the breaker.
+    if probe || flight.retried.load(std::sync::atomic::Ordering::Relaxed) {
+        worker.wake.notify_one();
+    }
+}
+
+struct Flight<'a> {
+    ctx: &'a Context,
+    worker: &'a DestinationWorker,
+    applied: &'a Applied,
+    started: i64,
+    sent_any: std::sync::atomic::AtomicBool,
+    retried: std::sync::atomic::AtomicBool,
+}
+
+/// How a set of deliveries came out of one request.
+enum Came {
+    /// Taken (all, or judged and settled event by event).
+    Taken,
+    /// A transient failure: settled as retries.
+    Retried(Judged),
+    /// Refused whole, nothing settled: no event of it was taken; why.
+    Refused(Judged, Vec<Delivery>),
+}
+
+/// Events isolated by bisection in one flight after which a set refused whole again is
+/// retried later instead of bisected (a refusal that is about the request, like a
+/// revoked token, would otherwise cost a bisection per event).
+const MAX_ISOLATED: usize = 8;
+
+/// Longest destination-wide pause a `Retry-After` can ask for.
+const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+impl Flight<'_> {
+    fn sender(&self) -> Sender<'_> {
+        Sender {
+            client: &self.ctx.client,
+            settings: &self.applied.settings,
+            signer: &self.applied.signer,
+            oauth: self.applied.oauth.as_deref(),
+        }
+    }
+
+    /// Sends `set` as one request; a refusal of several is bisected, and what the
+    /// bisection leaves untested goes again as one request.
+    async fn deliver(&self, set: Vec<Delivery>) {
+        let mut todo = vec![set];
+        let mut isolated = 0;
+        while let Some(set) = todo.pop() {
+            if set.is_empty() {
+                continue;
+            }
+            let (why, set) = match self.request(set).await {
+                Came::Taken | Came::Retried(_) => continue,
+                Came::Refused(why, set) => (why, set),
+            };
+            if set.len() == 1 {
+                self.settle_all(set, &why).await;
+                continue;
+            }
+            if isolated >= MAX_ISOLATED {
+                let why = Judged {
+                    verdict: Verdict::Retry,
+                    error: Some(format!(
+                        "{} (refused whole again after {isolated} events were isolated; retried later)",
+                        why.error.as_deref().unwrap_or("refused")
+                    )),
+                    ..why
+                };
+                self.settle_all(set, &why).await;
+                continue;
+            }
+            isolated += 1;
+            todo.push(self.bisect(set, why).await);
+        }
+    }
+
+    /// `failing` was refused whole; finds the event at fault by halving and
+    /// dead-letters it. Returns the deliveries left untested (right halves set aside
+    /// while the fault was on the left), to be sent again together.
+    async fn bisect(&self, mut failing: Vec<Delivery>, mut why: Judged) -> Vec<Delivery> {
+        let mut pool = Vec::new();
+        while failing.len() > 1 {
+            let right = failing.split_off(failing.len() / 2);
+            match self.request(failing).await {
+                Came::Taken => failing = right,
+                Came::Retried(j) => {
+                    self.settle_all(right, &j).await;
+                    self.settle_all(pool, &j).await;
+                    return Vec::new();
+                }
+                Came::Refused(j, left) => {
+                    pool.extend(right);
+                    failing = left;
+                    why = j;
+                }
+            }
+        }
+        self.settle_all(failing, &why).await;
+        pool
+    }
+
+    /// One request carrying `set`: sent, judged, and settled unless refused whole.
+    async fn request(&self, set: Vec<Delivery>) -> Came {
+        let events = set.len();
+        let joined;
+        let (id, stored) = match (set.as_slice(), &self.applied.settings.batch) {
+            ([one], _) => (one.id.clone(), &one.request),
+            ([first, ..], Some(b)) => {
+                let requests: Vec<_> = set.iter().map(|d| &d.request).collect();
+                let Some(r) = super::batch::assemble(&requests, &b.path) else {
+                    return Came::Refused(unjoinable(), set);
+                };
+                joined = r;
+                (format!("{}.{events}", first.id), &joined)
+            }
+            _ => return Came::Refused(unjoinable(), set),
+        };
+        self.sent_any
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let t0 = Instant::now();
+        let (judgement, pause) = self.sender().attempt(&id, stored, events).await;
+        self.observe(&judgement, t0.elapsed(), events, pause);
+        match judgement {
+            Judgement::PerEvent(rows) if rows.len() == events => {
+                self.settle_each(set.into_iter().zip(rows).collect()).await;
+                Came::Taken
+            }
+            Judgement::PerEvent(_) => Came::Refused(unjoinable(), set),
+            Judgement::Whole(j) => match j.verdict {
+                Verdict::Delivered => {
+                    self.settle_all(set, &j).await;
+                    Came::Taken
+                }
+                Verdict::Retry => {
+                    self.settle_all(set, &j).await;
+                    Came::Retried(j)
+                }
+                Verdict::Reject => Came::Refused(j, set),
+            },
+        }
+    }
+
+    /// One request's answer for the breaker, the gate, a pause and the metrics.
+    fn observe(&self, j: &Judgement, rtt: Duration, events: usize, pause: Option<Duration>) {
+        let (health, retry) = match j {
+            Judgement::Whole(j) => (j.health, j.verdict == Verdict::Retry),
+            Judgement::PerEvent(rows) => (
+                rows.first().map_or(Health::Unknown, |r| r.health),
+                false,
+            ),
+        };
+        let now = self.ctx.opts.clock.instant();
+        lock(&self.worker.breaker).record(health, now);
+        let signal = match health {
+            Health::Down => Signal::Congested,
+            Health::Up if retry => Signal::Congested,
+            Health::Up => Signal::Fine,
+            Health::Unknown => Signal::Nothing,
+        };
+        self.worker.gate.record(rtt, signal);
+        if let Some(p) = pause.filter(|p| !p.is_zero()) {
+            let until = Instant::now() + p.min(MAX_PAUSE);
+            let mut paused = lock(&self.worker.paused_until);
+            if paused.is_none_or(|at| at < until) {
+                *paused = Some(until);
+            }
+        }
+        if let Some(observer) = self.ctx.observer.get() {
+            observer.request(&self.worker.name, events, rtt);
+        }
+    }
+
+    async fn settle_all(&self, set: Vec<Delivery>, judged: &Judged) {
+        self.settle_each(set.into_iter().map(|d| (d, judged.clone())).collect())
+            .await;
+    }
+
+    /// Settles each delivery by its own judgement, together (one group commit).
+    async fn settle_each(&self, judged: Vec<(Delivery, Judged)>) {
+        let finished = self.ctx.opts.clock.now_ms();
+        let settles = judged
+            .into_iter()
+            .map(|(d, j)| self.settle_one(d, j, finished));
+        futures_util::future::join_all(settles).await;
+    }
+
+    async fn settle_one(&self, mut delivery: Delivery, judged: Judged, finished: i64) {
+        let decision = decide(
+            &self.applied.settings,
+            &mut delivery,
+            &judged,
+            self.started,
+            finished,
+        );
+        if let Some(observer) = self.ctx.observer.get() {
+            let outcome = match decision {
+                Decision::Complete => super::AttemptOutcome::Delivered,
+                Decision::RetryAt(_) => super::AttemptOutcome::Retry,
+                Decision::DeadLetter(_) => super::AttemptOutcome::DeadLetter,
+            };
+            let elapsed = Duration::from_millis(u64::try_from(finished - self.started).unwrap_or(0));
+            observer.attempt(&self.worker.name, outcome, elapsed);
+        }
+        if matches!(decision, Decision::RetryAt(_)) {
+            self.retried
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let id = delivery.id.clone();
+        apply_decision(self.ctx, self.worker, delivery, decision, judged.error, finished).await;
+        lock(&self.worker.in_flight).remove(&id);
+    }
+}
+
+/// The verdict for a request that cannot be joined (its bodies do not split at the
+/// batch path): each of its deliveries is sent alone instead.
+fn unjoinable() -> Judged {
+    Judged {
+        verdict: Verdict::Reject,
+        retry_after: None,
+        error: Some("the batch could not be joined".into()),
+        status: None,
+        health: Health::Unknown,
+        too_old: false,
+    }
+}
+
+/// Stamps the attempt on the delivery and decides what comes next.
+fn decide(
+    settings: &crate::outbound::DeliverySettings,
+    delivery: &mut Delivery,
+    judged: &Judged,
+    started: i64,
+    finished: i64,
+) -> Decision {
+    // A delivery with no attempts is new or replayed: its give-up clock starts now.
+    if delivery.attempts == 0 || delivery.first_attempt_at.is_none() {
+        delivery.first_attempt_at = Some(started);
+    }
+    delivery.attempts = delivery.attempts.saturating_add(1);
+    delivery.last_attempt_at = Some(started);
+    delivery.last_status = judged.status;
+    if judged.too_old {
+        return Decision::DeadLetter(GiveUp::TooOld);
+    }
+    let at = policy::Schedule {
+        attempts: delivery.attempts,
+        started_ms: delivery.first_attempt_at.unwrap_or(started),
+        now_ms: finished,
+    };
+    policy::decide_verdict(
+        &settings.retry,
+        judged.verdict,
+        judged.retry_after,
+        at,
+        &mut rand::thread_rng(),
+    )
+}
+
+/// Writes the decision to the store (complete, retry later, dead letter), logs it,
+/// and keeps the worker's figures for `/admin/destinations`.
+async fn apply_decision(
+    ctx: &Context,
+    worker: &DestinationWorker,
+    mut delivery: Delivery,
+    decision: Decision,
+    error: Option<String>,
+    finished: i64,
+) {
+    let id = delivery.id.clone();
+    let attempt = delivery.attempts;
+    let status = delivery.last_status;
+    let name = worker.name.as_str();
+    match decision {
+        Decision::Complete => {
+            tracing::debug!(destination = name, delivery_id = %id, ?status, attempt, "delivered");
+            settle(ctx, name, &id, || ctx.store.complete(&id)).await;
+            worker
+                .delivered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            *lock(&worker.last_success_at) = Some(finished);
+        }
+        Decision::RetryAt(at) => {
+            delivery.last_error = error.clone();
+            delivery.next_attempt_at = at;
+            tracing::info!(destination = name, delivery_id = %id, ?status, attempt, reason = error.as_deref().unwrap_or(""), retry_in_ms = at - finished, "attempt failed; will retry");
+            *lock(&worker.last_error) = error;
+            settle(ctx, name, &id, || ctx.store.retry_later(delivery.clone())).await;
+        }
+        Decision::DeadLetter(why) => {
+            let error = match error {
+                Some(e) => format!("{e} (gave up: {})", why.as_str()),
+                None => format!("gave up: {}", why.as_str()),
+            };
+            delivery.last_error = Some(error.clone());
+            tracing::warn!(destination = name, delivery_id = %id, ?status, attempt, reason = error.as_str(), "dead-lettered");
+            *lock(&worker.last_error) = Some(error);
+            settle(ctx, name, &id, || {
+                ctx.store.dead_letter(delivery.clone(), finished)
+            })
+            .await;
+        }
+    }
+}
+
+/// Runs a store write, retrying a few times on error; the claim stays if all fail
+/// (the delivery is due again after a restart: at least once, never lost).
+async fn settle<'a, F, Fut>(ctx: &Context, destination: &str, id: &str, op: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = crate::store::StoreResult<()>> + 'a,
+{
+    let mut pause = ctx.opts.store_retry_pause;
+    for attempt in 1..=SETTLE_TRIES {
+        match op().await {
+            Ok(()) => return,
+            Err(e) if attempt == SETTLE_TRIES => {
+                tracing::error!(destination, delivery_id = id, error = %e, "cannot record the outcome of a delivery; it stays claimed until restart");
+            }
+            Err(e) => {
+                tracing::warn!(destination, delivery_id = id, error = %e, "cannot record the outcome of a delivery; retrying");
+                tokio::time::sleep(pause).await;
+                pause = pause.saturating_mul(2);
+            }
+        }
+    }
+}
+
+const SETTLE_TRIES: u32 = 5;
