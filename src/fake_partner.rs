@@ -100,9 +100,12 @@ struct Script {
     default: Reply,
 }
 
-#[derive(Debug)]
+/// Chooses a reply from the request body (before the script is asked).
+pub type Responder = Arc<dyn Fn(&[u8]) -> Option<Reply> + Send + Sync>;
+
 struct State {
     script: Mutex<Script>,
+    responder: Mutex<Option<Responder>>,
     requests: Mutex<Vec<RecordedRequest>>,
     /// Requests answered so far (a hanging one is recorded but not answered).
     answered: std::sync::atomic::AtomicUsize,
@@ -110,6 +113,14 @@ struct State {
     /// Keep every request (tests) or only count them (benches).
     record: bool,
     count: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A partner endpoint on `127.0.0.1:<port>`. Stops when dropped.
@@ -145,6 +156,7 @@ impl FakePartner {
                 next: VecDeque::new(),
                 default: Reply::ok(),
             }),
+            responder: Mutex::new(None),
             requests: Mutex::new(Vec::new()),
             answered: Default::default(),
             arrived: Notify::new(),
@@ -171,6 +183,13 @@ impl FakePartner {
     /// The reply once the scripted ones are used up.
     pub fn set_default(&self, reply: Reply) {
         lock(&self.state.script).default = reply;
+    }
+
+    /// Answers from the body: `f` returns the reply, or `None` to leave it to the
+    /// script (for partners whose answer depends on what was sent: a batch with a
+    /// poisoned event, a count of events received).
+    pub fn respond_with(&self, f: impl Fn(&[u8]) -> Option<Reply> + Send + Sync + 'static) {
+        *lock(&self.state.responder) = Some(Arc::new(f));
     }
 
     /// Replies for the next requests, in order, before the default applies again.
@@ -242,12 +261,16 @@ async fn answer(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let reply = {
-        let mut script = lock(&state.script);
-        script
-            .next
-            .pop_front()
-            .unwrap_or_else(|| script.default.clone())
+    let responder = lock(&state.responder).clone();
+    let reply = match responder.and_then(|f| f(&body)) {
+        Some(reply) => reply,
+        None => {
+            let mut script = lock(&state.script);
+            script
+                .next
+                .pop_front()
+                .unwrap_or_else(|| script.default.clone())
+        }
     };
     if state.record {
         let recorded = RecordedRequest {

@@ -270,7 +270,13 @@ mod tests {
     fn slow_start_reaches_hundreds_in_flight_within_a_second_at_100ms() {
         let mut now = Instant::now();
         let mut c = Controller::new(512, now);
-        windows(&mut c, &mut now, 10, Duration::from_millis(100), Signal::Fine);
+        windows(
+            &mut c,
+            &mut now,
+            10,
+            Duration::from_millis(100),
+            Signal::Fine,
+        );
         assert_eq!(c.limit(), 512, "doubling from 4 reaches the ceiling");
     }
 
@@ -289,27 +295,73 @@ mod tests {
     fn congestion_decreases_multiplicatively_then_growth_is_additive() {
         let mut now = Instant::now();
         let mut c = Controller::new(1000, now);
-        windows(&mut c, &mut now, 6, Duration::from_millis(100), Signal::Fine);
+        windows(
+            &mut c,
+            &mut now,
+            6,
+            Duration::from_millis(100),
+            Signal::Fine,
+        );
         assert_eq!(c.limit(), 256);
-        windows(&mut c, &mut now, 1, Duration::from_millis(100), Signal::Congested);
+        windows(
+            &mut c,
+            &mut now,
+            1,
+            Duration::from_millis(100),
+            Signal::Congested,
+        );
         assert_eq!(c.limit(), 179);
-        windows(&mut c, &mut now, 1, Duration::from_millis(100), Signal::Fine);
-        assert_eq!(c.limit(), 179 + 179 / 8, "additive after the first decrease");
+        windows(
+            &mut c,
+            &mut now,
+            1,
+            Duration::from_millis(100),
+            Signal::Fine,
+        );
+        assert_eq!(
+            c.limit(),
+            179 + 179 / 8,
+            "additive after the first decrease"
+        );
     }
 
     #[test]
     fn rising_latency_is_congestion_but_loopback_jitter_is_not() {
         let mut now = Instant::now();
         let mut c = Controller::new(64, now);
-        windows(&mut c, &mut now, 3, Duration::from_millis(100), Signal::Fine);
+        windows(
+            &mut c,
+            &mut now,
+            3,
+            Duration::from_millis(100),
+            Signal::Fine,
+        );
         let before = c.limit();
-        windows(&mut c, &mut now, 1, Duration::from_millis(400), Signal::Fine);
+        windows(
+            &mut c,
+            &mut now,
+            1,
+            Duration::from_millis(400),
+            Signal::Fine,
+        );
         assert!(c.limit() < before, "{} !< {before}", c.limit());
 
         let mut now = Instant::now();
         let mut c = Controller::new(64, now);
-        windows(&mut c, &mut now, 2, Duration::from_micros(200), Signal::Fine);
-        windows(&mut c, &mut now, 3, Duration::from_micros(900), Signal::Fine);
+        windows(
+            &mut c,
+            &mut now,
+            2,
+            Duration::from_micros(200),
+            Signal::Fine,
+        );
+        windows(
+            &mut c,
+            &mut now,
+            3,
+            Duration::from_micros(900),
+            Signal::Fine,
+        );
         assert_eq!(c.limit(), 64, "4.5x of 0.2 ms is still no queue");
     }
 
@@ -319,7 +371,13 @@ mod tests {
         let mut c = Controller::new(3, now);
         windows(&mut c, &mut now, 5, Duration::from_millis(10), Signal::Fine);
         assert_eq!(c.limit(), 3);
-        windows(&mut c, &mut now, 20, Duration::from_millis(10), Signal::Congested);
+        windows(
+            &mut c,
+            &mut now,
+            20,
+            Duration::from_millis(10),
+            Signal::Congested,
+        );
         assert_eq!(c.limit(), 1);
         c.set_ceiling(0);
         assert_eq!(c.limit(), 1);

@@ -354,7 +354,11 @@ fn google_rows(status: u16, body: &str, events: usize) -> Option<Vec<Judgement>>
     let answer = json(body)?;
     let failure = answer.get("partialFailureError")?;
     let codes = google_row_codes(failure);
-    if codes.is_empty() || codes.iter().any(|(row, _, _)| row.is_none_or(|r| r >= events)) {
+    if codes.is_empty()
+        || codes
+            .iter()
+            .any(|(row, _, _)| row.is_none_or(|r| r >= events))
+    {
         return None;
     }
     let mut per_row: Vec<Vec<(String, String)>> = vec![Vec::new(); events];

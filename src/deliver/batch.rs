@@ -149,7 +149,12 @@ mod tests {
         let a = post(r#"{"data":[{"event_id":"a","v":1}],"test_event_code":"T1"}"#);
         let b = post(r#"{"test_event_code":"T1","data":[{"event_id":"b","v":{"x":[1,2]}}]}"#);
         let groups = group(&[&a, &b], "data");
-        assert_eq!(groups, vec![Group { members: vec![0, 1] }]);
+        assert_eq!(
+            groups,
+            vec![Group {
+                members: vec![0, 1]
+            }]
+        );
         let joined = assemble(&[&a, &b], "data").expect("joins");
         let v: serde_json::Value = serde_json::from_str(joined.body.as_deref().unwrap()).unwrap();
         assert_eq!(
@@ -166,7 +171,10 @@ mod tests {
         let b = post(r#"{"request":{"events":[2,3],"validate":false},"k":"x"}"#);
         let joined = assemble(&[&a, &b], "request.events").expect("joins");
         let v: serde_json::Value = serde_json::from_str(joined.body.as_deref().unwrap()).unwrap();
-        assert_eq!(v, serde_json::json!({"request":{"events":[1,2,3],"validate":false},"k":"x"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"request":{"events":[1,2,3],"validate":false},"k":"x"})
+        );
     }
 
     #[test]
@@ -180,6 +188,9 @@ mod tests {
         let f = post(r#"{"data":[4],"test_event_code":"T1"}"#);
         let groups = group(&[&a, &b, &c, &d, &e, &f], "data");
         let members: Vec<Vec<usize>> = groups.into_iter().map(|g| g.members).collect();
-        assert_eq!(members, vec![vec![0, 5], vec![1], vec![2], vec![3], vec![4]]);
+        assert_eq!(
+            members,
+            vec![vec![0, 5], vec![1], vec![2], vec![3], vec![4]]
+        );
     }
 }

@@ -699,7 +699,9 @@ mod tests {
         d.request
             .headers
             .push(("Authorization".into(), "Bearer partner-secret".into()));
-        let sent = client.send_delivery(&d, Duration::from_secs(5), Some(&key)).await;
+        let sent = client
+            .send_delivery(&d, Duration::from_secs(5), Some(&key))
+            .await;
         assert_eq!(sent.error, None);
 
         let got = &partner.requests()[0];
@@ -791,7 +793,8 @@ mod tests {
         partner.set_default(Reply::hang());
         let client = PostbackClient::new(true).unwrap();
         let sent = client
-            .send_delivery(&delivery("d1", "p", &partner.url("/pb")),
+            .send_delivery(
+                &delivery("d1", "p", &partner.url("/pb")),
                 Duration::from_millis(200),
                 None,
             )
@@ -815,7 +818,8 @@ mod tests {
     async fn bad_urls_and_headers_are_invalid_without_echoing_secrets() {
         let client = PostbackClient::new(true).unwrap();
         let sent = client
-            .send_delivery(&delivery("d", "p", "ftp://x/"),
+            .send_delivery(
+                &delivery("d", "p", "ftp://x/"),
                 Duration::from_secs(1),
                 None,
             )

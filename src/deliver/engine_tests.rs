@@ -501,3 +501,6 @@ async fn shutdown_waits_for_the_tasks_the_engine_spawned() {
         "shutdown returned before the spawned task ended"
     );
 }
+
+/// Batches, bisection and the adaptive controller against fake partners.
+mod batches;

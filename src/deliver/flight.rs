@@ -45,7 +45,10 @@ pub(crate) async fn fly(
     let mut fresh = Vec::with_capacity(deliveries.len());
     let mut old = Vec::new();
     for d in deliveries {
-        match flight.sender().too_old(d.request.event_time_ms, flight.started) {
+        match flight
+            .sender()
+            .too_old(d.request.event_time_ms, flight.started)
+        {
             Some(judged) => old.push((d, judged)),
             None => fresh.push(d),
         }
@@ -223,10 +226,9 @@ impl Flight<'_> {
     fn observe(&self, j: &Judgement, rtt: Duration, events: usize, pause: Option<Duration>) {
         let (health, retry) = match j {
             Judgement::Whole(j) => (j.health, j.verdict == Verdict::Retry),
-            Judgement::PerEvent(rows) => (
-                rows.first().map_or(Health::Unknown, |r| r.health),
-                false,
-            ),
+            Judgement::PerEvent(rows) => {
+                (rows.first().map_or(Health::Unknown, |r| r.health), false)
+            }
         };
         let now = self.ctx.opts.clock.instant();
         lock(&self.worker.breaker).record(health, now);
@@ -254,22 +256,25 @@ impl Flight<'_> {
             .await;
     }
 
-    /// Settles each delivery by its own judgement, together (one group commit).
+    /// Settles each delivery by its own judgement, together (one group commit). The
+    /// retry delays of one request are drawn from one seed, so deliveries retried
+    /// together stay together (and go again as one batch).
     async fn settle_each(&self, judged: Vec<(Delivery, Judged)>) {
         let finished = self.ctx.opts.clock.now_ms();
+        let seed: u64 = rand::random();
         let settles = judged
             .into_iter()
-            .map(|(d, j)| self.settle_one(d, j, finished));
+            .map(|(d, j)| self.settle_one(d, j, finished, seed));
         futures_util::future::join_all(settles).await;
     }
 
-    async fn settle_one(&self, mut delivery: Delivery, judged: Judged, finished: i64) {
+    async fn settle_one(&self, mut delivery: Delivery, judged: Judged, finished: i64, seed: u64) {
         let decision = decide(
             &self.applied.settings,
             &mut delivery,
             &judged,
-            self.started,
-            finished,
+            (self.started, finished),
+            seed,
         );
         if let Some(observer) = self.ctx.observer.get() {
             let outcome = match decision {
@@ -277,7 +282,8 @@ impl Flight<'_> {
                 Decision::RetryAt(_) => super::AttemptOutcome::Retry,
                 Decision::DeadLetter(_) => super::AttemptOutcome::DeadLetter,
             };
-            let elapsed = Duration::from_millis(u64::try_from(finished - self.started).unwrap_or(0));
+            let elapsed =
+                Duration::from_millis(u64::try_from(finished - self.started).unwrap_or(0));
             observer.attempt(&self.worker.name, outcome, elapsed);
         }
         if matches!(decision, Decision::RetryAt(_)) {
@@ -285,7 +291,15 @@ impl Flight<'_> {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let id = delivery.id.clone();
-        apply_decision(self.ctx, self.worker, delivery, decision, judged.error, finished).await;
+        apply_decision(
+            self.ctx,
+            self.worker,
+            delivery,
+            decision,
+            judged.error,
+            finished,
+        )
+        .await;
         lock(&self.worker.in_flight).remove(&id);
     }
 }
@@ -308,8 +322,8 @@ fn decide(
     settings: &crate::outbound::DeliverySettings,
     delivery: &mut Delivery,
     judged: &Judged,
-    started: i64,
-    finished: i64,
+    (started, finished): (i64, i64),
+    seed: u64,
 ) -> Decision {
     // A delivery with no attempts is new or replayed: its give-up clock starts now.
     if delivery.attempts == 0 || delivery.first_attempt_at.is_none() {
@@ -331,7 +345,7 @@ fn decide(
         judged.verdict,
         judged.retry_after,
         at,
-        &mut rand::thread_rng(),
+        &mut <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
     )
 }
 

@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use super::answer;
+use super::client::PostbackClient;
 use super::client::{Outgoing, Sent, SigningKey};
 use super::oauth::TokenSource;
 use super::policy::{self, Attempt, Health, Verdict};
-use super::client::PostbackClient;
 use crate::outbound::{DeliverySettings, OutboundRequest};
 
 /// An attempt, judged.
@@ -83,7 +83,10 @@ impl Sender<'_> {
             } => retry_after,
             _ => None,
         };
-        (judge_batch_sent(&self.settings.success, sent, events), pause)
+        (
+            judge_batch_sent(&self.settings.success, sent, events),
+            pause,
+        )
     }
 
     async fn send(&self, id: &str, stored: &OutboundRequest, events: usize) -> Sent {

@@ -218,9 +218,6 @@ async fn dispatch(
     tracing::debug!(destination = %worker.name, "delivery worker started");
     while !is_stopping(&stop) {
         while sends.try_join_next().is_some() {}
-        if !wait_for_pause(&worker, &mut stop).await {
-            break;
-        }
         let applied = worker.applied();
         let batch = applied.settings.batch.clone();
         let (permits, probe) = match take_slots(&ctx, &worker, batch.is_none(), &mut stop).await {
@@ -228,7 +225,9 @@ async fn dispatch(
             Slots::Again => continue,
             Slots::Stop => break,
         };
-        let want = batch.as_ref().map_or(permits.len(), |b| b.max_events.max(1));
+        let want = batch
+            .as_ref()
+            .map_or(permits.len(), |b| b.max_events.max(1));
         let claimed = match ctx
             .store
             .claim_due(&worker.name, ctx.opts.clock.now_ms(), want)
@@ -426,17 +425,19 @@ async fn launch(
     } = flights;
     let mut requests = requests.into_iter();
     while let Some(request) = requests.next() {
-        let ready = match &applied.limiter {
-            Some(limiter) => tokio::select! {
-                _ = limiter.until_ready() => true,
-                _ = stopped(stop) => false,
-            },
-            None => !is_stopping(stop),
-        };
+        let ready = wait_for_pause(worker, stop).await
+            && match &applied.limiter {
+                Some(limiter) => tokio::select! {
+                    _ = limiter.until_ready() => true,
+                    _ = stopped(stop) => false,
+                },
+                None => !is_stopping(stop),
+            };
         let permit = permits.pop();
         let Some(permit) = permit.filter(|_| ready) else {
             give_back_probe(worker, probe);
-            let unsent: Vec<Delivery> = std::iter::once(request).chain(requests).flatten().collect();
+            let unsent: Vec<Delivery> =
+                std::iter::once(request).chain(requests).flatten().collect();
             release_all(ctx, worker, unsent.iter().map(|d| d.id.as_str())).await;
             return ready;
         };

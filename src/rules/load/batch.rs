@@ -28,11 +28,13 @@ pub fn read_batch(
     body: &Body,
     delivery: &mut DeliverySettings,
 ) {
-    let mut batch = preset.and_then(|p| p.batch).map(|(path, max)| BatchSettings {
-        path: path.to_string(),
-        max_events: max,
-        max_wait: DEFAULT_BATCH_WAIT,
-    });
+    let mut batch = preset
+        .and_then(|p| p.batch)
+        .map(|(path, max)| BatchSettings {
+            path: path.to_string(),
+            max_events: max,
+            max_wait: DEFAULT_BATCH_WAIT,
+        });
     let Some(sec) = field.and_then(|f| f.as_section(EXAMPLE)) else {
         delivery.batch = batch.filter(|b| b.max_events > 1);
         return;
@@ -71,7 +73,9 @@ pub fn read_batch(
     let max_wait = sec.get("max_wait").and_then(|f| {
         let d = f.as_duration("\"1s\"")?;
         if d > MAX_WAIT {
-            f.error("`batch.max_wait` is at most \"60s\": an event should not wait longer for company");
+            f.error(
+                "`batch.max_wait` is at most \"60s\": an event should not wait longer for company",
+            );
             return None;
         }
         Some(d)
@@ -104,7 +108,9 @@ fn check_node(node: &BodyNode, keys: &[&str], path: &str) -> Result<(), String> 
     let Some((key, rest)) = keys.split_first() else {
         return match node {
             BodyNode::Array(_) => Ok(()),
-            _ => Err(format!("`body.{path}` is not a list; [batch] joins the events of that list")),
+            _ => Err(format!(
+                "`body.{path}` is not a list; [batch] joins the events of that list"
+            )),
         };
     };
     let BodyNode::Object(entries) = node else {

@@ -1,0 +1,345 @@
+//! Batches, bisection, per-row answers, the adaptive controller and partner pauses,
+//! end to end against fake partners on paused time.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+use crate::outbound::{BatchSettings, PartnerAnswers, SuccessRule};
+use crate::store::Delivery;
+
+/// A delivery whose body is one event in `{"data": [...]}`.
+fn event(id: &str, url: &str) -> Delivery {
+    let mut d = delivery(id, "p", url);
+    d.request.body = Some(format!(
+        r#"{{"data":[{{"event_id":"{id}"}}],"test_event_code":"T"}}"#
+    ));
+    d
+}
+
+fn batching(max_events: usize, max_wait: Duration) -> DeliverySettings {
+    DeliverySettings {
+        concurrency: 1,
+        batch: Some(BatchSettings {
+            path: "data".into(),
+            max_events,
+            max_wait,
+        }),
+        ..settings()
+    }
+}
+
+/// The events of a recorded request body, in order.
+fn events_in(body: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    v["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["event_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_deliveries_go_in_batches_of_max_events_each_event_once_in_order() {
+    let partner = FakePartner::start().await.unwrap();
+    let store = Arc::new(MemStore::default());
+    for i in 0..25 {
+        store.push(event(&format!("e{i:02}"), &partner.url("/batch")));
+    }
+    let deliverer = start(
+        &store,
+        vec![("p", batching(10, Duration::from_secs(1)))],
+        opts(),
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || store.completed_ids().len()
+            == 25)
+        .await
+    );
+    let requests = partner.requests();
+    let sizes: Vec<usize> = requests.iter().map(|r| events_in(&r.body).len()).collect();
+    assert_eq!(sizes, vec![10, 10, 5]);
+    let all: Vec<String> = requests.iter().flat_map(|r| events_in(&r.body)).collect();
+    let want: Vec<String> = (0..25).map(|i| format!("e{i:02}")).collect();
+    assert_eq!(all, want, "every event once, in order");
+    let v: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+    assert_eq!(v["test_event_code"], "T", "the envelope is kept");
+    assert_eq!(requests[0].header("webhook-id"), Some("e00.10"));
+    let status = &deliverer.status()[0];
+    assert_eq!(status.delivered, 25);
+    deliverer.shutdown().await;
+}
+
+/// A Meta-like partner: refuses a whole request when it holds the poisoned event,
+/// and counts the events it took.
+fn meta_like(partner: &FakePartner, poison: &'static str) {
+    partner.respond_with(move |body| {
+        let text = String::from_utf8_lossy(body);
+        if text.contains(poison) {
+            return Some(Reply::status(400).body(
+                r#"{"error":{"message":"Invalid parameter","type":"OAuthException","code":100}}"#,
+            ));
+        }
+        let n = events_in(body).len();
+        Some(Reply::ok().body(format!(r#"{{"events_received":{n}}}"#)))
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_refused_event_in_1000_is_isolated_in_log2_plus_one_extra_requests() {
+    let partner = FakePartner::start().await.unwrap();
+    meta_like(&partner, "e0637");
+    let store = Arc::new(MemStore::default());
+    for i in 0..1000 {
+        store.push(event(&format!("e{i:04}"), &partner.url("/meta")));
+    }
+    let settings = DeliverySettings {
+        success: SuccessRule::Partner(PartnerAnswers::MetaCapi),
+        ..batching(1000, Duration::from_secs(1))
+    };
+    let deliverer = start(&store, vec![("p", settings)], opts());
+    assert!(
+        eventually(Duration::from_secs(30), || store.completed_ids().len()
+            == 999
+            && store.dead().len() == 1)
+        .await,
+        "completed {}, dead {}",
+        store.completed_ids().len(),
+        store.dead().len()
+    );
+    let dead = &store.dead()[0].delivery;
+    assert_eq!(dead.id, "e0637");
+    assert_eq!(dead.attempts, 1, "a bisection is one attempt");
+    let error = dead.last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("Meta error code 100"), "{error}");
+    // The first request, then ceil(log2 1000) = 10 halvings, then the pool.
+    let extra = partner.request_count() - 1;
+    assert!(extra <= 11, "{extra} extra requests");
+    let taken: usize = partner
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| events_in(&r.body).len())
+        .sum();
+    assert_eq!(taken, 999, "no event taken twice");
+    deliverer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_whole_request_refused_again_and_again_is_retried_not_bisected_forever() {
+    let partner = FakePartner::start().await.unwrap();
+    partner.set_default(Reply::status(401).body(r#"{"error":{"code":190}}"#));
+    let store = Arc::new(MemStore::default());
+    for i in 0..200 {
+        store.push(event(&format!("e{i:03}"), &partner.url("/meta")));
+    }
+    let settings = DeliverySettings {
+        success: SuccessRule::Partner(PartnerAnswers::MetaCapi),
+        ..batching(200, Duration::from_secs(1))
+    };
+    let deliverer = start(&store, vec![("p", settings)], opts());
+    // 8 events isolated and dead-lettered, the rest retried later.
+    assert!(eventually(Duration::from_secs(30), || store.dead().len() == 8).await);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            store.queued().iter().filter(|d| d.attempts == 1).count() == 192
+        })
+        .await
+    );
+    assert!(
+        partner.request_count() < 8 * 10,
+        "{}",
+        partner.request_count()
+    );
+    deliverer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn google_partial_failure_settles_each_row_by_its_own_code() {
+    let partner = FakePartner::start().await.unwrap();
+    partner.enqueue([Reply::ok().body(
+        r#"{"results":[{},{},{},{},{}],"partialFailureError":{"code":3,"message":"x","details":[
+        {"errors":[
+          {"errorCode":{"conversionUploadError":"UNPARSEABLE_GCLID"},"location":{"fieldPathElements":[{"fieldName":"conversions","index":2},{"fieldName":"gclid"}]}},
+          {"errorCode":{"conversionUploadError":"TOO_RECENT_EVENT"},"location":{"fieldPathElements":[{"fieldName":"conversions","index":4}]}}
+        ]}]}}"#,
+    )]);
+    let store = Arc::new(MemStore::default());
+    for i in 0..5 {
+        let mut d = event(&format!("g{i}"), &partner.url("/google"));
+        d.request.body = Some(format!(
+            r#"{{"conversions":[{{"orderId":"g{i}"}}],"partialFailure":true}}"#
+        ));
+        store.push(d);
+    }
+    let mut settings = DeliverySettings {
+        success: SuccessRule::Partner(PartnerAnswers::GoogleAds),
+        batch: Some(BatchSettings {
+            path: "conversions".into(),
+            max_events: 2000,
+            max_wait: Duration::from_secs(1),
+        }),
+        ..batching(2000, Duration::from_secs(1))
+    };
+    settings.retry.give_up_after = Duration::from_secs(3 * 86400);
+    let deliverer = start(&store, vec![("p", settings)], opts());
+    assert!(
+        eventually(Duration::from_secs(10), || store.completed_ids().len() == 3
+            && store.dead().len() == 1)
+        .await
+    );
+    assert_eq!(partner.request_count(), 1, "one request for the five");
+    let mut done = store.completed_ids();
+    done.sort();
+    assert_eq!(done, ["g0", "g1", "g3"]);
+    assert_eq!(store.dead()[0].delivery.id, "g2");
+    let later = store.queued();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].id, "g4");
+    let wait = later[0].next_attempt_at - opts().clock.now_ms();
+    assert!(
+        wait > 5 * 3600 * 1000,
+        "TOO_RECENT_EVENT waits 6 hours: {wait}"
+    );
+    deliverer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_failure_retries_the_whole_batch() {
+    let partner = FakePartner::start().await.unwrap();
+    partner.enqueue([Reply::status(503)]);
+    let store = Arc::new(MemStore::default());
+    for i in 0..6 {
+        store.push(event(&format!("e{i}"), &partner.url("/b")));
+    }
+    let deliverer = start(&store, vec![("p", batching(100, Duration::ZERO))], opts());
+    assert!(eventually(Duration::from_secs(10), || store.completed_ids().len() == 6).await);
+    let sizes: Vec<usize> = partner
+        .requests()
+        .iter()
+        .map(|r| events_in(&r.body).len())
+        .collect();
+    assert_eq!(sizes, vec![6, 6]);
+    assert!(store.dead().is_empty());
+    deliverer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_low_traffic_an_event_waits_at_most_max_wait_for_company() {
+    let partner = FakePartner::start().await.unwrap();
+    let store = Arc::new(MemStore::default());
+    let o = opts();
+    let deliverer = start(
+        &store,
+        vec![("p", batching(1000, Duration::from_secs(1)))],
+        o,
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pushed = tokio::time::Instant::now();
+    let mut first = event("e1", &partner.url("/b"));
+    first.next_attempt_at = o.clock.now_ms();
+    store.push(first);
+    deliverer.notify("p");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = event("e2", &partner.url("/b"));
+    second.next_attempt_at = o.clock.now_ms();
+    store.push(second);
+    deliverer.notify("p");
+    assert!(partner.wait_for_requests(1, Duration::from_secs(5)).await);
+    let waited = pushed.elapsed();
+    let r = &partner.requests()[0];
+    assert!(
+        waited >= Duration::from_millis(990) && waited <= Duration::from_millis(1100),
+        "{waited:?}"
+    );
+    assert_eq!(
+        events_in(&r.body),
+        ["e1", "e2"],
+        "the later event kept it company"
+    );
+    deliverer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn against_a_100ms_partner_the_controller_finds_hundreds_in_flight() {
+    let partner = FakePartner::start_counting().await.unwrap();
+    partner.set_default(Reply::ok().delay(Duration::from_millis(100)));
+    let store = Arc::new(MemStore::default());
+    for i in 0..3000 {
+        store.push(delivery(&format!("d{i}"), "p", &partner.url("/pb")));
+    }
+    let settings = DeliverySettings {
+        concurrency: crate::outbound::DEFAULT_CONCURRENCY,
+        ..settings()
+    };
+    let began = tokio::time::Instant::now();
+    let deliverer = start(&store, vec![("p", settings)], opts());
+    assert!(
+        eventually(Duration::from_secs(60), || store.completed_ids().len()
+            == 3000)
+        .await
+    );
+    // At the old fixed 8 in flight this took 37.5 s; the controller needs a few.
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(deliverer.status()[0].concurrency_limit >= 128);
+    deliverer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_with_retry_after_pauses_the_whole_destination() {
+    let partner = FakePartner::start().await.unwrap();
+    partner.enqueue([Reply::status(429).header("Retry-After", "2")]);
+    // Arrival times on the test's (paused) clock.
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let a = arrivals.clone();
+    partner.respond_with(move |_| {
+        a.lock().unwrap().push(tokio::time::Instant::now());
+        None
+    });
+    let store = Arc::new(MemStore::default());
+    for i in 0..5 {
+        store.push(delivery(&format!("d{i}"), "p", &partner.url("/pb")));
+    }
+    let settings = DeliverySettings {
+        concurrency: 1,
+        ..settings()
+    };
+    let deliverer = start(&store, vec![("p", settings)], opts());
+    assert!(eventually(Duration::from_secs(30), || store.completed_ids().len() == 5).await);
+    let arrivals = arrivals.lock().unwrap().clone();
+    let gap = arrivals[1] - arrivals[0];
+    assert!(gap >= Duration::from_secs(2), "{gap:?}");
+    deliverer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn congestion_brings_the_limit_down() {
+    let partner = FakePartner::start_counting().await.unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let s = served.clone();
+    // Overloaded: every other answer is a 503 (no Retry-After).
+    partner.respond_with(move |_| {
+        let n = s.fetch_add(1, Ordering::SeqCst);
+        Some(if n % 2 == 0 {
+            Reply::status(503).delay(Duration::from_millis(50))
+        } else {
+            Reply::ok().delay(Duration::from_millis(50))
+        })
+    });
+    let store = Arc::new(MemStore::default());
+    for i in 0..400 {
+        store.push(delivery(&format!("d{i}"), "p", &partner.url("/pb")));
+    }
+    let settings = DeliverySettings {
+        concurrency: 256,
+        ..settings()
+    };
+    let deliverer = start(&store, vec![("p", settings)], opts());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let limit = deliverer.status()[0].concurrency_limit;
+    assert!(limit <= 8, "{limit}");
+    deliverer.shutdown().await;
+}
