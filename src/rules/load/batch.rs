@@ -40,11 +40,14 @@ pub fn read_batch(
         return;
     };
     let limit = preset.map_or(MAX_EVENTS, |p| p.batch.map_or(1, |(_, m)| m as i64));
-    match (preset, sec.get("path")) {
-        (Some(p), _) if p.batch.is_none() => sec.error(format!(
+    if let Some(p) = preset.filter(|p| p.batch.is_none()) {
+        sec.error(format!(
             "preset {} sends one event per request: {} takes no batches; remove [batch]",
             p.name, p.partner
-        )),
+        ));
+        return;
+    }
+    match (preset, sec.get("path")) {
         (Some(p), Some(f)) => f.error(format!(
             "preset {} puts its events in `{}`; remove `path`",
             p.name,

@@ -2,6 +2,7 @@
 
 use super::*;
 use std::collections::HashMap;
+use std::time::Duration;
 
 fn errors_with_env(text: &str, env: &[(&str, &str)]) -> Vec<String> {
     let env: HashMap<String, String> = env
@@ -626,4 +627,71 @@ fn a_duplicate_key_names_the_key_and_its_first_place() {
         "6:1",
         "duplicate key `allow` in [privacy]: it is already written at line 5, column 1; keep one of the two",
     );
+}
+
+fn delivery_of(text: &str) -> crate::outbound::DeliverySettings {
+    match load_text(Path::new("rules/x.toml"), text.to_string(), &HashMap::new()) {
+        Ok((d, _)) => d.delivery,
+        Err(e) => panic!("{e:#?}"),
+    }
+}
+
+#[test]
+fn batch_presets_batch_by_default_and_batch_can_be_tuned_or_turned_off() {
+    let meta = "[destination]\nurl = \"https://a.example/\"\npreset = \"meta_capi\"\n[privacy]\nallow = [\"event_id\", \"page.url\"]\n";
+    let b = delivery_of(meta).batch.expect("meta_capi batches");
+    assert_eq!((b.path.as_str(), b.max_events), ("data", 1000));
+    assert_eq!(b.max_wait, Duration::from_secs(1));
+    let tuned = delivery_of(&format!("{meta}[batch]\nmax_events = 200\nmax_wait = \"250ms\"\n"))
+        .batch
+        .expect("still batching");
+    assert_eq!((tuned.max_events, tuned.max_wait), (200, Duration::from_millis(250)));
+    assert_eq!(delivery_of(&format!("{meta}[batch]\nmax_events = 1\n")).batch, None);
+    one_error(
+        &format!("{meta}[batch]\nmax_events = 5000\n"),
+        "7:14",
+        "between 1 and 1000",
+    );
+    one_error(
+        &format!("{meta}[batch]\npath = \"events\"\n"),
+        "7:8",
+        "preset meta_capi puts its events in `data`; remove `path`",
+    );
+    let af = "[destination]\nurl = \"https://a.example/\"\npreset = \"appsflyer_s2s\"\n[privacy]\nallow = [\"event_id\"]\n";
+    assert_eq!(delivery_of(af).batch, None);
+    one_error(
+        &format!("{af}[batch]\nmax_events = 10\n"),
+        "6:1",
+        "preset appsflyer_s2s sends one event per request",
+    );
+    assert_eq!(delivery_of(&get_rule("", "")).batch, None, "GET postbacks never batch");
+    // The adaptive controller's ceiling: 512 unless the rule says.
+    assert_eq!(delivery_of(&get_rule("", "")).concurrency, 512);
+    assert_eq!(delivery_of(&get_rule("concurrency = 64\n", "")).concurrency, 64);
+}
+
+#[test]
+fn a_custom_batch_needs_a_list_and_nothing_from_the_event_outside_it() {
+    let head = "[destination]\nurl = \"https://a.example/\"\nmethod = \"POST\"\n[privacy]\nallow = [\"click_id\", \"event_name\"]\n";
+    let good = format!(
+        "{head}[body]\nsource = \"relay\"\n[[body.events]]\nid = \"{{click_id}}\"\n[batch]\npath = \"events\"\nmax_events = 500\n"
+    );
+    let b = delivery_of(&good).batch.expect("batches");
+    assert_eq!((b.path.as_str(), b.max_events), ("events", 500));
+    one_error(
+        &format!("{head}[body]\nname = \"{{event_name}}\"\n[[body.events]]\nid = \"{{click_id}}\"\n[batch]\npath = \"events\"\n"),
+        "11:8",
+        "`name` in [body] takes a value from the event outside `events`",
+    );
+    one_error(
+        &format!("{head}[body]\nevents = \"{{click_id}}\"\n[batch]\npath = \"events\"\n"),
+        "9:8",
+        "`body.events` is not a list",
+    );
+    one_error(
+        &format!("{head}[batch]\npath = \"events\"\n"),
+        "7:8",
+        "write a [body] with the list at `path`",
+    );
+    one_error(&format!("{head}[body]\n[[body.events]]\nid = \"{{click_id}}\"\n[batch]\nmax_events = 5\n"), "9:1", "[batch] needs `path`");
 }
