@@ -17,8 +17,11 @@
 #   LOADBENCH_WARMUP=2          warm-up seconds before each measured window (quick: 0.5)
 #   LOADBENCH_CONNECTIONS=64    load-generator connections
 #   LOADBENCH_BACKLOG=1000000   deliveries queued for the drain shape (quick: 20000)
-#   LOADBENCH_SHAPES=abcdefghij which relay shapes to run (the baselines always run;
-#                               g-j: one and two relays on one Redis)
+#   LOADBENCH_SHAPES=abcdefghijklmn which relay shapes to run (the baselines always run;
+#                               g-j: one and two relays on one Redis; k-n: partners
+#                               at internet distance, rule defaults)
+#   LOADBENCH_PARTNER_DELAY_MS=100  how long the distant partners (k-n) take to answer
+#   LOADBENCH_DISTANCE_EVENTS=200000 events of shape (k) (quick: 20000)
 #   LOADBENCH_REDIS_SERVER=PATH redis-server for shapes g-j (default: the one on PATH;
 #                               the bench runs its own on a free port, AOF everysec)
 #   LOADBENCH_POOL_MB=1024      memory for one pool of pre-signed requests
@@ -39,14 +42,16 @@ if [[ "${LOADBENCH_QUICK:-0}" == 1 ]]; then
   warmup=${LOADBENCH_WARMUP:-0.5}
   backlog=${LOADBENCH_BACKLOG:-20000}
   drain_timeout=${LOADBENCH_DRAIN_TIMEOUT:-120}
+  distance_events=${LOADBENCH_DISTANCE_EVENTS:-20000}
 else
+  distance_events=${LOADBENCH_DISTANCE_EVENTS:-200000}
   duration=${LOADBENCH_DURATION:-10}
   warmup=${LOADBENCH_WARMUP:-2}
   backlog=${LOADBENCH_BACKLOG:-1000000}
   drain_timeout=${LOADBENCH_DRAIN_TIMEOUT:-420}
 fi
 connections=${LOADBENCH_CONNECTIONS:-64}
-shapes=${LOADBENCH_SHAPES:-abcdefghij}
+shapes=${LOADBENCH_SHAPES:-abcdefghijklmn}
 redis_server=${LOADBENCH_REDIS_SERVER:-$(command -v redis-server || true)}
 pool_mb=${LOADBENCH_POOL_MB:-1024}
 limit=${LOADBENCH_TIMEOUT:-1500}
@@ -98,7 +103,8 @@ trap 'exit 143' TERM
 
 args=(run --relay "$relay_bin" --work "$work" --duration "$duration" --warmup "$warmup"
       --connections "$connections" --backlog "$backlog" --shapes "$shapes"
-      --pool-mb "$pool_mb" --drain-timeout "$drain_timeout")
+      --pool-mb "$pool_mb" --drain-timeout "$drain_timeout"
+      --partner-delay-ms "${LOADBENCH_PARTNER_DELAY_MS:-100}" --distance-events "$distance_events")
 if [[ -n "${LOADBENCH_OUT:-}" ]]; then args+=(--out "$LOADBENCH_OUT"); fi
 if [[ -n "$redis_server" ]]; then args+=(--redis-server "$redis_server"); fi
 

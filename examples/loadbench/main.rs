@@ -5,6 +5,7 @@
 //! `loadbench run ...`      drives a bare hyper baseline and then the relay, prints one table
 //! `loadbench baseline ...` the bare hyper 1.x baseline server (reads the body, answers 202)
 
+mod distance;
 mod events;
 mod load;
 mod relay;
@@ -64,9 +65,15 @@ struct RunArgs {
     /// Memory budget (MiB) for one pool of pre-signed requests.
     #[arg(long, default_value_t = 1024)]
     pool_mb: usize,
-    /// Shapes to run (letters a-j); the baselines always run.
-    #[arg(long, default_value = "abcdefghij")]
+    /// Shapes to run (letters a-n); the baselines always run.
+    #[arg(long, default_value = "abcdefghijklmn")]
     shapes: String,
+    /// How long the distant partners of shapes (k) to (n) take to answer, ms.
+    #[arg(long, default_value_t = 100.0)]
+    partner_delay_ms: f64,
+    /// Events sent to the distant partners in shape (k) (a tenth of it in (l)).
+    #[arg(long, default_value_t = 200_000)]
+    distance_events: u64,
     /// `redis-server` to run the Redis shapes (g-j) on; they are skipped without it.
     #[arg(long)]
     redis_server: Option<PathBuf>,
@@ -176,6 +183,20 @@ fn run(args: RunArgs) -> Result<(), String> {
     }
 
     redis_shapes(&ctx, base_single, &mut rows, &mut notes)?;
+
+    // Partners at internet distance, with the rule files' default settings.
+    if ctx.wants('k') {
+        distance::campaign(&ctx, &mut rows, &mut notes)?;
+    }
+    if ctx.wants('l') {
+        distance::rate_limited(&ctx, &mut rows, &mut notes)?;
+    }
+    if ctx.wants('m') {
+        distance::poisoned(&ctx, &mut notes)?;
+    }
+    if ctx.wants('n') {
+        distance::low_traffic(&ctx, &mut notes)?;
+    }
 
     let table = report::table(&rows);
     let mut text = String::new();

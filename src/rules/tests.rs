@@ -100,7 +100,8 @@ fn example_affiliate_get_postback() {
         d.delivery.rate_limit.map(|r| (r.count, r.per.as_secs())),
         Some((50, 1))
     );
-    assert_eq!(d.delivery.concurrency, 8);
+    // No `concurrency` in the example: the adaptive controller, under the default ceiling.
+    assert_eq!(d.delivery.concurrency, crate::outbound::DEFAULT_CONCURRENCY);
     assert_eq!(d.delivery.retry.max_backoff.as_secs(), 3600);
     let req = d.render(&typical("example-aff")).unwrap();
     assert_eq!(

@@ -642,11 +642,19 @@ fn batch_presets_batch_by_default_and_batch_can_be_tuned_or_turned_off() {
     let b = delivery_of(meta).batch.expect("meta_capi batches");
     assert_eq!((b.path.as_str(), b.max_events), ("data", 1000));
     assert_eq!(b.max_wait, Duration::from_secs(1));
-    let tuned = delivery_of(&format!("{meta}[batch]\nmax_events = 200\nmax_wait = \"250ms\"\n"))
-        .batch
-        .expect("still batching");
-    assert_eq!((tuned.max_events, tuned.max_wait), (200, Duration::from_millis(250)));
-    assert_eq!(delivery_of(&format!("{meta}[batch]\nmax_events = 1\n")).batch, None);
+    let tuned = delivery_of(&format!(
+        "{meta}[batch]\nmax_events = 200\nmax_wait = \"250ms\"\n"
+    ))
+    .batch
+    .expect("still batching");
+    assert_eq!(
+        (tuned.max_events, tuned.max_wait),
+        (200, Duration::from_millis(250))
+    );
+    assert_eq!(
+        delivery_of(&format!("{meta}[batch]\nmax_events = 1\n")).batch,
+        None
+    );
     one_error(
         &format!("{meta}[batch]\nmax_events = 5000\n"),
         "7:14",
@@ -664,10 +672,17 @@ fn batch_presets_batch_by_default_and_batch_can_be_tuned_or_turned_off() {
         "6:1",
         "preset appsflyer_s2s sends one event per request",
     );
-    assert_eq!(delivery_of(&get_rule("", "")).batch, None, "GET postbacks never batch");
+    assert_eq!(
+        delivery_of(&get_rule("", "")).batch,
+        None,
+        "GET postbacks never batch"
+    );
     // The adaptive controller's ceiling: 512 unless the rule says.
     assert_eq!(delivery_of(&get_rule("", "")).concurrency, 512);
-    assert_eq!(delivery_of(&get_rule("concurrency = 64\n", "")).concurrency, 64);
+    assert_eq!(
+        delivery_of(&get_rule("concurrency = 64\n", "")).concurrency,
+        64
+    );
 }
 
 #[test]
@@ -693,5 +708,9 @@ fn a_custom_batch_needs_a_list_and_nothing_from_the_event_outside_it() {
         "7:8",
         "write a [body] with the list at `path`",
     );
-    one_error(&format!("{head}[body]\n[[body.events]]\nid = \"{{click_id}}\"\n[batch]\nmax_events = 5\n"), "9:1", "[batch] needs `path`");
+    one_error(
+        &format!("{head}[body]\n[[body.events]]\nid = \"{{click_id}}\"\n[batch]\nmax_events = 5\n"),
+        "9:1",
+        "[batch] needs `path`",
+    );
 }
