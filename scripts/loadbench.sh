@@ -17,9 +17,10 @@
 #   LOADBENCH_WARMUP=2          warm-up seconds before each measured window (quick: 0.5)
 #   LOADBENCH_CONNECTIONS=64    load-generator connections
 #   LOADBENCH_BACKLOG=1000000   deliveries queued for the drain shape (quick: 20000)
-#   LOADBENCH_SHAPES=abcdefghijklmn which relay shapes to run (the baselines always run;
+#   LOADBENCH_SHAPES=abcdefghijklmno which relay shapes to run (the baselines always run;
 #                               g-j: one and two relays on one Redis; k-n: partners
-#                               at internet distance, rule defaults)
+#                               at internet distance, rule defaults; o: the drain
+#                               of f with batches)
 #   LOADBENCH_PARTNER_DELAY_MS=100  how long the distant partners (k-n) take to answer
 #   LOADBENCH_DISTANCE_EVENTS=200000 events of shape (k) (quick: 20000)
 #   LOADBENCH_REDIS_SERVER=PATH redis-server for shapes g-j (default: the one on PATH;
@@ -51,7 +52,7 @@ else
   drain_timeout=${LOADBENCH_DRAIN_TIMEOUT:-420}
 fi
 connections=${LOADBENCH_CONNECTIONS:-64}
-shapes=${LOADBENCH_SHAPES:-abcdefghijklmn}
+shapes=${LOADBENCH_SHAPES:-abcdefghijklmno}
 redis_server=${LOADBENCH_REDIS_SERVER:-$(command -v redis-server || true)}
 pool_mb=${LOADBENCH_POOL_MB:-1024}
 limit=${LOADBENCH_TIMEOUT:-1500}

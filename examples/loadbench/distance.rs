@@ -56,8 +56,10 @@ pub struct Seen {
     /// list's length.
     pub events: AtomicU64,
     pub refused: AtomicU64,
-    /// Requests received in each second since the partner started.
+    /// Requests received in each second since the partner started (what it limits).
     pub per_second: Mutex<BTreeMap<u64, u64>>,
+    /// Requests received in each tenth of a second (for the sliding 1 s rate).
+    pub per_tenth: Mutex<BTreeMap<u64, u64>>,
     /// When each request arrived (shape n).
     pub arrivals: Mutex<Vec<Instant>>,
 }
@@ -148,7 +150,11 @@ async fn answer(
         .unwrap_or_default();
     seen.requests.fetch_add(1, Ordering::Relaxed);
     seen.arrivals.lock().map(|mut a| a.push(arrived)).ok();
-    let second = arrived.duration_since(started).as_secs();
+    let since = arrived.duration_since(started);
+    let second = since.as_secs();
+    if let Ok(mut t) = seen.per_tenth.lock() {
+        *t.entry(since.as_millis() as u64 / 100).or_insert(0) += 1;
+    }
     let this_second = {
         let mut per = seen.per_second.lock().unwrap_or_else(|e| e.into_inner());
         let n = per.entry(second).or_insert(0);
@@ -376,23 +382,8 @@ pub fn rate_limited(ctx: &Ctx, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> 
         .lock()
         .map(|m| m.clone())
         .unwrap_or_default();
-    let over: Vec<u64> = per
-        .iter()
-        .filter(|(_, n)| **n > limit)
-        .map(|(s, _)| *s)
-        .collect();
-    let mut longest = 0;
-    let mut run = 0;
-    let mut last = None;
-    for s in &over {
-        run = if last.is_some_and(|l: u64| l + 1 == *s) {
-            run + 1
-        } else {
-            1
-        };
-        longest = longest.max(run);
-        last = Some(*s);
-    }
+    let tenths = p.seen.per_tenth.lock().map(|m| m.clone()).unwrap_or_default();
+    let (over_s, longest) = over_limit(&tenths, limit);
     let took = done.map_or(deadline, |d| d).duration_since(t0);
     rows.push(postback_row(
         format!(
@@ -402,17 +393,34 @@ pub fn rate_limited(ctx: &Ctx, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> 
         p.events() as f64 / took.as_secs_f64().max(1e-9),
     ));
     notes.push(format!(
-        "(l) {} of {events} delivered in {:.1} s{}; {} requests, {} answered 429; seconds sent over {limit}: {} (longest run {longest} s); busiest second {} requests",
+        "(l) {} of {events} delivered in {:.1} s{}; {} requests, {} answered 429; sent over {limit} requests in the trailing second for {over_s:.1} s in all, {longest:.1} s at the longest; busiest calendar second {} requests",
         p.events(),
         took.as_secs_f64(),
         if done.is_none() { " (NOT drained)" } else { "" },
         p.seen.requests.load(Ordering::Relaxed),
         p.seen.refused.load(Ordering::Relaxed),
-        over.len(),
         per.values().max().copied().unwrap_or(0)
     ));
     let _ = std::fs::remove_dir_all(&setup.dir);
     Ok(())
+}
+
+/// From requests per tenth of a second: how long (seconds, in all and the longest
+/// stretch) the trailing one-second count was above `limit`.
+fn over_limit(tenths: &BTreeMap<u64, u64>, limit: u64) -> (f64, f64) {
+    let end = tenths.keys().last().copied().unwrap_or(0);
+    let (mut total, mut longest, mut run) = (0u64, 0u64, 0u64);
+    for t in 0..=end {
+        let window: u64 = (t.saturating_sub(9)..=t).filter_map(|k| tenths.get(&k)).sum();
+        if window > limit {
+            total += 1;
+            run += 1;
+            longest = longest.max(run);
+        } else {
+            run = 0;
+        }
+    }
+    (total as f64 / 10.0, longest as f64 / 10.0)
 }
 
 /// Sends one pre-signed request and reads the status.

@@ -65,8 +65,8 @@ struct RunArgs {
     /// Memory budget (MiB) for one pool of pre-signed requests.
     #[arg(long, default_value_t = 1024)]
     pool_mb: usize,
-    /// Shapes to run (letters a-n); the baselines always run.
-    #[arg(long, default_value = "abcdefghijklmn")]
+    /// Shapes to run (letters a-o); the baselines always run.
+    #[arg(long, default_value = "abcdefghijklmno")]
     shapes: String,
     /// How long the distant partners of shapes (k) to (n) take to answer, ms.
     #[arg(long, default_value_t = 100.0)]
@@ -177,9 +177,14 @@ fn run(args: RunArgs) -> Result<(), String> {
     embedded_shapes(&ctx, base_single, base_batch, &mut rows, &mut notes)?;
     let mut backlog_lines = Vec::new();
     if ctx.wants('f') {
-        let (row, lines) = drain_shape(&ctx)?;
+        let (row, lines) = drain_shape(&ctx, false)?;
         rows.push(row);
         backlog_lines = lines;
+    }
+    if ctx.wants('o') {
+        let (row, lines) = drain_shape(&ctx, true)?;
+        rows.push(row);
+        backlog_lines.extend(lines.into_iter().map(|l| format!("(o, batches) {l}")));
     }
 
     redis_shapes(&ctx, base_single, &mut rows, &mut notes)?;
@@ -520,10 +525,6 @@ fn read_listen(config: &Path) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("no listen address in {}", config.display()))
 }
 
-fn fresh_setup(ctx: &Ctx, name: &str, destinations: usize) -> Result<RelaySetup, String> {
-    setup_on(ctx, name, destinations, relay::EMBEDDED)
-}
-
 fn setup_on(ctx: &Ctx, name: &str, destinations: usize, store: &str) -> Result<RelaySetup, String> {
     let dir = ctx.args.work.join(format!("shape-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -826,13 +827,26 @@ fn shape_notes(name: &str, o: &load::Outcome, notes: &mut Vec<String>) {
 /// (f): queue a backlog with partners down, kill -9, restart (time to ready, RSS),
 /// stop cleanly, measure the data dir, start the partners, restart and time the
 /// drain at the partners.
-fn drain_shape(ctx: &Ctx) -> Result<(Row, Vec<String>), String> {
+fn drain_shape(ctx: &Ctx, batching: bool) -> Result<(Row, Vec<String>), String> {
     let target = ctx.args.backlog.max(3);
     let events = target.div_ceil(3);
     let batches = events.div_ceil(100) as usize;
     let limit = secs(ctx.args.drain_timeout)?;
-    eprintln!("loadbench: (f) drain: queueing {target} deliveries ({events} events x 3 destinations), partners down");
-    let setup = fresh_setup(ctx, "f", 3)?;
+    let letter = if batching { "o" } else { "f" };
+    eprintln!("loadbench: ({letter}) drain: queueing {target} deliveries ({events} events x 3 destinations), partners down");
+    let setup = {
+        let dir = ctx.args.work.join(format!("shape-{letter}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let listen: SocketAddr = ([127, 0, 0, 1], relay::free_port()?).into();
+        relay::write_setup_with(
+            &dir,
+            listen,
+            &ctx.partner_ports,
+            3,
+            relay::EMBEDDED,
+            batching,
+        )?
+    };
     let t = Instant::now();
     let pool = events::pool(&ctx.run_id, batches, 100, Some(events), ctx.threads)?;
     eprintln!(
@@ -886,7 +900,7 @@ fn drain_shape(ctx: &Ctx) -> Result<(Row, Vec<String>), String> {
     let deadline = ready_at + limit;
     let mut drained_at = None;
     while Instant::now() < deadline {
-        if partners.total_requests() >= want {
+        if partners.total(|c| &c.events) >= want {
             drained_at = Some(Instant::now());
             break;
         }
@@ -898,7 +912,8 @@ fn drain_shape(ctx: &Ctx) -> Result<(Row, Vec<String>), String> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let delivered = partners.total_requests();
+    let delivered = partners.total(|c| &c.events);
+    let requests = partners.total_requests();
     let elapsed = drained_at.unwrap_or_else(Instant::now) - ready_at;
     let rate = delivered as f64 / elapsed.as_secs_f64().max(1e-9);
     // The store should agree that nothing is left.
@@ -942,7 +957,7 @@ fn drain_shape(ctx: &Ctx) -> Result<(Row, Vec<String>), String> {
             disk as f64 / queued_after_kill.max(1) as f64 / (body_avg + url_avg + header_avg).max(1.0)
         ),
         format!(
-            "drain: {delivered} postbacks in {:.1} s from ready{}; queue after the drain: {}",
+            "drain: {delivered} postbacks in {requests} requests, {:.1} s from ready{}; queue after the drain: {}",
             elapsed.as_secs_f64(),
             if drained_at.is_some() {
                 String::new()
@@ -965,8 +980,13 @@ fn drain_shape(ctx: &Ctx) -> Result<(Row, Vec<String>), String> {
     }
     let row = Row {
         shape: format!(
-            "(f) drain of a {}-delivery backlog to 3 partners",
-            report::thousands(queued_after_kill as f64)
+            "({letter}) drain of a {}-delivery backlog to 3 partners{}",
+            report::thousands(queued_after_kill as f64),
+            if batching {
+                ", batches of up to 1,000"
+            } else {
+                ", one per request"
+            }
         ),
         rps: None,
         eps: None,

@@ -256,6 +256,18 @@ pub fn write_setup(
     destinations: usize,
     store: &str,
 ) -> Result<RelaySetup, String> {
+    write_setup_with(dir, listen, partner_ports, destinations, store, false)
+}
+
+/// `write_setup`, with the bench destinations batching (`[batch]`) when `batching`.
+pub fn write_setup_with(
+    dir: &Path,
+    listen: SocketAddr,
+    partner_ports: &[u16],
+    destinations: usize,
+    store: &str,
+    batching: bool,
+) -> Result<RelaySetup, String> {
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     let rules = dir.join("rules");
     let data = dir.join("data");
@@ -294,6 +306,11 @@ token = "{ADMIN_TOKEN}"
     let bodies = rule_files(partner_ports);
     for (name, text) in bodies.iter().take(destinations) {
         let p = rules.join(format!("{name}.toml"));
+        let text = if batching {
+            format!("{text}{}", batch_body(name))
+        } else {
+            text.clone()
+        };
         std::fs::write(&p, text).map_err(|e| io(&p, e))?;
     }
     Ok(RelaySetup {
@@ -303,15 +320,71 @@ token = "{ADMIN_TOKEN}"
     })
 }
 
+/// A `[body]` with the events in a list and `[batch]` for bench destination `name`:
+/// the same fields its `allow` lets through, several events per request.
+fn batch_body(name: &str) -> &'static str {
+    match name {
+        "bench-aff" => {
+            r#"
+[body]
+[[body.events]]
+event_id = "{event_id}"
+event_name = "{event_name}"
+click_id = "{click_id}"
+value = "{properties.value}"
+currency = "{properties.currency}"
+
+[batch]
+path = "events"
+max_events = 1000
+"#
+        }
+        "bench-capi" => {
+            r#"
+[body]
+[[body.events]]
+event_id = "{event_id}"
+event_name = "{event_name}"
+timestamp = "{timestamp}"
+click_id = "{click_id}"
+user = { email = "{user.email}", ip = "{user.ip}", user_agent = "{user.user_agent}" }
+value = "{properties.value}"
+currency = "{properties.currency}"
+
+[batch]
+path = "events"
+max_events = 1000
+"#
+        }
+        _ => {
+            r#"
+[body]
+[[body.events]]
+event_name = "{event_name}"
+click_id = "{click_id}"
+idfa = "{device.idfa}"
+external_id = "{user.external_id}"
+value = "{properties.value}"
+currency = "{properties.currency}"
+order_id = "{properties.order_id}"
+
+[batch]
+path = "events"
+max_events = 1000
+"#
+        }
+    }
+}
+
 /// The 3 bench destinations: JSON POSTs to the fake partners with `allow` lists,
 /// one hashing `user.email` and truncating the IP, one renaming the event and
-/// sending a header. No rate limit; concurrency 64; short retry backoff so that a
-/// backlog queued while partners were down is due again within a second.
+/// sending a header. No rate limit; no `concurrency` (the adaptive controller under
+/// its default ceiling); short retry backoff so that a backlog queued while partners
+/// were down is due again within a second.
 fn rule_files(ports: &[u16]) -> Vec<(&'static str, String)> {
     let port = |i: usize| ports.get(i).copied().unwrap_or(9);
     let common = format!(
         r#"timeout = "5s"
-concurrency = 64
 retry = {{ max_attempts = 1000, give_up_after = "1d", initial_backoff = "100ms", max_backoff = "1s" }}
 
 [when]

@@ -70,6 +70,9 @@ pub fn baseline(listen: SocketAddr) -> Result<(), String> {
 #[derive(Default)]
 pub struct Counters {
     pub requests: AtomicU64,
+    /// Events received: `"click_id"` keys in the bodies (every bench rule sends one
+    /// per event, one event per request or several in a batch).
+    pub events: AtomicU64,
     pub body_bytes: AtomicU64,
     /// Bytes of the request URLs (`http://` + host + path and query).
     pub url_bytes: AtomicU64,
@@ -183,12 +186,15 @@ async fn answer(
         .iter()
         .filter_map(|n| req.headers().get(n).map(|v| n.as_str().len() + v.len()))
         .sum();
-    let body = req
+    let bytes = req
         .into_body()
         .collect()
         .await
-        .map(|b| b.to_bytes().len())
-        .unwrap_or(0);
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body = bytes.len();
+    let events = bytes.windows(10).filter(|w| w == b"\"click_id\"").count();
+    counters.events.fetch_add(events as u64, Ordering::Relaxed);
     counters
         .body_bytes
         .fetch_add(body as u64, Ordering::Relaxed);

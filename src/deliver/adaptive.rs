@@ -15,11 +15,20 @@
 //!   the limit by `DECREASE`;
 //! - never above the destination's `concurrency` (the user's ceiling), never below 1.
 //!
-//! A window lasts one long-run mean round trip, at least `MIN_WINDOW`. The rate limit
-//! of the destination is applied separately (per request); the controller bounds what
-//! is in flight, not the rate. Never: sleeps, reads a clock of its own (instants are
-//! passed in), or knows about HTTP.
+//! A window lasts one long-run mean round trip, at least `MIN_WINDOW`.
+//!
+//! In flight is not a rate: against a partner that answers in a millisecond, one
+//! request in flight is a thousand a second. So a partner's own rate limit (a 429)
+//! also sets a **learned rate**: the requests it took in the last second, less 10%,
+//! at most one cut per second; request starts are then paced to it, and it grows by
+//! 10% for each second without a 429 in which the pacing held a request back. A
+//! partner limited to N requests a second is thus sent more than N only in the
+//! seconds where the learned rate probes past it. The destination's own
+//! `rate_limit` is applied separately. Never: sleeps (the gate's `pace` does, for
+//! the dispatcher), reads a clock of its own in the controller (instants are passed
+//! in), or knows about HTTP.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,8 +56,10 @@ const RTT_ALPHA: f64 = 0.25;
 pub enum Signal {
     /// Answered without a sign of overload (delivered or rejected).
     Fine,
-    /// Timeout, connection error, 429, 5xx or a partner's own "slow down".
+    /// Timeout, connection error, 5xx or a partner's own "slow down".
     Congested,
+    /// The partner's rate limit (429): congestion, and the rate is learned from it.
+    RateLimited,
     /// Says nothing about the partner (never sent).
     Nothing,
 }
@@ -66,7 +77,21 @@ pub struct Controller {
     rtt_sum: f64,
     congested: bool,
     reached: bool,
+    /// Requests a second learned from the partner's 429s; `None` until the first.
+    rate: Option<f64>,
+    /// When the requests answered without a rate limit in the last second ended.
+    taken: VecDeque<Instant>,
+    last_cut: Option<Instant>,
+    /// Start of the second in which the rate may grow, and whether pacing held a
+    /// request back in it.
+    rate_second: Instant,
+    paced: bool,
 }
+
+/// Share of the last second's requests the learned rate keeps after a 429.
+const RATE_CUT: f64 = 0.9;
+/// Growth of the learned rate per second without a 429 in which it held requests back.
+const RATE_GROWTH: f64 = 1.1;
 
 impl Controller {
     pub fn new(ceiling: usize, now: Instant) -> Controller {
@@ -81,6 +106,58 @@ impl Controller {
             rtt_sum: 0.0,
             congested: false,
             reached: false,
+            rate: None,
+            taken: VecDeque::new(),
+            last_cut: None,
+            rate_second: now,
+            paced: false,
+        }
+    }
+
+    /// The learned rate, requests a second.
+    pub fn rate(&self) -> Option<f64> {
+        self.rate
+    }
+
+    /// The pacing held a request back (the learned rate is binding).
+    pub fn paced(&mut self) {
+        self.paced = true;
+    }
+
+    fn learn_rate(&mut self, now: Instant, signal: Signal) {
+        while self
+            .taken
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > Duration::from_secs(1))
+        {
+            self.taken.pop_front();
+        }
+        match signal {
+            Signal::Fine | Signal::Congested => self.taken.push_back(now),
+            Signal::RateLimited => {
+                let recent = self
+                    .last_cut
+                    .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1));
+                if !recent {
+                    let took = (self.taken.len() as f64 * RATE_CUT).max(1.0);
+                    self.rate = Some(
+                        self.rate
+                            .map_or(took, |r| (r * RATE_CUT).min(took))
+                            .max(1.0),
+                    );
+                    self.last_cut = Some(now);
+                    self.rate_second = now;
+                    self.paced = false;
+                }
+            }
+            Signal::Nothing => {}
+        }
+        if now.saturating_duration_since(self.rate_second) >= Duration::from_secs(1) {
+            if self.paced {
+                self.rate = self.rate.map(|r| r * RATE_GROWTH);
+            }
+            self.rate_second = now;
+            self.paced = false;
         }
     }
 
@@ -101,9 +178,10 @@ impl Controller {
 
     /// One request finished after `rtt`; returns the new limit when it changed.
     pub fn record(&mut self, now: Instant, rtt: Duration, signal: Signal) -> Option<usize> {
+        self.learn_rate(now, signal);
         match signal {
             Signal::Nothing => {}
-            Signal::Congested => self.congested = true,
+            Signal::Congested | Signal::RateLimited => self.congested = true,
             Signal::Fine => {
                 self.samples += 1;
                 self.rtt_sum += rtt.as_secs_f64();
@@ -157,6 +235,8 @@ struct GateState {
     in_flight: usize,
     closed: bool,
     controller: Controller,
+    /// The earliest start of the next request under the learned rate.
+    next_start: Option<Instant>,
 }
 
 /// The dispatcher's gate: at most `controller.limit()` permits out at once.
@@ -184,6 +264,7 @@ impl Gate {
                 in_flight: 0,
                 closed: false,
                 controller: Controller::new(ceiling, Instant::now()),
+                next_start: None,
             }),
             freed: Notify::new(),
         })
@@ -231,6 +312,25 @@ impl Gate {
         if changed.is_some() {
             self.freed.notify_one();
         }
+    }
+
+    /// Waits for the next request's turn under the learned rate (at once while no
+    /// rate was learned).
+    pub async fn pace(&self) {
+        let at = {
+            let mut s = lock(&self.state);
+            let Some(rate) = s.controller.rate() else {
+                return;
+            };
+            let now = Instant::now();
+            let at = s.next_start.map_or(now, |t| t.max(now));
+            s.next_start = Some(at + Duration::from_secs_f64(1.0 / rate.max(1.0)));
+            if at > now {
+                s.controller.paced();
+            }
+            at
+        };
+        tokio::time::sleep_until(at).await;
     }
 
     pub fn set_ceiling(&self, ceiling: usize) {
@@ -381,6 +481,48 @@ mod tests {
         assert_eq!(c.limit(), 1);
         c.set_ceiling(0);
         assert_eq!(c.limit(), 1);
+    }
+
+    #[test]
+    fn a_429_sets_a_rate_from_what_the_partner_took_and_it_grows_while_binding() {
+        let mut now = Instant::now();
+        let mut c = Controller::new(512, now);
+        // 600 answers in the last second, then a 429.
+        for _ in 0..600 {
+            now += Duration::from_micros(1600);
+            c.record(now, Duration::from_millis(100), Signal::Fine);
+        }
+        c.record(now, Duration::from_millis(100), Signal::RateLimited);
+        let r = c.rate().expect("learned");
+        assert!((530.0..=545.0).contains(&r), "{r}");
+        // More 429s of the same burst do not cut again within the second.
+        c.record(now, Duration::from_millis(100), Signal::RateLimited);
+        assert_eq!(c.rate(), Some(r));
+        // A second without 429 in which pacing held requests back: +10%.
+        c.paced();
+        now += Duration::from_millis(1001);
+        c.record(now, Duration::from_millis(100), Signal::Fine);
+        let grown = c.rate().expect("still learned");
+        assert!((grown / r - 1.1).abs() < 1e-9, "{grown} vs {r}");
+        // Not binding: no growth.
+        now += Duration::from_millis(1001);
+        c.record(now, Duration::from_millis(100), Signal::Fine);
+        assert_eq!(c.rate(), Some(grown));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pacing_spaces_requests_at_the_learned_rate() {
+        let gate = Gate::new(64);
+        lock(&gate.state).controller.rate = Some(10.0);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            gate.pace().await;
+        }
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_millis(450),
+            "{took:?}"
+        );
     }
 
     #[tokio::test]

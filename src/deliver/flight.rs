@@ -224,15 +224,18 @@ impl Flight<'_> {
 
     /// One request's answer for the breaker, the gate, a pause and the metrics.
     fn observe(&self, j: &Judgement, rtt: Duration, events: usize, pause: Option<Duration>) {
-        let (health, retry) = match j {
-            Judgement::Whole(j) => (j.health, j.verdict == Verdict::Retry),
-            Judgement::PerEvent(rows) => {
-                (rows.first().map_or(Health::Unknown, |r| r.health), false)
-            }
+        let (health, retry, status) = match j {
+            Judgement::Whole(j) => (j.health, j.verdict == Verdict::Retry, j.status),
+            Judgement::PerEvent(rows) => (
+                rows.first().map_or(Health::Unknown, |r| r.health),
+                false,
+                rows.first().and_then(|r| r.status),
+            ),
         };
         let now = self.ctx.opts.clock.instant();
         lock(&self.worker.breaker).record(health, now);
         let signal = match health {
+            _ if status == Some(429) => Signal::RateLimited,
             Health::Down => Signal::Congested,
             Health::Up if retry => Signal::Congested,
             Health::Up => Signal::Fine,

@@ -296,6 +296,15 @@ async fn wait_for_pause(
     }
 }
 
+/// Waits for the request's turn under the rate learned from the partner's 429s;
+/// false when stopping.
+async fn paced(worker: &DestinationWorker, stop: &mut watch::Receiver<Option<Duration>>) -> bool {
+    tokio::select! {
+        _ = worker.gate.pace() => true,
+        _ = stopped(stop) => false,
+    }
+}
+
 /// A batch that is not full waits for company: until the earliest due time of its
 /// deliveries plus `max_wait`, claiming what else became due whenever new deliveries
 /// are announced. Returns at once when full or stopping.
@@ -426,6 +435,7 @@ async fn launch(
     let mut requests = requests.into_iter();
     while let Some(request) = requests.next() {
         let ready = wait_for_pause(worker, stop).await
+            && paced(worker, stop).await
             && match &applied.limiter {
                 Some(limiter) => tokio::select! {
                     _ = limiter.until_ready() => true,
