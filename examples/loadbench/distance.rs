@@ -382,7 +382,12 @@ pub fn rate_limited(ctx: &Ctx, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> 
         .lock()
         .map(|m| m.clone())
         .unwrap_or_default();
-    let tenths = p.seen.per_tenth.lock().map(|m| m.clone()).unwrap_or_default();
+    let tenths = p
+        .seen
+        .per_tenth
+        .lock()
+        .map(|m| m.clone())
+        .unwrap_or_default();
     let (over_s, longest) = over_limit(&tenths, limit);
     let took = done.map_or(deadline, |d| d).duration_since(t0);
     rows.push(postback_row(
@@ -411,7 +416,9 @@ fn over_limit(tenths: &BTreeMap<u64, u64>, limit: u64) -> (f64, f64) {
     let end = tenths.keys().last().copied().unwrap_or(0);
     let (mut total, mut longest, mut run) = (0u64, 0u64, 0u64);
     for t in 0..=end {
-        let window: u64 = (t.saturating_sub(9)..=t).filter_map(|k| tenths.get(&k)).sum();
+        let window: u64 = (t.saturating_sub(9)..=t)
+            .filter_map(|k| tenths.get(&k))
+            .sum();
         if window > limit {
             total += 1;
             run += 1;

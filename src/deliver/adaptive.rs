@@ -11,8 +11,9 @@
 //!   reached in seconds, not minutes);
 //! - a window with a congestion signal (timeout, connection error, 429, 5xx, a
 //!   partner's "too many requests" answer) or with a mean round-trip time above
-//!   `RTT_RISE` x the long-run mean (and more than `RTT_SLACK` above it) multiplies
-//!   the limit by `DECREASE`;
+//!   `RTT_RISE` x the shortest window mean of the last `BASE_RTT_SPAN` (and more than
+//!   `RTT_SLACK` above it: a queue building up, at the partner or in the relay itself)
+//!   multiplies the limit by `DECREASE`;
 //! - never above the destination's `concurrency` (the user's ceiling), never below 1.
 //!
 //! A window lasts one long-run mean round trip, at least `MIN_WINDOW`.
@@ -41,11 +42,15 @@ use crate::sync::lock;
 pub const START: usize = 4;
 /// Multiplicative decrease on congestion.
 pub const DECREASE: f64 = 0.7;
-/// A window's mean round trip above this multiple of the long-run mean is congestion...
-pub const RTT_RISE: f64 = 1.8;
+/// A window's mean round trip above this multiple of the base (shortest) one is
+/// congestion...
+pub const RTT_RISE: f64 = 2.0;
 /// ...when it is also this much above it (so loopback jitter of a few hundred
-/// microseconds is not taken for a queue building up at the partner).
-pub const RTT_SLACK: Duration = Duration::from_millis(20);
+/// microseconds is not taken for a queue building up).
+pub const RTT_SLACK: Duration = Duration::from_millis(5);
+/// How long the shortest window mean stands as the base round trip before the
+/// current one replaces it (a partner whose path got longer is not congested forever).
+pub const BASE_RTT_SPAN: Duration = Duration::from_secs(30);
 /// Shortest window.
 pub const MIN_WINDOW: Duration = Duration::from_millis(50);
 /// Weight of a new window in the long-run mean round trip.
@@ -70,8 +75,10 @@ pub struct Controller {
     limit: usize,
     ceiling: usize,
     slow_start: bool,
-    /// Long-run mean round trip, seconds.
+    /// Long-run mean round trip, seconds (the window length).
     mean_rtt: Option<f64>,
+    /// Shortest window mean round trip lately, seconds, and since when.
+    base_rtt: Option<(f64, Instant)>,
     window_start: Instant,
     samples: u32,
     rtt_sum: f64,
@@ -101,6 +108,7 @@ impl Controller {
             ceiling,
             slow_start: true,
             mean_rtt: None,
+            base_rtt: None,
             window_start: now,
             samples: 0,
             rtt_sum: 0.0,
@@ -201,10 +209,20 @@ impl Controller {
     fn end_window(&mut self, now: Instant) -> Option<usize> {
         let before = self.limit;
         let window_rtt = (self.samples > 0).then(|| self.rtt_sum / f64::from(self.samples));
-        let rising = match (window_rtt, self.mean_rtt) {
-            (Some(w), Some(m)) => w > m * RTT_RISE && w - m > RTT_SLACK.as_secs_f64(),
+        let rising = match (window_rtt, self.base_rtt) {
+            (Some(w), Some((b, _))) => w > b * RTT_RISE && w - b > RTT_SLACK.as_secs_f64(),
             _ => false,
         };
+        if let Some(w) = window_rtt {
+            self.base_rtt = match self.base_rtt {
+                Some((b, since))
+                    if b <= w && now.saturating_duration_since(since) < BASE_RTT_SPAN =>
+                {
+                    Some((b, since))
+                }
+                _ => Some((w, now)),
+            };
+        }
         if self.congested || rising {
             self.slow_start = false;
             self.limit = ((self.limit as f64 * DECREASE).floor() as usize).max(1);
