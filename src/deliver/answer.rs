@@ -222,8 +222,13 @@ fn meta(status: u16, body: &str, events: usize) -> Judgement {
     }
 }
 
+/// TikTok answer codes that are temporary (docs/partners.md T3: TikTok's business API
+/// SDK code list): 40100 and 61000 too many requests, 40132 frequency limited, 60001
+/// system maintenance; 5xxxx are server errors.
+const TIKTOK_TRANSIENT: &[i64] = &[40100, 40132, 60001, 61000];
+
 /// TikTok Events API: HTTP 200 with `code` 0; a non-zero code is an error inside a
-/// 200 (40100 too many requests and 5xxxx server errors are temporary).
+/// 200 (`TIKTOK_TRANSIENT` and 5xxxx are temporary).
 fn tiktok(status: u16, body: &str) -> Judgement {
     if !(200..300).contains(&status) {
         return Judgement::of(by_status(status));
@@ -234,7 +239,7 @@ fn tiktok(status: u16, body: &str) -> Judgement {
         .and_then(Value::as_i64);
     match code {
         Some(0) => Judgement::of(Verdict::Delivered),
-        Some(c) if c == 40100 || (50000..60000).contains(&c) => {
+        Some(c) if TIKTOK_TRANSIENT.contains(&c) || (50000..60000).contains(&c) => {
             Judgement::because(Verdict::Retry, format!("TikTok code {c} is temporary"))
         }
         Some(c) => Judgement::because(Verdict::Reject, format!("TikTok answered code {c}")),

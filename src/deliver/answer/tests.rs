@@ -57,6 +57,11 @@ fn tiktok_reads_code_inside_a_200() {
     let busy = r#"{"code":40100,"message":"Too many requests","request_id":"r","data":{}}"#;
     assert_eq!(verdict(&TIKTOK, 200, busy), Verdict::Retry);
     assert_eq!(verdict(&TIKTOK, 200, r#"{"code":50000}"#), Verdict::Retry);
+    // docs/partners.md T3: maintenance, too many requests, frequency limited.
+    for code in [60001, 61000, 40132] {
+        let body = format!(r#"{{"code":{code},"message":"x","request_id":"r","data":{{}}}}"#);
+        assert_eq!(verdict(&TIKTOK, 200, &body), Verdict::Retry, "{code}");
+    }
     assert_eq!(verdict(&TIKTOK, 200, "OK"), Verdict::Reject);
     assert_eq!(verdict(&TIKTOK, 503, ""), Verdict::Retry);
 }
