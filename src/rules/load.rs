@@ -33,6 +33,8 @@ mod known;
 mod partner;
 
 #[cfg(test)]
+pub use batch::check_body as check_batch_body;
+#[cfg(test)]
 pub use body::compile_preset;
 #[cfg(test)]
 use destination::parse_rate;

@@ -314,6 +314,31 @@ fn every_preset_compiles() {
 }
 
 #[test]
+fn every_batching_preset_takes_nothing_from_the_event_outside_its_list() {
+    // A batch shares the first event's envelope: only its list may vary per event.
+    let mut batching = 0;
+    for p in presets::PRESETS {
+        let Some((path, max)) = p.batch else {
+            continue;
+        };
+        batching += 1;
+        assert!(max > 1, "{}", p.name);
+        let params = template::Params {
+            lenient: true,
+            ..Default::default()
+        };
+        let node = load::compile_preset(p, &params).expect("compiles");
+        assert_eq!(
+            load::check_batch_body(&Body::Json(node), path),
+            Ok(()),
+            "{}",
+            p.name
+        );
+    }
+    assert_eq!(batching, 3, "meta_capi, tiktok_events, google_ads");
+}
+
+#[test]
 fn without_consent_meta_gets_nothing_and_the_event_is_skipped_not_sent() {
     // Meta (M2): user_data is required. Without consent every identifier is dropped,
     // so the event is skipped with a reason instead of being sent to be refused.

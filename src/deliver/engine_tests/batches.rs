@@ -323,7 +323,7 @@ async fn congestion_brings_the_limit_down() {
     // Overloaded: every other answer is a 503 (no Retry-After).
     partner.respond_with(move |_| {
         let n = s.fetch_add(1, Ordering::SeqCst);
-        Some(if n % 2 == 0 {
+        Some(if n.is_multiple_of(2) {
             Reply::status(503).delay(Duration::from_millis(50))
         } else {
             Reply::ok().delay(Duration::from_millis(50))

@@ -97,7 +97,7 @@ pub fn read_batch(
 
 /// A custom body can be joined at `path`: a JSON body whose `path` is a list, and
 /// no value outside it taken from the event.
-fn check_body(body: &Body, path: &str) -> Result<(), String> {
+pub fn check_body(body: &Body, path: &str) -> Result<(), String> {
     let Body::Json(node) = body else {
         return Err(
             "[batch] joins the lists of JSON bodies: write a [body] with the list at `path`".into(),
