@@ -20,8 +20,8 @@
 //!
 //! In flight is not a rate: against a partner that answers in a millisecond, one
 //! request in flight is a thousand a second. So a partner's own rate limit (a 429)
-//! also sets a **learned rate**: the requests it took in the last second, less 10%,
-//! at most one cut per second; request starts are then paced to it, and it grows by
+//! also sets a **learned rate**: the requests it took in the last second, less 10%
+//! (a later 429 cuts the rate by 10%, at most once a second); request starts are then paced to it, and it grows by
 //! 10% for each second without a 429 in which the pacing held a request back. A
 //! partner limited to N requests a second is thus sent more than N only in the
 //! seconds where the learned rate probes past it. The destination's own
@@ -97,8 +97,10 @@ pub struct Controller {
 
 /// Share of the last second's requests the learned rate keeps after a 429.
 const RATE_CUT: f64 = 0.9;
-/// Growth of the learned rate per second without a 429 in which it held requests back.
-const RATE_GROWTH: f64 = 1.1;
+/// Growth of the learned rate per second without a 429 in which it held requests back
+/// (additive: 2% of the rate, so it probes past a partner's limit only every few
+/// seconds, and by little).
+const RATE_GROWTH: f64 = 0.02;
 
 impl Controller {
     pub fn new(ceiling: usize, now: Instant) -> Controller {
@@ -147,12 +149,11 @@ impl Controller {
                     .last_cut
                     .is_some_and(|at| now.saturating_duration_since(at) < Duration::from_secs(1));
                 if !recent {
-                    let took = (self.taken.len() as f64 * RATE_CUT).max(1.0);
-                    self.rate = Some(
-                        self.rate
-                            .map_or(took, |r| (r * RATE_CUT).min(took))
-                            .max(1.0),
-                    );
+                    // The first 429 sets the rate from what the partner took; later
+                    // ones cut the rate (what was taken just after a pause says
+                    // little about the partner's limit).
+                    let took = self.taken.len() as f64 * RATE_CUT;
+                    self.rate = Some(self.rate.map_or(took, |r| r * RATE_CUT).max(1.0));
                     self.last_cut = Some(now);
                     self.rate_second = now;
                     self.paced = false;
@@ -162,7 +163,7 @@ impl Controller {
         }
         if now.saturating_duration_since(self.rate_second) >= Duration::from_secs(1) {
             if self.paced {
-                self.rate = self.rate.map(|r| r * RATE_GROWTH);
+                self.rate = self.rate.map(|r| r + (r * RATE_GROWTH).max(1.0));
             }
             self.rate_second = now;
             self.paced = false;
@@ -189,7 +190,9 @@ impl Controller {
         self.learn_rate(now, signal);
         match signal {
             Signal::Nothing => {}
-            Signal::Congested | Signal::RateLimited => self.congested = true,
+            // A rate limit is the learned rate's business, not the concurrency's.
+            Signal::Congested => self.congested = true,
+            Signal::RateLimited => {}
             Signal::Fine => {
                 self.samples += 1;
                 self.rtt_sum += rtt.as_secs_f64();
@@ -516,12 +519,12 @@ mod tests {
         // More 429s of the same burst do not cut again within the second.
         c.record(now, Duration::from_millis(100), Signal::RateLimited);
         assert_eq!(c.rate(), Some(r));
-        // A second without 429 in which pacing held requests back: +10%.
+        // A second without 429 in which pacing held requests back: +2%.
         c.paced();
         now += Duration::from_millis(1001);
         c.record(now, Duration::from_millis(100), Signal::Fine);
         let grown = c.rate().expect("still learned");
-        assert!((grown / r - 1.1).abs() < 1e-9, "{grown} vs {r}");
+        assert!((grown / r - 1.02).abs() < 1e-9, "{grown} vs {r}");
         // Not binding: no growth.
         now += Duration::from_millis(1001);
         c.record(now, Duration::from_millis(100), Signal::Fine);

@@ -233,7 +233,14 @@ impl Flight<'_> {
             ),
         };
         let now = self.ctx.opts.clock.instant();
-        lock(&self.worker.breaker).record(health, now);
+        // A 429 is a partner pacing us, not a partner down: the learned rate and the
+        // Retry-After pause answer it, the breaker does not open on it.
+        let breaker_health = if status == Some(429) {
+            Health::Up
+        } else {
+            health
+        };
+        lock(&self.worker.breaker).record(breaker_health, now);
         let signal = match health {
             _ if status == Some(429) => Signal::RateLimited,
             Health::Down => Signal::Congested,
