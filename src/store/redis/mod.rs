@@ -141,8 +141,8 @@ const COMMON: &str = include_str!("lua/common.lua");
 
 pub struct RedisStore {
     inner: Arc<Inner>,
-    /// The claim-renewal task: `close` ends it and waits for it.
-    touch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The claim-renewal and late-settle tasks: `close` ends them and waits for them.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 struct Inner {
@@ -155,6 +155,10 @@ struct Inner {
     scripts: Scripts,
     /// Claims this process holds: delivery ID -> (destination, stream entry).
     held: Mutex<HashMap<String, (String, String)>>,
+    /// Settles Redis did not take (it was away): delivery ID -> the settle script's
+    /// arguments. Written by `settle_later` once Redis answers; their claims are
+    /// renewed meanwhile, so no other relay sends them again.
+    unsettled: Mutex<HashMap<String, Vec<Vec<u8>>>>,
     lost: AtomicBool,
     closed: AtomicBool,
     /// The commit counter as this relay saw it (`data_dir/redis.mark`).
@@ -200,6 +204,28 @@ async fn touch_claims(inner: Weak<Inner>) {
                 tracing::warn!(destination = %dest, error = %e, "cannot renew claims in Redis");
             }
         }
+    }
+}
+
+/// Writes the settles Redis did not take, as soon as it answers again. Ends when
+/// the store is dropped or closed.
+async fn settle_later(inner: Weak<Inner>) {
+    const EVERY: Duration = Duration::from_millis(200);
+    let mut pause = EVERY;
+    loop {
+        tokio::time::sleep(pause).await;
+        let Some(i) = inner.upgrade() else { return };
+        if i.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        if lock(&i.unsettled).is_empty() {
+            pause = EVERY;
+            continue;
+        }
+        pause = match i.flush_unsettled().await {
+            Ok(_) => EVERY,
+            Err(_) => (pause * 2).min(Duration::from_secs(2)),
+        };
     }
 }
 
@@ -345,10 +371,52 @@ impl Inner {
         for f in &del {
             args.extend(args![f]);
         }
-        let _: i64 = self.run(&self.scripts.settle, args).await?;
-        lock(&self.held).remove(id);
-        self.committed(1, started);
-        Ok(())
+        match self.run::<i64>(&self.scripts.settle, args.clone()).await {
+            Ok(_) => {
+                lock(&self.unsettled).remove(id);
+                lock(&self.held).remove(id);
+                self.committed(1, started);
+                Ok(())
+            }
+            // Closed, or Redis lost the data: nothing to write it to.
+            Err(e) if self.usable().is_err() => Err(e),
+            Err(e) => {
+                // Redis is away (or refuses writes): keep the outcome and write it once
+                // Redis answers. Dropping it would leave the claim held, and renewed,
+                // until this relay restarts.
+                tracing::warn!(delivery_id = %id, outcome = what, error = %e, "Redis did not take a delivery's outcome; it is kept and written once Redis answers");
+                lock(&self.unsettled).insert(id.to_owned(), args);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the settles Redis did not take. Stops at the first error; returns how
+    /// many were written.
+    async fn flush_unsettled(&self) -> StoreResult<usize> {
+        let pending: Vec<(String, Vec<Vec<u8>>)> = lock(&self.unsettled)
+            .iter()
+            .map(|(id, a)| (id.clone(), a.clone()))
+            .collect();
+        let mut written = 0;
+        for (id, args) in pending {
+            let _: i64 = self.run(&self.scripts.settle, args.clone()).await?;
+            let mut unsettled = lock(&self.unsettled);
+            // A newer settle of the same claim may have replaced it meanwhile.
+            if unsettled.get(&id) == Some(&args) {
+                unsettled.remove(&id);
+                drop(unsettled);
+                lock(&self.held).remove(&id);
+            }
+            written += 1;
+        }
+        if written > 0 {
+            tracing::info!(
+                deliveries = written,
+                "wrote the outcomes of deliveries Redis had not taken while it was away"
+            );
+        }
+        Ok(written)
     }
 
     /// After an accept: the replicas asked for have the write, or the sender is
@@ -484,6 +552,11 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let i = &self.inner;
+        if !lock(&i.unsettled).is_empty() {
+            // Outcomes first: a claim whose settle is still to be written must not
+            // come back to a worker before it is.
+            i.flush_unsettled().await?;
+        }
         let idle = ms(i.opts.claim_timeout);
         let rows: Vec<Vec<Vec<u8>>> = i
             .run(
@@ -720,9 +793,21 @@ impl Store for RedisStore {
     }
 
     async fn close(&self) {
-        self.inner.closed.store(true, Ordering::SeqCst);
-        let touch = lock(&self.touch).take();
-        if let Some(task) = touch {
+        let i = &self.inner;
+        if !lock(&i.unsettled).is_empty() {
+            // One last try; what Redis still does not take stays claimed by this
+            // consumer and goes to another relay after the claim timeout.
+            let flush = tokio::time::timeout(Duration::from_secs(2), i.flush_unsettled());
+            if !matches!(flush.await, Ok(Ok(_))) {
+                tracing::warn!(
+                    deliveries = lock(&i.unsettled).len(),
+                    "closing with delivery outcomes Redis did not take; other relays send them again after the claim timeout"
+                );
+            }
+        }
+        i.closed.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
+        for task in tasks {
             task.abort();
             let _ = task.await;
         }

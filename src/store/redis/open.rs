@@ -13,8 +13,8 @@ use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{
-    touch_claims, Inner, RedisOptions, RedisStore, Scripts, CONNECT_TIMEOUT, EPOCH_FILE, FORMAT,
-    RESPONSE_TIMEOUT,
+    settle_later, touch_claims, Inner, RedisOptions, RedisStore, Scripts, CONNECT_TIMEOUT,
+    EPOCH_FILE, FORMAT, RESPONSE_TIMEOUT,
 };
 
 /// The URL without its password, for messages.
@@ -77,6 +77,7 @@ impl RedisStore {
             secret,
             scripts,
             held: Mutex::new(HashMap::new()),
+            unsettled: Mutex::new(HashMap::new()),
             lost: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             seen,
@@ -90,10 +91,13 @@ impl RedisStore {
                 "took back the claims of this consumer's previous process"
             );
         }
-        let touch = tokio::spawn(touch_claims(Arc::downgrade(&inner)));
+        let tasks = vec![
+            tokio::spawn(touch_claims(Arc::downgrade(&inner))),
+            tokio::spawn(settle_later(Arc::downgrade(&inner))),
+        ];
         Ok(RedisStore {
             inner,
-            touch: std::sync::Mutex::new(Some(touch)),
+            tasks: Mutex::new(tasks),
         })
     }
 }

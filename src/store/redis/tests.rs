@@ -818,3 +818,45 @@ async fn an_accept_waits_for_the_replicas_asked_for() {
         .expect_err("there is only one replica");
     assert!(err.to_string().contains("only 1 of 2"), "{err}");
 }
+
+/// Issue 22, D1: a settle made while Redis is away is kept and written once Redis is
+/// back, by itself: the claim is not held (and renewed) until the relay restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_redis_did_not_take_is_written_once_it_is_back() {
+    let Some(mut server) = OwnRedis::start("a_settle_redis_did_not_take", true) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = RedisStore::open(options(&server.url(), "late", "c1", dir.path()))
+        .await
+        .expect("open");
+    s.accept(vec![event(key(1), &["a"]), event(key(2), &["a"])], NOW)
+        .await
+        .expect("accept");
+    let held = s.claim_due("a", NOW, 10).await.expect("claim");
+    assert_eq!(held.len(), 2);
+    server.kill();
+    s.complete(&held[0].id).await.expect("kept for later");
+    let mut again = held[1].clone();
+    again.attempts = 1;
+    again.next_attempt_at = NOW + 60_000;
+    s.retry_later(again).await.expect("kept for later");
+    assert_eq!(lock(&s.inner.unsettled).len(), 2);
+    server.run();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let state = |id: String| {
+        let s = &s;
+        async move { s.lookup(&id).await.ok().flatten().map(|st| st.state) }
+    };
+    while std::time::Instant::now() < deadline
+        && (state(held[0].id.clone()).await != Some("delivered")
+            || state(held[1].id.clone()).await != Some("retrying"))
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state(held[0].id.clone()).await, Some("delivered"));
+    assert_eq!(state(held[1].id.clone()).await, Some("retrying"));
+    assert!(lock(&s.inner.unsettled).is_empty());
+    assert!(lock(&s.inner.held).is_empty(), "no claim left to renew");
+    assert_eq!(counts_of(&s).await, vec![c("a", 1, 0)]);
+}
