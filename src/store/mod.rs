@@ -133,6 +133,10 @@ pub enum StoreError {
     },
     /// The store could not do the operation (I/O, fsync, corruption, unreachable).
     Unavailable(String),
+    /// The write was sent, but whether it was applied is not known (the connection
+    /// dropped before the answer; too few replicas confirmed it in time). Retrying
+    /// the same request is safe: dedupe answers "duplicate" for what did get in.
+    Unknown(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -140,6 +144,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Full { reason, .. } => write!(f, "store full: {reason}"),
             StoreError::Unavailable(e) => write!(f, "store unavailable: {e}"),
+            StoreError::Unknown(e) => write!(f, "store outcome unknown: {e}"),
         }
     }
 }
@@ -152,6 +157,15 @@ impl StoreError {
         match self {
             StoreError::Full { retry_after, .. } => *retry_after,
             StoreError::Unavailable(_) => Duration::from_secs(5),
+            StoreError::Unknown(_) => Duration::from_secs(2),
+        }
+    }
+
+    /// What a sender is told became of its request after this error.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            StoreError::Unknown(_) => "whether the events were accepted is unknown; retry with the same webhook-id (events that did get in come back as duplicates)",
+            _ => "nothing was accepted, retry later",
         }
     }
 }

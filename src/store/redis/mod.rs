@@ -27,6 +27,7 @@ mod open;
 mod record;
 #[cfg(test)]
 mod tests;
+mod wait;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -155,6 +156,9 @@ struct Inner {
     scripts: Scripts,
     /// Claims this process holds: delivery ID -> (destination, stream entry).
     held: Mutex<HashMap<String, (String, String)>>,
+    /// Confirms accepts with `WAIT` on connections of its own (`wait.rs`); `None`
+    /// when no replica is asked for.
+    waiter: Option<wait::Waiter>,
     /// Settles Redis did not take (it was away): delivery ID -> the settle script's
     /// arguments. Written by `settle_later` once Redis answers; their claims are
     /// renewed meanwhile, so no other relay sends them again.
@@ -251,14 +255,26 @@ impl Inner {
         script: &Script,
         args: Vec<Vec<u8>>,
     ) -> StoreResult<T> {
-        self.usable()?;
+        self.run_raw(script, args).await.map_err(|e| match e {
+            Ok(e) => self.error(e),
+            Err(e) => e,
+        })
+    }
+
+    /// `run`, with Redis's own error unclassified (`Err(Ok(_))`).
+    async fn run_raw<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        args: Vec<Vec<u8>>,
+    ) -> Result<T, Result<RedisError, StoreError>> {
+        self.usable().map_err(Err)?;
         let mut inv = script.prepare_invoke();
         inv.arg(&self.p).arg(&self.epoch);
         for a in args {
             inv.arg(a);
         }
         let mut conn = self.conn.clone();
-        inv.invoke_async(&mut conn).await.map_err(|e| self.error(e))
+        inv.invoke_async(&mut conn).await.map_err(Ok)
     }
 
     /// Classifies a Redis error; notes a data loss.
@@ -420,25 +436,35 @@ impl Inner {
     }
 
     /// After an accept: the replicas asked for have the write, or the sender is
-    /// told to try again.
+    /// told the outcome is unknown (the script ran; a replica may not have it).
     async fn wait_for_replicas(&self) -> StoreResult<()> {
         let want = self.opts.wait_replicas;
-        if want == 0 {
+        let Some(waiter) = &self.waiter else {
             return Ok(());
-        }
-        let got: u32 = redis::cmd("WAIT")
-            .arg(want)
-            .arg(ms(self.opts.wait_timeout))
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(|e| self.error(e))?;
+        };
+        let timeout = self.opts.wait_timeout;
+        let got = waiter.confirm().await.map_err(|e| {
+            StoreError::Unknown(format!(
+                "the write reached Redis, but no replica confirmation could be had ({e})"
+            ))
+        })?;
         if got < want {
-            return Err(StoreError::Unavailable(format!(
-                "only {got} of {want} Redis replicas confirmed the write in time"
+            return Err(StoreError::Unknown(format!(
+                "the write reached Redis, but only {got} of {want} replicas confirmed it within {timeout:?}"
             )));
         }
         Ok(())
     }
+}
+
+/// An accept's script error: a refusal Redis answered (full, out of memory, data
+/// lost) changed nothing; a dropped connection or a timeout may have come after the
+/// script ran.
+fn accept_error(i: &Inner, e: RedisError) -> StoreError {
+    if e.code().is_none() && !e.is_connection_refusal() {
+        return StoreError::Unknown(format!("Redis did not answer the accept: {e}"));
+    }
+    i.error(e)
 }
 
 const LOST: &str = "Redis lost the relay's data (restart without persistence, flush, failover to an empty or lagging replica, or restore of an older snapshot); restart the relay to go on";
@@ -521,15 +547,23 @@ impl Store for RedisStore {
         let started = Instant::now();
         let AcceptArgs { args, ids } = accept_args(i, &events, now_ms)?;
         let before = i.seen.get();
-        let reply: Vec<i64> = i.run(&i.scripts.accept, args).await?;
+        let reply: Vec<i64> = i
+            .run_raw(&i.scripts.accept, args)
+            .await
+            .map_err(|e| match e {
+                Ok(e) => accept_error(i, e),
+                Err(e) => e,
+            })?;
         let (commit, flags) = reply.split_first().map_or((0, &[][..]), |(c, f)| (*c, f));
         let commit = u64::try_from(commit).unwrap_or(0);
         if commit <= before {
             i.note_went_back(commit, before);
             return Err(StoreError::Unavailable(LOST.into()));
         }
-        i.seen.saw(commit);
         i.wait_for_replicas().await?;
+        // Only now: the mark counts acknowledged commits. A failover to a replica
+        // that lost only writes answered "unknown" is no going back in time.
+        i.seen.saw(commit);
         i.committed(1, started);
         Ok(flags
             .iter()

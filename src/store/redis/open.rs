@@ -12,6 +12,7 @@ use std::time::Duration;
 use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::wait::{self, Waiter};
 use super::{
     settle_later, touch_claims, Inner, RedisOptions, RedisStore, Scripts, CONNECT_TIMEOUT,
     EPOCH_FILE, FORMAT, RESPONSE_TIMEOUT,
@@ -44,7 +45,7 @@ impl RedisStore {
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
-        let mut conn = ConnectionManager::new_with_config(client, config)
+        let mut conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| format!("cannot reach Redis at {where_}: {e}"))?;
         let p = format!("{{{}}}", opts.prefix);
@@ -69,6 +70,9 @@ impl RedisStore {
             &where_,
         )?;
         warn_about_settings(&mut conn, &where_).await;
+        let waiter = waiter(&client, &opts, &p)
+            .await
+            .map_err(|e| format!("cannot reach Redis at {where_}: {e}"))?;
         let inner = Arc::new(Inner {
             conn,
             opts,
@@ -77,6 +81,7 @@ impl RedisStore {
             secret,
             scripts,
             held: Mutex::new(HashMap::new()),
+            waiter,
             unsettled: Mutex::new(HashMap::new()),
             lost: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -100,6 +105,33 @@ impl RedisStore {
             tasks: Mutex::new(tasks),
         })
     }
+}
+
+/// With `wait_replicas`, the connections `WAIT` runs on (`wait.rs`): their response
+/// timeout leaves room for the wait.
+async fn waiter(
+    client: &redis::Client,
+    opts: &RedisOptions,
+    p: &str,
+) -> Result<Option<Waiter>, redis::RedisError> {
+    if opts.wait_replicas == 0 {
+        return Ok(None);
+    }
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(opts.wait_timeout + RESPONSE_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    let mut conns = Vec::with_capacity(wait::POOL);
+    for _ in 0..wait::POOL {
+        conns.push(ConnectionManager::new_with_config(client.clone(), config.clone()).await?);
+    }
+    Ok(Some(Waiter::start(
+        conns,
+        format!("{p}:waited"),
+        opts.wait_replicas,
+        opts.wait_timeout,
+    )))
 }
 
 /// The client for `redis_url`, trusting `ca` when given.

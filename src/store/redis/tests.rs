@@ -860,3 +860,246 @@ async fn a_settle_redis_did_not_take_is_written_once_it_is_back() {
     assert!(lock(&s.inner.held).is_empty(), "no claim left to renew");
     assert_eq!(counts_of(&s).await, vec![c("a", 1, 0)]);
 }
+
+/// A TCP proxy on a port of its own to a target port that can change; it can pause
+/// (hold every byte, both ways: a replication link that stalls) and cut every
+/// connection (the held bytes are lost).
+struct Proxy {
+    port: u16,
+    target: Arc<std::sync::atomic::AtomicU16>,
+    paused: tokio::sync::watch::Sender<bool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let target = Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let (paused, _) = tokio::sync::watch::channel(false);
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (t, p, c) = (target.clone(), paused.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((down, _)) = l.accept().await {
+                let to = t.load(Ordering::SeqCst);
+                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                let mut held = lock(&c);
+                held.push(tokio::spawn(pump(dr, uw, p.subscribe())));
+                held.push(tokio::spawn(pump(ur, dw, p.subscribe())));
+            }
+        });
+        Proxy {
+            port,
+            target,
+            paused,
+            conns,
+            accept,
+        }
+    }
+
+    fn pause(&self, on: bool) {
+        self.paused.send_replace(on);
+    }
+
+    /// New connections go to `port`.
+    fn switch(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
+    }
+
+    fn cut(&self) {
+        for c in lock(&self.conns).drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if paused.wait_for(|p| !*p).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A primary and a replica that replicates it through `Proxy` (to stall the link).
+struct Replicated {
+    primary: OwnRedis,
+    replica: OwnRedis,
+    link: Proxy,
+}
+
+impl Replicated {
+    async fn start(test: &str) -> Option<Replicated> {
+        let primary = OwnRedis::start(test, false)?;
+        let link = Proxy::start(primary.port).await;
+        let mut replica = OwnRedis::start(test, false)?;
+        replica.replica_of = Some(link.port);
+        replica.kill();
+        replica.run();
+        Some(Replicated {
+            primary,
+            replica,
+            link,
+        })
+    }
+}
+
+/// Accepts throwaway events until one is confirmed by the replica (it may still be
+/// syncing at first).
+async fn until_in_sync(s: &RedisStore) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut k = 1_000_000;
+    while std::time::Instant::now() < deadline {
+        k += 1;
+        if s.accept(vec![event(key(k), &["sync"])], NOW).await.is_ok() {
+            return;
+        }
+    }
+    panic!("the replica never confirmed an accept");
+}
+
+/// Issue 22, D4: `WAIT` for a replica whose link stalled blocks neither the other
+/// accepts (each answers within the wait timeout, not one after the other) nor
+/// `/readyz`; the answer says the outcome is unknown, and a retry of the same events
+/// finds them in (duplicates), which is what makes "retry" safe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_stalled_replica_holds_up_nothing_else_and_says_unknown() {
+    let Some(r) = Replicated::start("waiting_for_a_stalled_replica").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = options(&r.primary.url(), "stall", "c1", dir.path());
+    o.wait_replicas = 1;
+    o.wait_timeout = Duration::from_secs(1);
+    let s = Arc::new(RedisStore::open(o).await.expect("open"));
+    until_in_sync(&s).await;
+    r.link.pause(true);
+    let started = std::time::Instant::now();
+    let mut accepts = tokio::task::JoinSet::new();
+    for k in 0..16u64 {
+        let s = s.clone();
+        accepts.spawn(async move { s.accept(vec![event(key(k), &["a"])], NOW).await });
+    }
+    let asked = std::time::Instant::now();
+    s.ready().await.expect("ready while accepts wait");
+    assert!(
+        asked.elapsed() < Duration::from_millis(700),
+        "/readyz waited {:?} behind WAIT",
+        asked.elapsed()
+    );
+    while let Some(out) = accepts.join_next().await {
+        let err = out.expect("join").expect_err("no replica confirms");
+        assert!(matches!(err, StoreError::Unknown(_)), "{err}");
+        assert!(err.outcome().contains("unknown"), "{}", err.outcome());
+        assert!(err.to_string().contains("only 0 of 1"), "{err}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(3_500),
+        "16 accepts took {:?} with a 1 s wait timeout",
+        started.elapsed()
+    );
+    r.link.pause(false);
+    let mut o = options(&r.primary.url(), "stall", "c2", dir.path());
+    o.wait_replicas = 1;
+    o.wait_timeout = Duration::from_secs(10);
+    let again = RedisStore::open(o).await.expect("open");
+    let events: Vec<_> = (0..16u64).map(|k| event(key(k), &["a"])).collect();
+    let out = again.accept(events, NOW).await.expect("confirmed now");
+    assert!(
+        out.iter().all(|o| *o == AcceptOutcome::Duplicate),
+        "the events answered 'unknown' did get in: {out:?}"
+    );
+}
+
+/// Issue 22, D3: with `wait_replicas = 1`, writes answered "unknown" (no replica
+/// confirmed them) are not counted in `redis.mark`: a failover to the replica that
+/// never got them is not "Redis went back in time", and the relay goes on (ready,
+/// and it starts again); the sender's retry puts the lost events in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_that_lost_only_unconfirmed_writes_does_not_halt_the_relay() {
+    let Some(mut r) = Replicated::start("a_failover_that_lost_only_unconfirmed").await else {
+        return;
+    };
+    let front = Proxy::start(r.primary.port).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("redis://127.0.0.1:{}", front.port);
+    let mut o = options(&url, "failover", "c1", dir.path());
+    o.wait_replicas = 1;
+    o.wait_timeout = Duration::from_millis(500);
+    let s = RedisStore::open(o.clone()).await.expect("open");
+    until_in_sync(&s).await;
+    for k in 1..=3 {
+        s.accept(vec![event(key(k), &["a"])], NOW)
+            .await
+            .expect("confirmed");
+    }
+    r.link.pause(true);
+    for k in 10..13 {
+        let err = s
+            .accept(vec![event(key(k), &["a"])], NOW)
+            .await
+            .expect_err("unconfirmed");
+        assert!(matches!(err, StoreError::Unknown(_)), "{err}");
+    }
+    // The primary dies; the replica, which never got those three, takes over.
+    r.primary.kill();
+    r.link.cut();
+    let mut conn = ::redis::Client::open(r.replica.url().as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect to the replica");
+    let _: () = ::redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut conn)
+        .expect("promote");
+    front.switch(r.replica.port);
+    front.cut();
+    assert!(
+        becomes_ready(&s, Duration::from_secs(10)).await,
+        "not ready after the failover: {:?}",
+        s.ready().await
+    );
+    drop(s);
+    o.wait_replicas = 0;
+    let s = RedisStore::open(o)
+        .await
+        .expect("starts on the promoted replica");
+    for k in 1..=3 {
+        let out = s.accept(vec![event(key(k), &["a"])], NOW).await;
+        assert_eq!(out, Ok(vec![AcceptOutcome::Duplicate]), "confirmed: kept");
+    }
+    for k in 10..13 {
+        let out = s
+            .accept(vec![event(key(k), &["a"])], NOW)
+            .await
+            .expect("accept");
+        assert!(
+            matches!(out[0], AcceptOutcome::Accepted { .. }),
+            "lost, retried: in"
+        );
+    }
+}
