@@ -238,7 +238,8 @@ pub trait Store: Send + Sync + 'static {
     async fn purge(&self, now_ms: i64) -> StoreResult<(usize, usize)>;
 
     /// Where one delivery stands, if the store still knows it (delivered ones are
-    /// remembered for the dead-letter retention).
+    /// remembered for a while: the embedded store for the dead-letter retention,
+    /// Redis for its receipt retention).
     async fn lookup(&self, id: &str) -> StoreResult<Option<DeliveryStatus>>;
 
     /// The destination is gone (its rule file removed): move everything still queued

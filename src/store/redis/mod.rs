@@ -62,7 +62,10 @@ pub struct RedisOptions {
     pub claim_timeout: Duration,
     pub dedupe_window: Duration,
     pub max_queued: u64,
+    /// How long dead letters are kept.
     pub dlq_retention: Duration,
+    /// How long a delivered delivery's receipt is kept (for `lookup`).
+    pub receipt_retention: Duration,
     /// Replicas that must confirm an accept before the 202 (`WAIT`); 0: none.
     pub wait_replicas: u32,
     pub wait_timeout: Duration,
@@ -379,7 +382,7 @@ impl Inner {
     ) -> StoreResult<()> {
         let started = Instant::now();
         let (set, del) = d.map(outcome_fields).unwrap_or_default();
-        let retention = ms(self.opts.dlq_retention).max(1);
+        let retention = ms(self.opts.receipt_retention).max(1);
         let mut args = args![id, what, now, retention, set.len()];
         for (f, v) in &set {
             args.extend(args![f, v]);

@@ -51,6 +51,7 @@ fn options(url: &str, prefix: &str, consumer: &str, dir: &Path) -> RedisOptions 
         dedupe_window: Duration::from_secs(7 * 86_400),
         max_queued: 1_000_000,
         dlq_retention: Duration::from_secs(14 * 86_400),
+        receipt_retention: Duration::from_secs(86_400),
         wait_replicas: 0,
         wait_timeout: Duration::from_secs(1),
         ca: None,
@@ -1102,4 +1103,110 @@ async fn a_failover_that_lost_only_unconfirmed_writes_does_not_halt_the_relay() 
             "lost, retried: in"
         );
     }
+}
+
+/// Memory one delivered delivery leaves in Redis, as README's sizing section states
+/// it: a receipt of at most this many bytes for `redis_receipt_retention` ...
+const RECEIPT_BYTES: u64 = 250;
+/// ... and a dedupe mark of at most this many for the dedupe window.
+const MARK_BYTES: u64 = 200;
+
+fn used_memory(conn: &mut ::redis::Connection) -> u64 {
+    let info: String = ::redis::cmd("INFO")
+        .arg("memory")
+        .query(conn)
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory")
+}
+
+/// Issue 22, D5: a drained delivery leaves a receipt that expires after the receipt
+/// retention (not the dead-letter retention), and Redis memory after draining N
+/// deliveries is bounded by N x (receipt + mark) as README's sizing section says; once
+/// the receipts expire, only the marks are left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_deliveries_leave_receipts_bounded_in_size_and_time() {
+    let Some(server) = OwnRedis::start("drained_deliveries_leave_receipts_bounded", false) else {
+        return;
+    };
+    const N: u64 = 2_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = options(&server.url(), "sizing", "c1", dir.path());
+    o.receipt_retention = Duration::from_secs(2);
+    let s = RedisStore::open(o).await.expect("open");
+    let mut conn = ::redis::Client::open(server.url().as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    // The per-destination keys exist before the measure starts.
+    s.accept(vec![event(key(u64::MAX), &["a"])], NOW)
+        .await
+        .expect("accept");
+    for d in s.claim_due("a", NOW, 10).await.expect("claim") {
+        s.complete(&d.id).await.expect("complete");
+    }
+    let before = used_memory(&mut conn);
+    let mut ids = Vec::new();
+    for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
+        let events = chunk.iter().map(|k| event(key(*k), &["a"])).collect();
+        for o in s.accept(events, NOW).await.expect("accept") {
+            ids.extend(contract::ids(&o));
+        }
+    }
+    let mut drained = 0;
+    while drained < N {
+        let got = s.claim_due("a", NOW, 100).await.expect("claim");
+        assert!(!got.is_empty(), "drained {drained} of {N}");
+        for d in got {
+            s.complete(&d.id).await.expect("complete");
+            drained += 1;
+        }
+    }
+    let grown = used_memory(&mut conn).saturating_sub(before);
+    let per = grown / N;
+    eprintln!("{N} drained deliveries: {grown} bytes, {per} per delivery");
+    assert!(
+        grown <= N * (RECEIPT_BYTES + MARK_BYTES),
+        "{per} bytes per drained delivery, more than README says ({RECEIPT_BYTES} + {MARK_BYTES})"
+    );
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(format!("{{sizing}}:r:{}", ids[0]))
+        .query(&mut conn)
+        .expect("pttl");
+    assert!(
+        (1..=2_000).contains(&ttl),
+        "a receipt expires after the receipt retention, not the dead letters' ({ttl} ms)"
+    );
+    let receipts = |conn: &mut ::redis::Connection| -> usize {
+        ::redis::cmd("KEYS")
+            .arg("{sizing}:r:*")
+            .query::<Vec<String>>(conn)
+            .expect("keys")
+            .len()
+    };
+    assert_eq!(receipts(&mut conn), ids.len() + 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while receipts(&mut conn) > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(receipts(&mut conn), 0, "receipts expired");
+    let left = used_memory(&mut conn).saturating_sub(before);
+    eprintln!(
+        "after the receipts expired: {left} bytes, {} per delivery",
+        left / N
+    );
+    assert!(
+        left <= N * MARK_BYTES,
+        "{} bytes per delivery left once receipts expired, more than a mark ({MARK_BYTES})",
+        left / N
+    );
+    let (xlen, retry): (u64, u64) = ::redis::pipe()
+        .cmd("XLEN")
+        .arg("{sizing}:q:a")
+        .cmd("ZCARD")
+        .arg("{sizing}:retry:a")
+        .query(&mut conn)
+        .expect("stream");
+    assert_eq!((xlen, retry), (0, 0), "nothing else left per delivery");
 }
