@@ -1210,3 +1210,46 @@ async fn drained_deliveries_leave_receipts_bounded_in_size_and_time() {
         .expect("stream");
     assert_eq!((xlen, retry), (0, 0), "nothing else left per delivery");
 }
+
+/// Issue 22, D2: a dead relay's claims go to a live one within the claim timeout
+/// plus a second, ahead of a backlog of fresh entries the live one cannot drain that
+/// fast (it takes 10 deliveries every 100 ms, as a worker with a slow partner would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_relays_claims_are_taken_over_ahead_of_the_backlog() {
+    let Some(url) = test_redis("a_dead_relays_claims_are_taken_over_ahead_of_the_backlog") else {
+        return;
+    };
+    let one = OnRedis::new(&url);
+    let timeout = Duration::from_secs(2);
+    let dying = one.open_another("dying", timeout);
+    let heir = one.open_another("heir", timeout);
+    let events = (0..5).map(|k| event(key(k), &["x"])).collect();
+    dying.accept(events, NOW).await.expect("accept");
+    let held: Vec<String> = dying
+        .claim_due("x", NOW, 10)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(held.len(), 5);
+    drop(dying);
+    let died = std::time::Instant::now();
+    for batch in 0..10u64 {
+        let events = (0..100).map(|k| event(key(1000 + batch * 100 + k), &["x"]));
+        heir.accept(events.collect(), NOW).await.expect("accept");
+    }
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    let mut taken = 0;
+    while taken < held.len() && died.elapsed() < Duration::from_secs(30) {
+        pace.tick().await;
+        let got = heir.claim_due("x", NOW, 10).await.expect("claim");
+        taken += got.iter().filter(|d| held.contains(&d.id)).count();
+    }
+    assert_eq!(taken, held.len());
+    assert!(
+        died.elapsed() <= timeout + Duration::from_secs(1),
+        "the dead relay's claims were taken {:?} after it died (claim timeout {timeout:?})",
+        died.elapsed()
+    );
+}
