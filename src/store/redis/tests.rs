@@ -1253,3 +1253,28 @@ async fn a_dead_relays_claims_are_taken_over_ahead_of_the_backlog() {
         died.elapsed()
     );
 }
+
+/// Issue 22: `rediss://` to a port that speaks plain text is refused at once, saying
+/// what was tried, instead of a TLS handshake that waits 13 s and says "timed out".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_plain_text_port_is_a_quick_clear_error() {
+    let Some(url) = test_redis("tls_to_a_plain_text_port_is_a_quick_clear_error") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = url.replacen("redis://", "rediss://", 1);
+    let started = std::time::Instant::now();
+    let e = RedisStore::open(options(&tls, &random_prefix(), "c1", dir.path()))
+        .await
+        .err()
+        .expect("no TLS there");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        e.contains("rediss://") && e.contains("plain-text") && e.contains("redis://"),
+        "{e}"
+    );
+}
