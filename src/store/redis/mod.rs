@@ -14,9 +14,11 @@
 //! | `{P}:q:<dest>` | stream | entry `i` = delivery ID; entry time = due time |
 //! | `{P}:retry:<dest>` | sorted set | delivery ID -> due (ms) |
 //! | `{P}:dead:<dest>` | sorted set | delivery ID -> dead at (ms) |
-//! | `{P}:r:<id>` | hash | the delivery (`record.rs`); a delivered one's receipt expires |
+//! | `{P}:r:<id>` | hash | the delivery (`record.rs`); a delivered one's receipt expires after `receipt_retention` |
 //! | `{P}:counts` | hash | `q:<dest>`, `d:<dest>`, `total`: counts without scanning |
 //! | `{P}:dests`, `{P}:top` | set, hash | destinations; each stream's latest entry time |
+//! | `{P}:scan` | hash | per stream, where the next `XAUTOCLAIM` goes on |
+//! | `{P}:waited` | string | written by each `WAIT` round (`wait.rs`) |
 //!
 //! Every script first checks `{P}:meta`'s epoch against the one this relay opened:
 //! if Redis lost its data, the relay says so (`ready() == false`, writes answer
