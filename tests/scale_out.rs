@@ -375,3 +375,35 @@ async fn deliveries_in_flight_through_a_redis_outage_are_settled_once_it_is_back
     assert_eq!(v["destinations"][0]["dlq_size"].as_u64(), Some(0), "{v}");
     relay.stop().await;
 }
+
+/// Issue 22, D4: with `redis_wait_replicas = 1` and no replica to confirm, the accept
+/// reached Redis but cannot be confirmed: the 503 says the outcome is unknown and to
+/// retry with the same webhook-id, never "nothing was accepted".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_accept_is_a_503_saying_the_outcome_is_unknown() {
+    let Some(store) = TestStore::redis("an_unconfirmed_accept_is_a_503") else {
+        return;
+    };
+    let partner = FakePartner::start().await.expect("partner");
+    let config = format!(
+        "{}redis_wait_replicas = 1\nredis_wait_timeout = \"100ms\"\n",
+        store.config("2s")
+    );
+    let relay = TestRelay::start(&[("aff", &rule(&partner.url("/pb"), "5s"))], &config).await;
+    let (s, v, headers) = relay
+        .post_signed(
+            "m-1",
+            &event("ev-1", "purchase", "clk-1"),
+            "application/json",
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("unknown") && error.contains("same webhook-id"),
+        "{error}"
+    );
+    assert!(!error.contains("nothing was accepted"), "{error}");
+    relay.stop().await;
+}

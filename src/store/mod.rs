@@ -156,8 +156,7 @@ impl StoreError {
     pub fn retry_after(&self) -> Duration {
         match self {
             StoreError::Full { retry_after, .. } => *retry_after,
-            StoreError::Unavailable(_) => Duration::from_secs(5),
-            StoreError::Unknown(_) => Duration::from_secs(2),
+            StoreError::Unavailable(_) | StoreError::Unknown(_) => Duration::from_secs(5),
         }
     }
 
