@@ -392,7 +392,10 @@ impl Inner {
         for f in &del {
             args.extend(args![f]);
         }
-        match self.run::<i64>(&self.scripts.settle, args.clone()).await {
+        match self
+            .run_raw::<i64>(&self.scripts.settle, args.clone())
+            .await
+        {
             Ok(_) => {
                 lock(&self.unsettled).remove(id);
                 lock(&self.held).remove(id);
@@ -400,16 +403,28 @@ impl Inner {
                 Ok(())
             }
             // Closed, or Redis lost the data: nothing to write it to.
-            Err(e) if self.usable().is_err() => Err(e),
-            Err(e) => {
-                // Redis is away (or refuses writes): keep the outcome and write it once
-                // Redis answers. Dropping it would leave the claim held, and renewed,
-                // until this relay restarts.
+            Err(Err(e)) => Err(e),
+            Err(Ok(e)) if transient(&e) && self.usable().is_ok() => {
+                // Redis is away (or refuses writes for now): keep the outcome and
+                // write it once Redis answers. Dropping it would leave the claim held,
+                // and renewed, until this relay restarts.
                 tracing::warn!(delivery_id = %id, outcome = what, error = %e, "Redis did not take a delivery's outcome; it is kept and written once Redis answers");
                 lock(&self.unsettled).insert(id.to_owned(), args);
                 Ok(())
             }
+            Err(Ok(e)) => {
+                self.give_up(id);
+                Err(self.error(e))
+            }
         }
+    }
+
+    /// A settle that can never be written as it is: stop renewing its claim, so the
+    /// delivery goes to a relay after the claim timeout instead of being held until
+    /// this one restarts.
+    fn give_up(&self, id: &str) {
+        lock(&self.unsettled).remove(id);
+        lock(&self.held).remove(id);
     }
 
     /// Writes the settles Redis did not take. Stops at the first error; returns how
@@ -421,7 +436,20 @@ impl Inner {
             .collect();
         let mut written = 0;
         for (id, args) in pending {
-            let _: i64 = self.run(&self.scripts.settle, args.clone()).await?;
+            match self
+                .run_raw::<i64>(&self.scripts.settle, args.clone())
+                .await
+            {
+                Ok(_) => {}
+                Err(Err(e)) => return Err(e),
+                Err(Ok(e)) if transient(&e) => return Err(self.error(e)),
+                Err(Ok(e)) => {
+                    tracing::error!(delivery_id = %id, error = %e, "cannot write the outcome of a delivery; it goes to a relay again after the claim timeout");
+                    self.give_up(&id);
+                    let _ = self.error(e);
+                    continue;
+                }
+            }
             let mut unsettled = lock(&self.unsettled);
             // A newer settle of the same claim may have replaced it meanwhile.
             if unsettled.get(&id) == Some(&args) {
@@ -460,6 +488,18 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// Whether a failed write may go through later as it is: Redis away, loading,
+/// failing over or out of memory; not a script error, which would fail again.
+fn transient(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || matches!(
+            e.code(),
+            Some("OOM" | "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY")
+        )
 }
 
 /// An accept's script error: a refusal Redis answered (full, out of memory, data

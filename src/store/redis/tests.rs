@@ -1278,3 +1278,35 @@ async fn tls_to_a_plain_text_port_is_a_quick_clear_error() {
         "{e}"
     );
 }
+
+/// A settle Redis refuses for good (here: a damaged record makes the script fail) is
+/// an error, and the claim is no longer renewed: it goes to a relay after the claim
+/// timeout instead of being held until this one restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_that_can_never_be_written_stops_holding_the_claim() {
+    let Some(url) = test_redis("a_settle_that_can_never_be_written") else {
+        return;
+    };
+    let on = OnRedis::new(&url);
+    let s = on.open_another("c2", Duration::from_secs(3600));
+    s.accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("accept");
+    let d = s.claim_due("a", NOW, 1).await.expect("claim").remove(0);
+    assert!(lock(&s.inner.held).contains_key(&d.id));
+    let mut conn = ::redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let _: i64 = ::redis::cmd("HDEL")
+        .arg(format!("{{{}}}:r:{}", on.prefix, d.id))
+        .arg("na")
+        .query(&mut conn)
+        .expect("damage the record");
+    let err = s.release(&d.id).await.expect_err("the script fails");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(
+        !lock(&s.inner.held).contains_key(&d.id),
+        "no longer renewed"
+    );
+    assert!(lock(&s.inner.unsettled).is_empty(), "not kept to retry");
+}
