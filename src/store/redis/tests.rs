@@ -1122,6 +1122,27 @@ fn used_memory(conn: &mut ::redis::Connection) -> u64 {
         .expect("used_memory")
 }
 
+/// Claims and completes `n` deliveries of `dest`.
+async fn drain(s: &RedisStore, dest: &str, n: u64) {
+    let mut drained = 0;
+    while drained < n {
+        let got = s.claim_due(dest, NOW, 100).await.expect("claim");
+        assert!(!got.is_empty(), "drained {drained} of {n}");
+        for d in got {
+            s.complete(&d.id).await.expect("complete");
+            drained += 1;
+        }
+    }
+}
+
+fn keys(conn: &mut ::redis::Connection, pattern: &str) -> usize {
+    ::redis::cmd("KEYS")
+        .arg(pattern)
+        .query::<Vec<String>>(conn)
+        .expect("keys")
+        .len()
+}
+
 /// Issue 22, D5: a drained delivery leaves a receipt that expires after the receipt
 /// retention (not the dead-letter retention), and Redis memory after draining N
 /// deliveries is bounded by N x (receipt + mark) as README's sizing section says; once
@@ -1154,15 +1175,7 @@ async fn drained_deliveries_leave_receipts_bounded_in_size_and_time() {
             ids.extend(contract::ids(&o));
         }
     }
-    let mut drained = 0;
-    while drained < N {
-        let got = s.claim_due("a", NOW, 100).await.expect("claim");
-        assert!(!got.is_empty(), "drained {drained} of {N}");
-        for d in got {
-            s.complete(&d.id).await.expect("complete");
-            drained += 1;
-        }
-    }
+    drain(&s, "a", N).await;
     let grown = used_memory(&mut conn).saturating_sub(before);
     let per = grown / N;
     eprintln!("{N} drained deliveries: {grown} bytes, {per} per delivery");
@@ -1178,13 +1191,7 @@ async fn drained_deliveries_leave_receipts_bounded_in_size_and_time() {
         (1..=2_000).contains(&ttl),
         "a receipt expires after the receipt retention, not the dead letters' ({ttl} ms)"
     );
-    let receipts = |conn: &mut ::redis::Connection| -> usize {
-        ::redis::cmd("KEYS")
-            .arg("{sizing}:r:*")
-            .query::<Vec<String>>(conn)
-            .expect("keys")
-            .len()
-    };
+    let receipts = |conn: &mut ::redis::Connection| keys(conn, "{sizing}:r:*");
     assert_eq!(receipts(&mut conn), ids.len() + 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while receipts(&mut conn) > 0 && std::time::Instant::now() < deadline {
