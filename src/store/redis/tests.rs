@@ -1152,10 +1152,16 @@ async fn drained_deliveries_leave_receipts_bounded_in_size_and_time() {
     let Some(server) = OwnRedis::start("drained_deliveries_leave_receipts_bounded", false) else {
         return;
     };
-    const N: u64 = 2_000;
+    // `PBR_TEST_SIZING_N=100000` for the size (about four minutes).
+    let n = std::env::var("PBR_TEST_SIZING_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000u64);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut o = options(&server.url(), "sizing", "c1", dir.path());
-    o.receipt_retention = Duration::from_secs(2);
+    // Short, so the test sees them expire; long enough to outlast the drain.
+    let retention = Duration::from_millis(n.max(2_000));
+    o.receipt_retention = retention;
     let s = RedisStore::open(o).await.expect("open");
     let mut conn = ::redis::Client::open(server.url().as_str())
         .and_then(|c| c.get_connection())
@@ -1169,18 +1175,18 @@ async fn drained_deliveries_leave_receipts_bounded_in_size_and_time() {
     }
     let before = used_memory(&mut conn);
     let mut ids = Vec::new();
-    for chunk in (0..N).collect::<Vec<_>>().chunks(100) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
         let events = chunk.iter().map(|k| event(key(*k), &["a"])).collect();
         for o in s.accept(events, NOW).await.expect("accept") {
             ids.extend(contract::ids(&o));
         }
     }
-    drain(&s, "a", N).await;
+    drain(&s, "a", n).await;
     let grown = used_memory(&mut conn).saturating_sub(before);
-    let per = grown / N;
-    eprintln!("{N} drained deliveries: {grown} bytes, {per} per delivery");
+    let per = grown / n;
+    eprintln!("{n} drained deliveries: {grown} bytes, {per} per delivery");
     assert!(
-        grown <= N * (RECEIPT_BYTES + MARK_BYTES),
+        grown <= n * (RECEIPT_BYTES + MARK_BYTES),
         "{per} bytes per drained delivery, more than README says ({RECEIPT_BYTES} + {MARK_BYTES})"
     );
     let ttl: i64 = ::redis::cmd("PTTL")
@@ -1188,12 +1194,12 @@ async fn drained_deliveries_leave_receipts_bounded_in_size_and_time() {
         .query(&mut conn)
         .expect("pttl");
     assert!(
-        (1..=2_000).contains(&ttl),
+        (1..=ms(retention)).contains(&ttl),
         "a receipt expires after the receipt retention, not the dead letters' ({ttl} ms)"
     );
     let receipts = |conn: &mut ::redis::Connection| keys(conn, "{sizing}:r:*");
     assert_eq!(receipts(&mut conn), ids.len() + 1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + retention + Duration::from_secs(10);
     while receipts(&mut conn) > 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1201,12 +1207,12 @@ async fn drained_deliveries_leave_receipts_bounded_in_size_and_time() {
     let left = used_memory(&mut conn).saturating_sub(before);
     eprintln!(
         "after the receipts expired: {left} bytes, {} per delivery",
-        left / N
+        left / n
     );
     assert!(
-        left <= N * MARK_BYTES,
+        left <= n * MARK_BYTES,
         "{} bytes per delivery left once receipts expired, more than a mark ({MARK_BYTES})",
-        left / N
+        left / n
     );
     let (xlen, retry): (u64, u64) = ::redis::pipe()
         .cmd("XLEN")
