@@ -184,10 +184,14 @@ fn ms(d: Duration) -> i64 {
 }
 
 /// Keeps this process's claims from looking abandoned: every third of the claim
-/// timeout, reset their idle time. Ends when the store is dropped or closed.
+/// timeout, reset their idle time; after a renewal failed (Redis away), every 200 ms
+/// until one works, so claims idle through an outage are renewed as soon as Redis
+/// is back, before another relay takes them. Ends when the store is dropped or closed.
 async fn touch_claims(inner: Weak<Inner>) {
+    let mut failed = false;
     loop {
         let every = match inner.upgrade() {
+            Some(_) if failed => Duration::from_millis(200),
             Some(i) => (i.opts.claim_timeout / 3).max(Duration::from_millis(100)),
             None => return,
         };
@@ -196,24 +200,32 @@ async fn touch_claims(inner: Weak<Inner>) {
         if i.closed.load(Ordering::SeqCst) {
             return;
         }
-        let mut by_dest: HashMap<String, Vec<String>> = HashMap::new();
-        for (dest, entry) in lock(&i.held).values() {
-            by_dest.entry(dest.clone()).or_default().push(entry.clone());
-        }
-        for (dest, entries) in by_dest {
-            let mut cmd = redis::cmd("XCLAIM");
-            cmd.arg(i.key(&format!("q:{dest}")))
-                .arg("relay")
-                .arg(&i.opts.consumer)
-                .arg(0)
-                .arg(&entries)
-                .arg("JUSTID");
-            let r: Result<Value, _> = cmd.query_async(&mut i.conn.clone()).await;
-            if let Err(e) = r {
-                tracing::warn!(destination = %dest, error = %e, "cannot renew claims in Redis");
-            }
+        failed = !renew_claims(&i).await;
+    }
+}
+
+/// One renewal of every claim this process holds; `false` when one failed.
+async fn renew_claims(i: &Inner) -> bool {
+    let mut by_dest: HashMap<String, Vec<String>> = HashMap::new();
+    for (dest, entry) in lock(&i.held).values() {
+        by_dest.entry(dest.clone()).or_default().push(entry.clone());
+    }
+    let mut ok = true;
+    for (dest, entries) in by_dest {
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(i.key(&format!("q:{dest}")))
+            .arg("relay")
+            .arg(&i.opts.consumer)
+            .arg(0)
+            .arg(&entries)
+            .arg("JUSTID");
+        let r: Result<Value, _> = cmd.query_async(&mut i.conn.clone()).await;
+        if let Err(e) = r {
+            tracing::warn!(destination = %dest, error = %e, "cannot renew claims in Redis");
+            ok = false;
         }
     }
+    ok
 }
 
 /// Writes the settles Redis did not take, as soon as it answers again. Ends when
