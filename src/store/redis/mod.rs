@@ -101,6 +101,8 @@ macro_rules! args {
 }
 
 const FORMAT: &str = "1";
+/// What an accept may wait for replicas beyond `wait_timeout` (round trips).
+const WAIT_MARGIN: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much a script moves at once (replay, retire, purge), so no call holds Redis
@@ -488,7 +490,12 @@ impl Inner {
             return Ok(());
         };
         let timeout = self.opts.wait_timeout;
-        let got = waiter.confirm().await.map_err(|e| {
+        // The rounds are bounded by the timeout each, but an accept may wait for a
+        // free connection first: the timeout holds for the whole wait.
+        let confirmed = tokio::time::timeout(timeout + WAIT_MARGIN, waiter.confirm())
+            .await
+            .unwrap_or(Ok(0));
+        let got = confirmed.map_err(|e| {
             StoreError::Unknown(format!(
                 "the write reached Redis, but no replica confirmation could be had ({e})"
             ))

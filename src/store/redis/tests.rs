@@ -1003,7 +1003,11 @@ async fn waiting_for_a_stalled_replica_holds_up_nothing_else_and_says_unknown() 
     let mut accepts = tokio::task::JoinSet::new();
     for k in 0..16u64 {
         let s = s.clone();
-        accepts.spawn(async move { s.accept(vec![event(key(k), &["a"])], NOW).await });
+        accepts.spawn(async move {
+            let started = std::time::Instant::now();
+            let out = s.accept(vec![event(key(k), &["a"])], NOW).await;
+            (out, started.elapsed())
+        });
     }
     let asked = std::time::Instant::now();
     s.ready().await.expect("ready while accepts wait");
@@ -1013,7 +1017,12 @@ async fn waiting_for_a_stalled_replica_holds_up_nothing_else_and_says_unknown() 
         asked.elapsed()
     );
     while let Some(out) = accepts.join_next().await {
-        let err = out.expect("join").expect_err("no replica confirms");
+        let (out, took) = out.expect("join");
+        assert!(
+            took < Duration::from_millis(1_800),
+            "an accept took {took:?}"
+        );
+        let err = out.expect_err("no replica confirms");
         assert!(matches!(err, StoreError::Unknown(_)), "{err}");
         assert!(err.outcome().contains("unknown"), "{}", err.outcome());
         assert!(err.to_string().contains("only 0 of 1"), "{err}");
