@@ -110,6 +110,7 @@ pub(crate) fn redis_options(config: &Config) -> RedisOptions {
         dedupe_window: config.dedupe.window,
         max_queued: s.max_queued,
         dlq_retention: s.dlq_retention,
+        receipt_retention: s.redis_receipt_retention,
         wait_replicas: s.redis_wait_replicas,
         wait_timeout: s.redis_wait_timeout,
         ca: s.redis_ca.clone(),

@@ -73,6 +73,9 @@ pub struct StoreConfig {
     pub redis_wait_timeout: Duration,
     /// Redis over TLS: the CA certificate(s) (PEM) to trust instead of the public roots.
     pub redis_ca: Option<PathBuf>,
+    /// Redis: how long a delivered delivery's receipt (`/admin/deliveries/{id}`) is
+    /// kept; they cost Redis memory (README, sizing).
+    pub redis_receipt_retention: Duration,
     /// Bound on queued deliveries; past it ingest answers 503.
     pub max_queued: u64,
     /// Free-space floor in `data_dir`; below it ingest answers 503.
@@ -92,6 +95,7 @@ impl Default for StoreConfig {
             redis_wait_replicas: 0,
             redis_wait_timeout: Duration::from_secs(1),
             redis_ca: None,
+            redis_receipt_retention: Duration::from_secs(86400),
             max_queued: 10_000_000,
             min_free_space: 256 << 20,
             dlq_retention: Duration::from_secs(30 * 86400),
@@ -591,6 +595,15 @@ fn read_redis(s: &Section<'_>, store: &mut StoreConfig) {
     }
     if let Some(d) = s.duration("redis_wait_timeout", "\"1s\"") {
         store.redis_wait_timeout = d;
+    }
+    if let Some(d) = s.duration("redis_receipt_retention", "\"1d\"") {
+        if d < Duration::from_secs(1) {
+            if let Some(f) = s.get("redis_receipt_retention") {
+                f.error("`store.redis_receipt_retention` must be at least 1s");
+            }
+        } else {
+            store.redis_receipt_retention = d;
+        }
     }
 }
 
@@ -1149,7 +1162,7 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
     fn the_redis_backend_reads_its_keys_and_locates_mistakes() {
         let base = format!("listen = \"127.0.0.1:1\"\n[ingest]\nsecrets = [\"{SECRET}\"]\n");
         let cfg = parse(&format!(
-            "{base}[store]\nbackend = \"redis\"\nredis_url = \"rediss://:pw@redis.internal:6380/2\"\nredis_prefix = \"shop\"\nredis_consumer = \"relay-a\"\nredis_claim_timeout = \"30s\"\nredis_wait_replicas = 1\n"
+            "{base}[store]\nbackend = \"redis\"\nredis_url = \"rediss://:pw@redis.internal:6380/2\"\nredis_prefix = \"shop\"\nredis_consumer = \"relay-a\"\nredis_claim_timeout = \"30s\"\nredis_wait_replicas = 1\nredis_receipt_retention = \"6h\"\n"
         ))
         .expect("valid");
         assert_eq!(cfg.store.backend, Backend::Redis);
@@ -1157,12 +1170,20 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         assert_eq!(cfg.store.redis_consumer.as_deref(), Some("relay-a"));
         assert_eq!(cfg.store.redis_claim_timeout, Duration::from_secs(30));
         assert_eq!(cfg.store.redis_wait_replicas, 1);
+        assert_eq!(
+            cfg.store.redis_receipt_retention,
+            Duration::from_secs(6 * 3600)
+        );
         let errs = parse(&format!(
-            "{base}[store]\nbackend = \"redis\"\nredis_url = \"http://x\"\nredis_prefix = \"{{x}}\"\nredis_claim_timeout = \"10ms\"\n"
+            "{base}[store]\nbackend = \"redis\"\nredis_url = \"http://x\"\nredis_prefix = \"{{x}}\"\nredis_claim_timeout = \"10ms\"\nredis_receipt_retention = \"0s\"\n"
         ))
         .expect_err("invalid");
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
-        assert_eq!(text.len(), 3, "{text:#?}");
+        assert_eq!(text.len(), 4, "{text:#?}");
+        assert!(
+            text[3].contains(":9:") && text[3].contains("at least 1s"),
+            "{text:#?}"
+        );
         assert!(
             text[0].contains(":6:") && text[0].contains("redis://"),
             "{text:#?}"

@@ -310,3 +310,100 @@ async fn redis_away_is_a_503_with_retry_after_and_the_relay_resumes_when_it_retu
     assert_eq!(seen.get("ev-2"), Some(&1), "{seen:?}");
     relay.stop().await;
 }
+
+/// Issue 22, D1: Redis goes away for longer than the delivery worker retries a
+/// settle (about 3 s) while deliveries are in flight. Once it is back, every accepted
+/// event is delivered and settled within the claim timeout plus 5 s, with no relay
+/// restart: a settle that failed is written once Redis answers, never held until
+/// the relay restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_in_flight_through_a_redis_outage_are_settled_once_it_is_back() {
+    let Some(mut redis) = OwnRedis::start("deliveries_in_flight_through_a_redis_outage") else {
+        return;
+    };
+    const N: usize = 32;
+    let claim_timeout = Duration::from_secs(2);
+    let partner = FakePartner::start().await.expect("partner");
+    // Slow enough that the first batch is still at the partner when Redis goes.
+    partner.set_default(Reply::ok().delay(Duration::from_millis(1000)));
+    let store = format!(
+        "\n[store]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:{}\"\nredis_claim_timeout = \"2s\"\n",
+        redis.port
+    );
+    let relay = TestRelay::start(&[("aff", &rule(&partner.url("/pb"), "10s"))], &store).await;
+    for i in 0..N {
+        let (s, v) = relay
+            .post_json(
+                &format!("m-{i}"),
+                &event(&format!("ev-{i}"), "purchase", &format!("clk-{i}")),
+            )
+            .await;
+        assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    }
+    // A batch is in flight (claimed, at the partner) when Redis goes away.
+    assert!(partner.wait_for_requests(1, Duration::from_secs(30)).await);
+    redis.stop();
+    // The outage outlasts the worker's five settle tries, each of which waits for the
+    // connection's own reconnect attempts (in all about 10 s).
+    let outage = std::time::Instant::now() + Duration::from_secs(15);
+    let (client, base) = (relay.client.clone(), relay.base.clone());
+    while std::time::Instant::now() < outage {
+        assert_eq!(readyz(&client, &base).await, 503, "Redis is down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.run();
+    let back = std::time::Instant::now();
+    let within = claim_timeout + Duration::from_secs(5);
+    let settled =
+        || async { per_event(&partner.requests()).len() == N && idle(&client, &base).await };
+    let deadline = back + within;
+    let mut done = false;
+    while std::time::Instant::now() < deadline {
+        if settled().await {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v = admin_get_at(&client, &base, "/admin/destinations").await;
+    assert!(
+        done,
+        "{} of {N} events reached the partner and the queue is {} within {within:?} of Redis's return",
+        per_event(&partner.requests()).len(),
+        v["destinations"]
+    );
+    assert_eq!(v["destinations"][0]["dlq_size"].as_u64(), Some(0), "{v}");
+    relay.stop().await;
+}
+
+/// Issue 22, D4: with `redis_wait_replicas = 1` and no replica to confirm, the accept
+/// reached Redis but cannot be confirmed: the 503 says the outcome is unknown and to
+/// retry with the same webhook-id, never "nothing was accepted".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_accept_is_a_503_saying_the_outcome_is_unknown() {
+    let Some(store) = TestStore::redis("an_unconfirmed_accept_is_a_503") else {
+        return;
+    };
+    let partner = FakePartner::start().await.expect("partner");
+    let config = format!(
+        "{}redis_wait_replicas = 1\nredis_wait_timeout = \"100ms\"\n",
+        store.config("2s")
+    );
+    let relay = TestRelay::start(&[("aff", &rule(&partner.url("/pb"), "5s"))], &config).await;
+    let (s, v, headers) = relay
+        .post_signed(
+            "m-1",
+            &event("ev-1", "purchase", "clk-1"),
+            "application/json",
+        )
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("unknown") && error.contains("same webhook-id"),
+        "{error}"
+    );
+    assert!(!error.contains("nothing was accepted"), "{error}");
+    relay.stop().await;
+}

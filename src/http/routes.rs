@@ -451,7 +451,7 @@ async fn process(
             let mut r = Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
-                format!("{e}; nothing was accepted, retry later"),
+                format!("{e}; {}", e.outcome()),
             );
             r.retry_after = Some(e.retry_after().as_secs().max(1));
             (r.response(), "store_unavailable")

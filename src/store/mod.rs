@@ -133,6 +133,10 @@ pub enum StoreError {
     },
     /// The store could not do the operation (I/O, fsync, corruption, unreachable).
     Unavailable(String),
+    /// The write was sent, but whether it was applied is not known (the connection
+    /// dropped before the answer; too few replicas confirmed it in time). Retrying
+    /// the same request is safe: dedupe answers "duplicate" for what did get in.
+    Unknown(String),
 }
 
 impl std::fmt::Display for StoreError {
@@ -140,6 +144,7 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Full { reason, .. } => write!(f, "store full: {reason}"),
             StoreError::Unavailable(e) => write!(f, "store unavailable: {e}"),
+            StoreError::Unknown(e) => write!(f, "store outcome unknown: {e}"),
         }
     }
 }
@@ -151,7 +156,15 @@ impl StoreError {
     pub fn retry_after(&self) -> Duration {
         match self {
             StoreError::Full { retry_after, .. } => *retry_after,
-            StoreError::Unavailable(_) => Duration::from_secs(5),
+            StoreError::Unavailable(_) | StoreError::Unknown(_) => Duration::from_secs(5),
+        }
+    }
+
+    /// What a sender is told became of its request after this error.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            StoreError::Unknown(_) => "whether the events were accepted is unknown; retry with the same webhook-id (events that did get in come back as duplicates)",
+            _ => "nothing was accepted, retry later",
         }
     }
 }
@@ -224,7 +237,8 @@ pub trait Store: Send + Sync + 'static {
     async fn purge(&self, now_ms: i64) -> StoreResult<(usize, usize)>;
 
     /// Where one delivery stands, if the store still knows it (delivered ones are
-    /// remembered for the dead-letter retention).
+    /// remembered for a while: the embedded store for the dead-letter retention,
+    /// Redis for its receipt retention).
     async fn lookup(&self, id: &str) -> StoreResult<Option<DeliveryStatus>>;
 
     /// The destination is gone (its rule file removed): move everything still queued

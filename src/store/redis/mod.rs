@@ -14,9 +14,11 @@
 //! | `{P}:q:<dest>` | stream | entry `i` = delivery ID; entry time = due time |
 //! | `{P}:retry:<dest>` | sorted set | delivery ID -> due (ms) |
 //! | `{P}:dead:<dest>` | sorted set | delivery ID -> dead at (ms) |
-//! | `{P}:r:<id>` | hash | the delivery (`record.rs`); a delivered one's receipt expires |
+//! | `{P}:r:<id>` | hash | the delivery (`record.rs`); a delivered one's receipt expires after `receipt_retention` |
 //! | `{P}:counts` | hash | `q:<dest>`, `d:<dest>`, `total`: counts without scanning |
 //! | `{P}:dests`, `{P}:top` | set, hash | destinations; each stream's latest entry time |
+//! | `{P}:scan` | hash | per stream, where the next `XAUTOCLAIM` goes on |
+//! | `{P}:waited` | string | written by each `WAIT` round (`wait.rs`) |
 //!
 //! Every script first checks `{P}:meta`'s epoch against the one this relay opened:
 //! if Redis lost its data, the relay says so (`ready() == false`, writes answer
@@ -27,6 +29,7 @@ mod open;
 mod record;
 #[cfg(test)]
 mod tests;
+mod wait;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -61,7 +64,10 @@ pub struct RedisOptions {
     pub claim_timeout: Duration,
     pub dedupe_window: Duration,
     pub max_queued: u64,
+    /// How long dead letters are kept.
     pub dlq_retention: Duration,
+    /// How long a delivered delivery's receipt is kept (for `lookup`).
+    pub receipt_retention: Duration,
     /// Replicas that must confirm an accept before the 202 (`WAIT`); 0: none.
     pub wait_replicas: u32,
     pub wait_timeout: Duration,
@@ -95,6 +101,8 @@ macro_rules! args {
 }
 
 const FORMAT: &str = "1";
+/// What an accept may wait for replicas beyond `wait_timeout` (round trips).
+const WAIT_MARGIN: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much a script moves at once (replay, retire, purge), so no call holds Redis
@@ -141,8 +149,8 @@ const COMMON: &str = include_str!("lua/common.lua");
 
 pub struct RedisStore {
     inner: Arc<Inner>,
-    /// The claim-renewal task: `close` ends it and waits for it.
-    touch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The claim-renewal and late-settle tasks: `close` ends them and waits for them.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 struct Inner {
@@ -155,6 +163,13 @@ struct Inner {
     scripts: Scripts,
     /// Claims this process holds: delivery ID -> (destination, stream entry).
     held: Mutex<HashMap<String, (String, String)>>,
+    /// Confirms accepts with `WAIT` on connections of its own (`wait.rs`); `None`
+    /// when no replica is asked for.
+    waiter: Option<wait::Waiter>,
+    /// Settles Redis did not take (it was away): delivery ID -> the settle script's
+    /// arguments. Written by `settle_later` once Redis answers; their claims are
+    /// renewed meanwhile, so no other relay sends them again.
+    unsettled: Mutex<HashMap<String, Vec<Vec<u8>>>>,
     lost: AtomicBool,
     closed: AtomicBool,
     /// The commit counter as this relay saw it (`data_dir/redis.mark`).
@@ -171,10 +186,14 @@ fn ms(d: Duration) -> i64 {
 }
 
 /// Keeps this process's claims from looking abandoned: every third of the claim
-/// timeout, reset their idle time. Ends when the store is dropped or closed.
+/// timeout, reset their idle time; after a renewal failed (Redis away), every 200 ms
+/// until one works, so claims idle through an outage are renewed as soon as Redis
+/// is back, before another relay takes them. Ends when the store is dropped or closed.
 async fn touch_claims(inner: Weak<Inner>) {
+    let mut failed = false;
     loop {
         let every = match inner.upgrade() {
+            Some(_) if failed => Duration::from_millis(200),
             Some(i) => (i.opts.claim_timeout / 3).max(Duration::from_millis(100)),
             None => return,
         };
@@ -183,23 +202,53 @@ async fn touch_claims(inner: Weak<Inner>) {
         if i.closed.load(Ordering::SeqCst) {
             return;
         }
-        let mut by_dest: HashMap<String, Vec<String>> = HashMap::new();
-        for (dest, entry) in lock(&i.held).values() {
-            by_dest.entry(dest.clone()).or_default().push(entry.clone());
+        failed = !renew_claims(&i).await;
+    }
+}
+
+/// One renewal of every claim this process holds; `false` when one failed.
+async fn renew_claims(i: &Inner) -> bool {
+    let mut by_dest: HashMap<String, Vec<String>> = HashMap::new();
+    for (dest, entry) in lock(&i.held).values() {
+        by_dest.entry(dest.clone()).or_default().push(entry.clone());
+    }
+    let mut ok = true;
+    for (dest, entries) in by_dest {
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(i.key(&format!("q:{dest}")))
+            .arg("relay")
+            .arg(&i.opts.consumer)
+            .arg(0)
+            .arg(&entries)
+            .arg("JUSTID");
+        let r: Result<Value, _> = cmd.query_async(&mut i.conn.clone()).await;
+        if let Err(e) = r {
+            tracing::warn!(destination = %dest, error = %e, "cannot renew claims in Redis");
+            ok = false;
         }
-        for (dest, entries) in by_dest {
-            let mut cmd = redis::cmd("XCLAIM");
-            cmd.arg(i.key(&format!("q:{dest}")))
-                .arg("relay")
-                .arg(&i.opts.consumer)
-                .arg(0)
-                .arg(&entries)
-                .arg("JUSTID");
-            let r: Result<Value, _> = cmd.query_async(&mut i.conn.clone()).await;
-            if let Err(e) = r {
-                tracing::warn!(destination = %dest, error = %e, "cannot renew claims in Redis");
-            }
+    }
+    ok
+}
+
+/// Writes the settles Redis did not take, as soon as it answers again. Ends when
+/// the store is dropped or closed.
+async fn settle_later(inner: Weak<Inner>) {
+    const EVERY: Duration = Duration::from_millis(200);
+    let mut pause = EVERY;
+    loop {
+        tokio::time::sleep(pause).await;
+        let Some(i) = inner.upgrade() else { return };
+        if i.closed.load(Ordering::SeqCst) {
+            return;
         }
+        if lock(&i.unsettled).is_empty() {
+            pause = EVERY;
+            continue;
+        }
+        pause = match i.flush_unsettled().await {
+            Ok(_) => EVERY,
+            Err(_) => (pause * 2).min(Duration::from_secs(2)),
+        };
     }
 }
 
@@ -225,14 +274,26 @@ impl Inner {
         script: &Script,
         args: Vec<Vec<u8>>,
     ) -> StoreResult<T> {
-        self.usable()?;
+        self.run_raw(script, args).await.map_err(|e| match e {
+            Ok(e) => self.error(e),
+            Err(e) => e,
+        })
+    }
+
+    /// `run`, with Redis's own error unclassified (`Err(Ok(_))`).
+    async fn run_raw<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        args: Vec<Vec<u8>>,
+    ) -> Result<T, Result<RedisError, StoreError>> {
+        self.usable().map_err(Err)?;
         let mut inv = script.prepare_invoke();
         inv.arg(&self.p).arg(&self.epoch);
         for a in args {
             inv.arg(a);
         }
         let mut conn = self.conn.clone();
-        inv.invoke_async(&mut conn).await.map_err(|e| self.error(e))
+        inv.invoke_async(&mut conn).await.map_err(Ok)
     }
 
     /// Classifies a Redis error; notes a data loss.
@@ -337,7 +398,7 @@ impl Inner {
     ) -> StoreResult<()> {
         let started = Instant::now();
         let (set, del) = d.map(outcome_fields).unwrap_or_default();
-        let retention = ms(self.opts.dlq_retention).max(1);
+        let retention = ms(self.opts.receipt_retention).max(1);
         let mut args = args![id, what, now, retention, set.len()];
         for (f, v) in &set {
             args.extend(args![f, v]);
@@ -345,32 +406,129 @@ impl Inner {
         for f in &del {
             args.extend(args![f]);
         }
-        let _: i64 = self.run(&self.scripts.settle, args).await?;
+        match self
+            .run_raw::<i64>(&self.scripts.settle, args.clone())
+            .await
+        {
+            Ok(_) => {
+                lock(&self.unsettled).remove(id);
+                lock(&self.held).remove(id);
+                self.committed(1, started);
+                Ok(())
+            }
+            // Closed, or Redis lost the data: nothing to write it to.
+            Err(Err(e)) => Err(e),
+            Err(Ok(e)) if transient(&e) && self.usable().is_ok() => {
+                // Redis is away (or refuses writes for now): keep the outcome and
+                // write it once Redis answers. Dropping it would leave the claim held,
+                // and renewed, until this relay restarts.
+                tracing::warn!(delivery_id = %id, outcome = what, error = %e, "Redis did not take a delivery's outcome; it is kept and written once Redis answers");
+                lock(&self.unsettled).insert(id.to_owned(), args);
+                Ok(())
+            }
+            Err(Ok(e)) => {
+                self.give_up(id);
+                Err(self.error(e))
+            }
+        }
+    }
+
+    /// A settle that can never be written as it is: stop renewing its claim, so the
+    /// delivery goes to a relay after the claim timeout instead of being held until
+    /// this one restarts.
+    fn give_up(&self, id: &str) {
+        lock(&self.unsettled).remove(id);
         lock(&self.held).remove(id);
-        self.committed(1, started);
-        Ok(())
+    }
+
+    /// Writes the settles Redis did not take. Stops at the first error; returns how
+    /// many were written.
+    async fn flush_unsettled(&self) -> StoreResult<usize> {
+        let pending: Vec<(String, Vec<Vec<u8>>)> = lock(&self.unsettled)
+            .iter()
+            .map(|(id, a)| (id.clone(), a.clone()))
+            .collect();
+        let mut written = 0;
+        for (id, args) in pending {
+            match self
+                .run_raw::<i64>(&self.scripts.settle, args.clone())
+                .await
+            {
+                Ok(_) => {}
+                Err(Err(e)) => return Err(e),
+                Err(Ok(e)) if transient(&e) => return Err(self.error(e)),
+                Err(Ok(e)) => {
+                    tracing::error!(delivery_id = %id, error = %e, "cannot write the outcome of a delivery; it goes to a relay again after the claim timeout");
+                    self.give_up(&id);
+                    let _ = self.error(e);
+                    continue;
+                }
+            }
+            let mut unsettled = lock(&self.unsettled);
+            // A newer settle of the same claim may have replaced it meanwhile.
+            if unsettled.get(&id) == Some(&args) {
+                unsettled.remove(&id);
+                drop(unsettled);
+                lock(&self.held).remove(&id);
+            }
+            written += 1;
+        }
+        if written > 0 {
+            tracing::info!(
+                deliveries = written,
+                "wrote the outcomes of deliveries Redis had not taken while it was away"
+            );
+        }
+        Ok(written)
     }
 
     /// After an accept: the replicas asked for have the write, or the sender is
-    /// told to try again.
+    /// told the outcome is unknown (the script ran; a replica may not have it).
     async fn wait_for_replicas(&self) -> StoreResult<()> {
         let want = self.opts.wait_replicas;
-        if want == 0 {
+        let Some(waiter) = &self.waiter else {
             return Ok(());
-        }
-        let got: u32 = redis::cmd("WAIT")
-            .arg(want)
-            .arg(ms(self.opts.wait_timeout))
-            .query_async(&mut self.conn.clone())
+        };
+        let timeout = self.opts.wait_timeout;
+        // The rounds are bounded by the timeout each, but an accept may wait for a
+        // free connection first: the timeout holds for the whole wait.
+        let confirmed = tokio::time::timeout(timeout + WAIT_MARGIN, waiter.confirm())
             .await
-            .map_err(|e| self.error(e))?;
+            .unwrap_or(Ok(0));
+        let got = confirmed.map_err(|e| {
+            StoreError::Unknown(format!(
+                "the write reached Redis, but no replica confirmation could be had ({e})"
+            ))
+        })?;
         if got < want {
-            return Err(StoreError::Unavailable(format!(
-                "only {got} of {want} Redis replicas confirmed the write in time"
+            return Err(StoreError::Unknown(format!(
+                "the write reached Redis, but only {got} of {want} replicas confirmed it within {timeout:?}"
             )));
         }
         Ok(())
     }
+}
+
+/// Whether a failed write may go through later as it is: Redis away, loading,
+/// failing over or out of memory; not a script error, which would fail again.
+fn transient(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || matches!(
+            e.code(),
+            Some("OOM" | "LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY")
+        )
+}
+
+/// An accept's script error: a refusal Redis answered (full, out of memory, data
+/// lost) changed nothing; a dropped connection or a timeout may have come after the
+/// script ran.
+fn accept_error(i: &Inner, e: RedisError) -> StoreError {
+    if e.code().is_none() && !e.is_connection_refusal() {
+        return StoreError::Unknown(format!("Redis did not answer the accept: {e}"));
+    }
+    i.error(e)
 }
 
 const LOST: &str = "Redis lost the relay's data (restart without persistence, flush, failover to an empty or lagging replica, or restore of an older snapshot); restart the relay to go on";
@@ -453,15 +611,23 @@ impl Store for RedisStore {
         let started = Instant::now();
         let AcceptArgs { args, ids } = accept_args(i, &events, now_ms)?;
         let before = i.seen.get();
-        let reply: Vec<i64> = i.run(&i.scripts.accept, args).await?;
+        let reply: Vec<i64> = i
+            .run_raw(&i.scripts.accept, args)
+            .await
+            .map_err(|e| match e {
+                Ok(e) => accept_error(i, e),
+                Err(e) => e,
+            })?;
         let (commit, flags) = reply.split_first().map_or((0, &[][..]), |(c, f)| (*c, f));
         let commit = u64::try_from(commit).unwrap_or(0);
         if commit <= before {
             i.note_went_back(commit, before);
             return Err(StoreError::Unavailable(LOST.into()));
         }
-        i.seen.saw(commit);
         i.wait_for_replicas().await?;
+        // Only now: the mark counts acknowledged commits. A failover to a replica
+        // that lost only writes answered "unknown" is no going back in time.
+        i.seen.saw(commit);
         i.committed(1, started);
         Ok(flags
             .iter()
@@ -484,6 +650,11 @@ impl Store for RedisStore {
             return Ok(Vec::new());
         }
         let i = &self.inner;
+        if !lock(&i.unsettled).is_empty() {
+            // Outcomes first: a claim whose settle is still to be written must not
+            // come back to a worker before it is.
+            i.flush_unsettled().await?;
+        }
         let idle = ms(i.opts.claim_timeout);
         let rows: Vec<Vec<Vec<u8>>> = i
             .run(
@@ -720,9 +891,21 @@ impl Store for RedisStore {
     }
 
     async fn close(&self) {
-        self.inner.closed.store(true, Ordering::SeqCst);
-        let touch = lock(&self.touch).take();
-        if let Some(task) = touch {
+        let i = &self.inner;
+        if !lock(&i.unsettled).is_empty() {
+            // One last try; what Redis still does not take stays claimed by this
+            // consumer and goes to another relay after the claim timeout.
+            let flush = tokio::time::timeout(Duration::from_secs(2), i.flush_unsettled());
+            if !matches!(flush.await, Ok(Ok(_))) {
+                tracing::warn!(
+                    deliveries = lock(&i.unsettled).len(),
+                    "closing with delivery outcomes Redis did not take; other relays send them again after the claim timeout"
+                );
+            }
+        }
+        i.closed.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
+        for task in tasks {
             task.abort();
             let _ = task.await;
         }

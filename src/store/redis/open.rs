@@ -7,14 +7,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::wait::{self, Waiter};
 use super::{
-    touch_claims, Inner, RedisOptions, RedisStore, Scripts, CONNECT_TIMEOUT, EPOCH_FILE, FORMAT,
-    RESPONSE_TIMEOUT,
+    settle_later, touch_claims, Inner, RedisOptions, RedisStore, Scripts, CONNECT_TIMEOUT,
+    EPOCH_FILE, FORMAT, RESPONSE_TIMEOUT,
 };
 
 /// The URL without its password, for messages.
@@ -39,14 +40,7 @@ impl RedisStore {
         }
         let where_ = redacted(&opts.url);
         let client = client(&opts).map_err(|e| format!("redis_url {where_}: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(3)
-            .set_max_delay(Duration::from_secs(1));
-        let mut conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| format!("cannot reach Redis at {where_}: {e}"))?;
+        let mut conn = connect(&client, &opts.url, &where_).await?;
         let p = format!("{{{}}}", opts.prefix);
         let scripts = Scripts::new();
         let (epoch, secret) = init_meta(&scripts, &mut conn, &p)
@@ -69,6 +63,9 @@ impl RedisStore {
             &where_,
         )?;
         warn_about_settings(&mut conn, &where_).await;
+        let waiter = waiter(&client, &opts, &p)
+            .await
+            .map_err(|e| format!("cannot reach Redis at {where_}: {e}"))?;
         let inner = Arc::new(Inner {
             conn,
             opts,
@@ -77,6 +74,8 @@ impl RedisStore {
             secret,
             scripts,
             held: Mutex::new(HashMap::new()),
+            waiter,
+            unsettled: Mutex::new(HashMap::new()),
             lost: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             seen,
@@ -90,12 +89,103 @@ impl RedisStore {
                 "took back the claims of this consumer's previous process"
             );
         }
-        let touch = tokio::spawn(touch_claims(Arc::downgrade(&inner)));
+        let tasks = vec![
+            tokio::spawn(touch_claims(Arc::downgrade(&inner))),
+            tokio::spawn(settle_later(Arc::downgrade(&inner))),
+        ];
         Ok(RedisStore {
             inner,
-            touch: std::sync::Mutex::new(Some(touch)),
+            tasks: Mutex::new(tasks),
         })
     }
+}
+
+/// The shared connection. A refusal names what was tried and for how long; a
+/// `rediss://` URL pointing at a port that speaks plain text is found at once (a TLS
+/// handshake there gets no answer: Redis waits for the end of a command line).
+async fn connect(
+    client: &redis::Client,
+    url: &str,
+    where_: &str,
+) -> Result<ConnectionManager, String> {
+    const RETRIES: usize = 3;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(RETRIES)
+        .set_max_delay(Duration::from_secs(1));
+    let started = Instant::now();
+    tokio::select! {
+        c = ConnectionManager::new_with_config(client.clone(), config) => c.map_err(|e| {
+            format!(
+                "cannot reach Redis at {where_}: {e} (tried {} times over {:.1} s, {} s each)",
+                RETRIES + 1,
+                started.elapsed().as_secs_f64(),
+                CONNECT_TIMEOUT.as_secs()
+            )
+        }),
+        Some(addr) = plain_text_behind_tls(url) => Err(format!(
+            "cannot reach Redis at {where_}: redis_url asks for TLS (rediss://), but {addr} answered a plain-text PING within {} ms: Redis does not speak TLS on that port. Use redis:// for it, or the port Redis serves TLS on (its tls-port)",
+            started.elapsed().as_millis()
+        )),
+    }
+}
+
+/// For a `rediss://` URL: the `host:port` if it answers a plain-text `PING` like a
+/// Redis without TLS (within a second), else `None`. A TLS port takes the bytes
+/// for a broken handshake and answers nothing a Redis reply starts with.
+async fn plain_text_behind_tls(url: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let u = url::Url::parse(url)
+        .ok()
+        .filter(|u| u.scheme() == "rediss")?;
+    let host = u.host_str()?.trim_matches(['[', ']']).to_owned();
+    let port = u.port().unwrap_or(6379);
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).await.ok()?;
+        let reply = buf.get(..n)?;
+        let plain = reply.starts_with(b"+PONG")
+            || reply.starts_with(b"-NOAUTH")
+            || reply.starts_with(b"-ERR");
+        plain.then(|| format!("{host}:{port}"))
+    };
+    // `None` (not plain text, or no answer): the TLS connection has its own timeout.
+    tokio::time::timeout(Duration::from_secs(1), probe)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// With `wait_replicas`, the connections `WAIT` runs on (`wait.rs`): their response
+/// timeout leaves room for the wait.
+async fn waiter(
+    client: &redis::Client,
+    opts: &RedisOptions,
+    p: &str,
+) -> Result<Option<Waiter>, redis::RedisError> {
+    if opts.wait_replicas == 0 {
+        return Ok(None);
+    }
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(opts.wait_timeout + RESPONSE_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    let mut conns = Vec::with_capacity(wait::POOL);
+    for _ in 0..wait::POOL {
+        conns.push(ConnectionManager::new_with_config(client.clone(), config.clone()).await?);
+    }
+    Ok(Some(Waiter::start(
+        conns,
+        format!("{p}:waited"),
+        opts.wait_replicas,
+        opts.wait_timeout,
+    )))
 }
 
 /// The client for `redis_url`, trusting `ca` when given.

@@ -51,6 +51,7 @@ fn options(url: &str, prefix: &str, consumer: &str, dir: &Path) -> RedisOptions 
         dedupe_window: Duration::from_secs(7 * 86_400),
         max_queued: 1_000_000,
         dlq_retention: Duration::from_secs(14 * 86_400),
+        receipt_retention: Duration::from_secs(86_400),
         wait_replicas: 0,
         wait_timeout: Duration::from_secs(1),
         ca: None,
@@ -817,4 +818,517 @@ async fn an_accept_waits_for_the_replicas_asked_for() {
         .await
         .expect_err("there is only one replica");
     assert!(err.to_string().contains("only 1 of 2"), "{err}");
+}
+
+/// Issue 22, D1: a settle made while Redis is away is kept and written once Redis is
+/// back, by itself: the claim is not held (and renewed) until the relay restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_redis_did_not_take_is_written_once_it_is_back() {
+    let Some(mut server) = OwnRedis::start("a_settle_redis_did_not_take", true) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = RedisStore::open(options(&server.url(), "late", "c1", dir.path()))
+        .await
+        .expect("open");
+    s.accept(vec![event(key(1), &["a"]), event(key(2), &["a"])], NOW)
+        .await
+        .expect("accept");
+    let held = s.claim_due("a", NOW, 10).await.expect("claim");
+    assert_eq!(held.len(), 2);
+    server.kill();
+    s.complete(&held[0].id).await.expect("kept for later");
+    let mut again = held[1].clone();
+    again.attempts = 1;
+    again.next_attempt_at = NOW + 60_000;
+    s.retry_later(again).await.expect("kept for later");
+    assert_eq!(lock(&s.inner.unsettled).len(), 2);
+    server.run();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let state = |id: String| {
+        let s = &s;
+        async move { s.lookup(&id).await.ok().flatten().map(|st| st.state) }
+    };
+    while std::time::Instant::now() < deadline
+        && (state(held[0].id.clone()).await != Some("delivered")
+            || state(held[1].id.clone()).await != Some("retrying"))
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state(held[0].id.clone()).await, Some("delivered"));
+    assert_eq!(state(held[1].id.clone()).await, Some("retrying"));
+    assert!(lock(&s.inner.unsettled).is_empty());
+    assert!(lock(&s.inner.held).is_empty(), "no claim left to renew");
+    assert_eq!(counts_of(&s).await, vec![c("a", 1, 0)]);
+}
+
+/// A TCP proxy on a port of its own to a target port that can change; it can pause
+/// (hold every byte, both ways: a replication link that stalls) and cut every
+/// connection (the held bytes are lost).
+struct Proxy {
+    port: u16,
+    target: Arc<std::sync::atomic::AtomicU16>,
+    paused: tokio::sync::watch::Sender<bool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let target = Arc::new(std::sync::atomic::AtomicU16::new(target));
+        let (paused, _) = tokio::sync::watch::channel(false);
+        let conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (t, p, c) = (target.clone(), paused.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((down, _)) = l.accept().await {
+                let to = t.load(Ordering::SeqCst);
+                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                let mut held = lock(&c);
+                held.push(tokio::spawn(pump(dr, uw, p.subscribe())));
+                held.push(tokio::spawn(pump(ur, dw, p.subscribe())));
+            }
+        });
+        Proxy {
+            port,
+            target,
+            paused,
+            conns,
+            accept,
+        }
+    }
+
+    fn pause(&self, on: bool) {
+        self.paused.send_replace(on);
+    }
+
+    /// New connections go to `port`.
+    fn switch(&self, port: u16) {
+        self.target.store(port, Ordering::SeqCst);
+    }
+
+    fn cut(&self) {
+        for c in lock(&self.conns).drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut paused: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if paused.wait_for(|p| !*p).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A primary and a replica that replicates it through `Proxy` (to stall the link).
+struct Replicated {
+    primary: OwnRedis,
+    replica: OwnRedis,
+    link: Proxy,
+}
+
+impl Replicated {
+    async fn start(test: &str) -> Option<Replicated> {
+        let primary = OwnRedis::start(test, false)?;
+        let link = Proxy::start(primary.port).await;
+        let mut replica = OwnRedis::start(test, false)?;
+        replica.replica_of = Some(link.port);
+        replica.kill();
+        replica.run();
+        Some(Replicated {
+            primary,
+            replica,
+            link,
+        })
+    }
+}
+
+/// Accepts throwaway events until one is confirmed by the replica (it may still be
+/// syncing at first).
+async fn until_in_sync(s: &RedisStore) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut k = 1_000_000;
+    while std::time::Instant::now() < deadline {
+        k += 1;
+        if s.accept(vec![event(key(k), &["sync"])], NOW).await.is_ok() {
+            return;
+        }
+    }
+    panic!("the replica never confirmed an accept");
+}
+
+/// Issue 22, D4: `WAIT` for a replica whose link stalled blocks neither the other
+/// accepts (each answers within the wait timeout, not one after the other) nor
+/// `/readyz`; the answer says the outcome is unknown, and a retry of the same events
+/// finds them in (duplicates), which is what makes "retry" safe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_stalled_replica_holds_up_nothing_else_and_says_unknown() {
+    let Some(r) = Replicated::start("waiting_for_a_stalled_replica").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = options(&r.primary.url(), "stall", "c1", dir.path());
+    o.wait_replicas = 1;
+    o.wait_timeout = Duration::from_secs(1);
+    let s = Arc::new(RedisStore::open(o).await.expect("open"));
+    until_in_sync(&s).await;
+    r.link.pause(true);
+    let started = std::time::Instant::now();
+    let mut accepts = tokio::task::JoinSet::new();
+    for k in 0..16u64 {
+        let s = s.clone();
+        accepts.spawn(async move {
+            let started = std::time::Instant::now();
+            let out = s.accept(vec![event(key(k), &["a"])], NOW).await;
+            (out, started.elapsed())
+        });
+    }
+    let asked = std::time::Instant::now();
+    s.ready().await.expect("ready while accepts wait");
+    assert!(
+        asked.elapsed() < Duration::from_millis(700),
+        "/readyz waited {:?} behind WAIT",
+        asked.elapsed()
+    );
+    while let Some(out) = accepts.join_next().await {
+        let (out, took) = out.expect("join");
+        assert!(
+            took < Duration::from_millis(1_800),
+            "an accept took {took:?}"
+        );
+        let err = out.expect_err("no replica confirms");
+        assert!(matches!(err, StoreError::Unknown(_)), "{err}");
+        assert!(err.outcome().contains("unknown"), "{}", err.outcome());
+        assert!(err.to_string().contains("only 0 of 1"), "{err}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(3_500),
+        "16 accepts took {:?} with a 1 s wait timeout",
+        started.elapsed()
+    );
+    r.link.pause(false);
+    let mut o = options(&r.primary.url(), "stall", "c2", dir.path());
+    o.wait_replicas = 1;
+    o.wait_timeout = Duration::from_secs(10);
+    let again = RedisStore::open(o).await.expect("open");
+    let events: Vec<_> = (0..16u64).map(|k| event(key(k), &["a"])).collect();
+    let out = again.accept(events, NOW).await.expect("confirmed now");
+    assert!(
+        out.iter().all(|o| *o == AcceptOutcome::Duplicate),
+        "the events answered 'unknown' did get in: {out:?}"
+    );
+}
+
+/// Issue 22, D3: with `wait_replicas = 1`, writes answered "unknown" (no replica
+/// confirmed them) are not counted in `redis.mark`: a failover to the replica that
+/// never got them is not "Redis went back in time", and the relay goes on (ready,
+/// and it starts again); the sender's retry puts the lost events in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_that_lost_only_unconfirmed_writes_does_not_halt_the_relay() {
+    let Some(mut r) = Replicated::start("a_failover_that_lost_only_unconfirmed").await else {
+        return;
+    };
+    let front = Proxy::start(r.primary.port).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("redis://127.0.0.1:{}", front.port);
+    let mut o = options(&url, "failover", "c1", dir.path());
+    o.wait_replicas = 1;
+    o.wait_timeout = Duration::from_millis(500);
+    let s = RedisStore::open(o.clone()).await.expect("open");
+    until_in_sync(&s).await;
+    for k in 1..=3 {
+        s.accept(vec![event(key(k), &["a"])], NOW)
+            .await
+            .expect("confirmed");
+    }
+    r.link.pause(true);
+    for k in 10..13 {
+        let err = s
+            .accept(vec![event(key(k), &["a"])], NOW)
+            .await
+            .expect_err("unconfirmed");
+        assert!(matches!(err, StoreError::Unknown(_)), "{err}");
+    }
+    // The primary dies; the replica, which never got those three, takes over.
+    r.primary.kill();
+    r.link.cut();
+    let mut conn = ::redis::Client::open(r.replica.url().as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect to the replica");
+    let _: () = ::redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut conn)
+        .expect("promote");
+    front.switch(r.replica.port);
+    front.cut();
+    assert!(
+        becomes_ready(&s, Duration::from_secs(10)).await,
+        "not ready after the failover: {:?}",
+        s.ready().await
+    );
+    drop(s);
+    o.wait_replicas = 0;
+    let s = RedisStore::open(o)
+        .await
+        .expect("starts on the promoted replica");
+    for k in 1..=3 {
+        let out = s.accept(vec![event(key(k), &["a"])], NOW).await;
+        assert_eq!(out, Ok(vec![AcceptOutcome::Duplicate]), "confirmed: kept");
+    }
+    for k in 10..13 {
+        let out = s
+            .accept(vec![event(key(k), &["a"])], NOW)
+            .await
+            .expect("accept");
+        assert!(
+            matches!(out[0], AcceptOutcome::Accepted { .. }),
+            "lost, retried: in"
+        );
+    }
+}
+
+/// Memory one delivered delivery leaves in Redis, as README's sizing section states
+/// it: a receipt of at most this many bytes for `redis_receipt_retention` ...
+const RECEIPT_BYTES: u64 = 250;
+/// ... and a dedupe mark of at most this many for the dedupe window.
+const MARK_BYTES: u64 = 200;
+
+fn used_memory(conn: &mut ::redis::Connection) -> u64 {
+    let info: String = ::redis::cmd("INFO")
+        .arg("memory")
+        .query(conn)
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory")
+}
+
+/// Claims and completes `n` deliveries of `dest`.
+async fn drain(s: &RedisStore, dest: &str, n: u64) {
+    let mut drained = 0;
+    while drained < n {
+        let got = s.claim_due(dest, NOW, 100).await.expect("claim");
+        assert!(!got.is_empty(), "drained {drained} of {n}");
+        for d in got {
+            s.complete(&d.id).await.expect("complete");
+            drained += 1;
+        }
+    }
+}
+
+fn keys(conn: &mut ::redis::Connection, pattern: &str) -> usize {
+    ::redis::cmd("KEYS")
+        .arg(pattern)
+        .query::<Vec<String>>(conn)
+        .expect("keys")
+        .len()
+}
+
+/// Issue 22, D5: a drained delivery leaves a receipt that expires after the receipt
+/// retention (not the dead-letter retention), and Redis memory after draining N
+/// deliveries is bounded by N x (receipt + mark) as README's sizing section says; once
+/// the receipts expire, only the marks are left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drained_deliveries_leave_receipts_bounded_in_size_and_time() {
+    let Some(server) = OwnRedis::start("drained_deliveries_leave_receipts_bounded", false) else {
+        return;
+    };
+    // `PBR_TEST_SIZING_N=100000` for the issue's size (about four minutes).
+    let n = std::env::var("PBR_TEST_SIZING_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000u64);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = options(&server.url(), "sizing", "c1", dir.path());
+    // Short, so the test sees them expire; long enough to outlast the drain.
+    let retention = Duration::from_millis(n.max(2_000));
+    o.receipt_retention = retention;
+    let s = RedisStore::open(o).await.expect("open");
+    let mut conn = ::redis::Client::open(server.url().as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    // The per-destination keys exist before the measure starts.
+    s.accept(vec![event(key(u64::MAX), &["a"])], NOW)
+        .await
+        .expect("accept");
+    for d in s.claim_due("a", NOW, 10).await.expect("claim") {
+        s.complete(&d.id).await.expect("complete");
+    }
+    let before = used_memory(&mut conn);
+    let mut ids = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let events = chunk.iter().map(|k| event(key(*k), &["a"])).collect();
+        for o in s.accept(events, NOW).await.expect("accept") {
+            ids.extend(contract::ids(&o));
+        }
+    }
+    drain(&s, "a", n).await;
+    let grown = used_memory(&mut conn).saturating_sub(before);
+    let per = grown / n;
+    eprintln!("{n} drained deliveries: {grown} bytes, {per} per delivery");
+    assert!(
+        grown <= n * (RECEIPT_BYTES + MARK_BYTES),
+        "{per} bytes per drained delivery, more than README says ({RECEIPT_BYTES} + {MARK_BYTES})"
+    );
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(format!("{{sizing}}:r:{}", ids[0]))
+        .query(&mut conn)
+        .expect("pttl");
+    assert!(
+        (1..=ms(retention)).contains(&ttl),
+        "a receipt expires after the receipt retention, not the dead letters' ({ttl} ms)"
+    );
+    let receipts = |conn: &mut ::redis::Connection| keys(conn, "{sizing}:r:*");
+    assert_eq!(receipts(&mut conn), ids.len() + 1);
+    let deadline = std::time::Instant::now() + retention + Duration::from_secs(10);
+    while receipts(&mut conn) > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(receipts(&mut conn), 0, "receipts expired");
+    let left = used_memory(&mut conn).saturating_sub(before);
+    eprintln!(
+        "after the receipts expired: {left} bytes, {} per delivery",
+        left / n
+    );
+    assert!(
+        left <= n * MARK_BYTES,
+        "{} bytes per delivery left once receipts expired, more than a mark ({MARK_BYTES})",
+        left / n
+    );
+    let (xlen, retry): (u64, u64) = ::redis::pipe()
+        .cmd("XLEN")
+        .arg("{sizing}:q:a")
+        .cmd("ZCARD")
+        .arg("{sizing}:retry:a")
+        .query(&mut conn)
+        .expect("stream");
+    assert_eq!((xlen, retry), (0, 0), "nothing else left per delivery");
+}
+
+/// Issue 22, D2: a dead relay's claims go to a live one within the claim timeout
+/// plus a second, ahead of a backlog of fresh entries the live one cannot drain that
+/// fast (it takes 10 deliveries every 100 ms, as a worker with a slow partner would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_relays_claims_are_taken_over_ahead_of_the_backlog() {
+    let Some(url) = test_redis("a_dead_relays_claims_are_taken_over_ahead_of_the_backlog") else {
+        return;
+    };
+    let one = OnRedis::new(&url);
+    let timeout = Duration::from_secs(2);
+    let dying = one.open_another("dying", timeout);
+    let heir = one.open_another("heir", timeout);
+    let events = (0..5).map(|k| event(key(k), &["x"])).collect();
+    dying.accept(events, NOW).await.expect("accept");
+    let held: Vec<String> = dying
+        .claim_due("x", NOW, 10)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(held.len(), 5);
+    drop(dying);
+    let died = std::time::Instant::now();
+    for batch in 0..10u64 {
+        let events = (0..100).map(|k| event(key(1000 + batch * 100 + k), &["x"]));
+        heir.accept(events.collect(), NOW).await.expect("accept");
+    }
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    let mut taken = 0;
+    while taken < held.len() && died.elapsed() < Duration::from_secs(30) {
+        pace.tick().await;
+        let got = heir.claim_due("x", NOW, 10).await.expect("claim");
+        taken += got.iter().filter(|d| held.contains(&d.id)).count();
+    }
+    assert_eq!(taken, held.len());
+    assert!(
+        died.elapsed() <= timeout + Duration::from_secs(1),
+        "the dead relay's claims were taken {:?} after it died (claim timeout {timeout:?})",
+        died.elapsed()
+    );
+}
+
+/// Issue 22: `rediss://` to a port that speaks plain text is refused at once, saying
+/// what was tried, instead of a TLS handshake that waits 13 s and says "timed out".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_plain_text_port_is_a_quick_clear_error() {
+    let Some(url) = test_redis("tls_to_a_plain_text_port_is_a_quick_clear_error") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = url.replacen("redis://", "rediss://", 1);
+    let started = std::time::Instant::now();
+    let e = RedisStore::open(options(&tls, &random_prefix(), "c1", dir.path()))
+        .await
+        .err()
+        .expect("no TLS there");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        e.contains("rediss://") && e.contains("plain-text") && e.contains("redis://"),
+        "{e}"
+    );
+}
+
+/// A settle Redis refuses for good (here: a damaged record makes the script fail) is
+/// an error, and the claim is no longer renewed: it goes to a relay after the claim
+/// timeout instead of being held until this one restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settle_that_can_never_be_written_stops_holding_the_claim() {
+    let Some(url) = test_redis("a_settle_that_can_never_be_written") else {
+        return;
+    };
+    let on = OnRedis::new(&url);
+    let s = on.open_another("c2", Duration::from_secs(3600));
+    s.accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("accept");
+    let d = s.claim_due("a", NOW, 1).await.expect("claim").remove(0);
+    assert!(lock(&s.inner.held).contains_key(&d.id));
+    let mut conn = ::redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let _: i64 = ::redis::cmd("HDEL")
+        .arg(format!("{{{}}}:r:{}", on.prefix, d.id))
+        .arg("na")
+        .query(&mut conn)
+        .expect("damage the record");
+    let err = s.release(&d.id).await.expect_err("the script fails");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(
+        !lock(&s.inner.held).contains_key(&d.id),
+        "no longer renewed"
+    );
+    assert!(lock(&s.inner.unsettled).is_empty(), "not kept to retry");
 }

@@ -1,6 +1,7 @@
 -- claim: ARGV[3] destination, [4] consumer, [5] now ms, [6] limit, [7] claim
--- timeout ms. Moves due retries back onto the stream, hands out the due entries no
--- consumer has seen, then entries another consumer has held past the timeout.
+-- timeout ms. Moves due retries back onto the stream, hands out the entries another
+-- consumer has held past the timeout (a dead relay's: they are the oldest, so they go
+-- first, ahead of any backlog), then the due entries no consumer has seen.
 -- Returns each claimed delivery's record (HGETALL) with its delivery ID first.
 local dest, consumer = ARGV[3], ARGV[4]
 local now, limit, idle = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -21,16 +22,23 @@ local function take(entries)
     end
   end
 end
-local fresh = redis.call('XRANGE', q, '(' .. last_delivered(q), n(now), 'COUNT', limit)
-if #fresh > 0 then
-  local got = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', #fresh, 'STREAMS', q, '>')
-  if got then
-    take(got[1][2])
-  end
-end
-if #ids < limit and idle > 0 then
-  local r = redis.call('XAUTOCLAIM', q, GROUP, consumer, idle, '0-0', 'COUNT', limit - #ids)
+if idle > 0 then
+  -- The scan of the pending entries goes on where the last claim left it ({P}:scan),
+  -- so a long list of live claims cannot hide an abandoned one at its end.
+  local SCAN = P .. ':scan'
+  local r = redis.call('XAUTOCLAIM', q, GROUP, consumer, idle, redis.call('HGET', SCAN, dest) or '0-0',
+    'COUNT', limit)
+  redis.call('HSET', SCAN, dest, r[1])
   take(r[2])
+end
+if #ids < limit then
+  local fresh = redis.call('XRANGE', q, '(' .. last_delivered(q), n(now), 'COUNT', limit - #ids)
+  if #fresh > 0 then
+    local got = redis.call('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', #fresh, 'STREAMS', q, '>')
+    if got then
+      take(got[1][2])
+    end
+  end
 end
 local out = {}
 for _, x in ipairs(ids) do

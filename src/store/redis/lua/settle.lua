@@ -1,5 +1,5 @@
 -- settle: ARGV[3] delivery ID, [4] what: complete | retry | dead | release, [5] now
--- ms, [6] how long a delivered one's receipt is kept (ms), [7] number of fields to
+-- ms, [6] how long a delivered one's receipt is kept (ms, receipt retention), [7] number of fields to
 -- set, then field, value pairs, then the fields to delete. Only a claimed delivery
 -- (pending in its stream's group) is settled; anything else is a late settle and
 -- changes nothing. Returns 1 when settled, 0 when not.
@@ -28,6 +28,12 @@ if what == 'complete' then
   local att = tonumber(redis.call('HGET', r, 'att') or '0') + 1
   redis.call('HSET', r, 'st', 'c', 'att', n(att), 'la', n(now), 'fin', n(now))
   redis.call('HDEL', r, 'req', 'le')
+  -- Written anew: a hash that once held the request stays in Redis's large encoding
+  -- (about 520 bytes) after the request is deleted; the few fields of a receipt
+  -- fit the compact one (README, sizing).
+  local keep = redis.call('HGETALL', r)
+  redis.call('DEL', r)
+  redis.call('HSET', r, unpack(keep))
   redis.call('PEXPIRE', r, ARGV[6])
   count(dest, -1, 0)
 elseif what == 'retry' then
