@@ -170,8 +170,18 @@ async fn one_refused_event_is_dead_lettered_alone_with_the_partners_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_batch_loses_nothing_and_the_resent_events_keep_their_ids() {
     let partner = FakePartner::start().await.expect("partner");
-    // The first request hangs: the relay dies with the batch in flight.
-    partner.enqueue([Reply::hang()]);
+    // The first request hangs: the relay dies with a batch in flight. Later ones are
+    // answered as Meta does.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = calls.clone();
+    partner.respond_with(move |body| {
+        if c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            return Some(Reply::hang());
+        }
+        let v: Value = serde_json::from_slice(body).unwrap_or_default();
+        let n = v["data"].as_array().map_or(0, Vec::len);
+        Some(Reply::ok().body(format!(r#"{{"events_received":{n}}}"#)))
+    });
     let dir = tempfile::tempdir().expect("dir");
     std::fs::create_dir_all(dir.path().join("rules")).expect("rules");
     std::fs::write(
@@ -186,28 +196,35 @@ async fn kill_9_mid_batch_loses_nothing_and_the_resent_events_keep_their_ids() {
     let (status, v) = post_json_to(&client, &relay.base, "msg-k", &events_body("k", 30)).await;
     assert_eq!(status, 202, "{v}");
     assert!(partner.wait_for_requests(1, Duration::from_secs(10)).await);
-    let first = event_ids(&partner.requests()[0]);
-    assert_eq!(first.len(), 30, "the whole batch was in flight");
+    let in_flight: BTreeSet<String> = event_ids(&partner.requests()[0]).into_iter().collect();
+    assert!(!in_flight.is_empty(), "a batch was in flight");
     relay.kill();
+    let before = partner.request_count();
 
-    answer_as_meta(&partner, None);
     let relay = RelayProcess::spawn(&config, "info");
-    let base = relay.base.clone();
-    let all_delivered = eventually(20, || async {
-        let v = admin_get_at(&client, &base, "/admin/destinations").await;
-        v["destinations"][0]["delivered"] == 30
-    })
-    .await;
+    // (The hung first request is recorded as a 200 it never answered: skip it.)
+    let taken = || -> BTreeSet<String> {
+        partner
+            .requests()
+            .iter()
+            .skip(1)
+            .filter(|r| r.status == 200)
+            .flat_map(event_ids)
+            .collect()
+    };
+    let all = eventually(20, || async { taken().len() == 30 }).await;
+    assert!(all, "{} of 30 taken", taken().len());
+    // What was in flight at the kill went again after the restart, with the same
+    // event IDs (the partner dedupes on them).
+    let again: BTreeSet<String> = partner.requests()[before..]
+        .iter()
+        .flat_map(event_ids)
+        .collect();
     assert!(
-        all_delivered,
-        "{}",
-        admin_get_at(&client, &base, "/admin/destinations").await
+        in_flight.is_subset(&again),
+        "{in_flight:?} not resent in {again:?}"
     );
-    let again: BTreeSet<String> = partner.requests()[1..].iter().flat_map(event_ids).collect();
-    let first: BTreeSet<String> = first.into_iter().collect();
-    assert_eq!(
-        again, first,
-        "the same events, with the same event_id, went again"
-    );
+    let dead = admin_get_at(&client, &relay.base, "/admin/destinations").await;
+    assert_eq!(dead["destinations"][0]["dlq_size"], 0, "{dead}");
     drop(relay);
 }

@@ -396,7 +396,7 @@ fn preview_prints_the_exact_requests_and_sends_and_writes_nothing() {
     let mut meta_lines = meta.lines();
     assert_eq!(
         meta_lines.next(),
-        Some("POST https://graph.facebook.com/v21.0/123456789012345/events")
+        Some("POST https://graph.facebook.com/v25.0/123456789012345/events")
     );
     assert_eq!(meta_lines.next(), Some("Authorization: Bearer ***"));
     assert_eq!(meta_lines.next(), Some("Content-Type: application/json"));
