@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rand::RngCore;
@@ -207,11 +208,50 @@ pub fn damaged(db_dir: &Path, what: &str) -> String {
     )
 }
 
+/// Runs `f`, turning a panic of the storage engine (it asserts on some damaged
+/// files instead of returning an error) into a reason, without the panic hook's
+/// report on stderr: a damaged store is refused with one clear message.
+fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let seen: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let s = seen.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|m| m.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| {
+                format!(
+                    " at {}:{}",
+                    l.file().rsplit("/src/").next().unwrap_or(""),
+                    l.line()
+                )
+            })
+            .unwrap_or_default();
+        if let Ok(mut s) = s.lock() {
+            *s = Some(format!("{what}{at}"));
+        }
+    }));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    result.map_err(|_| {
+        let detail = seen.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
+        format!(
+            "the storage engine failed reading it: {}",
+            detail.lines().next().unwrap_or("")
+        )
+    })
+}
+
 impl Engine {
     /// Opens (or creates) the database in `data_dir/store`, catching engine panics.
     pub fn open(data_dir: &Path) -> Result<Engine, String> {
         let db_dir = data_dir.join(DB_DIR);
-        match catch_unwind(AssertUnwindSafe(|| Engine::open_inner(&db_dir))) {
+        match catch_quietly(|| Engine::open_inner(&db_dir)) {
             Ok(Ok(engine)) => Ok(engine),
             Ok(Err(fjall::Error::Locked)) => Err(format!(
                 "another postback-relay is using the data directory {}: stop it, or give this \
@@ -223,7 +263,7 @@ impl Engine {
                 db_dir.display()
             )),
             Ok(Err(e)) => Err(damaged(&db_dir, &e.to_string())),
-            Err(_) => Err(damaged(&db_dir, "the storage engine failed reading it")),
+            Err(why) => Err(damaged(&db_dir, &why)),
         }
     }
 
@@ -301,10 +341,10 @@ impl Engine {
     /// Reads the destination table, the counters and the sequence high-water mark, and
     /// checks the format. Also catches engine panics.
     pub fn load(&self, db_dir: &Path) -> Result<Loaded, String> {
-        match catch_unwind(AssertUnwindSafe(|| self.load_inner())) {
+        match catch_quietly(|| self.load_inner()) {
             Ok(Ok(l)) => Ok(l),
             Ok(Err(e)) => Err(damaged(db_dir, &e)),
-            Err(_) => Err(damaged(db_dir, "the storage engine failed reading it")),
+            Err(why) => Err(damaged(db_dir, &why)),
         }
     }
 
