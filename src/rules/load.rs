@@ -231,6 +231,7 @@ fn compile(doc: &Doc<'_>, name: String, known: &Known<'_>) -> Option<(Destinatio
         allow_misspelt: read.allow_misspelt || privacy_misspelt,
     };
     let req = destination::read_request(&dest, &checker, &params);
+    let concurrency_written = dest.get("concurrency").is_some();
     let (mut delivery, oauth_field) = destination::read_delivery(&dest);
     dest.finish();
     if preset.is_none() {
@@ -248,6 +249,9 @@ fn compile(doc: &Doc<'_>, name: String, known: &Known<'_>) -> Option<(Destinatio
     let (method, format) = shape.method_format(&req, &mut delivery, &privacy);
     let body = shape.compile_body(method, format, &checker, &privacy, &read.allow_entries);
     batch::read_batch(batch_field.as_ref(), preset, &body, &mut delivery);
+    if delivery.batch.is_some() && !concurrency_written {
+        delivery.concurrency = crate::outbound::DEFAULT_BATCH_CONCURRENCY;
+    }
     if let Some(p) = preset {
         privacy.style = p.hash_style;
         privacy.ipv4_only = p.ipv4_only.iter().map(|s| (*s).to_string()).collect();

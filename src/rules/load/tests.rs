@@ -641,6 +641,10 @@ fn batch_presets_batch_by_default_and_batch_can_be_tuned_or_turned_off() {
     let meta = "[destination]\nurl = \"https://a.example/\"\npreset = \"meta_capi\"\n[privacy]\nallow = [\"event_id\", \"page.url\"]\n";
     let b = delivery_of(meta).batch.expect("meta_capi batches");
     assert_eq!((b.path.as_str(), b.max_events), ("data", 1000));
+    // Batches in flight hold their events in memory: a lower default ceiling.
+    assert_eq!(delivery_of(meta).concurrency, 16);
+    let meta_64 = meta.replace("preset =", "concurrency = 64\npreset =");
+    assert_eq!(delivery_of(&meta_64).concurrency, 64);
     assert_eq!(b.max_wait, Duration::from_secs(1));
     let tuned = delivery_of(&format!(
         "{meta}[batch]\nmax_events = 200\nmax_wait = \"250ms\"\n"
