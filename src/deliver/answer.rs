@@ -393,10 +393,14 @@ fn google_verdict(codes: &[(String, String)]) -> Judgement {
     let mut never = None;
     for (category, code) in codes {
         match (category.as_str(), code.as_str()) {
-            // Already recorded: the partner has it.
+            // Already recorded: the partner has it. CLICK_NOT_FOUND: Google's upload
+            // guide says to treat it as a warning (the click may be too old or not
+            // from an ad it attributes); retrying cannot change it (docs/partners.md G8).
             (
                 "conversionUploadError",
-                "CLICK_CONVERSION_ALREADY_EXISTS" | "DUPLICATE_CLICK_CONVERSION_IN_REQUEST",
+                "CLICK_CONVERSION_ALREADY_EXISTS"
+                | "DUPLICATE_CLICK_CONVERSION_IN_REQUEST"
+                | "CLICK_NOT_FOUND",
             ) => {}
             // "Retry after 6 hours have passed."
             ("conversionUploadError", "TOO_RECENT_EVENT" | "TOO_RECENT_CONVERSION_ACTION") => {

@@ -387,6 +387,11 @@ fn google_conversion(body: &mut Value) {
         return;
     };
     for c in conversions.iter_mut().filter_map(Value::as_object_mut) {
+        // G8: `orderId` is a string field; a numeric order ID goes as its text.
+        if let Some(Value::Number(n)) = c.get("orderId") {
+            let text = n.to_string();
+            c.insert("orderId".into(), Value::String(text));
+        }
         let mut found = false;
         for key in ["gclid", "gbraid", "wbraid"] {
             if c.contains_key(key) {

@@ -282,6 +282,12 @@ fn google_ads_preset_request() {
     assert_eq!(oauth.token_url, "https://oauth2.googleapis.com/token");
     assert!(!format!("{:?}", d.delivery).contains("replace-me"));
 
+    // G8: a numeric order ID goes as a string (protobuf JSON refuses a number).
+    let mut numeric = typical("google");
+    numeric.fields["properties"]["order_id"] = json!(123456);
+    let body: Value = serde_json::from_str(&d.render(&numeric).unwrap().body.unwrap()).unwrap();
+    assert_eq!(body["conversions"][0]["orderId"], json!("123456"));
+
     // gclid first, then gbraid, then wbraid: Google rejects more than one.
     let mut ev = typical("google");
     ev.fields["attribution"]["gbraid"] = json!("gb-1");

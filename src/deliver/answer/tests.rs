@@ -134,6 +134,15 @@ fn google_partial_failures_are_read_per_conversion() {
         j.reason.as_deref(),
         Some("Google Ads: conversionUploadError UNPARSEABLE_GCLID")
     );
+    // G8: CLICK_NOT_FOUND is a warning to ignore, not a failure.
+    assert_eq!(
+        verdict(
+            &GOOGLE,
+            200,
+            &google_partial("conversionUploadError", "CLICK_NOT_FOUND")
+        ),
+        Verdict::Delivered
+    );
     let dup = google_partial("conversionUploadError", "CLICK_CONVERSION_ALREADY_EXISTS");
     assert_eq!(verdict(&GOOGLE, 200, &dup), Verdict::Delivered);
     let both = google_partial("conversionUploadError", "GBRAID_WBRAID_BOTH_SET");
