@@ -329,6 +329,19 @@ async fn dlq_cli_without_a_relay(store: TestStore) {
     assert_eq!(stdout(&out).trim(), "replayed 1 dead letter");
     let out = cli(&["dlq", "list"], &config).await;
     assert_eq!(stdout(&out).trim(), "no dead letters", "{}", stderr(&out));
+    // Naming a dead letter or destination that has none is an error, not "replayed 0".
+    for (flag, value, what) in [
+        ("--id", "dlv_nope", "with the ID dlv_nope"),
+        ("--destination", "aff-typo", "of the destination aff-typo"),
+    ] {
+        let out = cli(&["dlq", "replay", flag, value], &config).await;
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        assert!(
+            stderr(&out).contains(&format!("no dead letter {what}: nothing was replayed")),
+            "{}",
+            stderr(&out)
+        );
+    }
 
     partner.set_default(Reply::ok());
     let relay = TestRelay::start_in(dir, &[("aff", &aff)], &store.config("60s")).await;

@@ -168,6 +168,11 @@ fn list(out: &mut dyn Write, config: &Path, destination: Option<String>) -> Resu
 
 fn replay(out: &mut dyn Write, config: &Path, selector: ReplaySelector) -> Result<(), CliError> {
     let cfg = load_config(config, &Overrides::default())?;
+    let selector_name = match &selector {
+        ReplaySelector::All => None,
+        ReplaySelector::Id(id) => Some(format!("with the ID {id}")),
+        ReplaySelector::Destination(d) => Some(format!("of the destination {d}")),
+    };
     let result = if relay_is_running(&cfg) {
         let body = match &selector {
             ReplaySelector::All => json!({"all": true}),
@@ -185,6 +190,15 @@ fn replay(out: &mut dyn Write, config: &Path, selector: ReplaySelector) -> Resul
         })
     };
     let n = result.map_err(CliError::Failed)?;
+    // Naming what to replay and finding nothing is a mistake (a typo), not a success.
+    match &selector_name {
+        Some(what) if n == 0 => {
+            return Err(CliError::Failed(format!(
+                "no dead letter {what}: nothing was replayed; `postback-relay dlq list` shows the dead letters there are"
+            )))
+        }
+        _ => {}
+    }
     writeln!(
         out,
         "replayed {n} dead letter{}",
