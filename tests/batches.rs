@@ -228,3 +228,60 @@ async fn kill_9_mid_batch_loses_nothing_and_the_resent_events_keep_their_ids() {
     assert_eq!(dead["destinations"][0]["dlq_size"], 0, "{dead}");
     drop(relay);
 }
+
+#[tokio::test]
+async fn a_destination_that_cannot_keep_up_shows_its_backlog_age_and_concurrency() {
+    let partner = FakePartner::start().await.expect("partner");
+    partner.set_default(Reply::hang());
+    let rule = format!(
+        r#"[destination]
+url = "{}?eid={{event_id}}"
+method = "GET"
+timeout = "30s"
+concurrency = 1
+
+[privacy]
+allow = ["event_id"]
+"#,
+        partner.url("/slow")
+    );
+    let relay = TestRelay::start(&[("slow", &rule)], "").await;
+    for i in 0..3 {
+        let (s, v) = relay
+            .post_json(
+                &format!("msg-s{i}"),
+                &event(&format!("s{i}"), "purchase", &format!("c{i}")),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+    }
+    // One request hangs in flight; the other two wait, getting older.
+    let late = eventually(10, || async {
+        let d = &relay.admin_get("/admin/destinations").await["destinations"][0];
+        d["backlog_age_seconds"].as_f64().unwrap_or(0.0) >= 1.0
+            && d["requests_in_flight"] == 1
+            && d["concurrency_limit"] == 1
+    })
+    .await;
+    assert!(late, "{}", relay.admin_get("/admin/destinations").await);
+    let text = relay
+        .client
+        .get(format!("{}/metrics", relay.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains("postback_relay_delivery_concurrency_limit{destination=\"slow\"} 1"),
+        "{text}"
+    );
+    let age = text
+        .lines()
+        .find(|l| l.starts_with("postback_relay_backlog_age_seconds{destination=\"slow\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(age.is_some_and(|a| a >= 1.0), "{text}");
+    relay.stop().await;
+}
