@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::adaptive::{Permit, Signal};
 use super::policy::{self, Decision, GiveUp, Health, Verdict};
 use super::send::{Judged, Judgement, Sender};
-use super::worker::{give_back_probe, Applied, Context, DestinationWorker};
+use super::state::{give_back_probe, Applied, Context, DestinationWorker};
 use crate::store::Delivery;
 use crate::sync::lock;
 

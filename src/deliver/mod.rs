@@ -24,6 +24,7 @@ mod flight;
 pub mod oauth;
 pub mod policy;
 mod send;
+mod state;
 mod worker;
 
 /// The engine end to end against fake partners, on paused time.
@@ -44,7 +45,7 @@ pub use clock::Clock;
 
 use crate::outbound::DeliverySettings;
 use crate::store::Store;
-use worker::{Context, DestinationWorker};
+use state::{Context, DestinationWorker};
 
 /// Options of the whole delivery engine (from `[delivery]` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,7 +225,7 @@ impl Deliverer {
                 Some(r) => r.worker.apply(settings),
                 None => {
                     let (worker, task) =
-                        DestinationWorker::spawn(self.inner.ctx.clone(), name.clone(), settings);
+                        worker::spawn(self.inner.ctx.clone(), name.clone(), settings);
                     running.insert(name, Running { worker, task });
                 }
             }

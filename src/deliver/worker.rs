@@ -10,186 +10,28 @@
 //! URL, header or body.
 
 use crate::sync::lock;
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::adaptive::{Gate, Permit};
-use super::breaker::{Admission, Breaker, BreakerState};
-use super::client::{PostbackClient, SigningKey};
-use super::oauth::TokenSource;
-use super::DeliverOptions;
-use crate::outbound::{BatchSettings, DeliverySettings, RateLimit};
-use crate::store::{Delivery, Store};
+use super::adaptive::Permit;
+use super::breaker::Admission;
+use super::state::{give_back_probe, Applied, Context, DestinationWorker};
+use crate::outbound::{BatchSettings, DeliverySettings};
+use crate::store::Delivery;
 
-/// What every worker shares.
-pub(crate) struct Context {
-    pub store: Arc<dyn Store>,
-    pub client: PostbackClient,
-    pub opts: DeliverOptions,
-    /// Told about every attempt (metrics); set once, after start.
-    pub observer: std::sync::OnceLock<Arc<dyn super::DeliveryObserver>>,
-    /// Every task the engine spawns besides the dispatchers (retirements):
-    /// `Deliverer::shutdown` waits for them.
-    pub tasks: tokio_util::task::TaskTracker,
-}
-
-/// Settings in force, with what is derived from them. Replaced whole on reload; a
-/// send keeps the one it started with.
-pub(crate) struct Applied {
-    pub settings: DeliverySettings,
-    pub signer: Result<Option<SigningKey>, String>,
-    pub limiter: Option<Arc<DefaultDirectRateLimiter>>,
-    /// The destination's renewing access token, kept across reloads that keep its
-    /// credentials.
-    pub oauth: Option<Arc<TokenSource>>,
-}
-
-impl Applied {
-    fn new(settings: DeliverySettings, previous: Option<&Applied>) -> Applied {
-        let signer = match &settings.sign_secret {
-            None => Ok(None),
-            Some(secret) => SigningKey::from_secret(secret).map(Some),
-        };
-        let limiter = match previous {
-            // Same rate: keep the limiter and its state.
-            Some(p) if p.settings.rate_limit == settings.rate_limit => p.limiter.clone(),
-            _ => settings.rate_limit.and_then(limiter),
-        };
-        let oauth = match (&settings.oauth, previous.and_then(|p| p.oauth.as_ref())) {
-            (Some(new), Some(old)) if old.settings() == new => Some(old.clone()),
-            (Some(new), _) => Some(Arc::new(TokenSource::new(new.clone()))),
-            (None, _) => None,
-        };
-        Applied {
-            settings,
-            signer,
-            limiter,
-            oauth,
-        }
-    }
-}
-
-/// `count` per `per`, with a burst of `count`. `None` (no limit) for a zero count or period.
-fn limiter(rate: RateLimit) -> Option<Arc<DefaultDirectRateLimiter>> {
-    let burst = std::num::NonZeroU32::new(rate.count)?;
-    let quota = Quota::with_period(rate.per / rate.count)?.allow_burst(burst);
-    Some(Arc::new(RateLimiter::direct(quota)))
-}
-
-/// One destination's state, shared by its dispatcher, its sends and the `Deliverer`.
-pub(crate) struct DestinationWorker {
-    pub name: String,
-    applied: Mutex<Arc<Applied>>,
-    /// Requests in flight, at most what the adaptive controller allows.
-    pub gate: Arc<Gate>,
-    pub breaker: Mutex<Breaker>,
-    pub wake: Notify,
-    pub in_flight: Mutex<HashSet<String>>,
-    pub last_error: Mutex<Option<String>>,
-    /// Deliveries this worker completed since the relay started, and when the last
-    /// one was (Unix ms).
-    pub delivered: std::sync::atomic::AtomicU64,
-    pub last_success_at: Mutex<Option<i64>>,
-    /// No request before this instant: the partner asked for a pause (`Retry-After`
-    /// on a 429 or 503).
-    pub paused_until: Mutex<Option<Instant>>,
-    /// `Some(grace)` once stopping: finish in-flight sends within `grace`.
-    stop: watch::Sender<Option<Duration>>,
-}
-
-impl DestinationWorker {
-    /// Creates the worker and spawns its dispatcher.
-    pub fn spawn(
-        ctx: Arc<Context>,
-        name: String,
-        settings: DeliverySettings,
-    ) -> (Arc<DestinationWorker>, tokio::task::JoinHandle<()>) {
-        let gate = Gate::new(settings.concurrency.max(1));
-        let applied = Applied::new(settings, None);
-        if let Err(e) = &applied.signer {
-            tracing::error!(destination = %name, "{e}: its deliveries will be dead-lettered");
-        }
-        let (stop, stop_rx) = watch::channel(None);
-        let worker = Arc::new(DestinationWorker {
-            name,
-            applied: Mutex::new(Arc::new(applied)),
-            gate,
-            breaker: Mutex::new(Breaker::new(ctx.opts.breaker)),
-            wake: Notify::new(),
-            in_flight: Mutex::new(HashSet::new()),
-            last_error: Mutex::new(None),
-            delivered: std::sync::atomic::AtomicU64::new(0),
-            last_success_at: Mutex::new(None),
-            paused_until: Mutex::new(None),
-            stop,
-        });
-        let task = tokio::spawn(dispatch(ctx, worker.clone(), stop_rx));
-        (worker, task)
-    }
-
-    /// Applies changed settings: the next sends use them; a changed `concurrency` is
-    /// the controller's new ceiling.
-    pub fn apply(&self, settings: DeliverySettings) {
-        {
-            let mut applied = lock(&self.applied);
-            if applied.settings == settings {
-                return;
-            }
-            let next = Applied::new(settings, Some(&applied));
-            if let Err(e) = &next.signer {
-                tracing::error!(destination = %self.name, "{e}: its deliveries will be dead-lettered");
-            }
-            *applied = Arc::new(next);
-        }
-        let ceiling = lock(&self.applied).settings.concurrency.max(1);
-        self.gate.set_ceiling(ceiling);
-        self.wake.notify_one();
-    }
-
-    pub fn notify(&self) {
-        self.wake.notify_one();
-    }
-
-    pub fn stop(&self, grace: Duration) {
-        self.stop.send_replace(Some(grace));
-        // No new places from now on.
-        self.gate.close();
-    }
-
-    pub fn breaker_state(&self) -> BreakerState {
-        lock(&self.breaker).state(Instant::now())
-    }
-
-    /// (deliveries completed since start, when the last one was in Unix ms).
-    pub fn delivered(&self) -> (u64, Option<i64>) {
-        (
-            self.delivered.load(std::sync::atomic::Ordering::Relaxed),
-            *lock(&self.last_success_at),
-        )
-    }
-
-    pub fn last_error(&self) -> Option<String> {
-        lock(&self.last_error).clone()
-    }
-
-    pub fn in_flight(&self) -> usize {
-        lock(&self.in_flight).len()
-    }
-
-    /// The request timeout in force.
-    pub fn timeout(&self) -> Duration {
-        lock(&self.applied).settings.timeout
-    }
-
-    pub fn applied(&self) -> Arc<Applied> {
-        lock(&self.applied).clone()
-    }
+/// Creates a destination's worker and spawns its dispatcher.
+pub(crate) fn spawn(
+    ctx: Arc<Context>,
+    name: String,
+    settings: DeliverySettings,
+) -> (Arc<DestinationWorker>, tokio::task::JoinHandle<()>) {
+    let (worker, stop) = DestinationWorker::new(&ctx, name, settings);
+    let task = tokio::spawn(dispatch(ctx, worker.clone(), stop));
+    (worker, task)
 }
 
 /// Resolves when the worker is told to stop (or its sender is gone).
@@ -400,13 +242,6 @@ async fn take_slots(
         }
     }
     Slots::Take(permits, admission == Admission::Probe)
-}
-
-/// A probe that sends nothing is handed back, so that the next one may go.
-pub(crate) fn give_back_probe(worker: &DestinationWorker, probe: bool) {
-    if probe {
-        lock(&worker.breaker).cancel_probe();
-    }
 }
 
 /// Claimed deliveries, grouped into requests, with the places to send them in.
