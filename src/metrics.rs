@@ -80,6 +80,7 @@ pub struct Metrics {
     requests: Family<DestinationLabel, Counter>,
     concurrency: Family<DestinationLabel, Gauge>,
     backlog_age: Family<DestinationLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    held: Family<DestinationLabel, Gauge>,
     dlq_size: Family<DestinationLabel, Gauge>,
     circuit: Family<DestinationState, Gauge>,
     rule_errors: Family<DestinationLabel, Gauge>,
@@ -115,6 +116,7 @@ impl Metrics {
             requests: Family::default(),
             concurrency: Family::default(),
             backlog_age: Family::default(),
+            held: Family::default(),
             dlq_size: Family::default(),
             circuit: Family::default(),
             rule_errors: Family::default(),
@@ -176,6 +178,11 @@ impl Metrics {
             "delivery_concurrency_limit",
             "Requests the adaptive controller lets each destination have in flight now (at most its `concurrency`)",
             self.concurrency.clone(),
+        );
+        r.register(
+            "destination_held",
+            "1 while a destination is held because the partner refused its credentials (its queue is kept)",
+            self.held.clone(),
         );
         r.register(
             "backlog_age_seconds",
@@ -308,6 +315,7 @@ impl Metrics {
         self.circuit.clear();
         self.concurrency.clear();
         self.backlog_age.clear();
+        self.held.clear();
         for (name, age) in backlog_ages {
             self.backlog_age
                 .get_or_create(&DestinationLabel {
@@ -332,6 +340,11 @@ impl Metrics {
                     destination: s.name.clone(),
                 })
                 .set(i64::try_from(s.concurrency_limit).unwrap_or(i64::MAX));
+            self.held
+                .get_or_create(&DestinationLabel {
+                    destination: s.name.clone(),
+                })
+                .set(i64::from(s.held.is_some()));
             for state in [
                 BreakerState::Closed,
                 BreakerState::Open,
@@ -407,6 +420,7 @@ mod tests {
                 in_flight: 0,
                 requests_in_flight: 0,
                 concurrency_limit: 12,
+                held: Some("x".into()),
                 delivered: 0,
                 last_success_at: None,
             }],
@@ -424,6 +438,7 @@ mod tests {
             "postback_relay_circuit_state{destination=\"aff\",state=\"closed\"} 0",
             "postback_relay_rule_reloads_total{result=\"failed\"} 1",
             "postback_relay_delivery_concurrency_limit{destination=\"aff\"} 12",
+            "postback_relay_destination_held{destination=\"aff\"} 1",
             "postback_relay_backlog_age_seconds{destination=\"aff\"} 2.5",
             "postback_relay_delivery_requests_total{destination=\"aff\"} 1",
         ] {

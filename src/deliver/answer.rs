@@ -28,6 +28,9 @@ pub struct Judgement {
     pub retry_after: Option<Duration>,
     /// Why an answer with a success status is not a success (kept as `last_error`).
     pub reason: Option<String>,
+    /// The partner refused the destination's credentials (401, 403, Meta code 190,
+    /// Adjust's 202 for a wrong token): no event can get through until they are fixed.
+    pub credential: bool,
 }
 
 impl Judgement {
@@ -36,6 +39,7 @@ impl Judgement {
             verdict,
             retry_after: None,
             reason: None,
+            credential: false,
         }
     }
 
@@ -44,6 +48,16 @@ impl Judgement {
             verdict,
             retry_after: None,
             reason: Some(reason.into()),
+            credential: false,
+        }
+    }
+
+    fn credential(reason: impl Into<String>) -> Judgement {
+        Judgement {
+            verdict: Verdict::Reject,
+            retry_after: None,
+            reason: Some(reason.into()),
+            credential: true,
         }
     }
 }
@@ -86,6 +100,11 @@ pub fn judge_batch(rule: &SuccessRule, status: u16, body: &str, events: usize) -
 }
 
 fn judge_n(rule: &SuccessRule, status: u16, body: &str, events: usize) -> Judgement {
+    if matches!(status, 401 | 403) {
+        return Judgement::credential(format!(
+            "the partner refused the destination's credentials (HTTP {status}): check the token in the rule file"
+        ));
+    }
     match rule {
         SuccessRule::AnyTwoHundred => Judgement::of(by_status(status)),
         SuccessRule::Declared(d) => declared(d, status, body),
@@ -217,6 +236,10 @@ fn meta(status: u16, body: &str, events: usize) -> Judgement {
         );
     }
     match code {
+        // Graph API: 190 "Invalid OAuth 2.0 Access Token" (expired, revoked, wrong).
+        Some(190) => {
+            Judgement::credential("Meta error code 190: the access token is invalid or expired")
+        }
         Some(c) => Judgement::because(by_status(status), format!("Meta error code {c}")),
         None => Judgement::of(by_status(status)),
     }
@@ -256,8 +279,7 @@ fn tiktok(status: u16, body: &str) -> Judgement {
 fn adjust(status: u16, body: &str) -> Judgement {
     match status {
         200 => Judgement::of(Verdict::Delivered),
-        202 => Judgement::because(
-            Verdict::Reject,
+        202 => Judgement::credential(
             "Adjust answered 202: the S2S token is missing or wrong, the event was not recorded",
         ),
         400 if body.contains("earlier unique event tracked") => Judgement::of(Verdict::Delivered),
@@ -423,6 +445,7 @@ fn google_verdict(codes: &[(String, String)]) -> Judgement {
             verdict: Verdict::Retry,
             retry_after: wait,
             reason: Some(format!("Google Ads: {code}, retried later")),
+            credential: false,
         },
         None => Judgement::of(Verdict::Delivered),
     }

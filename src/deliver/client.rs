@@ -228,7 +228,7 @@ impl Sent {
         let error = match &attempt {
             Attempt::Timeout => "timed out".to_string(),
             Attempt::Connect(e) => format!("connection failed: {e}"),
-            Attempt::Refused(e) | Attempt::Invalid(e) => e.clone(),
+            Attempt::Refused(e) | Attempt::Invalid(e) | Attempt::Credential(e) => e.clone(),
             Attempt::Response { status, .. } => status_reason(*status),
         };
         Sent {

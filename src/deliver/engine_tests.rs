@@ -471,12 +471,13 @@ fn status_serializes_for_the_admin_api() {
         in_flight: 3,
         requests_in_flight: 1,
         concurrency_limit: 16,
+        held: None,
         delivered: 7,
         last_success_at: Some(1_764_064_800_000),
     };
     assert_eq!(
         serde_json::to_string(&s).unwrap(),
-        r#"{"name":"meta","breaker":"half_open","last_error":"HTTP 503","in_flight":3,"requests_in_flight":1,"concurrency_limit":16,"delivered":7,"last_success_at":1764064800000}"#
+        r#"{"name":"meta","breaker":"half_open","last_error":"HTTP 503","in_flight":3,"requests_in_flight":1,"concurrency_limit":16,"held":null,"delivered":7,"last_success_at":1764064800000}"#
     );
 }
 

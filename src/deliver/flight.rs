@@ -100,6 +100,9 @@ enum Came {
     Taken,
     /// A transient failure: settled as retries.
     Retried(Judged),
+    /// The credentials were refused: the deliveries were given back as they were and
+    /// the destination is held.
+    Held,
     /// Refused whole, nothing settled: no event of it was taken; why.
     Refused(Judged, Vec<Delivery>),
 }
@@ -133,6 +136,12 @@ impl Flight<'_> {
             }
             let (why, set) = match self.request(set).await {
                 Came::Taken | Came::Retried(_) => continue,
+                Came::Held => {
+                    for rest in todo.drain(..) {
+                        self.give_back(rest).await;
+                    }
+                    return;
+                }
                 Came::Refused(why, set) => (why, set),
             };
             if set.len() == 1 {
@@ -170,6 +179,11 @@ impl Flight<'_> {
                     self.settle_all(pool, &j).await;
                     return Vec::new();
                 }
+                Came::Held => {
+                    self.give_back(right).await;
+                    self.give_back(pool).await;
+                    return Vec::new();
+                }
                 Came::Refused(j, left) => {
                     pool.extend(right);
                     failing = left;
@@ -202,6 +216,15 @@ impl Flight<'_> {
         let t0 = Instant::now();
         let (judgement, pause) = self.sender().attempt(&id, stored, events).await;
         self.observe(&judgement, t0.elapsed(), events, pause);
+        if let Judgement::Whole(j) = &judgement {
+            if j.held {
+                self.worker
+                    .hold(j.error.as_deref().unwrap_or("credentials refused"));
+                self.give_back(set).await;
+                return Came::Held;
+            }
+        }
+        self.worker.resume();
         match judgement {
             Judgement::PerEvent(rows) if rows.len() == events => {
                 self.settle_each(set.into_iter().zip(rows).collect()).await;
@@ -258,6 +281,16 @@ impl Flight<'_> {
         }
         if let Some(observer) = self.ctx.observer.get() {
             observer.request(&self.worker.name, events, rtt);
+        }
+    }
+
+    /// Gives claims back untouched (due as they were, attempts unchanged).
+    async fn give_back(&self, set: Vec<Delivery>) {
+        for d in set {
+            if let Err(e) = self.ctx.store.release(&d.id).await {
+                tracing::warn!(destination = %self.worker.name, delivery_id = %d.id, error = %e, "cannot release a claim; it is due again after a restart");
+            }
+            lock(&self.worker.in_flight).remove(&d.id);
         }
     }
 
@@ -324,6 +357,7 @@ fn unjoinable() -> Judged {
         status: None,
         health: Health::Unknown,
         too_old: false,
+        held: false,
     }
 }
 

@@ -91,6 +91,9 @@ pub struct DestinationStatus {
     /// Requests in flight, and the most the adaptive controller allows now.
     pub requests_in_flight: usize,
     pub concurrency_limit: usize,
+    /// Why the destination is held (its credentials were refused), if it is: no
+    /// request goes until they work again; its queue is kept.
+    pub held: Option<String>,
     /// Completed since the relay started.
     pub delivered: u64,
     /// When the last delivery succeeded, Unix ms.
@@ -261,6 +264,7 @@ impl Deliverer {
                 in_flight: r.worker.in_flight(),
                 requests_in_flight: r.worker.gate.in_flight(),
                 concurrency_limit: r.worker.gate.limit(),
+                held: r.worker.held(),
                 delivered: r.worker.delivered().0,
                 last_success_at: r.worker.delivered().1,
             })

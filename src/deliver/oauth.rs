@@ -131,7 +131,7 @@ fn read_token(status: u16, body: &str, asked: Instant) -> Result<Cached, Attempt
         return Err(if status == 429 || status >= 500 {
             Attempt::Connect(message)
         } else {
-            Attempt::Invalid(format!(
+            Attempt::Credential(format!(
                 "{message}: check the client ID, client secret and refresh token"
             ))
         });
@@ -236,7 +236,7 @@ mod tests {
         let s = source(endpoint.url("/token"));
         let t = Duration::from_secs(5);
         match s.token(&client, t).await {
-            Err(Attempt::Invalid(e)) => {
+            Err(Attempt::Credential(e)) => {
                 assert!(e.contains("HTTP 400 (invalid_grant)"), "{e}");
                 assert!(!e.contains("rtoken") && !e.contains("csecret"));
             }

@@ -28,6 +28,9 @@ pub enum Attempt {
     Refused(String),
     /// The stored request cannot be sent at all (bad URL, bad header, bad secret).
     Invalid(String),
+    /// The destination's credentials were refused before a request could be made (an
+    /// OAuth token endpoint refused the refresh token): the destination is held.
+    Credential(String),
 }
 
 /// What an attempt means for the delivery, before the give-up rule.
@@ -62,6 +65,8 @@ pub fn classify(attempt: &Attempt) -> Verdict {
         },
         Attempt::Timeout | Attempt::Connect(_) => Verdict::Retry,
         Attempt::Refused(_) | Attempt::Invalid(_) => Verdict::Reject,
+        // Not the delivery's fault: kept (the destination is held, see `flight`).
+        Attempt::Credential(_) => Verdict::Retry,
     }
 }
 
@@ -74,7 +79,7 @@ pub fn health(attempt: &Attempt) -> Health {
             _ => Health::Up,
         },
         Attempt::Timeout | Attempt::Connect(_) => Health::Down,
-        Attempt::Refused(_) | Attempt::Invalid(_) => Health::Unknown,
+        Attempt::Refused(_) | Attempt::Invalid(_) | Attempt::Credential(_) => Health::Unknown,
     }
 }
 

@@ -26,6 +26,9 @@ pub(crate) struct Judged {
     pub health: Health,
     /// Not sent: the event is older than the partner accepts.
     pub too_old: bool,
+    /// The destination's credentials were refused: hold the destination, keep the
+    /// deliveries as they were.
+    pub held: bool,
 }
 
 /// A request's answer, judged: for every event it carried, or for each.
@@ -62,6 +65,7 @@ impl Sender<'_> {
             status: None,
             health: Health::Unknown,
             too_old: true,
+            held: false,
         })
     }
 
@@ -143,6 +147,7 @@ pub(crate) fn judge_batch_sent(
         return Judgement::Whole(Judged {
             verdict: policy::classify(&sent.attempt),
             retry_after: None,
+            held: matches!(sent.attempt, Attempt::Credential(_)),
             error: sent.error,
             status: None,
             health,
@@ -168,6 +173,7 @@ pub(crate) fn judge_batch_sent(
             status: Some(status),
             health,
             too_old: false,
+            held: j.credential,
         }
     };
     match answer::judge_batch(rule, status, &sent.body, events) {

@@ -78,6 +78,10 @@ fn limiter(rate: RateLimit) -> Option<Arc<DefaultDirectRateLimiter>> {
     Some(Arc::new(RateLimiter::direct(quota)))
 }
 
+/// First wait of a held destination, and the longest.
+const FIRST_HOLD: Duration = Duration::from_secs(30);
+const MAX_HOLD: Duration = Duration::from_secs(300);
+
 /// One destination's state, shared by its dispatcher, its sends and the `Deliverer`.
 pub(crate) struct DestinationWorker {
     pub name: String,
@@ -95,6 +99,9 @@ pub(crate) struct DestinationWorker {
     /// No request before this instant: the partner asked for a pause (`Retry-After`
     /// on a 429 or 503).
     pub paused_until: Mutex<Option<Instant>>,
+    /// Why the destination is held (its credentials were refused), and the wait
+    /// before the next try; `None` while it is not.
+    pub held: Mutex<Option<(String, Duration)>>,
     /// `Some(grace)` once stopping: finish in-flight sends within `grace`.
     stop: watch::Sender<Option<Duration>>,
 }
@@ -123,6 +130,7 @@ impl DestinationWorker {
             delivered: std::sync::atomic::AtomicU64::new(0),
             last_success_at: Mutex::new(None),
             paused_until: Mutex::new(None),
+            held: Mutex::new(None),
             stop,
         });
         (worker, stop_rx)
@@ -180,6 +188,40 @@ impl DestinationWorker {
     /// The request timeout in force.
     pub fn timeout(&self) -> Duration {
         lock(&self.applied).settings.timeout
+    }
+
+    /// The partner refused the credentials: no request for a while (30 s, doubling to
+    /// 5 min while it goes on). Logs once when the hold begins.
+    pub fn hold(&self, reason: &str) {
+        let wait = {
+            let mut held = lock(&self.held);
+            let wait = match held.as_ref() {
+                Some((_, w)) => (*w * 2).min(MAX_HOLD),
+                None => {
+                    tracing::warn!(destination = %self.name, reason, "credentials refused: the destination is held, its queue kept; tried again in 30 s, then less often, until they work");
+                    FIRST_HOLD
+                }
+            };
+            *held = Some((reason.to_string(), wait));
+            wait
+        };
+        let until = Instant::now() + wait;
+        let mut paused = lock(&self.paused_until);
+        if paused.is_none_or(|at| at < until) {
+            *paused = Some(until);
+        }
+    }
+
+    /// A request got through: a hold ends.
+    pub fn resume(&self) {
+        if lock(&self.held).take().is_some() {
+            tracing::info!(destination = %self.name, "credentials accepted again: the destination resumed");
+        }
+    }
+
+    /// Why the destination is held, if it is.
+    pub fn held(&self) -> Option<String> {
+        lock(&self.held).as_ref().map(|(r, _)| r.clone())
     }
 
     pub fn applied(&self) -> Arc<Applied> {

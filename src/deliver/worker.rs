@@ -60,6 +60,10 @@ async fn dispatch(
     tracing::debug!(destination = %worker.name, "delivery worker started");
     while !is_stopping(&stop) {
         while sends.try_join_next().is_some() {}
+        // Held or paused by the partner: claim nothing until the wait is over.
+        if !wait_for_pause(&worker, &mut stop).await {
+            break;
+        }
         let applied = worker.applied();
         let batch = applied.settings.batch.clone();
         let (permits, probe) = match take_slots(&ctx, &worker, batch.is_none(), &mut stop).await {

@@ -236,7 +236,7 @@ async fn destinations(relay: &Relay) -> HttpResponse {
         json!({"name": name, "enabled": state == "enabled", "state": state,
                "queue_depth": 0, "dlq_size": 0, "circuit": "closed", "last_error": null,
                "in_flight": 0, "requests_in_flight": 0, "concurrency_limit": 0,
-               "backlog_age_seconds": 0.0,
+               "backlog_age_seconds": 0.0, "held": null,
                "delivered": 0, "last_success_at": null, "rule_errors": []})
     };
     for d in rules.destinations() {
@@ -278,6 +278,7 @@ async fn destinations(relay: &Relay) -> HttpResponse {
             e["in_flight"] = json!(s.in_flight);
             e["requests_in_flight"] = json!(s.requests_in_flight);
             e["concurrency_limit"] = json!(s.concurrency_limit);
+            e["held"] = json!(s.held);
             e["delivered"] = json!(s.delivered);
             e["last_success_at"] = json!(s
                 .last_success_at

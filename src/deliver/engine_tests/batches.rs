@@ -130,7 +130,8 @@ async fn one_refused_event_in_1000_is_isolated_in_log2_plus_one_extra_requests()
 #[tokio::test(start_paused = true)]
 async fn a_whole_request_refused_again_and_again_is_retried_not_bisected_forever() {
     let partner = FakePartner::start().await.unwrap();
-    partner.set_default(Reply::status(401).body(r#"{"error":{"code":190}}"#));
+    // Refused whole for something about the request (not the credentials).
+    partner.set_default(Reply::status(400).body(r#"{"error":{"code":2500}}"#));
     let store = Arc::new(MemStore::default());
     for i in 0..200 {
         store.push(event(&format!("e{i:03}"), &partner.url("/meta")));
@@ -391,5 +392,83 @@ async fn a_partner_limited_to_50_a_second_is_paced_near_its_limit_and_the_backlo
     assert!(over.iter().all(|(_, n)| *n <= 60), "{over:?}");
     // And the backlog drains near the partner's pace (500 at 50/s: 10 s).
     assert!(took < Duration::from_secs(16), "{took:?}");
+    deliverer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_hold_the_destination_and_keep_its_queue_until_they_work() {
+    let partner = FakePartner::start().await.unwrap();
+    partner.set_default(Reply::status(401));
+    let store = Arc::new(MemStore::default());
+    for i in 0..20 {
+        store.push(event(&format!("e{i:02}"), &partner.url("/meta")));
+    }
+    let settings = DeliverySettings {
+        success: SuccessRule::Partner(PartnerAnswers::MetaCapi),
+        ..batching(1000, Duration::from_secs(1))
+    };
+    let deliverer = start(&store, vec![("p", settings)], opts());
+    assert!(
+        eventually(Duration::from_secs(5), || deliverer.status()[0]
+            .held
+            .is_some())
+        .await
+    );
+    let held = deliverer.status()[0].held.clone().unwrap_or_default();
+    assert!(held.contains("HTTP 401"), "{held}");
+    // Held: nothing dead-lettered, no attempt counted, one request only (not a
+    // bisection per event), and no request during the hold.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(store.dead().is_empty());
+    assert_eq!(store.queued().len(), 20);
+    assert!(store.queued().iter().all(|d| d.attempts == 0));
+    assert_eq!(partner.request_count(), 1);
+    // The token is fixed: the next try after the hold goes through.
+    meta_like(&partner, "never-poisoned");
+    assert!(
+        eventually(Duration::from_secs(60), || store.completed_ids().len()
+            == 20)
+        .await
+    );
+    assert_eq!(deliverer.status()[0].held, None);
+    deliverer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoked_refresh_token_holds_the_destination_without_a_request() {
+    let partner = FakePartner::start().await.unwrap();
+    let endpoint = FakePartner::start().await.unwrap();
+    endpoint.set_default(Reply::status(400).body(
+        r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#,
+    ));
+    let store = Arc::new(MemStore::default());
+    for i in 0..3 {
+        store.push(delivery(&format!("d{i}"), "p", &partner.url("/google")));
+    }
+    let settings = DeliverySettings {
+        oauth: Some(crate::outbound::OAuthSettings {
+            token_url: endpoint.url("/token"),
+            client_id: "cid".into(),
+            client_secret: "csecret".into(),
+            refresh_token: "rtoken".into(),
+        }),
+        ..settings()
+    };
+    let deliverer = start(&store, vec![("p", settings)], opts());
+    assert!(
+        eventually(Duration::from_secs(5), || deliverer.status()[0]
+            .held
+            .is_some())
+        .await
+    );
+    let held = deliverer.status()[0].held.clone().unwrap_or_default();
+    assert!(
+        held.contains("invalid_grant") && !held.contains("rtoken"),
+        "{held}"
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(partner.request_count(), 0);
+    assert!(store.dead().is_empty());
+    assert_eq!(store.queued().len(), 3);
     deliverer.shutdown().await;
 }
