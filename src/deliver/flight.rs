@@ -22,6 +22,7 @@ use super::adaptive::{Permit, Signal};
 use super::policy::{self, Decision, GiveUp, Health, Verdict};
 use super::send::{Judged, Judgement, Sender};
 use super::state::{give_back_probe, Applied, Context, DestinationWorker};
+use crate::outbound::OutboundRequest;
 use crate::store::Delivery;
 use crate::sync::lock;
 
@@ -56,8 +57,19 @@ pub(crate) async fn fly(
     flight.settle_each(old).await;
     match &applied.settings.batch {
         Some(b) if fresh.len() > 1 => {
+            // Grouped as they will be sent: with credentials attached (a stored body
+            // holds markers, which are no JSON); one that cannot be attached goes alone
+            // and fails there with the reason.
             let groups = {
-                let requests: Vec<_> = fresh.iter().map(|d| &d.request).collect();
+                let attached: Vec<OutboundRequest> = fresh
+                    .iter()
+                    .map(|d| {
+                        flight
+                            .attach(&d.request)
+                            .unwrap_or_else(|_| d.request.clone())
+                    })
+                    .collect();
+                let requests: Vec<&OutboundRequest> = attached.iter().collect();
                 super::batch::group(&requests, &b.path)
             };
             let mut slots: Vec<Option<Delivery>> = fresh.into_iter().map(Some).collect();
@@ -116,6 +128,12 @@ const MAX_ISOLATED: usize = 8;
 const MAX_PAUSE: Duration = Duration::from_secs(300);
 
 impl Flight<'_> {
+    /// A stored request with the destination's current credentials in place of its
+    /// markers.
+    fn attach(&self, stored: &OutboundRequest) -> Result<OutboundRequest, String> {
+        self.applied.settings.credentials.attach(stored)
+    }
+
     fn sender(&self) -> Sender<'_> {
         Sender {
             client: &self.ctx.client,
@@ -199,22 +217,27 @@ impl Flight<'_> {
     async fn request(&self, set: Vec<Delivery>) -> Came {
         let events = set.len();
         let joined;
-        let (id, stored) = match (set.as_slice(), &self.applied.settings.batch) {
-            ([one], _) => (one.id.clone(), &one.request),
+        let (id, stored, attached) = match (set.as_slice(), &self.applied.settings.batch) {
+            ([one], _) => (one.id.clone(), &one.request, false),
             ([first, ..], Some(b)) => {
-                let requests: Vec<_> = set.iter().map(|d| &d.request).collect();
+                let attached: Result<Vec<OutboundRequest>, String> =
+                    set.iter().map(|d| self.attach(&d.request)).collect();
+                let Ok(attached) = attached else {
+                    return Came::Refused(unjoinable(), set);
+                };
+                let requests: Vec<&OutboundRequest> = attached.iter().collect();
                 let Some(r) = super::batch::assemble(&requests, &b.path) else {
                     return Came::Refused(unjoinable(), set);
                 };
                 joined = r;
-                (format!("{}.{events}", first.id), &joined)
+                (format!("{}.{events}", first.id), &joined, true)
             }
             _ => return Came::Refused(unjoinable(), set),
         };
         self.sent_any
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let t0 = Instant::now();
-        let (judgement, pause) = self.sender().attempt(&id, stored, events).await;
+        let (judgement, pause) = self.sender().attempt(&id, stored, events, attached).await;
         self.observe(&judgement, t0.elapsed(), events, pause);
         if let Judgement::Whole(j) = &judgement {
             if j.held {

@@ -73,7 +73,7 @@ impl Default for DeliverOptions {
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             store_retry_pause: Duration::from_millis(200),
-            claim_batch: 64,
+            claim_batch: 256,
             clock: Clock::system(),
         }
     }

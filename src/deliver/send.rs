@@ -70,7 +70,8 @@ impl Sender<'_> {
     }
 
     /// Sends `stored` (carrying `events` events) as `webhook-id: id`, with the
-    /// destination's credentials attached, and judges the answer. The second value is
+    /// destination's credentials attached (unless `attached` says they already are: a
+    /// batch is joined from requests attached one by one), and judges the answer. The second value is
     /// the pause the partner asked of the whole destination (`Retry-After` on a 429
     /// or 503).
     pub async fn attempt(
@@ -78,8 +79,9 @@ impl Sender<'_> {
         id: &str,
         stored: &OutboundRequest,
         events: usize,
+        attached: bool,
     ) -> (Judgement, Option<Duration>) {
-        let sent = self.send(id, stored, events).await;
+        let sent = self.send(id, stored, events, attached).await;
         let pause = match sent.attempt {
             Attempt::Response {
                 status: 429 | 503,
@@ -93,12 +95,22 @@ impl Sender<'_> {
         )
     }
 
-    async fn send(&self, id: &str, stored: &OutboundRequest, events: usize) -> Sent {
+    async fn send(
+        &self,
+        id: &str,
+        stored: &OutboundRequest,
+        events: usize,
+        attached: bool,
+    ) -> Sent {
         // The stored request holds markers where the partner's credentials go: the
         // destination's current values are put back only for the send.
-        let request = match self.settings.credentials.attach(stored) {
-            Ok(request) => request,
-            Err(e) => return Sent::failed(Attempt::Invalid(e)),
+        let request = if attached {
+            std::borrow::Cow::Borrowed(stored)
+        } else {
+            match self.settings.credentials.attach(stored) {
+                Ok(request) => std::borrow::Cow::Owned(request),
+                Err(e) => return Sent::failed(Attempt::Invalid(e)),
+            }
         };
         let signer = match self.signer {
             Ok(s) => s.as_ref(),
