@@ -7,9 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::body::{read_limited, ReadError, TimedBody};
 use chrono::Utc;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
@@ -25,7 +24,7 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-pub async fn handle(relay: &Arc<Relay>, req: Request<Incoming>) -> HttpResponse {
+pub async fn handle(relay: &Arc<Relay>, req: Request<TimedBody>) -> HttpResponse {
     let Some(token) = relay.config.admin_token.as_deref() else {
         return json_response(
             StatusCode::NOT_FOUND,
@@ -76,7 +75,7 @@ pub async fn handle(relay: &Arc<Relay>, req: Request<Incoming>) -> HttpResponse 
     }
 }
 
-fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
+fn query(req: &Request<TimedBody>) -> BTreeMap<String, String> {
     req.uri()
         .query()
         .map(|q| {
@@ -115,13 +114,18 @@ async fn dlq(relay: &Relay, query: &BTreeMap<String, String>) -> HttpResponse {
 }
 
 /// The replay selector of a `POST /admin/dlq/replay` body, or the 400 to answer.
-async fn replay_request(req: Request<Incoming>) -> Result<ReplaySelector, HttpResponse> {
+async fn replay_request(req: Request<TimedBody>) -> Result<ReplaySelector, HttpResponse> {
     let bad = |error: String| json_response(StatusCode::BAD_REQUEST, json!({"error": error}));
-    let body = Limited::new(req.into_body(), 64 * 1024)
-        .collect()
+    let mut body = req.into_body();
+    let body = read_limited(&mut body, 64 * 1024, 0)
         .await
-        .map_err(|_| bad("body unreadable or over 64KiB".into()))?
-        .to_bytes();
+        .map_err(|e| match e {
+            ReadError::Timeout => json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": "the body did not arrive within body_read_timeout"}),
+            ),
+            _ => bad("body unreadable or over 64KiB".into()),
+        })?;
     let v: Value = if body.is_empty() {
         json!({})
     } else {

@@ -9,6 +9,7 @@
 //! HTTP/1.1 on plain listeners; HTTP/2 and HTTP/1.1 by ALPN on TLS.
 
 pub mod admin;
+pub mod body;
 pub mod conn;
 pub mod routes;
 pub mod tls;
@@ -279,6 +280,9 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Handler 
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> HandlerFuture {
         let busy = self.state.begin();
         let (edge, routes, state) = (self.edge.clone(), self.routes, self.state.clone());
+        // Every body, whoever reads it, ends by its deadline (before authentication).
+        let deadline = tokio::time::Instant::now() + edge.limits.body_read_timeout;
+        let req = req.map(|b| body::TimedBody::new(b, deadline, &state));
         Box::pin(async move {
             let resp = routes::route(&edge, routes, req, &state).await;
             drop(busy);
@@ -305,8 +309,8 @@ where
     let bound = tokio::select! {
         _ = conn.as_mut() => return,
         expired = state.watchdog(limits.header_read_timeout, limits.idle_timeout) => match expired {
-            // A slow head: nothing to finish, just close.
-            Expired::Header => return,
+            // A slow head, or a body past its deadline: nothing to finish, just close.
+            Expired::Header | Expired::Body => return,
             Expired::Idle => limits.linger_timeout,
         },
         _ = shutdown.wait_for(|stop| *stop) => limits.body_read_timeout,

@@ -11,17 +11,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::Utc;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::body::{read_limited, ReadError, TimedBody};
 use super::conn::ConnState;
 use super::{Edge, Routes};
 use crate::ingest::body::{self, BodyError, Framing};
@@ -33,7 +33,7 @@ pub type HttpResponse = Response<Full<Bytes>>;
 pub async fn route(
     edge: &Edge,
     routes: Routes,
-    req: Request<Incoming>,
+    req: Request<TimedBody>,
     conn: &Arc<ConnState>,
 ) -> HttpResponse {
     let path = req.uri().path().to_string();
@@ -132,7 +132,7 @@ struct SignedBody {
     _budget: OwnedSemaphorePermit,
 }
 
-async fn events(edge: &Edge, req: Request<Incoming>, conn: &Arc<ConnState>) -> HttpResponse {
+async fn events(edge: &Edge, req: Request<TimedBody>, conn: &Arc<ConnState>) -> HttpResponse {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let (resp, result) = match read_signed(edge, &parts, body, conn).await {
@@ -153,7 +153,7 @@ async fn events(edge: &Edge, req: Request<Incoming>, conn: &Arc<ConnState>) -> H
 async fn read_signed(
     edge: &Edge,
     parts: &Parts,
-    mut body: Incoming,
+    mut body: TimedBody,
     conn: &Arc<ConnState>,
 ) -> Result<SignedBody, Refusal> {
     let declared = declared_length(parts);
@@ -188,19 +188,21 @@ async fn read_signed(
         return Err(r);
     };
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let bytes = match tokio::time::timeout_at(deadline, collect(&mut body, limit)).await {
-        Err(_) => {
+    let reserve = usize::try_from(want).unwrap_or(limit);
+    let read = tokio::time::timeout_at(deadline, read_limited(&mut body, limit, reserve)).await;
+    let bytes = match read {
+        Err(_) | Ok(Err(ReadError::Timeout)) => {
             return Err(Refusal::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 "the body did not arrive within body_read_timeout",
             ))
         }
-        Ok(Err(Collect::TooLarge)) => {
+        Ok(Err(ReadError::TooLarge)) => {
             linger(edge, parts, body, None, conn);
             return Err(too_large(max_body));
         }
-        Ok(Err(Collect::Broken)) => {
+        Ok(Err(ReadError::Broken)) => {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -311,27 +313,6 @@ fn too_large(max: u64) -> Refusal {
     )
 }
 
-enum Collect {
-    TooLarge,
-    Broken,
-}
-
-/// Reads the body whole, refusing it past `limit` bytes (the body stays with the
-/// caller, to be drained).
-async fn collect(body: &mut Incoming, limit: usize) -> Result<Bytes, Collect> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Collect::Broken)?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(Collect::TooLarge);
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf.freeze())
-}
-
 /// After a refusal, reads and discards what is left of the body, up to
 /// `linger_bytes` and `linger_timeout`, so a client that sends the whole body before
 /// reading (no `Expect: 100-continue`) reads the answer instead of a reset. The
@@ -339,7 +320,7 @@ async fn collect(body: &mut Incoming, limit: usize) -> Result<Bytes, Collect> {
 fn linger(
     edge: &Edge,
     parts: &Parts,
-    body: Incoming,
+    body: TimedBody,
     declared: Option<Option<u64>>,
     conn: &Arc<ConnState>,
 ) {

@@ -12,11 +12,11 @@
 
 use std::path::PathBuf;
 
+use super::body::{read_limited, ReadError, TimedBody};
 use bytes::Bytes;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
@@ -37,7 +37,7 @@ const MAX_BODY: usize = 256 * 1024;
 
 /// Serves every `/ui` path. `secure`: the listener speaks TLS (the cookie gets
 /// `Secure`).
-pub async fn handle(relay: &Relay, req: Request<Incoming>, secure: bool) -> HttpResponse {
+pub async fn handle(relay: &Relay, req: Request<TimedBody>, secure: bool) -> HttpResponse {
     let Some(token) = relay.config.admin_token.clone() else {
         return json_response(
             StatusCode::NOT_FOUND,
@@ -107,14 +107,24 @@ input{{font:inherit;padding:.4em;width:100%;box-sizing:border-box}}button{{font:
     )
 }
 
-async fn login(req: Request<Incoming>, token: &str, secure: bool) -> HttpResponse {
-    let body = match Limited::new(req.into_body(), 4096).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return html(
-                StatusCode::BAD_REQUEST,
-                login_page(Some("The form was too large.")),
-            )
+async fn login(req: Request<TimedBody>, token: &str, secure: bool) -> HttpResponse {
+    let mut body = req.into_body();
+    let body = match read_limited(&mut body, 4096, 0).await {
+        Ok(b) => b,
+        Err(e) => {
+            let (status, why) = match e {
+                ReadError::Timeout => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The form did not arrive in time.",
+                ),
+                ReadError::TooLarge => (StatusCode::BAD_REQUEST, "The form was too large."),
+                ReadError::Broken => (StatusCode::BAD_REQUEST, "The form could not be read."),
+            };
+            let mut resp = html(status, login_page(Some(why)));
+            // The body was not read to its end: the connection cannot carry another.
+            resp.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
         }
     };
     let given = url::form_urlencoded::parse(&body)
@@ -166,7 +176,7 @@ fn session_mac(token: &str, expires: i64) -> String {
 }
 
 /// Whether the request carries an unexpired session cookie made with this token.
-fn session_valid(req: &Request<Incoming>, token: &str) -> bool {
+fn session_valid(req: &Request<TimedBody>, token: &str) -> bool {
     req.headers()
         .get_all(COOKIE)
         .iter()
@@ -194,7 +204,7 @@ fn cookie_valid(value: &str, token: &str, now: i64) -> bool {
 
 /// A JSON body (the page always sends `Content-Type: application/json`, which a
 /// cross-site form cannot).
-async fn read_json(req: Request<Incoming>) -> Result<Value, HttpResponse> {
+async fn read_json(req: Request<TimedBody>) -> Result<Value, HttpResponse> {
     let bad = |error: String| json_response(StatusCode::BAD_REQUEST, json!({"error": error}));
     let is_json = req
         .headers()
@@ -204,11 +214,16 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, HttpResponse> {
     if !is_json {
         return Err(bad("send Content-Type: application/json".into()));
     }
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
+    let mut body = req.into_body();
+    let body = read_limited(&mut body, MAX_BODY, 0)
         .await
-        .map_err(|_| bad(format!("body unreadable or over {} KiB", MAX_BODY / 1024)))?
-        .to_bytes();
+        .map_err(|e| match e {
+            ReadError::Timeout => json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": "the body did not arrive within body_read_timeout"}),
+            ),
+            _ => bad(format!("body unreadable or over {} KiB", MAX_BODY / 1024)),
+        })?;
     serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON: {e}")))
 }
 

@@ -1,0 +1,230 @@
+//! Clients that stall before authenticating, against the real binary: bodies that
+//! never arrive (on `/ui/login`, the admin API, ingest; over HTTP/1.1 and HTTP/2)
+//! end by the body deadline, and one address cannot take every connection or the
+//! whole body budget from another.
+//!
+//! Timeouts are configured short; every wait has a deadline, and assertions bound
+//! how long something may take, never how fast it must be.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// A config dir with `extra` appended to the test config (and `rules` given as
+/// name, TOML); the path of its config.
+fn config_dir(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
+    let cfg = dir.join("postback-relay.toml");
+    std::fs::write(&cfg, config_text(extra)).expect("config");
+    cfg
+}
+
+/// A connection to `to` from the loopback address `from` (127.0.0.x: "another
+/// client address").
+async fn connect_from(from: [u8; 4], to: &str) -> std::io::Result<TcpStream> {
+    let to: SocketAddr = to.parse().expect("relay address");
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(to).await
+}
+
+/// Reads until the peer closes, resets, or `limit` passes: what was read, and when
+/// it closed (`None`: still open at `limit`).
+async fn read_to_close(s: &mut TcpStream, limit: Duration) -> (String, Option<Instant>) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                return (String::from_utf8_lossy(&out).into(), Some(Instant::now()))
+            }
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&out).into(), None),
+        }
+    }
+}
+
+/// A signed event posted from `from`; the status, within `limit` (0 when no answer).
+async fn signed_post_from(from: [u8; 4], addr: &str, id: &str, limit: Duration) -> u16 {
+    let body = event(id, "install", &format!("c-{id}"));
+    let secret = postback_relay::config::WebhookSecret::parse(SECRET).expect("secret");
+    let ts = chrono::Utc::now().timestamp();
+    let sig = postback_relay::webhooks::sign(&secret, id, ts, body.as_bytes());
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nwebhook-id: {id}\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: {sig}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let attempt = async {
+        let mut s = connect_from(from, addr).await.ok()?;
+        s.write_all(head.as_bytes()).await.ok()?;
+        let (answer, _) = read_to_close(&mut s, limit).await;
+        answer.get(9..12)?.parse::<u16>().ok()
+    };
+    tokio::time::timeout(limit, attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+}
+
+/// `n` connections from `from`, each sending `head` and one byte of its body.
+async fn stall(n: usize, from: [u8; 4], addr: &str, head: &str) -> Vec<TcpStream> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let Ok(mut s) = connect_from(from, addr).await else {
+            continue;
+        };
+        if s.write_all(head.as_bytes()).await.is_ok() {
+            conns.push(s);
+        }
+    }
+    conns
+}
+
+const LOGIN_HEAD: &str = "POST /ui/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 4000\r\n\r\nt";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_ui_logins_end_by_the_body_deadline_and_ingest_answers_meanwhile() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // As many stalled logins as the connection cap: before the fix, nothing else
+    // was ever accepted again.
+    let cfg = config_dir(
+        tmp.path(),
+        "[server]\nheader_read_timeout = \"1s\"\nbody_read_timeout = \"1s\"\nidle_timeout = \"2s\"\nmax_connections = 64\n",
+    );
+    let relay = RelayProcess::spawn(&cfg, "info");
+    let started = Instant::now();
+    let stalled = stall(64, [127, 0, 0, 1], &relay.addr, LOGIN_HEAD).await;
+    assert_eq!(stalled.len(), 64);
+
+    let status = signed_post_from(
+        [127, 0, 0, 2],
+        &relay.addr,
+        "m-st1",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(status, 202, "a signed event behind 64 stalled logins");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let waits = stalled.into_iter().map(|mut s| {
+        tokio::spawn(async move { read_to_close(&mut s, Duration::from_secs(15)).await })
+    });
+    for w in waits {
+        let (answer, closed) = w.await.expect("reader");
+        let closed = closed.expect("a stalled login is closed by its deadline");
+        assert!(
+            closed - started < Duration::from_secs(12),
+            "{:?}",
+            closed - started
+        );
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_admin_body_ends_by_the_body_deadline() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config_dir(
+        tmp.path(),
+        "[server]\nbody_read_timeout = \"1s\"\nidle_timeout = \"30s\"\n",
+    );
+    let relay = RelayProcess::spawn(&cfg, "info");
+    let head = format!(
+        "POST /admin/dlq/replay HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{{"
+    );
+    let mut s = stall(1, [127, 0, 0, 1], &relay.addr, &head).await;
+    let start = Instant::now();
+    let (answer, closed) = read_to_close(&mut s[0], Duration::from_secs(15)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let closed = closed.expect("closed");
+    assert!(
+        closed - start < Duration::from_secs(8),
+        "{:?}",
+        closed - start
+    );
+}
+
+fn tls_files(dir: &std::path::Path) -> String {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    std::fs::write(dir.join("cert.pem"), cert.cert.pem()).expect("cert");
+    std::fs::write(dir.join("key.pem"), cert.key_pair.serialize_pem()).expect("key");
+    cert.cert.pem()
+}
+
+/// A TLS connection to `addr` speaking HTTP/2 (ALPN h2), trusting only `ca`.
+async fn h2_connection(addr: &str, ca: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(ca.as_bytes()).expect("pem");
+    roots.add(der).expect("root");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_http2_login_streams_end_by_the_body_deadline() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = tls_files(tmp.path());
+    let cfg = config_dir(
+        tmp.path(),
+        "[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[server]\nbody_read_timeout = \"1s\"\nidle_timeout = \"30s\"\n",
+    );
+    let relay = RelayProcess::spawn(&cfg, "info");
+    let tls = h2_connection(&relay.addr, &ca).await;
+    let (h2, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let start = Instant::now();
+    let mut answers = Vec::new();
+    let mut bodies = Vec::new();
+    for _ in 0..20 {
+        let mut sender = tokio::time::timeout(Duration::from_secs(10), h2.clone().ready())
+            .await
+            .expect("stream slot")
+            .expect("ready");
+        let req = hyper::Request::post("https://localhost/ui/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("content-length", "4000")
+            .body(())
+            .expect("request");
+        let (resp, mut body) = sender.send_request(req, false).expect("stream");
+        body.send_data(bytes::Bytes::from_static(b"t"), false)
+            .expect("one byte");
+        bodies.push(body);
+        answers.push(resp);
+    }
+    for resp in answers {
+        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+            .await
+            .expect("answered by the deadline")
+            .expect("response");
+        assert_eq!(resp.status(), 408);
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+}
