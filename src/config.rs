@@ -115,6 +115,11 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Bytes of request bodies being read at once, all requests together.
     pub max_body_bytes_in_flight: u64,
+    /// Open connections from one client address (an IPv6 /64), all listeners
+    /// together; past it, new ones are closed at once.
+    pub max_connections_per_address: usize,
+    /// Bytes of request bodies being read at once from one client address.
+    pub max_body_bytes_per_address: u64,
     /// Request line plus headers; past it the answer is 431.
     pub max_header_size: usize,
     /// Concurrent HTTP/2 streams per connection.
@@ -133,6 +138,8 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_body_bytes_in_flight: 64 << 20,
+            max_connections_per_address: 128,
+            max_body_bytes_per_address: 16 << 20,
             max_header_size: 16 << 10,
             h2_max_concurrent_streams: 100,
             linger_timeout: Duration::from_secs(5),
@@ -663,6 +670,7 @@ fn read_server(root: &Section<'_>, max_body: u64) -> ServerLimits {
     let mut l = ServerLimits::default();
     // Room for at least one whole body, whatever `ingest.max_body` says.
     l.max_body_bytes_in_flight = l.max_body_bytes_in_flight.max(max_body);
+    l.max_body_bytes_per_address = l.max_body_bytes_per_address.max(max_body);
     let Some(s) = root.section("server", "[server]") else {
         return l;
     };
@@ -685,12 +693,28 @@ fn read_server(root: &Section<'_>, max_body: u64) -> ServerLimits {
     if let Some(n) = s.int("max_connections", 1, 1_000_000, "1024") {
         l.max_connections = n as usize;
     }
-    if let Some(f) = s.get("max_body_bytes_in_flight") {
-        if let Some(n) = f.as_size("\"64MiB\"") {
-            if n < max_body {
-                f.error(format!("`server.max_body_bytes_in_flight` must be at least `ingest.max_body` ({max_body} bytes), or no request could be read"));
+    if let Some(n) = s.int("max_connections_per_address", 1, 1_000_000, "128") {
+        l.max_connections_per_address = n as usize;
+    }
+    for (key, example, slot) in [
+        (
+            "max_body_bytes_in_flight",
+            "\"64MiB\"",
+            &mut l.max_body_bytes_in_flight,
+        ),
+        (
+            "max_body_bytes_per_address",
+            "\"16MiB\"",
+            &mut l.max_body_bytes_per_address,
+        ),
+    ] {
+        if let Some(f) = s.get(key) {
+            if let Some(n) = f.as_size(example) {
+                if n < max_body {
+                    f.error(format!("`server.{key}` must be at least `ingest.max_body` ({max_body} bytes), or no request could be read"));
+                }
+                *slot = n;
             }
-            l.max_body_bytes_in_flight = n;
         }
     }
     if let Some(f) = s.get("max_header_size") {
@@ -1021,11 +1045,13 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
     #[test]
     fn server_tls_admin_listen_and_rules_env_are_read() {
         let cfg = parse(
-            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[server]\nheader_read_timeout = \"2s\"\nmax_connections = 10\nmax_header_size = \"8KiB\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[rules]\nallow_env = [\"META_*\", \"TIKTOK_TOKEN\"]\n",
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[server]\nheader_read_timeout = \"2s\"\nmax_connections = 10\nmax_connections_per_address = 3\nmax_body_bytes_per_address = \"2MiB\"\nmax_header_size = \"8KiB\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[rules]\nallow_env = [\"META_*\", \"TIKTOK_TOKEN\"]\n",
         )
         .expect("valid");
         assert_eq!(cfg.server.header_read_timeout, Duration::from_secs(2));
         assert_eq!(cfg.server.max_connections, 10);
+        assert_eq!(cfg.server.max_connections_per_address, 3);
+        assert_eq!(cfg.server.max_body_bytes_per_address, 2 << 20);
         assert_eq!(cfg.server.max_header_size, 8192);
         assert_eq!(cfg.server.body_read_timeout, Duration::from_secs(30));
         assert!(!cfg.strict_rules);

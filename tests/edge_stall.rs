@@ -51,6 +51,34 @@ async fn read_to_close(s: &mut TcpStream, limit: Duration) -> (String, Option<In
     }
 }
 
+/// Reads one whole HTTP/1.1 answer (head and `Content-Length` body) within `limit`.
+async fn read_answer(s: &mut TcpStream, limit: Duration) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let text = String::from_utf8_lossy(&out).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => return text,
+        }
+    }
+}
+
 /// A signed event posted from `from`; the status, within `limit` (0 when no answer).
 async fn signed_post_from(from: [u8; 4], addr: &str, id: &str, limit: Duration) -> u16 {
     let body = event(id, "install", &format!("c-{id}"));
@@ -226,5 +254,129 @@ async fn stalled_http2_login_streams_end_by_the_body_deadline() {
         start.elapsed() < Duration::from_secs(8),
         "{:?}",
         start.elapsed()
+    );
+}
+
+/// The head of a POST with well-formed `webhook-*` headers (fresh timestamp, a
+/// 32-byte fake signature) declaring `len` bytes, and the first 100 of them.
+fn forged_head(len: usize) -> String {
+    let ts = chrono::Utc::now().timestamp();
+    let sig = format!("v1,{}", "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=");
+    format!(
+        "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nwebhook-id: m-forged\r\nwebhook-timestamp: {ts}\r\nwebhook-signature: {sig}\r\n\r\n{}",
+        " ".repeat(100)
+    )
+}
+
+fn with_max_body(extra: &str, max_body: &str) -> String {
+    config_text(extra).replace(
+        "max_body = \"64KiB\"",
+        &format!("max_body = \"{max_body}\""),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_stalled_forged_signatures_from_one_address_do_not_delay_another() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config_dir(tmp.path(), "");
+    std::fs::write(&cfg, with_max_body("", "1MiB")).expect("config");
+    let relay = RelayProcess::spawn(&cfg, "info");
+    let mut stalled = stall(1024, [127, 0, 0, 1], &relay.addr, &forged_head(1 << 20)).await;
+    // Past max_connections_per_address (128) the relay closes them at once, saying why.
+    let mut refused = 0;
+    let mut answer = String::new();
+    for s in stalled.iter_mut().skip(128) {
+        let (a, closed) = read_to_close(s, Duration::from_secs(5)).await;
+        if closed.is_some() {
+            refused += 1;
+            answer = a;
+        }
+    }
+    assert_eq!(refused, 1024 - 128, "connections past the address's cap");
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.ends_with("(max_connections_per_address)\"}"),
+        "{answer}"
+    );
+    assert!(relay.wait_log("max_connections_per_address", Duration::from_secs(5)));
+
+    for i in 0..3 {
+        let start = Instant::now();
+        let id = format!("m-fair-{i}");
+        let status =
+            signed_post_from([127, 0, 0, 2], &relay.addr, &id, Duration::from_secs(10)).await;
+        assert_eq!(status, 202, "a signed event from another address");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            start.elapsed()
+        );
+    }
+    // The stalled ones are still held (body_read_timeout is 30 s): the signed events
+    // went through beside them, not after them.
+    let (_, closed) = read_to_close(&mut stalled[0], Duration::from_millis(200)).await;
+    assert!(closed.is_none(), "a stalled forged body was closed early");
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_clients_sending_unsigned_megabyte_bodies_stay_within_the_memory_budget() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config_dir(tmp.path(), "");
+    std::fs::write(&cfg, with_max_body("", "2MiB")).expect("config");
+    let relay = RelayProcess::spawn(&cfg, "info");
+    let pid = relay.child.id();
+    let before = rss_kib(pid);
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = std::thread::spawn({
+        let (peak, done) = (peak.clone(), done.clone());
+        move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    let body = Arc::new(vec![b' '; 1 << 20]);
+    let head = "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n";
+    let clients: Vec<_> = (0..1000u32)
+        .map(|i| {
+            let (addr, body) = (relay.addr.clone(), body.clone());
+            // Ten addresses, 100 clients each: within max_connections_per_address.
+            let from = [127, 0, 0, 10 + (i % 10) as u8];
+            tokio::spawn(async move {
+                let mut s = connect_from(from, &addr).await.ok()?;
+                s.write_all(head.as_bytes()).await.ok()?;
+                let _ = s.write_all(&body).await;
+                Some(read_answer(&mut s, Duration::from_secs(60)).await)
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for c in clients {
+        if let Ok(Some(a)) = c.await {
+            assert!(a.starts_with("HTTP/1.1 401"), "{a}");
+            answered += 1;
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+    assert_eq!(answered, 1000);
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("RSS {before} KiB -> peak {peak} KiB");
+    // README, "Memory": a few dozen KiB per connection; 1,000 draining clients < 64 MiB.
+    assert!(
+        peak < before + 64 * 1024,
+        "RSS grew from {before} KiB to {peak} KiB"
     );
 }

@@ -30,11 +30,19 @@ use crate::webhooks::{SignedHeaders, VerifyError};
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
+/// The connection a request came on: its clock and its client address's share of
+/// the body budget.
+#[derive(Clone, Copy)]
+pub struct Conn<'a> {
+    pub state: &'a Arc<ConnState>,
+    pub peer_budget: &'a Arc<tokio::sync::Semaphore>,
+}
+
 pub async fn route(
     edge: &Edge,
     routes: Routes,
     req: Request<TimedBody>,
-    conn: &Arc<ConnState>,
+    conn: Conn<'_>,
 ) -> HttpResponse {
     let path = req.uri().path().to_string();
     let ingest = matches!(routes, Routes::Ingest { .. });
@@ -129,10 +137,10 @@ impl Refusal {
 struct SignedBody {
     bytes: Bytes,
     framing: Framing,
-    _budget: OwnedSemaphorePermit,
+    _budget: [OwnedSemaphorePermit; 2],
 }
 
-async fn events(edge: &Edge, req: Request<TimedBody>, conn: &Arc<ConnState>) -> HttpResponse {
+async fn events(edge: &Edge, req: Request<TimedBody>, conn: Conn<'_>) -> HttpResponse {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let (resp, result) = match read_signed(edge, &parts, body, conn).await {
@@ -154,13 +162,13 @@ async fn read_signed(
     edge: &Edge,
     parts: &Parts,
     mut body: TimedBody,
-    conn: &Arc<ConnState>,
+    conn: Conn<'_>,
 ) -> Result<SignedBody, Refusal> {
     let declared = declared_length(parts);
     let (framing, headers) = match check_head(edge, parts, declared) {
         Ok(x) => x,
         Err(refusal) => {
-            linger(edge, parts, body, declared, conn);
+            linger(edge, parts, body, declared, conn.state);
             return Err(refusal);
         }
     };
@@ -169,23 +177,15 @@ async fn read_signed(
         .unwrap_or(Some(max_body))
         .unwrap_or(max_body)
         .min(max_body);
-    let budget = edge.body_budget.clone();
-    // Waiting for a share of the budget and reading share one deadline.
+    // Waiting for a share of the budget (the address's, then everyone's) and reading
+    // share one deadline.
     let deadline = tokio::time::Instant::now() + edge.limits.body_read_timeout;
-    let permit = tokio::time::timeout_at(
-        deadline,
-        budget.acquire_many_owned(u32::try_from(want).unwrap_or(u32::MAX)),
-    )
-    .await;
-    let Ok(Ok(permit)) = permit else {
-        linger(edge, parts, body, declared, conn);
-        let mut r = Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many request bodies being read at once; retry later",
-        );
-        r.retry_after = Some(1);
-        return Err(r);
+    let permits = match budget_shares(edge, conn, want, deadline).await {
+        Ok(p) => p,
+        Err(refusal) => {
+            linger(edge, parts, body, declared, conn.state);
+            return Err(refusal);
+        }
     };
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
     let reserve = usize::try_from(want).unwrap_or(limit);
@@ -199,7 +199,7 @@ async fn read_signed(
             ))
         }
         Ok(Err(ReadError::TooLarge)) => {
-            linger(edge, parts, body, None, conn);
+            linger(edge, parts, body, None, conn.state);
             return Err(too_large(max_body));
         }
         Ok(Err(ReadError::Broken)) => {
@@ -217,8 +217,39 @@ async fn read_signed(
     Ok(SignedBody {
         bytes,
         framing,
-        _budget: permit,
+        _budget: permits,
     })
+}
+
+/// `want` bytes of the client address's body budget, then of everyone's, by
+/// `deadline`; a 503 when either stays full.
+async fn budget_shares(
+    edge: &Edge,
+    conn: Conn<'_>,
+    want: u64,
+    deadline: tokio::time::Instant,
+) -> Result<[OwnedSemaphorePermit; 2], Refusal> {
+    let n = u32::try_from(want).unwrap_or(u32::MAX);
+    let overloaded = |whose: &str| {
+        let mut r = Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("too many request bodies being read at once{whose}; retry later"),
+        );
+        r.retry_after = Some(1);
+        r
+    };
+    let mine = tokio::time::timeout_at(deadline, conn.peer_budget.clone().acquire_many_owned(n));
+    let Ok(Ok(mine)) = mine.await else {
+        return Err(overloaded(
+            " from this address (max_body_bytes_per_address)",
+        ));
+    };
+    let all = tokio::time::timeout_at(deadline, edge.body_budget.clone().acquire_many_owned(n));
+    let Ok(Ok(all)) = all.await else {
+        return Err(overloaded(""));
+    };
+    Ok([mine, all])
 }
 
 /// `Content-Length`: `None` when absent (chunked), `Some(None)` when not a number.
