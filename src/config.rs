@@ -157,11 +157,16 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-/// Which environment variables rule files may read (`[rules] allow_env`).
+/// Which environment variables rule files may read: `[rules.env]` grants each rule
+/// file (by destination name) its own variables; `[rules] allow_env` lists variables
+/// every rule file may read (shared; kept for older configs). A variable granted to
+/// one file in `[rules.env]` is that file's alone, whatever `allow_env` says.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RulesEnvPolicy {
-    /// Names, or prefixes written `NAME_*`.
+    /// Names, or prefixes written `NAME_*`, every rule file may read.
     pub allow: Vec<String>,
+    /// `[rules.env]`: destination name -> names or prefixes only that file may read.
+    pub grants: BTreeMap<String, Vec<String>>,
     /// Variables the config file reads itself (its secrets): never for rule files.
     pub reserved: Vec<String>,
     /// The config file, for messages.
@@ -171,31 +176,73 @@ pub struct RulesEnvPolicy {
 /// Variables with this prefix belong to the relay's own configuration.
 pub const RESERVED_ENV_PREFIX: &str = "POSTBACK_RELAY_";
 
+/// How closely `pattern` (a name, or a prefix ending in `*`) names `name`: `None`
+/// when it does not; an exact name beats any prefix, a longer prefix a shorter one.
+fn grant_match(pattern: &str, name: &str) -> Option<usize> {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix).then_some(prefix.len()),
+        None => (pattern == name).then_some(usize::MAX),
+    }
+}
+
 impl RulesEnvPolicy {
-    /// `Err(message)` when a rule file may not read `name`.
+    /// `Err(message)` when no rule file may read `name` (`allow_env` alone).
     pub fn check(&self, name: &str) -> Result<(), String> {
+        self.check_for(None, name)
+    }
+
+    /// `Err(message)` when the rule file of destination `dest` may not read `name`.
+    /// Messages name variables and files, never values.
+    pub fn check_for(&self, dest: Option<&str>, name: &str) -> Result<(), String> {
         let file = self.config_file.display();
         if self.reserved.iter().any(|r| r == name) || name.starts_with(RESERVED_ENV_PREFIX) {
             return Err(format!(
                 "rule files may not read the environment variable {name}: it holds the relay's own settings (the config {file} reads it); give the partner's value a variable of its own"
             ));
         }
-        let allowed = self.allow.iter().any(|a| match a.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => a == name,
-        });
-        if allowed {
-            Ok(())
-        } else {
-            Err(format!(
-                "rule files may only read the environment variables listed in [rules] allow_env of {file}, and {name} is not listed; add \"{name}\" (or a prefix such as \"{}*\") there",
-                name.split('_').next().map(|p| format!("{p}_")).unwrap_or_default()
-            ))
+        // The owners: the destinations whose grant names it most closely.
+        let best = |pats: &[String]| pats.iter().filter_map(|p| grant_match(p, name)).max();
+        let ranked: Vec<(&String, usize)> = self
+            .grants
+            .iter()
+            .filter_map(|(d, pats)| best(pats).map(|m| (d, m)))
+            .collect();
+        if let Some(top) = ranked.iter().map(|(_, m)| *m).max() {
+            let owners: Vec<&str> = ranked
+                .iter()
+                .filter(|(_, m)| *m == top)
+                .map(|(d, _)| d.as_str())
+                .collect();
+            if dest.is_some_and(|d| owners.contains(&d)) {
+                return Ok(());
+            }
+            let this = dest.unwrap_or("this rule file");
+            return Err(format!(
+                "{name} belongs to the rule file {}.toml ([rules.env] of {file}); a rule file reads only the variables granted to it: give {this} a variable of its own and grant it under [rules.env] {this} = [\"...\"]",
+                owners.join(".toml, ")
+            ));
         }
+        if self.allow.iter().any(|a| grant_match(a, name).is_some()) {
+            return Ok(());
+        }
+        let prefix = name
+            .split('_')
+            .next()
+            .map(|p| format!("{p}_*"))
+            .unwrap_or_default();
+        Err(match dest {
+            Some(d) => format!(
+                "the rule file {d}.toml may read only the environment variables granted to it, and {name} is not; grant it in {file}: [rules.env] {d} = [\"{name}\"] (or a prefix such as \"{prefix}\"; [rules] allow_env lists variables every rule file may read)"
+            ),
+            None => format!(
+                "rule files may only read the environment variables granted in [rules.env] or listed in [rules] allow_env of {file}, and {name} is not; add \"{name}\" (or a prefix such as \"{prefix}\") there"
+            ),
+        })
     }
 }
 
-/// The environment as rule files see it: only what `[rules] allow_env` lets through.
+/// The environment as rule files see it: each file only what its grants (and
+/// `[rules] allow_env`) let through.
 pub struct RulesEnv {
     inner: std::sync::Arc<dyn Env + Send + Sync>,
     policy: RulesEnvPolicy,
@@ -207,6 +254,11 @@ impl RulesEnv {
     }
 }
 
+/// The destination a rule file defines: its name without `.toml`.
+fn destination_of(file: &Path) -> Option<&str> {
+    file.file_stem().and_then(|s| s.to_str())
+}
+
 impl Env for RulesEnv {
     fn var(&self, name: &str) -> Option<String> {
         self.policy.check(name).ok()?;
@@ -215,6 +267,15 @@ impl Env for RulesEnv {
 
     fn refuse(&self, name: &str) -> Option<String> {
         self.policy.check(name).err()
+    }
+
+    fn var_in(&self, file: &Path, name: &str) -> Option<String> {
+        self.policy.check_for(destination_of(file), name).ok()?;
+        self.inner.var(name)
+    }
+
+    fn refuse_in(&self, file: &Path, name: &str) -> Option<String> {
+        self.policy.check_for(destination_of(file), name).err()
     }
 }
 
@@ -773,9 +834,9 @@ struct RulesSection {
 
 fn read_rules(root: &Section<'_>, path: &Path, vars: &[String]) -> RulesSection {
     let mut policy = RulesEnvPolicy {
-        allow: Vec::new(),
         reserved: vars.to_vec(),
         config_file: path.to_path_buf(),
+        ..RulesEnvPolicy::default()
     };
     policy.reserved.sort();
     policy.reserved.dedup();
@@ -796,6 +857,10 @@ fn read_rules(root: &Section<'_>, path: &Path, vars: &[String]) -> RulesSection 
             }
         }
     }
+    if let Some(grants) = r.section("env", "{ meta = [\"META_*\"] }") {
+        read_grants(&grants, &mut policy);
+        grants.finish();
+    }
     if let Some(f) = r.get("custom_fields") {
         for (p, span) in f
             .as_str_list("[\"properties.sku\", \"user.loyalty_tier\"]")
@@ -812,6 +877,23 @@ fn read_rules(root: &Section<'_>, path: &Path, vars: &[String]) -> RulesSection 
     r.finish();
     out.env = policy;
     out
+}
+
+/// `[rules.env]`: each destination's own variables.
+fn read_grants(grants: &Section<'_>, policy: &mut RulesEnvPolicy) {
+    for (dest, f) in grants.entries() {
+        let Some(list) = f.as_str_list("[\"META_ACCESS_TOKEN\", \"META_PIXEL_ID\"]") else {
+            continue;
+        };
+        let mut names = Vec::new();
+        for (name, span) in list {
+            match check_allow_entry(&name, &policy.reserved) {
+                Err(e) => f.doc.error(span, format!("`rules.env.{dest}`: {e}")),
+                Ok(()) => names.push(name),
+            }
+        }
+        policy.grants.insert(dest, names);
+    }
 }
 
 fn check_allow_entry(entry: &str, reserved: &[String]) -> Result<(), String> {
@@ -831,8 +913,33 @@ fn check_allow_entry(entry: &str, reserved: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// `[rules] allow_env` of a config file even when the file has other errors, so that
-/// `check` judges the rules by the policy the user wrote.
+/// `[rules.env]` of a config text, read leniently (`rules_env_of`).
+fn grants_of(text: &str) -> BTreeMap<String, Vec<String>> {
+    let Ok(doc) = text.parse::<toml_edit::DocumentMut>() else {
+        return BTreeMap::new();
+    };
+    let Some(table) = doc
+        .get("rules")
+        .and_then(|r| r.get("env"))
+        .and_then(|e| e.as_table_like())
+    else {
+        return BTreeMap::new();
+    };
+    table
+        .iter()
+        .filter_map(|(dest, v)| {
+            let list = v.as_array()?;
+            let names = list
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect();
+            Some((dest.to_string(), names))
+        })
+        .collect()
+}
+
+/// `[rules] allow_env` and `[rules.env]` of a config file even when the file has
+/// other errors, so that `check` judges the rules by the policy the user wrote.
 impl Config {
     pub fn rules_env_of(path: &Path, env: &dyn Env) -> RulesEnvPolicy {
         let mut policy = RulesEnvPolicy {
@@ -860,6 +967,16 @@ impl Config {
         policy.allow = allow
             .into_iter()
             .filter(|a| check_allow_entry(a, &policy.reserved).is_ok())
+            .collect();
+        policy.grants = grants_of(&source.text)
+            .into_iter()
+            .map(|(dest, names)| {
+                let ok = names
+                    .into_iter()
+                    .filter(|a| check_allow_entry(a, &policy.reserved).is_ok())
+                    .collect();
+                (dest, ok)
+            })
             .collect();
         policy
     }
@@ -1090,6 +1207,42 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         assert_eq!(
             errs[0].to_string(),
             "cfg/relay.toml:4:18: `rules.custom_fields`: \"a b\" is not a field path; write dotted names like \"properties.sku\""
+        );
+    }
+
+    #[test]
+    fn a_variable_granted_to_one_rule_file_is_that_files_alone() {
+        let cfg = parse(
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[rules]\nallow_env = [\"PARTNER_*\", \"SHARED_REGION\"]\n[rules.env]\ngoogle = [\"PARTNER_OAUTH_*\"]\nmeta = [\"META_*\"]\nmeta-eu = [\"META_EU_*\"]\n",
+        )
+        .expect("valid");
+        let p = &cfg.rules_env;
+        assert!(p.check_for(Some("google"), "PARTNER_OAUTH_REFRESH").is_ok());
+        let e = p
+            .check_for(Some("x6"), "PARTNER_OAUTH_REFRESH")
+            .unwrap_err();
+        assert!(
+            e.starts_with("PARTNER_OAUTH_REFRESH belongs to the rule file google.toml"),
+            "{e}"
+        );
+        // allow_env is shared, but not over a grant.
+        assert!(p.check_for(Some("x6"), "PARTNER_OTHER").is_ok());
+        assert!(p.check_for(Some("x6"), "SHARED_REGION").is_ok());
+        // The closest grant owns a variable.
+        assert!(p.check_for(Some("meta-eu"), "META_EU_TOKEN").is_ok());
+        assert!(p.check_for(Some("meta"), "META_EU_TOKEN").is_err());
+        assert!(p.check_for(Some("meta"), "META_TOKEN").is_ok());
+        let e = p.check_for(Some("tiktok"), "TIKTOK_TOKEN").unwrap_err();
+        assert!(e.contains("[rules.env] tiktok = [\"TIKTOK_TOKEN\"]"), "{e}");
+        let errs = parse(
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[rules.env]\nmeta = [\"*\", \"POSTBACK_RELAY_SECRET\"]\n",
+        )
+        .expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:#?}");
+        assert!(
+            text[0].contains("`rules.env.meta`: each entry"),
+            "{text:#?}"
         );
     }
 

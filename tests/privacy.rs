@@ -209,7 +209,7 @@ fn a_rule_reading_the_relays_secret_or_an_unlisted_variable_fails_check_located(
         )),
         "{stderr}"
     );
-    assert!(lines[2].starts_with(&format!("{r}:3:78: rule files may only read the environment variables listed in [rules] allow_env")), "{stderr}");
+    assert!(lines[2].starts_with(&format!("{r}:3:78: the rule file leaky.toml may read only the environment variables granted to it, and HOME is not; grant it in")), "{stderr}");
     assert!(
         !stderr.contains("admin-token-value") && !stderr.contains("MfKQ9r8"),
         "{stderr}"
@@ -344,4 +344,53 @@ async fn environment_values_in_a_body_and_params_are_markers_at_rest() {
             assert!(!contains(bytes, needle), "{needle} in {}", path.display());
         }
     }
+}
+
+#[test]
+fn a_rule_file_naming_another_destinations_variable_is_refused_located_without_the_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("relay.toml");
+    // The legacy shared list would let every file read PARTNER_*; the grant to google
+    // makes PARTNER_OAUTH_* google's alone.
+    std::fs::write(
+        &cfg,
+        "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[rules]\nallow_env = [\"PARTNER_*\"]\n[rules.env]\ngoogle = [\"PARTNER_OAUTH_*\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir(tmp.path().join("rules")).unwrap();
+    let ok = "[destination]\nmethod = \"GET\"\nurl = \"https://p.example/g?v=${PARTNER_OAUTH_REFRESH}\"\n[privacy]\nallow = [\"click_id\"]\n";
+    std::fs::write(tmp.path().join("rules/google.toml"), ok).unwrap();
+    let rule = tmp.path().join("rules/x6.toml");
+    std::fs::write(
+        &rule,
+        "[destination]\nmethod = \"GET\"\nurl = \"https://p.example/x6?v=${PARTNER_OAUTH_REFRESH}\"\n[privacy]\nallow = [\"click_id\"]\n",
+    )
+    .unwrap();
+    let value = "REFRESH-CANARY-0123456789";
+    let out = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env("POSTBACK_RELAY_SECRET", SECRET)
+        .env("PARTNER_OAUTH_REFRESH", value)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let r = rule.display().to_string();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("x6.toml")).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!(
+            "{r}:3:31: PARTNER_OAUTH_REFRESH belongs to the rule file google.toml"
+        ))),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("google.toml:"),
+        "google may read it: {stderr}"
+    );
+    assert!(
+        !stderr.contains("REFRESH-CANARY") && !stdout.contains("REFRESH-CANARY"),
+        "{stderr}{stdout}"
+    );
 }

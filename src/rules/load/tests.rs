@@ -627,3 +627,22 @@ fn a_duplicate_key_names_the_key_and_its_first_place() {
         "duplicate key `allow` in [privacy]: it is already written at line 5, column 1; keep one of the two",
     );
 }
+
+#[test]
+fn a_wrong_value_from_the_environment_is_named_by_its_variable_never_quoted() {
+    let secret = "OAUTH-CLIENTSECRET-3f9a77";
+    let errs = errors_with_env(
+        &get_rule("rate_limit = \"${OAUTH_SECRET}\"\n", ""),
+        &[("OAUTH_SECRET", secret)],
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].contains("`destination.rate_limit`: \"${OAUTH_SECRET}\" is not a rate"),
+        "{errs:#?}"
+    );
+    // A short value is named too where it stands.
+    let errs = errors_with_env(&get_rule("timeout = \"${T}\"\n", ""), &[("T", "abc")]);
+    assert!(errs.iter().all(|e| !e.contains("\"abc\"")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("${T}")), "{errs:#?}");
+    assert!(errs.iter().all(|e| !e.contains("CLIENTSECRET")));
+}
