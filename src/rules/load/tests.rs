@@ -526,6 +526,7 @@ fn fields_under_hashed_names_must_be_hashed() {
 fn report(text: &str, custom: &[&str]) -> (Vec<String>, Vec<String>) {
     let options = LoadOptions {
         custom_fields: custom.iter().map(|c| c.to_string()).collect(),
+        ..LoadOptions::default()
     };
     let env: HashMap<String, String> = HashMap::new();
     let out = load_file(Path::new("rules/x.toml"), text.to_string(), &env, &options);
@@ -645,4 +646,28 @@ fn a_wrong_value_from_the_environment_is_named_by_its_variable_never_quoted() {
     assert!(errs.iter().all(|e| !e.contains("\"abc\"")), "{errs:#?}");
     assert!(errs.iter().any(|e| e.contains("${T}")), "{errs:#?}");
     assert!(errs.iter().all(|e| !e.contains("CLIENTSECRET")));
+}
+
+#[test]
+fn an_oauth_token_url_must_be_https_unless_private_networks_are_allowed() {
+    let text = get_rule(
+        "oauth = { client_id = \"id\", client_secret = \"s\", refresh_token = \"r\", token_url = \"http://tokens.example/token\" }\n",
+        "",
+    );
+    let (errors, _) = report(&text, &[]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("`destination.oauth.token_url` must be https://"),
+        "{errors:#?}"
+    );
+    assert!(errors[0].starts_with("rules/x.toml:4:"), "{errors:#?}");
+    let options = LoadOptions {
+        allow_private_networks: true,
+        ..LoadOptions::default()
+    };
+    let env: HashMap<String, String> = HashMap::new();
+    let out = load_file(Path::new("rules/x.toml"), text.clone(), &env, &options);
+    assert!(out.result.is_ok());
+    let https = text.replace("http://tokens", "https://tokens");
+    assert_eq!(report(&https, &[]).0, Vec::<String>::new());
 }
