@@ -380,3 +380,70 @@ async fn a_thousand_clients_sending_unsigned_megabyte_bodies_stay_within_the_mem
         "RSS grew from {before} KiB to {peak} KiB"
     );
 }
+
+/// One request from `from` with `Connection: close`; the whole answer.
+async fn exchange(from: [u8; 4], addr: &str, head: &str, body: &str) -> String {
+    let mut s = connect_from(from, addr).await.expect("connect");
+    let req = format!(
+        "{head}\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    read_to_close(&mut s, Duration::from_secs(10)).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_admin_tokens_are_logged_and_limited_per_address_and_logout_ends_the_session() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config_dir(tmp.path(), "");
+    let relay = RelayProcess::spawn(&cfg, "info");
+    let addr = relay.addr.clone();
+    let wrong = "GET /admin/destinations HTTP/1.1\r\nAuthorization: Bearer wrong-token";
+    let right = format!("GET /admin/destinations HTTP/1.1\r\nAuthorization: Bearer {ADMIN_TOKEN}");
+    for _ in 0..10 {
+        let a = exchange([127, 0, 0, 3], &addr, wrong, "").await;
+        assert!(a.starts_with("HTTP/1.1 401"), "{a}");
+    }
+    // Locked out, the right token too; other addresses are not.
+    let a = exchange([127, 0, 0, 3], &addr, &right, "").await;
+    assert!(
+        a.starts_with("HTTP/1.1 429") && a.to_ascii_lowercase().contains("retry-after"),
+        "{a}"
+    );
+    let a = exchange([127, 0, 0, 4], &addr, &right, "").await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    // The login form counts the same way.
+    let form = "POST /ui/login HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded";
+    for _ in 0..10 {
+        let a = exchange([127, 0, 0, 5], &addr, form, "token=nope").await;
+        assert!(a.starts_with("HTTP/1.1 401"), "{a}");
+    }
+    let a = exchange([127, 0, 0, 5], &addr, form, &format!("token={ADMIN_TOKEN}")).await;
+    assert!(a.starts_with("HTTP/1.1 429"), "{a}");
+    assert!(relay.wait_log("wrong admin token", Duration::from_secs(5)));
+    assert!(!relay.log().contains("wrong-token") && !relay.log().contains("nope"));
+
+    // Log in, use the session, log out: the old cookie opens nothing any more.
+    let a = exchange([127, 0, 0, 6], &addr, form, &format!("token={ADMIN_TOKEN}")).await;
+    assert!(a.starts_with("HTTP/1.1 303"), "{a}");
+    let cookie = a
+        .lines()
+        .find_map(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("set-cookie:").then_some(l)
+        })
+        .and_then(|l| l.split_once(':').map(|(_, v)| v.trim().to_string()))
+        .and_then(|v| v.split(';').next().map(str::to_string))
+        .expect("a session cookie");
+    let state = format!("GET /ui/api/state HTTP/1.1\r\nCookie: {cookie}");
+    let a = exchange([127, 0, 0, 6], &addr, &state, "").await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    let logout = format!("POST /ui/logout HTTP/1.1\r\nCookie: {cookie}");
+    let a = exchange([127, 0, 0, 6], &addr, &logout, "").await;
+    assert!(a.starts_with("HTTP/1.1 303"), "{a}");
+    let a = exchange([127, 0, 0, 6], &addr, &state, "").await;
+    assert!(
+        a.starts_with("HTTP/1.1 401"),
+        "the old cookie after logout: {a}"
+    );
+}

@@ -5,7 +5,7 @@
 //! queued request (URLs and headers can hold partner secrets) or event data.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::net::IpAddr;
 
 use super::body::{read_limited, ReadError, TimedBody};
 use chrono::Utc;
@@ -14,8 +14,22 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
 use super::routes::{json_response, HttpResponse};
+use super::Edge;
 use crate::relay::Relay;
 use crate::store::{DeadLetter, ReplaySelector};
+
+/// 429 to an address that sent too many wrong admin tokens.
+pub fn too_many_attempts(wait: u64) -> HttpResponse {
+    let mut resp = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({"error": "too many wrong admin tokens from this address; retry later"}),
+    );
+    resp.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from(wait),
+    );
+    resp
+}
 
 /// The bearer token of an `Authorization` header; the scheme is case-insensitive
 /// (RFC 9110: `bearer`, `Bearer` and `BEARER` are the same).
@@ -24,13 +38,17 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-pub async fn handle(relay: &Arc<Relay>, req: Request<TimedBody>) -> HttpResponse {
+pub async fn handle(edge: &Edge, ip: IpAddr, req: Request<TimedBody>) -> HttpResponse {
+    let relay = &edge.relay;
     let Some(token) = relay.config.admin_token.as_deref() else {
         return json_response(
             StatusCode::NOT_FOUND,
             json!({"error": "the admin API is off; set [admin] token in the config to turn it on"}),
         );
     };
+    if let Err(wait) = edge.attempts.check(ip) {
+        return too_many_attempts(wait);
+    }
     let given = req
         .headers()
         .get(AUTHORIZATION)
@@ -41,6 +59,7 @@ pub async fn handle(relay: &Arc<Relay>, req: Request<TimedBody>) -> HttpResponse
         given.as_bytes(),
         token.as_bytes(),
     )) {
+        edge.attempts.failed(ip, "admin");
         return json_response(
             StatusCode::UNAUTHORIZED,
             json!({"error": "missing or wrong admin token (Authorization: Bearer <token>)"}),

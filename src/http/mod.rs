@@ -9,6 +9,7 @@
 //! HTTP/1.1 on plain listeners; HTTP/2 and HTTP/1.1 by ALPN on TLS.
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod conn;
 pub mod peers;
@@ -53,6 +54,10 @@ pub struct Edge {
     pub body_budget: Arc<Semaphore>,
     /// Each client address's connections and body bytes.
     pub peers: Arc<Peers>,
+    /// Wrong admin tokens per client address.
+    pub attempts: auth::Attempts,
+    /// The preview page's sessions.
+    pub sessions: auth::Sessions,
     /// Tasks a request leaves behind (reading what is left of a refused body):
     /// `serve` waits for them on shutdown.
     pub tasks: tokio_util::task::TaskTracker,
@@ -65,6 +70,8 @@ impl Edge {
         Arc::new(Edge {
             body_budget: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
             peers: Peers::new(&limits),
+            attempts: auth::Attempts::default(),
+            sessions: auth::Sessions::default(),
             limits,
             relay,
             tasks: tokio_util::task::TaskTracker::new(),
@@ -221,6 +228,7 @@ async fn connection(
     let routes = Served {
         routes: listener.routes,
         peer_budget: peer.budget.clone(),
+        peer_ip: peer.ip,
     };
     let Some(tls) = &listener.tls else {
         return serve_http1(edge, routes, stream, shutdown).await;
@@ -247,6 +255,7 @@ async fn connection(
 struct Served {
     routes: Routes,
     peer_budget: Arc<Semaphore>,
+    peer_ip: std::net::IpAddr,
 }
 
 /// hyper's read buffer per HTTP/1 connection: a whole head and a little more, so a
@@ -330,6 +339,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Handler 
             let conn = routes::Conn {
                 state: &state,
                 peer_budget: &routes.peer_budget,
+                peer_ip: routes.peer_ip,
             };
             let resp = routes::route(&edge, routes.routes, req, conn).await;
             drop(busy);

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use crate::config::ServerLimits;
 
 /// The key an address is counted under.
-fn key(ip: IpAddr) -> IpAddr {
+pub fn key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -48,6 +48,8 @@ pub struct Peers {
 pub struct PeerSlot {
     peers: Arc<Peers>,
     key: IpAddr,
+    /// The connection's client address.
+    pub ip: IpAddr,
     /// Bytes of bodies this address may have in flight.
     pub budget: Arc<Semaphore>,
 }
@@ -81,6 +83,7 @@ impl Peers {
         Some(PeerSlot {
             peers: self.clone(),
             key,
+            ip,
             budget: entry.budget.clone(),
         })
     }

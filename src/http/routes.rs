@@ -36,6 +36,7 @@ pub type HttpResponse = Response<Full<Bytes>>;
 pub struct Conn<'a> {
     pub state: &'a Arc<ConnState>,
     pub peer_budget: &'a Arc<tokio::sync::Semaphore>,
+    pub peer_ip: std::net::IpAddr,
 }
 
 pub async fn route(
@@ -52,11 +53,13 @@ pub async fn route(
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => ready(edge).await,
         (&Method::GET, "/metrics") if admin => metrics(edge).await,
-        (_, p) if admin && p.starts_with("/admin/") => super::admin::handle(&edge.relay, req).await,
+        (_, p) if admin && p.starts_with("/admin/") => {
+            super::admin::handle(edge, conn.peer_ip, req).await
+        }
         (_, p) if admin && (p == "/ui" || p.starts_with("/ui/")) => {
             // Only the ingest listener may speak TLS; the admin one never does.
             let secure = ingest && edge.relay.tls.is_some();
-            super::ui::handle(&edge.relay, req, secure).await
+            super::ui::handle(edge, conn.peer_ip, req, secure).await
         }
         (_, "/healthz" | "/readyz") => not_allowed(req.method(), &path),
         (_, "/v1/events") if ingest => not_allowed(req.method(), &path),
