@@ -447,3 +447,40 @@ async fn wrong_admin_tokens_are_logged_and_limited_per_address_and_logout_ends_t
         "the old cookie after logout: {a}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_sending_only_pings_is_closed_by_the_idle_timeout() {
+    // hyper exposes no PING or SETTINGS rate limit; h2 keeps at most one PONG and one
+    // SETTINGS ack pending (a flood costs no memory), and control frames are not
+    // requests: such a connection is idle and closed by idle_timeout.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = tls_files(tmp.path());
+    let cfg = config_dir(
+        tmp.path(),
+        "[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n[server]\nidle_timeout = \"2s\"\n",
+    );
+    let relay = RelayProcess::spawn(&cfg, "info");
+    let tls = h2_connection(&relay.addr, &ca).await;
+    let (_h2, mut conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let mut pings = conn.ping_pong().expect("ping handle");
+    let driver = tokio::spawn(conn);
+    let start = Instant::now();
+    let mut answered = 0u32;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match pings.ping(h2::Ping::opaque()).await {
+                Ok(_) => answered += 1,
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "pinging kept the connection open for 20 s");
+    assert!(answered > 10, "{answered} pongs");
+    assert!(
+        start.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        start.elapsed()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
+}
