@@ -276,7 +276,7 @@ fn with_max_body(extra: &str, max_body: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_stalled_forged_signatures_from_one_address_do_not_delay_another() {
+async fn a_thousand_stalled_forged_signatures_or_logins_from_one_address_do_not_delay_another() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = config_dir(tmp.path(), "");
     std::fs::write(&cfg, with_max_body("", "1MiB")).expect("config");
@@ -298,6 +298,8 @@ async fn a_thousand_stalled_forged_signatures_from_one_address_do_not_delay_anot
         "{answer}"
     );
     assert!(relay.wait_log("max_connections_per_address", Duration::from_secs(5)));
+    // And 1,024 stalled logins from a third address (the HTTP/1 reproduction).
+    let _logins = stall(1024, [127, 0, 0, 7], &relay.addr, LOGIN_HEAD).await;
 
     for i in 0..3 {
         let start = Instant::now();

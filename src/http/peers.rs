@@ -69,7 +69,7 @@ impl Peers {
     /// holds `max_connections_per_address`.
     pub fn join(self: &Arc<Self>, ip: IpAddr) -> Option<PeerSlot> {
         let key = key(ip);
-        let mut map = self.map.lock().ok()?;
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let entry = map.entry(key).or_insert_with(|| Entry {
             conns: 0,
             budget: Arc::new(Semaphore::new(self.max_bytes)),
@@ -122,12 +122,11 @@ impl Peers {
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        if let Ok(mut map) = self.peers.map.lock() {
-            if let Some(e) = map.get_mut(&self.key) {
-                e.conns = e.conns.saturating_sub(1);
-                if e.conns == 0 {
-                    map.remove(&self.key);
-                }
+        let mut map = self.peers.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = map.get_mut(&self.key) {
+            e.conns = e.conns.saturating_sub(1);
+            if e.conns == 0 {
+                map.remove(&self.key);
             }
         }
     }
