@@ -116,9 +116,11 @@ pub struct ServerLimits {
     /// Bytes of request bodies being read at once, all requests together.
     pub max_body_bytes_in_flight: u64,
     /// Open connections from one client address (an IPv6 /64), all listeners
-    /// together; past it, new ones are closed at once.
+    /// together; past it, new ones are closed at once. Default: a quarter of
+    /// `max_connections`, at least 64 (or `max_connections` when smaller).
     pub max_connections_per_address: usize,
-    /// Bytes of request bodies being read at once from one client address.
+    /// Bytes of request bodies being read at once from one client address. Default:
+    /// a quarter of `max_body_bytes_in_flight` (at least `ingest.max_body`).
     pub max_body_bytes_per_address: u64,
     /// Request line plus headers; past it the answer is 431.
     pub max_header_size: usize,
@@ -138,7 +140,7 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_body_bytes_in_flight: 64 << 20,
-            max_connections_per_address: 128,
+            max_connections_per_address: 256,
             max_body_bytes_per_address: 16 << 20,
             max_header_size: 16 << 10,
             h2_max_concurrent_streams: 100,
@@ -754,29 +756,18 @@ fn read_server(root: &Section<'_>, max_body: u64) -> ServerLimits {
     if let Some(n) = s.int("max_connections", 1, 1_000_000, "1024") {
         l.max_connections = n as usize;
     }
-    if let Some(n) = s.int("max_connections_per_address", 1, 1_000_000, "128") {
+    // The shares default to a quarter of the totals (one address alone never holds
+    // more), but never fewer than 64 connections (or all, under a small cap).
+    l.max_connections_per_address = (l.max_connections / 4).max(l.max_connections.min(64));
+    if let Some(n) = s.int("max_connections_per_address", 1, 1_000_000, "256") {
         l.max_connections_per_address = n as usize;
     }
-    for (key, example, slot) in [
-        (
-            "max_body_bytes_in_flight",
-            "\"64MiB\"",
-            &mut l.max_body_bytes_in_flight,
-        ),
-        (
-            "max_body_bytes_per_address",
-            "\"16MiB\"",
-            &mut l.max_body_bytes_per_address,
-        ),
-    ] {
-        if let Some(f) = s.get(key) {
-            if let Some(n) = f.as_size(example) {
-                if n < max_body {
-                    f.error(format!("`server.{key}` must be at least `ingest.max_body` ({max_body} bytes), or no request could be read"));
-                }
-                *slot = n;
-            }
-        }
+    if let Some(n) = at_least_max_body(&s, "max_body_bytes_in_flight", "\"64MiB\"", max_body) {
+        l.max_body_bytes_in_flight = n;
+    }
+    l.max_body_bytes_per_address = (l.max_body_bytes_in_flight / 4).max(max_body);
+    if let Some(n) = at_least_max_body(&s, "max_body_bytes_per_address", "\"16MiB\"", max_body) {
+        l.max_body_bytes_per_address = n;
     }
     if let Some(f) = s.get("max_header_size") {
         if let Some(n) = f.as_size("\"16KiB\"") {
@@ -794,6 +785,16 @@ fn read_server(root: &Section<'_>, max_body: u64) -> ServerLimits {
     }
     s.finish();
     l
+}
+
+/// A size under `[server]` that must hold at least one whole body.
+fn at_least_max_body(s: &Section<'_>, key: &str, example: &str, max_body: u64) -> Option<u64> {
+    let f = s.get(key)?;
+    let n = f.as_size(example)?;
+    if n < max_body {
+        f.error(format!("`server.{key}` must be at least `ingest.max_body` ({max_body} bytes), or no request could be read"));
+    }
+    Some(n)
 }
 
 fn read_tls(root: &Section<'_>, path: &Path) -> Option<TlsConfig> {
@@ -1208,6 +1209,19 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
             errs[0].to_string(),
             "cfg/relay.toml:4:18: `rules.custom_fields`: \"a b\" is not a field path; write dotted names like \"properties.sku\""
         );
+    }
+
+    #[test]
+    fn the_per_address_shares_default_to_a_quarter_of_the_totals() {
+        let cfg = parse(
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\nmax_body = \"1MiB\"\n[server]\nmax_connections = 10\nmax_body_bytes_in_flight = \"40MiB\"\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.server.max_connections_per_address, 10, "all, under 64");
+        assert_eq!(cfg.server.max_body_bytes_per_address, 10 << 20);
+        let cfg = parse("[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n").expect("valid");
+        assert_eq!(cfg.server.max_connections_per_address, 256);
+        assert_eq!(cfg.server.max_body_bytes_per_address, 16 << 20);
     }
 
     #[test]

@@ -282,17 +282,17 @@ async fn a_thousand_stalled_forged_signatures_or_logins_from_one_address_do_not_
     std::fs::write(&cfg, with_max_body("", "1MiB")).expect("config");
     let relay = RelayProcess::spawn(&cfg, "info");
     let mut stalled = stall(1024, [127, 0, 0, 1], &relay.addr, &forged_head(1 << 20)).await;
-    // Past max_connections_per_address (128) the relay closes them at once, saying why.
+    // Past max_connections_per_address (256 by default) the relay closes them at once, saying why.
     let mut refused = 0;
     let mut answer = String::new();
-    for s in stalled.iter_mut().skip(128) {
+    for s in stalled.iter_mut().skip(256) {
         let (a, closed) = read_to_close(s, Duration::from_secs(5)).await;
         if closed.is_some() {
             refused += 1;
             answer = a;
         }
     }
-    assert_eq!(refused, 1024 - 128, "connections past the address's cap");
+    assert_eq!(refused, 1024 - 256, "connections past the address's cap");
     assert!(
         answer.starts_with("HTTP/1.1 503") && answer.ends_with("(max_connections_per_address)\"}"),
         "{answer}"
