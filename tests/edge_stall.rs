@@ -427,6 +427,13 @@ async fn wrong_admin_tokens_are_logged_and_limited_per_address_and_logout_ends_t
     assert!(relay.wait_log("wrong admin token", Duration::from_secs(5)));
     assert!(!relay.log().contains("wrong-token") && !relay.log().contains("nope"));
 
+    // /metrics on the ingest listener is behind the admin token too.
+    let a = exchange([127, 0, 0, 8], &addr, "GET /metrics HTTP/1.1", "").await;
+    assert!(a.starts_with("HTTP/1.1 401"), "{a}");
+    let metrics = format!("GET /metrics HTTP/1.1\r\nAuthorization: Bearer {ADMIN_TOKEN}");
+    let a = exchange([127, 0, 0, 8], &addr, &metrics, "").await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+
     // Log in, use the session, log out: the old cookie opens nothing any more.
     let a = exchange([127, 0, 0, 6], &addr, form, &format!("token={ADMIN_TOKEN}")).await;
     assert!(a.starts_with("HTTP/1.1 303"), "{a}");

@@ -141,6 +141,7 @@ async fn a_canary_event_leaves_no_trace_in_logs_metrics_admin_answers_or_failure
 
     let metrics = client
         .get(format!("{}/metrics", relay.base))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();

@@ -38,16 +38,18 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-pub async fn handle(edge: &Edge, ip: IpAddr, req: Request<TimedBody>) -> HttpResponse {
-    let relay = &edge.relay;
-    let Some(token) = relay.config.admin_token.as_deref() else {
-        return json_response(
+/// `None` when `req` carries the admin token (`Authorization: Bearer`) from an
+/// address not locked out; else the answer to send (404 without a token configured,
+/// 429, 401). A wrong token is counted against `ip`.
+pub fn refusal<B>(edge: &Edge, ip: IpAddr, req: &Request<B>) -> Option<HttpResponse> {
+    let Some(token) = edge.relay.config.admin_token.as_deref() else {
+        return Some(json_response(
             StatusCode::NOT_FOUND,
             json!({"error": "the admin API is off; set [admin] token in the config to turn it on"}),
-        );
+        ));
     };
     if let Err(wait) = edge.attempts.check(ip) {
-        return too_many_attempts(wait);
+        return Some(too_many_attempts(wait));
     }
     let given = req
         .headers()
@@ -60,10 +62,18 @@ pub async fn handle(edge: &Edge, ip: IpAddr, req: Request<TimedBody>) -> HttpRes
         token.as_bytes(),
     )) {
         edge.attempts.failed(ip, "admin");
-        return json_response(
+        return Some(json_response(
             StatusCode::UNAUTHORIZED,
             json!({"error": "missing or wrong admin token (Authorization: Bearer <token>)"}),
-        );
+        ));
+    }
+    None
+}
+
+pub async fn handle(edge: &Edge, ip: IpAddr, req: Request<TimedBody>) -> HttpResponse {
+    let relay = &edge.relay;
+    if let Some(resp) = refusal(edge, ip, &req) {
+        return resp;
     }
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {

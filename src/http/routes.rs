@@ -52,7 +52,13 @@ pub async fn route(
         (&Method::POST, "/v1/events") if ingest => events(edge, req, conn).await,
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => ready(edge).await,
-        (&Method::GET, "/metrics") if admin => metrics(edge).await,
+        // On the ingest listener, behind the admin token; on the admin one, open.
+        (&Method::GET, "/metrics") if admin => {
+            match ingest.then(|| super::admin::refusal(edge, conn.peer_ip, &req)) {
+                Some(Some(resp)) => resp,
+                _ => metrics(edge).await,
+            }
+        }
         (_, p) if admin && p.starts_with("/admin/") => {
             super::admin::handle(edge, conn.peer_ip, req).await
         }
