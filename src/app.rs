@@ -177,6 +177,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
     let rules_env = Arc::new(RulesEnv::new(env, config.rules_env.clone()));
     let options = LoadOptions {
         custom_fields: config.custom_fields.clone(),
+        allow_private_networks: config.allow_private_networks,
     };
     // Lenient unless --strict: a rule file with errors never stops intake for the
     // other partners; it is logged, shown in /admin/destinations and /metrics.

@@ -119,6 +119,13 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Bytes of request bodies being read at once, all requests together.
     pub max_body_bytes_in_flight: u64,
+    /// Open connections from one client address (an IPv6 /64), all listeners
+    /// together; past it, new ones are closed at once. Default: a quarter of
+    /// `max_connections`, at least 64 (or `max_connections` when smaller).
+    pub max_connections_per_address: usize,
+    /// Bytes of request bodies being read at once from one client address. Default:
+    /// a quarter of `max_body_bytes_in_flight` (at least `ingest.max_body`).
+    pub max_body_bytes_per_address: u64,
     /// Request line plus headers; past it the answer is 431.
     pub max_header_size: usize,
     /// Concurrent HTTP/2 streams per connection.
@@ -137,6 +144,8 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             max_body_bytes_in_flight: 64 << 20,
+            max_connections_per_address: 256,
+            max_body_bytes_per_address: 16 << 20,
             max_header_size: 16 << 10,
             h2_max_concurrent_streams: 100,
             linger_timeout: Duration::from_secs(5),
@@ -154,11 +163,16 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-/// Which environment variables rule files may read (`[rules] allow_env`).
+/// Which environment variables rule files may read: `[rules.env]` grants each rule
+/// file (by destination name) its own variables; `[rules] allow_env` lists variables
+/// every rule file may read (shared; kept for older configs). A variable granted to
+/// one file in `[rules.env]` is that file's alone, whatever `allow_env` says.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RulesEnvPolicy {
-    /// Names, or prefixes written `NAME_*`.
+    /// Names, or prefixes written `NAME_*`, every rule file may read.
     pub allow: Vec<String>,
+    /// `[rules.env]`: destination name -> names or prefixes only that file may read.
+    pub grants: BTreeMap<String, Vec<String>>,
     /// Variables the config file reads itself (its secrets): never for rule files.
     pub reserved: Vec<String>,
     /// The config file, for messages.
@@ -168,31 +182,73 @@ pub struct RulesEnvPolicy {
 /// Variables with this prefix belong to the relay's own configuration.
 pub const RESERVED_ENV_PREFIX: &str = "POSTBACK_RELAY_";
 
+/// How closely `pattern` (a name, or a prefix ending in `*`) names `name`: `None`
+/// when it does not; an exact name beats any prefix, a longer prefix a shorter one.
+fn grant_match(pattern: &str, name: &str) -> Option<usize> {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix).then_some(prefix.len()),
+        None => (pattern == name).then_some(usize::MAX),
+    }
+}
+
 impl RulesEnvPolicy {
-    /// `Err(message)` when a rule file may not read `name`.
+    /// `Err(message)` when no rule file may read `name` (`allow_env` alone).
     pub fn check(&self, name: &str) -> Result<(), String> {
+        self.check_for(None, name)
+    }
+
+    /// `Err(message)` when the rule file of destination `dest` may not read `name`.
+    /// Messages name variables and files, never values.
+    pub fn check_for(&self, dest: Option<&str>, name: &str) -> Result<(), String> {
         let file = self.config_file.display();
         if self.reserved.iter().any(|r| r == name) || name.starts_with(RESERVED_ENV_PREFIX) {
             return Err(format!(
                 "rule files may not read the environment variable {name}: it holds the relay's own settings (the config {file} reads it); give the partner's value a variable of its own"
             ));
         }
-        let allowed = self.allow.iter().any(|a| match a.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => a == name,
-        });
-        if allowed {
-            Ok(())
-        } else {
-            Err(format!(
-                "rule files may only read the environment variables listed in [rules] allow_env of {file}, and {name} is not listed; add \"{name}\" (or a prefix such as \"{}*\") there",
-                name.split('_').next().map(|p| format!("{p}_")).unwrap_or_default()
-            ))
+        // The owners: the destinations whose grant names it most closely.
+        let best = |pats: &[String]| pats.iter().filter_map(|p| grant_match(p, name)).max();
+        let ranked: Vec<(&String, usize)> = self
+            .grants
+            .iter()
+            .filter_map(|(d, pats)| best(pats).map(|m| (d, m)))
+            .collect();
+        if let Some(top) = ranked.iter().map(|(_, m)| *m).max() {
+            let owners: Vec<&str> = ranked
+                .iter()
+                .filter(|(_, m)| *m == top)
+                .map(|(d, _)| d.as_str())
+                .collect();
+            if dest.is_some_and(|d| owners.contains(&d)) {
+                return Ok(());
+            }
+            let this = dest.unwrap_or("this rule file");
+            return Err(format!(
+                "{name} belongs to the rule file {}.toml ([rules.env] of {file}); a rule file reads only the variables granted to it: give {this} a variable of its own and grant it under [rules.env] {this} = [\"...\"]",
+                owners.join(".toml, ")
+            ));
         }
+        if self.allow.iter().any(|a| grant_match(a, name).is_some()) {
+            return Ok(());
+        }
+        let prefix = name
+            .split('_')
+            .next()
+            .map(|p| format!("{p}_*"))
+            .unwrap_or_default();
+        Err(match dest {
+            Some(d) => format!(
+                "the rule file {d}.toml may read only the environment variables granted to it, and {name} is not; grant it in {file}: [rules.env] {d} = [\"{name}\"] (or a prefix such as \"{prefix}\"; [rules] allow_env lists variables every rule file may read)"
+            ),
+            None => format!(
+                "rule files may only read the environment variables granted in [rules.env] or listed in [rules] allow_env of {file}, and {name} is not; add \"{name}\" (or a prefix such as \"{prefix}\") there"
+            ),
+        })
     }
 }
 
-/// The environment as rule files see it: only what `[rules] allow_env` lets through.
+/// The environment as rule files see it: each file only what its grants (and
+/// `[rules] allow_env`) let through.
 pub struct RulesEnv {
     inner: std::sync::Arc<dyn Env + Send + Sync>,
     policy: RulesEnvPolicy,
@@ -204,6 +260,11 @@ impl RulesEnv {
     }
 }
 
+/// The destination a rule file defines: its name without `.toml`.
+fn destination_of(file: &Path) -> Option<&str> {
+    file.file_stem().and_then(|s| s.to_str())
+}
+
 impl Env for RulesEnv {
     fn var(&self, name: &str) -> Option<String> {
         self.policy.check(name).ok()?;
@@ -212,6 +273,15 @@ impl Env for RulesEnv {
 
     fn refuse(&self, name: &str) -> Option<String> {
         self.policy.check(name).err()
+    }
+
+    fn var_in(&self, file: &Path, name: &str) -> Option<String> {
+        self.policy.check_for(destination_of(file), name).ok()?;
+        self.inner.var(name)
+    }
+
+    fn refuse_in(&self, file: &Path, name: &str) -> Option<String> {
+        self.policy.check_for(destination_of(file), name).err()
     }
 }
 
@@ -676,6 +746,7 @@ fn read_server(root: &Section<'_>, max_body: u64) -> ServerLimits {
     let mut l = ServerLimits::default();
     // Room for at least one whole body, whatever `ingest.max_body` says.
     l.max_body_bytes_in_flight = l.max_body_bytes_in_flight.max(max_body);
+    l.max_body_bytes_per_address = l.max_body_bytes_per_address.max(max_body);
     let Some(s) = root.section("server", "[server]") else {
         return l;
     };
@@ -698,13 +769,18 @@ fn read_server(root: &Section<'_>, max_body: u64) -> ServerLimits {
     if let Some(n) = s.int("max_connections", 1, 1_000_000, "1024") {
         l.max_connections = n as usize;
     }
-    if let Some(f) = s.get("max_body_bytes_in_flight") {
-        if let Some(n) = f.as_size("\"64MiB\"") {
-            if n < max_body {
-                f.error(format!("`server.max_body_bytes_in_flight` must be at least `ingest.max_body` ({max_body} bytes), or no request could be read"));
-            }
-            l.max_body_bytes_in_flight = n;
-        }
+    // The shares default to a quarter of the totals (one address alone never holds
+    // more), but never fewer than 64 connections (or all, under a small cap).
+    l.max_connections_per_address = (l.max_connections / 4).max(l.max_connections.min(64));
+    if let Some(n) = s.int("max_connections_per_address", 1, 1_000_000, "256") {
+        l.max_connections_per_address = n as usize;
+    }
+    if let Some(n) = at_least_max_body(&s, "max_body_bytes_in_flight", "\"64MiB\"", max_body) {
+        l.max_body_bytes_in_flight = n;
+    }
+    l.max_body_bytes_per_address = (l.max_body_bytes_in_flight / 4).max(max_body);
+    if let Some(n) = at_least_max_body(&s, "max_body_bytes_per_address", "\"16MiB\"", max_body) {
+        l.max_body_bytes_per_address = n;
     }
     if let Some(f) = s.get("max_header_size") {
         if let Some(n) = f.as_size("\"16KiB\"") {
@@ -722,6 +798,16 @@ fn read_server(root: &Section<'_>, max_body: u64) -> ServerLimits {
     }
     s.finish();
     l
+}
+
+/// A size under `[server]` that must hold at least one whole body.
+fn at_least_max_body(s: &Section<'_>, key: &str, example: &str, max_body: u64) -> Option<u64> {
+    let f = s.get(key)?;
+    let n = f.as_size(example)?;
+    if n < max_body {
+        f.error(format!("`server.{key}` must be at least `ingest.max_body` ({max_body} bytes), or no request could be read"));
+    }
+    Some(n)
 }
 
 fn read_tls(root: &Section<'_>, path: &Path) -> Option<TlsConfig> {
@@ -762,9 +848,9 @@ struct RulesSection {
 
 fn read_rules(root: &Section<'_>, path: &Path, vars: &[String]) -> RulesSection {
     let mut policy = RulesEnvPolicy {
-        allow: Vec::new(),
         reserved: vars.to_vec(),
         config_file: path.to_path_buf(),
+        ..RulesEnvPolicy::default()
     };
     policy.reserved.sort();
     policy.reserved.dedup();
@@ -785,6 +871,10 @@ fn read_rules(root: &Section<'_>, path: &Path, vars: &[String]) -> RulesSection 
             }
         }
     }
+    if let Some(grants) = r.section("env", "{ meta = [\"META_*\"] }") {
+        read_grants(&grants, &mut policy);
+        grants.finish();
+    }
     if let Some(f) = r.get("custom_fields") {
         for (p, span) in f
             .as_str_list("[\"properties.sku\", \"user.loyalty_tier\"]")
@@ -801,6 +891,23 @@ fn read_rules(root: &Section<'_>, path: &Path, vars: &[String]) -> RulesSection 
     r.finish();
     out.env = policy;
     out
+}
+
+/// `[rules.env]`: each destination's own variables.
+fn read_grants(grants: &Section<'_>, policy: &mut RulesEnvPolicy) {
+    for (dest, f) in grants.entries() {
+        let Some(list) = f.as_str_list("[\"META_ACCESS_TOKEN\", \"META_PIXEL_ID\"]") else {
+            continue;
+        };
+        let mut names = Vec::new();
+        for (name, span) in list {
+            match check_allow_entry(&name, &policy.reserved) {
+                Err(e) => f.doc.error(span, format!("`rules.env.{dest}`: {e}")),
+                Ok(()) => names.push(name),
+            }
+        }
+        policy.grants.insert(dest, names);
+    }
 }
 
 fn check_allow_entry(entry: &str, reserved: &[String]) -> Result<(), String> {
@@ -820,8 +927,33 @@ fn check_allow_entry(entry: &str, reserved: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// `[rules] allow_env` of a config file even when the file has other errors, so that
-/// `check` judges the rules by the policy the user wrote.
+/// `[rules.env]` of a config text, read leniently (`rules_env_of`).
+fn grants_of(text: &str) -> BTreeMap<String, Vec<String>> {
+    let Ok(doc) = text.parse::<toml_edit::DocumentMut>() else {
+        return BTreeMap::new();
+    };
+    let Some(table) = doc
+        .get("rules")
+        .and_then(|r| r.get("env"))
+        .and_then(|e| e.as_table_like())
+    else {
+        return BTreeMap::new();
+    };
+    table
+        .iter()
+        .filter_map(|(dest, v)| {
+            let list = v.as_array()?;
+            let names = list
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect();
+            Some((dest.to_string(), names))
+        })
+        .collect()
+}
+
+/// `[rules] allow_env` and `[rules.env]` of a config file even when the file has
+/// other errors, so that `check` judges the rules by the policy the user wrote.
 impl Config {
     pub fn rules_env_of(path: &Path, env: &dyn Env) -> RulesEnvPolicy {
         let mut policy = RulesEnvPolicy {
@@ -849,6 +981,16 @@ impl Config {
         policy.allow = allow
             .into_iter()
             .filter(|a| check_allow_entry(a, &policy.reserved).is_ok())
+            .collect();
+        policy.grants = grants_of(&source.text)
+            .into_iter()
+            .map(|(dest, names)| {
+                let ok = names
+                    .into_iter()
+                    .filter(|a| check_allow_entry(a, &policy.reserved).is_ok())
+                    .collect();
+                (dest, ok)
+            })
             .collect();
         policy
     }
@@ -1034,11 +1176,13 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
     #[test]
     fn server_tls_admin_listen_and_rules_env_are_read() {
         let cfg = parse(
-            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[server]\nheader_read_timeout = \"2s\"\nmax_connections = 10\nmax_header_size = \"8KiB\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[rules]\nallow_env = [\"META_*\", \"TIKTOK_TOKEN\"]\n",
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[server]\nheader_read_timeout = \"2s\"\nmax_connections = 10\nmax_connections_per_address = 3\nmax_body_bytes_per_address = \"2MiB\"\nmax_header_size = \"8KiB\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[rules]\nallow_env = [\"META_*\", \"TIKTOK_TOKEN\"]\n",
         )
         .expect("valid");
         assert_eq!(cfg.server.header_read_timeout, Duration::from_secs(2));
         assert_eq!(cfg.server.max_connections, 10);
+        assert_eq!(cfg.server.max_connections_per_address, 3);
+        assert_eq!(cfg.server.max_body_bytes_per_address, 2 << 20);
         assert_eq!(cfg.server.max_header_size, 8192);
         assert_eq!(cfg.server.body_read_timeout, Duration::from_secs(30));
         assert!(!cfg.strict_rules);
@@ -1077,6 +1221,55 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         assert_eq!(
             errs[0].to_string(),
             "cfg/relay.toml:4:18: `rules.custom_fields`: \"a b\" is not a field path; write dotted names like \"properties.sku\""
+        );
+    }
+
+    #[test]
+    fn the_per_address_shares_default_to_a_quarter_of_the_totals() {
+        let cfg = parse(
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\nmax_body = \"1MiB\"\n[server]\nmax_connections = 10\nmax_body_bytes_in_flight = \"40MiB\"\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.server.max_connections_per_address, 10, "all, under 64");
+        assert_eq!(cfg.server.max_body_bytes_per_address, 10 << 20);
+        let cfg = parse("[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n").expect("valid");
+        assert_eq!(cfg.server.max_connections_per_address, 256);
+        assert_eq!(cfg.server.max_body_bytes_per_address, 16 << 20);
+    }
+
+    #[test]
+    fn a_variable_granted_to_one_rule_file_is_that_files_alone() {
+        let cfg = parse(
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[rules]\nallow_env = [\"PARTNER_*\", \"SHARED_REGION\"]\n[rules.env]\ngoogle = [\"PARTNER_OAUTH_*\"]\nmeta = [\"META_*\"]\nmeta-eu = [\"META_EU_*\"]\n",
+        )
+        .expect("valid");
+        let p = &cfg.rules_env;
+        assert!(p.check_for(Some("google"), "PARTNER_OAUTH_REFRESH").is_ok());
+        let e = p
+            .check_for(Some("x6"), "PARTNER_OAUTH_REFRESH")
+            .unwrap_err();
+        assert!(
+            e.starts_with("PARTNER_OAUTH_REFRESH belongs to the rule file google.toml"),
+            "{e}"
+        );
+        // allow_env is shared, but not over a grant.
+        assert!(p.check_for(Some("x6"), "PARTNER_OTHER").is_ok());
+        assert!(p.check_for(Some("x6"), "SHARED_REGION").is_ok());
+        // The closest grant owns a variable.
+        assert!(p.check_for(Some("meta-eu"), "META_EU_TOKEN").is_ok());
+        assert!(p.check_for(Some("meta"), "META_EU_TOKEN").is_err());
+        assert!(p.check_for(Some("meta"), "META_TOKEN").is_ok());
+        let e = p.check_for(Some("tiktok"), "TIKTOK_TOKEN").unwrap_err();
+        assert!(e.contains("[rules.env] tiktok = [\"TIKTOK_TOKEN\"]"), "{e}");
+        let errs = parse(
+            "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[rules.env]\nmeta = [\"*\", \"POSTBACK_RELAY_SECRET\"]\n",
+        )
+        .expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 2, "{text:#?}");
+        assert!(
+            text[0].contains("`rules.env.meta`: each entry"),
+            "{text:#?}"
         );
     }
 

@@ -62,6 +62,16 @@ pub trait Env {
     fn refuse(&self, _name: &str) -> Option<String> {
         None
     }
+
+    /// `var`, for the file `file` (an environment may give each file its own).
+    fn var_in(&self, _file: &Path, name: &str) -> Option<String> {
+        self.var(name)
+    }
+
+    /// `refuse`, for the file `file`.
+    fn refuse_in(&self, _file: &Path, name: &str) -> Option<String> {
+        self.refuse(name)
+    }
 }
 
 /// The real process environment.
@@ -78,6 +88,10 @@ impl Env for std::collections::HashMap<String, String> {
         self.get(name).cloned()
     }
 }
+
+/// Substituted values this long are kept out of every message of their file, wherever
+/// they would appear (`outbound::MIN_CREDENTIAL_LEN` treats them as credentials).
+const SECRET_LEN: usize = 8;
 
 /// A file's text after `${NAME}` substitution, able to point back into the original.
 #[derive(Debug, Clone)]
@@ -187,7 +201,7 @@ impl Source {
             return None;
         }
         self.vars.push(name.to_string());
-        let value = match lookup(env, name, default) {
+        let value = match lookup(env, &self.path, name, default) {
             Ok(v) => v,
             Err(message) => {
                 let (line, col) = line_col(original, at);
@@ -253,24 +267,47 @@ impl Source {
     }
 
     /// A diagnostic at `span` (offsets into the substituted text), or at the file's start.
+    /// A value that came from the environment is never quoted: the message names its
+    /// variable (`${NAME}`) instead.
     pub fn diag(&self, span: Option<Range<usize>>, message: impl Into<String>) -> Diagnostic {
+        let message = self.scrub(span.as_ref(), message.into());
         let pos = span.map(|s| self.original_offset(s.start)).unwrap_or(0);
         let (line, col) = line_col(&self.original, pos);
         Diagnostic {
             file: self.path.clone(),
             line,
             col,
-            message: message.into(),
+            message,
         }
+    }
+
+    /// `message` with each substituted value replaced by `${NAME}`: the values
+    /// substituted inside `span`, and every value long enough to be a secret
+    /// (`SECRET_LEN`) wherever it appears. Longest values first.
+    fn scrub(&self, span: Option<&Range<usize>>, mut message: String) -> String {
+        let mut order: Vec<usize> = (0..self.values.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.values[i].1.len()));
+        for i in order {
+            let (name, value) = &self.values[i];
+            let inside = match (span, self.subs.get(i)) {
+                (Some(sp), Some(&(s, e, _, _))) => s < sp.end.max(sp.start + 1) && sp.start < e,
+                _ => false,
+            };
+            let long = value.chars().count() >= SECRET_LEN;
+            if !value.is_empty() && (inside || long) && message.contains(value.as_str()) {
+                message = message.replace(value.as_str(), &format!("${{{name}}}"));
+            }
+        }
+        message
     }
 }
 
 /// The value of `${name}` / `${name:-default}`, or why it has none (refused, unset).
-fn lookup(env: &dyn Env, name: &str, default: Option<&str>) -> Result<String, String> {
-    if let Some(why) = env.refuse(name) {
+fn lookup(env: &dyn Env, file: &Path, name: &str, default: Option<&str>) -> Result<String, String> {
+    if let Some(why) = env.refuse_in(file, name) {
         return Err(why);
     }
-    match (env.var(name), default) {
+    match (env.var_in(file, name), default) {
         (Some(v), _) => Ok(v),
         (None, Some(d)) => Ok(d.to_string()),
         (None, None) => Err(format!(

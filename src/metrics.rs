@@ -34,6 +34,22 @@ struct OutcomeLabel {
     outcome: &'static str,
 }
 
+/// A destination name as a label value. Names of loaded rule files use only letters,
+/// digits, `_` and `-`; a broken file's name can hold anything (quotes, newlines),
+/// and the encoder does not escape: every other character becomes `_`, so a file
+/// name cannot add a series or break the scrape.
+fn label(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DestinationLabel {
     destination: String,
@@ -296,7 +312,7 @@ impl Metrics {
         for (name, n) in broken {
             self.rule_errors
                 .get_or_create(&DestinationLabel {
-                    destination: name.clone(),
+                    destination: label(name),
                 })
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
@@ -325,7 +341,7 @@ impl Metrics {
         }
         for c in counts {
             let l = DestinationLabel {
-                destination: c.destination.clone(),
+                destination: label(&c.destination),
             };
             self.queue_depth
                 .get_or_create(&l)
@@ -352,7 +368,7 @@ impl Metrics {
             ] {
                 self.circuit
                     .get_or_create(&DestinationState {
-                        destination: s.name.clone(),
+                        destination: label(&s.name),
                         state: state.as_str(),
                     })
                     .set(i64::from(s.breaker == state));
@@ -370,13 +386,13 @@ impl DeliveryObserver for Metrics {
     fn attempt(&self, destination: &str, outcome: AttemptOutcome, elapsed: Duration) {
         self.attempts
             .get_or_create(&DestinationOutcome {
-                destination: destination.to_string(),
+                destination: label(destination),
                 outcome: outcome.as_str(),
             })
             .inc();
         self.delivery_seconds
             .get_or_create(&DestinationLabel {
-                destination: destination.to_string(),
+                destination: label(destination),
             })
             .observe(elapsed.as_secs_f64());
     }
@@ -447,5 +463,22 @@ mod tests {
         // a destination gone from the store is gone from the gauges
         let text = m.render(&[], &[], &[]);
         assert!(!text.contains("queue_depth{destination=\"aff\"}"), "{text}");
+    }
+
+    #[test]
+    fn a_rule_file_name_cannot_inject_a_series_or_break_the_scrape() {
+        let m = Metrics::new();
+        let hostile = "x\"} 1\npostback_relay_injected_total{a=\"b";
+        m.set_rule_errors(&[(hostile.to_string(), 1), ("q\"uote".to_string(), 2)]);
+        let text = m.render(&[], &[], &[]);
+        assert!(!text.contains("\npostback_relay_injected_total"), "{text}");
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("the scrape parses");
+        let names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+        assert!(
+            !names.contains(&"postback_relay_injected_total"),
+            "{names:?}"
+        );
+        assert!(text.contains("destination=\"q_uote\"} 2"), "{text}");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::{Deserialize, Serialize};
 
 /// HTTP method of a postback.
@@ -108,27 +109,32 @@ impl Credentials {
         Credentials { values }
     }
 
-    /// Replaces every credential in the URL and the header values by its marker.
+    /// Replaces every credential in the URL, the header values and the body by its
+    /// marker: the value as written, and as a JSON string or a percent-encoded
+    /// component writes it (each form has its own marker, so `attach` writes the
+    /// current value back the same way).
     pub fn redact(&self, request: &mut OutboundRequest) {
         for (name, value) in &self.values {
-            let mark = format!("{MARK}{name}{MARK}");
-            if request.url.contains(value.as_str()) {
-                request.url = request.url.replace(value.as_str(), &mark);
-            }
-            for (_, v) in &mut request.headers {
-                if v.contains(value.as_str()) {
-                    *v = v.replace(value.as_str(), &mark);
+            for (form, text) in forms(value) {
+                let mark = form.marker(name);
+                replace_in(&mut request.url, &text, &mark);
+                for (_, v) in &mut request.headers {
+                    replace_in(v, &text, &mark);
+                }
+                if let Some(body) = &mut request.body {
+                    replace_in(body, &text, &mark);
                 }
             }
         }
     }
 
-    /// `text` with every credential replaced by `mask` (for showing a body to a human).
+    /// `text` with every credential (in each of its written forms) replaced by
+    /// `mask` (for showing a request to a human).
     pub fn mask_in(&self, text: &str, mask: &str) -> String {
         let mut out = text.to_string();
         for (_, value) in &self.values {
-            if out.contains(value.as_str()) {
-                out = out.replace(value.as_str(), mask);
+            for (_, form) in forms(value) {
+                replace_in(&mut out, &form, mask);
             }
         }
         out
@@ -138,21 +144,31 @@ impl Credentials {
     /// names the variable when the destination's rule no longer sets it.
     pub fn attach(&self, stored: &OutboundRequest) -> Result<OutboundRequest, String> {
         let mut out = stored.clone();
-        if !stored.url.contains(MARK) && !stored.headers.iter().any(|(_, v)| v.contains(MARK)) {
+        let marked = stored.url.contains(MARK)
+            || stored.headers.iter().any(|(_, v)| v.contains(MARK))
+            || stored.body.as_deref().is_some_and(|b| b.contains(MARK));
+        if !marked {
             return Ok(out);
         }
         out.url = self.fill(&stored.url)?;
         for (_, v) in &mut out.headers {
             *v = self.fill(v)?;
         }
+        if let Some(body) = &stored.body {
+            out.body = Some(self.fill(body)?);
+        }
         Ok(out)
     }
 
     fn fill(&self, text: &str) -> Result<String, String> {
+        if !text.contains(MARK) {
+            return Ok(text.to_string());
+        }
         let mut out = String::with_capacity(text.len() + 32);
         let mut parts = text.split(MARK);
         out.push_str(parts.next().unwrap_or_default());
-        while let Some(name) = parts.next() {
+        while let Some(marker) = parts.next() {
+            let (name, form) = Form::parse(marker);
             let value = self
                 .values
                 .iter()
@@ -161,7 +177,7 @@ impl Credentials {
                 .ok_or_else(|| {
                     format!("the destination's rule no longer sets ${{{name}}}, which this delivery needs")
                 })?;
-            out.push_str(value);
+            out.push_str(&form.write(value));
             out.push_str(parts.next().unwrap_or_default());
         }
         Ok(out)
@@ -192,6 +208,72 @@ pub const DEFAULT_BATCH_CONCURRENCY: usize = 16;
 
 /// Default `max_wait` of a batch.
 pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_secs(1);
+/// Characters left as they are in a URL component or a form value (RFC 3986
+/// "unreserved"); everything else is percent-encoded.
+pub const URL_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// How a credential is written where it was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// As it is (`\u{1}NAME\u{1}`).
+    Raw,
+    /// Inside a JSON string (`\u{1}NAME:json\u{1}`).
+    Json,
+    /// Percent-encoded, as a form value or URL placeholder (`\u{1}NAME:pct\u{1}`).
+    Percent,
+}
+
+impl Form {
+    fn marker(self, name: &str) -> String {
+        match self {
+            Form::Raw => format!("{MARK}{name}{MARK}"),
+            Form::Json => format!("{MARK}{name}:json{MARK}"),
+            Form::Percent => format!("{MARK}{name}:pct{MARK}"),
+        }
+    }
+
+    /// The variable name and form of a marker's inside.
+    fn parse(marker: &str) -> (&str, Form) {
+        match marker.rsplit_once(':') {
+            Some((name, "json")) => (name, Form::Json),
+            Some((name, "pct")) => (name, Form::Percent),
+            _ => (marker, Form::Raw),
+        }
+    }
+
+    fn write(self, value: &str) -> String {
+        match self {
+            Form::Raw => value.to_string(),
+            Form::Json => {
+                let quoted = serde_json::Value::String(value.to_string()).to_string();
+                quoted[1..quoted.len() - 1].to_string()
+            }
+            Form::Percent => utf8_percent_encode(value, URL_COMPONENT).to_string(),
+        }
+    }
+}
+
+/// The distinct ways `value` can be written in a request, most literal first.
+fn forms(value: &str) -> Vec<(Form, String)> {
+    let mut out: Vec<(Form, String)> = Vec::with_capacity(3);
+    for form in [Form::Raw, Form::Json, Form::Percent] {
+        let text = form.write(value);
+        if !out.iter().any(|(_, t)| *t == text) {
+            out.push((form, text));
+        }
+    }
+    out
+}
+
+fn replace_in(text: &mut String, from: &str, to: &str) {
+    if !from.is_empty() && text.contains(from) {
+        *text = text.replace(from, to);
+    }
+}
 
 /// How a destination is delivered to: read from its rule file's `[destination]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,5 +420,29 @@ mod tests {
             !format!("{c:?}").contains("tok-secret"),
             "Debug shows names only"
         );
+    }
+
+    #[test]
+    fn credentials_in_a_body_are_markers_in_every_written_form() {
+        let secret = "app/tok+en\"quoted\"==";
+        let c = Credentials::new(&[("BODY_TOKEN".into(), secret.into())]);
+        let json_form = r#"app/tok+en\"quoted\"=="#;
+        let pct_form = "app%2Ftok%2Ben%22quoted%22%3D%3D";
+        let mut full = request("https://p.example/x", "none");
+        full.body = Some(format!(
+            r#"{{"token":"{json_form}","raw":"{secret}"}}&form={pct_form}"#
+        ));
+        let mut stored = full.clone();
+        c.redact(&mut stored);
+        let body = stored.body.clone().unwrap();
+        for needle in ["app/", "quoted", "app%2F"] {
+            assert!(!body.contains(needle), "{needle} in {body:?}");
+        }
+        assert_eq!(c.attach(&stored).unwrap(), full);
+        let masked = c.mask_in(full.body.as_deref().unwrap(), "***");
+        assert!(!masked.contains("app"), "{masked}");
+        // Markers stored before bodies were redacted still read back.
+        let old = "x\u{1}BODY_TOKEN\u{1}y";
+        assert_eq!(c.fill(old).unwrap(), format!("x{secret}y"));
     }
 }

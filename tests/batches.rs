@@ -267,6 +267,7 @@ allow = ["event_id"]
     let text = relay
         .client
         .get(format!("{}/metrics", relay.base))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .expect("metrics")

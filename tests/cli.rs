@@ -385,7 +385,8 @@ fn preview_prints_the_exact_requests_and_sends_and_writes_nothing() {
     );
 
     // Meta: the request, e-mail and phone hashed after normalising as Meta does, the
-    // real IP (Meta asks for it), token masked.
+    // real IP (Meta asks for it), the token and every other value from the environment
+    // (here the pixel ID's default) masked, as `/ui` masks them.
     let meta = out
         .split("== meta ==\n")
         .nth(1)
@@ -396,7 +397,7 @@ fn preview_prints_the_exact_requests_and_sends_and_writes_nothing() {
     let mut meta_lines = meta.lines();
     assert_eq!(
         meta_lines.next(),
-        Some("POST https://graph.facebook.com/v25.0/123456789012345/events")
+        Some("POST https://graph.facebook.com/v25.0/***/events")
     );
     assert_eq!(meta_lines.next(), Some("Authorization: Bearer ***"));
     assert_eq!(meta_lines.next(), Some("Content-Type: application/json"));

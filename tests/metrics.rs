@@ -29,6 +29,7 @@ async fn scrape(relay: &TestRelay) -> Samples {
     let resp = relay
         .client
         .get(format!("{}/metrics", relay.base))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .expect("scrape");

@@ -141,6 +141,7 @@ async fn a_canary_event_leaves_no_trace_in_logs_metrics_admin_answers_or_failure
 
     let metrics = client
         .get(format!("{}/metrics", relay.base))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -209,7 +210,7 @@ fn a_rule_reading_the_relays_secret_or_an_unlisted_variable_fails_check_located(
         )),
         "{stderr}"
     );
-    assert!(lines[2].starts_with(&format!("{r}:3:78: rule files may only read the environment variables listed in [rules] allow_env")), "{stderr}");
+    assert!(lines[2].starts_with(&format!("{r}:3:78: the rule file leaky.toml may read only the environment variables granted to it, and HOME is not; grant it in")), "{stderr}");
     assert!(
         !stderr.contains("admin-token-value") && !stderr.contains("MfKQ9r8"),
         "{stderr}"
@@ -255,5 +256,142 @@ fn send_and_dlq_ignore_http_proxies() {
         list.status.success(),
         "{}",
         String::from_utf8_lossy(&list.stderr)
+    );
+}
+
+const BODY_TOKEN: &str = "BODYCANARY-3f9a/xyz+q";
+const APP_TOKEN: &str = "APPCANARY-77aa11bb";
+
+/// Every file under `dir`, whole.
+fn all_bytes(dir: &Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
+    for e in std::fs::read_dir(dir).expect("readable dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            all_bytes(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push((p, b));
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn environment_values_in_a_body_and_params_are_markers_at_rest() {
+    let partner = FakePartner::start().await.unwrap();
+    // First attempts fail: the deliveries sit in the store (and its journal) a while.
+    partner.enqueue([Reply::status(503), Reply::status(503)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("rules")).unwrap();
+    let retry = "retry = { max_attempts = 5, give_up_after = \"1h\", initial_backoff = \"50ms\", max_backoff = \"100ms\" }";
+    let url = partner.url("/pb");
+    std::fs::write(
+        dir.join("rules/jsonbody.toml"),
+        format!("[destination]\nurl = \"{url}\"\nmethod = \"POST\"\n{retry}\n[params]\napp = \"${{PARTNER_APPTOKEN}}\"\n[body]\ntoken = \"${{PARTNER_BODYTOKEN}}\"\napp_token = \"{{params.app}}\"\nclick = \"{{click_id}}\"\n[privacy]\nallow = [\"click_id\"]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rules/formbody.toml"),
+        format!("[destination]\nurl = \"{url}\"\nmethod = \"POST\"\nformat = \"form\"\n{retry}\n[body]\ntoken = \"${{PARTNER_BODYTOKEN}}\"\nclick = \"{{click_id}}\"\n[privacy]\nallow = [\"click_id\"]\n"),
+    )
+    .unwrap();
+    let cfg = dir.join("postback-relay.toml");
+    std::fs::write(&cfg, config_text("[rules]\nallow_env = [\"PARTNER_*\"]\n")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_postback-relay"));
+    cmd.args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .env("PARTNER_BODYTOKEN", BODY_TOKEN)
+        .env("PARTNER_APPTOKEN", APP_TOKEN)
+        .stdin(std::process::Stdio::null());
+    let mut relay = RelayProcess::spawn_command(cmd);
+    let client = reqwest::Client::new();
+    let (s, v) = post_json_to(&client, &relay.base, "m-body", &canary_event()).await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(partner.wait_for_requests(4, Duration::from_secs(20)).await);
+    let done = eventually(20, || async {
+        partner.answered_count() >= 4
+            && admin_get_at(&client, &relay.base, "/admin/destinations").await["destinations"]
+                .as_array()
+                .is_some_and(|d| d.iter().all(|x| x["queue_depth"] == 0))
+    })
+    .await;
+    assert!(done, "both delivered");
+    // The partner got the real values, as JSON and form-encoded.
+    let bodies: Vec<String> = partner
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).to_string())
+        .collect();
+    let pct = "BODYCANARY-3f9a%2Fxyz%2Bq";
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.contains(BODY_TOKEN) && b.contains(APP_TOKEN)),
+        "{bodies:?}"
+    );
+    assert!(bodies.iter().any(|b| b.contains(pct)), "{bodies:?}");
+    relay.signal(libc::SIGTERM);
+    assert_eq!(relay.wait_exit(Duration::from_secs(20)), Some(0));
+
+    let mut files = Vec::new();
+    all_bytes(&dir.join("data"), &mut files);
+    assert!(!files.is_empty());
+    for (path, bytes) in &files {
+        for needle in [BODY_TOKEN, APP_TOKEN, pct, "BODYCANARY", "APPCANARY"] {
+            assert!(!contains(bytes, needle), "{needle} in {}", path.display());
+        }
+    }
+}
+
+#[test]
+fn a_rule_file_naming_another_destinations_variable_is_refused_located_without_the_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("relay.toml");
+    // The legacy shared list would let every file read PARTNER_*; the grant to google
+    // makes PARTNER_OAUTH_* google's alone.
+    std::fs::write(
+        &cfg,
+        "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[rules]\nallow_env = [\"PARTNER_*\"]\n[rules.env]\ngoogle = [\"PARTNER_OAUTH_*\"]\n",
+    )
+    .unwrap();
+    std::fs::create_dir(tmp.path().join("rules")).unwrap();
+    let ok = "[destination]\nmethod = \"GET\"\nurl = \"https://p.example/g?v=${PARTNER_OAUTH_REFRESH}\"\n[privacy]\nallow = [\"click_id\"]\n";
+    std::fs::write(tmp.path().join("rules/google.toml"), ok).unwrap();
+    let rule = tmp.path().join("rules/x6.toml");
+    std::fs::write(
+        &rule,
+        "[destination]\nmethod = \"GET\"\nurl = \"https://p.example/x6?v=${PARTNER_OAUTH_REFRESH}\"\n[privacy]\nallow = [\"click_id\"]\n",
+    )
+    .unwrap();
+    let value = "REFRESH-CANARY-0123456789";
+    let out = Command::new(env!("CARGO_BIN_EXE_postback-relay"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .env("POSTBACK_RELAY_SECRET", SECRET)
+        .env("PARTNER_OAUTH_REFRESH", value)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let r = rule.display().to_string();
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("x6.toml")).collect();
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!(
+            "{r}:3:31: PARTNER_OAUTH_REFRESH belongs to the rule file google.toml"
+        ))),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("google.toml:"),
+        "google may read it: {stderr}"
+    );
+    assert!(
+        !stderr.contains("REFRESH-CANARY") && !stdout.contains("REFRESH-CANARY"),
+        "{stderr}{stdout}"
     );
 }

@@ -41,7 +41,10 @@ pub fn run(
         Some(cfg) => (cfg.rules_env.clone(), cfg.custom_fields.clone()),
         None => (Config::rules_env_of(config, &ProcessEnv), Vec::new()),
     };
-    let options = LoadOptions { custom_fields };
+    let options = LoadOptions {
+        custom_fields,
+        allow_private_networks: loaded.as_ref().is_some_and(|c| c.allow_private_networks),
+    };
     let set = match RuleSet::load_dir_lenient(&rules_dir, &rules_env(policy), &options) {
         Ok(set) => set,
         Err(e) => {

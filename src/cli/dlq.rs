@@ -52,6 +52,21 @@ fn relay_is_running(cfg: &Config) -> bool {
     .is_ok()
 }
 
+/// Where the admin API of the running relay is: `[admin] listen` when set (plain
+/// HTTP, meant for loopback), else `listen`, but never a TLS listener in clear (the
+/// admin token would cross it unencrypted, and the TLS port would not answer).
+fn admin_base(cfg: &Config) -> Result<String, String> {
+    match (cfg.admin_listen, &cfg.tls) {
+        (Some(admin), _) => Ok(format!("http://{}", connect_addr(admin))),
+        (None, None) => Ok(format!("http://{}", connect_addr(cfg.listen))),
+        (None, Some(_)) => Err(format!(
+            "the relay is running on {} with TLS, and dlq does not send the admin token over it: set [admin] listen (e.g. \"127.0.0.1:8081\") in {} and restart the relay, or stop the relay to open the store directly",
+            cfg.listen,
+            cfg.path.display()
+        )),
+    }
+}
+
 fn admin_call(
     cfg: &Config,
     method: &str,
@@ -65,7 +80,7 @@ fn admin_call(
             cfg.path.display()
         ));
     };
-    let url = format!("http://{}{path_and_query}", connect_addr(cfg.listen));
+    let url = format!("{}{path_and_query}", admin_base(cfg)?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -205,4 +220,34 @@ fn replay(out: &mut dyn Write, config: &Path, selector: ReplaySelector) -> Resul
         if n == 1 { "" } else { "s" }
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn the_admin_listener_is_used_and_a_tls_listener_never_in_clear() {
+        let env: HashMap<String, String> = HashMap::new();
+        let text = "listen = \"0.0.0.0:8443\"\n[ingest]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n";
+        let mut cfg = Config::parse(
+            Path::new("relay.toml"),
+            text.to_string(),
+            &env,
+            &Overrides::default(),
+        )
+        .expect("valid config");
+        assert_eq!(admin_base(&cfg).unwrap(), "http://127.0.0.1:8443");
+        cfg.admin_listen = Some("127.0.0.1:8081".parse().unwrap());
+        assert_eq!(admin_base(&cfg).unwrap(), "http://127.0.0.1:8081");
+        cfg.admin_listen = None;
+        cfg.tls = Some(crate::config::TlsConfig {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            client_ca: None,
+        });
+        let e = admin_base(&cfg).unwrap_err();
+        assert!(e.contains("set [admin] listen"), "{e}");
+    }
 }

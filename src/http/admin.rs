@@ -5,18 +5,31 @@
 //! queued request (URLs and headers can hold partner secrets) or event data.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::net::IpAddr;
 
+use super::body::{read_limited, ReadError, TimedBody};
 use chrono::Utc;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
 use super::routes::{json_response, HttpResponse};
+use super::Edge;
 use crate::relay::Relay;
 use crate::store::{DeadLetter, ReplaySelector};
+
+/// 429 to an address that sent too many wrong admin tokens.
+pub fn too_many_attempts(wait: u64) -> HttpResponse {
+    let mut resp = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({"error": "too many wrong admin tokens from this address; retry later"}),
+    );
+    resp.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from(wait),
+    );
+    resp
+}
 
 /// The bearer token of an `Authorization` header; the scheme is case-insensitive
 /// (RFC 9110: `bearer`, `Bearer` and `BEARER` are the same).
@@ -25,13 +38,19 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-pub async fn handle(relay: &Arc<Relay>, req: Request<Incoming>) -> HttpResponse {
-    let Some(token) = relay.config.admin_token.as_deref() else {
-        return json_response(
+/// `None` when `req` carries the admin token (`Authorization: Bearer`) from an
+/// address not locked out; else the answer to send (404 without a token configured,
+/// 429, 401). A wrong token is counted against `ip`.
+pub fn refusal<B>(edge: &Edge, ip: IpAddr, req: &Request<B>) -> Option<HttpResponse> {
+    let Some(token) = edge.relay.config.admin_token.as_deref() else {
+        return Some(json_response(
             StatusCode::NOT_FOUND,
             json!({"error": "the admin API is off; set [admin] token in the config to turn it on"}),
-        );
+        ));
     };
+    if let Err(wait) = edge.attempts.check(ip) {
+        return Some(too_many_attempts(wait));
+    }
     let given = req
         .headers()
         .get(AUTHORIZATION)
@@ -42,10 +61,19 @@ pub async fn handle(relay: &Arc<Relay>, req: Request<Incoming>) -> HttpResponse 
         given.as_bytes(),
         token.as_bytes(),
     )) {
-        return json_response(
+        edge.attempts.failed(ip, "admin");
+        return Some(json_response(
             StatusCode::UNAUTHORIZED,
             json!({"error": "missing or wrong admin token (Authorization: Bearer <token>)"}),
-        );
+        ));
+    }
+    None
+}
+
+pub async fn handle(edge: &Edge, ip: IpAddr, req: Request<TimedBody>) -> HttpResponse {
+    let relay = &edge.relay;
+    if let Some(resp) = refusal(edge, ip, &req) {
+        return resp;
     }
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
@@ -76,7 +104,7 @@ pub async fn handle(relay: &Arc<Relay>, req: Request<Incoming>) -> HttpResponse 
     }
 }
 
-fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
+fn query(req: &Request<TimedBody>) -> BTreeMap<String, String> {
     req.uri()
         .query()
         .map(|q| {
@@ -115,13 +143,18 @@ async fn dlq(relay: &Relay, query: &BTreeMap<String, String>) -> HttpResponse {
 }
 
 /// The replay selector of a `POST /admin/dlq/replay` body, or the 400 to answer.
-async fn replay_request(req: Request<Incoming>) -> Result<ReplaySelector, HttpResponse> {
+async fn replay_request(req: Request<TimedBody>) -> Result<ReplaySelector, HttpResponse> {
     let bad = |error: String| json_response(StatusCode::BAD_REQUEST, json!({"error": error}));
-    let body = Limited::new(req.into_body(), 64 * 1024)
-        .collect()
+    let mut body = req.into_body();
+    let body = read_limited(&mut body, 64 * 1024, 0)
         .await
-        .map_err(|_| bad("body unreadable or over 64KiB".into()))?
-        .to_bytes();
+        .map_err(|e| match e {
+            ReadError::Timeout => json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": "the body did not arrive within body_read_timeout"}),
+            ),
+            _ => bad("body unreadable or over 64KiB".into()),
+        })?;
     let v: Value = if body.is_empty() {
         json!({})
     } else {

@@ -10,7 +10,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +29,10 @@ pub struct ConnState {
     idle_since: AtomicU64,
     /// HTTP/1: bytes between requests start a request head. HTTP/2 frames do not.
     track_heads: bool,
+    /// The deadlines (ms, as above) of the request bodies still open, by a number
+    /// each `OpenBody` holds.
+    bodies: Mutex<Vec<(u64, u64)>>,
+    next_body: AtomicU64,
 }
 
 /// Why the watchdog wants the connection closed.
@@ -38,7 +42,14 @@ pub enum Expired {
     Header,
     /// No request for `idle_timeout`.
     Idle,
+    /// A request's body was still open (unread or unfinished) a second past its
+    /// deadline: a request in progress does not keep a connection forever.
+    Body,
 }
+
+/// How long past its deadline an open body may stay before the watchdog closes the
+/// connection (the route's own 408 goes out first).
+const BODY_GRACE_MS: u64 = 1000;
 
 impl ConnState {
     /// A new connection. An HTTP/1 connection is reading its first request's head
@@ -50,6 +61,8 @@ impl ConnState {
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(1),
             track_heads: http1,
+            bodies: Mutex::new(Vec::new()),
+            next_body: AtomicU64::new(0),
         };
         if http1 {
             state.head_started.store(1, Ordering::Relaxed);
@@ -69,6 +82,29 @@ impl ConnState {
         Busy(self.clone())
     }
 
+    /// A request body with this deadline is open until the guard is dropped.
+    pub fn open_body(self: &Arc<Self>, deadline: Instant) -> OpenBody {
+        let id = self.next_body.fetch_add(1, Ordering::Relaxed);
+        let at = u64::try_from(deadline.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX / 2)
+            + 1;
+        if let Ok(mut b) = self.bodies.lock() {
+            b.push((id, at));
+        }
+        OpenBody(self.clone(), id)
+    }
+
+    /// Whether an open body is past its deadline (plus the grace).
+    fn body_overdue(&self, now: u64) -> bool {
+        self.bodies
+            .lock()
+            .map(|b| {
+                b.iter()
+                    .any(|&(_, at)| now > at.saturating_add(BODY_GRACE_MS))
+            })
+            .unwrap_or(false)
+    }
+
     fn on_read(&self, n: usize) {
         if self.track_heads
             && n > 0
@@ -81,10 +117,10 @@ impl ConnState {
 
     /// Whether the connection overstayed, now.
     pub fn expired(&self, header: Duration, idle: Duration) -> Option<Expired> {
-        if self.busy.load(Ordering::Acquire) > 0 {
-            return None;
-        }
         let now = self.now();
+        if self.busy.load(Ordering::Acquire) > 0 {
+            return self.body_overdue(now).then_some(Expired::Body);
+        }
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2);
         let head = self.head_started.load(Ordering::Relaxed);
         if head != 0 {
@@ -116,6 +152,18 @@ impl Drop for Busy {
         let state = &self.0;
         state.idle_since.store(state.now(), Ordering::Relaxed);
         state.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request body still open on a connection (see `ConnState::open_body`).
+#[derive(Debug)]
+pub struct OpenBody(Arc<ConnState>, u64);
+
+impl Drop for OpenBody {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.0.bodies.lock() {
+            b.retain(|&(id, _)| id != self.1);
+        }
     }
 }
 
@@ -212,5 +260,19 @@ mod tests {
         assert_eq!(s.expired(H, I), None);
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(s.expired(H, I), Some(Expired::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_expires_when_a_body_outlives_its_deadline() {
+        let s = ConnState::new(true);
+        let busy = s.begin();
+        let body = s.open_body(Instant::now() + H);
+        tokio::time::sleep(H * 5).await;
+        assert_eq!(s.expired(H, I), None, "within the grace");
+        tokio::time::sleep(Duration::from_millis(BODY_GRACE_MS)).await;
+        assert_eq!(s.expired(H, I), Some(Expired::Body));
+        drop(body);
+        assert_eq!(s.expired(H, I), None, "busy, no body open");
+        drop(busy);
     }
 }

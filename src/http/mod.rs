@@ -9,7 +9,10 @@
 //! HTTP/1.1 on plain listeners; HTTP/2 and HTTP/1.1 by ALPN on TLS.
 
 pub mod admin;
+pub mod auth;
+pub mod body;
 pub mod conn;
+pub mod peers;
 pub mod routes;
 pub mod tls;
 pub mod ui;
@@ -28,6 +31,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::config::ServerLimits;
 use crate::relay::Relay;
 use conn::{ConnState, Expired, TrackedIo};
+use peers::{PeerSlot, Peers};
 use tls::TlsCertificates;
 
 pub use routes::HttpResponse;
@@ -48,6 +52,12 @@ pub struct Edge {
     pub limits: ServerLimits,
     /// Bytes of request bodies being read, all requests together.
     pub body_budget: Arc<Semaphore>,
+    /// Each client address's connections and body bytes.
+    pub peers: Arc<Peers>,
+    /// Wrong admin tokens per client address.
+    pub attempts: auth::Attempts,
+    /// The preview page's sessions.
+    pub sessions: auth::Sessions,
     /// Tasks a request leaves behind (reading what is left of a refused body):
     /// `serve` waits for them on shutdown.
     pub tasks: tokio_util::task::TaskTracker,
@@ -59,6 +69,9 @@ impl Edge {
         let budget = usize::try_from(limits.max_body_bytes_in_flight).unwrap_or(usize::MAX);
         Arc::new(Edge {
             body_budget: Arc::new(Semaphore::new(budget.min(Semaphore::MAX_PERMITS))),
+            peers: Peers::new(&limits),
+            attempts: auth::Attempts::default(),
+            sessions: auth::Sessions::default(),
             limits,
             relay,
             tasks: tokio_util::task::TaskTracker::new(),
@@ -102,13 +115,20 @@ pub async fn serve(
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 errors.ok();
+                // Past its address's share: closed at once (a plain listener says why).
+                let Some(slot) = edge.peers.join(peer.ip()) else {
+                    if listener.tls.is_none() {
+                        let _ = stream.try_write(OVER_ADDRESS_CAP);
+                    }
+                    continue;
+                };
                 conns.spawn(connection(
                     edge.clone(),
                     listener.clone(),
                     stream,
-                    permit,
+                    (permit, slot),
                     shutdown.clone(),
                 ));
             }
@@ -131,6 +151,9 @@ pub async fn serve(
         conns.shutdown().await;
     }
 }
+
+/// The answer to a connection past `max_connections_per_address` (plain listeners).
+const OVER_ADDRESS_CAP: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 80\r\n\r\n{\"error\":\"too many connections from this address (max_connections_per_address)\"}";
 
 /// Accept errors (EMFILE, ENFILE, ECONNABORTED...) are logged at most once per
 /// `EVERY`, with how many were not logged, and slow the loop down with backoff.
@@ -196,13 +219,17 @@ async fn connection(
     edge: Arc<Edge>,
     listener: Arc<Listener>,
     stream: TcpStream,
-    _slot: OwnedSemaphorePermit,
+    (_slot, peer): (OwnedSemaphorePermit, PeerSlot),
     shutdown: watch::Receiver<bool>,
 ) {
     edge.relay.metrics.connection_opened(listener.name);
     let _open = Open(edge.clone(), listener.name);
     let _ = stream.set_nodelay(true);
-    let routes = listener.routes;
+    let routes = Served {
+        routes: listener.routes,
+        peer_budget: peer.budget.clone(),
+        peer_ip: peer.ip,
+    };
     let Some(tls) = &listener.tls else {
         return serve_http1(edge, routes, stream, shutdown).await;
     };
@@ -223,7 +250,21 @@ async fn connection(
     }
 }
 
-async fn serve_http1<I>(edge: Arc<Edge>, routes: Routes, io: I, shutdown: watch::Receiver<bool>)
+/// What a connection serves, and its client address's share of the body budget.
+#[derive(Clone)]
+struct Served {
+    routes: Routes,
+    peer_budget: Arc<Semaphore>,
+    peer_ip: std::net::IpAddr,
+}
+
+/// hyper's read buffer per HTTP/1 connection: a whole head and a little more, so a
+/// thousand connections draining refused bodies hold a few KiB each, not 400.
+fn read_buffer(limits: &ServerLimits) -> usize {
+    (limits.max_header_size + 8192).max(8192)
+}
+
+async fn serve_http1<I>(edge: Arc<Edge>, routes: Served, io: I, shutdown: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -235,12 +276,13 @@ where
         // The watchdog times head reads; hyper's timer would also count idle time.
         .header_read_timeout(None)
         .max_header_size(edge.limits.max_header_size)
+        .max_buf_size(read_buffer(&edge.limits))
         .keep_alive(true);
     let conn = builder.serve_connection(io, service(edge.clone(), routes, state.clone()));
     drive(conn, &edge, &state, shutdown).await;
 }
 
-async fn serve_http2<I>(edge: Arc<Edge>, routes: Routes, io: I, shutdown: watch::Receiver<bool>)
+async fn serve_http2<I>(edge: Arc<Edge>, routes: Served, io: I, shutdown: watch::Receiver<bool>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -254,17 +296,28 @@ where
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(256)
+        // What a client may send ahead of the relay reading it: bounded per stream
+        // and per connection, so unread bodies hold little memory.
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_send_buf_size(H2_SEND_BUFFER)
         .keep_alive_interval(limits.idle_timeout / 2)
         .keep_alive_timeout(limits.header_read_timeout);
     let conn = builder.serve_connection(io, service(edge.clone(), routes, state.clone()));
     drive(conn, &edge, &state, shutdown).await;
 }
 
+/// HTTP/2 flow-control windows and send buffer (hyper's defaults: 1 MiB, 1 MiB,
+/// 400 KiB).
+const H2_STREAM_WINDOW: u32 = 128 << 10;
+const H2_CONNECTION_WINDOW: u32 = 256 << 10;
+const H2_SEND_BUFFER: usize = 64 << 10;
+
 /// The hyper service of one connection: every request marks the connection busy.
 #[derive(Clone)]
 struct Handler {
     edge: Arc<Edge>,
-    routes: Routes,
+    routes: Served,
     state: Arc<ConnState>,
 }
 
@@ -278,16 +331,24 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Handler 
 
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> HandlerFuture {
         let busy = self.state.begin();
-        let (edge, routes, state) = (self.edge.clone(), self.routes, self.state.clone());
+        let (edge, routes, state) = (self.edge.clone(), self.routes.clone(), self.state.clone());
+        // Every body, whoever reads it, ends by its deadline (before authentication).
+        let deadline = tokio::time::Instant::now() + edge.limits.body_read_timeout;
+        let req = req.map(|b| body::TimedBody::new(b, deadline, &state));
         Box::pin(async move {
-            let resp = routes::route(&edge, routes, req, &state).await;
+            let conn = routes::Conn {
+                state: &state,
+                peer_budget: &routes.peer_budget,
+                peer_ip: routes.peer_ip,
+            };
+            let resp = routes::route(&edge, routes.routes, req, conn).await;
             drop(busy);
             Ok(resp)
         })
     }
 }
 
-fn service(edge: Arc<Edge>, routes: Routes, state: Arc<ConnState>) -> Handler {
+fn service(edge: Arc<Edge>, routes: Served, state: Arc<ConnState>) -> Handler {
     Handler {
         edge,
         routes,
@@ -305,8 +366,8 @@ where
     let bound = tokio::select! {
         _ = conn.as_mut() => return,
         expired = state.watchdog(limits.header_read_timeout, limits.idle_timeout) => match expired {
-            // A slow head: nothing to finish, just close.
-            Expired::Header => return,
+            // A slow head, or a body past its deadline: nothing to finish, just close.
+            Expired::Header | Expired::Body => return,
             Expired::Idle => limits.linger_timeout,
         },
         _ = shutdown.wait_for(|stop| *stop) => limits.body_read_timeout,

@@ -11,17 +11,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::Utc;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as _;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::body::{read_limited, ReadError, TimedBody};
 use super::conn::ConnState;
 use super::{Edge, Routes};
 use crate::ingest::body::{self, BodyError, Framing};
@@ -30,11 +30,20 @@ use crate::webhooks::{SignedHeaders, VerifyError};
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
+/// The connection a request came on: its clock and its client address's share of
+/// the body budget.
+#[derive(Clone, Copy)]
+pub struct Conn<'a> {
+    pub state: &'a Arc<ConnState>,
+    pub peer_budget: &'a Arc<tokio::sync::Semaphore>,
+    pub peer_ip: std::net::IpAddr,
+}
+
 pub async fn route(
     edge: &Edge,
     routes: Routes,
-    req: Request<Incoming>,
-    conn: &Arc<ConnState>,
+    req: Request<TimedBody>,
+    conn: Conn<'_>,
 ) -> HttpResponse {
     let path = req.uri().path().to_string();
     let ingest = matches!(routes, Routes::Ingest { .. });
@@ -43,12 +52,20 @@ pub async fn route(
         (&Method::POST, "/v1/events") if ingest => events(edge, req, conn).await,
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => ready(edge).await,
-        (&Method::GET, "/metrics") if admin => metrics(edge).await,
-        (_, p) if admin && p.starts_with("/admin/") => super::admin::handle(&edge.relay, req).await,
+        // On the ingest listener, behind the admin token; on the admin one, open.
+        (&Method::GET, "/metrics") if admin => {
+            match ingest.then(|| super::admin::refusal(edge, conn.peer_ip, &req)) {
+                Some(Some(resp)) => resp,
+                _ => metrics(edge).await,
+            }
+        }
+        (_, p) if admin && p.starts_with("/admin/") => {
+            super::admin::handle(edge, conn.peer_ip, req).await
+        }
         (_, p) if admin && (p == "/ui" || p.starts_with("/ui/")) => {
             // Only the ingest listener may speak TLS; the admin one never does.
             let secure = ingest && edge.relay.tls.is_some();
-            super::ui::handle(&edge.relay, req, secure).await
+            super::ui::handle(edge, conn.peer_ip, req, secure).await
         }
         (_, "/healthz" | "/readyz") => not_allowed(req.method(), &path),
         (_, "/v1/events") if ingest => not_allowed(req.method(), &path),
@@ -137,10 +154,10 @@ impl Refusal {
 struct SignedBody {
     bytes: Bytes,
     framing: Framing,
-    _budget: OwnedSemaphorePermit,
+    _budget: [OwnedSemaphorePermit; 2],
 }
 
-async fn events(edge: &Edge, req: Request<Incoming>, conn: &Arc<ConnState>) -> HttpResponse {
+async fn events(edge: &Edge, req: Request<TimedBody>, conn: Conn<'_>) -> HttpResponse {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let (resp, result) = match read_signed(edge, &parts, body, conn).await {
@@ -161,14 +178,14 @@ async fn events(edge: &Edge, req: Request<Incoming>, conn: &Arc<ConnState>) -> H
 async fn read_signed(
     edge: &Edge,
     parts: &Parts,
-    mut body: Incoming,
-    conn: &Arc<ConnState>,
+    mut body: TimedBody,
+    conn: Conn<'_>,
 ) -> Result<SignedBody, Refusal> {
     let declared = declared_length(parts);
     let (framing, headers) = match check_head(edge, parts, declared) {
         Ok(x) => x,
         Err(refusal) => {
-            linger(edge, parts, body, declared, conn);
+            linger(edge, parts, body, declared, conn.state);
             return Err(refusal);
         }
     };
@@ -177,38 +194,32 @@ async fn read_signed(
         .unwrap_or(Some(max_body))
         .unwrap_or(max_body)
         .min(max_body);
-    let budget = edge.body_budget.clone();
-    // Waiting for a share of the budget and reading share one deadline.
+    // Waiting for a share of the budget (the address's, then everyone's) and reading
+    // share one deadline.
     let deadline = tokio::time::Instant::now() + edge.limits.body_read_timeout;
-    let permit = tokio::time::timeout_at(
-        deadline,
-        budget.acquire_many_owned(u32::try_from(want).unwrap_or(u32::MAX)),
-    )
-    .await;
-    let Ok(Ok(permit)) = permit else {
-        linger(edge, parts, body, declared, conn);
-        let mut r = Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many request bodies being read at once; retry later",
-        );
-        r.retry_after = Some(1);
-        return Err(r);
+    let permits = match budget_shares(edge, conn, want, deadline).await {
+        Ok(p) => p,
+        Err(refusal) => {
+            linger(edge, parts, body, declared, conn.state);
+            return Err(refusal);
+        }
     };
     let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let bytes = match tokio::time::timeout_at(deadline, collect(&mut body, limit)).await {
-        Err(_) => {
+    let reserve = usize::try_from(want).unwrap_or(limit);
+    let read = tokio::time::timeout_at(deadline, read_limited(&mut body, limit, reserve)).await;
+    let bytes = match read {
+        Err(_) | Ok(Err(ReadError::Timeout)) => {
             return Err(Refusal::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 "the body did not arrive within body_read_timeout",
             ))
         }
-        Ok(Err(Collect::TooLarge)) => {
-            linger(edge, parts, body, None, conn);
+        Ok(Err(ReadError::TooLarge)) => {
+            linger(edge, parts, body, None, conn.state);
             return Err(too_large(max_body));
         }
-        Ok(Err(Collect::Broken)) => {
+        Ok(Err(ReadError::Broken)) => {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -223,8 +234,39 @@ async fn read_signed(
     Ok(SignedBody {
         bytes,
         framing,
-        _budget: permit,
+        _budget: permits,
     })
+}
+
+/// `want` bytes of the client address's body budget, then of everyone's, by
+/// `deadline`; a 503 when either stays full.
+async fn budget_shares(
+    edge: &Edge,
+    conn: Conn<'_>,
+    want: u64,
+    deadline: tokio::time::Instant,
+) -> Result<[OwnedSemaphorePermit; 2], Refusal> {
+    let n = u32::try_from(want).unwrap_or(u32::MAX);
+    let overloaded = |whose: &str| {
+        let mut r = Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            format!("too many request bodies being read at once{whose}; retry later"),
+        );
+        r.retry_after = Some(1);
+        r
+    };
+    let mine = tokio::time::timeout_at(deadline, conn.peer_budget.clone().acquire_many_owned(n));
+    let Ok(Ok(mine)) = mine.await else {
+        return Err(overloaded(
+            " from this address (max_body_bytes_per_address)",
+        ));
+    };
+    let all = tokio::time::timeout_at(deadline, edge.body_budget.clone().acquire_many_owned(n));
+    let Ok(Ok(all)) = all.await else {
+        return Err(overloaded(""));
+    };
+    Ok([mine, all])
 }
 
 /// `Content-Length`: `None` when absent (chunked), `Some(None)` when not a number.
@@ -319,27 +361,6 @@ fn too_large(max: u64) -> Refusal {
     )
 }
 
-enum Collect {
-    TooLarge,
-    Broken,
-}
-
-/// Reads the body whole, refusing it past `limit` bytes (the body stays with the
-/// caller, to be drained).
-async fn collect(body: &mut Incoming, limit: usize) -> Result<Bytes, Collect> {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| Collect::Broken)?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > limit {
-                return Err(Collect::TooLarge);
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    Ok(buf.freeze())
-}
-
 /// After a refusal, reads and discards what is left of the body, up to
 /// `linger_bytes` and `linger_timeout`, so a client that sends the whole body before
 /// reading (no `Expect: 100-continue`) reads the answer instead of a reset. The
@@ -347,7 +368,7 @@ async fn collect(body: &mut Incoming, limit: usize) -> Result<Bytes, Collect> {
 fn linger(
     edge: &Edge,
     parts: &Parts,
-    body: Incoming,
+    body: TimedBody,
     declared: Option<Option<u64>>,
     conn: &Arc<ConnState>,
 ) {

@@ -1,28 +1,30 @@
 //! `GET /ui`: the preview page, for marketers without a terminal. Behind the admin
 //! token: a login form sets an HttpOnly, SameSite=Strict cookie (no token in URLs).
 //!
-//! Owns: the login (`POST /ui/login`, `POST /ui/logout`), the session cookie (an
-//! expiry and its HMAC under the admin token: nothing is stored server-side, and a
-//! new token ends every session), the page itself (`ui.html`, built into the binary),
+//! Owns: the login (`POST /ui/login`, rate-limited per address by `auth::Attempts`;
+//! `POST /ui/logout`, which ends the session server-side), the session cookie
+//! (`auth::Sessions`: expiry, random ID and their HMAC under the admin token; a new
+//! token or a restart ends every session), the page itself (`ui.html`, built into the binary),
 //! and its JSON calls: `GET /ui/api/state` (destinations, the rule files' current
 //! errors as on disk) and `POST /ui/api/preview` (one event through one destination,
 //! or through a pasted draft rule that is never saved). Never: stores or logs what
 //! the page is given (events, drafts); shows a secret (requests are masked by
 //! `rules::masked`).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
+use super::body::{read_limited, ReadError, TimedBody};
 use bytes::Bytes;
 use chrono::Utc;
-use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
+use super::auth::Sessions;
 use super::routes::{json_response, HttpResponse};
+use super::Edge;
 use crate::event::Event;
 use crate::relay::Relay;
 use crate::rules::{compile_draft, masked, Destination, Explanation, RuleSet};
@@ -37,7 +39,13 @@ const MAX_BODY: usize = 256 * 1024;
 
 /// Serves every `/ui` path. `secure`: the listener speaks TLS (the cookie gets
 /// `Secure`).
-pub async fn handle(relay: &Relay, req: Request<Incoming>, secure: bool) -> HttpResponse {
+pub async fn handle(
+    edge: &Edge,
+    ip: IpAddr,
+    req: Request<TimedBody>,
+    secure: bool,
+) -> HttpResponse {
+    let relay = &edge.relay;
     let Some(token) = relay.config.admin_token.clone() else {
         return json_response(
             StatusCode::NOT_FOUND,
@@ -45,14 +53,32 @@ pub async fn handle(relay: &Relay, req: Request<Incoming>, secure: bool) -> Http
         );
     };
     let path = req.uri().path().to_string();
-    let authed = session_valid(&req, &token);
+    let authed = session_valid(&edge.sessions, &req, &token);
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/ui" | "/ui/") if authed => html(StatusCode::OK, PAGE.to_string()),
         (Method::GET, "/ui" | "/ui/") => html(StatusCode::OK, login_page(None)),
-        (Method::POST, "/ui/login") => login(req, &token, secure).await,
-        (Method::POST, "/ui/logout") => redirect_with_cookie(&format!(
-            "{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0"
-        )),
+        (Method::POST, "/ui/login") => match edge.attempts.check(ip) {
+            Err(wait) => {
+                let mut resp = html(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    login_page(Some(
+                        "Too many wrong tokens from this address: wait a minute.",
+                    )),
+                );
+                resp.headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, HeaderValue::from(wait));
+                resp
+            }
+            Ok(()) => login(edge, ip, req, &token, secure).await,
+        },
+        (Method::POST, "/ui/logout") => {
+            for value in session_cookies(&req) {
+                edge.sessions.revoke(value, &token, Utc::now().timestamp());
+            }
+            redirect_with_cookie(&format!(
+                "{COOKIE_NAME}=; HttpOnly; SameSite=Strict; Path=/ui; Max-Age=0"
+            ))
+        }
         (_, p) if p.starts_with("/ui/api/") && !authed => json_response(
             StatusCode::UNAUTHORIZED,
             json!({"error": "not logged in: open /ui and enter the admin token"}),
@@ -107,14 +133,30 @@ input{{font:inherit;padding:.4em;width:100%;box-sizing:border-box}}button{{font:
     )
 }
 
-async fn login(req: Request<Incoming>, token: &str, secure: bool) -> HttpResponse {
-    let body = match Limited::new(req.into_body(), 4096).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return html(
-                StatusCode::BAD_REQUEST,
-                login_page(Some("The form was too large.")),
-            )
+async fn login(
+    edge: &Edge,
+    ip: IpAddr,
+    req: Request<TimedBody>,
+    token: &str,
+    secure: bool,
+) -> HttpResponse {
+    let mut body = req.into_body();
+    let body = match read_limited(&mut body, 4096, 0).await {
+        Ok(b) => b,
+        Err(e) => {
+            let (status, why) = match e {
+                ReadError::Timeout => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The form did not arrive in time.",
+                ),
+                ReadError::TooLarge => (StatusCode::BAD_REQUEST, "The form was too large."),
+                ReadError::Broken => (StatusCode::BAD_REQUEST, "The form could not be read."),
+            };
+            let mut resp = html(status, login_page(Some(why)));
+            // The body was not read to its end: the connection cannot carry another.
+            resp.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
         }
     };
     let given = url::form_urlencoded::parse(&body)
@@ -125,6 +167,7 @@ async fn login(req: Request<Incoming>, token: &str, secure: bool) -> HttpRespons
         given.as_bytes(),
         token.as_bytes(),
     )) {
+        edge.attempts.failed(ip, "ui login");
         return html(
             StatusCode::UNAUTHORIZED,
             login_page(Some(
@@ -133,7 +176,7 @@ async fn login(req: Request<Incoming>, token: &str, secure: bool) -> HttpRespons
         );
     }
     let expires = Utc::now().timestamp() + SESSION_SECS;
-    let value = format!("{expires}.{}", session_mac(token, expires));
+    let value = edge.sessions.mint(token, expires);
     redirect_with_cookie(&format!(
         "{COOKIE_NAME}={value}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={SESSION_SECS}{}",
         if secure { "; Secure" } else { "" }
@@ -152,49 +195,28 @@ fn redirect_with_cookie(cookie: &str) -> HttpResponse {
     resp
 }
 
-/// HMAC-SHA256 of the expiry under the admin token, hex.
-fn session_mac(token: &str, expires: i64) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(token.as_bytes()) else {
-        return String::new();
-    };
-    mac.update(format!("postback-relay ui session|{expires}").as_bytes());
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Whether the request carries an unexpired session cookie made with this token.
-fn session_valid(req: &Request<Incoming>, token: &str) -> bool {
+/// The values of the request's session cookies.
+fn session_cookies(req: &Request<TimedBody>) -> Vec<&str> {
     req.headers()
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix(&format!("{COOKIE_NAME}=")))
-        .any(|value| cookie_valid(value, token, Utc::now().timestamp()))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='))
+        .collect()
 }
 
-fn cookie_valid(value: &str, token: &str, now: i64) -> bool {
-    let Some((exp, mac)) = value.split_once('.') else {
-        return false;
-    };
-    let Ok(exp) = exp.parse::<i64>() else {
-        return false;
-    };
-    let want = session_mac(token, exp);
-    exp > now
-        && !want.is_empty()
-        && bool::from(subtle::ConstantTimeEq::ct_eq(
-            mac.as_bytes(),
-            want.as_bytes(),
-        ))
+/// Whether the request carries a live session cookie made with this token.
+fn session_valid(sessions: &Sessions, req: &Request<TimedBody>, token: &str) -> bool {
+    let now = Utc::now().timestamp();
+    session_cookies(req)
+        .into_iter()
+        .any(|value| sessions.valid(value, token, now).is_some())
 }
 
 /// A JSON body (the page always sends `Content-Type: application/json`, which a
 /// cross-site form cannot).
-async fn read_json(req: Request<Incoming>) -> Result<Value, HttpResponse> {
+async fn read_json(req: Request<TimedBody>) -> Result<Value, HttpResponse> {
     let bad = |error: String| json_response(StatusCode::BAD_REQUEST, json!({"error": error}));
     let is_json = req
         .headers()
@@ -204,11 +226,16 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, HttpResponse> {
     if !is_json {
         return Err(bad("send Content-Type: application/json".into()));
     }
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
+    let mut body = req.into_body();
+    let body = read_limited(&mut body, MAX_BODY, 0)
         .await
-        .map_err(|_| bad(format!("body unreadable or over {} KiB", MAX_BODY / 1024)))?
-        .to_bytes();
+        .map_err(|e| match e {
+            ReadError::Timeout => json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": "the body did not arrive within body_read_timeout"}),
+            ),
+            _ => bad(format!("body unreadable or over {} KiB", MAX_BODY / 1024)),
+        })?;
     serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON: {e}")))
 }
 
@@ -360,23 +387,6 @@ fn verdict(d: &Destination, event: &Event, source: &str, warnings: Vec<String>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_session_cookie_holds_only_for_its_token_until_it_expires() {
-        let token = "admin-token-0123456789";
-        let now = 1_800_000_000;
-        let good = format!("{}.{}", now + 60, session_mac(token, now + 60));
-        assert!(cookie_valid(&good, token, now));
-        assert!(!cookie_valid(&good, "another-token-0123456789", now));
-        assert!(!cookie_valid(&good, token, now + 61), "expired");
-        let forged = format!("{}.{}", now + 999_999, session_mac(token, now + 60));
-        assert!(!cookie_valid(&forged, token, now), "expiry moved");
-        assert!(
-            !cookie_valid(token, token, now),
-            "the token itself is no cookie"
-        );
-        assert!(!cookie_valid("", token, now));
-    }
 
     #[test]
     fn the_examples_are_valid_events() {

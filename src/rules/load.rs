@@ -166,12 +166,38 @@ pub fn load_file(path: &Path, text: String, env: &dyn Env, options: &LoadOptions
     }
     let known = Known::new(&options.custom_fields);
     let compiled = compile(&doc, name, &known);
+    if let Some((d, _)) = &compiled {
+        check_token_url(&doc, d, options);
+    }
     let (errors, warnings) = doc.into_report();
     let result = match compiled {
         Some(d) if errors.is_empty() => Ok(d),
         _ => Err(errors),
     };
     FileOutcome { result, warnings }
+}
+
+/// An OAuth `token_url` carries the refresh token and client secret: plain `http://`
+/// only where private networks are allowed (a local test server).
+fn check_token_url(doc: &Doc<'_>, d: &Destination, options: &LoadOptions) {
+    let Some(oauth) = &d.delivery.oauth else {
+        return;
+    };
+    if options.allow_private_networks || !oauth.token_url.starts_with("http://") {
+        return;
+    }
+    let field = doc
+        .root()
+        .and_then(|r| r.get("destination"))
+        .and_then(|f| f.as_section(""))
+        .and_then(|dest| dest.get("oauth"))
+        .and_then(|f| f.as_section(""))
+        .and_then(|o| o.get("token_url"));
+    let message = "`destination.oauth.token_url` must be https://: the relay sends the refresh token and client secret there (plain http:// only with [delivery] allow_private_networks = true, for a local test server)";
+    match field {
+        Some(f) => f.error(message),
+        None => doc.error(None, message),
+    }
 }
 
 /// Compiles one rule file's text (tests and fuzz targets); warnings are left out.

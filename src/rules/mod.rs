@@ -301,6 +301,9 @@ pub struct Routed {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadOptions {
     pub custom_fields: Vec<String>,
+    /// `[delivery] allow_private_networks`: also lets an OAuth `token_url` be plain
+    /// `http://` (a local test server); otherwise it must be `https://`.
+    pub allow_private_networks: bool,
 }
 
 /// A rule file with errors: its destination gets no new deliveries, and what is

@@ -23,7 +23,7 @@ pub fn masked(d: &Destination, req: &OutboundRequest) -> OutboundRequest {
     for (name, value) in &mut out.headers {
         *value = mask_header(name, &unmark(value));
     }
-    out.body = out.body.map(|b| d.delivery.credentials.mask_in(&b, MASK));
+    out.body = out.body.map(|b| unmark(&b));
     out
 }
 
@@ -102,10 +102,11 @@ fn preview_one(out: &mut String, d: &Destination, event: &Event, disabled: bool)
             );
         }
     }
-    let req = &r.request;
-    let _ = writeln!(out, "{} {}", req.method.as_str(), mask_url(&req.url));
+    // Masked as `/ui` masks it: environment values wherever they stand.
+    let req = &masked(d, &r.request);
+    let _ = writeln!(out, "{} {}", req.method.as_str(), req.url);
     for (name, value) in &req.headers {
-        let _ = writeln!(out, "{name}: {}", mask_header(name, value));
+        let _ = writeln!(out, "{name}: {value}");
     }
     if !r.consent_dropped.is_empty() {
         let require = d
@@ -162,7 +163,10 @@ fn secret_key(key: &str) -> bool {
         .any(|s| k.contains(s))
 }
 
+/// `url` with its userinfo (`user:password@`) and secret-looking query values masked.
 fn mask_url(url: &str) -> String {
+    let url = mask_userinfo(url);
+    let url = url.as_str();
     let (base, fragment) = match url.split_once('#') {
         Some((b, f)) => (b, Some(f)),
         None => (url, None),
@@ -185,9 +189,30 @@ fn mask_url(url: &str) -> String {
     out
 }
 
+/// `scheme://user:password@host/...` as `scheme://***@host/...`.
+fn mask_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{MASK}{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_is_masked() {
+        assert_eq!(
+            mask_url("https://u:p4ss@h.example/p?x=1"),
+            "https://***@h.example/p?x=1"
+        );
+        assert_eq!(mask_url("https://h.example/a@b"), "https://h.example/a@b");
+    }
 
     #[test]
     fn secret_query_values_are_masked() {

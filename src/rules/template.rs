@@ -24,17 +24,13 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use percent_encoding::utf8_percent_encode;
 use serde_json::{Map, Value};
 
 use super::is_valid_path;
 
 /// Characters left as they are in a URL component (RFC 3986 "unreserved").
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
+use crate::outbound::URL_COMPONENT as COMPONENT;
 
 /// The derived placeholders, always available whatever `allow` says.
 pub const DERIVED: &[&str] = &[

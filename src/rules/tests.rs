@@ -589,7 +589,8 @@ Content-Type: application/json
     assert!(!text.contains("replace-me"));
     // With consent the request is shown, secrets masked.
     let text = preview(&rules, &typical("x"));
-    assert!(text.contains("POST https://graph.facebook.com/v25.0/123456789012345/events?access_token=***\nAuthorization: Bearer ***\n"), "{text}");
+    // Environment values are masked wherever they stand (here the pixel ID in the path).
+    assert!(text.contains("POST https://graph.facebook.com/v25.0/***/events?access_token=***\nAuthorization: Bearer ***\n"), "{text}");
     // The test event is from 2026-11-25: past Meta's 7 days once that is a week ago.
     let mut old = typical("x");
     old.timestamp = chrono::Utc::now() - chrono::Duration::days(8);
@@ -749,4 +750,30 @@ fn explain_names_the_failed_when_line_and_each_fields_fate() {
     assert_eq!(fate("user.ip"), Some(FieldFate::DroppedForConsent));
     assert_eq!(fate("user.phone"), Some(FieldFate::NotAllowed));
     assert!(e.outcome.is_ok());
+}
+
+#[test]
+fn preview_masks_environment_values_in_the_url_path_userinfo_and_body() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        "[destination]\nurl = \"https://acct:${P_PASS}@h.example/${P_PATH}/x?c={click_id}\"\nmethod = \"POST\"\n[body]\ntoken = \"${P_BODY}\"\nclick = \"{click_id}\"\n[privacy]\nallow = [\"click_id\"]\n",
+    )
+    .unwrap();
+    let env: HashMap<String, String> = [
+        ("P_PASS", "PASSCANARY-1234"),
+        ("P_PATH", "PATHCANARY-5678"),
+        ("P_BODY", "BODYCANARY/9+0\"q"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let rules = RuleSet::load_dir(dir.path(), &env).unwrap();
+    let text = preview(&rules, &typical("x"));
+    assert!(!text.contains("CANARY"), "{text}");
+    assert!(
+        text.contains("POST https://***@h.example/***/x?c=clk_9f2c"),
+        "{text}"
+    );
+    assert!(text.contains("\"token\": \"***\""), "{text}");
 }

@@ -527,6 +527,7 @@ fn fields_under_hashed_names_must_be_hashed() {
 fn report(text: &str, custom: &[&str]) -> (Vec<String>, Vec<String>) {
     let options = LoadOptions {
         custom_fields: custom.iter().map(|c| c.to_string()).collect(),
+        ..LoadOptions::default()
     };
     let env: HashMap<String, String> = HashMap::new();
     let out = load_file(Path::new("rules/x.toml"), text.to_string(), &env, &options);
@@ -717,4 +718,47 @@ fn a_custom_batch_needs_a_list_and_nothing_from_the_event_outside_it() {
         "9:1",
         "[batch] needs `path`",
     );
+}
+
+#[test]
+fn a_wrong_value_from_the_environment_is_named_by_its_variable_never_quoted() {
+    let secret = "OAUTH-CLIENTSECRET-3f9a77";
+    let errs = errors_with_env(
+        &get_rule("rate_limit = \"${OAUTH_SECRET}\"\n", ""),
+        &[("OAUTH_SECRET", secret)],
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(
+        errs[0].contains("`destination.rate_limit`: \"${OAUTH_SECRET}\" is not a rate"),
+        "{errs:#?}"
+    );
+    // A short value is named too where it stands.
+    let errs = errors_with_env(&get_rule("timeout = \"${T}\"\n", ""), &[("T", "abc")]);
+    assert!(errs.iter().all(|e| !e.contains("\"abc\"")), "{errs:#?}");
+    assert!(errs.iter().any(|e| e.contains("${T}")), "{errs:#?}");
+    assert!(errs.iter().all(|e| !e.contains("CLIENTSECRET")));
+}
+
+#[test]
+fn an_oauth_token_url_must_be_https_unless_private_networks_are_allowed() {
+    let text = get_rule(
+        "oauth = { client_id = \"id\", client_secret = \"s\", refresh_token = \"r\", token_url = \"http://tokens.example/token\" }\n",
+        "",
+    );
+    let (errors, _) = report(&text, &[]);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0].contains("`destination.oauth.token_url` must be https://"),
+        "{errors:#?}"
+    );
+    assert!(errors[0].starts_with("rules/x.toml:4:"), "{errors:#?}");
+    let options = LoadOptions {
+        allow_private_networks: true,
+        ..LoadOptions::default()
+    };
+    let env: HashMap<String, String> = HashMap::new();
+    let out = load_file(Path::new("rules/x.toml"), text.clone(), &env, &options);
+    assert!(out.result.is_ok());
+    let https = text.replace("http://tokens", "https://tokens");
+    assert_eq!(report(&https, &[]).0, Vec::<String>::new());
 }
