@@ -472,3 +472,35 @@ async fn a_revoked_refresh_token_holds_the_destination_without_a_request() {
     assert_eq!(store.queued().len(), 3);
     deliverer.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_of_bodies_holding_credential_markers_is_joined_with_the_values_attached() {
+    let partner = FakePartner::start().await.unwrap();
+    let secret = "tok-secret-0123456789";
+    let credentials = crate::outbound::Credentials::new(&[("TOKEN".into(), secret.into())]);
+    let store = Arc::new(MemStore::default());
+    for i in 0..3 {
+        let mut d = event(&format!("e{i}"), &partner.url("/b"));
+        d.request.body = Some(format!(
+            r#"{{"data":[{{"event_id":"e{i}","key":"{secret}"}}],"test_event_code":"T"}}"#
+        ));
+        credentials.redact(&mut d.request);
+        assert!(
+            !d.request.body.as_deref().unwrap_or("").contains(secret),
+            "stored as a marker"
+        );
+        store.push(d);
+    }
+    let settings = DeliverySettings {
+        credentials,
+        ..batching(100, Duration::ZERO)
+    };
+    let deliverer = start(&store, vec![("p", settings)], opts());
+    assert!(eventually(Duration::from_secs(10), || store.completed_ids().len() == 3).await);
+    let requests = partner.requests();
+    assert_eq!(requests.len(), 1, "one request for the three");
+    assert_eq!(events_in(&requests[0].body), ["e0", "e1", "e2"]);
+    let body = String::from_utf8_lossy(&requests[0].body);
+    assert_eq!(body.matches(secret).count(), 3, "{body}");
+    deliverer.shutdown().await;
+}
