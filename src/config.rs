@@ -62,6 +62,10 @@ pub enum Backend {
 pub struct StoreConfig {
     pub backend: Backend,
     pub redis_url: String,
+    /// Redis Sentinel: `host:port` of each sentinel; empty: `redis_url` is the primary.
+    pub redis_sentinels: Vec<String>,
+    /// Redis Sentinel: the name the sentinels monitor the primary by.
+    pub redis_sentinel_master: Option<String>,
     /// Redis: every key is `{prefix}:...`; one installation, one prefix.
     pub redis_prefix: String,
     /// Redis: this relay's consumer name; `None`: host name and process ID.
@@ -89,6 +93,8 @@ impl Default for StoreConfig {
         StoreConfig {
             backend: Backend::Embedded,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_sentinels: Vec::new(),
+            redis_sentinel_master: None,
             redis_prefix: "postback-relay".into(),
             redis_consumer: None,
             redis_claim_timeout: Duration::from_secs(60),
@@ -567,6 +573,7 @@ fn read_redis(s: &Section<'_>, store: &mut StoreConfig) {
             None => {}
         }
     }
+    read_sentinels(s, store);
     if let Some(f) = s.get("redis_prefix") {
         match f.as_str("\"postback-relay\"") {
             Some(p) if !p.is_empty() && !p.contains(['{', '}']) => store.redis_prefix = p.to_owned(),
@@ -604,6 +611,39 @@ fn read_redis(s: &Section<'_>, store: &mut StoreConfig) {
         } else {
             store.redis_receipt_retention = d;
         }
+    }
+}
+
+/// `redis_sentinels` and `redis_sentinel_master`: both or neither.
+fn read_sentinels(s: &Section<'_>, store: &mut StoreConfig) {
+    const EXAMPLE: &str = "[\"10.0.0.1:26379\", \"10.0.0.2:26379\", \"10.0.0.3:26379\"]";
+    let list = s.get("redis_sentinels");
+    if let Some(f) = &list {
+        let addrs = f.as_str_list(EXAMPLE);
+        if addrs.as_ref().is_some_and(|l| l.is_empty()) {
+            f.error(format!("`store.redis_sentinels` is empty; list the sentinels like {EXAMPLE}, or leave it out to use redis_url's address"));
+        }
+        for (addr, span) in addrs.unwrap_or_default() {
+            match addr.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+                Some((h, Ok(p))) if !h.is_empty() && p > 0 => store.redis_sentinels.push(addr),
+                _ => s.doc.error(span, format!("`store.redis_sentinels`: \"{addr}\" is not host:port; write each sentinel like {EXAMPLE}")),
+            }
+        }
+    }
+    let master = s.get("redis_sentinel_master");
+    if let Some(f) = &master {
+        match f.as_str("\"mymaster\"") {
+            Some(m) if !m.trim().is_empty() && !m.contains(char::is_whitespace) => {
+                store.redis_sentinel_master = Some(m.to_owned())
+            }
+            Some(_) => f.error("`store.redis_sentinel_master` must be the name the sentinels monitor the primary by (`sentinel monitor <name> ...`), like \"mymaster\""),
+            None => {}
+        }
+    }
+    match (&list, &master) {
+        (Some(f), None) => f.error("`store.redis_sentinels` needs `redis_sentinel_master`: the name the sentinels monitor the primary by, like redis_sentinel_master = \"mymaster\""),
+        (None, Some(f)) => f.error(format!("`store.redis_sentinel_master` needs `redis_sentinels`: the sentinels to ask, like redis_sentinels = {EXAMPLE}")),
+        _ => {}
     }
 }
 

@@ -5,18 +5,20 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::primary;
 use super::wait::{self, Waiter};
 use super::{
     settle_later, touch_claims, Inner, RedisOptions, RedisStore, Scripts, CONNECT_TIMEOUT,
     EPOCH_FILE, FORMAT, RESPONSE_TIMEOUT,
 };
+use crate::sync::lock;
 
 /// The URL without its password, for messages.
 pub(super) fn redacted(url: &str) -> String {
@@ -38,9 +40,13 @@ impl RedisStore {
         if opts.prefix.is_empty() || opts.prefix.contains(['{', '}']) {
             return Err("redis_prefix must be non-empty and without { or }".into());
         }
-        let where_ = redacted(&opts.url);
-        let client = client(&opts).map_err(|e| format!("redis_url {where_}: {e}"))?;
-        let mut conn = connect(&client, &opts.url, &where_).await?;
+        let url = match &opts.sentinels {
+            Some(s) => s.primary_url(&opts.url).await?,
+            None => opts.url.clone(),
+        };
+        let where_ = redacted(&url);
+        let client = client(&opts, &url).map_err(|e| format!("redis_url {where_}: {e}"))?;
+        let mut conn = connect(&client, &url, &where_).await?;
         let p = format!("{{{}}}", opts.prefix);
         let scripts = Scripts::new();
         let (epoch, secret) = init_meta(&scripts, &mut conn, &p)
@@ -66,15 +72,18 @@ impl RedisStore {
         let waiter = waiter(&client, &opts, &p)
             .await
             .map_err(|e| format!("cannot reach Redis at {where_}: {e}"))?;
+        let suspect = Arc::new(tokio::sync::Notify::new());
         let inner = Arc::new(Inner {
-            conn,
+            conn: Mutex::new(conn),
+            url: Mutex::new(url),
+            suspect: suspect.clone(),
             opts,
             p,
             epoch,
             secret,
             scripts,
             held: Mutex::new(HashMap::new()),
-            waiter,
+            waiter: Mutex::new(waiter.map(Arc::new)),
             unsettled: Mutex::new(HashMap::new()),
             lost: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -89,15 +98,72 @@ impl RedisStore {
                 "took back the claims of this consumer's previous process"
             );
         }
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(touch_claims(Arc::downgrade(&inner))),
             tokio::spawn(settle_later(Arc::downgrade(&inner))),
         ];
+        if inner.opts.sentinels.is_some() {
+            tasks.push(tokio::spawn(follow_primary(
+                Arc::downgrade(&inner),
+                suspect,
+            )));
+        }
         Ok(RedisStore {
             inner,
             tasks: Mutex::new(tasks),
         })
     }
+}
+
+/// With Sentinel: asks the sentinels every second, and at once after a command
+/// failed in a way that may mean the primary moved, and moves the connections to the
+/// primary they name. Ends when the store is dropped or closed.
+async fn follow_primary(inner: Weak<Inner>, suspect: Arc<tokio::sync::Notify>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(primary::EVERY) => {}
+            _ = suspect.notified() => {}
+        }
+        let Some(i) = inner.upgrade() else { return };
+        let Some(sentinels) = i.opts.sentinels.clone() else {
+            return;
+        };
+        if i.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let moved = match sentinels.primary_url(&i.opts.url).await {
+            Ok(url) if url != *lock(&i.url) => move_to(&i, url).await,
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        match moved {
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot follow the Redis primary through Sentinel; the relay keeps asking");
+                failing = true;
+            }
+            Err(_) => {}
+            Ok(()) => failing = false,
+        }
+        drop(i);
+        // Many failing commands poke at once: ask at most ten times a second.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Moves the shared connection and the `WAIT` pool to the primary at `url`.
+async fn move_to(i: &Inner, url: String) -> Result<(), String> {
+    let where_ = redacted(&url);
+    let client = client(&i.opts, &url).map_err(|e| format!("redis_url {where_}: {e}"))?;
+    let conn = connect(&client, &url, &where_).await?;
+    let waiter = waiter(&client, &i.opts, &i.p)
+        .await
+        .map_err(|e| format!("cannot reach Redis at {where_}: {e}"))?;
+    let from = std::mem::replace(&mut *lock(&i.url), url);
+    *lock(&i.conn) = conn;
+    *lock(&i.waiter) = waiter.map(Arc::new);
+    tracing::warn!(from = %redacted(&from), to = %where_, "the sentinels name another Redis primary (a failover): the relay moved its connections there");
+    Ok(())
 }
 
 /// The shared connection. A refusal names what was tried and for how long; a
@@ -188,17 +254,18 @@ async fn waiter(
     )))
 }
 
-/// The client for `redis_url`, trusting `ca` when given.
-fn client(opts: &RedisOptions) -> Result<redis::Client, String> {
+/// The client for `url` (`redis_url`, or the primary the sentinels named), trusting
+/// `ca` when given.
+fn client(opts: &RedisOptions, url: &str) -> Result<redis::Client, String> {
     let Some(ca) = &opts.ca else {
-        return redis::Client::open(opts.url.as_str()).map_err(|e| e.to_string());
+        return redis::Client::open(url).map_err(|e| e.to_string());
     };
     let pem = std::fs::read(ca).map_err(|e| format!("redis_ca {}: {e}", ca.display()))?;
     let certs = redis::TlsCertificates {
         client_tls: None,
         root_cert: Some(pem),
     };
-    redis::Client::build_with_tls(opts.url.as_str(), certs).map_err(|e| e.to_string())
+    redis::Client::build_with_tls(url, certs).map_err(|e| e.to_string())
 }
 
 /// Reads the installation's epoch and dedupe secret, creating them on first use.

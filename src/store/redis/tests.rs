@@ -44,6 +44,7 @@ fn random_prefix() -> String {
 fn options(url: &str, prefix: &str, consumer: &str, dir: &Path) -> RedisOptions {
     RedisOptions {
         url: url.to_owned(),
+        sentinels: None,
         prefix: prefix.to_owned(),
         consumer: consumer.to_owned(),
         // Long: in the contract, a claim is only ever taken back by a restart.
