@@ -1243,4 +1243,59 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         .expect_err("invalid");
         assert!(errs[0].to_string().contains("rediss://"), "{errs:?}");
     }
+
+    #[test]
+    fn sentinel_keys_are_read_together_and_mistakes_located() {
+        let base = format!("listen = \"127.0.0.1:1\"\n[ingest]\nsecrets = [\"{SECRET}\"]\n");
+        let cfg = parse(&format!(
+            "{base}[store]\nbackend = \"redis\"\nredis_url = \"redis://:pw@ignored:6379/1\"\nredis_sentinels = [\"10.0.0.1:26379\", \"sentinel-b:26379\"]\nredis_sentinel_master = \"mymaster\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            cfg.store.redis_sentinels,
+            vec!["10.0.0.1:26379".to_string(), "sentinel-b:26379".to_string()]
+        );
+        assert_eq!(cfg.store.redis_sentinel_master.as_deref(), Some("mymaster"));
+        let errs = parse(&format!(
+            "{base}[store]\nbackend = \"redis\"\nredis_sentinels = [\"10.0.0.1:26379\", \"10.0.0.2\", \":1\"]\nredis_sentinel_master = \"my master\"\n"
+        ))
+        .expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(
+            text[0].contains(":6:") && text[0].contains("\"10.0.0.2\" is not host:port"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].contains(":6:") && text[1].contains("\":1\""),
+            "{text:#?}"
+        );
+        assert!(
+            text[2].contains(":7:") && text[2].contains("sentinel monitor"),
+            "{text:#?}"
+        );
+        let errs = parse(&format!(
+            "{base}[store]\nredis_sentinels = [\"10.0.0.1:26379\"]\n"
+        ))
+        .expect_err("no master");
+        assert!(
+            errs[0].to_string().contains(":5:")
+                && errs[0]
+                    .to_string()
+                    .contains("needs `redis_sentinel_master`"),
+            "{errs:?}"
+        );
+        let errs = parse(&format!("{base}[store]\nredis_sentinel_master = \"m\"\n"))
+            .expect_err("no sentinels");
+        assert!(
+            errs[0].to_string().contains(":5:")
+                && errs[0].to_string().contains("needs `redis_sentinels`"),
+            "{errs:?}"
+        );
+        let errs = parse(&format!(
+            "{base}[store]\nredis_sentinels = []\nredis_sentinel_master = \"m\"\n"
+        ))
+        .expect_err("empty");
+        assert!(errs[0].to_string().contains("is empty"), "{errs:?}");
+    }
 }
