@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+mod sentinel;
+
 use super::*;
 use crate::store::contract::{self, becomes_ready, c, counts_of, event, key, Backend, NOW};
 
