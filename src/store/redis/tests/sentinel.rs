@@ -2,6 +2,7 @@
 //! the primary is killed (SIGKILL), the sentinel promotes a replica, and the relay
 //! store, which only knows the sentinel, follows it and keeps serving.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use super::*;
@@ -105,6 +106,83 @@ async fn accept_until_confirmed(s: &RedisStore, k: u64, deadline: Instant) -> bo
     false
 }
 
+/// A primary with two replicas in sync, a sentinel watching them, and a store
+/// opened through the sentinel that waits for one replica.
+struct Watched {
+    primary: OwnRedis,
+    replicas: Vec<OwnRedis>,
+    sentinel: OwnSentinel,
+    store: RedisStore,
+    _dir: tempfile::TempDir,
+}
+
+impl Watched {
+    async fn start(test: &str) -> Option<Watched> {
+        let primary = OwnRedis::start(test, true)?;
+        let mut replicas = Vec::new();
+        for _ in 0..2 {
+            let mut r = OwnRedis::start(test, false)?;
+            r.replica_of = Some(primary.port);
+            r.kill();
+            r.run();
+            replicas.push(r);
+        }
+        let sentinel = OwnSentinel::start(primary.port);
+        sentinel.until("the sentinel sees both replicas in sync", |c| {
+            (replicas_in_sync(c) == 2).then_some(())
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        // redis_url's address is never used: the sentinel names the primary.
+        let mut o = options("redis://127.0.0.1:1", "sentinel", "c1", dir.path());
+        o.sentinels = Some(Sentinels {
+            addrs: vec![sentinel.addr()],
+            master: MASTER.into(),
+        });
+        o.wait_replicas = 1;
+        let store = RedisStore::open(o)
+            .await
+            .expect("open through the sentinel");
+        Some(Watched {
+            primary,
+            replicas,
+            sentinel,
+            store,
+            _dir: dir,
+        })
+    }
+
+    /// Waits for the sentinel to name a replica as the primary; returns its port.
+    fn promoted(&self) -> u16 {
+        let old = self.primary.port;
+        let port = self.sentinel.until("the sentinel promotes a replica", |c| {
+            self.sentinel.primary_port(c).filter(|p| *p != old)
+        });
+        assert!(self.replicas.iter().any(|r| r.port == port));
+        port
+    }
+
+    /// Every delivery queued is handed out once and settled; nothing stays queued.
+    async fn drain(&self, expected: usize) {
+        let s = &self.store;
+        let mut delivered = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while delivered.len() < expected && Instant::now() < deadline {
+            for d in s.claim_due("a", NOW, 100).await.unwrap_or_default() {
+                s.complete(&d.id)
+                    .await
+                    .expect("complete on the new primary");
+                assert!(delivered.insert(d.id.clone()), "{} twice", d.id);
+            }
+        }
+        assert_eq!(
+            delivered.len(),
+            expected,
+            "every queued delivery was handed out"
+        );
+        assert_eq!(counts_of(s).await, vec![], "nothing left queued");
+    }
+}
+
 /// A Sentinel-managed failover keeps the store serving: accepts are confirmed again
 /// within a bounded time after the primary dies, and every delivery queued before
 /// and after is handed out once and settled. With `WAIT` for one replica, no
@@ -112,69 +190,64 @@ async fn accept_until_confirmed(s: &RedisStore, k: u64, deadline: Instant) -> bo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_keeps_the_store_serving() {
     const TEST: &str = "a_sentinel_failover_keeps_the_store_serving";
-    let Some(mut primary) = OwnRedis::start(TEST, true) else {
+    let Some(mut w) = Watched::start(TEST).await else {
         return;
     };
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let Some(mut r) = OwnRedis::start(TEST, false) else {
-            return;
-        };
-        r.replica_of = Some(primary.port);
-        r.kill();
-        r.run();
-        replicas.push(r);
-    }
-    let sentinel = OwnSentinel::start(primary.port);
-    sentinel.until("the sentinel sees both replicas in sync", |c| {
-        (replicas_in_sync(c) == 2).then_some(())
-    });
-    let dir = tempfile::tempdir().expect("tempdir");
-    // redis_url's address is never used: the sentinel names the primary.
-    let mut o = options("redis://127.0.0.1:1", "sentinel", "c1", dir.path());
-    o.sentinels = Some(Sentinels {
-        addrs: vec![sentinel.addr()],
-        master: MASTER.into(),
-    });
-    o.wait_replicas = 1;
-    let s = RedisStore::open(o)
-        .await
-        .expect("open through the sentinel");
     let deadline = Instant::now() + Duration::from_secs(30);
     for k in 1..=20 {
-        assert!(accept_until_confirmed(&s, k, deadline).await, "accept {k}");
+        assert!(
+            accept_until_confirmed(&w.store, k, deadline).await,
+            "accept {k}"
+        );
     }
-
     let killed = Instant::now();
-    primary.kill();
-    let promoted = sentinel.until("the sentinel promotes a replica", |c| {
-        sentinel.primary_port(c).filter(|p| *p != primary.port)
-    });
-    assert!(replicas.iter().any(|r| r.port == promoted));
+    w.primary.kill();
+    w.promoted();
     // Down-after (1 s), the failover, and a replica resyncing with the new primary:
     // well within 30 s on a loaded machine.
-    let deadline = killed + Duration::from_secs(30);
     assert!(
-        accept_until_confirmed(&s, 21, deadline).await,
+        accept_until_confirmed(&w.store, 21, killed + Duration::from_secs(30)).await,
         "accepts are confirmed again after the failover"
     );
     eprintln!(
         "{TEST}: accepts confirmed again {:.1} s after the primary was killed",
         killed.elapsed().as_secs_f64()
     );
-    s.ready().await.expect("ready on the new primary");
+    w.store.ready().await.expect("ready on the new primary");
+    w.drain(21).await;
+    w.store.close().await;
+}
 
-    let mut delivered = std::collections::HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while delivered.len() < 21 && Instant::now() < deadline {
-        for d in s.claim_due("a", NOW, 100).await.unwrap_or_default() {
-            s.complete(&d.id)
-                .await
-                .expect("complete on the new primary");
-            assert!(delivered.insert(d.id.clone()), "{} twice", d.id);
-        }
+/// A failover that keeps the old primary running (`SENTINEL FAILOVER`: it becomes a
+/// replica and answers writes with `READONLY`): the store asks the sentinel again
+/// and moves to the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_primary_answering_readonly_is_left_for_the_new_one() {
+    const TEST: &str = "a_demoted_primary_answering_readonly_is_left_for_the_new_one";
+    let Some(w) = Watched::start(TEST).await else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for k in 1..=5 {
+        assert!(
+            accept_until_confirmed(&w.store, k, deadline).await,
+            "accept {k}"
+        );
     }
-    assert_eq!(delivered.len(), 21, "every queued delivery was handed out");
-    assert_eq!(counts_of(&s).await, vec![], "nothing left queued");
-    s.close().await;
+    let started = Instant::now();
+    w.sentinel.until("the sentinel starts a failover", |c| {
+        ::redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(MASTER)
+            .query::<String>(c)
+            .ok()
+    });
+    w.promoted();
+    assert!(
+        accept_until_confirmed(&w.store, 6, started + Duration::from_secs(30)).await,
+        "accepts are confirmed again after the failover"
+    );
+    w.store.ready().await.expect("ready on the new primary");
+    w.drain(6).await;
+    w.store.close().await;
 }
