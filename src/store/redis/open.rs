@@ -40,13 +40,8 @@ impl RedisStore {
         if opts.prefix.is_empty() || opts.prefix.contains(['{', '}']) {
             return Err("redis_prefix must be non-empty and without { or }".into());
         }
-        let url = match &opts.sentinels {
-            Some(s) => s.primary_url(&opts.url).await?,
-            None => opts.url.clone(),
-        };
+        let (url, client, mut conn) = connect_primary(&opts).await?;
         let where_ = redacted(&url);
-        let client = client(&opts, &url).map_err(|e| format!("redis_url {where_}: {e}"))?;
-        let mut conn = connect(&client, &url, &where_).await?;
         let p = format!("{{{}}}", opts.prefix);
         let scripts = Scripts::new();
         let (epoch, secret) = init_meta(&scripts, &mut conn, &p)
@@ -115,6 +110,50 @@ impl RedisStore {
     }
 }
 
+/// The primary's URL, client and connection: `redis_url`, or with Sentinel the first
+/// server the sentinels name that says it is a primary.
+async fn connect_primary(
+    opts: &RedisOptions,
+) -> Result<(String, redis::Client, ConnectionManager), String> {
+    let Some(sentinels) = &opts.sentinels else {
+        let where_ = redacted(&opts.url);
+        let client = client(opts, &opts.url).map_err(|e| format!("redis_url {where_}: {e}"))?;
+        let conn = connect(&client, &opts.url, &where_).await?;
+        return Ok((opts.url.clone(), client, conn));
+    };
+    let mut why = Vec::new();
+    for url in sentinels.named(&opts.url).await? {
+        match connect_verified(opts, &url).await {
+            Ok((client, conn)) => return Ok((url, client, conn)),
+            Err(e) => why.push(e),
+        }
+    }
+    Err(no_primary(sentinels, &why))
+}
+
+fn no_primary(sentinels: &primary::Sentinels, why: &[String]) -> String {
+    format!(
+        "the sentinels of \"{}\" name no server that answers as the primary: {}",
+        sentinels.master,
+        why.join("; ")
+    )
+}
+
+/// A connection to `url`, if the server there says it is a primary.
+async fn connect_verified(
+    opts: &RedisOptions,
+    url: &str,
+) -> Result<(redis::Client, ConnectionManager), String> {
+    let where_ = redacted(url);
+    let client = client(opts, url).map_err(|e| format!("redis_url {where_}: {e}"))?;
+    let mut conn = connect(&client, url, &where_).await?;
+    match primary::is_primary(&mut conn).await {
+        Ok(true) => Ok((client, conn)),
+        Ok(false) => Err(format!("{where_} is a replica")),
+        Err(e) => Err(format!("cannot reach Redis at {where_}: {e}")),
+    }
+}
+
 /// With Sentinel: asks the sentinels every second, and at once after a command
 /// failed in a way that may mean the primary moved, and moves the connections to the
 /// primary they name. Ends when the store is dropped or closed.
@@ -132,12 +171,7 @@ async fn follow_primary(inner: Weak<Inner>, suspect: Arc<tokio::sync::Notify>) {
         if i.closed.load(Ordering::SeqCst) {
             return;
         }
-        let moved = match sentinels.primary_url(&i.opts.url).await {
-            Ok(url) if url != *lock(&i.url) => move_to(&i, url).await,
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        match moved {
+        match follow_once(&i, &sentinels).await {
             Err(e) if !failing => {
                 tracing::warn!(error = %e, "cannot follow the Redis primary through Sentinel; the relay keeps asking");
                 failing = true;
@@ -151,12 +185,37 @@ async fn follow_primary(inner: Weak<Inner>, suspect: Arc<tokio::sync::Notify>) {
     }
 }
 
+/// One look: stays while the primary in use is one the sentinels name and says it
+/// is a primary; else moves to the first named server that does.
+async fn follow_once(i: &Inner, sentinels: &primary::Sentinels) -> Result<(), String> {
+    let current = lock(&i.url).clone();
+    let mut why = Vec::new();
+    for url in sentinels.named(&i.opts.url).await? {
+        if url == current {
+            match primary::is_primary(&mut i.conn()).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => why.push(format!("{} is a replica now", redacted(&url))),
+                Err(e) => why.push(format!("{}: {e}", redacted(&url))),
+            }
+            continue;
+        }
+        match connect_verified(&i.opts, &url).await {
+            Ok((client, conn)) => return move_to(i, url, &client, conn).await,
+            Err(e) => why.push(e),
+        }
+    }
+    Err(no_primary(sentinels, &why))
+}
+
 /// Moves the shared connection and the `WAIT` pool to the primary at `url`.
-async fn move_to(i: &Inner, url: String) -> Result<(), String> {
+async fn move_to(
+    i: &Inner,
+    url: String,
+    client: &redis::Client,
+    conn: ConnectionManager,
+) -> Result<(), String> {
     let where_ = redacted(&url);
-    let client = client(&i.opts, &url).map_err(|e| format!("redis_url {where_}: {e}"))?;
-    let conn = connect(&client, &url, &where_).await?;
-    let waiter = waiter(&client, &i.opts, &i.p)
+    let waiter = waiter(client, &i.opts, &i.p)
         .await
         .map_err(|e| format!("cannot reach Redis at {where_}: {e}"))?;
     let from = std::mem::replace(&mut *lock(&i.url), url);

@@ -25,31 +25,64 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 pub(super) const EVERY: Duration = Duration::from_secs(1);
 
 impl Sentinels {
-    /// The primary's `host:port`, from the first sentinel that names one. The error
-    /// says what each sentinel answered.
-    pub async fn primary(&self) -> Result<(String, u16), String> {
-        let mut why = Vec::with_capacity(self.addrs.len());
-        for addr in &self.addrs {
+    /// The URLs of the primaries the sentinels name (`url` with each address): the
+    /// one most of them name first (a sentinel cut off from the others may name a
+    /// primary that was demoted), then in the order of `addrs`. The error says what
+    /// each sentinel answered.
+    pub async fn named(&self, url: &str) -> Result<Vec<String>, String> {
+        let asks = self.addrs.iter().map(|addr| async move {
             match tokio::time::timeout(ASK_TIMEOUT, ask(addr, &self.master)).await {
-                Ok(Ok(found)) => return Ok(found),
-                Ok(Err(e)) => why.push(format!("{addr}: {e}")),
-                Err(_) => why.push(format!(
+                Ok(Ok(found)) => Ok(found),
+                Ok(Err(e)) => Err(format!("{addr}: {e}")),
+                Err(_) => Err(format!(
                     "{addr}: no answer within {} ms",
                     ASK_TIMEOUT.as_millis()
                 )),
             }
+        });
+        let mut votes: Vec<((String, u16), usize)> = Vec::new();
+        let mut why = Vec::new();
+        for answer in futures_util::future::join_all(asks).await {
+            match answer {
+                Ok(found) => match votes.iter_mut().find(|(a, _)| *a == found) {
+                    Some((_, n)) => *n += 1,
+                    None => votes.push((found, 1)),
+                },
+                Err(e) => why.push(e),
+            }
         }
-        Err(format!(
-            "no sentinel named the primary of \"{}\" ({})",
-            self.master,
-            why.join("; ")
-        ))
+        if votes.is_empty() {
+            return Err(format!(
+                "no sentinel named the primary of \"{}\" ({})",
+                self.master,
+                why.join("; ")
+            ));
+        }
+        // Stable: equal votes keep the order of `addrs`.
+        votes.sort_by(|a, b| b.1.cmp(&a.1));
+        votes
+            .into_iter()
+            .map(|((host, port), _)| with_addr(url, &host, port))
+            .collect()
     }
+}
 
-    /// `url` pointing at the primary the sentinels name now.
-    pub async fn primary_url(&self, url: &str) -> Result<String, String> {
-        let (host, port) = self.primary().await?;
-        with_addr(url, &host, port)
+/// Whether the server behind `conn` is a primary (`ROLE`). A user not allowed
+/// `ROLE` (ACL) cannot tell: then the sentinels are believed.
+pub(super) async fn is_primary(conn: &mut redis::aio::ConnectionManager) -> Result<bool, String> {
+    let cmd = redis::cmd("ROLE");
+    let role = cmd.query_async::<Vec<redis::Value>>(conn);
+    match tokio::time::timeout(ASK_TIMEOUT * 2, role)
+        .await
+        .map_err(|_| "no answer to ROLE within 2 s".to_string())?
+    {
+        Ok(role) => Ok(match role.first() {
+            Some(redis::Value::BulkString(r)) => r == b"master",
+            Some(redis::Value::SimpleString(r)) => r == "master",
+            _ => false,
+        }),
+        Err(e) if e.code() == Some("NOPERM") => Ok(true),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -124,7 +157,10 @@ mod tests {
             addrs: vec![format!("127.0.0.1:{port}")],
             master: "mymaster".into(),
         };
-        let e = s.primary().await.expect_err("nothing listens");
+        let e = s
+            .named("redis://127.0.0.1:6379")
+            .await
+            .expect_err("nothing listens");
         assert!(
             e.contains("mymaster") && e.contains(&port.to_string()),
             "{e}"
