@@ -59,7 +59,7 @@ impl Sentinels {
             ));
         }
         // Stable: equal votes keep the order of `addrs`.
-        votes.sort_by(|a, b| b.1.cmp(&a.1));
+        votes.sort_by_key(|v| std::cmp::Reverse(v.1));
         votes
             .into_iter()
             .map(|((host, port), _)| with_addr(url, &host, port))
