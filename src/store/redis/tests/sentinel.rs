@@ -106,8 +106,8 @@ async fn accept_until_confirmed(s: &RedisStore, k: u64, deadline: Instant) -> bo
     false
 }
 
-/// A primary with two replicas in sync, a sentinel watching them, and a store
-/// opened through the sentinel that waits for one replica.
+/// A primary with two replicas in sync (each with its AOF), a sentinel watching
+/// them, and a store opened through the sentinel that waits for `wait_replicas`.
 struct Watched {
     primary: OwnRedis,
     replicas: Vec<OwnRedis>,
@@ -117,11 +117,11 @@ struct Watched {
 }
 
 impl Watched {
-    async fn start(test: &str) -> Option<Watched> {
+    async fn start(test: &str, wait_replicas: u32) -> Option<Watched> {
         let primary = OwnRedis::start(test, true)?;
         let mut replicas = Vec::new();
         for _ in 0..2 {
-            let mut r = OwnRedis::start(test, false)?;
+            let mut r = OwnRedis::start(test, true)?;
             r.replica_of = Some(primary.port);
             r.kill();
             r.run();
@@ -138,7 +138,7 @@ impl Watched {
             addrs: vec![sentinel.addr()],
             master: MASTER.into(),
         });
-        o.wait_replicas = 1;
+        o.wait_replicas = wait_replicas;
         let store = RedisStore::open(o)
             .await
             .expect("open through the sentinel");
@@ -190,7 +190,7 @@ impl Watched {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_failover_keeps_the_store_serving() {
     const TEST: &str = "a_sentinel_failover_keeps_the_store_serving";
-    let Some(mut w) = Watched::start(TEST).await else {
+    let Some(mut w) = Watched::start(TEST, 1).await else {
         return;
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -224,7 +224,7 @@ async fn a_sentinel_failover_keeps_the_store_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_demoted_primary_answering_readonly_is_left_for_the_new_one() {
     const TEST: &str = "a_demoted_primary_answering_readonly_is_left_for_the_new_one";
-    let Some(w) = Watched::start(TEST).await else {
+    let Some(w) = Watched::start(TEST, 1).await else {
         return;
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -250,4 +250,64 @@ async fn a_demoted_primary_answering_readonly_is_left_for_the_new_one() {
     w.store.ready().await.expect("ready on the new primary");
     w.drain(6).await;
     w.store.close().await;
+}
+
+/// Without `WAIT`, a failover to a replica that missed accepts answered 202 loses
+/// them: the store finds it on the new primary (the commit counter went back) and
+/// stops, as after a restore of an older snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_that_lost_acknowledged_accepts_is_found() {
+    const TEST: &str = "a_failover_that_lost_acknowledged_accepts_is_found";
+    let Some(mut w) = Watched::start(TEST, 0).await else {
+        return;
+    };
+    for k in 1..=5 {
+        w.store
+            .accept(vec![event(key(k), &["a"])], NOW)
+            .await
+            .expect("accept");
+    }
+    let mut direct = ::redis::Client::open(w.primary.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect to the primary");
+    let synced: i64 = ::redis::cmd("WAIT")
+        .arg(2)
+        .arg(10_000)
+        .query(&mut direct)
+        .expect("WAIT");
+    assert_eq!(synced, 2, "both replicas have the first accepts");
+    // The replicas die (their AOF keeps the first accepts); the next accepts are
+    // answered 202 by the primary alone, and die with it.
+    for r in &mut w.replicas {
+        r.kill();
+    }
+    for k in 6..=10 {
+        w.store
+            .accept(vec![event(key(k), &["a"])], NOW)
+            .await
+            .expect("accept without WAIT");
+    }
+    w.primary.kill();
+    for r in &mut w.replicas {
+        r.run();
+    }
+    w.promoted();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match w.store.ready().await {
+            Err(e) if e.contains("went back in time") => {
+                let err = w
+                    .store
+                    .accept(vec![event(key(11), &["a"])], NOW)
+                    .await
+                    .expect_err("the store stopped");
+                assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+                return;
+            }
+            other => last = format!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the lost accepts were not found within 30 s; last /readyz: {last}");
 }
