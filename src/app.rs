@@ -22,7 +22,7 @@ use crate::http::{Edge, Listener, Routes};
 use crate::metrics::Metrics;
 use crate::rules::{LoadOptions, RulesHandle, RulesWatcher};
 use crate::store::embedded::{EmbeddedOptions, EmbeddedStore};
-use crate::store::redis::{RedisOptions, RedisStore};
+use crate::store::redis::{RedisOptions, RedisStore, Sentinels};
 use crate::store::Store;
 use crate::webhooks::Verifier;
 
@@ -101,6 +101,14 @@ pub(crate) fn redis_options(config: &Config) -> RedisOptions {
     let s = &config.store;
     RedisOptions {
         url: s.redis_url.clone(),
+        sentinels: s
+            .redis_sentinel_master
+            .clone()
+            .filter(|_| !s.redis_sentinels.is_empty())
+            .map(|master| Sentinels {
+                addrs: s.redis_sentinels.clone(),
+                master,
+            }),
         prefix: s.redis_prefix.clone(),
         consumer: s
             .redis_consumer

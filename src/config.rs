@@ -62,6 +62,10 @@ pub enum Backend {
 pub struct StoreConfig {
     pub backend: Backend,
     pub redis_url: String,
+    /// Redis Sentinel: `host:port` of each sentinel; empty: `redis_url` is the primary.
+    pub redis_sentinels: Vec<String>,
+    /// Redis Sentinel: the name the sentinels monitor the primary by.
+    pub redis_sentinel_master: Option<String>,
     /// Redis: every key is `{prefix}:...`; one installation, one prefix.
     pub redis_prefix: String,
     /// Redis: this relay's consumer name; `None`: host name and process ID.
@@ -89,6 +93,8 @@ impl Default for StoreConfig {
         StoreConfig {
             backend: Backend::Embedded,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_sentinels: Vec::new(),
+            redis_sentinel_master: None,
             redis_prefix: "postback-relay".into(),
             redis_consumer: None,
             redis_claim_timeout: Duration::from_secs(60),
@@ -637,6 +643,7 @@ fn read_redis(s: &Section<'_>, store: &mut StoreConfig) {
             None => {}
         }
     }
+    read_sentinels(s, store);
     if let Some(f) = s.get("redis_prefix") {
         match f.as_str("\"postback-relay\"") {
             Some(p) if !p.is_empty() && !p.contains(['{', '}']) => store.redis_prefix = p.to_owned(),
@@ -674,6 +681,39 @@ fn read_redis(s: &Section<'_>, store: &mut StoreConfig) {
         } else {
             store.redis_receipt_retention = d;
         }
+    }
+}
+
+/// `redis_sentinels` and `redis_sentinel_master`: both or neither.
+fn read_sentinels(s: &Section<'_>, store: &mut StoreConfig) {
+    const EXAMPLE: &str = "[\"10.0.0.1:26379\", \"10.0.0.2:26379\", \"10.0.0.3:26379\"]";
+    let list = s.get("redis_sentinels");
+    if let Some(f) = &list {
+        let addrs = f.as_str_list(EXAMPLE);
+        if addrs.as_ref().is_some_and(|l| l.is_empty()) {
+            f.error(format!("`store.redis_sentinels` is empty; list the sentinels like {EXAMPLE}, or leave it out to use redis_url's address"));
+        }
+        for (addr, span) in addrs.unwrap_or_default() {
+            match addr.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+                Some((h, Ok(p))) if !h.is_empty() && p > 0 => store.redis_sentinels.push(addr),
+                _ => s.doc.error(span, format!("`store.redis_sentinels`: \"{addr}\" is not host:port; write each sentinel like {EXAMPLE}")),
+            }
+        }
+    }
+    let master = s.get("redis_sentinel_master");
+    if let Some(f) = &master {
+        match f.as_str("\"mymaster\"") {
+            Some(m) if !m.trim().is_empty() && !m.contains(char::is_whitespace) => {
+                store.redis_sentinel_master = Some(m.to_owned())
+            }
+            Some(_) => f.error("`store.redis_sentinel_master` must be the name the sentinels monitor the primary by (`sentinel monitor <name> ...`), like \"mymaster\""),
+            None => {}
+        }
+    }
+    match (&list, &master) {
+        (Some(f), None) => f.error("`store.redis_sentinels` needs `redis_sentinel_master`: the name the sentinels monitor the primary by, like redis_sentinel_master = \"mymaster\""),
+        (None, Some(f)) => f.error(format!("`store.redis_sentinel_master` needs `redis_sentinels`: the sentinels to ask, like redis_sentinels = {EXAMPLE}")),
+        _ => {}
     }
 }
 
@@ -1395,5 +1435,60 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         ))
         .expect_err("invalid");
         assert!(errs[0].to_string().contains("rediss://"), "{errs:?}");
+    }
+
+    #[test]
+    fn sentinel_keys_are_read_together_and_mistakes_located() {
+        let base = format!("listen = \"127.0.0.1:1\"\n[ingest]\nsecrets = [\"{SECRET}\"]\n");
+        let cfg = parse(&format!(
+            "{base}[store]\nbackend = \"redis\"\nredis_url = \"redis://:pw@ignored:6379/1\"\nredis_sentinels = [\"10.0.0.1:26379\", \"sentinel-b:26379\"]\nredis_sentinel_master = \"mymaster\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            cfg.store.redis_sentinels,
+            vec!["10.0.0.1:26379".to_string(), "sentinel-b:26379".to_string()]
+        );
+        assert_eq!(cfg.store.redis_sentinel_master.as_deref(), Some("mymaster"));
+        let errs = parse(&format!(
+            "{base}[store]\nbackend = \"redis\"\nredis_sentinels = [\"10.0.0.1:26379\", \"10.0.0.2\", \":1\"]\nredis_sentinel_master = \"my master\"\n"
+        ))
+        .expect_err("invalid");
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 3, "{text:#?}");
+        assert!(
+            text[0].contains(":6:") && text[0].contains("\"10.0.0.2\" is not host:port"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].contains(":6:") && text[1].contains("\":1\""),
+            "{text:#?}"
+        );
+        assert!(
+            text[2].contains(":7:") && text[2].contains("sentinel monitor"),
+            "{text:#?}"
+        );
+        let errs = parse(&format!(
+            "{base}[store]\nredis_sentinels = [\"10.0.0.1:26379\"]\n"
+        ))
+        .expect_err("no master");
+        assert!(
+            errs[0].to_string().contains(":5:")
+                && errs[0]
+                    .to_string()
+                    .contains("needs `redis_sentinel_master`"),
+            "{errs:?}"
+        );
+        let errs = parse(&format!("{base}[store]\nredis_sentinel_master = \"m\"\n"))
+            .expect_err("no sentinels");
+        assert!(
+            errs[0].to_string().contains(":5:")
+                && errs[0].to_string().contains("needs `redis_sentinels`"),
+            "{errs:?}"
+        );
+        let errs = parse(&format!(
+            "{base}[store]\nredis_sentinels = []\nredis_sentinel_master = \"m\"\n"
+        ))
+        .expect_err("empty");
+        assert!(errs[0].to_string().contains("is empty"), "{errs:?}");
     }
 }

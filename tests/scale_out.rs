@@ -188,6 +188,8 @@ struct OwnRedis {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The port of the primary this one replicates.
+    replica_of: Option<u16>,
 }
 
 impl OwnRedis {
@@ -207,7 +209,17 @@ impl OwnRedis {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
+            replica_of: None,
         };
+        r.run();
+        Some(r)
+    }
+
+    /// A replica of the Redis on `primary`.
+    fn replica(test: &str, primary: u16) -> Option<OwnRedis> {
+        let mut r = OwnRedis::start(test)?;
+        r.stop();
+        r.replica_of = Some(primary);
         r.run();
         Some(r)
     }
@@ -223,6 +235,11 @@ impl OwnRedis {
                 "--appendfsync",
                 "always",
             ])
+            .args(
+                self.replica_of
+                    .iter()
+                    .flat_map(|p| ["--replicaof".to_string(), format!("127.0.0.1 {p}")]),
+            )
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -409,5 +426,166 @@ async fn an_unconfirmed_accept_is_a_503_saying_the_outcome_is_unknown() {
         "{error}"
     );
     assert!(!error.contains("nothing was accepted"), "{error}");
+    relay.stop().await;
+}
+
+/// A `redis-server --sentinel` watching the primary on `primary` as `name`; returns
+/// once it sees `replicas` replicas in sync.
+struct OwnSentinel {
+    port: u16,
+    _dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl OwnSentinel {
+    fn start(name: &str, primary: u16, replicas: usize) -> OwnSentinel {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conf = dir.path().join("sentinel.conf");
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {primary} 1\nsentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\nsentinel parallel-syncs {name} 2\n",
+            dir.path().display()
+        );
+        std::fs::write(&conf, text).expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel starts");
+        let s = OwnSentinel {
+            port,
+            _dir: dir,
+            child,
+        };
+        s.until("the sentinel sees the replicas in sync", |c| {
+            let all: Vec<HashMap<String, String>> = redis::cmd("SENTINEL")
+                .arg("replicas")
+                .arg(name)
+                .query(c)
+                .ok()?;
+            let ok = all
+                .iter()
+                .filter(|r| r.get("master-link-status").map(String::as_str) == Some("ok"))
+                .count();
+            (ok == replicas).then_some(())
+        });
+        s
+    }
+
+    /// Asks the sentinel until `check` finds what it waits for, for up to 30 s.
+    fn until<T>(&self, what: &str, check: impl Fn(&mut redis::Connection) -> Option<T>) -> T {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let conn = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)));
+            if let Some(found) = conn.ok().and_then(|mut c| check(&mut c)) {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what}: not within 30 s");
+    }
+}
+
+impl Drop for OwnSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Posts an event until it is answered 202 (accepted, or a duplicate of an earlier
+/// try whose outcome was unknown), for up to `secs`.
+async fn accepted_within(relay: &TestRelay, id: &str, body: &str, secs: u64) -> bool {
+    eventually(secs, || async {
+        let (s, _) = relay.post_json(id, body).await;
+        s == 202
+    })
+    .await
+}
+
+/// Issue 22, high availability: a relay that knows only the sentinel keeps serving
+/// through a failover (the primary SIGKILLed, a replica promoted): accepts answer
+/// 202 again within a bounded time, and the deliveries queued before the failover
+/// are delivered from the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_behind_sentinel_keeps_serving_through_a_failover() {
+    const TEST: &str = "a_relay_behind_sentinel_keeps_serving_through_a_failover";
+    const NAME: &str = "pbrrelay";
+    let Some(mut primary) = OwnRedis::start(TEST) else {
+        return;
+    };
+    let (Some(r1), Some(r2)) = (
+        OwnRedis::replica(TEST, primary.port),
+        OwnRedis::replica(TEST, primary.port),
+    ) else {
+        return;
+    };
+    let sentinel = OwnSentinel::start(NAME, primary.port, 2);
+    let partner = FakePartner::start().await.expect("partner");
+    // The partner fails at first: the deliveries stay queued through the failover.
+    partner.set_default(Reply::status(503));
+    let store = format!(
+        "\n[store]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\nredis_sentinels = [\"127.0.0.1:{}\"]\nredis_sentinel_master = \"{NAME}\"\nredis_wait_replicas = 1\n",
+        sentinel.port
+    );
+    // A short cool-down: the partner's 503s open the circuit, and it must not hold
+    // the deliveries back for long once the partner answers.
+    let config = config_text("").replace(
+        "allow_private_networks = true\n",
+        "allow_private_networks = true\nbreaker_cool_down = \"300ms\"\n",
+    );
+    let relay = TestRelay::start_with_config(
+        &[("aff", &rule(&partner.url("/pb"), "5s"))],
+        &format!("{config}{store}"),
+    )
+    .await;
+    for i in 1..=5 {
+        let body = event(&format!("ev-{i}"), "purchase", &format!("clk-{i}"));
+        assert!(accepted_within(&relay, &format!("m-{i}"), &body, 30).await);
+    }
+    assert!(partner.wait_for_requests(5, Duration::from_secs(30)).await);
+
+    let killed = std::time::Instant::now();
+    primary.stop();
+    let promoted = sentinel.until("the sentinel promotes a replica", |c| {
+        let (_, port): (String, String) = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(NAME)
+            .query(c)
+            .ok()?;
+        port.parse::<u16>().ok().filter(|p| *p != primary.port)
+    });
+    assert!([r1.port, r2.port].contains(&promoted));
+    let body = event("ev-6", "purchase", "clk-6");
+    assert!(
+        accepted_within(&relay, "m-6", &body, 30).await,
+        "accepts answer 202 again after the failover"
+    );
+    eprintln!(
+        "{TEST}: 202 again {:.1} s after the primary was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    assert_eq!(readyz(&relay.client, &relay.base).await, 200);
+
+    partner.set_default(Reply::ok());
+    let (client, base) = (relay.client.clone(), relay.base.clone());
+    assert!(
+        eventually(30, || async {
+            let ok = partner
+                .requests()
+                .iter()
+                .filter(|r| r.status == 200)
+                .count();
+            ok >= 6 && idle(&client, &base).await
+        })
+        .await,
+        "every queued delivery was delivered from the new primary"
+    );
+    let seen = per_event(&partner.requests());
+    for i in 1..=6 {
+        assert!(seen.contains_key(&format!("ev-{i}")), "ev-{i}: {seen:?}");
+    }
     relay.stop().await;
 }

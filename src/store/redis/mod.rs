@@ -26,6 +26,7 @@
 
 mod mark;
 mod open;
+mod primary;
 mod record;
 #[cfg(test)]
 mod tests;
@@ -42,6 +43,8 @@ use rand::RngCore;
 use redis::aio::ConnectionManager;
 use redis::{RedisError, Script, Value};
 
+pub use self::primary::Sentinels;
+
 use self::open::redacted;
 use self::record::{encode_request, outcome_fields, Fields};
 use crate::store::{
@@ -53,8 +56,11 @@ use crate::sync::lock;
 /// What the Redis backend needs from the config.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://` (TLS).
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` (TLS). With
+    /// `sentinels`, its host and port are replaced by the primary's they name.
     pub url: String,
+    /// Redis Sentinel: ask these for the primary's address (`primary.rs`).
+    pub sentinels: Option<Sentinels>,
     /// Key prefix: every key is `{prefix}:...`.
     pub prefix: String,
     /// This process's consumer name in the stream groups; unique among live relays.
@@ -154,7 +160,12 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    /// The connection to the primary; replaced when the sentinels name another.
+    conn: Mutex<ConnectionManager>,
+    /// The primary's URL now (`opts.url` unless the sentinels named another address).
+    url: Mutex<String>,
+    /// Poked when a command failed in a way that may mean the primary moved.
+    suspect: Arc<tokio::sync::Notify>,
     opts: RedisOptions,
     /// `{prefix}`: the hash tag every key starts with.
     p: String,
@@ -165,7 +176,7 @@ struct Inner {
     held: Mutex<HashMap<String, (String, String)>>,
     /// Confirms accepts with `WAIT` on connections of its own (`wait.rs`); `None`
     /// when no replica is asked for.
-    waiter: Option<wait::Waiter>,
+    waiter: Mutex<Option<Arc<wait::Waiter>>>,
     /// Settles Redis did not take (it was away): delivery ID -> the settle script's
     /// arguments. Written by `settle_later` once Redis answers; their claims are
     /// renewed meanwhile, so no other relay sends them again.
@@ -221,7 +232,7 @@ async fn renew_claims(i: &Inner) -> bool {
             .arg(0)
             .arg(&entries)
             .arg("JUSTID");
-        let r: Result<Value, _> = cmd.query_async(&mut i.conn.clone()).await;
+        let r: Result<Value, _> = cmd.query_async(&mut i.conn()).await;
         if let Err(e) = r {
             tracing::warn!(destination = %dest, error = %e, "cannot renew claims in Redis");
             ok = false;
@@ -255,6 +266,24 @@ async fn settle_later(inner: Weak<Inner>) {
 impl Inner {
     fn key(&self, suffix: &str) -> String {
         format!("{}:{suffix}", self.p)
+    }
+
+    /// The connection to the primary as it is now.
+    fn conn(&self) -> ConnectionManager {
+        lock(&self.conn).clone()
+    }
+
+    /// The primary's address for messages, without the password.
+    fn where_(&self) -> String {
+        redacted(&lock(&self.url))
+    }
+
+    /// With Sentinel, an error that may mean the primary moved asks the sentinels
+    /// again at once (`open::follow_primary`).
+    fn check_primary(&self, e: &RedisError) {
+        if self.opts.sentinels.is_some() && primary::moved(e) {
+            self.suspect.notify_one();
+        }
     }
 
     /// Refuses work once closed, or once Redis was found to have lost the data.
@@ -292,12 +321,16 @@ impl Inner {
         for a in args {
             inv.arg(a);
         }
-        let mut conn = self.conn.clone();
-        inv.invoke_async(&mut conn).await.map_err(Ok)
+        let mut conn = self.conn();
+        inv.invoke_async(&mut conn).await.map_err(|e| {
+            self.check_primary(&e);
+            Ok(e)
+        })
     }
 
     /// Classifies a Redis error; notes a data loss.
     fn error(&self, e: RedisError) -> StoreError {
+        self.check_primary(&e);
         match e.code() {
             Some("DATALOSS") => {
                 self.note_lost();
@@ -333,7 +366,7 @@ impl Inner {
             tracing::error!(
                 prefix = %self.opts.prefix,
                 "{}. This relay stops accepting and delivering; restart it (it will refuse to start until {} in its data directory is deleted, to accept the loss)",
-                mark::went_back(&redacted(&self.opts.url), commits, seen),
+                mark::went_back(&self.where_(), commits, seen),
                 mark::MARK_FILE
             );
         }
@@ -349,7 +382,7 @@ impl Inner {
         self.usable()?;
         let mut d: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.key("dests"))
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn())
             .await
             .map_err(|e| self.error(e))?;
         d.sort();
@@ -486,7 +519,7 @@ impl Inner {
     /// told the outcome is unknown (the script ran; a replica may not have it).
     async fn wait_for_replicas(&self) -> StoreResult<()> {
         let want = self.opts.wait_replicas;
-        let Some(waiter) = &self.waiter else {
+        let Some(waiter) = lock(&self.waiter).clone() else {
             return Ok(());
         };
         let timeout = self.opts.wait_timeout;
@@ -718,7 +751,7 @@ impl Store for RedisStore {
                 .arg(i.key(&format!("dead:{dest}")))
                 .arg(0)
                 .arg(stop)
-                .query_async(&mut i.conn.clone())
+                .query_async(&mut i.conn())
                 .await
                 .map_err(|e| i.error(e))?;
             for chunk in ids.chunks(BATCH) {
@@ -727,7 +760,7 @@ impl Store for RedisStore {
                     pipe.cmd("HGETALL").arg(i.key(&format!("r:{id}")));
                 }
                 let rows: Vec<Vec<Vec<u8>>> = pipe
-                    .query_async(&mut i.conn.clone())
+                    .query_async(&mut i.conn())
                     .await
                     .map_err(|e| i.error(e))?;
                 for (id, row) in chunk.iter().zip(rows) {
@@ -784,7 +817,7 @@ impl Store for RedisStore {
         i.usable()?;
         let all: HashMap<String, i64> = redis::cmd("HGETALL")
             .arg(i.key("counts"))
-            .query_async(&mut i.conn.clone())
+            .query_async(&mut i.conn())
             .await
             .map_err(|e| i.error(e))?;
         let count = |k: String| u64::try_from(all.get(&k).copied().unwrap_or(0)).unwrap_or(0);
@@ -834,7 +867,7 @@ impl Store for RedisStore {
         }
         let row: Vec<Vec<u8>> = redis::cmd("HGETALL")
             .arg(i.key(&format!("r:{id}")))
-            .query_async(&mut i.conn.clone())
+            .query_async(&mut i.conn())
             .await
             .map_err(|e| i.error(e))?;
         Ok(Fields::from_pairs(row).status(id))
@@ -867,7 +900,7 @@ impl Store for RedisStore {
         i.usable().map_err(|e| e.to_string())?;
         // The epoch, not a PING: a Redis that came back empty is not ready; nor one
         // that went back to fewer commits than this relay saw.
-        let mut conn = i.conn.clone();
+        let mut conn = i.conn();
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(i.key("meta")).arg("epoch").arg("commits");
         let get = cmd.query_async::<(Option<String>, Option<u64>)>(&mut conn);
@@ -877,7 +910,7 @@ impl Store for RedisStore {
                 let commits = commits.unwrap_or(0);
                 if commits < seen {
                     i.note_went_back(commits, seen);
-                    return Err(mark::went_back(&redacted(&i.opts.url), commits, seen));
+                    return Err(mark::went_back(&i.where_(), commits, seen));
                 }
                 Ok(())
             }

@@ -5,18 +5,20 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::primary;
 use super::wait::{self, Waiter};
 use super::{
     settle_later, touch_claims, Inner, RedisOptions, RedisStore, Scripts, CONNECT_TIMEOUT,
     EPOCH_FILE, FORMAT, RESPONSE_TIMEOUT,
 };
+use crate::sync::lock;
 
 /// The URL without its password, for messages.
 pub(super) fn redacted(url: &str) -> String {
@@ -38,9 +40,8 @@ impl RedisStore {
         if opts.prefix.is_empty() || opts.prefix.contains(['{', '}']) {
             return Err("redis_prefix must be non-empty and without { or }".into());
         }
-        let where_ = redacted(&opts.url);
-        let client = client(&opts).map_err(|e| format!("redis_url {where_}: {e}"))?;
-        let mut conn = connect(&client, &opts.url, &where_).await?;
+        let (url, client, mut conn) = connect_primary(&opts).await?;
+        let where_ = redacted(&url);
         let p = format!("{{{}}}", opts.prefix);
         let scripts = Scripts::new();
         let (epoch, secret) = init_meta(&scripts, &mut conn, &p)
@@ -66,15 +67,18 @@ impl RedisStore {
         let waiter = waiter(&client, &opts, &p)
             .await
             .map_err(|e| format!("cannot reach Redis at {where_}: {e}"))?;
+        let suspect = Arc::new(tokio::sync::Notify::new());
         let inner = Arc::new(Inner {
-            conn,
+            conn: Mutex::new(conn),
+            url: Mutex::new(url),
+            suspect: suspect.clone(),
             opts,
             p,
             epoch,
             secret,
             scripts,
             held: Mutex::new(HashMap::new()),
-            waiter,
+            waiter: Mutex::new(waiter.map(Arc::new)),
             unsettled: Mutex::new(HashMap::new()),
             lost: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -89,15 +93,136 @@ impl RedisStore {
                 "took back the claims of this consumer's previous process"
             );
         }
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(touch_claims(Arc::downgrade(&inner))),
             tokio::spawn(settle_later(Arc::downgrade(&inner))),
         ];
+        if inner.opts.sentinels.is_some() {
+            tasks.push(tokio::spawn(follow_primary(
+                Arc::downgrade(&inner),
+                suspect,
+            )));
+        }
         Ok(RedisStore {
             inner,
             tasks: Mutex::new(tasks),
         })
     }
+}
+
+/// The primary's URL, client and connection: `redis_url`, or with Sentinel the first
+/// server the sentinels name that says it is a primary.
+async fn connect_primary(
+    opts: &RedisOptions,
+) -> Result<(String, redis::Client, ConnectionManager), String> {
+    let Some(sentinels) = &opts.sentinels else {
+        let where_ = redacted(&opts.url);
+        let client = client(opts, &opts.url).map_err(|e| format!("redis_url {where_}: {e}"))?;
+        let conn = connect(&client, &opts.url, &where_).await?;
+        return Ok((opts.url.clone(), client, conn));
+    };
+    let mut why = Vec::new();
+    for url in sentinels.named(&opts.url).await? {
+        match connect_verified(opts, &url).await {
+            Ok((client, conn)) => return Ok((url, client, conn)),
+            Err(e) => why.push(e),
+        }
+    }
+    Err(no_primary(sentinels, &why))
+}
+
+fn no_primary(sentinels: &primary::Sentinels, why: &[String]) -> String {
+    format!(
+        "the sentinels of \"{}\" name no server that answers as the primary: {}",
+        sentinels.master,
+        why.join("; ")
+    )
+}
+
+/// A connection to `url`, if the server there says it is a primary.
+async fn connect_verified(
+    opts: &RedisOptions,
+    url: &str,
+) -> Result<(redis::Client, ConnectionManager), String> {
+    let where_ = redacted(url);
+    let client = client(opts, url).map_err(|e| format!("redis_url {where_}: {e}"))?;
+    let mut conn = connect(&client, url, &where_).await?;
+    match primary::is_primary(&mut conn).await {
+        Ok(true) => Ok((client, conn)),
+        Ok(false) => Err(format!("{where_} is a replica")),
+        Err(e) => Err(format!("cannot reach Redis at {where_}: {e}")),
+    }
+}
+
+/// With Sentinel: asks the sentinels every second, and at once after a command
+/// failed in a way that may mean the primary moved, and moves the connections to the
+/// primary they name. Ends when the store is dropped or closed.
+async fn follow_primary(inner: Weak<Inner>, suspect: Arc<tokio::sync::Notify>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(primary::EVERY) => {}
+            _ = suspect.notified() => {}
+        }
+        let Some(i) = inner.upgrade() else { return };
+        let Some(sentinels) = i.opts.sentinels.clone() else {
+            return;
+        };
+        if i.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        match follow_once(&i, &sentinels).await {
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot follow the Redis primary through Sentinel; the relay keeps asking");
+                failing = true;
+            }
+            Err(_) => {}
+            Ok(()) => failing = false,
+        }
+        drop(i);
+        // Many failing commands poke at once: ask at most ten times a second.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One look: stays while the primary in use is one the sentinels name and says it
+/// is a primary; else moves to the first named server that does.
+async fn follow_once(i: &Inner, sentinels: &primary::Sentinels) -> Result<(), String> {
+    let current = lock(&i.url).clone();
+    let mut why = Vec::new();
+    for url in sentinels.named(&i.opts.url).await? {
+        if url == current {
+            match primary::is_primary(&mut i.conn()).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => why.push(format!("{} is a replica now", redacted(&url))),
+                Err(e) => why.push(format!("{}: {e}", redacted(&url))),
+            }
+            continue;
+        }
+        match connect_verified(&i.opts, &url).await {
+            Ok((client, conn)) => return move_to(i, url, &client, conn).await,
+            Err(e) => why.push(e),
+        }
+    }
+    Err(no_primary(sentinels, &why))
+}
+
+/// Moves the shared connection and the `WAIT` pool to the primary at `url`.
+async fn move_to(
+    i: &Inner,
+    url: String,
+    client: &redis::Client,
+    conn: ConnectionManager,
+) -> Result<(), String> {
+    let where_ = redacted(&url);
+    let waiter = waiter(client, &i.opts, &i.p)
+        .await
+        .map_err(|e| format!("cannot reach Redis at {where_}: {e}"))?;
+    let from = std::mem::replace(&mut *lock(&i.url), url);
+    *lock(&i.conn) = conn;
+    *lock(&i.waiter) = waiter.map(Arc::new);
+    tracing::warn!(from = %redacted(&from), to = %where_, "the sentinels name another Redis primary (a failover): the relay moved its connections there");
+    Ok(())
 }
 
 /// The shared connection. A refusal names what was tried and for how long; a
@@ -188,17 +313,18 @@ async fn waiter(
     )))
 }
 
-/// The client for `redis_url`, trusting `ca` when given.
-fn client(opts: &RedisOptions) -> Result<redis::Client, String> {
+/// The client for `url` (`redis_url`, or the primary the sentinels named), trusting
+/// `ca` when given.
+fn client(opts: &RedisOptions, url: &str) -> Result<redis::Client, String> {
     let Some(ca) = &opts.ca else {
-        return redis::Client::open(opts.url.as_str()).map_err(|e| e.to_string());
+        return redis::Client::open(url).map_err(|e| e.to_string());
     };
     let pem = std::fs::read(ca).map_err(|e| format!("redis_ca {}: {e}", ca.display()))?;
     let certs = redis::TlsCertificates {
         client_tls: None,
         root_cert: Some(pem),
     };
-    redis::Client::build_with_tls(opts.url.as_str(), certs).map_err(|e| e.to_string())
+    redis::Client::build_with_tls(url, certs).map_err(|e| e.to_string())
 }
 
 /// Reads the installation's epoch and dedupe secret, creating them on first use.

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+mod sentinel;
+
 use super::*;
 use crate::store::contract::{self, becomes_ready, c, counts_of, event, key, Backend, NOW};
 
@@ -44,6 +46,7 @@ fn random_prefix() -> String {
 fn options(url: &str, prefix: &str, consumer: &str, dir: &Path) -> RedisOptions {
     RedisOptions {
         url: url.to_owned(),
+        sentinels: None,
         prefix: prefix.to_owned(),
         consumer: consumer.to_owned(),
         // Long: in the contract, a claim is only ever taken back by a restart.
