@@ -280,9 +280,69 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 
 #[tokio::test]
 async fn environment_values_in_a_body_and_params_are_markers_at_rest() {
+    markers_at_rest(TestStore::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn environment_values_in_a_body_and_params_are_markers_at_rest_on_redis() {
+    let Some(store) = TestStore::redis("markers_at_rest_on_redis") else {
+        eprintln!("SKIPPED: no Redis");
+        return;
+    };
+    markers_at_rest(store).await;
+}
+
+/// Every value under the store's Redis prefix, as bytes (strings, hashes, streams,
+/// sorted sets, sets, lists): what a canary must not be found in.
+fn redis_bytes(url: &str, prefix: &str) -> Vec<(String, Vec<u8>)> {
+    fn flatten(v: &redis::Value, out: &mut Vec<u8>) {
+        match v {
+            redis::Value::BulkString(b) => {
+                out.extend_from_slice(b);
+                out.push(b'\n');
+            }
+            redis::Value::SimpleString(s) => out.extend_from_slice(s.as_bytes()),
+            redis::Value::Array(items) | redis::Value::Set(items) => {
+                items.iter().for_each(|i| flatten(i, out))
+            }
+            redis::Value::Map(pairs) => pairs.iter().for_each(|(k, v)| {
+                flatten(k, out);
+                flatten(v, out);
+            }),
+            _ => {}
+        }
+    }
+    let mut conn = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{prefix}*"))
+        .query(&mut conn)
+        .expect("keys");
+    let mut out = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).expect("type");
+        let cmd = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(&key).clone(),
+            "hash" => redis::cmd("HGETALL").arg(&key).clone(),
+            "stream" => redis::cmd("XRANGE").arg(&key).arg("-").arg("+").clone(),
+            "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).clone(),
+            "set" => redis::cmd("SMEMBERS").arg(&key).clone(),
+            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).clone(),
+            _ => continue,
+        };
+        let v: redis::Value = cmd.query(&mut conn).expect("value");
+        let mut bytes = key.clone().into_bytes();
+        flatten(&v, &mut bytes);
+        out.push((key, bytes));
+    }
+    out
+}
+
+async fn markers_at_rest(store: TestStore) {
     let partner = FakePartner::start().await.unwrap();
     // First attempts fail: the deliveries sit in the store (and its journal) a while.
-    partner.enqueue([Reply::status(503), Reply::status(503)]);
+    partner.set_default(Reply::status(503));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::create_dir_all(dir.join("rules")).unwrap();
@@ -299,7 +359,11 @@ async fn environment_values_in_a_body_and_params_are_markers_at_rest() {
     )
     .unwrap();
     let cfg = dir.join("postback-relay.toml");
-    std::fs::write(&cfg, config_text("[rules]\nallow_env = [\"PARTNER_*\"]\n")).unwrap();
+    let extra = format!(
+        "[rules]\nallow_env = [\"PARTNER_*\"]\n{}",
+        store.config("5s")
+    );
+    std::fs::write(&cfg, config_text(&extra)).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_postback-relay"));
     cmd.args(["serve", "--config"])
         .arg(&cfg)
@@ -311,6 +375,25 @@ async fn environment_values_in_a_body_and_params_are_markers_at_rest() {
     let client = reqwest::Client::new();
     let (s, v) = post_json_to(&client, &relay.base, "m-body", &canary_event()).await;
     assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(partner.wait_for_requests(2, Duration::from_secs(20)).await);
+    if let TestStore::Redis { url, prefix } = &store {
+        // Queued and retried: the stored requests are in Redis now (the click ID, which
+        // the rules allow, shows the scan reads them), their secrets are not.
+        let keys = redis_bytes(url, prefix);
+        assert!(
+            keys.iter().any(|(_, b)| contains(b, CLICK)),
+            "the scan found no stored request"
+        );
+        for (key, bytes) in &keys {
+            for needle in [BODY_TOKEN, APP_TOKEN, "BODYCANARY", "APPCANARY"] {
+                assert!(
+                    !contains(bytes, needle),
+                    "{needle} in Redis key {key} while queued"
+                );
+            }
+        }
+    }
+    partner.set_default(Reply::ok());
     assert!(partner.wait_for_requests(4, Duration::from_secs(20)).await);
     let done = eventually(20, || async {
         partner.answered_count() >= 4
@@ -340,9 +423,20 @@ async fn environment_values_in_a_body_and_params_are_markers_at_rest() {
     let mut files = Vec::new();
     all_bytes(&dir.join("data"), &mut files);
     assert!(!files.is_empty());
+    let needles = [BODY_TOKEN, APP_TOKEN, pct, "BODYCANARY", "APPCANARY"];
     for (path, bytes) in &files {
-        for needle in [BODY_TOKEN, APP_TOKEN, pct, "BODYCANARY", "APPCANARY"] {
+        for needle in needles {
             assert!(!contains(bytes, needle), "{needle} in {}", path.display());
+        }
+    }
+    // On Redis: in no key of the installation either (queue, receipts, dead letters).
+    if let TestStore::Redis { url, prefix } = &store {
+        let keys = redis_bytes(url, prefix);
+        assert!(!keys.is_empty(), "the relay wrote to Redis");
+        for (key, bytes) in &keys {
+            for needle in needles {
+                assert!(!contains(bytes, needle), "{needle} in Redis key {key}");
+            }
         }
     }
 }
