@@ -731,3 +731,47 @@ async fn admin_shows_disabled_destinations_delivered_counts_and_one_delivery() {
     assert!(missing["error"].as_str().is_some(), "{missing}");
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn dead_letters_of_a_removed_destination_are_not_replayed_into_a_queue_nothing_sends() {
+    let partner = FakePartner::start().await.expect("partner");
+    partner.set_default(Reply::status(400));
+    let aff = rule(&partner.url("/pb"), "500ms", 5, 2);
+    let relay = TestRelay::start(&[("aff", &aff)], "").await;
+    accept(&relay, "e-gone").await;
+    wait_destination(&relay.client, &relay.base, "aff", 20, |d| {
+        d["dlq_size"] == 1
+    })
+    .await;
+    std::fs::remove_file(relay.rules_dir().join("aff.toml")).expect("remove rule");
+    let (s, v) = relay.admin_post("/admin/reload", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+
+    let (s, v) = relay
+        .admin_post("/admin/dlq/replay", json!({"destination": "aff"}))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(error.contains("restore rules/aff.toml"), "{error}");
+    let id = partner.requests()[0]
+        .header("webhook-id")
+        .expect("webhook-id")
+        .to_string();
+    let (s, v) = relay
+        .admin_post("/admin/dlq/replay", json!({"id": id}))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = relay
+        .admin_post("/admin/dlq/replay", json!({"all": true}))
+        .await;
+    assert_eq!((s, v["replayed"].as_u64()), (200, Some(0)), "{v}");
+    assert_eq!(v["skipped_destinations"], json!(["aff"]));
+    // Still a dead letter, nothing queued.
+    let d = destination(&relay, "aff").await;
+    assert_eq!(
+        (d["queue_depth"].as_u64(), d["dlq_size"].as_u64()),
+        (Some(0), Some(1)),
+        "{d}"
+    );
+    relay.stop().await;
+}

@@ -214,22 +214,68 @@ pub fn replay_selector(v: &Value) -> Result<ReplaySelector, String> {
 }
 
 pub async fn replay(relay: &Relay, selector: ReplaySelector) -> HttpResponse {
-    match relay
-        .store
-        .dlq_replay(selector, relay.deliverer.clock().now_ms())
-        .await
-    {
-        Ok(n) => {
-            for d in relay.rules.current().destinations() {
-                relay.deliverer.notify(&d.name);
-            }
-            json_response(StatusCode::OK, json!({"replayed": n}))
-        }
-        Err(e) => json_response(
+    let unavailable = |e: crate::store::StoreError| {
+        json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": e.to_string()}),
-        ),
+        )
+    };
+    // A dead letter goes back only to a destination that has a rule file: one whose
+    // file was removed has no worker, and its replayed deliveries would sit in a
+    // queue nothing sends (counted against max_queued).
+    let rules = relay.rules.current();
+    let gone = |d: &str| {
+        json_response(
+            StatusCode::CONFLICT,
+            json!({"error": format!("the destination {d} has no rule file in the rules directory: its dead letters would wait in a queue nothing sends; restore rules/{d}.toml, then replay")}),
+        )
+    };
+    let now = relay.deliverer.clock().now_ms();
+    let (replayed, skipped) = match selector {
+        ReplaySelector::Destination(d) if !rules.has_file(&d) => return gone(&d),
+        ReplaySelector::Id(id) => match relay.store.lookup(&id).await {
+            Ok(Some(st)) if !rules.has_file(&st.destination) => return gone(&st.destination),
+            Ok(_) => match relay.store.dlq_replay(ReplaySelector::Id(id), now).await {
+                Ok(n) => (n, Vec::new()),
+                Err(e) => return unavailable(e),
+            },
+            Err(e) => return unavailable(e),
+        },
+        ReplaySelector::All => {
+            let counts = match relay.store.counts().await {
+                Ok(c) => c,
+                Err(e) => return unavailable(e),
+            };
+            let mut n = 0;
+            let mut skipped = Vec::new();
+            for c in counts.into_iter().filter(|c| c.dead > 0) {
+                if !rules.has_file(&c.destination) {
+                    skipped.push(c.destination);
+                    continue;
+                }
+                match relay
+                    .store
+                    .dlq_replay(ReplaySelector::Destination(c.destination), now)
+                    .await
+                {
+                    Ok(k) => n += k,
+                    Err(e) => return unavailable(e),
+                }
+            }
+            (n, skipped)
+        }
+        other => match relay.store.dlq_replay(other, now).await {
+            Ok(n) => (n, Vec::new()),
+            Err(e) => return unavailable(e),
+        },
+    };
+    for d in rules.destinations() {
+        relay.deliverer.notify(&d.name);
     }
+    json_response(
+        StatusCode::OK,
+        json!({"replayed": replayed, "skipped_destinations": skipped}),
+    )
 }
 
 pub fn dead_letter_json(d: &DeadLetter) -> Value {
