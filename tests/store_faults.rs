@@ -427,3 +427,63 @@ async fn damaged_store_files_are_refused_or_kept_whole(kill_9: bool) {
     );
     assert!(refused > 0, "no damage was ever refused");
 }
+
+/// Issue 18: a deleted part of the store (a keyspace folder: dedupe marks, dead
+/// letters, a queue) made the relay start with that data silently gone. Each one
+/// deleted must now be refused at start, naming the store, or leave it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_part_of_the_store_is_refused_at_start_or_kept_whole() {
+    let partner = FakePartner::start().await.expect("partner");
+    partner.set_default(postback_relay::fake_partner::Reply::status(503));
+    let pristine = tempfile::tempdir().expect("tempdir");
+    write_setup(pristine.path(), &partner);
+    let rule = fs::read_to_string(pristine.path().join("rules/aff.toml")).expect("rule");
+    let slow = rule
+        .replace("initial_backoff = \"50ms\"", "initial_backoff = \"1h\"")
+        .replace("max_backoff = \"200ms\"", "max_backoff = \"2h\"");
+    fs::write(pristine.path().join("rules/aff.toml"), slow).expect("rule");
+    let mut relay = RelayProcess::spawn(&pristine.path().join("postback-relay.toml"), "info");
+    let client = reqwest::Client::new();
+    let mut seen = Outcomes::default();
+    for i in 0..EVENTS {
+        assert_eq!(send(&relay, &client, i, &mut seen).await.0, 202);
+    }
+    relay.signal(libc::SIGTERM);
+    assert_eq!(relay.wait_exit(Duration::from_secs(20)), Some(0));
+
+    let parts: Vec<PathBuf> = fs::read_dir(pristine.path().join("data/store/keyspaces"))
+        .expect("keyspaces")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    assert!(parts.len() >= 6, "keyspaces: {parts:?}");
+    let mut refused = 0;
+    for part in &parts {
+        let rel = part
+            .strip_prefix(pristine.path())
+            .expect("inside")
+            .to_path_buf();
+        let what = format!("{} deleted", rel.display());
+        let case = tempfile::tempdir().expect("tempdir");
+        copy_tree(pristine.path(), case.path());
+        fs::remove_dir_all(case.path().join(&rel)).expect("delete");
+        match RelayProcess::try_spawn(&case.path().join("postback-relay.toml")) {
+            Err((code, log)) => {
+                assert_eq!(code, Some(1), "{what}: exit code; log:\n{log}");
+                assert!(!log.contains("panicked"), "{what}: a panic; log:\n{log}");
+                assert!(
+                    log.contains("damaged") && log.contains("data/store"),
+                    "{what}: refused without saying what and where; log:\n{log}"
+                );
+                eprintln!("{what}: refused at start");
+                refused += 1;
+            }
+            Ok(mut relay) => {
+                assert_intact(&relay, &what).await;
+                relay.kill();
+                eprintln!("{what}: started, everything intact");
+            }
+        }
+    }
+    assert!(refused > 0, "no deleted part was refused");
+}

@@ -275,6 +275,32 @@ impl Engine {
             .open()?;
         let big = || KeyspaceCreateOptions::default().max_memtable_size(DEDUPE_MEMTABLE_BYTES);
         let small = || KeyspaceCreateOptions::default().max_memtable_size(SMALL_MEMTABLE_BYTES);
+        // The five are made together at the first open: some without the others is a
+        // store with a part deleted, never a new one (the engine would make the missing
+        // part again, empty, and the relay would start with data silently gone).
+        let fixed = [
+            layout::RETRY,
+            layout::DEAD,
+            layout::DONE,
+            layout::DEDUPE,
+            layout::META,
+        ];
+        let present: Vec<&str> = fixed
+            .iter()
+            .copied()
+            .filter(|k| db.keyspace_exists(k))
+            .collect();
+        if !present.is_empty() && present.len() < fixed.len() {
+            let missing: Vec<&str> = fixed
+                .iter()
+                .copied()
+                .filter(|k| !present.contains(k))
+                .collect();
+            return Err(fjall::Error::Io(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("its {} part is missing", missing.join(", ")),
+            )));
+        }
         Ok(Engine {
             queues: std::sync::RwLock::new(HashMap::new()),
             retry: db.keyspace(layout::RETRY, small)?,
@@ -404,6 +430,16 @@ impl Engine {
             Some(v) => layout::u64_value(&v).ok_or("meta/commit is unreadable")?,
             None => 0,
         };
+        // A destination the counters say has queued deliveries must still have its
+        // queue: the engine would make a deleted one again, empty.
+        for (name, id) in &dests {
+            let queued = counts.get(id).map_or(0, |c| c.0);
+            if queued > 0 && !self.db.keyspace_exists(&format!("{}_{id}", layout::QUEUE)) {
+                return Err(format!(
+                    "the queue of destination {name} is missing, with {queued} deliveries counted in it"
+                ));
+            }
+        }
         Ok(Loaded {
             dests,
             counts,
