@@ -353,15 +353,34 @@ async fn assert_intact(relay: &RelayProcess, what: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_truncated_or_bit_flipped_store_file_is_refused_at_start_or_kept_whole() {
-    // After a clean stop (tables written) and after kill -9 (the journal holds it all).
-    damaged_store_files_are_refused_or_kept_whole(false).await;
-    damaged_store_files_are_refused_or_kept_whole(true).await;
+/// Starts a relay on the (damaged) copy in `dir`: `true` when it refused to start,
+/// saying what and where, without a panic; `false` when it started with everything
+/// intact. Anything else fails the test.
+async fn refused_at_start(dir: &Path, what: &str) -> bool {
+    match RelayProcess::try_spawn(&dir.join("postback-relay.toml")) {
+        Err((code, log)) => {
+            assert_eq!(code, Some(1), "{what}: exit code; log:\n{log}");
+            assert!(!log.contains("panicked"), "{what}: a panic; log:\n{log}");
+            assert!(
+                log.contains("damaged") && log.contains("data/store"),
+                "{what}: refused without saying what and where; log:\n{log}"
+            );
+            eprintln!("{what}: refused at start");
+            true
+        }
+        Ok(mut relay) => {
+            assert_intact(&relay, what).await;
+            assert!(!relay.log().contains("panicked"), "{what}: {}", relay.log());
+            relay.kill();
+            eprintln!("{what}: started, everything intact");
+            false
+        }
+    }
 }
 
-async fn damaged_store_files_are_refused_or_kept_whole(kill_9: bool) {
-    // A store holding 30 queued deliveries to a partner that is down.
+/// A store holding `EVENTS` queued deliveries to a partner that is down (retries an
+/// hour away), left by a clean stop or by kill -9; the partner is kept alive with it.
+async fn queued_store(kill_9: bool) -> (FakePartner, tempfile::TempDir) {
     let partner = FakePartner::start().await.expect("partner");
     partner.set_default(postback_relay::fake_partner::Reply::status(503));
     let pristine = tempfile::tempdir().expect("tempdir");
@@ -383,6 +402,18 @@ async fn damaged_store_files_are_refused_or_kept_whole(kill_9: bool) {
         relay.signal(libc::SIGTERM);
         assert_eq!(relay.wait_exit(Duration::from_secs(20)), Some(0));
     }
+    (partner, pristine)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_or_bit_flipped_store_file_is_refused_at_start_or_kept_whole() {
+    // After a clean stop (tables written) and after kill -9 (the journal holds it all).
+    damaged_store_files_are_refused_or_kept_whole(false).await;
+    damaged_store_files_are_refused_or_kept_whole(true).await;
+}
+
+async fn damaged_store_files_are_refused_or_kept_whole(kill_9: bool) {
+    let (_partner, pristine) = queued_store(kill_9).await;
 
     let store_files = files_under(&pristine.path().join("data/store"));
     assert!(store_files.len() >= 3, "store files: {store_files:?}");
@@ -400,24 +431,10 @@ async fn damaged_store_files_are_refused_or_kept_whole(kill_9: bool) {
             let case = tempfile::tempdir().expect("tempdir");
             copy_tree(pristine.path(), case.path());
             damage(&case.path().join(&rel), how);
-            match RelayProcess::try_spawn(&case.path().join("postback-relay.toml")) {
-                Err((code, log)) => {
-                    assert_eq!(code, Some(1), "{what}: exit code; log:\n{log}");
-                    assert!(!log.contains("panicked"), "{what}: a panic; log:\n{log}");
-                    assert!(
-                        log.contains("damaged") && log.contains("data/store"),
-                        "{what}: refused without saying what and where; log:\n{log}"
-                    );
-                    eprintln!("{what}: refused at start");
-                    refused += 1;
-                }
-                Ok(mut relay) => {
-                    assert_intact(&relay, &what).await;
-                    assert!(!relay.log().contains("panicked"), "{what}: {}", relay.log());
-                    relay.kill();
-                    eprintln!("{what}: started, everything intact");
-                    tolerated += 1;
-                }
+            if refused_at_start(case.path(), &what).await {
+                refused += 1;
+            } else {
+                tolerated += 1;
             }
         }
     }
@@ -433,23 +450,7 @@ async fn damaged_store_files_are_refused_or_kept_whole(kill_9: bool) {
 /// deleted must now be refused at start, naming the store, or leave it whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_part_of_the_store_is_refused_at_start_or_kept_whole() {
-    let partner = FakePartner::start().await.expect("partner");
-    partner.set_default(postback_relay::fake_partner::Reply::status(503));
-    let pristine = tempfile::tempdir().expect("tempdir");
-    write_setup(pristine.path(), &partner);
-    let rule = fs::read_to_string(pristine.path().join("rules/aff.toml")).expect("rule");
-    let slow = rule
-        .replace("initial_backoff = \"50ms\"", "initial_backoff = \"1h\"")
-        .replace("max_backoff = \"200ms\"", "max_backoff = \"2h\"");
-    fs::write(pristine.path().join("rules/aff.toml"), slow).expect("rule");
-    let mut relay = RelayProcess::spawn(&pristine.path().join("postback-relay.toml"), "info");
-    let client = reqwest::Client::new();
-    let mut seen = Outcomes::default();
-    for i in 0..EVENTS {
-        assert_eq!(send(&relay, &client, i, &mut seen).await.0, 202);
-    }
-    relay.signal(libc::SIGTERM);
-    assert_eq!(relay.wait_exit(Duration::from_secs(20)), Some(0));
+    let (_partner, pristine) = queued_store(false).await;
 
     let parts: Vec<PathBuf> = fs::read_dir(pristine.path().join("data/store/keyspaces"))
         .expect("keyspaces")
@@ -467,22 +468,8 @@ async fn a_deleted_part_of_the_store_is_refused_at_start_or_kept_whole() {
         let case = tempfile::tempdir().expect("tempdir");
         copy_tree(pristine.path(), case.path());
         fs::remove_dir_all(case.path().join(&rel)).expect("delete");
-        match RelayProcess::try_spawn(&case.path().join("postback-relay.toml")) {
-            Err((code, log)) => {
-                assert_eq!(code, Some(1), "{what}: exit code; log:\n{log}");
-                assert!(!log.contains("panicked"), "{what}: a panic; log:\n{log}");
-                assert!(
-                    log.contains("damaged") && log.contains("data/store"),
-                    "{what}: refused without saying what and where; log:\n{log}"
-                );
-                eprintln!("{what}: refused at start");
-                refused += 1;
-            }
-            Ok(mut relay) => {
-                assert_intact(&relay, &what).await;
-                relay.kill();
-                eprintln!("{what}: started, everything intact");
-            }
+        if refused_at_start(case.path(), &what).await {
+            refused += 1;
         }
     }
     assert!(refused > 0, "no deleted part was refused");

@@ -237,7 +237,6 @@ async fn at_low_traffic_an_event_waits_at_most_max_wait_for_company() {
         vec![("p", batching(1000, Duration::from_secs(1)))],
         o,
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
     let pushed = tokio::time::Instant::now();
     let mut first = event("e1", &partner.url("/b"));
     first.next_attempt_at = o.clock.now_ms();
