@@ -28,6 +28,23 @@ fn batching(max_events: usize, max_wait: Duration) -> DeliverySettings {
     }
 }
 
+/// A batching destination judged as Meta judges its answers.
+fn meta_batching(max_events: usize) -> DeliverySettings {
+    DeliverySettings {
+        success: SuccessRule::Partner(PartnerAnswers::MetaCapi),
+        ..batching(max_events, Duration::from_secs(1))
+    }
+}
+
+/// A store with `n` single-event deliveries to `url`, IDs `e0..` padded to `width`.
+fn queued(n: usize, width: usize, url: &str) -> Arc<MemStore> {
+    let store = Arc::new(MemStore::default());
+    for i in 0..n {
+        store.push(event(&format!("e{i:0width$}"), url));
+    }
+    store
+}
+
 /// The events of a recorded request body, in order.
 fn events_in(body: &[u8]) -> Vec<String> {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
@@ -44,10 +61,7 @@ fn events_in(body: &[u8]) -> Vec<String> {
 #[tokio::test(start_paused = true)]
 async fn queued_deliveries_go_in_batches_of_max_events_each_event_once_in_order() {
     let partner = FakePartner::start().await.unwrap();
-    let store = Arc::new(MemStore::default());
-    for i in 0..25 {
-        store.push(event(&format!("e{i:02}"), &partner.url("/batch")));
-    }
+    let store = queued(25, 2, &partner.url("/batch"));
     let deliverer = start(
         &store,
         vec![("p", batching(10, Duration::from_secs(1)))],
@@ -91,14 +105,8 @@ fn meta_like(partner: &FakePartner, poison: &'static str) {
 async fn one_refused_event_in_1000_is_isolated_in_log2_plus_one_extra_requests() {
     let partner = FakePartner::start().await.unwrap();
     meta_like(&partner, "e0637");
-    let store = Arc::new(MemStore::default());
-    for i in 0..1000 {
-        store.push(event(&format!("e{i:04}"), &partner.url("/meta")));
-    }
-    let settings = DeliverySettings {
-        success: SuccessRule::Partner(PartnerAnswers::MetaCapi),
-        ..batching(1000, Duration::from_secs(1))
-    };
+    let store = queued(1000, 4, &partner.url("/meta"));
+    let settings = meta_batching(1000);
     let deliverer = start(&store, vec![("p", settings)], opts());
     assert!(
         eventually(Duration::from_secs(30), || store.completed_ids().len()
@@ -132,14 +140,8 @@ async fn a_whole_request_refused_again_and_again_is_retried_not_bisected_forever
     let partner = FakePartner::start().await.unwrap();
     // Refused whole for something about the request (not the credentials).
     partner.set_default(Reply::status(400).body(r#"{"error":{"code":2500}}"#));
-    let store = Arc::new(MemStore::default());
-    for i in 0..200 {
-        store.push(event(&format!("e{i:03}"), &partner.url("/meta")));
-    }
-    let settings = DeliverySettings {
-        success: SuccessRule::Partner(PartnerAnswers::MetaCapi),
-        ..batching(200, Duration::from_secs(1))
-    };
+    let store = queued(200, 3, &partner.url("/meta"));
+    let settings = meta_batching(200);
     let deliverer = start(&store, vec![("p", settings)], opts());
     // 8 events isolated and dead-lettered, the rest retried later.
     assert!(eventually(Duration::from_secs(30), || store.dead().len() == 8).await);
@@ -398,14 +400,8 @@ async fn a_partner_limited_to_50_a_second_is_paced_near_its_limit_and_the_backlo
 async fn refused_credentials_hold_the_destination_and_keep_its_queue_until_they_work() {
     let partner = FakePartner::start().await.unwrap();
     partner.set_default(Reply::status(401));
-    let store = Arc::new(MemStore::default());
-    for i in 0..20 {
-        store.push(event(&format!("e{i:02}"), &partner.url("/meta")));
-    }
-    let settings = DeliverySettings {
-        success: SuccessRule::Partner(PartnerAnswers::MetaCapi),
-        ..batching(1000, Duration::from_secs(1))
-    };
+    let store = queued(20, 2, &partner.url("/meta"));
+    let settings = meta_batching(1000);
     let deliverer = start(&store, vec![("p", settings)], opts());
     assert!(
         eventually(Duration::from_secs(5), || deliverer.status()[0]
