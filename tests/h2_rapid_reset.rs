@@ -38,7 +38,7 @@ async fn h2_connection(
     ca: &str,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
-    let der = rustls_pki_types::pem::PemObject::from_pem_slice(ca.as_bytes()).expect("pem");
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(ca.as_bytes()).expect("pem");
     roots.add(der).expect("root");
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -51,7 +51,7 @@ async fn h2_connection(
     let tcp = tokio::net::TcpStream::connect(&relay.addr)
         .await
         .expect("connect");
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
