@@ -389,16 +389,24 @@ async fn refused_at_start(dir: &Path, what: &str) -> bool {
 
 /// A store holding `EVENTS` queued deliveries to a partner that is down (retries an
 /// hour away), left by a clean stop or by kill -9; the partner is kept alive with it.
-async fn queued_store(kill_9: bool) -> (FakePartner, tempfile::TempDir) {
+/// A partner that answers 503 and a setup for it whose retries are an hour away;
+/// `padding` goes into the partner URL's path (to make each delivery larger).
+async fn partner_down_setup(padding: &str) -> (FakePartner, tempfile::TempDir) {
     let partner = FakePartner::start().await.expect("partner");
     partner.set_default(postback_relay::fake_partner::Reply::status(503));
-    let pristine = tempfile::tempdir().expect("tempdir");
-    write_setup(pristine.path(), &partner);
-    let rule = fs::read_to_string(pristine.path().join("rules/aff.toml")).expect("rule");
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_setup(dir.path(), &partner);
+    let rule = fs::read_to_string(dir.path().join("rules/aff.toml")).expect("rule");
     let slow = rule
+        .replace("/pb?", &format!("/pb{padding}?"))
         .replace("initial_backoff = \"50ms\"", "initial_backoff = \"1h\"")
         .replace("max_backoff = \"200ms\"", "max_backoff = \"2h\"");
-    fs::write(pristine.path().join("rules/aff.toml"), slow).expect("rule");
+    fs::write(dir.path().join("rules/aff.toml"), slow).expect("rule");
+    (partner, dir)
+}
+
+async fn queued_store(kill_9: bool) -> (FakePartner, tempfile::TempDir) {
+    let (partner, pristine) = partner_down_setup("").await;
     let mut relay = RelayProcess::spawn(&pristine.path().join("postback-relay.toml"), "info");
     let client = reqwest::Client::new();
     let mut seen = Outcomes::default();
@@ -488,16 +496,7 @@ async fn a_deleted_part_of_the_store_is_refused_at_start_or_kept_whole() {
 /// 4 KB partner URL) until the journal passes its bound and the store writes every
 /// keyspace's memtable out; then a clean stop. The partner is kept alive with it.
 async fn store_with_tables() -> (FakePartner, tempfile::TempDir) {
-    let partner = FakePartner::start().await.expect("partner");
-    partner.set_default(postback_relay::fake_partner::Reply::status(503));
-    let dir = tempfile::tempdir().expect("tempdir");
-    write_setup(dir.path(), &partner);
-    let rule = fs::read_to_string(dir.path().join("rules/aff.toml")).expect("rule");
-    let rule = rule
-        .replace("/pb?", &format!("/pb/{}?", "x".repeat(4000)))
-        .replace("initial_backoff = \"50ms\"", "initial_backoff = \"1h\"")
-        .replace("max_backoff = \"200ms\"", "max_backoff = \"2h\"");
-    fs::write(dir.path().join("rules/aff.toml"), rule).expect("rule");
+    let (partner, dir) = partner_down_setup(&format!("/{}", "x".repeat(4000))).await;
     let mut relay = RelayProcess::spawn(&dir.path().join("postback-relay.toml"), "info");
     let client = reqwest::Client::new();
     let keyspaces_with_tables = || {

@@ -1,17 +1,15 @@
 //! HTTP/2 control frames a client can send without limit through hyper and h2: each
 //! PING and each SETTINGS frame makes the server answer (a PING ACK, a SETTINGS ACK),
-//! and neither crate bounds how many. `ControlFrameLimit` wraps the connection's
-//! (decrypted) bytes below hyper, reads the frame headers as they pass, and fails the
-//! read, which closes the connection, once a client sends more of them than a token
-//! bucket allows: `CONTROL_BURST` at once, `CONTROL_PER_SEC` a second after that.
+//! and neither crate bounds how many. `ControlFrames` is fed the connection's
+//! (decrypted) bytes below hyper (by `conn::TrackedIo`), reads the frame headers as
+//! they pass, and fails the read, which closes the connection, once a client sends
+//! more of them than a token bucket allows: `CONTROL_BURST` at once,
+//! `CONTROL_PER_SEC` a second after that.
 //! ACKs (answers to the relay's own keep-alive PINGs and SETTINGS) are not counted.
 
 use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 /// PING and SETTINGS frames (not ACKs) a client may send at once. A well-behaved
@@ -104,75 +102,37 @@ impl FrameCounter {
     }
 }
 
-/// The bytes of one HTTP/2 connection, with its client's control frames counted.
-pub struct ControlFrameLimit<T> {
-    inner: T,
+/// One HTTP/2 connection's count of its client's control frames (read by
+/// `conn::TrackedIo` as the bytes pass).
+#[derive(Debug)]
+pub struct ControlFrames {
     counter: FrameCounter,
     peer: IpAddr,
 }
 
-impl<T> ControlFrameLimit<T> {
-    pub fn new(inner: T, peer: IpAddr) -> ControlFrameLimit<T> {
-        ControlFrameLimit {
-            inner,
+impl ControlFrames {
+    pub fn new(peer: IpAddr) -> ControlFrames {
+        ControlFrames {
             counter: FrameCounter::new(),
             peer,
         }
     }
-}
 
-impl<T: AsyncRead + Unpin> AsyncRead for ControlFrameLimit<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            if !self.counter.feed(&buf.filled()[before..]) {
-                tracing::warn!(
-                    address = %self.peer,
-                    frames = self.counter.seen,
-                    "HTTP/2 client sent PING/SETTINGS frames past {CONTROL_BURST} at once and {CONTROL_PER_SEC} a second; closing its connection"
-                );
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "too many HTTP/2 PING/SETTINGS frames",
-                )));
-            }
+    /// Passes the next `bytes` the client sent; an error (which closes the
+    /// connection) once it has sent too many control frames.
+    pub fn check(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.counter.feed(bytes) {
+            return Ok(());
         }
-        res
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for ControlFrameLimit<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        tracing::warn!(
+            address = %self.peer,
+            frames = self.counter.seen,
+            "HTTP/2 client sent PING/SETTINGS frames past {CONTROL_BURST} at once and {CONTROL_PER_SEC} a second; closing its connection"
+        );
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "too many HTTP/2 PING/SETTINGS frames",
+        ))
     }
 }
 

@@ -289,8 +289,8 @@ where
 {
     let state = ConnState::new(false);
     // PING and SETTINGS floods: hyper and h2 answer every one (`frames`).
-    let io = frames::ControlFrameLimit::new(io, routes.peer_ip);
-    let io = TokioIo::new(TrackedIo::new(io, state.clone()));
+    let io = TrackedIo::new(io, state.clone()).limit_control_frames(routes.peer_ip);
+    let io = TokioIo::new(io);
     let limits = &edge.limits;
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use rand::RngCore;
+use rand::TryRngCore;
 
 use super::layout::{self, DestId};
 
@@ -554,7 +554,9 @@ pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], String> {
         Err(e) => return Err(format!("{}: {e}", ctx())),
     }
     let mut secret = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut secret);
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut secret)
+        .map_err(|e| format!("{}: cannot draw a random key from the OS: {e}", ctx()))?;
     let tmp: PathBuf = path.with_extension("key.tmp");
     let write = || -> io::Result<()> {
         // A leftover from a crash could carry other permissions: start afresh.

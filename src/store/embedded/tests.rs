@@ -411,7 +411,7 @@ async fn truncated_or_garbled_store_files_are_refused_without_a_panic() {
     for f in files(&dir.path().join("store")) {
         let len = fs::metadata(&f).expect("meta").len().max(16) as usize;
         let mut junk = vec![0u8; len];
-        rand::thread_rng().fill_bytes(&mut junk);
+        rand::rng().fill_bytes(&mut junk);
         fs::write(&f, junk).expect("garble");
     }
     let e = refused(dir.path());
@@ -517,7 +517,7 @@ async fn bytes_per_dedupe_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open(dir.path());
     let n = 200_000u64;
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     for chunk in 0..(n / 1000) {
         let events = (0..1000)
             .map(|_| {
