@@ -57,11 +57,13 @@ impl IdParts {
 
     /// The ID partners and admins see: destination and sequence permuted by `key`.
     pub fn to_id(self, key: &IdKey) -> String {
+        // The tweak is the time as the ID carries it (48 bits), as `parse` reads it.
+        let created_ms = self.created_ms & 0xffff_ffff_ffff;
         let hidden = key.permute(
-            self.created_ms,
+            created_ms,
             (u128::from(self.dest) << 64) | u128::from(self.seq),
         );
-        let v = (u128::from(self.created_ms & 0xffff_ffff_ffff) << 80) | hidden;
+        let v = (u128::from(created_ms) << 80) | hidden;
         let mut buf = [0u8; ulid::ULID_LEN];
         let text = ulid::Ulid(v).array_to_str(&mut buf);
         text.make_ascii_lowercase();
