@@ -18,8 +18,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::deliver::{AttemptOutcome, BreakerState, DeliveryObserver, DestinationStatus};
+use crate::deliver::{AttemptOutcome, DeliveryObserver, DestinationStatus};
 use crate::store::DestinationCounts;
+
+mod labels;
+pub use labels::{EventOutcome, IngestResult, ReloadResult, LISTENERS};
 
 /// The content type of `render()`'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -155,6 +158,23 @@ impl Metrics {
             })
             .set(1);
         r.register("build_info", "The running version", build);
+        // Every fixed word shows from the start, at 0, so a rate over it works before
+        // it first happens.
+        for result in IngestResult::ALL {
+            let _ = self.ingest_requests.get_or_create(&ResultLabel {
+                result: result.as_str(),
+            });
+        }
+        for outcome in EventOutcome::ALL {
+            let _ = self.events.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            });
+        }
+        for result in ReloadResult::ALL {
+            let _ = self.reloads.get_or_create(&ResultLabel {
+                result: result.as_str(),
+            });
+        }
         r.register(
             "ingest_requests",
             "POST /v1/events requests by result: accepted (202), or why refused",
@@ -247,8 +267,9 @@ impl Metrics {
         );
     }
 
-    /// One ingest request ended with `result` (a fixed word, see `IngestResult`).
-    pub fn ingest_request(&self, result: &'static str) {
+    /// One ingest request ended with `result`.
+    pub fn ingest_request(&self, result: IngestResult) {
+        let result = result.as_str();
         self.ingest_requests
             .get_or_create(&ResultLabel { result })
             .inc();
@@ -262,13 +283,14 @@ impl Metrics {
         rejected: usize,
         took: Duration,
     ) {
-        for (outcome, n) in [
-            ("accepted", accepted),
-            ("duplicate", duplicates),
-            ("rejected", rejected),
-        ] {
+        for (outcome, n) in EventOutcome::ALL
+            .into_iter()
+            .zip([accepted, duplicates, rejected])
+        {
             self.events
-                .get_or_create(&OutcomeLabel { outcome })
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.as_str(),
+                })
                 .inc_by(n as u64);
         }
         self.ingest_seconds.observe(took.as_secs_f64());
@@ -276,8 +298,16 @@ impl Metrics {
 
     /// A rule reload ended.
     pub fn rule_reload(&self, ok: bool) {
-        let result = if ok { "ok" } else { "failed" };
-        self.reloads.get_or_create(&ResultLabel { result }).inc();
+        let result = if ok {
+            ReloadResult::Ok
+        } else {
+            ReloadResult::Failed
+        };
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: result.as_str(),
+            })
+            .inc();
     }
 
     /// A store commit of `operations` operations took `took`. For the store backend
@@ -288,18 +318,30 @@ impl Metrics {
     }
 
     pub fn connection_opened(&self, listener: &'static str) {
+        debug_assert!(
+            LISTENERS.contains(&listener),
+            "listener {listener} not in LISTENERS"
+        );
         self.connections
             .get_or_create(&ListenerLabel { listener })
             .inc();
     }
 
     pub fn connection_closed(&self, listener: &'static str) {
+        debug_assert!(
+            LISTENERS.contains(&listener),
+            "listener {listener} not in LISTENERS"
+        );
         self.connections
             .get_or_create(&ListenerLabel { listener })
             .dec();
     }
 
     pub fn accept_error(&self, listener: &'static str) {
+        debug_assert!(
+            LISTENERS.contains(&listener),
+            "listener {listener} not in LISTENERS"
+        );
         self.accept_errors
             .get_or_create(&ListenerLabel { listener })
             .inc();
@@ -361,11 +403,7 @@ impl Metrics {
                     destination: s.name.clone(),
                 })
                 .set(i64::from(s.held.is_some()));
-            for state in [
-                BreakerState::Closed,
-                BreakerState::Open,
-                BreakerState::HalfOpen,
-            ] {
+            for state in labels::breaker_states() {
                 self.circuit
                     .get_or_create(&DestinationState {
                         destination: label(&s.name),
@@ -415,11 +453,12 @@ impl crate::store::StoreObserver for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deliver::BreakerState;
 
     #[test]
     fn renders_counters_gauges_and_destination_labels() {
         let m = Metrics::new();
-        m.ingest_request("accepted");
+        m.ingest_request(IngestResult::Accepted);
         m.ingest_accepted(2, 1, 0, Duration::from_millis(3));
         m.attempt("aff", AttemptOutcome::Retry, Duration::from_millis(5));
         m.rule_reload(false);

@@ -612,7 +612,7 @@ fn accept_args(events: &[EventToAccept]) -> StoreResult<AcceptArgs> {
 /// `dlv_` + a ULID: unique across relays without coordination.
 fn new_id() -> String {
     let mut random = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut random);
+    rand::rng().fill_bytes(&mut random);
     let now = u64::try_from(wall_ms()).unwrap_or(0);
     let u = ulid::Ulid::from_parts(now, u128::from_be_bytes(random));
     let mut buf = [0u8; ulid::ULID_LEN];

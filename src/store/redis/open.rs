@@ -338,7 +338,7 @@ async fn init_meta(
     p: &str,
 ) -> Result<(String, [u8; 32]), String> {
     let mut fresh = [0u8; 48];
-    rand::thread_rng().fill_bytes(&mut fresh);
+    rand::rng().fill_bytes(&mut fresh);
     let epoch: String = fresh[32..].iter().map(|b| format!("{b:02x}")).collect();
     let (epoch, secret, format, _created): (String, Vec<u8>, String, i64) = scripts
         .open
