@@ -109,7 +109,8 @@ currency = "{properties.currency}"
 order_id = "{properties.order_id}"
 "#,
         required_params: &[],
-        default_params: &[("action_source", "website")],
+        // The Marketing API version: the newest `versions` knows.
+        default_params: &[("action_source", "website"), ("api_version", "v27.0")],
         must_hash: &[
             "user.email",
             "user.phone",

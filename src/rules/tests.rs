@@ -135,7 +135,7 @@ fn meta_capi_preset_request() {
     assert_eq!(req.method, Method::Post);
     assert_eq!(
         req.url,
-        "https://graph.facebook.com/v25.0/123456789012345/events"
+        "https://graph.facebook.com/v27.0/123456789012345/events"
     );
     assert_eq!(
         req.headers,
@@ -590,7 +590,7 @@ Content-Type: application/json
     // With consent the request is shown, secrets masked.
     let text = preview(&rules, &typical("x"));
     // Environment values are masked wherever they stand (here the pixel ID in the path).
-    assert!(text.contains("POST https://graph.facebook.com/v25.0/***/events?access_token=***\nAuthorization: Bearer ***\n"), "{text}");
+    assert!(text.contains("POST https://graph.facebook.com/v27.0/***/events?access_token=***\nAuthorization: Bearer ***\n"), "{text}");
     // The test event is from 2026-11-25: past Meta's 7 days once that is a week ago.
     let mut old = typical("x");
     old.timestamp = chrono::Utc::now() - chrono::Duration::days(8);

@@ -762,3 +762,74 @@ fn an_oauth_token_url_must_be_https_unless_private_networks_are_allowed() {
     let https = text.replace("http://tokens", "https://tokens");
     assert_eq!(report(&https, &[]).0, Vec::<String>::new());
 }
+
+/// Errors and warnings of one file judged on `day` (versions past or near sunset).
+fn report_on(text: &str, day: &str) -> (Vec<String>, Vec<String>) {
+    let options = LoadOptions {
+        today: Some(chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap()),
+        ..LoadOptions::default()
+    };
+    let env: HashMap<String, String> = HashMap::new();
+    let out = load_file(Path::new("rules/x.toml"), text.to_string(), &env, &options);
+    let errors = match out.result {
+        Ok(_) => Vec::new(),
+        Err(e) => e.iter().map(|d| d.to_string()).collect(),
+    };
+    (errors, out.warnings.iter().map(|d| d.to_string()).collect())
+}
+
+const META_V: &str = "[destination]\nurl = \"https://graph.facebook.com/VERSION/1/events\"\npreset = \"meta_capi\"\n[privacy]\nallow = [\"page.url\", \"user.ip\"]\n";
+const GOOGLE_V: &str = "[destination]\nurl = \"https://googleads.googleapis.com/{params.api_version}/customers/1:uploadClickConversions\"\noauth = { client_id = \"i\", client_secret = \"s\", refresh_token = \"r\" }\npreset = \"google_ads\"\n[params]\nconversion_action = \"c\"\napi_version = \"VERSION\"\n[privacy]\nallow = [\"click_id\"]\n";
+
+#[test]
+fn a_pinned_version_past_its_sunset_is_refused_with_the_date_and_the_version_to_use() {
+    // Meta's Marketing API versions table: v21.0 expired 2025-09-09.
+    let (errors, _) = report_on(&META_V.replace("VERSION", "v21.0"), "2026-12-04");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].starts_with("rules/x.toml:2:7: `url` pins Meta Marketing API (Conversions API) v21.0, which reached its sunset on 2025-09-09"), "{errors:#?}");
+    assert!(
+        errors[0].contains("use v27.0 (released 2026-11-04)"),
+        "{errors:#?}"
+    );
+    // Google Ads developer blog, 2025-12-15: v19 sunsets 2026-02-11. Pointed at the
+    // parameter that pins it.
+    let (errors, _) = report_on(&GOOGLE_V.replace("VERSION", "v19"), "2026-12-04");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].starts_with("rules/x.toml:7:15: `params.api_version` pins Google Ads API v19, which reached its sunset on 2026-02-11"), "{errors:#?}");
+    assert!(
+        errors[0].contains("use v26 (released 2026-10-14)"),
+        "{errors:#?}"
+    );
+    // The same rules on the newest versions: nothing to say.
+    let fine = report_on(&META_V.replace("VERSION", "v27.0"), "2026-12-04");
+    assert_eq!(fine, (vec![], vec![]));
+    let fine = report_on(&GOOGLE_V.replace("VERSION", "v26"), "2026-12-04");
+    assert_eq!(fine, (vec![], vec![]));
+}
+
+#[test]
+fn a_pinned_version_within_sixty_days_of_its_sunset_loads_with_a_warning() {
+    // Meta v25.0 expires 2027-02-23: fine on 2026-12-24, warned from 2026-12-25.
+    let text = META_V.replace("VERSION", "v25.0");
+    assert_eq!(report_on(&text, "2026-12-24"), (vec![], vec![]));
+    let (errors, warnings) = report_on(&text, "2027-01-24");
+    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("`url` pins Meta Marketing API (Conversions API) v25.0, which sunsets on 2027-02-23, in 30 days"), "{warnings:#?}");
+    assert!(warnings[0].contains("move to v27.0"), "{warnings:#?}");
+    // On the sunset day it is refused.
+    assert_eq!(report_on(&text, "2027-02-23").0.len(), 1);
+}
+
+#[test]
+fn preset_default_versions_are_the_newest_the_version_table_knows() {
+    for name in super::super::presets::NAMES {
+        let p = super::super::presets::find(name).unwrap();
+        let Some(api) = super::super::versions::api_of(name) else {
+            continue;
+        };
+        if let Some((_, v)) = p.default_params.iter().find(|(k, _)| *k == "api_version") {
+            assert_eq!(*v, api.current(), "{name}");
+        }
+    }
+}
