@@ -351,6 +351,7 @@ pub enum PartnerAnswers {
     AppsFlyer,
     Adjust,
     GoogleAds,
+    GoogleDataManager,
 }
 
 /// OAuth2 refresh-token credentials (RFC 6749 section 6). Secrets: `Debug` hides them.

@@ -58,6 +58,9 @@ pub const META_BATCH_MAX: usize = 1000;
 pub const TIKTOK_BATCH_MAX: usize = 1000;
 /// Google Ads `uploadClickConversions`: up to 2,000 conversions per request.
 pub const GOOGLE_ADS_BATCH_MAX: usize = 2000;
+/// Google Data Manager `events:ingest`: "At most 2000 Event resources can be sent in
+/// a single request" (`IngestEventsRequest.events`, docs/partners.md D1).
+pub const DATA_MANAGER_BATCH_MAX: usize = 2000;
 
 pub const NAMES: &[&str] = &[
     "meta_capi",
@@ -65,6 +68,7 @@ pub const NAMES: &[&str] = &[
     "appsflyer_s2s",
     "adjust_s2s",
     "google_ads",
+    "google_data_manager",
 ];
 
 pub fn find(name: &str) -> Option<&'static Preset> {
@@ -329,6 +333,59 @@ consent = { adUserData = "{consent.ad_user_data}" }
         finish: Some(google_conversion),
         batch: Some(("conversions", GOOGLE_ADS_BATCH_MAX)),
     },
+    // Google Data Manager API: POST https://datamanager.googleapis.com/v1/events:ingest,
+    // OAuth (scope datamanager); no developer token: the accounts travel in
+    // `destinations` (docs/partners.md D1-D4). Field names: googleapis
+    // `google/ads/datamanager/v1/{ingestion_service,event,destination,user_data,consent}.proto`.
+    Preset {
+        name: "google_data_manager",
+        method: Method::Post,
+        format: Format::Json,
+        body: r#"
+encoding = "HEX"
+validateOnly = "{params.validate_only}"
+
+[[destinations]]
+productDestinationId = "{params.conversion_action_id}"
+operatingAccount = { accountType = "GOOGLE_ADS", accountId = "{params.customer_id}" }
+loginAccount = { accountType = "GOOGLE_ADS", accountId = "{params.login_customer_id}" }
+
+[[events]]
+transactionId = "{properties.order_id}"
+eventTimestamp = "{timestamp.iso}"
+eventSource = "{params.event_source}"
+conversionValue = "{properties.value}"
+currency = "{properties.currency}"
+adIdentifiers = { gclid = "{click_id}", gbraid = "{attribution.gbraid}", wbraid = "{attribution.wbraid}" }
+consent = { adUserData = "{consent.ad_user_data}", adPersonalization = "{consent.ad_personalization}" }
+userData = { userIdentifiers = [
+  { emailAddress = "{user.email}" },
+  { phoneNumber = "{user.phone}" },
+] }
+"#,
+        required_params: &[
+            ("customer_id", "\"1234567890\""),
+            ("conversion_action_id", "\"987654321\""),
+        ],
+        default_params: &[("api_version", "v1"), ("event_source", "WEB")],
+        must_hash: &["user.email", "user.phone"],
+        hash_style: HashStyle::Google,
+        answers: PartnerAnswers::GoogleDataManager,
+        partner: "Google Data Manager",
+        // NO_IDENTIFIERS_PROVIDED: "Events data contains no user identifiers or ad
+        // identifiers" (error.proto).
+        identifiers: &[
+            "click_id",
+            "attribution.gbraid",
+            "attribution.wbraid",
+            "user.email",
+            "user.phone",
+        ],
+        ipv4_only: &[],
+        max_event_age: None,
+        finish: Some(data_manager_finish),
+        batch: Some(("events", DATA_MANAGER_BATCH_MAX)),
+    },
 ];
 
 /// AppsFlyer counts revenue only from `af_revenue` with `af_currency` (A4): the
@@ -417,5 +474,71 @@ fn google_consent(conversion: &mut Map<String, Value>) {
     };
     if consent.is_empty() {
         conversion.shift_remove("consent");
+    }
+}
+
+/// Data Manager fields a template cannot shape: `validateOnly` as a JSON boolean
+/// (only when `params.validate_only` is "true"), `loginAccount` only with its
+/// account ID, and per event: the transaction ID as a string, one ad identifier
+/// (gclid, else gbraid, else wbraid, as for Google Ads), consent as
+/// `CONSENT_GRANTED` / `CONSENT_DENIED` (consent.proto `ConsentStatus`).
+fn data_manager_finish(body: &mut Value) {
+    let Some(root) = body.as_object_mut() else {
+        return;
+    };
+    let validate = matches!(root.get("validateOnly"), Some(Value::String(s)) if s == "true")
+        || root.get("validateOnly") == Some(&Value::Bool(true));
+    if validate {
+        root.insert("validateOnly".into(), Value::Bool(true));
+    } else {
+        root.shift_remove("validateOnly");
+    }
+    if let Some(Value::Array(destinations)) = root.get_mut("destinations") {
+        for d in destinations.iter_mut().filter_map(Value::as_object_mut) {
+            let has_id = d
+                .get("loginAccount")
+                .and_then(|l| l.get("accountId"))
+                .is_some();
+            if !has_id {
+                d.shift_remove("loginAccount");
+            }
+        }
+    }
+    let Some(Value::Array(events)) = root.get_mut("events") else {
+        return;
+    };
+    for e in events.iter_mut().filter_map(Value::as_object_mut) {
+        if let Some(Value::Number(n)) = e.get("transactionId") {
+            let text = n.to_string();
+            e.insert("transactionId".into(), Value::String(text));
+        }
+        if let Some(Value::Object(ids)) = e.get_mut("adIdentifiers") {
+            let mut found = false;
+            for key in ["gclid", "gbraid", "wbraid"] {
+                if ids.contains_key(key) {
+                    if found {
+                        ids.shift_remove(key);
+                    }
+                    found = true;
+                }
+            }
+        }
+        data_manager_consent(e);
+    }
+}
+
+fn data_manager_consent(event: &mut Map<String, Value>) {
+    let Some(Value::Object(consent)) = event.get_mut("consent") else {
+        return;
+    };
+    for key in ["adUserData", "adPersonalization"] {
+        match consent.get(key) {
+            Some(Value::Bool(true)) => consent.insert(key.into(), "CONSENT_GRANTED".into()),
+            Some(Value::Bool(false)) => consent.insert(key.into(), "CONSENT_DENIED".into()),
+            _ => consent.shift_remove(key),
+        };
+    }
+    if consent.is_empty() {
+        event.shift_remove("consent");
     }
 }

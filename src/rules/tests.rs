@@ -84,7 +84,14 @@ fn the_shipped_rules_directory_loads_with_no_environment() {
     let disabled: Vec<&str> = rules.disabled().iter().map(|d| d.name.as_str()).collect();
     assert_eq!(
         disabled,
-        ["adjust", "appsflyer", "google-ads", "meta", "tiktok"]
+        [
+            "adjust",
+            "appsflyer",
+            "google-ads",
+            "google-data-manager",
+            "meta",
+            "tiktok"
+        ]
     );
     assert!(rules.destinations()[0]
         .render(&typical("example-aff"))
@@ -309,6 +316,78 @@ fn google_ads_preset_request() {
 }
 
 #[test]
+fn google_data_manager_preset_request() {
+    // Data Manager API v1 events:ingest (docs/partners.md D1-D3): field names from
+    // googleapis google/ads/datamanager/v1 (IngestEventsRequest, Destination,
+    // ProductAccount, Event, AdIdentifiers, UserData, UserIdentifier, Consent) in
+    // proto3 JSON (lowerCamelCase, enums by name); hashing per Google's formatting
+    // guide (as google_ads: trim, lower-case, phone E.164), hex encoding.
+    let d = shipped("google-data-manager");
+    assert_eq!(d.delivery.batch.as_ref().map(|b| b.max_events), Some(2000));
+    let req = d.render(&typical("google")).unwrap();
+    assert_eq!(
+        req.url,
+        "https://datamanager.googleapis.com/v1/events:ingest"
+    );
+    // No developer token: OAuth only, attached at send time.
+    assert_eq!(
+        req.headers,
+        headers(&[("Content-Type", "application/json")])
+    );
+    let expected = json!({
+        "encoding": "HEX",
+        "destinations": [{
+            "productDestinationId": "987654321",
+            "operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": "1234567890"}
+        }],
+        "events": [{
+            "transactionId": "o-1",
+            "eventTimestamp": "2026-11-25T10:00:00Z",
+            "eventSource": "WEB",
+            "conversionValue": 9.99,
+            "currency": "USD",
+            "adIdentifiers": {"gclid": "clk_9f2c"},
+            "consent": {"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_DENIED"},
+            "userData": {"userIdentifiers": [{"emailAddress": h("person@example.com")},
+                                             {"phoneNumber": h("+16502530000")}]}
+        }]
+    });
+    assert_eq!(req.body, Some(expected.to_string()));
+    let oauth = d.delivery.oauth.clone().expect("oauth settings");
+    assert_eq!(oauth.token_url, "https://oauth2.googleapis.com/token");
+
+    // Test mode, a manager account, a numeric order ID, an iOS click without gclid
+    // and without consent.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/google-data-manager.toml"),
+    )
+    .unwrap()
+    .replace("# validate_only = \"true\"", "validate_only = \"true\"")
+    .replace(
+        "# login_customer_id = \"${GOOGLE_DM_LOGIN_CUSTOMER_ID}\"",
+        "login_customer_id = \"555\"",
+    );
+    let d = rule("gdm", &text);
+    let mut ev = typical("google");
+    ev.fields.shift_remove("click_id");
+    ev.fields["attribution"]["gbraid"] = json!("gb-1");
+    ev.fields["attribution"]["wbraid"] = json!("wb-1");
+    ev.fields["consent"]["ad_user_data"] = json!(false);
+    ev.fields["properties"]["order_id"] = json!(123456);
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    assert_eq!(body["validateOnly"], json!(true));
+    assert_eq!(
+        body["destinations"][0]["loginAccount"],
+        json!({"accountType": "GOOGLE_ADS", "accountId": "555"})
+    );
+    let e = &body["events"][0];
+    assert_eq!(e["transactionId"], json!("123456"));
+    assert_eq!(e["adIdentifiers"], json!({"gbraid": "gb-1"}));
+    assert_eq!(e["consent"]["adUserData"], json!("CONSENT_DENIED"));
+    assert!(e.get("userData").is_none(), "{e}");
+}
+
+#[test]
 fn every_preset_compiles() {
     for p in presets::PRESETS {
         let params = template::Params {
@@ -341,7 +420,10 @@ fn every_batching_preset_takes_nothing_from_the_event_outside_its_list() {
             p.name
         );
     }
-    assert_eq!(batching, 3, "meta_capi, tiktok_events, google_ads");
+    assert_eq!(
+        batching, 4,
+        "meta_capi, tiktok_events, google_ads, google_data_manager"
+    );
 }
 
 #[test]

@@ -195,3 +195,88 @@ fn a_declared_rule_checks_status_json_and_text() {
     assert_eq!(verdict(&text, 204, "OK"), Verdict::Delivered);
     assert_eq!(verdict(&text, 200, "ERROR"), Verdict::Retry);
 }
+
+const DATA_MANAGER: SuccessRule = SuccessRule::Partner(PartnerAnswers::GoogleDataManager);
+
+#[test]
+fn data_manager_answers_are_judged_by_googles_error_model() {
+    // D1: events:ingest answers {"requestId": ...}; validateOnly answers {}.
+    assert_eq!(
+        verdict(
+            &DATA_MANAGER,
+            200,
+            r#"{"requestId":"126365e1-16d0-4c81-9de9-f362711e250a"}"#
+        ),
+        Verdict::Delivered
+    );
+    assert_eq!(verdict(&DATA_MANAGER, 200, "{}"), Verdict::Delivered);
+    // D3 "Understand API errors": REST errors carry error.status and details with
+    // ErrorInfo.reason and BadRequest.fieldViolations[].reason (error.proto).
+    let invalid = r#"{"error":{"code":400,"message":"There was a problem with the request.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"INVALID_ARGUMENT","domain":"datamanager.googleapis.com"},{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":"events.events[0].currency","description":"The currency code is not supported.","reason":"INVALID_CURRENCY_CODE"}]}]}}"#;
+    let j = judge(&DATA_MANAGER, 400, invalid);
+    assert_eq!(j.verdict, Verdict::Reject);
+    assert!(!j.credential);
+    let reason = j.reason.unwrap_or_default();
+    assert!(reason.contains("INVALID_CURRENCY_CODE"), "{reason}");
+    assert!(
+        !reason.contains("not supported"),
+        "never the message text: {reason}"
+    );
+    // Fast fail: one bad event refuses the whole request, so a batch is judged
+    // whole (and bisected by the worker).
+    assert!(matches!(
+        judge_batch(&DATA_MANAGER, 400, invalid, 3),
+        BatchJudgement::Whole(Judgement {
+            verdict: Verdict::Reject,
+            ..
+        })
+    ));
+    // Temporary: RESOURCE_EXHAUSTED (429), INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED.
+    let busy = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"reason":"RESOURCE_EXHAUSTED"}]}}"#;
+    assert_eq!(verdict(&DATA_MANAGER, 429, busy), Verdict::Retry);
+    let internal =
+        r#"{"error":{"code":500,"status":"INTERNAL","details":[{"reason":"INTERNAL_ERROR"}]}}"#;
+    assert_eq!(verdict(&DATA_MANAGER, 500, internal), Verdict::Retry);
+    // The destination's setup (terms, conversion action, destination): every event
+    // would fail the same way, so the destination is held, not emptied.
+    let terms = r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"reason":"TERMS_AND_CONDITIONS_NOT_SIGNED"}]}}"#;
+    let j = judge(&DATA_MANAGER, 400, terms);
+    assert!(j.credential, "{j:?}");
+    let action = r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":"destinations[0].product_destination_id","reason":"INVALID_CONVERSION_ACTION_ID"}]}]}}"#;
+    assert!(judge(&DATA_MANAGER, 400, action).credential);
+    // Credentials: 401 UNAUTHENTICATED, 403 PERMISSION_DENIED.
+    assert!(
+        judge(
+            &DATA_MANAGER,
+            401,
+            r#"{"error":{"code":401,"status":"UNAUTHENTICATED"}}"#
+        )
+        .credential
+    );
+    assert!(
+        judge(
+            &DATA_MANAGER,
+            403,
+            r#"{"error":{"code":403,"status":"PERMISSION_DENIED"}}"#
+        )
+        .credential
+    );
+    // NO_IDENTIFIERS_PROVIDED is the event's fault: a dead letter.
+    let none = r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"reason":"NO_IDENTIFIERS_PROVIDED"}]}}"#;
+    let j = judge(&DATA_MANAGER, 400, none);
+    assert_eq!((j.verdict, j.credential), (Verdict::Reject, false));
+}
+
+#[test]
+fn google_ads_not_allowlisted_holds_the_destination_and_names_the_data_manager_preset() {
+    // G9: since 2026-06-15, uploadClickConversions from a developer token without
+    // recent offline-conversion imports is refused (google-ads-python
+    // errors/types/not_allowlisted_error.py). Dead-lettering would empty the queue.
+    let body = r#"{"error":{"code":403,"message":"The caller does not have permission","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.ads.googleads.v26.errors.GoogleAdsFailure","errors":[{"errorCode":{"notAllowlistedError":"CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"},"message":"The customer is not allowlisted for this feature."}],"requestId":"r1"}]}}"#;
+    for status in [400, 403] {
+        let j = judge(&GOOGLE, status, body);
+        assert!(j.credential, "{j:?}");
+        let reason = j.reason.unwrap_or_default();
+        assert!(reason.contains("google_data_manager"), "{reason}");
+    }
+}

@@ -156,7 +156,7 @@ impl PresetCheck<'_> {
         delivery.max_event_age = p.max_event_age;
         match p.name {
             "appsflyer_s2s" => self.appsflyer_app_id(),
-            "google_ads" => self.google_credentials(delivery),
+            "google_ads" | "google_data_manager" => self.google_credentials(delivery),
             "meta_capi" => self.meta_source_url(privacy),
             _ => {}
         }
@@ -175,8 +175,8 @@ impl PresetCheck<'_> {
     /// Google access tokens last an hour: they come from `oauth`, renewed at send time.
     fn google_credentials(&self, delivery: &DeliverySettings) {
         match (&delivery.oauth, self.has_auth_header) {
-            (Some(_), true) => self.preset_field.error("preset google_ads gets its access token from `oauth`; remove the Authorization header from `headers`"),
-            (None, _) if !self.oauth_written => self.preset_field.error(format!("preset google_ads needs OAuth credentials (an access token lasts one hour); add to [destination]: oauth = {OAUTH_EXAMPLE}")),
+            (Some(_), true) => self.preset_field.error(format!("preset {} gets its access token from `oauth`; remove the Authorization header from `headers`", self.preset.name)),
+            (None, _) if !self.oauth_written => self.preset_field.error(format!("preset {} needs OAuth credentials (an access token lasts one hour); add to [destination]: oauth = {OAUTH_EXAMPLE}", self.preset.name)),
             _ => {}
         }
         if let Some(v) = self.params.values.get("api_version") {
@@ -185,7 +185,12 @@ impl PresetCheck<'_> {
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
             if !ok {
                 self.preset_field.error(format!(
-                    "`params.api_version` is \"{v}\"; write a Google Ads API version like \"v26\""
+                    "`params.api_version` is \"{v}\"; write an API version like \"{}\"",
+                    self.preset
+                        .default_params
+                        .iter()
+                        .find(|(k, _)| *k == "api_version")
+                        .map_or("v26", |(_, d)| d)
                 ));
             }
         }

@@ -489,7 +489,7 @@ fn partner_requirements_are_checked_where_written() {
     one_error(
         &format!("{base}oauth = {{ client_id = \"i\", client_secret = \"s\", refresh_token = \"r\" }}\npreset = \"google_ads\"\n[params]\nconversion_action = \"c\"\napi_version = \"26\"\n{ALLOW}"),
         "4:10",
-        "`params.api_version` is \"26\"; write a Google Ads API version like \"v26\"",
+        "`params.api_version` is \"26\"; write an API version like \"v26\"",
     );
     one_error(
         &format!("[destination]\nurl = \"https://api3.appsflyer.com/inappevent/123456789\"\npreset = \"appsflyer_s2s\"\n{ALLOW}"),
