@@ -352,6 +352,10 @@ pub enum PartnerAnswers {
     Adjust,
     GoogleAds,
     GoogleDataManager,
+    SnapchatCapi,
+    PinterestCapi,
+    RedditCapi,
+    LinkedInCapi,
 }
 
 /// OAuth2 refresh-token credentials (RFC 6749 section 6). Secrets: `Debug` hides them.

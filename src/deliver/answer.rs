@@ -96,6 +96,16 @@ pub fn judge_batch(rule: &SuccessRule, status: u16, body: &str, events: usize) -
             return BatchJudgement::PerEvent(rows);
         }
     }
+    if events > 1 && (200..300).contains(&status) {
+        let rows = match rule {
+            SuccessRule::Partner(PartnerAnswers::PinterestCapi) => pinterest_rows(body, events),
+            SuccessRule::Partner(PartnerAnswers::LinkedInCapi) => linkedin_rows(body, events),
+            _ => None,
+        };
+        if let Some(rows) = rows {
+            return BatchJudgement::PerEvent(rows);
+        }
+    }
     BatchJudgement::Whole(judge_n(rule, status, body, events))
 }
 
@@ -125,6 +135,11 @@ fn judge_n(rule: &SuccessRule, status: u16, body: &str, events: usize) -> Judgem
             PartnerAnswers::Adjust => adjust(status, body),
             PartnerAnswers::GoogleAds => google(status, body),
             PartnerAnswers::GoogleDataManager => data_manager(status, body),
+            PartnerAnswers::SnapchatCapi | PartnerAnswers::RedditCapi => {
+                Judgement::of(by_status(status))
+            }
+            PartnerAnswers::PinterestCapi => pinterest(status, body, events),
+            PartnerAnswers::LinkedInCapi => linkedin(status, body, events),
         },
     }
 }
@@ -413,6 +428,83 @@ fn data_manager(status: u16, body: &str) -> Judgement {
         return Judgement::of(verdict);
     }
     Judgement::because(verdict, format!("Google Data Manager: {named}"))
+}
+
+/// Pinterest API for Conversions (P1): a 2xx carries `events[]` in request order,
+/// each `status` "processed" or "failed" (its `error_message` is not kept: it may
+/// quote the event).
+fn pinterest_rows(body: &str, events: usize) -> Option<Vec<Judgement>> {
+    let answer = json(body)?;
+    let rows = answer.get("events")?.as_array()?;
+    if rows.len() != events {
+        return None;
+    }
+    Some(
+        rows.iter()
+            .map(|r| match r.get("status").and_then(Value::as_str) {
+                Some("failed") => Judgement::because(
+                    Verdict::Reject,
+                    "Pinterest did not process the event (status failed)",
+                ),
+                _ => Judgement::of(Verdict::Delivered),
+            })
+            .collect(),
+    )
+}
+
+fn pinterest(status: u16, body: &str, events: usize) -> Judgement {
+    if !(200..300).contains(&status) {
+        return Judgement::of(by_status(status));
+    }
+    match pinterest_rows(body, events) {
+        Some(rows) => rows
+            .into_iter()
+            .find(|j| j.verdict != Verdict::Delivered)
+            .unwrap_or_else(|| Judgement::of(Verdict::Delivered)),
+        None => Judgement::of(Verdict::Delivered),
+    }
+}
+
+/// LinkedIn `BATCH_CREATE` (L1): a 2xx carries `elements[]` in request order, each
+/// with its own HTTP `status` (201 created); a 4xx element is that event's failure,
+/// a 429 / 5xx element is retried.
+fn linkedin_rows(body: &str, events: usize) -> Option<Vec<Judgement>> {
+    let answer = json(body)?;
+    let rows = answer.get("elements")?.as_array()?;
+    if rows.len() != events {
+        return None;
+    }
+    Some(
+        rows.iter()
+            .map(|r| {
+                let code = r
+                    .get("status")
+                    .and_then(Value::as_u64)
+                    .and_then(|c| u16::try_from(c).ok())
+                    .unwrap_or(201);
+                match by_status(code) {
+                    Verdict::Delivered => Judgement::of(Verdict::Delivered),
+                    v => Judgement::because(
+                        v,
+                        format!("LinkedIn answered HTTP {code} for this conversion"),
+                    ),
+                }
+            })
+            .collect(),
+    )
+}
+
+fn linkedin(status: u16, body: &str, events: usize) -> Judgement {
+    if !(200..300).contains(&status) {
+        return Judgement::of(by_status(status));
+    }
+    match linkedin_rows(body, events) {
+        Some(rows) => rows
+            .into_iter()
+            .find(|j| j.verdict != Verdict::Delivered)
+            .unwrap_or_else(|| Judgement::of(Verdict::Delivered)),
+        None => Judgement::of(Verdict::Delivered),
+    }
 }
 
 /// (category, code) pairs of a Google Ads failure: `details[].errors[].errorCode`.

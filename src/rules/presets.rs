@@ -61,6 +61,14 @@ pub const GOOGLE_ADS_BATCH_MAX: usize = 2000;
 /// Google Data Manager `events:ingest`: "At most 2000 Event resources can be sent in
 /// a single request" (`IngestEventsRequest.events`, docs/partners.md D1).
 pub const DATA_MANAGER_BATCH_MAX: usize = 2000;
+/// Snapchat Conversions API v3: "Maximum 2,000 events per request" in `data` (S1).
+pub const SNAPCHAT_BATCH_MAX: usize = 2000;
+/// Pinterest API for Conversions v5: up to 1,000 events in `data` (P1).
+pub const PINTEREST_BATCH_MAX: usize = 1000;
+/// Reddit Conversions API v3: up to 1,000 events in `data.events` (R1).
+pub const REDDIT_BATCH_MAX: usize = 1000;
+/// LinkedIn Conversions API `BATCH_CREATE`: up to 5,000 events in `elements` (L1).
+pub const LINKEDIN_BATCH_MAX: usize = 5000;
 
 pub const NAMES: &[&str] = &[
     "meta_capi",
@@ -69,6 +77,10 @@ pub const NAMES: &[&str] = &[
     "adjust_s2s",
     "google_ads",
     "google_data_manager",
+    "snapchat_capi",
+    "pinterest_capi",
+    "reddit_capi",
+    "linkedin_capi",
 ];
 
 pub fn find(name: &str) -> Option<&'static Preset> {
@@ -386,6 +398,213 @@ userData = { userIdentifiers = [
         finish: Some(data_manager_finish),
         batch: Some(("events", DATA_MANAGER_BATCH_MAX)),
     },
+    // Snapchat Conversions API v3: POST tr.snapchat.com/v3/{PIXEL_ID}/events
+    // ?access_token=..., JSON `{"data": [event]}` (S1 "Using the API", S2
+    // "Parameters"): em / ph lists of SHA-256 hashes normalised as Meta's, IP and user
+    // agent in clear, `sc_click_id` the Snap click ID.
+    Preset {
+        name: "snapchat_capi",
+        method: Method::Post,
+        format: Format::Json,
+        body: r#"
+[[data]]
+event_name = "{event_name}"
+event_time = "{timestamp.unix}"
+event_id = "{event_id}"
+action_source = "{params.action_source}"
+event_source_url = "{page.url}"
+
+[data.user_data]
+em = ["{user.email}"]
+ph = ["{user.phone}"]
+fn = ["{user.first_name}"]
+ln = ["{user.last_name}"]
+ct = ["{user.city}"]
+st = ["{user.state}"]
+zp = ["{user.zip}"]
+country = ["{user.country}"]
+external_id = ["{user.external_id}"]
+client_ip_address = "{user.ip}"
+client_user_agent = "{user.user_agent}"
+sc_click_id = "{click_id}"
+
+[data.custom_data]
+value = "{properties.value}"
+currency = "{properties.currency}"
+order_id = "{properties.order_id}"
+"#,
+        required_params: &[],
+        default_params: &[("action_source", "WEB"), ("api_version", "v3")],
+        must_hash: &[
+            "user.email",
+            "user.phone",
+            "user.first_name",
+            "user.last_name",
+            "user.city",
+            "user.state",
+            "user.zip",
+            "user.country",
+            "user.external_id",
+        ],
+        hash_style: HashStyle::Digits,
+        answers: PartnerAnswers::SnapchatCapi,
+        partner: "Snapchat",
+        identifiers: &[
+            "user.email",
+            "user.phone",
+            "user.external_id",
+            "user.ip",
+            "click_id",
+        ],
+        ipv4_only: &[],
+        // S1: "events can have a date (timestamp) of maximum 37 days back".
+        max_event_age: Some(Duration::from_secs(37 * DAY)),
+        finish: None,
+        batch: Some(("data", SNAPCHAT_BATCH_MAX)),
+    },
+    // Pinterest API for Conversions v5: POST api.pinterest.com/v5/ad_accounts/{ID}/events,
+    // `Authorization: Bearer` (P1: pinterest-python-generated-api-client
+    // ConversionEventsApi, ConversionEventsUserData, ConversionApiResponse).
+    Preset {
+        name: "pinterest_capi",
+        method: Method::Post,
+        format: Format::Json,
+        body: r#"
+[[data]]
+event_name = "{event_name}"
+action_source = "{params.action_source}"
+event_time = "{timestamp.unix}"
+event_id = "{event_id}"
+event_source_url = "{page.url}"
+
+[data.user_data]
+em = ["{user.email}"]
+ph = ["{user.phone}"]
+fn = ["{user.first_name}"]
+ln = ["{user.last_name}"]
+ct = ["{user.city}"]
+st = ["{user.state}"]
+zp = ["{user.zip}"]
+country = ["{user.country}"]
+external_id = ["{user.external_id}"]
+hashed_maids = ["{device.idfa}", "{device.gaid}"]
+client_ip_address = "{user.ip}"
+client_user_agent = "{user.user_agent}"
+
+[data.custom_data]
+value = "{properties.value}"
+currency = "{properties.currency}"
+order_id = "{properties.order_id}"
+"#,
+        required_params: &[],
+        default_params: &[("action_source", "web"), ("api_version", "v5")],
+        must_hash: &[
+            "user.email",
+            "user.phone",
+            "user.first_name",
+            "user.last_name",
+            "user.city",
+            "user.state",
+            "user.zip",
+            "user.country",
+            "user.external_id",
+            "device.idfa",
+            "device.gaid",
+        ],
+        hash_style: HashStyle::Digits,
+        answers: PartnerAnswers::PinterestCapi,
+        partner: "Pinterest",
+        // P1: "at least one of 1) em, 2) hashed_maids or 3) pair client_ip_address +
+        // client_user_agent".
+        identifiers: &["user.email", "device.idfa", "device.gaid", "user.ip"],
+        ipv4_only: &[],
+        max_event_age: None,
+        finish: Some(pinterest_finish),
+        batch: Some(("data", PINTEREST_BATCH_MAX)),
+    },
+    // Reddit Conversions API v3: POST ads-api.reddit.com/api/v3/pixels/{PIXEL_ID}/
+    // conversion_events, `Authorization: Bearer` (R1: Reddit Ads API v3
+    // "Post Conversion Events"): `{"data": {"test_id"?, "events": [...]}}`,
+    // `event_at` in milliseconds, `type.tracking_type` (PURCHASE, SIGN_UP, ...).
+    Preset {
+        name: "reddit_capi",
+        method: Method::Post,
+        format: Format::Json,
+        body: r#"
+[data]
+test_id = "{params.test_id}"
+
+[[data.events]]
+event_at = "{timestamp.unix_ms}"
+action_source = "{params.action_source}"
+event_source_url = "{page.url}"
+click_id = "{click_id}"
+type = { tracking_type = "{event_name}" }
+metadata = { conversion_id = "{event_id}", value = "{properties.value}", currency = "{properties.currency}" }
+user = { email = "{user.email}", external_id = "{user.external_id}", ip_address = "{user.ip}", user_agent = "{user.user_agent}", idfa = "{device.idfa}", aaid = "{device.gaid}" }
+"#,
+        required_params: &[],
+        default_params: &[("action_source", "WEBSITE"), ("api_version", "v3")],
+        must_hash: &[
+            "user.email",
+            "user.external_id",
+            "user.ip",
+            "device.idfa",
+            "device.gaid",
+        ],
+        hash_style: HashStyle::Digits,
+        answers: PartnerAnswers::RedditCapi,
+        partner: "Reddit",
+        identifiers: &[
+            "click_id",
+            "user.email",
+            "user.external_id",
+            "user.ip",
+            "device.idfa",
+            "device.gaid",
+        ],
+        ipv4_only: &[],
+        max_event_age: None,
+        finish: None,
+        batch: Some(("data.events", REDDIT_BATCH_MAX)),
+    },
+    // LinkedIn Conversions API: POST api.linkedin.com/rest/conversionEvents with
+    // `X-RestLi-Method: BATCH_CREATE`, `LinkedIn-Version`, OAuth (L1, L2):
+    // `{"elements": [{conversion, conversionHappenedAt (ms), eventId, conversionValue,
+    // user: {userIds: [{idType, idValue}], userInfo}}]}`.
+    Preset {
+        name: "linkedin_capi",
+        method: Method::Post,
+        format: Format::Json,
+        body: r#"
+[[elements]]
+conversion = "urn:lla:llaPartnerConversion:{params.conversion_rule_id}"
+conversionHappenedAt = "{timestamp.unix_ms}"
+eventId = "{event_id}"
+conversionValue = { currencyCode = "{properties.currency}", amount = "{properties.value}" }
+
+[elements.user]
+userIds = [
+  { idType = "SHA256_EMAIL", idValue = "{user.email}" },
+  { idType = "LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID", idValue = "{click_id}" },
+]
+userInfo = { firstName = "{user.first_name}", lastName = "{user.last_name}", countryCode = "{user.country}" }
+"#,
+        required_params: &[("conversion_rule_id", "\"104012\"")],
+        default_params: &[],
+        must_hash: &["user.email"],
+        hash_style: HashStyle::Digits,
+        answers: PartnerAnswers::LinkedInCapi,
+        partner: "LinkedIn",
+        // L1: at least one user ID (SHA256_EMAIL, LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID,
+        // ...) or userInfo with first and last name.
+        identifiers: &["user.email", "click_id", "user.first_name"],
+        ipv4_only: &[],
+        // L1: events older than 90 days are refused.
+        max_event_age: Some(Duration::from_secs(90 * DAY)),
+        finish: Some(linkedin_finish),
+        batch: Some(("elements", LINKEDIN_BATCH_MAX)),
+    },
 ];
 
 /// AppsFlyer counts revenue only from `af_revenue` with `af_currency` (A4): the
@@ -540,5 +759,54 @@ fn data_manager_consent(event: &mut Map<String, Value>) {
     }
     if consent.is_empty() {
         event.shift_remove("consent");
+    }
+}
+
+/// Pinterest's `custom_data.value` is a string ("425325.89" in P1's example).
+fn pinterest_finish(body: &mut Value) {
+    let Some(Value::Array(events)) = body.get_mut("data") else {
+        return;
+    };
+    for e in events.iter_mut() {
+        if let Some(v) = e.pointer_mut("/custom_data/value") {
+            if let Value::Number(n) = v {
+                *v = Value::String(n.to_string());
+            }
+        }
+    }
+}
+
+/// LinkedIn: a user ID without its value is dropped (the list is removed when
+/// none is left), `userInfo` goes only with both names (L1: firstName and lastName
+/// are required together), and `conversionValue.amount` is a string.
+fn linkedin_finish(body: &mut Value) {
+    let Some(Value::Array(elements)) = body.get_mut("elements") else {
+        return;
+    };
+    for e in elements.iter_mut().filter_map(Value::as_object_mut) {
+        if let Some(cv) = e.get_mut("conversionValue").and_then(Value::as_object_mut) {
+            if let Some(Value::Number(n)) = cv.get("amount") {
+                let text = n.to_string();
+                cv.insert("amount".into(), Value::String(text));
+            }
+        }
+        let Some(Value::Object(user)) = e.get_mut("user") else {
+            continue;
+        };
+        if let Some(Value::Array(ids)) = user.get_mut("userIds") {
+            ids.retain(|id| id.get("idValue").is_some());
+            if ids.is_empty() {
+                user.shift_remove("userIds");
+            }
+        }
+        let named = user
+            .get("userInfo")
+            .is_some_and(|i| i.get("firstName").is_some() && i.get("lastName").is_some());
+        if !named {
+            user.shift_remove("userInfo");
+        }
+        if user.is_empty() {
+            e.shift_remove("user");
+        }
     }
 }

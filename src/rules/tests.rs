@@ -89,7 +89,11 @@ fn the_shipped_rules_directory_loads_with_no_environment() {
             "appsflyer",
             "google-ads",
             "google-data-manager",
+            "linkedin",
             "meta",
+            "pinterest",
+            "reddit",
+            "snapchat",
             "tiktok"
         ]
     );
@@ -388,6 +392,150 @@ fn google_data_manager_preset_request() {
 }
 
 #[test]
+fn snapchat_capi_preset_request() {
+    // Snap Conversions API v3 "Using the API" (S1): POST tr.snapchat.com/v3/{PIXEL}/
+    // events?access_token=..., `{"data": [{event_name, event_time (s), event_id,
+    // action_source, event_source_url, user_data: {em: [..], ph: [..]}, custom_data}]}`.
+    let d = shipped("snapchat");
+    assert_eq!(d.delivery.batch.as_ref().map(|b| b.max_events), Some(2000));
+    let req = d.render(&typical("snapchat")).unwrap();
+    assert_eq!(
+        req.url,
+        "https://tr.snapchat.com/v3/0f0e0d0c-0b0a-4908-8706-050403020100/events?access_token=replace-me"
+    );
+    let expected = json!({"data": [{
+        "event_name": "PURCHASE", "event_time": 1795600800, "event_id": "evt_01JD8X",
+        "action_source": "WEB", "event_source_url": "https://shop.example/checkout",
+        "user_data": {
+            "em": [h("person@example.com")], "ph": [h("16502530000")],
+            "external_id": [h("u42")],
+            "client_ip_address": "203.0.113.7", "client_user_agent": "UA/1.0",
+            "sc_click_id": "clk_9f2c"
+        },
+        "custom_data": {"value": 9.99, "currency": "USD", "order_id": "o-1"}
+    }]});
+    assert_eq!(req.body, Some(expected.to_string()));
+    // S2 "Parameters": Snap's own normalisation examples and their hashes.
+    let mut ev = typical("snapchat");
+    ev.fields["user"]["email"] = json!("Person@Example.com");
+    ev.fields["user"]["phone"] = json!("+44 844 412 4653");
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    let user = &body["data"][0]["user_data"];
+    assert_eq!(
+        user["em"][0],
+        json!("542d240129883c019e106e3b1b2d3f3cb3537c43c425364de8e951d5a3083345")
+    );
+    assert_eq!(
+        user["ph"][0],
+        json!("dc008fda46e2e64002cf2f82a4906236282d431c4f75e5b60bfe79fc48546383")
+    );
+}
+
+#[test]
+fn pinterest_capi_preset_request() {
+    // Pinterest's official client (P1): POST /v5/ad_accounts/{id}/events, Bearer
+    // token, `{"data": [{event_name, action_source, event_time, event_id,
+    // event_source_url, user_data: {em: [..], ph: [..], client_ip_address,
+    // client_user_agent, ...}, custom_data: {currency, value (a string), order_id}}]}`.
+    let d = shipped("pinterest");
+    assert_eq!(d.delivery.batch.as_ref().map(|b| b.max_events), Some(1000));
+    let req = d.render(&typical("pinterest")).unwrap();
+    assert_eq!(
+        req.url,
+        "https://api.pinterest.com/v5/ad_accounts/549755885175/events"
+    );
+    assert_eq!(
+        req.headers,
+        headers(&[
+            ("Authorization", "Bearer replace-me"),
+            ("Content-Type", "application/json")
+        ])
+    );
+    let expected = json!({"data": [{
+        "event_name": "checkout", "action_source": "web", "event_time": 1795600800,
+        "event_id": "evt_01JD8X", "event_source_url": "https://shop.example/checkout",
+        "user_data": {
+            "em": [h("person@example.com")], "ph": [h("16502530000")],
+            "external_id": [h("u42")],
+            "client_ip_address": "203.0.113.7", "client_user_agent": "UA/1.0"
+        },
+        "custom_data": {"value": "9.99", "currency": "USD", "order_id": "o-1"}
+    }]});
+    assert_eq!(req.body, Some(expected.to_string()));
+}
+
+#[test]
+fn reddit_capi_preset_request() {
+    // Reddit Ads API v3 "Post Conversion Events" (R1): `{"data": {"events": [{event_at
+    // (ms), action_source, event_source_url, click_id, type: {tracking_type},
+    // metadata: {conversion_id, value, currency}, user: {email, external_id,
+    // ip_address (hashed), user_agent}}]}}`.
+    let d = shipped("reddit");
+    assert_eq!(
+        d.delivery
+            .batch
+            .as_ref()
+            .map(|b| (b.path.as_str(), b.max_events)),
+        Some(("data.events", 1000))
+    );
+    let req = d.render(&typical("reddit")).unwrap();
+    assert_eq!(
+        req.url,
+        "https://ads-api.reddit.com/api/v3/pixels/a2_example123/conversion_events"
+    );
+    let expected = json!({"data": {"events": [{
+        "event_at": 1795600800000_i64, "action_source": "WEBSITE",
+        "event_source_url": "https://shop.example/checkout", "click_id": "clk_9f2c",
+        "type": {"tracking_type": "PURCHASE"},
+        "metadata": {"conversion_id": "evt_01JD8X", "value": 9.99, "currency": "USD"},
+        "user": {"email": h("person@example.com"), "external_id": h("u42"),
+                 "ip_address": h("203.0.113.7"), "user_agent": "UA/1.0"}
+    }]}});
+    assert_eq!(req.body, Some(expected.to_string()));
+}
+
+#[test]
+fn linkedin_capi_preset_request() {
+    // LinkedIn Conversions API (L1): POST /rest/conversionEvents, headers
+    // LinkedIn-Version, X-RestLi-Method: BATCH_CREATE; each element {conversion:
+    // "urn:lla:llaPartnerConversion:{id}", conversionHappenedAt (ms), eventId,
+    // conversionValue: {currencyCode, amount (a string)}, user: {userIds: [{idType:
+    // SHA256_EMAIL | LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID, idValue}], userInfo}}.
+    let d = shipped("linkedin");
+    assert_eq!(d.delivery.batch.as_ref().map(|b| b.max_events), Some(5000));
+    let req = d.render(&typical("linkedin")).unwrap();
+    assert_eq!(req.url, "https://api.linkedin.com/rest/conversionEvents");
+    assert_eq!(
+        req.headers,
+        headers(&[
+            ("LinkedIn-Version", "202607"),
+            ("X-RestLi-Method", "BATCH_CREATE"),
+            ("X-Restli-Protocol-Version", "2.0.0"),
+            ("Content-Type", "application/json")
+        ])
+    );
+    let expected = json!({"elements": [{
+        "conversion": "urn:lla:llaPartnerConversion:104012",
+        "conversionHappenedAt": 1795600800000_i64, "eventId": "evt_01JD8X",
+        "conversionValue": {"currencyCode": "USD", "amount": "9.99"},
+        "user": {
+            "userIds": [{"idType": "SHA256_EMAIL", "idValue": h("person@example.com")},
+                        {"idType": "LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID", "idValue": "clk_9f2c"}],
+            "userInfo": {"firstName": "Mary Ann", "lastName": "O'Brien"}
+        }
+    }]});
+    assert_eq!(req.body, Some(expected.to_string()));
+    // Without consent: no e-mail, no names; the click ID alone still matches.
+    let mut ev = typical("linkedin");
+    ev.fields["consent"]["ad_user_data"] = json!(false);
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    assert_eq!(
+        body["elements"][0]["user"],
+        json!({"userIds": [{"idType": "LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID", "idValue": "clk_9f2c"}]})
+    );
+}
+
+#[test]
 fn every_preset_compiles() {
     for p in presets::PRESETS {
         let params = template::Params {
@@ -421,8 +569,8 @@ fn every_batching_preset_takes_nothing_from_the_event_outside_its_list() {
         );
     }
     assert_eq!(
-        batching, 4,
-        "meta_capi, tiktok_events, google_ads, google_data_manager"
+        batching, 8,
+        "meta_capi, tiktok_events, google_ads, google_data_manager, snapchat_capi, pinterest_capi, reddit_capi, linkedin_capi"
     );
 }
 

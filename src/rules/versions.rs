@@ -116,6 +116,29 @@ pub static APIS: &[Api] = &[
         source: "Data Manager API REST reference, developers.google.com/data-manager/api/reference/rest/v1",
     },
     Api {
+        name: "Snapchat Conversions API",
+        presets: &["snapchat_capi"],
+        pinned: Pinned::UrlSegment,
+        // v2 (tr.snapchat.com/v2/conversion) was deprecated in early 2025.
+        versions: &[v("v3", None, None)],
+        source: "developers.snap.com, Conversions API (Version 3)",
+    },
+    Api {
+        name: "Pinterest API",
+        presets: &["pinterest_capi"],
+        pinned: Pinned::UrlSegment,
+        versions: &[v("v5", None, None)],
+        source: "Pinterest API v5 reference (api.pinterest.com/v5)",
+    },
+    Api {
+        name: "Reddit Ads API (Conversions API)",
+        presets: &["reddit_capi"],
+        pinned: Pinned::UrlSegment,
+        // v2.0 is deprecated (not yet sunset on the date of this table).
+        versions: &[v("v3", None, None)],
+        source: "Reddit Ads API v3 reference, Post Conversion Events",
+    },
+    Api {
         name: "LinkedIn Marketing API (Conversions API)",
         presets: &["linkedin_capi"],
         pinned: Pinned::Header("LinkedIn-Version"),

@@ -280,3 +280,86 @@ fn google_ads_not_allowlisted_holds_the_destination_and_names_the_data_manager_p
         assert!(reason.contains("google_data_manager"), "{reason}");
     }
 }
+
+const PINTEREST: SuccessRule = SuccessRule::Partner(PartnerAnswers::PinterestCapi);
+const LINKEDIN: SuccessRule = SuccessRule::Partner(PartnerAnswers::LinkedInCapi);
+const SNAPCHAT: SuccessRule = SuccessRule::Partner(PartnerAnswers::SnapchatCapi);
+const REDDIT: SuccessRule = SuccessRule::Partner(PartnerAnswers::RedditCapi);
+
+#[test]
+fn pinterest_answers_are_judged_per_event() {
+    // P1 ConversionApiResponse: events[] in request order, status processed / failed;
+    // HTTP 400 invalid request, 429 rate limit, 503 "ramped down".
+    let ok = r#"{"num_events_received":1,"num_events_processed":1,"events":[{"status":"processed","error_message":null,"warning_message":null}]}"#;
+    assert_eq!(verdict(&PINTEREST, 200, ok), Verdict::Delivered);
+    let failed = r#"{"num_events_received":1,"num_events_processed":0,"events":[{"status":"failed","error_message":"event_time is too old","warning_message":null}]}"#;
+    let j = judge(&PINTEREST, 200, failed);
+    assert_eq!(j.verdict, Verdict::Reject);
+    assert!(
+        !j.reason.unwrap_or_default().contains("too old"),
+        "never the partner's text"
+    );
+    let mixed = r#"{"num_events_received":2,"num_events_processed":1,"events":[{"status":"processed"},{"status":"failed","error_message":"x"}]}"#;
+    let BatchJudgement::PerEvent(rows) = judge_batch(&PINTEREST, 200, mixed, 2) else {
+        panic!("per event")
+    };
+    assert_eq!(
+        rows.iter().map(|j| j.verdict).collect::<Vec<_>>(),
+        [Verdict::Delivered, Verdict::Reject]
+    );
+    assert_eq!(
+        verdict(&PINTEREST, 400, r#"{"code":1,"message":"Invalid"}"#),
+        Verdict::Reject
+    );
+    assert_eq!(verdict(&PINTEREST, 429, ""), Verdict::Retry);
+    assert_eq!(verdict(&PINTEREST, 503, ""), Verdict::Retry);
+    assert!(judge(&PINTEREST, 401, "").credential);
+}
+
+#[test]
+fn linkedin_batch_create_answers_are_judged_per_element() {
+    // L1: BATCH_CREATE answers 200 with elements[] in request order, each with its
+    // own status (201 created).
+    let ok = r#"{"elements":[{"status":201},{"status":201}]}"#;
+    assert!(matches!(
+        judge_batch(&LINKEDIN, 200, ok, 2),
+        BatchJudgement::PerEvent(rows) if rows.iter().all(|j| j.verdict == Verdict::Delivered)
+    ));
+    let mixed =
+        r#"{"elements":[{"status":201},{"status":400,"error":{"message":"x"}},{"status":500}]}"#;
+    let BatchJudgement::PerEvent(rows) = judge_batch(&LINKEDIN, 200, mixed, 3) else {
+        panic!("per element")
+    };
+    assert_eq!(
+        rows.iter().map(|j| j.verdict).collect::<Vec<_>>(),
+        [Verdict::Delivered, Verdict::Reject, Verdict::Retry]
+    );
+    assert_eq!(
+        verdict(&LINKEDIN, 200, r#"{"elements":[{"status":422}]}"#),
+        Verdict::Reject
+    );
+    // 426: a retired LinkedIn-Version; 429 throttled.
+    assert_eq!(verdict(&LINKEDIN, 426, ""), Verdict::Reject);
+    assert_eq!(verdict(&LINKEDIN, 429, ""), Verdict::Retry);
+    assert!(judge(&LINKEDIN, 401, "").credential);
+}
+
+#[test]
+fn snapchat_and_reddit_are_judged_by_status() {
+    // S1 / R1 document no per-event answer: 2xx delivered, 429 and 5xx retried, other
+    // 4xx dead letters, 401 / 403 hold the destination.
+    for rule in [&SNAPCHAT, &REDDIT] {
+        assert_eq!(
+            verdict(
+                rule,
+                200,
+                r#"{"data":{"message":"Successfully processed 1 conversion events."}}"#
+            ),
+            Verdict::Delivered
+        );
+        assert_eq!(verdict(rule, 400, ""), Verdict::Reject);
+        assert_eq!(verdict(rule, 429, ""), Verdict::Retry);
+        assert_eq!(verdict(rule, 503, ""), Verdict::Retry);
+        assert!(judge(rule, 403, "").credential);
+    }
+}

@@ -131,6 +131,8 @@ pub struct PresetCheck<'x> {
     pub params: &'x Params,
     pub url_text: Option<&'x str>,
     pub has_auth_header: bool,
+    /// `headers` as compiled (name, template).
+    pub headers: &'x [(String, Template)],
     /// `oauth` is written (even if it had mistakes, reported where they are).
     pub oauth_written: bool,
 }
@@ -158,6 +160,7 @@ impl PresetCheck<'_> {
             "appsflyer_s2s" => self.appsflyer_app_id(),
             "google_ads" | "google_data_manager" => self.google_credentials(delivery),
             "meta_capi" => self.meta_source_url(privacy),
+            "linkedin_capi" => self.linkedin_headers(delivery),
             _ => {}
         }
     }
@@ -193,6 +196,27 @@ impl PresetCheck<'_> {
                         .map_or("v26", |(_, d)| d)
                 ));
             }
+        }
+    }
+
+    /// LinkedIn (L1, L2): every call names its API version (`LinkedIn-Version`), and
+    /// the preset's body is a `BATCH_CREATE` (`X-RestLi-Method`); a token comes from
+    /// `oauth` or an Authorization header.
+    fn linkedin_headers(&self, delivery: &DeliverySettings) {
+        let value = |name: &str| {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, t)| literal_text(t))
+        };
+        if value("LinkedIn-Version").is_none() {
+            self.preset_field.error(format!("LinkedIn requires the API version in every call; add to `headers`: LinkedIn-Version = \"{}\"", versions::api_of("linkedin_capi").map_or("202607", |a| a.current())));
+        }
+        if value("X-RestLi-Method").as_deref() != Some("BATCH_CREATE") {
+            self.preset_field.error("preset linkedin_capi sends conversions as a batch: add to `headers`: X-RestLi-Method = \"BATCH_CREATE\"");
+        }
+        if delivery.oauth.is_none() && !self.has_auth_header && !self.oauth_written {
+            self.preset_field.error(format!("preset linkedin_capi needs a token: add `oauth = {OAUTH_EXAMPLE}` with LinkedIn's token_url, or headers Authorization = \"Bearer ${{LINKEDIN_ACCESS_TOKEN}}\""));
         }
     }
 

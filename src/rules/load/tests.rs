@@ -833,3 +833,27 @@ fn preset_default_versions_are_the_newest_the_version_table_knows() {
         }
     }
 }
+
+#[test]
+fn linkedin_needs_its_version_and_batch_headers_and_a_token() {
+    let base = "[destination]\nurl = \"https://api.linkedin.com/rest/conversionEvents\"\npreset = \"linkedin_capi\"\n";
+    let rest = "[params]\nconversion_rule_id = \"1\"\n[privacy]\nallow = [\"click_id\"]\n";
+    let errs = errors(&format!("{base}{rest}"));
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert!(
+        errs[0].contains("add to `headers`: LinkedIn-Version = \"202607\""),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].contains("X-RestLi-Method = \"BATCH_CREATE\""),
+        "{errs:#?}"
+    );
+    assert!(errs[2].contains("needs a token"), "{errs:#?}");
+    let ok = format!("{base}headers = {{ LinkedIn-Version = \"202607\", X-RestLi-Method = \"BATCH_CREATE\", Authorization = \"Bearer t\" }}\n{rest}");
+    assert_eq!(errors(&ok), Vec::<String>::new());
+    // A retired version in the header is refused, pointed at by name.
+    let old = ok.replace("202607", "202411");
+    let (errs, _) = report_on(&old, "2026-12-04");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("header LinkedIn-Version pins LinkedIn Marketing API (Conversions API) 202411, which reached its sunset on 2025-11-17"), "{errs:#?}");
+}
