@@ -30,6 +30,7 @@ mod batch;
 mod body;
 mod destination;
 mod known;
+mod lint;
 mod partner;
 
 #[cfg(test)]
@@ -288,6 +289,20 @@ fn compile(
         privacy.style = p.hash_style;
         privacy.ipv4_only = p.ipv4_only.iter().map(|s| (*s).to_string()).collect();
     }
+    lint::Rule {
+        doc,
+        preset,
+        privacy: &privacy,
+        allow_entries: &read.allow_entries,
+        url: req.url.as_ref(),
+        headers: &req.headers,
+        body: &body,
+        params: &params,
+        renames: &renames,
+        when: &when,
+        preset_span: preset_field.as_ref().and_then(|f| f.span.clone()),
+    }
+    .run();
     let needs_source_url = preset.is_some_and(|p| {
         p.name == "meta_capi"
             && params.values.get("action_source").map(String::as_str) == Some("website")

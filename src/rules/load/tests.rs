@@ -778,7 +778,7 @@ fn report_on(text: &str, day: &str) -> (Vec<String>, Vec<String>) {
     (errors, out.warnings.iter().map(|d| d.to_string()).collect())
 }
 
-const META_V: &str = "[destination]\nurl = \"https://graph.facebook.com/VERSION/1/events\"\npreset = \"meta_capi\"\n[privacy]\nallow = [\"page.url\", \"user.ip\"]\n";
+const META_V: &str = "[destination]\nurl = \"https://graph.facebook.com/VERSION/1/events\"\npreset = \"meta_capi\"\n[privacy]\nallow = [\"page.url\", \"user.ip\", \"user.user_agent\"]\n";
 const GOOGLE_V: &str = "[destination]\nurl = \"https://googleads.googleapis.com/{params.api_version}/customers/1:uploadClickConversions\"\noauth = { client_id = \"i\", client_secret = \"s\", refresh_token = \"r\" }\npreset = \"google_ads\"\n[params]\nconversion_action = \"c\"\napi_version = \"VERSION\"\n[privacy]\nallow = [\"click_id\"]\n";
 
 #[test]
@@ -856,4 +856,94 @@ fn linkedin_needs_its_version_and_batch_headers_and_a_token() {
     let (errs, _) = report_on(&old, "2026-12-04");
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert!(errs[0].contains("header LinkedIn-Version pins LinkedIn Marketing API (Conversions API) 202411, which reached its sunset on 2025-11-17"), "{errs:#?}");
+}
+
+const META_LINT: &str = "[destination]\nurl = \"https://graph.facebook.com/v27.0/1/events\"\npreset = \"meta_capi\"\n[privacy]\nallow = [\"page.url\", \"user.email\", \"user.ip\", \"user.user_agent\"]\nhash = [\"user.email\"]\n";
+
+#[test]
+fn a_field_the_partner_wants_in_clear_warns_when_hashed() {
+    // Meta (M3): client_ip_address and client_user_agent are sent in clear.
+    let text = META_LINT.replace(
+        "hash = [\"user.email\"]",
+        "hash = [\"user.email\", \"user.ip\"]",
+    );
+    let (errors, warnings) = report(&text, &[]);
+    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with("rules/x.toml:6:23: warning")
+            || warnings[0].contains("rules/x.toml:6:23"),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[0].contains("\"user.ip\" is hashed, but Meta wants `client_ip_address` in clear"),
+        "{warnings:#?}"
+    );
+    // external_id: Meta takes it hashed or not, no warning.
+    let text = META_LINT
+        .replace(
+            "\"user.user_agent\"]",
+            "\"user.user_agent\", \"user.external_id\"]",
+        )
+        .replace(
+            "hash = [\"user.email\"]",
+            "hash = [\"user.email\", \"user.external_id\"]",
+        );
+    assert_eq!(report(&text, &[]).1, Vec::<String>::new());
+    // The shape fits: nothing to say.
+    assert_eq!(report(META_LINT, &[]), (vec![], vec![]));
+}
+
+#[test]
+fn an_allowed_field_the_preset_has_no_place_for_warns() {
+    // A Meta web rule has no device IDs in its request.
+    let text = META_LINT.replace(
+        "\"user.user_agent\"]",
+        "\"user.user_agent\", \"device.idfa\"]",
+    );
+    let (errors, warnings) = report(&text, &[]);
+    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("rules/x.toml:5:"), "{warnings:#?}");
+    assert!(warnings[0].contains("\"device.idfa\" is allowed, but preset meta_capi's request has no place for it, so it is never sent"), "{warnings:#?}");
+    // A custom [body] counts: a field it names is used.
+    let custom = "[destination]\nurl = \"https://a.example/\"\n[privacy]\nallow = [\"click_id\", \"user.ip\"]\n[body]\nid = \"{click_id}\"\n";
+    let (_, warnings) = report(custom, &[]);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("\"user.ip\" is allowed, but the request"),
+        "{warnings:#?}"
+    );
+}
+
+#[test]
+fn a_required_field_the_rule_cannot_fill_warns() {
+    // Meta (PARTNERS.md 2026-12-03): website events need client_user_agent...
+    let no_ua = META_LINT.replace(", \"user.user_agent\"]", "]");
+    let (_, warnings) = report(&no_ua, &[]);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("Meta requires client_user_agent for website events"),
+        "{warnings:#?}"
+    );
+    // ... app events need app_data, which only a [body] can give.
+    let app = format!("{META_LINT}[params]\naction_source = \"app\"\n");
+    let (_, warnings) = report(&app, &[]);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("Meta requires app_data for app events"),
+        "{warnings:#?}"
+    );
+    let with_app_data =
+        format!("{app}[[body.data]]\napp_data = {{ advertiser_tracking_enabled = 1 }}\n");
+    assert_eq!(report(&with_app_data, &[]).1, Vec::<String>::new());
+    // Adjust takes event tokens: an event name without a mapping would be sent as is.
+    let adjust = "[destination]\nurl = \"https://s2s.adjust.com/event\"\nheaders = { Authorization = \"Bearer t\" }\npreset = \"adjust_s2s\"\n[params]\napp_token = \"abc\"\n[when]\nevent_name = [\"purchase\", \"registration\"]\n[rename.event_name]\npurchase = \"f0ob4r\"\n[privacy]\nallow = [\"event_name\", \"device.idfa\"]\n";
+    let (errors, warnings) = report(adjust, &[]);
+    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("\"registration\" has no token in [rename.event_name]"),
+        "{warnings:#?}"
+    );
 }
