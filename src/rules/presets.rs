@@ -121,6 +121,7 @@ client_ip_address = "{user.ip}"
 client_user_agent = "{user.user_agent}"
 fbc = "{user.fbc}"
 fbp = "{user.fbp}"
+fbclid = "{click_id}"
 
 [data.custom_data]
 value = "{properties.value}"
@@ -159,11 +160,12 @@ order_id = "{properties.order_id}"
             "user.user_agent",
             "user.fbc",
             "user.fbp",
+            "click_id",
         ],
         ipv4_only: &[],
         // M1: a request fails if an event is more than 7 days old.
         max_event_age: Some(Duration::from_secs(7 * DAY)),
-        finish: None,
+        finish: Some(meta_finish),
         batch: Some(("data", META_BATCH_MAX)),
     },
     // TikTok Events API 2.0: POST /open_api/v1.3/event/track/, header Access-Token.
@@ -644,10 +646,47 @@ fn appsflyer_revenue(body: &mut Value) {
     body["eventValue"] = Value::String(Value::Object(props).to_string());
 }
 
-/// AppsFlyer fields a template cannot shape: revenue names, and the ATT status as
-/// Apple's `ATTrackingManager.AuthorizationStatus` raw value.
+/// Meta's click ID: an allowed `click_id` (the fbclid of a Meta ad click) becomes
+/// `fbc` = `fb.1.<ms>.<fbclid>` (M9: the fbc format, with the event time as its
+/// creation time) unless the event carries its own `user.fbc`; `fbclid` itself is
+/// no Meta parameter and is never sent.
+fn meta_finish(body: &mut Value) {
+    let Some(Value::Array(events)) = body.get_mut("data") else {
+        return;
+    };
+    for e in events.iter_mut() {
+        let time = e.get("event_time").and_then(Value::as_i64);
+        let Some(Value::Object(user)) = e.get_mut("user_data") else {
+            continue;
+        };
+        let fbclid = match user.shift_remove("fbclid") {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            _ => continue,
+        };
+        if !user.contains_key("fbc") {
+            if let Some(t) = time {
+                user.insert(
+                    "fbc".into(),
+                    Value::String(format!("fb.1.{}.{fbclid}", t * 1000)),
+                );
+            }
+        }
+    }
+}
+
+/// AppsFlyer fields a template cannot shape: revenue names, `eventValue` "" when
+/// there is no value (A1), IDFA / IDFV in upper case (AppsFlyer's pattern), and the
+/// ATT status as Apple's `ATTrackingManager.AuthorizationStatus` raw value.
 fn appsflyer_finish(body: &mut Value) {
     appsflyer_revenue(body);
+    if body.get("eventValue").and_then(Value::as_str) == Some("{}") {
+        body["eventValue"] = Value::String(String::new());
+    }
+    for key in ["idfa", "idfv"] {
+        if let Some(Value::String(id)) = body.get_mut(key) {
+            *id = id.to_ascii_uppercase();
+        }
+    }
     let att = match body.get("att") {
         Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
             "notdetermined" | "not_determined" | "0" => Some(0),

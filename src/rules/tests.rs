@@ -227,6 +227,46 @@ fn appsflyer_s2s_preset_request() {
         "ip": "203.0.113.7", "eventTime": "2026-11-25 10:00:00.000", "af_events_api": "true"
     });
     assert_eq!(req.body, Some(expected.to_string()));
+    // A1: eventValue is "" without a value; IDFA and IDFV in upper case.
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/appsflyer.toml"))
+            .unwrap();
+    let d = rule("af", &text);
+    let mut ev = typical("any");
+    ev.fields.shift_remove("properties");
+    ev.fields["device"]["idfa"] = json!("6d92078a-8246-4ba4-ae5b-76104861e7dc");
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    assert_eq!(body["eventValue"], json!(""));
+    assert_eq!(body["idfa"], json!("6D92078A-8246-4BA4-AE5B-76104861E7DC"));
+}
+
+#[test]
+fn meta_turns_an_fbclid_into_fbc() {
+    // M9 (Meta, fbc parameter): fb.1.<creation time in ms>.<fbclid>; an event's own
+    // fbc wins; the fbclid itself is not a Meta parameter.
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/meta.toml"))
+            .unwrap()
+            .replace(
+                "allow = [\"event_id\",",
+                "allow = [\"event_id\", \"click_id\",",
+            );
+    let d = rule("m", &text);
+    let mut ev = typical("meta");
+    ev.fields["click_id"] = json!("IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk");
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    let user = &body["data"][0]["user_data"];
+    assert_eq!(
+        user["fbc"],
+        json!("fb.1.1795600800000.IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk")
+    );
+    assert!(user.get("fbclid").is_none(), "{user}");
+    ev.fields["user"]["fbc"] = json!("fb.1.1554763741205.AbCdEf");
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    assert_eq!(
+        body["data"][0]["user_data"]["fbc"],
+        json!("fb.1.1554763741205.AbCdEf")
+    );
 }
 
 #[test]
