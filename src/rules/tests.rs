@@ -1047,3 +1047,34 @@ fn preview_masks_environment_values_in_the_url_path_userinfo_and_body() {
     );
     assert!(text.contains("\"token\": \"***\""), "{text}");
 }
+
+#[test]
+fn serve_hears_daily_of_a_version_nearing_its_sunset() {
+    // What `serve` logs once a day (app::version_reminders): loaded today, Meta v25.0
+    // is fine; on 2027-01-24 it is 30 days from its sunset (2027-02-23), and past it
+    // on 2027-03-01.
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/meta.toml"))
+            .unwrap()
+            .replace("enabled = false", "enabled = true")
+            .replace("api_version = \"v27.0\"", "api_version = \"v25.0\"");
+    std::fs::write(dir.path().join("meta.toml"), text).unwrap();
+    let options = LoadOptions {
+        today: chrono::NaiveDate::from_ymd_opt(2026, 12, 4),
+        ..LoadOptions::default()
+    };
+    let set = RuleSet::load_dir_with(dir.path(), &no_env(), &options).unwrap();
+    let day = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+    assert_eq!(set.version_warnings(day(2026, 12, 4)), vec![]);
+    let w = set.version_warnings(day(2027, 1, 24));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].0, "meta");
+    assert!(
+        w[0].1
+            .contains("v25.0, which sunsets on 2027-02-23, in 30 days"),
+        "{w:?}"
+    );
+    let w = set.version_warnings(day(2027, 3, 1));
+    assert!(w[0].1.contains("reached its sunset on 2027-02-23"), "{w:?}");
+}

@@ -31,9 +31,14 @@ pub struct Rule<'x> {
 }
 
 impl Rule<'_> {
+    /// Only on a rule that loads and has a preset: a file with errors gets its errors
+    /// first (what it sends is not known yet).
     pub fn run(&self) {
-        self.unused_allows();
+        if self.doc.error_count() > 0 {
+            return;
+        }
         let Some(p) = self.preset else { return };
+        self.unused_allows(p);
         self.hashed_but_wanted_in_clear(p);
         match p.name {
             "meta_capi" => self.meta_required(),
@@ -66,27 +71,20 @@ impl Rule<'_> {
         out
     }
 
-    /// An allowed field no placeholder names is never sent (with a `[body]` or a
-    /// preset; a rule without either sends everything allowed).
-    fn unused_allows(&self) {
-        if matches!(self.body, Body::FilteredJson | Body::FilteredForm) {
-            return;
-        }
+    /// An allowed field no placeholder of the preset's request (with the rule's url,
+    /// headers and `[body]`) names is never sent.
+    fn unused_allows(&self, p: &Preset) {
         let used = self.placeholders();
         let covered = |a: &str| {
             used.iter().any(|p| {
                 p == a || p.starts_with(&format!("{a}.")) || a.starts_with(&format!("{p}."))
             })
         };
-        let format = match self.preset {
-            Some(p) => format!("preset {}'s request", p.name),
-            None => "the request (url, headers, [body])".to_string(),
-        };
         for (a, span) in self.allow_entries {
             if !covered(a) {
                 self.doc.warn(
                     span.clone(),
-                    format!("\"{a}\" is allowed, but {format} has no place for it, so it is never sent; remove it from `allow`, or give it a place in [body]"),
+                    format!("\"{a}\" is allowed, but preset {}'s request has no place for it, so it is never sent; remove it from `allow`, or give it a place in [body]", p.name),
                 );
             }
         }
