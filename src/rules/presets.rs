@@ -471,7 +471,7 @@ order_id = "{properties.order_id}"
         ipv4_only: &[],
         // S1: "events can have a date (timestamp) of maximum 37 days back".
         max_event_age: Some(Duration::from_secs(37 * DAY)),
-        finish: None,
+        finish: Some(snapchat_finish),
         batch: Some(("data", SNAPCHAT_BATCH_MAX)),
     },
     // Pinterest API for Conversions v5: POST api.pinterest.com/v5/ad_accounts/{ID}/events,
@@ -812,6 +812,11 @@ fn data_manager_consent(event: &mut Map<String, Value>) {
     if consent.is_empty() {
         event.shift_remove("consent");
     }
+}
+
+/// Snap's `custom_data.value` goes as text, as in its example request (S1: "10").
+fn snapchat_finish(body: &mut Value) {
+    pinterest_finish(body);
 }
 
 /// Pinterest's `custom_data.value` is a string ("425325.89" in P1's example).

@@ -452,7 +452,7 @@ fn snapchat_capi_preset_request() {
             "client_ip_address": "203.0.113.7", "client_user_agent": "UA/1.0",
             "sc_click_id": "clk_9f2c"
         },
-        "custom_data": {"value": 9.99, "currency": "USD", "order_id": "o-1"}
+        "custom_data": {"value": "9.99", "currency": "USD", "order_id": "o-1"}
     }]});
     assert_eq!(req.body, Some(expected.to_string()));
     // S2 "Parameters": Snap's own normalisation examples and their hashes.
