@@ -499,3 +499,64 @@ async fn a_batch_of_bodies_holding_credential_markers_is_joined_with_the_values_
     assert_eq!(body.matches(secret).count(), 3, "{body}");
     deliverer.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn data_manager_fast_fail_is_bisected_to_the_one_invalid_event() {
+    // Google Data Manager (docs/partners.md D3) refuses a whole request for one invalid
+    // record: the batch is halved until that event is alone, and only it is dead.
+    let partner = FakePartner::start().await.unwrap();
+    partner.respond_with(|body| {
+        let text = String::from_utf8_lossy(body);
+        if text.contains("e13") {
+            return Some(Reply::status(400).body(
+                r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":"events.events[0].currency","reason":"INVALID_CURRENCY_CODE"}]}]}}"#,
+            ));
+        }
+        Some(Reply::ok().body(r#"{"requestId":"r-1"}"#))
+    });
+    let store = queued(40, 2, &partner.url("/v1/events:ingest"));
+    let settings = DeliverySettings {
+        success: SuccessRule::Partner(PartnerAnswers::GoogleDataManager),
+        ..batching(2000, Duration::from_secs(1))
+    };
+    let deliverer = start(&store, vec![("p", settings)], opts());
+    assert!(
+        eventually(Duration::from_secs(30), || store.completed_ids().len()
+            == 39
+            && store.dead().len() == 1)
+        .await
+    );
+    let dead = &store.dead()[0].delivery;
+    assert_eq!(dead.id, "e13");
+    let error = dead.last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("INVALID_CURRENCY_CODE"), "{error}");
+    assert!(
+        partner.request_count() <= 1 + 7,
+        "{}",
+        partner.request_count()
+    );
+    deliverer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pinterest_rows_settle_each_event_in_one_request() {
+    // Pinterest (P1): a 200 whose events[] says which were processed.
+    let partner = FakePartner::start().await.unwrap();
+    partner.enqueue([Reply::ok().body(
+        r#"{"num_events_received":3,"num_events_processed":2,"events":[{"status":"processed"},{"status":"failed","error_message":"x"},{"status":"processed"}]}"#,
+    )]);
+    let store = queued(3, 1, &partner.url("/v5/ad_accounts/1/events"));
+    let settings = DeliverySettings {
+        success: SuccessRule::Partner(PartnerAnswers::PinterestCapi),
+        ..batching(1000, Duration::from_secs(1))
+    };
+    let deliverer = start(&store, vec![("p", settings)], opts());
+    assert!(
+        eventually(Duration::from_secs(10), || store.completed_ids().len() == 2
+            && store.dead().len() == 1)
+        .await
+    );
+    assert_eq!(partner.request_count(), 1, "one request for the three");
+    assert_eq!(store.dead()[0].delivery.id, "e1");
+    deliverer.shutdown().await;
+}
