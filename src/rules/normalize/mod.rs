@@ -134,7 +134,9 @@ impl Normaliser {
     fn phone(&self, text: &str) -> Option<String> {
         let country = self.default_country;
         match self.style {
-            HashStyle::Digits => phone::e164(text, country).map(|p| p.trim_start_matches('+').to_string()),
+            HashStyle::Digits => {
+                phone::e164(text, country).map(|p| p.trim_start_matches('+').to_string())
+            }
             HashStyle::Meta | HashStyle::AppsFlyer => Some(
                 phone::national_e164(text, country)
                     .map(|p| p.trim_start_matches('+').to_string())

@@ -142,10 +142,7 @@ fn appsflyer_phones_keep_the_plus_only_in_e164_fields() {
         a.normalise("442070313000", FieldKind::Phone).as_deref(),
         Some("442070313000")
     );
-    assert_eq!(
-        FieldKind::of_path("user.phone_e164"),
-        FieldKind::PhoneE164
-    );
+    assert_eq!(FieldKind::of_path("user.phone_e164"), FieldKind::PhoneE164);
     assert_eq!(
         FieldKind::of_path("user.phone_number_e164_sha256"),
         FieldKind::PhoneE164
@@ -180,11 +177,8 @@ fn google_wants_e164_phones_and_gmail_without_dots() {
     // Data Manager API "Format user data" (D6): Gmail also loses the "+" suffix;
     // other domains keep dots and "+". The relay kept Gmail's "+shopping".
     assert_eq!(
-        g.normalise(
-            "cloudy.sanfrancisco+shopping@gmail.com",
-            FieldKind::Email
-        )
-        .as_deref(),
+        g.normalise("cloudy.sanfrancisco+shopping@gmail.com", FieldKind::Email)
+            .as_deref(),
         Some("cloudysanfrancisco@gmail.com")
     );
     assert_eq!(

@@ -61,7 +61,11 @@ fn cases() -> Vec<Case> {
     let mut seen = HashSet::new();
     let meta: Value = serde_json::from_str(META).expect("meta-capi-param-builder.json parses");
     let partners: Value = serde_json::from_str(PARTNERS).expect("partners.json parses");
-    let all = meta["cases"].as_array().expect("meta cases").iter().map(|c| (c, "meta"));
+    let all = meta["cases"]
+        .as_array()
+        .expect("meta cases")
+        .iter()
+        .map(|c| (c, "meta"));
     let more = partners["cases"].as_array().expect("partner cases").iter();
     for (c, default_partner) in all.chain(more.map(|c| (c, ""))) {
         let case = Case {
@@ -74,7 +78,12 @@ fn cases() -> Vec<Case> {
         };
         // A vector is a distinct (partner, field, input, country): the builder's tests
         // assert some inputs more than once.
-        let key = (case.partner.clone(), case.field.clone(), case.input.clone(), case.country.clone());
+        let key = (
+            case.partner.clone(),
+            case.field.clone(),
+            case.input.clone(),
+            case.country.clone(),
+        );
         if seen.insert(key) {
             out.push(case);
         }
@@ -164,6 +173,12 @@ fn partners_published_vectors_match() {
         unexplained.join("\n")
     );
     let stale: Vec<_> = disputes.keys().filter(|k| !disputed.contains(*k)).collect();
-    assert!(stale.is_empty(), "disputes.json lists cases that match or do not exist: {stale:?}");
-    assert!(matched >= GOAL, "{matched} of {total} vectors match; the goal is {GOAL}");
+    assert!(
+        stale.is_empty(),
+        "disputes.json lists cases that match or do not exist: {stale:?}"
+    );
+    assert!(
+        matched >= GOAL,
+        "{matched} of {total} vectors match; the goal is {GOAL}"
+    );
 }
