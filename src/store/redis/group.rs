@@ -3,7 +3,8 @@
 //!
 //! Owns: the combiner task (one per store), which takes every accept waiting (up to
 //! `MAX_REQUESTS` or `MAX_BYTES` of arguments), joins their events behind one header,
-//! runs the accept script once, and hands each caller its own slice of the answer.
+//! runs the accept script once (up to `IN_FLIGHT` such calls at a time), and hands
+//! each caller its own slice of the answer.
 //! The script runs whole or not at all, so each caller gets exactly the outcome it
 //! would have had alone, except for `max_queued`: a group refused as full is tried
 //! again request by request, so one request that fits is never refused for the
@@ -14,11 +15,12 @@
 //! call, the reply, one round trip per request) was the accept path's bottleneck;
 //! many requests per call pay it once.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use redis::RedisError;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
 
 use super::Inner;
 use crate::store::{StoreError, StoreResult};
@@ -30,6 +32,9 @@ const MAX_REQUESTS: usize = 128;
 const MAX_BYTES: usize = 1 << 20;
 /// Accepts that may wait for the combiner; more wait for room (back-pressure).
 const QUEUE: usize = 4096;
+/// Groups sent to Redis at once: Redis runs scripts one after the other, but while one
+/// group's answer travels back and is read, the next one is already there to run.
+const IN_FLIGHT: usize = 6;
 
 /// One request's share of a grouped accept.
 pub(super) struct Part {
@@ -67,8 +72,16 @@ pub(super) fn start(inner: Weak<Inner>) -> (Combiner, tokio::task::JoinHandle<()
 }
 
 async fn combine(inner: Weak<Inner>, mut rx: mpsc::Receiver<Part>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut running = JoinSet::new();
     // The store is held only while a group runs, so dropping it ends this task.
     while let Some(first) = rx.recv().await {
+        while running.try_join_next().is_some() {}
+        // A free place first: while every place is taken, accepts gather in the
+        // channel and the next group is larger.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let mut bytes = first.bytes();
         let mut group = vec![first];
         while group.len() < MAX_REQUESTS && bytes < MAX_BYTES {
@@ -85,10 +98,14 @@ async fn combine(inner: Weak<Inner>, mut rx: mpsc::Receiver<Part>) {
                 group,
                 &StoreError::Unavailable("the store is closed".into()),
             );
-            return;
+            break;
         };
-        run_group(&i, group).await;
+        running.spawn(async move {
+            run_group(&i, group).await;
+            drop(slot);
+        });
     }
+    while running.join_next().await.is_some() {}
 }
 
 /// One script call for the whole group; a group refused as full is tried again
