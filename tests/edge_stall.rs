@@ -378,7 +378,7 @@ async fn a_thousand_clients_sending_unsigned_megabyte_bodies_stay_within_the_mem
     assert_eq!(answered, 1000);
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("RSS {before} KiB -> peak {peak} KiB");
-    // README, "Memory": a few dozen KiB per connection; 1,000 draining clients < 64 MiB.
+    // docs/configuration.md, "Memory": a few dozen KiB per connection; 1,000 draining clients < 64 MiB.
     assert!(
         peak < before + 64 * 1024,
         "RSS grew from {before} KiB to {peak} KiB"

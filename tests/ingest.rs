@@ -1,4 +1,4 @@
-//! Ingest against a real relay on port 0: every status of the API's table (docs/openapi.json, README),
+//! Ingest against a real relay on port 0: every status of the API's table (docs/openapi.json),
 //! produced by the request that should produce it.
 
 mod common;

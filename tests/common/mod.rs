@@ -283,6 +283,31 @@ pub fn python() -> String {
     std::env::var("PBR_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
+/// Skips the test `test` because `reason` (a component it needs is missing here):
+/// prints `SKIPPED: test: reason` and adds the line to the file named by
+/// `PBR_TEST_SKIPS` (scripts/test.sh counts them in its summary). With `CI=true` a
+/// skip is a failure instead: CI runs every test (.ci/run installs what they need).
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: CI=true and it cannot run: {reason}");
+    }
+    let line = format!("SKIPPED: {test}: {reason}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("PBR_TEST_SKIPS") {
+        use std::io::Write;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path);
+        if let Err(e) = file.and_then(|mut f| writeln!(f, "{line}")) {
+            eprintln!(
+                "{test}: cannot record the skip in {}: {e}",
+                Path::new(&path).display()
+            );
+        }
+    }
+}
+
 /// A port that was free a moment ago (bound, read, released).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -469,8 +494,8 @@ pub enum TestStore {
 
 impl TestStore {
     /// The Redis at `PBR_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) under a
-    /// fresh prefix; `None`, with the reason printed, when there is none here. In CI
-    /// (`CI=true`) a missing Redis fails the test.
+    /// fresh prefix; `None` when there is none here, the test skipped (`skip`: with
+    /// `CI=true` a missing Redis fails the test).
     pub fn redis(test: &str) -> Option<TestStore> {
         let url =
             std::env::var("PBR_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -482,11 +507,8 @@ impl TestStore {
                 url,
                 prefix: format!("pbr-it-{:012x}", rand::random::<u64>() >> 16),
             }),
-            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-                panic!("{test}: CI needs a Redis at {url} ({e}); .ci/run starts one")
-            }
             Err(e) => {
-                eprintln!("{test}: skipped on Redis: no Redis at {url} ({e}); set PBR_TEST_REDIS_URL or start redis-server");
+                skip(test, &format!("no Redis at {url} ({e}); set PBR_TEST_REDIS_URL or start redis-server (scripts/ensure-redis.sh)"));
                 None
             }
         }
