@@ -151,11 +151,14 @@ async fn three_503s_then_200(store: TestStore) {
     assert_eq!(d["dlq_size"], 0, "{d}");
     assert_eq!(d["circuit"], "closed", "{d}");
 
-    // Settled after the 200: no fifth request follows.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let requests = partner.requests();
-    assert_eq!(requests.len(), 4, "{requests:#?}");
-    assert_eq!(partner.answered_count(), 4);
+    // Settled after the 200: nothing of it is left to send (queue and in-flight are
+    // empty), and a later marker event arrives with no fifth attempt before it.
+    accept(&relay, "e-marker").await;
+    assert!(partner.wait_for_requests(5, Duration::from_secs(20)).await);
+    let mut requests = partner.requests();
+    assert_eq!(requests.len(), 5, "{requests:#?}");
+    let marker = requests.pop().expect("the marker");
+    assert_eq!(marker.target, "/pb?eid=e-marker", "{requests:#?}");
     for r in &requests {
         assert_eq!(r.method, "GET");
         assert_eq!(r.target, "/pb?eid=e-retry");
@@ -428,7 +431,8 @@ async fn partner_outage(store: TestStore) {
         d["circuit"] == "open"
     })
     .await;
-    // Give the open circuit time to fail a probe or two, then count.
+    // Pacing: the window under test. The open circuit fails a probe or two in it;
+    // without a breaker the 30 events would be retried many times over.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let seen = partner.request_count();
     // Without a breaker each of the 30 would have been tried several times by now

@@ -98,6 +98,7 @@ fn slow_headers_slow_bodies_silent_and_idle_connections_are_closed_within_their_
                     if c.write_all(b"xxxxx").is_err() {
                         return;
                     }
+                    // Pacing: a slow client, 5 bytes every 200 ms.
                     std::thread::sleep(Duration::from_millis(200));
                 }
             });
@@ -149,7 +150,17 @@ fn over_the_connection_cap_a_signed_request_gets_through_once_others_close() {
     let idle: Vec<TcpStream> = (0..4)
         .map(|_| TcpStream::connect(&relay.addr).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // The relay holds all four (none left in the kernel's accept queue): the cap is met.
+    let port = relay
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    assert!(
+        accept_queue_empty(port, Duration::from_secs(10)),
+        "the relay did not accept 4 connections within 10 s"
+    );
     let base = relay.base.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -376,6 +387,13 @@ fn out_of_descriptors_accept_errors_are_logged_rarely_and_service_resumes() {
     let hogs: Vec<TcpStream> = (0..100)
         .filter_map(|_| TcpStream::connect(&relay.addr).ok())
         .collect();
+    assert!(
+        relay.wait_log("cannot accept connections", Duration::from_secs(10)),
+        "{}",
+        relay.log()
+    );
+    // Pacing: the window under test. Accepts keep failing all along; the log must
+    // not repeat the line within it (at most once per 10 s).
     std::thread::sleep(Duration::from_secs(2));
     let failures = relay.log().matches("cannot accept connections").count();
     assert!(
@@ -409,6 +427,7 @@ fn out_of_descriptors_accept_errors_are_logged_rarely_and_service_resumes() {
                 last = (status, r.json().await.unwrap_or_default());
                 break;
             }
+            // Pacing: the interval between tries of a loop bounded by its count.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         last

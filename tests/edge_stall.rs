@@ -347,6 +347,7 @@ async fn a_thousand_clients_sending_unsigned_megabyte_bodies_stay_within_the_mem
         move || {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                // Pacing: the memory sampler's interval.
                 std::thread::sleep(Duration::from_millis(20));
             }
         }

@@ -251,6 +251,7 @@ impl OwnRedis {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
+            // Pacing: the poll interval of a condition wait (400 tries).
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("redis-server did not listen on {}", self.port);
@@ -371,6 +372,7 @@ async fn deliveries_in_flight_through_a_redis_outage_are_settled_once_it_is_back
     let (client, base) = (relay.client.clone(), relay.base.clone());
     while std::time::Instant::now() < outage {
         assert_eq!(readyz(&client, &base).await, 503, "Redis is down");
+        // Pacing: the outage under test is sampled every 100 ms.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     redis.run();

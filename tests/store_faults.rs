@@ -170,6 +170,7 @@ async fn while_full(
 ) -> usize {
     assert_eq!(readyz(client, relay).await, 503, "/readyz while full");
     for _ in 0..10 {
+        // Pacing: the window under test (2 s full) is sampled every 200 ms.
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(readyz(client, relay).await, 503, "/readyz while full");
         let (status, retry_after) = send(relay, client, next, seen).await;

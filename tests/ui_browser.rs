@@ -79,6 +79,7 @@ async fn driver() -> Option<(Driver, Client)> {
             Ok(c) => return Some((driver, c)),
             Err(e) => last = e.to_string(),
         }
+        // Pacing: the poll interval of a condition wait (bounded tries).
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("no WebDriver session: {last}");
@@ -95,6 +96,7 @@ async fn text_with(c: &Client, css: &str, needle: &str) -> String {
                 return seen;
             }
         }
+        // Pacing: the poll interval of a condition wait (15 s).
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     seen

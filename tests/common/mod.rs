@@ -188,6 +188,7 @@ where
         if std::time::Instant::now() > deadline {
             return false;
         }
+        // Pacing: the poll interval of a condition wait with a deadline.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -306,6 +307,90 @@ pub fn skip(test: &str, reason: &str) {
             );
         }
     }
+}
+
+/// The value of one sample of `GET {base}/metrics` (admin token), named as the
+/// exposition writes it, e.g. `postback_relay_rule_reloads_total{result="failed"}`;
+/// 0 when the sample is not there.
+pub async fn metric(client: &reqwest::Client, base: &str, sample: &str) -> f64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("scrape /metrics")
+        .text()
+        .await
+        .expect("/metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One row of the kernel's IPv4 TCP socket table (`/proc/net/tcp`).
+struct TcpRow {
+    local_port: u16,
+    remote_port: u16,
+    /// `0A` listening, `01` established.
+    state: String,
+    /// Listening: connections waiting to be accepted; else bytes not yet read.
+    rx_queue: u64,
+}
+
+fn tcp_table() -> Vec<TcpRow> {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let rx = f.get(4)?.split(':').nth(1)?;
+            Some(TcpRow {
+                local_port: port(f.get(1)?)?,
+                remote_port: port(f.get(2)?)?,
+                state: f.get(3)?.to_string(),
+                rx_queue: u64::from_str_radix(rx, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Polls the socket table every 10 ms until `cond` holds or `within` passes.
+fn until_tcp(within: Duration, cond: impl Fn(&[TcpRow]) -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond(&tcp_table()) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        // Pacing: the poll interval of a condition wait with a deadline.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until the listener on 127.0.0.1:`port` has accepted every connection made
+/// to it (its accept queue is empty); whether it did within `within`.
+pub fn accept_queue_empty(port: u16, within: Duration) -> bool {
+    until_tcp(within, |rows| {
+        rows.iter()
+            .any(|r| r.local_port == port && r.state == "0A" && r.rx_queue == 0)
+    })
+}
+
+/// Waits until the server end of `stream` (a loopback connection) has read every byte
+/// sent on it: the server has taken what was written, e.g. a request's head; whether
+/// it did within `within`.
+pub fn server_read_all(stream: &std::net::TcpStream, within: Duration) -> bool {
+    let server = stream.peer_addr().expect("peer address").port();
+    let client = stream.local_addr().expect("local address").port();
+    until_tcp(within, |rows| {
+        rows.iter().any(|r| {
+            r.local_port == server && r.remote_port == client && r.state == "01" && r.rx_queue == 0
+        })
+    })
 }
 
 /// A port that was free a moment ago (bound, read, released).
@@ -442,6 +527,7 @@ impl RelayProcess {
             if self.log().contains(needle) {
                 return true;
             }
+            // Pacing: the poll interval of a condition wait with a deadline.
             std::thread::sleep(Duration::from_millis(20));
         }
         false
@@ -461,6 +547,7 @@ impl RelayProcess {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
                 return st.code();
             }
+            // Pacing: the poll interval of a condition wait with a deadline.
             std::thread::sleep(Duration::from_millis(20));
         }
         None
