@@ -46,15 +46,9 @@ fn config_with_delivery(lines: &str) -> String {
 
 /// This destination's entry in `GET /admin/destinations`.
 async fn destination(relay: &TestRelay, name: &str) -> Value {
-    destination_at(&relay.client, &relay.base, name).await
-}
-
-async fn destination_at(client: &reqwest::Client, base: &str, name: &str) -> Value {
-    let v = admin_get_at(client, base, "/admin/destinations").await;
-    v["destinations"]
-        .as_array()
-        .and_then(|ds| ds.iter().find(|d| d["name"] == name).cloned())
-        .unwrap_or_else(|| panic!("no destination {name} in {v}"))
+    let d = destination_at(&relay.client, &relay.base, name).await;
+    assert!(!d.is_null(), "no destination {name} in /admin/destinations");
+    d
 }
 
 /// Waits up to `secs` for this destination's entry to satisfy `done`; fails showing

@@ -9,19 +9,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A config dir with `extra` appended to the test config; the path of its config.
-fn config_dir(dir: &Path, extra: &str) -> PathBuf {
-    std::fs::create_dir_all(dir.join("rules")).unwrap();
-    let cfg = dir.join("postback-relay.toml");
-    std::fs::write(&cfg, config_text(extra)).unwrap();
-    cfg
-}
 
 fn serve(cfg: &Path) -> RelayProcess {
     RelayProcess::spawn(cfg, "info")
@@ -185,17 +177,6 @@ fn over_the_connection_cap_a_signed_request_gets_through_once_others_close() {
         .expect("answered once the others closed");
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"], 1, "{body}");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 #[test]

@@ -16,15 +16,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// A config dir with `extra` appended to the test config (and `rules` given as
-/// name, TOML); the path of its config.
-fn config_dir(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
-    let cfg = dir.join("postback-relay.toml");
-    std::fs::write(&cfg, config_text(extra)).expect("config");
-    cfg
-}
-
 /// A connection to `to` from the loopback address `from` (127.0.0.x: "another
 /// client address").
 async fn connect_from(from: [u8; 4], to: &str) -> std::io::Result<TcpStream> {
@@ -191,27 +182,6 @@ fn tls_files(dir: &std::path::Path) -> String {
     cert.cert.pem()
 }
 
-/// A TLS connection to `addr` speaking HTTP/2 (ALPN h2), trusting only `ca`.
-async fn h2_connection(addr: &str, ca: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(ca.as_bytes()).expect("pem");
-    roots.add(der).expect("root");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("TLS")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_http2_login_streams_end_by_the_body_deadline() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -317,17 +287,6 @@ async fn a_thousand_stalled_forged_signatures_or_logins_from_one_address_do_not_
     // went through beside them, not after them.
     let (_, closed) = read_to_close(&mut stalled[0], Duration::from_millis(200)).await;
     assert!(closed.is_none(), "a stalled forged body was closed early");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

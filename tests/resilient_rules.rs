@@ -13,7 +13,7 @@ use postback_relay::app::{self, StartError};
 use postback_relay::config::{Config, Overrides};
 use postback_relay::fake_partner::{FakePartner, Reply};
 
-use common::{config_text, event, eventually, TestRelay};
+use common::{config_text, destination_at, event, eventually, TestRelay};
 
 fn get_rule(url: &str) -> String {
     format!(
@@ -34,11 +34,7 @@ fn broken(url: &str) -> String {
 }
 
 async fn destination(relay: &TestRelay, name: &str) -> serde_json::Value {
-    let v = relay.admin_get("/admin/destinations").await;
-    v["destinations"]
-        .as_array()
-        .and_then(|l| l.iter().find(|d| d["name"] == name).cloned())
-        .unwrap_or_default()
+    destination_at(&relay.client, &relay.base, name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -271,15 +271,6 @@ impl Drop for OwnRedis {
     }
 }
 
-async fn readyz(client: &reqwest::Client, base: &str) -> u16 {
-    client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_away_is_a_503_with_retry_after_and_the_relay_resumes_when_it_returns() {
     let Some(mut redis) = OwnRedis::start("redis_away_is_a_503") else {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use postback_relay::fake_partner::FakePartner;
 
-use common::{config_text, eventually, post_signed_to, RelayProcess};
+use common::{config_text, eventually, post_signed_to, readyz, RelayProcess};
 
 /// A tmpfs mounted for one test; unmounted when dropped.
 struct Tmpfs {
@@ -130,13 +130,6 @@ async fn send(
     (status, retry_after)
 }
 
-async fn readyz(client: &reqwest::Client, relay: &RelayProcess) -> u16 {
-    match client.get(format!("{}/readyz", relay.base)).send().await {
-        Ok(r) => r.status().as_u16(),
-        Err(_) => 0,
-    }
-}
-
 fn event_ids(partner: &FakePartner) -> BTreeSet<usize> {
     partner
         .requests()
@@ -168,11 +161,11 @@ async fn while_full(
     mut next: usize,
     seen: &mut Outcomes,
 ) -> usize {
-    assert_eq!(readyz(client, relay).await, 503, "/readyz while full");
+    assert_eq!(readyz(client, &relay.base).await, 503, "/readyz while full");
     for _ in 0..10 {
         // Pacing: the window under test (2 s full) is sampled every 200 ms.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(readyz(client, relay).await, 503, "/readyz while full");
+        assert_eq!(readyz(client, &relay.base).await, 503, "/readyz while full");
         let (status, retry_after) = send(relay, client, next, seen).await;
         next += 1;
         assert_eq!(
@@ -183,7 +176,7 @@ async fn while_full(
         );
         assert!(retry_after.is_some());
     }
-    assert_eq!(readyz(client, relay).await, 503, "/readyz while full");
+    assert_eq!(readyz(client, &relay.base).await, 503, "/readyz while full");
     next
 }
 
@@ -230,7 +223,7 @@ async fn a_full_disk_gives_503_and_readyz_503_then_recovers_by_itself_losing_not
     // Space returns: the relay recovers by itself, no restart, no operator.
     fs::remove_file(&filler).expect("remove filler");
     assert!(
-        eventually(30, || async { readyz(&client, &relay).await == 200 }).await,
+        eventually(30, || async { readyz(&client, &relay.base).await == 200 }).await,
         "ready again after space returned; log:\n{}",
         relay.log()
     );

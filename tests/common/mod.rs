@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod skip;
+pub use skip::skip;
+
 use postback_relay::app::{self, Running};
 use postback_relay::config::{Config, Overrides, WebhookSecret};
 use postback_relay::webhooks::sign;
@@ -284,31 +287,6 @@ pub fn python() -> String {
     std::env::var("PBR_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
-/// Skips the test `test` because `reason` (a component it needs is missing here):
-/// prints `SKIPPED: test: reason` and adds the line to the file named by
-/// `PBR_TEST_SKIPS` (scripts/test.sh counts them in its summary). With `CI=true` a
-/// skip is a failure instead: CI runs every test (.ci/run installs what they need).
-pub fn skip(test: &str, reason: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: CI=true and it cannot run: {reason}");
-    }
-    let line = format!("SKIPPED: {test}: {reason}");
-    eprintln!("{line}");
-    if let Some(path) = std::env::var_os("PBR_TEST_SKIPS") {
-        use std::io::Write;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path);
-        if let Err(e) = file.and_then(|mut f| writeln!(f, "{line}")) {
-            eprintln!(
-                "{test}: cannot record the skip in {}: {e}",
-                Path::new(&path).display()
-            );
-        }
-    }
-}
-
 /// The value of one sample of `GET {base}/metrics` (admin token), named as the
 /// exposition writes it, e.g. `postback_relay_rule_reloads_total{result="failed"}`;
 /// 0 when the sample is not there.
@@ -391,6 +369,72 @@ pub fn server_read_all(stream: &std::net::TcpStream, within: Duration) -> bool {
             r.local_port == server && r.remote_port == client && r.state == "01" && r.rx_queue == 0
         })
     })
+}
+
+/// The resident memory of process `pid` in KiB (0 if it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// The status of `GET {base}/readyz` (0 when the relay does not answer).
+pub async fn readyz(client: &reqwest::Client, base: &str) -> u16 {
+    client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// The entry of destination `name` in `GET {base}/admin/destinations` (`Null` when
+/// it is not listed).
+pub async fn destination_at(client: &reqwest::Client, base: &str, name: &str) -> serde_json::Value {
+    let v = admin_get_at(client, base, "/admin/destinations").await;
+    v["destinations"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["name"] == name).cloned())
+        .unwrap_or_default()
+}
+
+/// Writes `config_text(extra)` as `dir/postback-relay.toml` with an empty `dir/rules`;
+/// returns the config's path.
+pub fn config_dir(dir: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
+    let cfg = dir.join("postback-relay.toml");
+    std::fs::write(&cfg, config_text(extra)).expect("config");
+    cfg
+}
+
+/// A TLS connection to `addr` that speaks HTTP/2 (ALPN h2), trusting only the PEM
+/// certificate `ca` (issued for `localhost`).
+pub async fn h2_connection(
+    addr: &str,
+    ca: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(ca.as_bytes()).expect("pem");
+    roots.add(der).expect("root");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS")
 }
 
 /// A port that was free a moment ago (bound, read, released).

@@ -34,29 +34,11 @@ pub fn test_redis(test: &str) -> Option<String> {
     }
 }
 
-/// Skips `test` because `reason`, as `tests/common`'s `skip` does: prints
-/// `SKIPPED: test: reason` and records it in the file `PBR_TEST_SKIPS` names
-/// (scripts/test.sh counts them); with `CI=true` a skip is a failure.
-fn skip(test: &str, reason: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: CI=true and it cannot run: {reason}");
-    }
-    let line = format!("SKIPPED: {test}: {reason}");
-    eprintln!("{line}");
-    if let Some(path) = std::env::var_os("PBR_TEST_SKIPS") {
-        use std::io::Write;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path);
-        if let Err(e) = file.and_then(|mut f| writeln!(f, "{line}")) {
-            eprintln!(
-                "{test}: cannot record the skip in {}: {e}",
-                Path::new(&path).display()
-            );
-        }
-    }
-}
+// `skip`: the one the integration tests use (prints SKIPPED, counted by
+// scripts/test.sh; with `CI=true` a failure).
+#[path = "../../../tests/common/skip.rs"]
+mod skip;
+use skip::skip;
 
 fn random_prefix() -> String {
     let b: [u8; 6] = rand::random();
