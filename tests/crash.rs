@@ -93,18 +93,10 @@ impl Partners {
 fn write_setup(dir: &Path, partners: &Partners) {
     std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
     for (name, partner) in partners.all() {
-        let rule = format!(
-            r#"[destination]
-url = "{}?eid={{event_id}}"
-method = "GET"
-concurrency = {CONCURRENCY}
-retry = {{ max_attempts = 1000, give_up_after = "1h", initial_backoff = "20ms", max_backoff = "200ms" }}
-
-[privacy]
-allow = ["event_id"]
-"#,
-            partner.url("/pb")
-        );
+        let rule = common::GetRule::event_id_at(&partner.url("/pb"))
+            .concurrency(CONCURRENCY as u32)
+            .retry(1000, "20ms", "200ms")
+            .text();
         std::fs::write(dir.join(format!("rules/{name}.toml")), rule).expect("rule");
     }
     // The breaker stays closed: the flaky partner fails every other request.

@@ -19,18 +19,11 @@ use common::*;
 
 /// A GET postback carrying only the event ID, with fast retries.
 fn rule(url: &str, timeout: &str, max_attempts: u32, concurrency: u32) -> String {
-    format!(
-        r#"[destination]
-url = "{url}?eid={{event_id}}"
-method = "GET"
-timeout = "{timeout}"
-retry = {{ max_attempts = {max_attempts}, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "200ms" }}
-concurrency = {concurrency}
-
-[privacy]
-allow = ["event_id"]
-"#
-    )
+    GetRule::event_id_at(url)
+        .timeout(timeout)
+        .retry(max_attempts, "50ms", "200ms")
+        .concurrency(concurrency)
+        .text()
 }
 
 /// The harness config with these lines added to `[delivery]`.

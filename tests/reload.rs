@@ -10,20 +10,16 @@ use std::time::Duration;
 
 use postback_relay::fake_partner::FakePartner;
 
-use common::{config_text, event, eventually, metric, post_json_to, RelayProcess, TestRelay};
+use common::{
+    config_text, event, eventually, metric, post_json_to, GetRule, RelayProcess, TestRelay,
+};
 
 /// A GET rule to `url` (which may use `{click_id}` and `{event_name}`).
 fn get_rule(url: &str, extra: &str) -> String {
-    format!(
-        r#"[destination]
-url = "{url}"
-method = "GET"
-retry = {{ max_attempts = 50, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "200ms" }}
-{extra}
-[privacy]
-allow = ["click_id", "event_name"]
-"#
-    )
+    GetRule::new(url)
+        .allow(&["click_id", "event_name"])
+        .extra(extra)
+        .text()
 }
 
 fn targets(p: &FakePartner) -> Vec<String> {

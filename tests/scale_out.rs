@@ -23,18 +23,11 @@ use common::*;
 
 /// A GET postback with the event ID in its URL.
 fn rule(url: &str, timeout: &str) -> String {
-    format!(
-        r#"[destination]
-url = "{url}?eid={{event_id}}"
-method = "GET"
-timeout = "{timeout}"
-concurrency = 16
-retry = {{ max_attempts = 100, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "500ms" }}
-
-[privacy]
-allow = ["event_id"]
-"#
-    )
+    GetRule::event_id_at(url)
+        .timeout(timeout)
+        .concurrency(16)
+        .retry(100, "50ms", "500ms")
+        .text()
 }
 
 /// A relay directory (config, rules) on `store`; returns the config path.

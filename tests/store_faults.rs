@@ -140,12 +140,9 @@ fn event_ids(partner: &FakePartner) -> BTreeSet<usize> {
 
 fn write_setup(dir: &Path, partner: &FakePartner) {
     fs::create_dir_all(dir.join("rules")).expect("rules");
-    let rule = format!(
-        "[destination]\nurl = \"{}?eid={{event_id}}\"\nmethod = \"GET\"\n\
-         retry = {{ max_attempts = 1000, give_up_after = \"1h\", initial_backoff = \"50ms\", max_backoff = \"200ms\" }}\n\
-         [privacy]\nallow = [\"event_id\"]\n",
-        partner.url("/pb")
-    );
+    let rule = common::GetRule::event_id_at(&partner.url("/pb"))
+        .retry(1000, "50ms", "200ms")
+        .text();
     fs::write(dir.join("rules/aff.toml"), rule).expect("rule");
     // No free-space floor: the real ENOSPC of the file system is what is tested.
     let config = config_text("[store]\nmin_free_space = \"0\"\n");

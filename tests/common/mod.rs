@@ -177,6 +177,85 @@ impl TestRelay {
     }
 }
 
+/// A GET postback rule file for tests, built field by field, then `text()`:
+/// `[destination]` with `url` (placeholders allowed), `method = "GET"`, the optional
+/// `timeout` and `concurrency`, fast retries, any `extra` TOML, then
+/// `[privacy] allow`. Defaults: 50 attempts, backoff 50 ms to 200 ms, `event_id` only.
+#[derive(Clone, Debug)]
+pub struct GetRule {
+    url: String,
+    timeout: Option<String>,
+    concurrency: Option<u32>,
+    retry: (u32, String, String),
+    extra: String,
+    allow: Vec<String>,
+}
+
+impl GetRule {
+    pub fn new(url: &str) -> GetRule {
+        GetRule {
+            url: url.to_string(),
+            timeout: None,
+            concurrency: None,
+            retry: (50, "50ms".into(), "200ms".into()),
+            extra: String::new(),
+            allow: vec!["event_id".into()],
+        }
+    }
+
+    /// The partner's URL with the event ID in its query: `{url}?eid={event_id}`.
+    pub fn event_id_at(url: &str) -> GetRule {
+        GetRule::new(&format!("{url}?eid={{event_id}}"))
+    }
+
+    pub fn timeout(mut self, timeout: &str) -> GetRule {
+        self.timeout = Some(timeout.to_string());
+        self
+    }
+
+    pub fn concurrency(mut self, n: u32) -> GetRule {
+        self.concurrency = Some(n);
+        self
+    }
+
+    /// `max_attempts`, `initial_backoff`, `max_backoff` (`give_up_after` is 1 h).
+    pub fn retry(mut self, max_attempts: u32, initial: &str, max: &str) -> GetRule {
+        self.retry = (max_attempts, initial.to_string(), max.to_string());
+        self
+    }
+
+    /// TOML added after the retry line (more `[destination]` keys, or new tables).
+    pub fn extra(mut self, toml: &str) -> GetRule {
+        self.extra = toml.to_string();
+        self
+    }
+
+    pub fn allow(mut self, fields: &[&str]) -> GetRule {
+        self.allow = fields.iter().map(|f| f.to_string()).collect();
+        self
+    }
+
+    pub fn text(&self) -> String {
+        let mut t = format!("[destination]\nurl = \"{}\"\nmethod = \"GET\"\n", self.url);
+        if let Some(timeout) = &self.timeout {
+            t.push_str(&format!("timeout = \"{timeout}\"\n"));
+        }
+        if let Some(n) = self.concurrency {
+            t.push_str(&format!("concurrency = {n}\n"));
+        }
+        let (attempts, initial, max) = &self.retry;
+        t.push_str(&format!(
+            "retry = {{ max_attempts = {attempts}, give_up_after = \"1h\", initial_backoff = \"{initial}\", max_backoff = \"{max}\" }}\n"
+        ));
+        let allow: Vec<String> = self.allow.iter().map(|f| format!("\"{f}\"")).collect();
+        format!(
+            "{t}{}\n[privacy]\nallow = [{}]\n",
+            self.extra,
+            allow.join(", ")
+        )
+    }
+}
+
 /// Polls `f` until it returns true or `secs` pass; returns whether it did.
 pub async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
 where
