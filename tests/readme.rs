@@ -251,9 +251,13 @@ impl Checker<'_> {
 
     fn python(&mut self, line: usize, code: &str) {
         let parse = "import ast, sys; ast.parse(sys.argv[1])";
-        let ok = Command::new("python3").args(["-c", parse, code]).output();
-        if !ok.is_ok_and(|o| o.status.success()) {
-            self.problem(line, "its inline Python does not parse".into());
+        match Command::new("python3").args(["-c", parse, code]).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr).into_owned();
+                self.problem(line, format!("its inline Python does not parse: {err}"));
+            }
+            Err(e) => self.problem(line, format!("cannot run python3 to parse it: {e}")),
         }
     }
 
