@@ -4,7 +4,7 @@
 # the base images cannot be pulled (no registry access). Called from .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-skip() { echo "docker-check: skipped: $*"; exit 0; }
+skip() { echo "docker-check: SKIPPED: $*"; exit 0; }
 command -v docker >/dev/null 2>&1 || skip "docker is not installed"
 timeout 20 docker info >/dev/null 2>&1 || skip "the Docker daemon is not reachable"
 for image in rust:1-slim-bookworm debian:bookworm-slim; do

@@ -18,6 +18,23 @@ if ! "$venv/bin/python" -c "import standardwebhooks" 2>/dev/null; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check standardwebhooks
 fi
 export PBR_TEST_PYTHON="$PWD/$venv/bin/python"
+# Every skipped test (a component missing here: Redis, chromedriver, a tmpfs) prints
+# SKIPPED and adds a line to this file; the summary at the end counts them. With
+# CI=true a skip fails its test instead.
+skips=$(mktemp)
+export PBR_TEST_SKIPS="$skips"
+summary() {
+  local n
+  n=$(wc -l <"$skips")
+  if [ "$n" -gt 0 ]; then
+    echo "scripts/test.sh: $n test(s) SKIPPED:"
+    sort "$skips"
+  else
+    echo "scripts/test.sh: no test skipped"
+  fi
+  rm -f "$skips"
+}
+trap summary EXIT
 # The crash checker again on the Redis backend (scripts/ensure-redis.sh, called by
 # .ci/run, provides one); then every test. No doc tests: the crate documents with
 # prose, and the last line should count tests.

@@ -78,7 +78,7 @@ pub struct StoreConfig {
     /// Redis over TLS: the CA certificate(s) (PEM) to trust instead of the public roots.
     pub redis_ca: Option<PathBuf>,
     /// Redis: how long a delivered delivery's receipt (`/admin/deliveries/{id}`) is
-    /// kept; they cost Redis memory (README, sizing).
+    /// kept; they cost Redis memory (docs/redis.md, sizing).
     pub redis_receipt_retention: Duration,
     /// Bound on queued deliveries; past it ingest answers 503.
     pub max_queued: u64,

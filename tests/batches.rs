@@ -128,7 +128,6 @@ async fn a_batching_preset_sends_queued_events_in_one_request_and_each_delivery_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batching_preset_sends_queued_events_in_one_request_on_redis() {
     let Some(store) = TestStore::redis("batch_on_redis") else {
-        eprintln!("SKIPPED: no Redis");
         return;
     };
     batch_of_50_in_one_request(store).await;

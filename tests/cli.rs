@@ -14,7 +14,7 @@ use postback_relay::config::WebhookSecret;
 use postback_relay::webhooks::sign;
 use sha2::{Digest, Sha256};
 
-use common::{config_text, free_port, RelayProcess, SECRET};
+use common::{config_text, free_port, server_read_all, RelayProcess, SECRET};
 
 const BIN: &str = env!("CARGO_BIN_EXE_postback-relay");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -433,7 +433,8 @@ fn preview_prints_the_exact_requests_and_sends_and_writes_nothing() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(before, after);
-    std::thread::sleep(Duration::from_millis(200));
+    // `preview` has exited: a connection it made would be in the (non-blocking)
+    // listener's accept queue already.
     match partner.accept() {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         other => panic!("preview connected to the partner: {other:?}"),
@@ -727,8 +728,11 @@ fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     );
     let body = ev("inflight-1").to_string();
     let (mut stream, rest) = start_slow_request(&addr, &body);
-    // Let the server read the head: the request is now in flight.
-    std::thread::sleep(Duration::from_millis(300));
+    // The server has read the head (and the half body): the request is in flight.
+    assert!(
+        server_read_all(&stream, Duration::from_secs(10)),
+        "the relay did not read the request's head within 10 s"
+    );
 
     relay.signal(libc::SIGTERM);
     assert!(
@@ -736,8 +740,8 @@ fn sigterm_finishes_the_request_in_flight_then_exits_0() {
         "{}",
         relay.log()
     );
-    // Shutdown has begun and the process is still there, waiting for our request.
-    std::thread::sleep(Duration::from_millis(200));
+    // Shutdown has begun and the process is still there, waiting for our request
+    // (the 202 it answers below, after shutdown began, is the proof that it waited).
     assert!(
         relay.child.try_wait().unwrap().is_none(),
         "exited with a request in flight"

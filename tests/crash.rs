@@ -93,18 +93,10 @@ impl Partners {
 fn write_setup(dir: &Path, partners: &Partners) {
     std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
     for (name, partner) in partners.all() {
-        let rule = format!(
-            r#"[destination]
-url = "{}?eid={{event_id}}"
-method = "GET"
-concurrency = {CONCURRENCY}
-retry = {{ max_attempts = 1000, give_up_after = "1h", initial_backoff = "20ms", max_backoff = "200ms" }}
-
-[privacy]
-allow = ["event_id"]
-"#,
-            partner.url("/pb")
-        );
+        let rule = common::GetRule::event_id_at(&partner.url("/pb"))
+            .concurrency(CONCURRENCY as u32)
+            .retry(1000, "20ms", "200ms")
+            .text();
         std::fs::write(dir.join(format!("rules/{name}.toml")), rule).expect("rule");
     }
     // The breaker stays closed: the flaky partner fails every other request.
@@ -195,6 +187,7 @@ async fn until(within: Duration, cond: impl Fn() -> bool) -> bool {
         if cond() {
             return true;
         }
+        // Pacing: the poll interval of a condition wait with a deadline.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     cond()
@@ -204,10 +197,12 @@ async fn until(within: Duration, cond: impl Fn() -> bool) -> bool {
 /// follows at once. Returns what was seen at that moment.
 async fn reach(point: KillPoint, relay: &RelayProcess, partners: &Partners) -> String {
     let jitter = Duration::from_millis(rand::random::<u64>() % 25);
-    // Load first, in every life.
+    // Load first, in every life. Pacing: the kill points are at random moments
+    // under load (here and below: random delays choose the moment, not a wait).
     tokio::time::sleep(Duration::from_millis(100 + rand::random::<u64>() % 200)).await;
     match point {
         KillPoint::Ingest => {
+            // Pacing: a random moment under ingest load.
             tokio::time::sleep(Duration::from_millis(150 + rand::random::<u64>() % 600)).await;
             "ingest load".into()
         }
@@ -217,6 +212,7 @@ async fn reach(point: KillPoint, relay: &RelayProcess, partners: &Partners) -> S
                 p.request_count() > p.answered_count()
             })
             .await;
+            // Pacing: the kill moment's random jitter.
             tokio::time::sleep(jitter).await;
             format!("delivery (slow partner holding requests: {held})")
         }
@@ -224,10 +220,12 @@ async fn reach(point: KillPoint, relay: &RelayProcess, partners: &Partners) -> S
             let p = &partners.rejecting;
             let seen = p.request_count();
             let more = until(Duration::from_secs(5), || p.request_count() > seen).await;
+            // Pacing: the kill moment's random jitter.
             tokio::time::sleep(jitter).await;
             format!("dead-lettering (rejecting partner answering: {more})")
         }
         KillPoint::Replay => {
+            // Pacing: some load before the replay is asked for.
             tokio::time::sleep(Duration::from_millis(300)).await;
             let client = reqwest::Client::new();
             let replay = client
@@ -342,6 +340,7 @@ async fn kill_9_at_every_point_loses_no_accepted_event_and_bounds_duplicates() {
         if all_arrived {
             break;
         }
+        // Pacing: the poll interval of a condition wait (600 tries).
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     if !all_arrived {
@@ -475,6 +474,7 @@ async fn rejecting_dlq(relay: &RelayProcess) -> usize {
         if queued == 0 && dead > 0 {
             return dead as usize;
         }
+        // Pacing: the poll interval of a condition wait (1,500 tries).
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     size().await.0 as usize

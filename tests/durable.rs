@@ -33,7 +33,8 @@ async fn duplicate_click_id_within_window_is_refused_after_restart_and_accepted_
     assert_eq!(s, 202);
     assert_eq!(v["duplicates"], 1, "same click + name after restart: {v}");
 
-    // expiry is kept in whole seconds, rounded up: wait past the window plus that second
+    // Pacing: the dedupe window is what this test is about. Its expiry is kept in
+    // whole seconds, rounded up: wait past the window plus that second.
     tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     let (s, v) = relay
         .post_json("m3", &event("a3", "install", "clk-restart"))

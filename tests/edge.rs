@@ -9,19 +9,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A config dir with `extra` appended to the test config; the path of its config.
-fn config_dir(dir: &Path, extra: &str) -> PathBuf {
-    std::fs::create_dir_all(dir.join("rules")).unwrap();
-    let cfg = dir.join("postback-relay.toml");
-    std::fs::write(&cfg, config_text(extra)).unwrap();
-    cfg
-}
 
 fn serve(cfg: &Path) -> RelayProcess {
     RelayProcess::spawn(cfg, "info")
@@ -98,6 +90,7 @@ fn slow_headers_slow_bodies_silent_and_idle_connections_are_closed_within_their_
                     if c.write_all(b"xxxxx").is_err() {
                         return;
                     }
+                    // Pacing: a slow client, 5 bytes every 200 ms.
                     std::thread::sleep(Duration::from_millis(200));
                 }
             });
@@ -149,7 +142,17 @@ fn over_the_connection_cap_a_signed_request_gets_through_once_others_close() {
     let idle: Vec<TcpStream> = (0..4)
         .map(|_| TcpStream::connect(&relay.addr).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // The relay holds all four (none left in the kernel's accept queue): the cap is met.
+    let port = relay
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    assert!(
+        accept_queue_empty(port, Duration::from_secs(10)),
+        "the relay did not accept 4 connections within 10 s"
+    );
     let base = relay.base.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -174,17 +177,6 @@ fn over_the_connection_cap_a_signed_request_gets_through_once_others_close() {
         .expect("answered once the others closed");
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"], 1, "{body}");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 #[test]
@@ -376,6 +368,13 @@ fn out_of_descriptors_accept_errors_are_logged_rarely_and_service_resumes() {
     let hogs: Vec<TcpStream> = (0..100)
         .filter_map(|_| TcpStream::connect(&relay.addr).ok())
         .collect();
+    assert!(
+        relay.wait_log("cannot accept connections", Duration::from_secs(10)),
+        "{}",
+        relay.log()
+    );
+    // Pacing: the window under test. Accepts keep failing all along; the log must
+    // not repeat the line within it (at most once per 10 s).
     std::thread::sleep(Duration::from_secs(2));
     let failures = relay.log().matches("cannot accept connections").count();
     assert!(
@@ -409,6 +408,7 @@ fn out_of_descriptors_accept_errors_are_logged_rarely_and_service_resumes() {
                 last = (status, r.json().await.unwrap_or_default());
                 break;
             }
+            // Pacing: the interval between tries of a loop bounded by its count.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         last

@@ -16,15 +16,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// A config dir with `extra` appended to the test config (and `rules` given as
-/// name, TOML); the path of its config.
-fn config_dir(dir: &std::path::Path, extra: &str) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
-    let cfg = dir.join("postback-relay.toml");
-    std::fs::write(&cfg, config_text(extra)).expect("config");
-    cfg
-}
-
 /// A connection to `to` from the loopback address `from` (127.0.0.x: "another
 /// client address").
 async fn connect_from(from: [u8; 4], to: &str) -> std::io::Result<TcpStream> {
@@ -191,27 +182,6 @@ fn tls_files(dir: &std::path::Path) -> String {
     cert.cert.pem()
 }
 
-/// A TLS connection to `addr` speaking HTTP/2 (ALPN h2), trusting only `ca`.
-async fn h2_connection(addr: &str, ca: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(ca.as_bytes()).expect("pem");
-    roots.add(der).expect("root");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("TLS")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_http2_login_streams_end_by_the_body_deadline() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -319,17 +289,6 @@ async fn a_thousand_stalled_forged_signatures_or_logins_from_one_address_do_not_
     assert!(closed.is_none(), "a stalled forged body was closed early");
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_clients_sending_unsigned_megabyte_bodies_stay_within_the_memory_budget() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -347,6 +306,7 @@ async fn a_thousand_clients_sending_unsigned_megabyte_bodies_stay_within_the_mem
         move || {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                // Pacing: the memory sampler's interval.
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -378,7 +338,7 @@ async fn a_thousand_clients_sending_unsigned_megabyte_bodies_stay_within_the_mem
     assert_eq!(answered, 1000);
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!("RSS {before} KiB -> peak {peak} KiB");
-    // README, "Memory": a few dozen KiB per connection; 1,000 draining clients < 64 MiB.
+    // docs/configuration.md, "Memory": a few dozen KiB per connection; 1,000 draining clients < 64 MiB.
     assert!(
         peak < before + 64 * 1024,
         "RSS grew from {before} KiB to {peak} KiB"

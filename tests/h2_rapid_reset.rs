@@ -32,37 +32,11 @@ fn relay_with_tls(dir: &std::path::Path) -> (RelayProcess, String) {
     (RelayProcess::spawn(&cfg, "info"), cert.cert.pem())
 }
 
-/// A TLS connection to the relay that speaks HTTP/2 (ALPN h2), trusting only `ca`.
-async fn h2_connection(
-    relay: &RelayProcess,
-    ca: &str,
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(ca.as_bytes()).expect("pem");
-    roots.add(der).expect("root");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(&relay.addr)
-        .await
-        .expect("connect");
-    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .expect("TLS")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_gets_the_connection_closed_and_stores_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut relay, ca) = relay_with_tls(tmp.path());
-    let tls = h2_connection(&relay, &ca).await;
+    let tls = h2_connection(&relay.addr, &ca).await;
     let (mut h2, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
     let driver = tokio::spawn(conn);
 
@@ -202,7 +176,7 @@ struct Raw {
 
 async fn raw_h2(relay: &RelayProcess, ca: &str, kind: u8) -> Raw {
     use tokio::io::AsyncWriteExt;
-    let tls = h2_connection(relay, ca).await;
+    let tls = h2_connection(&relay.addr, ca).await;
     let (rd, mut wr) = tokio::io::split(tls);
     let answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reader = tokio::spawn(read_answers(rd, kind, answers.clone()));

@@ -1,4 +1,4 @@
-//! Ingest against a real relay on port 0: every status of the API's table (docs/openapi.json, README),
+//! Ingest against a real relay on port 0: every status of the API's table (docs/openapi.json),
 //! produced by the request that should produce it.
 
 mod common;
@@ -263,23 +263,11 @@ fn tokio_stream_iter(
     It(items.into_iter())
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(|l| l.to_string())
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_one_gib_content_length_is_refused_before_the_body_is_read() {
     let relay = TestRelay::start(&[], "").await;
     let addr = relay.running.as_ref().expect("running").addr;
-    let before = rss_kib();
+    let before = rss_kib(std::process::id());
     let answer = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
@@ -292,7 +280,7 @@ async fn a_one_gib_content_length_is_refused_before_the_body_is_read() {
     .await
     .expect("join");
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    let after = rss_kib();
+    let after = rss_kib(std::process::id());
     assert!(
         after < before + 16 * 1024,
         "RSS grew from {before} KiB to {after} KiB"

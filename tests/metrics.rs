@@ -10,16 +10,9 @@ use common::*;
 use postback_relay::fake_partner::{FakePartner, Reply};
 
 fn rule(url: &str, max_attempts: u32) -> String {
-    format!(
-        r#"[destination]
-url = "{url}?eid={{event_id}}"
-method = "GET"
-retry = {{ max_attempts = {max_attempts}, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "100ms" }}
-
-[privacy]
-allow = ["event_id"]
-"#
-    )
+    GetRule::event_id_at(url)
+        .retry(max_attempts, "50ms", "100ms")
+        .text()
 }
 
 /// Every sample of a scrape: (name, sorted labels) -> value.

@@ -25,7 +25,7 @@ use postback_relay::fake_partner::{FakePartner, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use common::{admin_get_at, config_text, post_json_to, RelayProcess};
+use common::{config_text, destination_at, post_json_to, GetRule, RelayProcess};
 
 /// How a raw partner (below HTTP libraries) behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,12 +231,12 @@ fn delivered(p: &FakePartner) -> HashSet<usize> {
 }
 
 fn rule(url: &str, extra: &str) -> String {
-    format!(
-        "[destination]\nurl = \"{url}?eid={{event_id}}\"\nmethod = \"GET\"\ntimeout = \"1s\"\n\
-         concurrency = 4\n\
-         retry = {{ max_attempts = 1000, give_up_after = \"1h\", initial_backoff = \"100ms\", max_backoff = \"1s\" }}\n\
-         {extra}\n[privacy]\nallow = [\"event_id\"]\n"
-    )
+    GetRule::event_id_at(url)
+        .timeout("1s")
+        .concurrency(4)
+        .retry(1000, "100ms", "1s")
+        .extra(extra)
+        .text()
 }
 
 fn write_relay(dir: &Path, rules: &[(&str, String)]) {
@@ -458,11 +458,7 @@ async fn all_settle_as_delivered(faulty: &Faulty, mut b: RelayProcess, sent: usi
 }
 
 async fn destination(relay: &RelayProcess, name: &str) -> serde_json::Value {
-    let v = admin_get_at(&reqwest::Client::new(), &relay.base, "/admin/destinations").await;
-    v["destinations"]
-        .as_array()
-        .and_then(|a| a.iter().find(|d| d["name"] == name).cloned())
-        .unwrap_or_default()
+    destination_at(&reqwest::Client::new(), &relay.base, name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

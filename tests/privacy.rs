@@ -286,7 +286,6 @@ async fn environment_values_in_a_body_and_params_are_markers_at_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn environment_values_in_a_body_and_params_are_markers_at_rest_on_redis() {
     let Some(store) = TestStore::redis("markers_at_rest_on_redis") else {
-        eprintln!("SKIPPED: no Redis");
         return;
     };
     markers_at_rest(store).await;

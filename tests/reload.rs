@@ -10,20 +10,16 @@ use std::time::Duration;
 
 use postback_relay::fake_partner::FakePartner;
 
-use common::{config_text, event, eventually, post_json_to, RelayProcess, TestRelay};
+use common::{
+    config_text, event, eventually, metric, post_json_to, GetRule, RelayProcess, TestRelay,
+};
 
 /// A GET rule to `url` (which may use `{click_id}` and `{event_name}`).
 fn get_rule(url: &str, extra: &str) -> String {
-    format!(
-        r#"[destination]
-url = "{url}"
-method = "GET"
-retry = {{ max_attempts = 50, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "200ms" }}
-{extra}
-[privacy]
-allow = ["click_id", "event_name"]
-"#
-    )
+    GetRule::new(url)
+        .allow(&["click_id", "event_name"])
+        .extra(extra)
+        .text()
 }
 
 fn targets(p: &FakePartner) -> Vec<String> {
@@ -51,8 +47,17 @@ async fn a_broken_change_keeps_the_old_rules_and_the_fix_is_picked_up_without_re
     let col = 8 + broken_url.find("{user.email}").unwrap();
     let broken = get_rule(&broken_url, "").replace("method = \"GET\"", "methd = \"GET\"");
     std::fs::write(&aff, &broken).unwrap();
-    // Give the watcher time to see it and refuse it (debounce 200 ms).
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The watcher sees it and refuses it: the failed-reload counter moves.
+    let failed = r#"postback_relay_rule_reloads_total{result="failed"}"#;
+    let (client, base) = (&relay.client, &relay.base);
+    assert!(
+        eventually(
+            10,
+            || async move { metric(client, base, failed).await >= 1.0 }
+        )
+        .await,
+        "the file watcher did not refuse the broken rule within 10 s"
+    );
     let in_force = rules.current();
 
     // The old rule is still in force: the next event goes out as before.
@@ -117,14 +122,19 @@ async fn a_broken_change_keeps_the_old_rules_and_the_fix_is_picked_up_without_re
         .post_json("m3", &event("e3", "purchase", "clk3"))
         .await;
     assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
-    assert!(partner.wait_for_requests(3, Duration::from_secs(10)).await);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // And nothing else: a later marker event arrives right after it.
+    let (s, v) = relay
+        .post_json("m4", &event("e4", "purchase", "clk4"))
+        .await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(partner.wait_for_requests(4, Duration::from_secs(10)).await);
     assert_eq!(
         targets(&partner),
         [
             "/v1/postback?c=clk1&e=purchase",
             "/v1/postback?c=clk2&e=purchase",
-            "/v2/postback?c=clk3&e=sale"
+            "/v2/postback?c=clk3&e=sale",
+            "/v2/postback?c=clk4&e=sale"
         ]
     );
     relay.stop().await;
@@ -182,9 +192,11 @@ async fn destinations_added_by_reload_get_workers_and_removed_ones_get_nothing_n
         .post_json("m3", &event("e3", "purchase", "clk3"))
         .await;
     assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    // One delivery was made for it (b's), none for a: a delivery exists only if it
+    // was committed before the 202, so no stray one can follow later.
+    let ids = v["results"][0]["delivery_ids"].as_array().map(Vec::len);
+    assert_eq!(ids, Some(1), "{v}");
     assert!(b.wait_for_requests(2, Duration::from_secs(10)).await);
-    // The watcher may reload once more (same rules); give a stray delivery time to show.
-    tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(targets(&a), ["/a?c=clk1", "/a?c=clk2"]);
     assert_eq!(targets(&b), ["/b?c=clk2", "/b?c=clk3"]);
     relay.stop().await;
@@ -230,18 +242,22 @@ async fn sighup_reloads_the_rules_of_the_real_binary() {
     std::os::unix::fs::symlink("rules.v2", root.join("rules.tmp")).unwrap();
     std::fs::rename(root.join("rules.tmp"), root.join("rules")).unwrap();
 
-    // Before SIGHUP: the swap is not seen, b gets nothing.
+    // Before SIGHUP: the swap is not seen, b gets nothing. Pacing: the window under
+    // test, four times the watcher's debounce (200 ms), in which a watcher that saw
+    // the swap would have applied it.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (s, v) = post_json_to(&client, &relay.base, "m2", &event("e2", "purchase", "clk2")).await;
     assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
-    assert!(a.wait_for_requests(2, Duration::from_secs(10)).await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One delivery (a's): b had none committed before the 202, so none can follow.
+    let ids = v["results"][0]["delivery_ids"].as_array().map(Vec::len);
     assert_eq!(
-        b.request_count(),
-        0,
-        "reloaded without SIGHUP:\n{}",
+        ids,
+        Some(1),
+        "reloaded without SIGHUP: {v}\n{}",
         relay.log()
     );
+    assert!(a.wait_for_requests(2, Duration::from_secs(10)).await);
+    assert_eq!(b.request_count(), 0, "{}", relay.log());
 
     relay.signal(libc::SIGHUP);
     assert!(

@@ -13,19 +13,10 @@ use postback_relay::app::{self, StartError};
 use postback_relay::config::{Config, Overrides};
 use postback_relay::fake_partner::{FakePartner, Reply};
 
-use common::{config_text, event, eventually, TestRelay};
+use common::{config_text, destination_at, event, eventually, GetRule, TestRelay};
 
 fn get_rule(url: &str) -> String {
-    format!(
-        r#"[destination]
-url = "{url}"
-method = "GET"
-retry = {{ max_attempts = 50, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "200ms" }}
-
-[privacy]
-allow = ["click_id", "event_name"]
-"#
-    )
+    GetRule::new(url).allow(&["click_id", "event_name"]).text()
 }
 
 /// `get_rule` with a misspelt key on line 3.
@@ -34,11 +25,7 @@ fn broken(url: &str) -> String {
 }
 
 async fn destination(relay: &TestRelay, name: &str) -> serde_json::Value {
-    let v = relay.admin_get("/admin/destinations").await;
-    v["destinations"]
-        .as_array()
-        .and_then(|l| l.iter().find(|d| d["name"] == name).cloned())
-        .unwrap_or_default()
+    destination_at(&relay.client, &relay.base, name).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

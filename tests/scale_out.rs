@@ -23,18 +23,11 @@ use common::*;
 
 /// A GET postback with the event ID in its URL.
 fn rule(url: &str, timeout: &str) -> String {
-    format!(
-        r#"[destination]
-url = "{url}?eid={{event_id}}"
-method = "GET"
-timeout = "{timeout}"
-concurrency = 16
-retry = {{ max_attempts = 100, give_up_after = "1h", initial_backoff = "50ms", max_backoff = "500ms" }}
-
-[privacy]
-allow = ["event_id"]
-"#
-    )
+    GetRule::event_id_at(url)
+        .timeout(timeout)
+        .concurrency(16)
+        .retry(100, "50ms", "500ms")
+        .text()
 }
 
 /// A relay directory (config, rules) on `store`; returns the config path.
@@ -200,10 +193,10 @@ impl OwnRedis {
             .stdout(Stdio::null())
             .status();
         if found.is_err() {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: CI needs redis-server on PATH; .ci/run installs it");
-            }
-            eprintln!("{test}: skipped: redis-server is not installed");
+            skip(
+                test,
+                "redis-server is not installed (scripts/ensure-redis.sh installs it)",
+            );
             return None;
         }
         let mut r = OwnRedis {
@@ -251,6 +244,7 @@ impl OwnRedis {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
+            // Pacing: the poll interval of a condition wait (400 tries).
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("redis-server did not listen on {}", self.port);
@@ -268,15 +262,6 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-async fn readyz(client: &reqwest::Client, base: &str) -> u16 {
-    client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,6 +356,7 @@ async fn deliveries_in_flight_through_a_redis_outage_are_settled_once_it_is_back
     let (client, base) = (relay.client.clone(), relay.base.clone());
     while std::time::Instant::now() < outage {
         assert_eq!(readyz(&client, &base).await, 503, "Redis is down");
+        // Pacing: the outage under test is sampled every 100 ms.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     redis.run();

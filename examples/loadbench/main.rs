@@ -584,7 +584,7 @@ fn start_relays(
 }
 
 /// A `redis-server` of the bench's own on a free port, with its append-only file in
-/// the scratch directory (`appendfsync everysec`, the setting the README advises).
+/// the scratch directory (`appendfsync everysec`, the setting docs/redis.md advises).
 struct OwnRedis {
     proc: Proc,
     port: u16,

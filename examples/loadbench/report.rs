@@ -1,4 +1,4 @@
-//! The one table the bench prints (Markdown, so it pastes into the README).
+//! The one table the bench prints (Markdown, so it pastes into docs/performance.md).
 
 use crate::load::{quantile_ms, Outcome};
 

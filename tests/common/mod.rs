@@ -10,6 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod skip;
+pub use skip::skip;
+
 use postback_relay::app::{self, Running};
 use postback_relay::config::{Config, Overrides, WebhookSecret};
 use postback_relay::webhooks::sign;
@@ -174,6 +177,85 @@ impl TestRelay {
     }
 }
 
+/// A GET postback rule file for tests, built field by field, then `text()`:
+/// `[destination]` with `url` (placeholders allowed), `method = "GET"`, the optional
+/// `timeout` and `concurrency`, fast retries, any `extra` TOML, then
+/// `[privacy] allow`. Defaults: 50 attempts, backoff 50 ms to 200 ms, `event_id` only.
+#[derive(Clone, Debug)]
+pub struct GetRule {
+    url: String,
+    timeout: Option<String>,
+    concurrency: Option<u32>,
+    retry: (u32, String, String),
+    extra: String,
+    allow: Vec<String>,
+}
+
+impl GetRule {
+    pub fn new(url: &str) -> GetRule {
+        GetRule {
+            url: url.to_string(),
+            timeout: None,
+            concurrency: None,
+            retry: (50, "50ms".into(), "200ms".into()),
+            extra: String::new(),
+            allow: vec!["event_id".into()],
+        }
+    }
+
+    /// The partner's URL with the event ID in its query: `{url}?eid={event_id}`.
+    pub fn event_id_at(url: &str) -> GetRule {
+        GetRule::new(&format!("{url}?eid={{event_id}}"))
+    }
+
+    pub fn timeout(mut self, timeout: &str) -> GetRule {
+        self.timeout = Some(timeout.to_string());
+        self
+    }
+
+    pub fn concurrency(mut self, n: u32) -> GetRule {
+        self.concurrency = Some(n);
+        self
+    }
+
+    /// `max_attempts`, `initial_backoff`, `max_backoff` (`give_up_after` is 1 h).
+    pub fn retry(mut self, max_attempts: u32, initial: &str, max: &str) -> GetRule {
+        self.retry = (max_attempts, initial.to_string(), max.to_string());
+        self
+    }
+
+    /// TOML added after the retry line (more `[destination]` keys, or new tables).
+    pub fn extra(mut self, toml: &str) -> GetRule {
+        self.extra = toml.to_string();
+        self
+    }
+
+    pub fn allow(mut self, fields: &[&str]) -> GetRule {
+        self.allow = fields.iter().map(|f| f.to_string()).collect();
+        self
+    }
+
+    pub fn text(&self) -> String {
+        let mut t = format!("[destination]\nurl = \"{}\"\nmethod = \"GET\"\n", self.url);
+        if let Some(timeout) = &self.timeout {
+            t.push_str(&format!("timeout = \"{timeout}\"\n"));
+        }
+        if let Some(n) = self.concurrency {
+            t.push_str(&format!("concurrency = {n}\n"));
+        }
+        let (attempts, initial, max) = &self.retry;
+        t.push_str(&format!(
+            "retry = {{ max_attempts = {attempts}, give_up_after = \"1h\", initial_backoff = \"{initial}\", max_backoff = \"{max}\" }}\n"
+        ));
+        let allow: Vec<String> = self.allow.iter().map(|f| format!("\"{f}\"")).collect();
+        format!(
+            "{t}{}\n[privacy]\nallow = [{}]\n",
+            self.extra,
+            allow.join(", ")
+        )
+    }
+}
+
 /// Polls `f` until it returns true or `secs` pass; returns whether it did.
 pub async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
 where
@@ -188,6 +270,7 @@ where
         if std::time::Instant::now() > deadline {
             return false;
         }
+        // Pacing: the poll interval of a condition wait with a deadline.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
@@ -281,6 +364,156 @@ pub async fn admin_get_at(client: &reqwest::Client, base: &str, path: &str) -> s
 /// its virtual environment, where `standardwebhooks` is installed), else `python3`.
 pub fn python() -> String {
     std::env::var("PBR_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// The value of one sample of `GET {base}/metrics` (admin token), named as the
+/// exposition writes it, e.g. `postback_relay_rule_reloads_total{result="failed"}`;
+/// 0 when the sample is not there.
+pub async fn metric(client: &reqwest::Client, base: &str, sample: &str) -> f64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("scrape /metrics")
+        .text()
+        .await
+        .expect("/metrics text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One row of the kernel's IPv4 TCP socket table (`/proc/net/tcp`).
+struct TcpRow {
+    local_port: u16,
+    remote_port: u16,
+    /// `0A` listening, `01` established.
+    state: String,
+    /// Listening: connections waiting to be accepted; else bytes not yet read.
+    rx_queue: u64,
+}
+
+fn tcp_table() -> Vec<TcpRow> {
+    let text = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap_or(""), 16).ok();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let rx = f.get(4)?.split(':').nth(1)?;
+            Some(TcpRow {
+                local_port: port(f.get(1)?)?,
+                remote_port: port(f.get(2)?)?,
+                state: f.get(3)?.to_string(),
+                rx_queue: u64::from_str_radix(rx, 16).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Polls the socket table every 10 ms until `cond` holds or `within` passes.
+fn until_tcp(within: Duration, cond: impl Fn(&[TcpRow]) -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond(&tcp_table()) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        // Pacing: the poll interval of a condition wait with a deadline.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until the listener on 127.0.0.1:`port` has accepted every connection made
+/// to it (its accept queue is empty); whether it did within `within`.
+pub fn accept_queue_empty(port: u16, within: Duration) -> bool {
+    until_tcp(within, |rows| {
+        rows.iter()
+            .any(|r| r.local_port == port && r.state == "0A" && r.rx_queue == 0)
+    })
+}
+
+/// Waits until the server end of `stream` (a loopback connection) has read every byte
+/// sent on it: the server has taken what was written, e.g. a request's head; whether
+/// it did within `within`.
+pub fn server_read_all(stream: &std::net::TcpStream, within: Duration) -> bool {
+    let server = stream.peer_addr().expect("peer address").port();
+    let client = stream.local_addr().expect("local address").port();
+    until_tcp(within, |rows| {
+        rows.iter().any(|r| {
+            r.local_port == server && r.remote_port == client && r.state == "01" && r.rx_queue == 0
+        })
+    })
+}
+
+/// The resident memory of process `pid` in KiB (0 if it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// The status of `GET {base}/readyz` (0 when the relay does not answer).
+pub async fn readyz(client: &reqwest::Client, base: &str) -> u16 {
+    client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// The entry of destination `name` in `GET {base}/admin/destinations` (`Null` when
+/// it is not listed).
+pub async fn destination_at(client: &reqwest::Client, base: &str, name: &str) -> serde_json::Value {
+    let v = admin_get_at(client, base, "/admin/destinations").await;
+    v["destinations"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["name"] == name).cloned())
+        .unwrap_or_default()
+}
+
+/// Writes `config_text(extra)` as `dir/postback-relay.toml` with an empty `dir/rules`;
+/// returns the config's path.
+pub fn config_dir(dir: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("rules")).expect("rules dir");
+    let cfg = dir.join("postback-relay.toml");
+    std::fs::write(&cfg, config_text(extra)).expect("config");
+    cfg
+}
+
+/// A TLS connection to `addr` that speaks HTTP/2 (ALPN h2), trusting only the PEM
+/// certificate `ca` (issued for `localhost`).
+pub async fn h2_connection(
+    addr: &str,
+    ca: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(ca.as_bytes()).expect("pem");
+    roots.add(der).expect("root");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS")
 }
 
 /// A port that was free a moment ago (bound, read, released).
@@ -417,6 +650,7 @@ impl RelayProcess {
             if self.log().contains(needle) {
                 return true;
             }
+            // Pacing: the poll interval of a condition wait with a deadline.
             std::thread::sleep(Duration::from_millis(20));
         }
         false
@@ -436,6 +670,7 @@ impl RelayProcess {
             if let Some(st) = self.child.try_wait().expect("try_wait") {
                 return st.code();
             }
+            // Pacing: the poll interval of a condition wait with a deadline.
             std::thread::sleep(Duration::from_millis(20));
         }
         None
@@ -469,8 +704,8 @@ pub enum TestStore {
 
 impl TestStore {
     /// The Redis at `PBR_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) under a
-    /// fresh prefix; `None`, with the reason printed, when there is none here. In CI
-    /// (`CI=true`) a missing Redis fails the test.
+    /// fresh prefix; `None` when there is none here, the test skipped (`skip`: with
+    /// `CI=true` a missing Redis fails the test).
     pub fn redis(test: &str) -> Option<TestStore> {
         let url =
             std::env::var("PBR_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -482,11 +717,8 @@ impl TestStore {
                 url,
                 prefix: format!("pbr-it-{:012x}", rand::random::<u64>() >> 16),
             }),
-            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-                panic!("{test}: CI needs a Redis at {url} ({e}); .ci/run starts one")
-            }
             Err(e) => {
-                eprintln!("{test}: skipped on Redis: no Redis at {url} ({e}); set PBR_TEST_REDIS_URL or start redis-server");
+                skip(test, &format!("no Redis at {url} ({e}); set PBR_TEST_REDIS_URL or start redis-server (scripts/ensure-redis.sh)"));
                 None
             }
         }

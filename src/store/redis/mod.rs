@@ -371,7 +371,7 @@ impl Inner {
             tracing::error!(
                 prefix = %self.opts.prefix,
                 epoch = %self.epoch,
-                "Redis lost the relay's data (a restart without persistence, a flush, or a failover to an empty replica): every delivery queued there is gone. This relay stops accepting and delivering; restart it to go on with the data Redis has now (see README, scale-out)"
+                "Redis lost the relay's data (a restart without persistence, a flush, or a failover to an empty replica): every delivery queued there is gone. This relay stops accepting and delivering; restart it to go on with the data Redis has now (see docs/redis.md)"
             );
         }
     }

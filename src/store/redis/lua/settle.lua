@@ -30,7 +30,7 @@ if what == 'complete' then
   redis.call('HDEL', r, 'req', 'le')
   -- Written anew: a hash that once held the request stays in Redis's large encoding
   -- (about 520 bytes) after the request is deleted; the few fields of a receipt
-  -- fit the compact one (README, sizing).
+  -- fit the compact one (docs/redis.md, sizing).
   local keep = redis.call('HGETALL', r)
   redis.call('DEL', r)
   redis.call('HSET', r, unpack(keep))
