@@ -302,10 +302,7 @@ fn watch_rules(relay: &Arc<Relay>) -> Option<RulesWatcher> {
     let r = Arc::downgrade(relay);
     let watched = crate::rules::spawn_watcher(relay.rules.clone(), move |applied| {
         if let Some(r) = r.upgrade() {
-            r.metrics.rule_reload(applied);
-            if applied {
-                r.follow_rules();
-            }
+            r.after_reload(applied);
         }
     });
     match watched {
@@ -424,7 +421,11 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
                     })
                     .await;
                     match reloaded {
-                        Ok(Ok(names)) => tracing::info!(destinations = names.len(), "rules reloaded (SIGHUP)"),
+                        Ok(Ok(names)) => tracing::info!(
+                            destinations = names.len(),
+                            broken = relay.rules.current().broken().len(),
+                            "rules reloaded (SIGHUP)"
+                        ),
                         Ok(Err(errors)) => tracing::warn!(errors = errors.len(), "rule reload on SIGHUP refused"),
                         Err(e) => tracing::error!(error = %e, "rule reload on SIGHUP did not finish"),
                     }

@@ -217,7 +217,7 @@ impl Metrics {
         );
         r.register(
             "rule_file_errors",
-            "Errors in each destination's rule file, for files that have some: such a destination gets no new deliveries and its queue waits until the file is fixed",
+            "Errors in each destination's rule file, for files that have some: its last good version (loaded earlier by this process) stays in force, or, if none, the destination gets no new deliveries and its queue waits until the file is fixed",
             self.rule_errors.clone(),
         );
         r.register(
@@ -232,7 +232,7 @@ impl Metrics {
         );
         r.register(
             "rule_reloads",
-            "Rule reloads by result: ok, failed (the rules in force stayed)",
+            "Rule reloads by result: ok, partial (valid files applied; each file with errors keeps its last good version or stays out), failed (nothing changed)",
             self.reloads.clone(),
         );
         r.register(
@@ -274,9 +274,10 @@ impl Metrics {
         self.ingest_seconds.observe(took.as_secs_f64());
     }
 
-    /// A rule reload ended.
-    pub fn rule_reload(&self, ok: bool) {
-        let result = if ok { "ok" } else { "failed" };
+    /// A rule reload ended: `ok` (every file valid), `partial` (the valid files
+    /// applied; a file with errors keeps its last good version or stays out) or
+    /// `failed` (nothing changed).
+    pub fn rule_reload(&self, result: &'static str) {
         self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
@@ -422,7 +423,7 @@ mod tests {
         m.ingest_request("accepted");
         m.ingest_accepted(2, 1, 0, Duration::from_millis(3));
         m.attempt("aff", AttemptOutcome::Retry, Duration::from_millis(5));
-        m.rule_reload(false);
+        m.rule_reload("failed");
         let text = m.render(
             &[DestinationCounts {
                 destination: "aff".into(),

@@ -223,7 +223,7 @@ async fn counters_move_as_the_scenario_expects() {
         ),
         (
             "postback_relay_rule_reloads_total",
-            vec![("result", "failed")],
+            vec![("result", "partial")],
             1.0,
         ),
     ];

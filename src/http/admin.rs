@@ -178,15 +178,27 @@ async fn delivery(relay: &Relay, id: &str) -> HttpResponse {
     }
 }
 
+/// `POST /admin/reload`: 200 when every rule file is valid; 422 when a file has
+/// errors (the valid files applied all the same; each file with errors keeps its
+/// last good version or stays out, as `broken` says) or nothing could be applied.
 fn reload(relay: &Relay) -> HttpResponse {
     match relay.reload_rules() {
         Ok(names) => {
-            // Files that already had errors stay left out (they did not block this).
             let rules = relay.rules.current();
             let rule_errors: Vec<String> = rules.errors().iter().map(|d| d.to_string()).collect();
+            let broken: Vec<Value> = rules.broken().iter().map(broken_json).collect();
+            let (status, word) = if broken.is_empty() {
+                (StatusCode::OK, "reloaded")
+            } else {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "reloaded except the rule files with errors: each keeps its last good version, or stays out if none loaded",
+                )
+            };
             json_response(
-                StatusCode::OK,
-                json!({"status": "reloaded", "destinations": names, "rule_errors": rule_errors}),
+                status,
+                json!({"status": word, "destinations": names, "broken": broken,
+                       "rule_errors": rule_errors, "errors": rule_errors}),
             )
         }
         Err(errors) => json_response(
@@ -197,6 +209,17 @@ fn reload(relay: &Relay) -> HttpResponse {
             }),
         ),
     }
+}
+
+/// A rule file with errors as the admin API and `/ui` show it.
+pub fn broken_json(b: &crate::rules::Broken) -> Value {
+    json!({
+        "name": b.name,
+        "file": b.file.display().to_string(),
+        "last_good_in_force": b.last_good,
+        "consequence": b.consequence(),
+        "rule_errors": b.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+    })
 }
 
 /// `{"all": true}`, `{"destination": "x"}` or `{"id": "dlv_..."}`.
@@ -325,11 +348,14 @@ async fn destinations(relay: &Relay) -> HttpResponse {
     for d in rules.disabled() {
         out.insert(d.name.clone(), entry(&d.name, "disabled"));
     }
-    // A rule file with errors: no new deliveries, its queue waits for the fix.
+    // A rule file with errors: its last good version stays in force, or (none
+    // loaded) no new deliveries and its queue waits for the fix.
     for b in rules.broken() {
         let mut e = entry(&b.name, "broken");
-        e["status"] = json!("rule file has errors");
+        e["enabled"] = json!(b.last_good && rules.get(&b.name).is_some());
+        e["status"] = json!(format!("rule file has errors: {}", b.consequence()));
         e["file"] = json!(b.file.display().to_string());
+        e["last_good_in_force"] = json!(b.last_good);
         e["rule_errors"] = json!(b.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>());
         out.insert(b.name.clone(), e);
     }

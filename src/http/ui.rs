@@ -5,8 +5,8 @@
 //! `POST /ui/logout`, which ends the session server-side), the session cookie
 //! (`auth::Sessions`: expiry, random ID and their HMAC under the admin token; a new
 //! token or a restart ends every session), the page itself (`ui.html`, built into the binary),
-//! and its JSON calls: `GET /ui/api/state` (destinations, the rule files' current
-//! errors as on disk) and `POST /ui/api/preview` (one event through one destination,
+//! and its JSON calls: `GET /ui/api/state` (destinations, the rule files with
+//! errors as the rules in force know them) and `POST /ui/api/preview` (one event through one destination,
 //! or through a pasted draft rule that is never saved). Never: stores or logs what
 //! the page is given (events, drafts); shows a secret (requests are masked by
 //! `rules::masked`).
@@ -239,31 +239,37 @@ async fn read_json(req: Request<TimedBody>) -> Result<Value, HttpResponse> {
     serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON: {e}")))
 }
 
-/// The destinations to pick from, the rule files' errors as they are on disk now,
-/// and example events.
+/// The destinations to pick from (each with its state), the rule files with errors
+/// as the rules in force know them (the same as `/admin/destinations`, `/metrics`
+/// and the log), and example events.
 fn state(relay: &Relay) -> Value {
     let rules = relay.rules.current();
     let list = |ds: &[std::sync::Arc<Destination>], enabled: bool| -> Vec<Value> {
         ds.iter()
             .map(|d| {
-                json!({"name": d.name, "enabled": enabled, "description": d.description,
+                let broken = rules.broken_file(&d.name).is_some();
+                json!({"name": d.name, "enabled": enabled, "broken": broken,
+                       "file": file_name(&d.file), "description": d.description,
                        "method": d.method.as_str(), "preset": d.preset})
             })
             .collect()
     };
     let mut destinations = list(rules.destinations(), true);
     destinations.extend(list(rules.disabled(), false));
-    let (errors, warnings) = match relay.rules.read_disk() {
-        Ok(disk) => (diagnostics(&disk.errors()), diagnostics(disk.warnings())),
-        Err(e) => (diagnostics(&e), Vec::new()),
-    };
     json!({
         "destinations": destinations,
-        "broken": rules.broken().iter().map(|b| json!({"name": b.name})).collect::<Vec<_>>(),
-        "errors": errors,
-        "warnings": warnings,
+        "broken": rules.broken().iter().map(super::admin::broken_json).collect::<Vec<_>>(),
+        "errors": diagnostics(&rules.errors()),
+        "warnings": diagnostics(rules.warnings()),
         "examples": examples(),
     })
+}
+
+/// A rule file's name without its directory (`meta.toml`).
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn diagnostics(d: &[crate::diag::Diagnostic]) -> Vec<String> {

@@ -77,6 +77,7 @@ pub fn load_dir(
                 name,
                 file: path,
                 errors,
+                last_good: false,
             }),
         }
     }
