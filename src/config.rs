@@ -310,6 +310,10 @@ pub struct Config {
     pub breaker_cool_down: Duration,
     /// Bearer token for `/admin`; `None` turns the admin API off.
     pub admin_token: Option<String>,
+    /// `[admin] preview_token`: a second token that may log in to `/ui`, look and
+    /// preview (and read `GET /admin/destinations`, `GET /admin/recent`), but never
+    /// replay, reload or read dead letters, deliveries or metrics (403).
+    pub admin_preview_token: Option<String>,
     /// `[admin] listen`: the admin API and `/metrics` on their own listener.
     pub admin_listen: Option<SocketAddr>,
     pub server: ServerLimits,
@@ -437,7 +441,7 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides, vars: &[String]) 
     let dedupe = read_dedupe(&root, ingest.tolerance);
     let store = read_store(&root, path);
     let delivery = read_delivery(&root);
-    let (admin_token, admin_listen) = read_admin(&root);
+    let admin = read_admin(&root);
     let server = read_server(&root, ingest.max_body);
     let tls = read_tls(&root, path);
     let rules = read_rules(&root, path, vars);
@@ -457,8 +461,9 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides, vars: &[String]) 
         allow_private_networks: delivery.allow_private_networks,
         breaker_failures: delivery.breaker_failures,
         breaker_cool_down: delivery.breaker_cool_down,
-        admin_token,
-        admin_listen,
+        admin_token: admin.token,
+        admin_preview_token: admin.preview_token,
+        admin_listen: admin.listen,
         server,
         tls,
         rules_env: rules.env,
@@ -757,29 +762,57 @@ fn read_delivery(root: &Section<'_>) -> DeliveryConfig {
     cfg
 }
 
-fn read_admin(root: &Section<'_>) -> (Option<String>, Option<SocketAddr>) {
-    let (mut token, mut listen) = (None, None);
+/// `[admin]`: the tokens and the listener.
+#[derive(Default)]
+struct AdminConfig {
+    token: Option<String>,
+    preview_token: Option<String>,
+    listen: Option<SocketAddr>,
+}
+
+fn read_admin(root: &Section<'_>) -> AdminConfig {
+    let mut admin = AdminConfig::default();
     let Some(a) = root.section("admin", "[admin]") else {
-        return (token, listen);
+        return admin;
     };
-    if let Some(f) = a.get("token") {
-        if let Some(t) = f.as_str("\"${POSTBACK_RELAY_ADMIN_TOKEN:-}\"") {
-            if !t.is_empty() {
-                if t.len() < 16 {
-                    f.error("`admin.token` is shorter than 16 characters; use a long random token, or leave it empty to turn the admin API off");
-                }
-                token = Some(t.to_string());
-            }
+    let token = |key: &str, example: &str, off: &str| {
+        let f = a.get(key)?;
+        let t = f.as_str(example)?;
+        if t.is_empty() {
+            return None;
+        }
+        if t.len() < 16 {
+            f.error(format!(
+                "`admin.{key}` is shorter than 16 characters; use a long random token, or leave it empty to {off}"
+            ));
+        }
+        Some((t.to_string(), f))
+    };
+    admin.token = token(
+        "token",
+        "\"${POSTBACK_RELAY_ADMIN_TOKEN:-}\"",
+        "turn the admin API off",
+    )
+    .map(|(t, _)| t);
+    if let Some((t, f)) = token(
+        "preview_token",
+        "\"${POSTBACK_RELAY_PREVIEW_TOKEN:-}\"",
+        "have no preview-only login",
+    ) {
+        match &admin.token {
+            None => f.error("`admin.preview_token` needs `admin.token`: the preview page is part of the admin API, which is off without it"),
+            Some(full) if *full == t => f.error("`admin.preview_token` is the same as `admin.token`: a preview-only login needs a token of its own"),
+            Some(_) => admin.preview_token = Some(t),
         }
     }
     if let Some(f) = a.get("listen") {
-        listen = read_addr(
+        admin.listen = read_addr(
             &f,
             "listen = \"127.0.0.1:8081\" (keep it off the public network)",
         );
     }
     a.finish();
-    (token, listen)
+    admin
 }
 
 fn read_server(root: &Section<'_>, max_body: u64) -> ServerLimits {
@@ -1098,6 +1131,38 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         assert_eq!(cfg.admin_token, None);
         assert_eq!(cfg.breaker_failures, 5);
         assert_eq!(cfg.breaker_cool_down, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_preview_token_needs_the_admin_token_and_must_differ_from_it() {
+        let base = "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[admin]\n";
+        let cfg = parse(&format!(
+            "{base}token = \"admin-token-0123456789\"\npreview_token = \"preview-token-0123456789\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            cfg.admin_preview_token.as_deref(),
+            Some("preview-token-0123456789")
+        );
+        let errors = |text: &str| -> Vec<String> {
+            parse(&format!("{base}{text}"))
+                .expect_err("refused")
+                .iter()
+                .map(|d| d.to_string())
+                .collect()
+        };
+        assert_eq!(
+            errors("preview_token = \"preview-token-0123456789\"\n"),
+            ["cfg/relay.toml:4:17: `admin.preview_token` needs `admin.token`: the preview page is part of the admin API, which is off without it"]
+        );
+        assert_eq!(
+            errors("token = \"admin-token-0123456789\"\npreview_token = \"admin-token-0123456789\"\n"),
+            ["cfg/relay.toml:5:17: `admin.preview_token` is the same as `admin.token`: a preview-only login needs a token of its own"]
+        );
+        assert_eq!(
+            errors("token = \"admin-token-0123456789\"\npreview_token = \"short\"\n"),
+            ["cfg/relay.toml:5:17: `admin.preview_token` is shorter than 16 characters; use a long random token, or leave it empty to have no preview-only login"]
+        );
     }
 
     #[test]

@@ -361,3 +361,129 @@ async fn with_an_admin_listener_the_page_moves_there() {
     assert_eq!(on_ingest.status(), 404);
     relay.stop().await;
 }
+
+const PREVIEW_TOKEN: &str = "test-preview-token-0123456789";
+
+/// Logs in to `/ui` with `token`; the session cookie (`name=value`).
+async fn ui_login(client: &reqwest::Client, base: &str, token: &str) -> String {
+    let resp = client
+        .post(format!("{base}/ui/login"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303, "login with {token}");
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preview_token_looks_and_previews_but_cannot_replay_reload_or_read_deliveries() {
+    let partner = FakePartner::start().await.unwrap();
+    partner.set_default(postback_relay::fake_partner::Reply::status(400));
+    let aff = format!(
+        "[destination]\nurl = \"{}\"\nmethod = \"GET\"\n[privacy]\nallow = [\"click_id\"]\n",
+        partner.url("/p?c={click_id}")
+    );
+    // `extra` lands in [admin], after its token.
+    let relay = TestRelay::start(
+        &[("aff", &aff)],
+        &format!("preview_token = \"{PREVIEW_TOKEN}\""),
+    )
+    .await;
+    // One dead letter (the partner answers 400).
+    let (s, _) = relay
+        .post_json("m1", &common::event("e1", "purchase", "clk1"))
+        .await;
+    assert_eq!(s, 202);
+    assert!(
+        common::eventually(10, || async {
+            relay.admin_get("/admin/destinations").await["destinations"][0]["dlq_size"] == 1
+        })
+        .await
+    );
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = &relay.base;
+
+    // The admin API: the preview token may look at destinations, nothing else.
+    let call = |method: &str, path: &str| {
+        client
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .bearer_auth(PREVIEW_TOKEN)
+            .header("content-type", "application/json")
+            .body("{\"all\": true}")
+    };
+    let resp = call("GET", "/admin/destinations").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    for (method, path) in [
+        ("POST", "/admin/dlq/replay"),
+        ("POST", "/admin/reload"),
+        ("GET", "/admin/dlq"),
+        ("GET", "/admin/deliveries/dlv_00000000000000000000000000"),
+        ("GET", "/metrics"),
+    ] {
+        let resp = call(method, path).send().await.unwrap();
+        assert_eq!(resp.status(), 403, "{method} {path}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        let error = v["error"].as_str().unwrap_or("");
+        assert!(
+            error.starts_with("the preview token may look and preview only: ")
+                && error.ends_with("needs the admin token ([admin] token)"),
+            "{method} {path}: {v}"
+        );
+    }
+
+    // `/ui` with the preview token: state and preview, but replay is 403.
+    let session = ui_login(&client, base, PREVIEW_TOKEN).await;
+    let api = |method: &str, path: &str, body: serde_json::Value| {
+        client
+            .request(method.parse().unwrap(), format!("{base}{path}"))
+            .header("cookie", &session)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let state: serde_json::Value = api("GET", "/ui/api/state", json!({}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["role"], "preview", "{state}");
+    let event = json!({"event_id": "e", "event_name": "purchase", "click_id": "clk_p"});
+    let resp = api(
+        "POST",
+        "/ui/api/preview",
+        json!({"destination": "aff", "event": event}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = api("POST", "/ui/api/replay", json!({"destination": "aff"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(
+        relay.admin_get("/admin/destinations").await["destinations"][0]["dlq_size"],
+        1,
+        "a preview login replayed"
+    );
+
+    // The admin login replays from the page.
+    let admin = ui_login(&client, base, ADMIN_TOKEN).await;
+    let resp = client
+        .post(format!("{base}/ui/api/replay"))
+        .header("cookie", &admin)
+        .header("content-type", "application/json")
+        .body(json!({"destination": "aff"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["replayed"], 1, "{v}");
+    relay.stop().await;
+}

@@ -1,5 +1,6 @@
 //! The admin API, behind `Authorization: Bearer <token>`: destinations, dead
-//! letters, replay, rule reload.
+//! letters, replay, rule reload. The preview token (`[admin] preview_token`) may read
+//! only `GET /admin/destinations` and `GET /admin/recent` (403 elsewhere).
 //!
 //! Owns: authentication of admin calls and their JSON shapes. Never: exposes a
 //! queued request (URLs and headers can hold partner secrets) or event data.
@@ -13,6 +14,7 @@ use hyper::header::AUTHORIZATION;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
+use super::auth::{role_of, Role};
 use super::routes::{json_response, HttpResponse};
 use super::Edge;
 use crate::relay::Relay;
@@ -38,18 +40,23 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// `None` when `req` carries the admin token (`Authorization: Bearer`) from an
-/// address not locked out; else the answer to send (404 without a token configured,
-/// 429, 401). A wrong token is counted against `ip`.
-pub fn refusal<B>(edge: &Edge, ip: IpAddr, req: &Request<B>) -> Option<HttpResponse> {
-    let Some(token) = edge.relay.config.admin_token.as_deref() else {
-        return Some(json_response(
+/// The role of the token `req` carries (`Authorization: Bearer`) from an address not
+/// locked out; else the answer to send (404 without a token configured, 429, 401). A
+/// wrong token is counted against `ip`.
+pub fn authenticate<B>(
+    edge: &Edge,
+    ip: IpAddr,
+    req: &Request<B>,
+) -> Result<Role, Box<HttpResponse>> {
+    let config = &edge.relay.config;
+    let Some(token) = config.admin_token.as_deref() else {
+        return Err(Box::new(json_response(
             StatusCode::NOT_FOUND,
             json!({"error": "the admin API is off; set [admin] token in the config to turn it on"}),
-        ));
+        )));
     };
     if let Err(wait) = edge.attempts.check(ip) {
-        return Some(too_many_attempts(wait));
+        return Err(Box::new(too_many_attempts(wait)));
     }
     let given = req
         .headers()
@@ -57,25 +64,51 @@ pub fn refusal<B>(edge: &Edge, ip: IpAddr, req: &Request<B>) -> Option<HttpRespo
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token)
         .unwrap_or("");
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(
-        given.as_bytes(),
-        token.as_bytes(),
-    )) {
-        edge.attempts.failed(ip, "admin");
-        return Some(json_response(
-            StatusCode::UNAUTHORIZED,
-            json!({"error": "missing or wrong admin token (Authorization: Bearer <token>)"}),
-        ));
+    match role_of(given, token, config.admin_preview_token.as_deref()) {
+        Some(role) => Ok(role),
+        None => {
+            edge.attempts.failed(ip, "admin");
+            Err(Box::new(json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "missing or wrong admin token (Authorization: Bearer <token>)"}),
+            )))
+        }
     }
-    None
+}
+
+/// `None` when `req` carries the admin token (not the preview token); else the
+/// answer to send (`authenticate`'s, or 403).
+pub fn refusal<B>(edge: &Edge, ip: IpAddr, req: &Request<B>) -> Option<HttpResponse> {
+    match authenticate(edge, ip, req) {
+        Ok(Role::Admin) => None,
+        Ok(Role::Preview) => Some(preview_forbidden(req.uri().path())),
+        Err(resp) => Some(*resp),
+    }
+}
+
+/// 403 for the preview token (or a preview-only `/ui` login) on `what`.
+pub fn preview_forbidden(what: &str) -> HttpResponse {
+    json_response(
+        StatusCode::FORBIDDEN,
+        json!({"error": format!("the preview token may look and preview only: {what} needs the admin token ([admin] token)")}),
+    )
+}
+
+/// What the preview token may call: the destinations and the live view.
+fn preview_may(method: &Method, path: &str) -> bool {
+    *method == Method::GET && matches!(path, "/admin/destinations" | "/admin/recent")
 }
 
 pub async fn handle(edge: &Edge, ip: IpAddr, req: Request<TimedBody>) -> HttpResponse {
     let relay = &edge.relay;
-    if let Some(resp) = refusal(edge, ip, &req) {
-        return resp;
-    }
+    let role = match authenticate(edge, ip, &req) {
+        Ok(role) => role,
+        Err(resp) => return *resp,
+    };
     let path = req.uri().path().to_string();
+    if role == Role::Preview && !preview_may(req.method(), &path) {
+        return preview_forbidden(&format!("{} {path}", req.method()));
+    }
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/admin/destinations") => destinations(relay).await,
         (Method::GET, "/admin/dlq") => dlq(relay, &query(&req)).await,
