@@ -111,6 +111,7 @@ pub async fn handle(edge: &Edge, ip: IpAddr, req: Request<TimedBody>) -> HttpRes
     }
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/admin/destinations") => destinations(relay).await,
+        (Method::GET, "/admin/recent") => json_response(StatusCode::OK, recent(edge, &query(&req))),
         (Method::GET, "/admin/dlq") => dlq(relay, &query(&req)).await,
         (Method::POST, "/admin/dlq/replay") => match replay_request(req).await {
             Ok(selector) => replay(relay, selector).await,
@@ -137,7 +138,23 @@ pub async fn handle(edge: &Edge, ip: IpAddr, req: Request<TimedBody>) -> HttpRes
     }
 }
 
-fn query(req: &Request<TimedBody>) -> BTreeMap<String, String> {
+/// `GET /admin/recent[?destination=NAME][&limit=N]`: the live view, newest first.
+pub fn recent(edge: &Edge, query: &BTreeMap<String, String>) -> Value {
+    use super::recent::{CAPACITY, PER_SECOND};
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100usize)
+        .min(CAPACITY);
+    let destination = query.get("destination").map(String::as_str);
+    json!({
+        "events": edge.recent.list(destination, limit),
+        "capacity": CAPACITY,
+        "recorded_per_second": PER_SECOND,
+    })
+}
+
+pub fn query(req: &Request<TimedBody>) -> BTreeMap<String, String> {
     req.uri()
         .query()
         .map(|q| {

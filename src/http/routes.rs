@@ -431,6 +431,9 @@ async fn process(
     };
     drop(signed);
     let rules = relay.rules.current();
+    // The live view's record of these events (names and fates only), kept below once
+    // the store has answered.
+    let recent = edge.recent.prepare(&rules, &parsed, now);
     let cx = AcceptContext {
         rules: &rules,
         dedupe: &relay.dedupe,
@@ -442,6 +445,7 @@ async fn process(
             for d in &report.destinations {
                 relay.deliverer.notify(d);
             }
+            edge.recent.commit(recent, &report.results);
             relay.metrics.ingest_accepted(
                 report.accepted,
                 report.duplicates,

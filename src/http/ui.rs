@@ -93,7 +93,7 @@ pub async fn handle(
             ))
         }
         (_, p) if p.starts_with("/ui/api/") => match role {
-            Some(role) => api(relay, role, req).await,
+            Some(role) => api(edge, role, req).await,
             None => json_response(
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "not logged in: open /ui and enter the admin token or the preview token"}),
@@ -107,10 +107,15 @@ pub async fn handle(
 }
 
 /// The page's JSON calls, for a logged-in `role`.
-async fn api(relay: &Relay, role: Role, req: Request<TimedBody>) -> HttpResponse {
+async fn api(edge: &Edge, role: Role, req: Request<TimedBody>) -> HttpResponse {
+    let relay = &edge.relay;
     let path = req.uri().path().to_string();
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/ui/api/state") => json_response(StatusCode::OK, state(relay, role).await),
+        (Method::GET, "/ui/api/recent") => json_response(
+            StatusCode::OK,
+            super::admin::recent(edge, &super::admin::query(&req)),
+        ),
         (Method::POST, "/ui/api/preview") => match read_json(req).await {
             Ok(v) => preview(relay, &v),
             Err(resp) => resp,
