@@ -387,27 +387,114 @@ fn preview(relay: &Relay, v: &Value) -> HttpResponse {
         Err(e) => return bad(format!("the event is not valid: {e}")),
     };
     let rules = relay.rules.current();
+    if v["all"] == json!(true) {
+        return json_response(StatusCode::OK, everywhere(&rules, &event));
+    }
     match v["draft"].as_str().filter(|d| !d.trim().is_empty()) {
-        Some(draft) => preview_draft(relay, &name, draft, &event),
-        None => match rules.find(&name) {
-            Some(d) => json_response(StatusCode::OK, verdict(d, &event, "rules", Vec::new())),
-            None => bad(unknown_destination(&rules, &name)),
+        Some(draft) => match draft_name(v["draft_name"].as_str().unwrap_or("")) {
+            Ok(draft_name) => preview_draft(relay, &draft_name, draft, &event),
+            Err(e) => bad(e),
+        },
+        None => match (rules.find(&name), rules.broken_file(&name)) {
+            (Some(d), _) => json_response(StatusCode::OK, in_force(&rules, d, &event)),
+            (None, Some(b)) => json_response(
+                StatusCode::OK,
+                json!({"destination": name, "source": "rules", "errors": [], "warnings": [],
+                       "sent": false, "banner": banner_broken(b),
+                       "reason": format!("its rule file has errors: {}", b.consequence())}),
+            ),
+            (None, None) => bad(format!("no destination named \"{name}\"")),
         },
     }
 }
 
-fn unknown_destination(rules: &RuleSet, name: &str) -> String {
-    if rules.broken().iter().any(|b| b.name == name) {
-        format!(
-            "the rule file of {name} has errors (listed above); paste it as a draft to check a fix"
-        )
+/// A destination of the rules in force's verdict, with the banner a disabled or
+/// broken one gets: nothing is sent, and why.
+fn in_force(rules: &RuleSet, d: &Destination, event: &Event) -> Value {
+    let mut v = verdict(d, event, "rules", Vec::new());
+    v["file"] = json!(file_name(&d.file));
+    if rules.get(&d.name).is_none() {
+        v["enabled"] = json!(false);
+        v["banner"] = json!(format!(
+            "Nothing is sent to {}, because its rule file {} says enabled = false. What it would get once enabled is shown below.",
+            d.name,
+            file_name(&d.file)
+        ));
+        let disabled = "disabled (enabled = false): nothing is sent";
+        if v["sent"] == json!(true) {
+            v["sent"] = json!(false);
+            v["would_send"] = json!(true);
+            v["reason"] = json!(disabled);
+        } else {
+            let skip = v["reason"].as_str().unwrap_or("").to_string();
+            v["reason"] = json!(format!("{disabled}; once enabled, not sent either: {skip}"));
+        }
     } else {
-        format!("no destination named \"{name}\"")
+        v["enabled"] = json!(true);
     }
+    if let Some(b) = rules.broken_file(&d.name) {
+        v["banner"] = json!(format!(
+            "The rule file {} has errors (listed above), so its text on disk is not in force: the last good version is, and that is what is previewed here.",
+            file_name(&b.file)
+        ));
+    }
+    v
+}
+
+fn banner_broken(b: &crate::rules::Broken) -> String {
+    format!(
+        "Nothing is sent to {}, because its rule file {} has errors (listed above) and no good version of it loaded since the relay started. Paste it as a draft to check a fix.",
+        b.name,
+        file_name(&b.file)
+    )
+}
+
+/// The event at every destination: sent or why not, and, when it reaches none, why.
+fn everywhere(rules: &RuleSet, event: &Event) -> Value {
+    let mut list: Vec<Value> = rules
+        .destinations()
+        .iter()
+        .chain(rules.disabled())
+        .map(|d| {
+            let v = in_force(rules, d, event);
+            json!({"destination": d.name, "sent": v["sent"], "reason": v["reason"],
+                   "banner": v["banner"]})
+        })
+        .collect();
+    for b in rules.broken().iter().filter(|b| !b.last_good) {
+        list.push(
+            json!({"destination": b.name, "sent": false, "banner": banner_broken(b),
+                         "reason": format!("its rule file has errors: {}", b.consequence())}),
+        );
+    }
+    let sent = list.iter().filter(|v| v["sent"] == json!(true)).count();
+    let summary = match (sent, list.len()) {
+        (0, 0) => "This event reaches no destination: there is no rule file.".to_string(),
+        (0, _) => "This event reaches no destination: each one's reason is below.".to_string(),
+        (n, _) => format!("This event is sent to {n} destination(s)."),
+    };
+    json!({"all": true, "summary": summary, "sent_to": sent, "verdicts": list})
+}
+
+/// A draft's own file name (`meta-v2.toml`; empty: `draft.toml`), as the destination
+/// name it is previewed under.
+fn draft_name(given: &str) -> Result<String, String> {
+    let given = given.trim();
+    let stem = given.strip_suffix(".toml").unwrap_or(given);
+    if stem.is_empty() {
+        return Ok("draft".to_string());
+    }
+    if stem.len() > 64
+        || !stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err("the draft's file name: letters, digits, `_` and `-`, at most 64, then .toml (e.g. meta-v2.toml)".into());
+    }
+    Ok(stem.to_string())
 }
 
 fn preview_draft(relay: &Relay, name: &str, draft: &str, event: &Event) -> HttpResponse {
-    let name = if name.is_empty() { "draft" } else { name };
     let path = PathBuf::from("draft").join(format!("{name}.toml"));
     let (result, warnings) = compile_draft(
         &path,
@@ -415,14 +502,16 @@ fn preview_draft(relay: &Relay, name: &str, draft: &str, event: &Event) -> HttpR
         relay.rules.env(),
         relay.rules.options(),
     );
+    let file = format!("{name}.toml");
     match result {
-        Ok(d) => json_response(
-            StatusCode::OK,
-            verdict(&d, event, "draft", diagnostics(&warnings)),
-        ),
+        Ok(d) => {
+            let mut v = verdict(&d, event, "draft", diagnostics(&warnings));
+            v["file"] = json!(file);
+            json_response(StatusCode::OK, v)
+        }
         Err(errors) => json_response(
             StatusCode::OK,
-            json!({"destination": name, "source": "draft", "errors": diagnostics(&errors),
+            json!({"destination": name, "file": file, "source": "draft", "errors": diagnostics(&errors),
                    "warnings": diagnostics(&warnings)}),
         ),
     }
