@@ -192,6 +192,9 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
     let rules = RulesHandle::open(&config.rules_dir, rules_env, options, config.strict_rules)
         .map_err(StartError::Invalid)?;
     crate::rules::log_broken(&rules.current());
+    for w in config.safety_warnings() {
+        tracing::warn!("unsafe for production: {w}");
+    }
     let tls = match &config.tls {
         Some(files) => Some(TlsCertificates::load(files).map_err(StartError::Tls)?),
         None => None,

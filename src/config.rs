@@ -16,6 +16,10 @@ use crate::toml_reader::{Doc, Section};
 /// protocol lives in `crate::webhooks`.
 pub use crate::webhooks::Secret as WebhookSecret;
 
+/// The public demo secret of the example config (`postback-relay.toml`): a relay
+/// verifying with it accepts events anyone can sign.
+pub const DEMO_SECRET: &str = "whsec_cG9zdGJhY2stcmVsYXktZGVtby1zZWNyZXQtRE8tTk9ULVVTRSEh";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestConfig {
     pub secrets: Vec<WebhookSecret>,
@@ -325,6 +329,33 @@ pub struct Config {
     /// `[rules] strict` or `serve --strict`: refuse to start (and to reload) while any
     /// rule file has errors. Default: start with the valid rule files.
     pub strict_rules: bool,
+}
+
+impl Config {
+    /// What makes this config unsafe in production: said loudly, as warnings, at
+    /// start (`serve` logs each) and by `check`. Each names the setting and the fix.
+    pub fn safety_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let demo = WebhookSecret::parse(DEMO_SECRET).ok();
+        if demo.is_some_and(|d| self.ingest.secrets.contains(&d)) {
+            out.push("[ingest] secrets holds the public demo secret of the example config: anyone can sign events for this relay; set POSTBACK_RELAY_SECRET to a secret of your own (whsec_ + base64 of 24+ random bytes)".to_string());
+        }
+        if self.allow_private_networks {
+            out.push("[delivery] allow_private_networks = true: rule files may send to loopback and private addresses (this machine, the internal network); keep it false in production".to_string());
+        }
+        if self.admin_token.is_some() {
+            // The admin listener never speaks TLS; without one, the admin API shares
+            // the ingest listener and its TLS.
+            let (addr, tls) = match self.admin_listen {
+                Some(a) => (a, false),
+                None => (self.listen, self.tls.is_some()),
+            };
+            if !addr.ip().is_loopback() && !tls {
+                out.push(format!("the admin API (its token, /ui, replay) listens on {addr} without TLS: the token crosses the network in clear; set [admin] listen = \"127.0.0.1:8081\" (and reach it through SSH or a TLS proxy), or [tls] on `listen`"));
+            }
+        }
+        out
+    }
 }
 
 /// Command-line values that take precedence over the file.
@@ -1131,6 +1162,30 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         assert_eq!(cfg.admin_token, None);
         assert_eq!(cfg.breaker_failures, 5);
         assert_eq!(cfg.breaker_cool_down, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unsafe_settings_are_warned_about() {
+        let demo = format!("[ingest]\nsecrets = [\"{DEMO_SECRET}\"]\n");
+        let cfg = parse(&format!(
+            "listen = \"0.0.0.0:8080\"\n{demo}[delivery]\nallow_private_networks = true\n[admin]\ntoken = \"admin-token-0123456789\"\n"
+        ))
+        .expect("valid");
+        let w = cfg.safety_warnings();
+        assert_eq!(w.len(), 3, "{w:#?}");
+        assert!(w[0].starts_with("[ingest] secrets holds the public demo secret"));
+        assert!(w[1].starts_with("[delivery] allow_private_networks = true"));
+        assert!(w[2].starts_with(
+            "the admin API (its token, /ui, replay) listens on 0.0.0.0:8080 without TLS"
+        ));
+        // Own secret, no private networks, the admin API on loopback: nothing to say.
+        let cfg = parse(
+            "listen = \"0.0.0.0:8080\"\n[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[admin]\ntoken = \"admin-token-0123456789\"\nlisten = \"127.0.0.1:8081\"\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.safety_warnings(), Vec::<String>::new());
+        let cfg = parse("listen = \"0.0.0.0:8080\"\n[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[admin]\ntoken = \"admin-token-0123456789\"\nlisten = \"10.0.0.5:8081\"\n").expect("valid");
+        assert_eq!(cfg.safety_warnings().len(), 1);
     }
 
     #[test]

@@ -149,9 +149,10 @@ fn check_accepts_the_shipped_config_and_rules_with_no_environment() {
     // As the README runs it: from the repository root, with the default config path.
     let r = run(&["check"], repo);
     assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    // The demo config's two unsafe settings are warned about (tests/safe_defaults.rs).
     assert_eq!(
         r.stdout.trim(),
-        "ok: postback-relay.toml and rules (1 enabled destination)"
+        "ok: postback-relay.toml and rules (1 enabled destination, 2 warnings)"
     );
     // And from elsewhere: the rules directory is relative to the config file.
     let tmp = tempfile::tempdir().unwrap();
@@ -161,7 +162,7 @@ fn check_accepts_the_shipped_config_and_rules_with_no_environment() {
     assert_eq!(
         r.stdout.trim(),
         format!(
-            "ok: {} and {} (1 enabled destination)",
+            "ok: {} and {} (1 enabled destination, 2 warnings)",
             cfg.display(),
             repo.join("rules").display()
         )

@@ -57,6 +57,13 @@ pub fn run(
         errors.extend(private_partner_hosts(&set, cfg));
     }
     print_warnings(set.warnings());
+    let unsafe_settings = loaded
+        .as_ref()
+        .map(Config::safety_warnings)
+        .unwrap_or_default();
+    for w in &unsafe_settings {
+        eprintln!("{}: warning: unsafe for production: {w}", config.display());
+    }
     let unreadable = match events {
         Some(dir) => run_events(out, &set, dir)?,
         None => Vec::new(),
@@ -75,7 +82,7 @@ pub fn run(
         rules_dir.display(),
         count,
         plural(count),
-        match set.warnings().len() {
+        match set.warnings().len() + unsafe_settings.len() {
             0 => String::new(),
             n => format!(", {n} warning{}", plural(n)),
         }
