@@ -77,6 +77,21 @@ struct VersionLabel {
     version: &'static str,
 }
 
+/// Every `result` of `ingest_requests`: exported at 0 from the start, so a rate or an
+/// alert has a series before the first such request.
+pub const INGEST_RESULTS: [&str; 10] = [
+    "accepted",
+    "bad_request",
+    "body_timeout",
+    "overloaded",
+    "stale_timestamp",
+    "store_unavailable",
+    "too_large",
+    "too_many_events",
+    "unauthorized",
+    "unsupported_type",
+];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency() -> Histogram {
@@ -100,6 +115,7 @@ pub struct Metrics {
     dlq_size: Family<DestinationLabel, Gauge>,
     circuit: Family<DestinationState, Gauge>,
     rule_errors: Family<DestinationLabel, Gauge>,
+    store_ready: Gauge,
     store_commit_seconds: Histogram,
     store_commit_ops: Histogram,
     reloads: Family<ResultLabel, Counter>,
@@ -136,6 +152,7 @@ impl Metrics {
             dlq_size: Family::default(),
             circuit: Family::default(),
             rule_errors: Family::default(),
+            store_ready: Gauge::default(),
             store_commit_seconds: latency(),
             store_commit_ops: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             reloads: Family::default(),
@@ -143,7 +160,25 @@ impl Metrics {
             accept_errors: Family::default(),
         };
         m.register();
+        m.start_at_zero();
         m
+    }
+
+    /// Every counter with fixed labels gets its series at 0 now (those per destination
+    /// at each scrape, see `render`): no counter is missing until its first event.
+    fn start_at_zero(&self) {
+        for result in INGEST_RESULTS {
+            let _ = self.ingest_requests.get_or_create(&ResultLabel { result });
+        }
+        for outcome in ["accepted", "duplicate", "rejected"] {
+            let _ = self.events.get_or_create(&OutcomeLabel { outcome });
+        }
+        for result in ["ok", "partial", "failed"] {
+            let _ = self.reloads.get_or_create(&ResultLabel { result });
+        }
+        let _ = self
+            .accept_errors
+            .get_or_create(&ListenerLabel { listener: "ingest" });
     }
 
     fn register(&mut self) {
@@ -219,6 +254,11 @@ impl Metrics {
             "rule_file_errors",
             "Errors in each destination's rule file, for files that have some: its last good version (loaded earlier by this process) stays in force, or, if none, the destination gets no new deliveries and its queue waits until the file is fixed",
             self.rule_errors.clone(),
+        );
+        r.register(
+            "store_ready",
+            "1 while the store takes writes (what /readyz says), 0 while it does not (ingest answers 503)",
+            self.store_ready.clone(),
         );
         r.register(
             "store_commit_duration_seconds",
@@ -301,9 +341,15 @@ impl Metrics {
     }
 
     pub fn accept_error(&self, listener: &'static str) {
-        self.accept_errors
+        let _ = self
+            .accept_errors
             .get_or_create(&ListenerLabel { listener })
             .inc();
+    }
+
+    /// Whether the store takes writes now (read by the caller at scrape time).
+    pub fn set_store_ready(&self, ready: bool) {
+        self.store_ready.set(i64::from(ready));
     }
 
     /// The destinations whose rule files have errors, with how many (read by the
@@ -352,6 +398,20 @@ impl Metrics {
                 .set(i64::try_from(c.dead).unwrap_or(i64::MAX));
         }
         for s in status {
+            // Counters of every destination in force, at 0 until their first event.
+            for outcome in [
+                AttemptOutcome::Delivered,
+                AttemptOutcome::Retry,
+                AttemptOutcome::DeadLetter,
+            ] {
+                let _ = self.attempts.get_or_create(&DestinationOutcome {
+                    destination: label(&s.name),
+                    outcome: outcome.as_str(),
+                });
+            }
+            let _ = self.requests.get_or_create(&DestinationLabel {
+                destination: s.name.clone(),
+            });
             self.concurrency
                 .get_or_create(&DestinationLabel {
                     destination: s.name.clone(),

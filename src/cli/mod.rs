@@ -43,11 +43,30 @@ pub enum LogFormat {
     Json,
 }
 
-/// Sets up logging to standard error: `RUST_LOG` (default `info`) and the format.
+/// The storage engine's crates: their `info` lines (recovering trees, ingestion
+/// writers, paths of the build machine) are noise for an operator.
+const STORAGE_CRATES: [&str; 3] = ["fjall", "lsm_tree", "sfa"];
+
+/// The log filter: `RUST_LOG` (default `info`), with the storage engine at `warn`
+/// unless `RUST_LOG` names it.
+fn log_filter(rust_log: Option<&str>) -> String {
+    let base = rust_log.filter(|r| !r.trim().is_empty()).unwrap_or("info");
+    let mut filter = base.to_string();
+    for c in STORAGE_CRATES {
+        if !base.contains(c) {
+            filter.push_str(&format!(",{c}=warn"));
+        }
+    }
+    filter
+}
+
+/// Sets up logging to standard error: `RUST_LOG` (default `info`; the storage engine
+/// at `warn` unless named) and the format.
 pub fn init_logging(format: Option<LogFormat>) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(rust_log.as_deref()))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(None)));
     let terminal = std::io::stderr().is_terminal();
     let format = format.unwrap_or(if terminal {
         LogFormat::Text
@@ -247,4 +266,22 @@ fn serve(config: &Path, ov: Overrides) -> Result<(), CliError> {
 /// The environment as rule files may see it under `policy` (`[rules] allow_env`).
 fn rules_env(policy: crate::config::RulesEnvPolicy) -> crate::config::RulesEnv {
     crate::config::RulesEnv::new(std::sync::Arc::new(ProcessEnv), policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_storage_engine_logs_at_warn_unless_rust_log_names_it() {
+        assert_eq!(log_filter(None), "info,fjall=warn,lsm_tree=warn,sfa=warn");
+        assert_eq!(
+            log_filter(Some("debug")),
+            "debug,fjall=warn,lsm_tree=warn,sfa=warn"
+        );
+        assert_eq!(
+            log_filter(Some("info,lsm_tree=debug")),
+            "info,lsm_tree=debug,fjall=warn,sfa=warn"
+        );
+    }
 }

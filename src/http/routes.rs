@@ -104,6 +104,9 @@ async fn metrics(edge: &Edge) -> HttpResponse {
         .map(|b| (b.name.clone(), b.errors.len()))
         .collect();
     relay.metrics.set_rule_errors(&broken);
+    relay
+        .metrics
+        .set_store_ready(relay.store.ready().await.is_ok());
     let queued: Vec<String> = counts
         .iter()
         .filter(|c| c.queued > 0)
