@@ -216,7 +216,15 @@ async fn replay_request(req: Request<TimedBody>) -> Result<ReplaySelector, HttpR
 /// `GET /admin/deliveries/{id}`: where one delivery stands, never its payload.
 async fn delivery(relay: &Relay, id: &str) -> HttpResponse {
     match relay.store.lookup(id).await {
-        Ok(Some(status)) => json_response(StatusCode::OK, json!(status)),
+        Ok(Some(status)) => {
+            // Times as everywhere in the admin API: RFC 3339, UTC.
+            let mut v = json!(status);
+            v["created_at"] = ms_to_iso(Some(status.created_at));
+            v["last_attempt_at"] = ms_to_iso(status.last_attempt_at);
+            v["next_attempt_at"] = ms_to_iso(status.next_attempt_at);
+            v["finished_at"] = ms_to_iso(status.finished_at);
+            json_response(StatusCode::OK, v)
+        }
         Ok(None) => json_response(
             StatusCode::NOT_FOUND,
             json!({"error": "no such delivery (unknown ID, or delivered/dead longer ago than the dead-letter retention)"}),
