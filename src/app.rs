@@ -158,6 +158,15 @@ impl Running {
     /// Stops accepting, finishes in-flight requests, stops delivery workers, and
     /// waits until the store is closed (so the same data_dir can be opened again).
     pub async fn stop(self) {
+        // What was in flight when the stop began, for the last log line.
+        let connections = self.relay.metrics.open_connections();
+        let deliveries: usize = self
+            .relay
+            .deliverer
+            .status()
+            .iter()
+            .map(|s| s.in_flight)
+            .sum();
         let _ = self.shutdown.send(true);
         for s in self.servers {
             let _ = s.await;
@@ -171,9 +180,19 @@ impl Running {
             let _ = tokio::task::spawn_blocking(move || w.stop()).await;
         }
         self.relay.deliverer.clone().shutdown().await;
+        let queued: u64 = match self.relay.store.counts().await {
+            Ok(counts) => counts.iter().map(|c| c.queued).sum(),
+            Err(_) => 0,
+        };
         // Closed explicitly: a task that still holds the store cannot keep the data
         // directory locked after `stop` returns.
         self.relay.store.close().await;
+        tracing::info!(
+            connections_finished = connections,
+            deliveries_in_flight_settled_or_released = deliveries,
+            queued_for_next_start = queued,
+            "stopped: connections open at the stop were finished (or closed after the grace period); deliveries in flight were settled or released to the queue"
+        );
     }
 }
 
@@ -444,7 +463,6 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
     #[cfg(unix)]
     drop(relay);
     running.stop().await;
-    tracing::info!("stopped");
     Ok(())
 }
 

@@ -340,6 +340,18 @@ impl Metrics {
             .dec();
     }
 
+    /// Open HTTP connections, every listener together.
+    pub fn open_connections(&self) -> i64 {
+        ["ingest", "admin"]
+            .into_iter()
+            .map(|listener| {
+                self.connections
+                    .get_or_create(&ListenerLabel { listener })
+                    .get()
+            })
+            .sum()
+    }
+
     pub fn accept_error(&self, listener: &'static str) {
         let _ = self
             .accept_errors

@@ -87,6 +87,14 @@ fn the_production_config_starts_and_checks_without_a_single_warning() {
     );
     assert!(log.contains("postback-relay ready"), "{log}");
     assert_eq!(warnings(&log), Vec::<&str>::new(), "{log}");
+    // The last line says what the stop finished and what waits for the next start.
+    let last = log.lines().last().unwrap_or("");
+    assert!(
+        last.contains("stopped: ")
+            && last.contains("connections_finished=")
+            && last.contains("queued_for_next_start=0"),
+        "{log}"
+    );
     // The storage engine's own info lines stay out unless RUST_LOG names it.
     assert!(
         !log.contains("Creating database") && !log.contains("ingestion writer"),
