@@ -889,6 +889,62 @@ fn preview_reads_standard_input_and_shows_one_destination() {
 }
 
 #[test]
+fn preview_of_one_destination_works_beside_a_broken_rule_file() {
+    let repo = Path::new(REPO);
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::copy(
+        repo.join("rules/example-aff.toml"),
+        rules.join("example-aff.toml"),
+    )
+    .unwrap();
+    std::fs::write(rules.join("mymeta.toml"), "[destination\n").unwrap();
+    let cfg = s(&repo.join("postback-relay.toml")).to_string();
+    let event = s(&repo.join("examples/purchase.json")).to_string();
+    let args = |only: &str| {
+        vec![
+            "preview".to_string(),
+            "--config".into(),
+            cfg.clone(),
+            "--rules".into(),
+            s(&rules).into(),
+            "--destination".into(),
+            only.into(),
+            event.clone(),
+        ]
+    };
+    let a = args("example-aff");
+    let r = run(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        tmp.path(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("== example-aff =="), "{}", r.stdout);
+    assert!(
+        r.stderr.contains(&format!(
+            "note: {} has errors and is left out",
+            rules.join("mymeta.toml").display()
+        )),
+        "{}",
+        r.stderr
+    );
+    // The broken one itself: its located error, exit 1.
+    let a = args("mymeta");
+    let r = run(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        tmp.path(),
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .starts_with(&format!("{}:", rules.join("mymeta.toml").display())),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn every_option_has_a_description_in_help() {
     let dir = tempfile::tempdir().unwrap();
     for (args, wanted) in [
@@ -1136,4 +1192,40 @@ fn check_flags_a_private_partner_address_unless_private_networks_are_allowed() {
     }
     assert!(!r.stderr.contains("public.toml"), "{}", r.stderr);
     assert!(r.stderr.contains("3 errors"), "{}", r.stderr);
+}
+
+#[test]
+fn dlq_without_the_admin_token_in_its_environment_says_so_not_that_the_api_is_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("rules")).unwrap();
+    let cfg = tmp.path().join("postback-relay.toml");
+    let listen = format!("listen = \"127.0.0.1:{}\"", free_port());
+    std::fs::write(
+        &cfg,
+        config_text("")
+            .replace("listen = \"127.0.0.1:0\"", &listen)
+            .replace(
+                &format!("token = \"{}\"", common::ADMIN_TOKEN),
+                "token = \"${POSTBACK_RELAY_ADMIN_TOKEN:-}\"",
+            ),
+    )
+    .unwrap();
+    let mut serve = bin();
+    serve
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("POSTBACK_RELAY_ADMIN_TOKEN", common::ADMIN_TOKEN)
+        .env("RUST_LOG", "info");
+    let _relay = RelayProcess::spawn_command(serve);
+    let r = run(&["dlq", "list", "--config", s(&cfg)], tmp.path());
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("this command has no admin token to ask it with")
+            && r.stderr
+                .contains("set that variable here as the relay has it")
+            && !r.stderr.contains("the admin API is off"),
+        "{}",
+        r.stderr
+    );
 }
