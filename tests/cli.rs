@@ -1229,3 +1229,52 @@ fn dlq_without_the_admin_token_in_its_environment_says_so_not_that_the_api_is_of
         r.stderr
     );
 }
+
+#[test]
+fn check_events_and_preview_agree_on_a_partners_age_limit() {
+    let repo = Path::new(REPO);
+    let tmp = tempfile::tempdir().unwrap();
+    let events = tmp.path().join("events");
+    std::fs::create_dir(&events).unwrap();
+    // Ten days old: past Meta's seven.
+    let old = chrono::Utc::now() - chrono::Duration::days(10);
+    let event = std::fs::read_to_string(repo.join("examples/purchase.json"))
+        .unwrap()
+        .replace(
+            "\"2026-11-25T10:00:00Z\"",
+            &format!("\"{}\"", old.to_rfc3339()),
+        );
+    let file = events.join("old.json");
+    std::fs::write(&file, &event).unwrap();
+    let cfg = s(&repo.join("postback-relay.toml")).to_string();
+    let r = run(
+        &["check", "--config", &cfg, "--events", s(&events)],
+        tmp.path(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let meta = r.stdout.split("== meta (disabled) ==").nth(1).unwrap_or("");
+    assert!(
+        meta.contains("the event is 10 days old and this partner takes events up to 7 days old")
+            && meta.contains("0 of 1 events sent"),
+        "{}",
+        r.stdout
+    );
+    let r = run(
+        &[
+            "preview",
+            "--config",
+            &cfg,
+            "--destination",
+            "meta",
+            s(&file),
+        ],
+        tmp.path(),
+    );
+    assert!(
+        r.stdout
+            .contains("the event is 10 days old and this partner takes events up to 7 days old"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+}
