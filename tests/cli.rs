@@ -1278,3 +1278,26 @@ fn check_events_and_preview_agree_on_a_partners_age_limit() {
         r.stderr
     );
 }
+
+#[test]
+fn check_refuses_a_when_value_no_event_can_have_and_warns_about_a_near_miss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let rule = "[destination]\nurl = \"https://p.example/c={click_id}\"\nmethod = \"GET\"\n[when]\nevent_name = [\"instal\"]\n\"consent.ad_user_data\" = \"yes\"\n[privacy]\nallow = [\"click_id\"]\n";
+    std::fs::write(rules.join("aff.toml"), rule).unwrap();
+    let cfg = s(&Path::new(REPO).join("postback-relay.toml")).to_string();
+    let r = run(
+        &["check", "--config", &cfg, "--rules", s(&rules)],
+        tmp.path(),
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let f = rules.join("aff.toml");
+    let f = f.display();
+    for want in [
+        format!("{f}:6:26: [when] `consent.ad_user_data` is a boolean in events (docs/event.schema.json), so \"yes\" matches no event; write true or false"),
+        format!("{f}:5:15: warning: \"instal\" is not a usual event_name: did you mean \"install\"?"),
+    ] {
+        assert!(r.stderr.contains(&want), "want {want}\nin:\n{}", r.stderr);
+    }
+}
