@@ -154,6 +154,11 @@ async fn a_canary_event_leaves_no_trace_in_logs_metrics_admin_answers_or_failure
         log.contains("dead-lettered") && log.contains("HTTP 400 Bad Request"),
         "{log}"
     );
+    // Statuses as numbers, no Rust values (`Some(400)`, `None`) in the log.
+    assert!(
+        log.contains("status=400") && !log.contains("Some(") && !log.contains("None"),
+        "{log}"
+    );
     assert!(
         leaks(&log).is_empty(),
         "canary {:?} in the log:\n{log}",
