@@ -113,7 +113,7 @@ impl RulesHandle {
     }
 
     /// The rule files as they are on disk now, read leniently, without touching the
-    /// rules in force (what the preview page shows as the current errors).
+    /// rules in force (what `reload` then applies).
     pub fn read_disk(&self) -> Result<RuleSet, Vec<Diagnostic>> {
         RuleSet::load_dir_lenient(&self.inner.dir, self.env(), &self.inner.options)
     }
