@@ -423,8 +423,10 @@ async fn the_preview_token_looks_and_previews_but_cannot_replay_reload_or_read_d
             .header("content-type", "application/json")
             .body("{\"all\": true}")
     };
-    let resp = call("GET", "/admin/destinations").send().await.unwrap();
-    assert_eq!(resp.status(), 200);
+    for path in ["/admin/destinations", "/admin/recent"] {
+        let resp = call("GET", path).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+    }
     for (method, path) in [
         ("POST", "/admin/dlq/replay"),
         ("POST", "/admin/reload"),
