@@ -21,7 +21,7 @@ const DESTINATIONS: [&str; 3] = ["meta", "tiktok", "example-aff"];
 
 fn event() -> EventToAccept {
     let mut k = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut k);
+    rand::rng().fill_bytes(&mut k);
     let body = format!(
         r#"{{"data":[{{"event_name":"Purchase","event_time":1764064800,"event_id":"evt_{:016x}","action_source":"website","user_data":{{"em":["{}"],"client_ip_address":"203.0.113.0"}},"custom_data":{{"value":9.99,"currency":"USD"}}}}]}}"#,
         u64::from_le_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]]),

@@ -205,6 +205,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
     let options = LoadOptions {
         custom_fields: config.custom_fields.clone(),
         allow_private_networks: config.allow_private_networks,
+        today: None,
     };
     // Lenient unless --strict: a rule file with errors never stops intake for the
     // other partners; it is logged, shown in /admin/destinations and /metrics.
@@ -253,7 +254,10 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
 
     let (shutdown, rx) = watch::channel(false);
     let servers = spawn_servers(&relay, ingest, admin, tls, rx);
-    let background = vec![tokio::spawn(purge_loop(relay.clone()))];
+    let background = vec![
+        tokio::spawn(purge_loop(relay.clone())),
+        tokio::spawn(version_reminders(relay.clone())),
+    ];
     let watcher = watch_rules(&relay);
     log_ready(&relay, addr, admin_addr);
     Ok(Running {
@@ -407,6 +411,24 @@ async fn purge_loop(relay: Arc<Relay>) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "purge failed"),
+        }
+    }
+}
+
+/// Once a day (loading already said it at start and on each reload), a warning for
+/// each destination whose pinned partner API version is within 60 days of its
+/// sunset, or past it: `check` refuses such a file, a relay running it hears daily.
+async fn version_reminders(relay: Arc<Relay>) {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + DAY, DAY);
+    loop {
+        tick.tick().await;
+        let now_ms = relay.deliverer.clock().now_ms();
+        let Some(today) = chrono::DateTime::from_timestamp_millis(now_ms) else {
+            continue;
+        };
+        for (destination, message) in relay.rules.current().version_warnings(today.date_naive()) {
+            tracing::warn!(%destination, "{message}");
         }
     }
 }

@@ -46,6 +46,11 @@ pub use ingest::body::{parse_events, BodyError, Framing};
 #[cfg(any(test, feature = "testing"))]
 pub mod fake_partner;
 
+/// A real `redis-server --sentinel` on loopback for the Sentinel tests (the `testing`
+/// feature); never in a release build.
+#[cfg(any(test, feature = "testing"))]
+pub mod own_sentinel;
+
 /// The delivery engine on its own, for the delivery bench (the `testing` feature).
 #[cfg(feature = "testing")]
 pub mod testing {

@@ -18,8 +18,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::deliver::{AttemptOutcome, BreakerState, DeliveryObserver, DestinationStatus};
+use crate::deliver::{AttemptOutcome, DeliveryObserver, DestinationStatus};
 use crate::store::DestinationCounts;
+
+mod labels;
+pub use labels::{EventOutcome, IngestResult, ReloadResult, LISTENERS};
 
 /// The content type of `render()`'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -76,21 +79,6 @@ struct ListenerLabel {
 struct VersionLabel {
     version: &'static str,
 }
-
-/// Every `result` of `ingest_requests`: exported at 0 from the start, so a rate or an
-/// alert has a series before the first such request.
-pub const INGEST_RESULTS: [&str; 10] = [
-    "accepted",
-    "bad_request",
-    "body_timeout",
-    "overloaded",
-    "stale_timestamp",
-    "store_unavailable",
-    "too_large",
-    "too_many_events",
-    "unauthorized",
-    "unsupported_type",
-];
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -160,25 +148,7 @@ impl Metrics {
             accept_errors: Family::default(),
         };
         m.register();
-        m.start_at_zero();
         m
-    }
-
-    /// Every counter with fixed labels gets its series at 0 now (those per destination
-    /// at each scrape, see `render`): no counter is missing until its first event.
-    fn start_at_zero(&self) {
-        for result in INGEST_RESULTS {
-            let _ = self.ingest_requests.get_or_create(&ResultLabel { result });
-        }
-        for outcome in ["accepted", "duplicate", "rejected"] {
-            let _ = self.events.get_or_create(&OutcomeLabel { outcome });
-        }
-        for result in ["ok", "partial", "failed"] {
-            let _ = self.reloads.get_or_create(&ResultLabel { result });
-        }
-        let _ = self
-            .accept_errors
-            .get_or_create(&ListenerLabel { listener: "ingest" });
     }
 
     fn register(&mut self) {
@@ -190,6 +160,26 @@ impl Metrics {
             })
             .set(1);
         r.register("build_info", "The running version", build);
+        // Every fixed word shows from the start, at 0, so a rate over it works before
+        // it first happens.
+        for result in IngestResult::ALL {
+            let _ = self.ingest_requests.get_or_create(&ResultLabel {
+                result: result.as_str(),
+            });
+        }
+        for outcome in EventOutcome::ALL {
+            let _ = self.events.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            });
+        }
+        for result in ReloadResult::ALL {
+            let _ = self.reloads.get_or_create(&ResultLabel {
+                result: result.as_str(),
+            });
+        }
+        let _ = self
+            .accept_errors
+            .get_or_create(&ListenerLabel { listener: "ingest" });
         r.register(
             "ingest_requests",
             "POST /v1/events requests by result: accepted (202), or why refused",
@@ -272,7 +262,7 @@ impl Metrics {
         );
         r.register(
             "rule_reloads",
-            "Rule reloads by result: ok, partial (valid files applied; each file with errors keeps its last good version or stays out), failed (nothing changed)",
+            "Rule reloads by result: ok, failed (the rules in force stayed)",
             self.reloads.clone(),
         );
         r.register(
@@ -287,8 +277,9 @@ impl Metrics {
         );
     }
 
-    /// One ingest request ended with `result` (a fixed word, see `IngestResult`).
-    pub fn ingest_request(&self, result: &'static str) {
+    /// One ingest request ended with `result`.
+    pub fn ingest_request(&self, result: IngestResult) {
+        let result = result.as_str();
         self.ingest_requests
             .get_or_create(&ResultLabel { result })
             .inc();
@@ -302,23 +293,28 @@ impl Metrics {
         rejected: usize,
         took: Duration,
     ) {
-        for (outcome, n) in [
-            ("accepted", accepted),
-            ("duplicate", duplicates),
-            ("rejected", rejected),
-        ] {
+        for (outcome, n) in EventOutcome::ALL
+            .into_iter()
+            .zip([accepted, duplicates, rejected])
+        {
             self.events
-                .get_or_create(&OutcomeLabel { outcome })
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.as_str(),
+                })
                 .inc_by(n as u64);
         }
         self.ingest_seconds.observe(took.as_secs_f64());
     }
 
-    /// A rule reload ended: `ok` (every file valid), `partial` (the valid files
+    /// A rule reload ended: `Ok` (every file valid), `Partial` (the valid files
     /// applied; a file with errors keeps its last good version or stays out) or
-    /// `failed` (nothing changed).
-    pub fn rule_reload(&self, result: &'static str) {
-        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    /// `Failed` (nothing changed).
+    pub fn rule_reload(&self, result: ReloadResult) {
+        self.reloads
+            .get_or_create(&ResultLabel {
+                result: result.as_str(),
+            })
+            .inc();
     }
 
     /// A store commit of `operations` operations took `took`. For the store backend
@@ -329,12 +325,20 @@ impl Metrics {
     }
 
     pub fn connection_opened(&self, listener: &'static str) {
+        debug_assert!(
+            LISTENERS.contains(&listener),
+            "listener {listener} not in LISTENERS"
+        );
         self.connections
             .get_or_create(&ListenerLabel { listener })
             .inc();
     }
 
     pub fn connection_closed(&self, listener: &'static str) {
+        debug_assert!(
+            LISTENERS.contains(&listener),
+            "listener {listener} not in LISTENERS"
+        );
         self.connections
             .get_or_create(&ListenerLabel { listener })
             .dec();
@@ -342,7 +346,7 @@ impl Metrics {
 
     /// Open HTTP connections, every listener together.
     pub fn open_connections(&self) -> i64 {
-        ["ingest", "admin"]
+        LISTENERS
             .into_iter()
             .map(|listener| {
                 self.connections
@@ -352,16 +356,19 @@ impl Metrics {
             .sum()
     }
 
-    pub fn accept_error(&self, listener: &'static str) {
-        let _ = self
-            .accept_errors
-            .get_or_create(&ListenerLabel { listener })
-            .inc();
-    }
-
     /// Whether the store takes writes now (read by the caller at scrape time).
     pub fn set_store_ready(&self, ready: bool) {
         self.store_ready.set(i64::from(ready));
+    }
+
+    pub fn accept_error(&self, listener: &'static str) {
+        debug_assert!(
+            LISTENERS.contains(&listener),
+            "listener {listener} not in LISTENERS"
+        );
+        self.accept_errors
+            .get_or_create(&ListenerLabel { listener })
+            .inc();
     }
 
     /// The destinations whose rule files have errors, with how many (read by the
@@ -434,11 +441,7 @@ impl Metrics {
                     destination: s.name.clone(),
                 })
                 .set(i64::from(s.held.is_some()));
-            for state in [
-                BreakerState::Closed,
-                BreakerState::Open,
-                BreakerState::HalfOpen,
-            ] {
+            for state in labels::breaker_states() {
                 self.circuit
                     .get_or_create(&DestinationState {
                         destination: label(&s.name),
@@ -488,14 +491,15 @@ impl crate::store::StoreObserver for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deliver::BreakerState;
 
     #[test]
     fn renders_counters_gauges_and_destination_labels() {
         let m = Metrics::new();
-        m.ingest_request("accepted");
+        m.ingest_request(IngestResult::Accepted);
         m.ingest_accepted(2, 1, 0, Duration::from_millis(3));
         m.attempt("aff", AttemptOutcome::Retry, Duration::from_millis(5));
-        m.rule_reload("failed");
+        m.rule_reload(ReloadResult::Failed);
         let text = m.render(
             &[DestinationCounts {
                 destination: "aff".into(),

@@ -351,6 +351,11 @@ pub enum PartnerAnswers {
     AppsFlyer,
     Adjust,
     GoogleAds,
+    GoogleDataManager,
+    SnapchatCapi,
+    PinterestCapi,
+    RedditCapi,
+    LinkedInCapi,
 }
 
 /// OAuth2 refresh-token credentials (RFC 6749 section 6). Secrets: `Debug` hides them.

@@ -13,7 +13,7 @@ use crate::dedupe::DedupeRule;
 use crate::deliver::Deliverer;
 use crate::diag::Diagnostic;
 use crate::http::tls::TlsCertificates;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadResult};
 use crate::outbound::DeliverySettings;
 use crate::rules::{RuleSet, RulesHandle};
 use crate::store::Store;
@@ -55,9 +55,9 @@ impl Relay {
     /// points the delivery workers at the new set.
     pub fn after_reload(&self, applied: bool) {
         let result = match (applied, self.rules.current().broken().is_empty()) {
-            (false, _) => "failed",
-            (true, true) => "ok",
-            (true, false) => "partial",
+            (false, _) => ReloadResult::Failed,
+            (true, true) => ReloadResult::Ok,
+            (true, false) => ReloadResult::Partial,
         };
         self.metrics.rule_reload(result);
         if applied {

@@ -78,7 +78,7 @@ fn events_body(prefix: &str, n: usize) -> String {
 async fn batch_of_50_in_one_request(store: TestStore) {
     let partner = FakePartner::start().await.expect("partner");
     answer_as_meta(&partner, None);
-    let rule = meta_rule(&partner.url("/v25.0/123/events"));
+    let rule = meta_rule(&partner.url("/v27.0/123/events"));
     let relay = TestRelay::start(&[("meta", &rule)], &store.config("5s")).await;
     let (status, v) = relay.post_json("msg-batch", &events_body("b", 50)).await;
     assert_eq!((status, v["accepted"].as_u64()), (202, Some(50)), "{v}");
@@ -138,7 +138,7 @@ async fn a_batching_preset_sends_queued_events_in_one_request_on_redis() {
 async fn one_refused_event_is_dead_lettered_alone_with_the_partners_reason() {
     let partner = FakePartner::start().await.expect("partner");
     answer_as_meta(&partner, Some("\"p-013\""));
-    let rule = meta_rule(&partner.url("/v25.0/123/events"));
+    let rule = meta_rule(&partner.url("/v27.0/123/events"));
     let relay = TestRelay::start(&[("meta", &rule)], "").await;
     let (status, v) = relay.post_json("msg-poison", &events_body("p", 40)).await;
     assert_eq!(status, 202, "{v}");
@@ -186,7 +186,7 @@ async fn kill_9_mid_batch_loses_nothing_and_the_resent_events_keep_their_ids() {
     std::fs::create_dir_all(dir.path().join("rules")).expect("rules");
     std::fs::write(
         dir.path().join("rules/meta.toml"),
-        meta_rule(&partner.url("/v25.0/123/events")),
+        meta_rule(&partner.url("/v27.0/123/events")),
     )
     .expect("rule");
     let config = dir.path().join("postback-relay.toml");

@@ -154,6 +154,9 @@ fn check_accepts_the_shipped_config_and_rules_with_no_environment() {
         r.stdout.trim(),
         "ok: postback-relay.toml and rules (1 enabled destination, 2 warnings)"
     );
+    // No warning either, version warnings included: every shipped rule pins a
+    // partner API version more than 60 days from its sunset, today (issue 19).
+    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
     // And from elsewhere: the rules directory is relative to the config file.
     let tmp = tempfile::tempdir().unwrap();
     let cfg = repo.join("postback-relay.toml");
@@ -398,7 +401,7 @@ fn preview_prints_the_exact_requests_and_sends_and_writes_nothing() {
     let mut meta_lines = meta.lines();
     assert_eq!(
         meta_lines.next(),
-        Some("POST https://graph.facebook.com/v25.0/***/events")
+        Some("POST https://graph.facebook.com/v27.0/***/events")
     );
     assert_eq!(meta_lines.next(), Some("Authorization: Bearer ***"));
     assert_eq!(meta_lines.next(), Some("Content-Type: application/json"));

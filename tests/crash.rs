@@ -8,7 +8,9 @@
 //!   the deliveries that can be in flight at a kill: the destination's concurrency
 //!   limit (a claimed, unsettled delivery holds one of its slots) times the kills;
 //! - dead letters are neither lost nor doubled by kills during dead-lettering and
-//!   replay; logs hold no event data.
+//!   replay; logs hold no event data;
+//! - every attempt at one delivery, across kills, retries and replays, carries the
+//!   same `webhook-id`.
 //!
 //! Kill points, in turn: under ingest load (accepts and group commits in flight),
 //! during deliveries (a partner holds requests), during dead-lettering (the rejecting
@@ -411,6 +413,28 @@ fn check_partner(name: &str, p: &FakePartner, h: &History, kills: usize) -> Stri
     assert!(
         unknown.is_empty(),
         "{name}: delivered but never sent: {unknown:?}"
+    );
+    // Every attempt at one event's delivery, before and after each kill -9, retries
+    // and replays included, carries the same webhook-id.
+    let mut ids: HashMap<usize, HashSet<String>> = HashMap::new();
+    for r in p.requests() {
+        let n = r
+            .target
+            .split("eid=ev-")
+            .nth(1)
+            .and_then(|s| s.parse().ok());
+        if let Some(n) = n {
+            let id = r
+                .header("webhook-id")
+                .expect("every postback has a webhook-id");
+            let id = id.to_string();
+            ids.entry(n).or_default().insert(id);
+        }
+    }
+    let changed: Vec<_> = ids.iter().filter(|(_, v)| v.len() != 1).collect();
+    assert!(
+        changed.is_empty(),
+        "{name}: one event's delivery went out under several webhook-ids: {changed:?}"
     );
     if name == "rejecting" {
         // Replays re-send on purpose: counted, not bounded.

@@ -741,6 +741,61 @@ async fn admin_shows_disabled_destinations_delivered_counts_and_one_delivery() {
     relay.stop().await;
 }
 
+/// Issue 18: one partner's delivery IDs say nothing of the relay's traffic to
+/// another. The store numbers deliveries with one sequence for all destinations; the
+/// IDs partners see hide it (a keyed permutation), and still find their delivery.
+#[tokio::test]
+async fn delivery_ids_seen_by_one_partner_do_not_count_another_partners_deliveries() {
+    let a = FakePartner::start().await.expect("partner a");
+    let b = FakePartner::start().await.expect("partner b");
+    let relay = TestRelay::start(
+        &[
+            ("a", &rule(&a.url("/pb"), "2s", 5, 1)),
+            ("b", &rule(&b.url("/pb"), "2s", 5, 1)),
+        ],
+        "",
+    )
+    .await;
+    // Interleaved: every event goes to both, so each of a's deliveries has one of
+    // b's between it and the next.
+    for i in 0..16 {
+        accept(&relay, &format!("e-ids-{i}")).await;
+    }
+    assert!(a.wait_for_requests(16, Duration::from_secs(20)).await);
+    assert!(b.wait_for_requests(16, Duration::from_secs(20)).await);
+    let seen = webhook_ids(&a.requests());
+    // After the accept time (48 bits, kept: IDs sort by it) comes what the store
+    // numbers deliveries by: here no sequence, neither ordered nor evenly spaced.
+    let tails: Vec<u128> = seen
+        .iter()
+        .map(|id| {
+            let text = id.strip_prefix("dlv_").expect("dlv_ prefix");
+            ulid::Ulid::from_string(text).expect("a ULID").0 & ((1 << 80) - 1)
+        })
+        .collect();
+    assert!(tails.windows(2).any(|w| w[0] > w[1]), "{seen:?}");
+    assert!(tails.windows(2).any(|w| w[0] < w[1]), "{seen:?}");
+    let steps: HashSet<u128> = tails.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+    assert!(steps.len() > 10, "{seen:?}");
+    for id in &seen {
+        let st = relay.admin_get(&format!("/admin/deliveries/{id}")).await;
+        assert_eq!(
+            (&st["destination"], &st["id"]),
+            (&json!("a"), &json!(id)),
+            "{st}"
+        );
+        // Delivered as soon as the partner answered; the receipt may trail by a commit.
+        assert!(
+            eventually(10, || async {
+                relay.admin_get(&format!("/admin/deliveries/{id}")).await["state"] == "delivered"
+            })
+            .await,
+            "{st}"
+        );
+    }
+    relay.stop().await;
+}
+
 #[tokio::test]
 async fn dead_letters_of_a_removed_destination_are_not_replayed_into_a_queue_nothing_sends() {
     let partner = FakePartner::start().await.expect("partner");

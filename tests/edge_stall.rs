@@ -194,7 +194,7 @@ fn tls_files(dir: &std::path::Path) -> String {
 /// A TLS connection to `addr` speaking HTTP/2 (ALPN h2), trusting only `ca`.
 async fn h2_connection(addr: &str, ca: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
-    let der = rustls_pki_types::pem::PemObject::from_pem_slice(ca.as_bytes()).expect("pem");
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(ca.as_bytes()).expect("pem");
     roots.add(der).expect("root");
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -205,7 +205,7 @@ async fn h2_connection(addr: &str, ca: &str) -> tokio_rustls::client::TlsStream<
     .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = TcpStream::connect(addr).await.expect("connect");
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await

@@ -16,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use postback_relay::fake_partner::{FakePartner, RecordedRequest, Reply};
+use postback_relay::own_sentinel::OwnSentinel;
 use serde_json::Value;
 
 use common::*;
@@ -420,72 +421,6 @@ async fn an_unconfirmed_accept_is_a_503_saying_the_outcome_is_unknown() {
     relay.stop().await;
 }
 
-/// A `redis-server --sentinel` watching the primary on `primary` as `name`; returns
-/// once it sees `replicas` replicas in sync.
-struct OwnSentinel {
-    port: u16,
-    _dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl OwnSentinel {
-    fn start(name: &str, primary: u16, replicas: usize) -> OwnSentinel {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let conf = dir.path().join("sentinel.conf");
-        let text = format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {name} 127.0.0.1 {primary} 1\nsentinel down-after-milliseconds {name} 1000\nsentinel failover-timeout {name} 5000\nsentinel parallel-syncs {name} 2\n",
-            dir.path().display()
-        );
-        std::fs::write(&conf, text).expect("write sentinel.conf");
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server --sentinel starts");
-        let s = OwnSentinel {
-            port,
-            _dir: dir,
-            child,
-        };
-        s.until("the sentinel sees the replicas in sync", |c| {
-            let all: Vec<HashMap<String, String>> = redis::cmd("SENTINEL")
-                .arg("replicas")
-                .arg(name)
-                .query(c)
-                .ok()?;
-            let ok = all
-                .iter()
-                .filter(|r| r.get("master-link-status").map(String::as_str) == Some("ok"))
-                .count();
-            (ok == replicas).then_some(())
-        });
-        s
-    }
-
-    /// Asks the sentinel until `check` finds what it waits for, for up to 30 s.
-    fn until<T>(&self, what: &str, check: impl Fn(&mut redis::Connection) -> Option<T>) -> T {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            let conn = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)));
-            if let Some(found) = conn.ok().and_then(|mut c| check(&mut c)) {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{what}: not within 30 s");
-    }
-}
-
-impl Drop for OwnSentinel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Posts an event until it is answered 202 (accepted, or a duplicate of an earlier
 /// try whose outcome was unknown), for up to `secs`.
 async fn accepted_within(relay: &TestRelay, id: &str, body: &str, secs: u64) -> bool {
@@ -513,7 +448,8 @@ async fn a_relay_behind_sentinel_keeps_serving_through_a_failover() {
     ) else {
         return;
     };
-    let sentinel = OwnSentinel::start(NAME, primary.port, 2);
+    let sentinel = OwnSentinel::start(NAME, primary.port);
+    sentinel.wait_replicas_in_sync(2);
     let partner = FakePartner::start().await.expect("partner");
     // The partner fails at first: the deliveries stay queued through the failover.
     partner.set_default(Reply::status(503));
@@ -541,12 +477,7 @@ async fn a_relay_behind_sentinel_keeps_serving_through_a_failover() {
     let killed = std::time::Instant::now();
     primary.stop();
     let promoted = sentinel.until("the sentinel promotes a replica", |c| {
-        let (_, port): (String, String) = redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(NAME)
-            .query(c)
-            .ok()?;
-        port.parse::<u16>().ok().filter(|p| *p != primary.port)
+        sentinel.primary_port(c).filter(|p| *p != primary.port)
     });
     assert!([r1.port, r2.port].contains(&promoted));
     let body = event("ev-6", "purchase", "clk-6");

@@ -1,5 +1,5 @@
 //! Store faults, for real: the data directory on a small tmpfs that fills up, and store
-//! files truncated or bit-flipped before a start.
+//! files truncated, bit-flipped or overwritten with random bytes before a start.
 //!
 //! The disk-full test mounts a real tmpfs (it needs root, as CI has; elsewhere it says
 //! why it did not run, and under `CI` it fails instead). It proves: while the disk is
@@ -302,6 +302,8 @@ enum Damage {
     Truncate,
     /// One bit flipped in the middle.
     FlipBit,
+    /// Random bytes (a quarter of it, at most 256) written over its middle.
+    Random,
 }
 
 /// Damages the part of `file` in use: up to its last non-zero byte (a journal is
@@ -314,6 +316,13 @@ fn damage(file: &Path, how: Damage) {
         Damage::FlipBit => {
             let at = used / 2;
             bytes[at] ^= 0x10;
+        }
+        Damage::Random => {
+            let n = (used / 4).clamp(1, 256);
+            let at = used / 2 - n / 2;
+            for b in &mut bytes[at..at + n] {
+                *b = rand::random();
+            }
         }
     }
     fs::write(file, bytes).expect("write");
@@ -380,16 +389,24 @@ async fn refused_at_start(dir: &Path, what: &str) -> bool {
 
 /// A store holding `EVENTS` queued deliveries to a partner that is down (retries an
 /// hour away), left by a clean stop or by kill -9; the partner is kept alive with it.
-async fn queued_store(kill_9: bool) -> (FakePartner, tempfile::TempDir) {
+/// A partner that answers 503 and a setup for it whose retries are an hour away;
+/// `padding` goes into the partner URL's path (to make each delivery larger).
+async fn partner_down_setup(padding: &str) -> (FakePartner, tempfile::TempDir) {
     let partner = FakePartner::start().await.expect("partner");
     partner.set_default(postback_relay::fake_partner::Reply::status(503));
-    let pristine = tempfile::tempdir().expect("tempdir");
-    write_setup(pristine.path(), &partner);
-    let rule = fs::read_to_string(pristine.path().join("rules/aff.toml")).expect("rule");
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_setup(dir.path(), &partner);
+    let rule = fs::read_to_string(dir.path().join("rules/aff.toml")).expect("rule");
     let slow = rule
+        .replace("/pb?", &format!("/pb{padding}?"))
         .replace("initial_backoff = \"50ms\"", "initial_backoff = \"1h\"")
         .replace("max_backoff = \"200ms\"", "max_backoff = \"2h\"");
-    fs::write(pristine.path().join("rules/aff.toml"), slow).expect("rule");
+    fs::write(dir.path().join("rules/aff.toml"), slow).expect("rule");
+    (partner, dir)
+}
+
+async fn queued_store(kill_9: bool) -> (FakePartner, tempfile::TempDir) {
+    let (partner, pristine) = partner_down_setup("").await;
     let mut relay = RelayProcess::spawn(&pristine.path().join("postback-relay.toml"), "info");
     let client = reqwest::Client::new();
     let mut seen = Outcomes::default();
@@ -473,4 +490,90 @@ async fn a_deleted_part_of_the_store_is_refused_at_start_or_kept_whole() {
         }
     }
     assert!(refused > 0, "no deleted part was refused");
+}
+
+/// A store whose keyspaces have tables, not only a journal: deliveries made large (a
+/// 4 KB partner URL) until the journal passes its bound and the store writes every
+/// keyspace's memtable out; then a clean stop. The partner is kept alive with it.
+async fn store_with_tables() -> (FakePartner, tempfile::TempDir) {
+    let (partner, dir) = partner_down_setup(&format!("/{}", "x".repeat(4000))).await;
+    let mut relay = RelayProcess::spawn(&dir.path().join("postback-relay.toml"), "info");
+    let client = reqwest::Client::new();
+    let keyspaces_with_tables = || {
+        files_under(&dir.path().join("data/store/keyspaces"))
+            .iter()
+            .filter(|f| f.parent().is_some_and(|d| d.ends_with("tables")))
+            .filter_map(|f| f.parent()?.parent().map(Path::to_path_buf))
+            .collect::<BTreeSet<PathBuf>>()
+            .len()
+    };
+    let mut next = 0;
+    // The engine's own keyspace, the queue, the dedupe marks and the store's meta.
+    while keyspaces_with_tables() < 4 {
+        assert!(next < 20_000, "no tables after {next} events");
+        let batch: Vec<serde_json::Value> = (next..next + 100)
+            .map(|i| serde_json::from_str(&event(i)).expect("json"))
+            .collect();
+        let body = serde_json::Value::Array(batch).to_string();
+        let (status, v, _) = post_signed_to(
+            &client,
+            &relay.base,
+            &format!("msg-batch-{next}"),
+            &body,
+            "application/json",
+        )
+        .await;
+        assert_eq!(status, 202, "{v}");
+        next += 100;
+    }
+    relay.signal(libc::SIGTERM);
+    assert_eq!(relay.wait_exit(Duration::from_secs(20)), Some(0));
+    (partner, dir)
+}
+
+/// Issue 18: random bytes written into a table (not one bit) started the relay, whose
+/// reads then failed with `ChecksumMismatch` (`/readyz` flapping). Every table so
+/// damaged must be refused at start, naming the file, what it holds and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_in_a_table_are_refused_at_start_naming_the_table() {
+    let (_partner, pristine) = store_with_tables().await;
+    let tables: Vec<PathBuf> = files_under(&pristine.path().join("data/store"))
+        .into_iter()
+        .filter(|f| f.parent().is_some_and(|d| d.ends_with("tables")))
+        .filter(|f| fs::metadata(f).map(|m| m.len()).unwrap_or(0) > 0)
+        .collect();
+    assert!(tables.len() >= 4, "tables: {tables:?}");
+    for table in &tables {
+        let rel = table.strip_prefix(pristine.path()).expect("inside");
+        let what = format!("{} Random", rel.display());
+        let case = tempfile::tempdir().expect("tempdir");
+        copy_tree(pristine.path(), case.path());
+        damage(&case.path().join(rel), Damage::Random);
+        match RelayProcess::try_spawn(&case.path().join("postback-relay.toml")) {
+            Err((code, log)) => {
+                assert_eq!(code, Some(1), "{what}: exit code; log:\n{log}");
+                assert!(!log.contains("panicked"), "{what}: a panic; log:\n{log}");
+                // The table itself when the relay's check finds it; the keyspace
+                // folder the engine was reading when the engine does, at open.
+                let keyspace = rel
+                    .parent()
+                    .and_then(Path::parent)
+                    .expect("keyspace folder");
+                assert!(
+                    log.contains("damaged")
+                        && (log.contains("does not match the checksum written with it")
+                            || log.contains("a file of it is unreadable"))
+                        && log.contains(&keyspace.display().to_string())
+                        && log.contains("Restore the data directory from a backup"),
+                    "{what}: refused without naming the table and what to do; log:\n{log}"
+                );
+                eprintln!("{what}: refused at start");
+            }
+            Ok(mut relay) => {
+                let log = relay.log();
+                relay.kill();
+                panic!("{what}: the relay started on a damaged table; log:\n{log}");
+            }
+        }
+    }
 }

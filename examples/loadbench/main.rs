@@ -403,7 +403,27 @@ fn redis_shapes(
             )?);
         }
     }
+    if let Some(n) = redis_vs_embedded(rows) {
+        notes.push(n);
+    }
     Ok(())
+}
+
+/// Accept on Redis against the embedded store in the same run: (g) / (a), the same
+/// shape on the two backends (goal: at least 0.8).
+fn redis_vs_embedded(rows: &[Row]) -> Option<String> {
+    let eps = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.shape.starts_with(prefix))
+            .and_then(|r| r.eps)
+    };
+    let (a, g) = (eps("(a)")?, eps("(g)")?);
+    (a > 0.0).then(|| {
+        format!(
+            "accept on Redis / embedded in this run, (g) / (a): {:.2} (goal: at least 0.80)",
+            g / a
+        )
+    })
 }
 
 /// Runs the bare hyper baseline with single events and with batches; their

@@ -96,10 +96,30 @@ pub fn judge_batch(rule: &SuccessRule, status: u16, body: &str, events: usize) -
             return BatchJudgement::PerEvent(rows);
         }
     }
+    if events > 1 && (200..300).contains(&status) {
+        let rows = match rule {
+            SuccessRule::Partner(PartnerAnswers::PinterestCapi) => pinterest_rows(body, events),
+            SuccessRule::Partner(PartnerAnswers::LinkedInCapi) => linkedin_rows(body, events),
+            _ => None,
+        };
+        if let Some(rows) = rows {
+            return BatchJudgement::PerEvent(rows);
+        }
+    }
     BatchJudgement::Whole(judge_n(rule, status, body, events))
 }
 
 fn judge_n(rule: &SuccessRule, status: u16, body: &str, events: usize) -> Judgement {
+    if rule == &SuccessRule::Partner(PartnerAnswers::GoogleAds)
+        && body.contains("CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE")
+    {
+        // Since 2026-06-15 for developer tokens without offline-conversion imports
+        // between December 2025 and May 2026 (docs/partners.md G9): no event can
+        // get through this path, so the destination is held, not emptied.
+        return Judgement::credential(
+            "Google Ads refuses uploadClickConversions for this developer token (notAllowlistedError CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE): send conversions with preset google_data_manager instead (README-RULES.md)",
+        );
+    }
     if matches!(status, 401 | 403) {
         return Judgement::credential(format!(
             "the partner refused the destination's credentials (HTTP {status}): check the token in the rule file"
@@ -114,6 +134,12 @@ fn judge_n(rule: &SuccessRule, status: u16, body: &str, events: usize) -> Judgem
             PartnerAnswers::AppsFlyer => Judgement::of(by_status(status)),
             PartnerAnswers::Adjust => adjust(status, body),
             PartnerAnswers::GoogleAds => google(status, body),
+            PartnerAnswers::GoogleDataManager => data_manager(status, body),
+            PartnerAnswers::SnapchatCapi | PartnerAnswers::RedditCapi => {
+                Judgement::of(by_status(status))
+            }
+            PartnerAnswers::PinterestCapi => pinterest(status, body, events),
+            PartnerAnswers::LinkedInCapi => linkedin(status, body, events),
         },
     }
 }
@@ -331,6 +357,153 @@ fn google(status: u16, body: &str) -> Judgement {
             ..judged
         },
         _ => judged,
+    }
+}
+
+/// Data Manager `ErrorReason`s that no event can get past until the destination's
+/// setup is fixed (terms not accepted, a wrong destination or conversion action):
+/// the destination is held rather than emptied into the dead letters.
+const DATA_MANAGER_SETUP: &[&str] = &[
+    "TERMS_AND_CONDITIONS_NOT_SIGNED",
+    "INVALID_DESTINATION",
+    "INVALID_CONVERSION_ACTION_ID",
+    "INVALID_CONVERSION_ACTION_TYPE",
+    "DESTINATION_ACCOUNT_ENHANCED_CONVERSIONS_TERMS_NOT_SIGNED",
+    "DESTINATION_ACCOUNT_DATA_POLICY_PROHIBITS_ENHANCED_CONVERSIONS",
+    "DESTINATION_ACCOUNT_NOT_ENABLED_ENHANCED_CONVERSIONS_FOR_LEADS",
+    "PERMISSION_DENIED",
+];
+
+/// Google Data Manager `events:ingest` (docs/partners.md D1-D3): a 2xx (with its
+/// `requestId`; `{}` for `validateOnly`) took every event. Errors follow Google's
+/// error model (`error.status`, `details[]` with `ErrorInfo.reason` and
+/// `BadRequest.fieldViolations[].reason`), and the API fails fast: one invalid event
+/// refuses the whole request, so a batch refused is bisected to find it.
+fn data_manager(status: u16, body: &str) -> Judgement {
+    if (200..300).contains(&status) {
+        return Judgement::of(Verdict::Delivered);
+    }
+    let answer = json(body);
+    let error = answer.as_ref().and_then(|a| a.get("error"));
+    let mut reasons: Vec<String> = Vec::new();
+    let details = error
+        .and_then(|e| e.get("details"))
+        .and_then(Value::as_array);
+    for d in details.into_iter().flatten() {
+        if let Some(r) = d.get("reason").and_then(Value::as_str) {
+            reasons.push(r.to_string());
+        }
+        let violations = d.get("fieldViolations").and_then(Value::as_array);
+        for v in violations.into_iter().flatten() {
+            if let Some(r) = v.get("reason").and_then(Value::as_str) {
+                reasons.push(r.to_string());
+            }
+        }
+    }
+    reasons.dedup();
+    let canonical = error
+        .and_then(|e| e.get("status"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let named = if reasons.is_empty() {
+        canonical.to_string()
+    } else {
+        reasons.join(", ")
+    };
+    if reasons
+        .iter()
+        .any(|r| DATA_MANAGER_SETUP.contains(&r.as_str()))
+    {
+        return Judgement::credential(format!(
+            "Google Data Manager refused the destination's setup ({named}): fix the account, conversion action or terms named there"
+        ));
+    }
+    let verdict = match canonical {
+        "RESOURCE_EXHAUSTED" | "UNAVAILABLE" | "INTERNAL" | "DEADLINE_EXCEEDED" | "ABORTED" => {
+            Verdict::Retry
+        }
+        _ => by_status(status),
+    };
+    if named.is_empty() {
+        return Judgement::of(verdict);
+    }
+    Judgement::because(verdict, format!("Google Data Manager: {named}"))
+}
+
+/// Pinterest API for Conversions (P1): a 2xx carries `events[]` in request order,
+/// each `status` "processed" or "failed" (its `error_message` is not kept: it may
+/// quote the event).
+fn pinterest_rows(body: &str, events: usize) -> Option<Vec<Judgement>> {
+    let answer = json(body)?;
+    let rows = answer.get("events")?.as_array()?;
+    if rows.len() != events {
+        return None;
+    }
+    Some(
+        rows.iter()
+            .map(|r| match r.get("status").and_then(Value::as_str) {
+                Some("failed") => Judgement::because(
+                    Verdict::Reject,
+                    "Pinterest did not process the event (status failed)",
+                ),
+                _ => Judgement::of(Verdict::Delivered),
+            })
+            .collect(),
+    )
+}
+
+fn pinterest(status: u16, body: &str, events: usize) -> Judgement {
+    if !(200..300).contains(&status) {
+        return Judgement::of(by_status(status));
+    }
+    match pinterest_rows(body, events) {
+        Some(rows) => rows
+            .into_iter()
+            .find(|j| j.verdict != Verdict::Delivered)
+            .unwrap_or_else(|| Judgement::of(Verdict::Delivered)),
+        None => Judgement::of(Verdict::Delivered),
+    }
+}
+
+/// LinkedIn `BATCH_CREATE` (L1): a 2xx carries `elements[]` in request order, each
+/// with its own HTTP `status` (201 created); a 4xx element is that event's failure,
+/// a 429 / 5xx element is retried.
+fn linkedin_rows(body: &str, events: usize) -> Option<Vec<Judgement>> {
+    let answer = json(body)?;
+    let rows = answer.get("elements")?.as_array()?;
+    if rows.len() != events {
+        return None;
+    }
+    Some(
+        rows.iter()
+            .map(|r| {
+                let code = r
+                    .get("status")
+                    .and_then(Value::as_u64)
+                    .and_then(|c| u16::try_from(c).ok())
+                    .unwrap_or(201);
+                match by_status(code) {
+                    Verdict::Delivered => Judgement::of(Verdict::Delivered),
+                    v => Judgement::because(
+                        v,
+                        format!("LinkedIn answered HTTP {code} for this conversion"),
+                    ),
+                }
+            })
+            .collect(),
+    )
+}
+
+fn linkedin(status: u16, body: &str, events: usize) -> Judgement {
+    if !(200..300).contains(&status) {
+        return Judgement::of(by_status(status));
+    }
+    match linkedin_rows(body, events) {
+        Some(rows) => rows
+            .into_iter()
+            .find(|j| j.verdict != Verdict::Delivered)
+            .unwrap_or_else(|| Judgement::of(Verdict::Delivered)),
+        None => Judgement::of(Verdict::Delivered),
     }
 }
 

@@ -98,7 +98,7 @@ pub fn next_delay<R: Rng + ?Sized>(
 ) -> Duration {
     let cap = backoff_cap(retry, attempts);
     let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
-    let jittered = Duration::from_millis(rng.gen_range(0..=cap_ms));
+    let jittered = Duration::from_millis(rng.random_range(0..=cap_ms));
     match retry_after {
         Some(floor) => jittered.max(floor.min(retry.give_up_after)),
         None => jittered,

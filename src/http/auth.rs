@@ -128,7 +128,7 @@ pub struct Sessions {
 impl Default for Sessions {
     fn default() -> Self {
         let mut key = [0u8; 32];
-        rand::thread_rng().fill_bytes(&mut key);
+        rand::rng().fill_bytes(&mut key);
         Sessions {
             key,
             revoked: Mutex::new(HashMap::new()),
@@ -140,7 +140,7 @@ impl Sessions {
     /// A new session's cookie value, valid until `expires` (Unix seconds).
     pub fn mint(&self, token: &str, expires: i64) -> String {
         let mut id = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut id);
+        rand::rng().fill_bytes(&mut id);
         let id = hex(&id);
         format!("{expires}.{id}.{}", self.mac(token, expires, &id))
     }

@@ -167,15 +167,28 @@ impl Drop for OpenBody {
     }
 }
 
-/// A stream that tells its `ConnState` when bytes arrive.
+/// A stream that tells its `ConnState` when bytes arrive, and on an HTTP/2
+/// connection counts the client's control frames (`frames`).
 pub struct TrackedIo<T> {
     inner: T,
     state: Arc<ConnState>,
+    frames: Option<super::frames::ControlFrames>,
 }
 
 impl<T> TrackedIo<T> {
     pub fn new(inner: T, state: Arc<ConnState>) -> TrackedIo<T> {
-        TrackedIo { inner, state }
+        TrackedIo {
+            inner,
+            state,
+            frames: None,
+        }
+    }
+
+    /// HTTP/2 from this client address: past the control-frame limit, reads fail and
+    /// the connection closes.
+    pub fn limit_control_frames(mut self, peer: std::net::IpAddr) -> TrackedIo<T> {
+        self.frames = Some(super::frames::ControlFrames::new(peer));
+        self
     }
 }
 
@@ -189,6 +202,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
             self.state.on_read(buf.filled().len() - before);
+            if let Some(frames) = self.frames.as_mut() {
+                frames.check(&buf.filled()[before..])?;
+            }
         }
         res
     }

@@ -2,7 +2,7 @@
 //!
 //! Owns: the accept loop (connection cap, rate-limited accept errors), each
 //! connection's limits (`conn`: header-read, body-read and idle timeouts; header size;
-//! HTTP/2 stream limits), TLS (`tls`), the routes (`routes`: ingest, health, metrics),
+//! HTTP/2 stream limits; `frames`: HTTP/2 PING and SETTINGS floods), TLS (`tls`), the routes (`routes`: ingest, health, metrics),
 //! the admin API (`admin`) and the preview page (`ui`). Never: logs request bodies or headers other than
 //! `webhook-id`; decides what an event means (that is `ingest`, `rules`, `store`).
 //!
@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod conn;
+pub mod frames;
 pub mod peers;
 pub mod recent;
 pub mod routes;
@@ -291,7 +292,9 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let state = ConnState::new(false);
-    let io = TokioIo::new(TrackedIo::new(io, state.clone()));
+    // PING and SETTINGS floods: hyper and h2 answer every one (`frames`).
+    let io = TrackedIo::new(io, state.clone()).limit_control_frames(routes.peer_ip);
+    let io = TokioIo::new(io);
     let limits = &edge.limits;
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder

@@ -26,6 +26,7 @@ use super::conn::ConnState;
 use super::{Edge, Routes};
 use crate::ingest::body::{self, BodyError, Framing};
 use crate::ingest::{accept, AcceptContext};
+use crate::metrics::IngestResult;
 use crate::webhooks::{SignedHeaders, VerifyError};
 
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -129,12 +130,12 @@ struct Refusal {
     status: StatusCode,
     error: String,
     /// The `result` label of `postback_relay_ingest_requests_total`.
-    result: &'static str,
+    result: IngestResult,
     retry_after: Option<u64>,
 }
 
 impl Refusal {
-    fn new(status: StatusCode, result: &'static str, error: impl Into<String>) -> Refusal {
+    fn new(status: StatusCode, result: IngestResult, error: impl Into<String>) -> Refusal {
         Refusal {
             status,
             error: error.into(),
@@ -214,7 +215,7 @@ async fn read_signed(
         Err(_) | Ok(Err(ReadError::Timeout)) => {
             return Err(Refusal::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
+                IngestResult::BodyTimeout,
                 "the body did not arrive within body_read_timeout",
             ))
         }
@@ -225,7 +226,7 @@ async fn read_signed(
         Ok(Err(ReadError::Broken)) => {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                IngestResult::BadRequest,
                 "could not read the request body",
             ))
         }
@@ -253,7 +254,7 @@ async fn budget_shares(
     let overloaded = |whose: &str| {
         let mut r = Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            IngestResult::Overloaded,
             format!("too many request bodies being read at once{whose}; retry later"),
         );
         r.retry_after = Some(1);
@@ -294,7 +295,7 @@ fn check_head(
     let Some(framing) = body::framing(content_type) else {
         return Err(Refusal::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_type",
+            IngestResult::UnsupportedType,
             "unsupported Content-Type; send application/json or application/x-ndjson",
         ));
     };
@@ -303,7 +304,7 @@ fn check_head(
         Some(None) => {
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                IngestResult::BadRequest,
                 "Content-Length is not a number",
             ))
         }
@@ -332,7 +333,7 @@ fn ambiguous_head(headers: &hyper::HeaderMap) -> Result<(), Refusal> {
         if headers.get_all(name).iter().nth(1).is_some() {
             return Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                IngestResult::Unauthorized,
                 format!(
                     "{name} appears more than once; send it once (several signatures go in one webhook-signature, space-separated)"
                 ),
@@ -345,12 +346,14 @@ fn ambiguous_head(headers: &hyper::HeaderMap) -> Result<(), Refusal> {
 fn unauthorized(e: &VerifyError) -> Refusal {
     match e {
         // A clock problem, not a signing one: the message says what to fix.
-        VerifyError::TooOld(_) | VerifyError::TooNew(_) => {
-            Refusal::new(StatusCode::UNAUTHORIZED, "stale_timestamp", e.to_string())
-        }
+        VerifyError::TooOld(_) | VerifyError::TooNew(_) => Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            IngestResult::StaleTimestamp,
+            e.to_string(),
+        ),
         _ => Refusal::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            IngestResult::Unauthorized,
             format!("{e}; sign the request per Standard Webhooks with one of the relay's secrets"),
         ),
     }
@@ -359,7 +362,7 @@ fn unauthorized(e: &VerifyError) -> Refusal {
 fn too_large(max: u64) -> Refusal {
     Refusal::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "too_large",
+        IngestResult::TooLarge,
         format!("body larger than {max} bytes (max_body)"),
     )
 }
@@ -410,7 +413,7 @@ async fn process(
     edge: &Edge,
     signed: SignedBody,
     started: Instant,
-) -> (HttpResponse, &'static str) {
+) -> (HttpResponse, IngestResult) {
     let relay = &edge.relay;
     let cfg = &relay.config.ingest;
     // The delivery engine's clock: a step of the system clock must not expire (or
@@ -421,14 +424,14 @@ async fn process(
         Err(BodyError::Unparseable(m)) => {
             return (
                 json_response(StatusCode::BAD_REQUEST, json!({"error": m})),
-                "bad_request",
+                IngestResult::BadRequest,
             )
         }
         Err(BodyError::TooManyEvents { count, max }) => {
             let error = format!("{count} events in one request; at most {max} (max_batch)");
             return (
                 json_response(StatusCode::PAYLOAD_TOO_LARGE, json!({"error": error})),
-                "too_many_events",
+                IngestResult::TooManyEvents,
             );
         }
     };
@@ -466,23 +469,23 @@ async fn process(
             if report.accepted == 0 && report.duplicates == 0 && report.rejected > 0 {
                 return (
                     json_response(StatusCode::BAD_REQUEST, report.to_json()),
-                    "bad_request",
+                    IngestResult::BadRequest,
                 );
             }
             (
                 json_response(StatusCode::ACCEPTED, report.to_json()),
-                "accepted",
+                IngestResult::Accepted,
             )
         }
         Err(e) => {
             tracing::warn!(error = %e, "store refused the write; answering 503");
             let mut r = Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
+                IngestResult::StoreUnavailable,
                 format!("{e}; {}", e.outcome()),
             );
             r.retry_after = Some(e.retry_after().as_secs().max(1));
-            (r.response(), "store_unavailable")
+            (r.response(), IngestResult::StoreUnavailable)
         }
     }
 }

@@ -30,6 +30,7 @@ mod batch;
 mod body;
 mod destination;
 mod known;
+mod lint;
 mod partner;
 
 #[cfg(test)]
@@ -166,7 +167,7 @@ pub fn load_file(path: &Path, text: String, env: &dyn Env, options: &LoadOptions
         );
     }
     let known = Known::new(&options.custom_fields);
-    let compiled = compile(&doc, name, &known);
+    let compiled = compile(&doc, name, &known, options.today());
     if let Some((d, _)) = &compiled {
         check_token_url(&doc, d, options);
     }
@@ -223,7 +224,12 @@ pub fn compile_draft(
     (outcome.result.map(|(d, _)| d), outcome.warnings)
 }
 
-fn compile(doc: &Doc<'_>, name: String, known: &Known<'_>) -> Option<(Destination, bool)> {
+fn compile(
+    doc: &Doc<'_>,
+    name: String,
+    known: &Known<'_>,
+    today: chrono::NaiveDate,
+) -> Option<(Destination, bool)> {
     let root = doc.root()?;
     let description = root
         .str("description", "\"Partner X: purchases from its clicks\"")
@@ -258,6 +264,7 @@ fn compile(doc: &Doc<'_>, name: String, known: &Known<'_>) -> Option<(Destinatio
         allow_misspelt: read.allow_misspelt || privacy_misspelt,
     };
     let req = destination::read_request(&dest, &checker, &params);
+    let api_version = preset.and_then(|p| partner::check_version(doc, p, &req, today));
     let concurrency_written = dest.get("concurrency").is_some();
     let (mut delivery, oauth_field) = destination::read_delivery(&dest);
     dest.finish();
@@ -283,6 +290,20 @@ fn compile(doc: &Doc<'_>, name: String, known: &Known<'_>) -> Option<(Destinatio
         privacy.style = p.hash_style;
         privacy.ipv4_only = p.ipv4_only.iter().map(|s| (*s).to_string()).collect();
     }
+    lint::Rule {
+        doc,
+        preset,
+        privacy: &privacy,
+        allow_entries: &read.allow_entries,
+        url: req.url.as_ref(),
+        headers: &req.headers,
+        body: &body,
+        params: &params,
+        renames: &renames,
+        when: &when,
+        preset_span: preset_field.as_ref().and_then(|f| f.span.clone()),
+    }
+    .run();
     let needs_source_url = preset.is_some_and(|p| {
         p.name == "meta_capi"
             && params.values.get("action_source").map(String::as_str) == Some("website")
@@ -307,6 +328,7 @@ fn compile(doc: &Doc<'_>, name: String, known: &Known<'_>) -> Option<(Destinatio
             body,
             partner: preset,
             needs_source_url,
+            api_version,
         },
         enabled,
     ))

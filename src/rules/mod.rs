@@ -22,6 +22,7 @@ mod presets;
 mod preview;
 mod reload;
 mod template;
+mod versions;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,6 +116,8 @@ pub struct Destination {
     partner: Option<&'static presets::Preset>,
     /// Meta website events: `event_source_url` (from `page.url`) is required.
     needs_source_url: bool,
+    /// The partner API version the rule pins (a preset with a versioned API).
+    api_version: Option<(&'static versions::Api, String)>,
 }
 
 /// Only what is safe to log: compiled headers and `sign_secret` hold secrets.
@@ -304,6 +307,16 @@ pub struct LoadOptions {
     /// `[delivery] allow_private_networks`: also lets an OAuth `token_url` be plain
     /// `http://` (a local test server); otherwise it must be `https://`.
     pub allow_private_networks: bool,
+    /// The day pinned partner API versions are judged on (sunset passed: error;
+    /// within 60 days: warning); `None`: today, from the clock.
+    pub today: Option<chrono::NaiveDate>,
+}
+
+impl LoadOptions {
+    /// The day versions are judged on.
+    pub fn today(&self) -> chrono::NaiveDate {
+        self.today.unwrap_or_else(versions::today)
+    }
 }
 
 /// A rule file with errors. If an earlier version of it loaded in this process, that
@@ -447,6 +460,23 @@ impl RuleSet {
 
     pub fn get(&self, name: &str) -> Option<&Arc<Destination>> {
         self.destinations.iter().find(|d| d.name == name)
+    }
+
+    /// For each enabled destination pinning a partner API version that is past or
+    /// near its sunset on `today`: (destination, what to do). `serve` logs these daily.
+    pub fn version_warnings(&self, today: chrono::NaiveDate) -> Vec<(String, String)> {
+        self.destinations
+            .iter()
+            .filter_map(|d| {
+                let (api, version) = d.api_version.as_ref()?;
+                match versions::judge(api, version, today) {
+                    versions::Verdict::Fine => None,
+                    versions::Verdict::Warn(m) | versions::Verdict::Refuse(m) => {
+                        Some((d.name.clone(), format!("the rule pins {m}")))
+                    }
+                }
+            })
+            .collect()
     }
 
     /// For every enabled destination, in name order: the rendered request or why not.

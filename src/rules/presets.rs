@@ -30,6 +30,9 @@ pub struct Preset {
     pub default_params: &'static [(&'static str, &'static str)],
     /// Fields the partner only accepts hashed: allowing one without `hash` is an error.
     pub must_hash: &'static [&'static str],
+    /// Fields the partner takes hashed or in clear; any other field the preset sends
+    /// is wanted in clear, and hashing it draws a warning (`load::lint`).
+    pub may_hash: &'static [&'static str],
     pub hash_style: HashStyle,
     /// How the partner's answers are read (see `deliver::answer`).
     pub answers: PartnerAnswers,
@@ -58,6 +61,17 @@ pub const META_BATCH_MAX: usize = 1000;
 pub const TIKTOK_BATCH_MAX: usize = 1000;
 /// Google Ads `uploadClickConversions`: up to 2,000 conversions per request.
 pub const GOOGLE_ADS_BATCH_MAX: usize = 2000;
+/// Google Data Manager `events:ingest`: "At most 2000 Event resources can be sent in
+/// a single request" (`IngestEventsRequest.events`, docs/partners.md D1).
+pub const DATA_MANAGER_BATCH_MAX: usize = 2000;
+/// Snapchat Conversions API v3: "Maximum 2,000 events per request" in `data` (S1).
+pub const SNAPCHAT_BATCH_MAX: usize = 2000;
+/// Pinterest API for Conversions v5: up to 1,000 events in `data` (P1).
+pub const PINTEREST_BATCH_MAX: usize = 1000;
+/// Reddit Conversions API v3: up to 1,000 events in `data.events` (R1).
+pub const REDDIT_BATCH_MAX: usize = 1000;
+/// LinkedIn Conversions API `BATCH_CREATE`: up to 5,000 events in `elements` (L1).
+pub const LINKEDIN_BATCH_MAX: usize = 5000;
 
 pub const NAMES: &[&str] = &[
     "meta_capi",
@@ -65,6 +79,11 @@ pub const NAMES: &[&str] = &[
     "appsflyer_s2s",
     "adjust_s2s",
     "google_ads",
+    "google_data_manager",
+    "snapchat_capi",
+    "pinterest_capi",
+    "reddit_capi",
+    "linkedin_capi",
 ];
 
 pub fn find(name: &str) -> Option<&'static Preset> {
@@ -102,6 +121,7 @@ client_ip_address = "{user.ip}"
 client_user_agent = "{user.user_agent}"
 fbc = "{user.fbc}"
 fbp = "{user.fbp}"
+fbclid = "{click_id}"
 
 [data.custom_data]
 value = "{properties.value}"
@@ -109,7 +129,8 @@ currency = "{properties.currency}"
 order_id = "{properties.order_id}"
 "#,
         required_params: &[],
-        default_params: &[("action_source", "website")],
+        // The Marketing API version: the newest `versions` knows.
+        default_params: &[("action_source", "website"), ("api_version", "v27.0")],
         must_hash: &[
             "user.email",
             "user.phone",
@@ -120,6 +141,7 @@ order_id = "{properties.order_id}"
             "user.zip",
             "user.country",
         ],
+        may_hash: &["user.external_id"],
         hash_style: HashStyle::Digits,
         answers: PartnerAnswers::MetaCapi,
         partner: "Meta",
@@ -138,11 +160,12 @@ order_id = "{properties.order_id}"
             "user.user_agent",
             "user.fbc",
             "user.fbp",
+            "click_id",
         ],
         ipv4_only: &[],
         // M1: a request fails if an event is more than 7 days old.
         max_event_age: Some(Duration::from_secs(7 * DAY)),
-        finish: None,
+        finish: Some(meta_finish),
         batch: Some(("data", META_BATCH_MAX)),
     },
     // TikTok Events API 2.0: POST /open_api/v1.3/event/track/, header Access-Token.
@@ -182,6 +205,7 @@ contents = "{properties.contents}"
         required_params: &[("event_source_id", "\"CABCD1234567890\"")],
         default_params: &[("event_source", "web")],
         must_hash: &["user.email", "user.phone", "user.external_id"],
+        may_hash: &[],
         hash_style: HashStyle::E164,
         answers: PartnerAnswers::TikTokEvents,
         partner: "TikTok",
@@ -225,6 +249,7 @@ af_events_api = "true"
         required_params: &[],
         default_params: &[],
         must_hash: &[],
+        may_hash: &[],
         hash_style: HashStyle::Digits,
         answers: PartnerAnswers::AppsFlyer,
         partner: "AppsFlyer",
@@ -262,6 +287,7 @@ currency = "{properties.currency}"
         required_params: &[("app_token", "\"abc123def456\"")],
         default_params: &[],
         must_hash: &[],
+        may_hash: &[],
         hash_style: HashStyle::Digits,
         answers: PartnerAnswers::Adjust,
         partner: "Adjust",
@@ -313,6 +339,7 @@ consent = { adUserData = "{consent.ad_user_data}" }
         )],
         default_params: &[("api_version", "v26")],
         must_hash: &["user.email", "user.phone"],
+        may_hash: &[],
         hash_style: HashStyle::Google,
         answers: PartnerAnswers::GoogleAds,
         partner: "Google Ads",
@@ -327,6 +354,271 @@ consent = { adUserData = "{consent.ad_user_data}" }
         max_event_age: None,
         finish: Some(google_conversion),
         batch: Some(("conversions", GOOGLE_ADS_BATCH_MAX)),
+    },
+    // Google Data Manager API: POST https://datamanager.googleapis.com/v1/events:ingest,
+    // OAuth (scope datamanager); no developer token: the accounts travel in
+    // `destinations` (docs/partners.md D1-D4). Field names: googleapis
+    // `google/ads/datamanager/v1/{ingestion_service,event,destination,user_data,consent}.proto`.
+    Preset {
+        name: "google_data_manager",
+        method: Method::Post,
+        format: Format::Json,
+        body: r#"
+encoding = "HEX"
+validateOnly = "{params.validate_only}"
+
+[[destinations]]
+productDestinationId = "{params.conversion_action_id}"
+operatingAccount = { accountType = "GOOGLE_ADS", accountId = "{params.customer_id}" }
+loginAccount = { accountType = "GOOGLE_ADS", accountId = "{params.login_customer_id}" }
+
+[[events]]
+transactionId = "{properties.order_id}"
+eventTimestamp = "{timestamp.iso}"
+eventSource = "{params.event_source}"
+conversionValue = "{properties.value}"
+currency = "{properties.currency}"
+adIdentifiers = { gclid = "{click_id}", gbraid = "{attribution.gbraid}", wbraid = "{attribution.wbraid}" }
+consent = { adUserData = "{consent.ad_user_data}", adPersonalization = "{consent.ad_personalization}" }
+userData = { userIdentifiers = [
+  { emailAddress = "{user.email}" },
+  { phoneNumber = "{user.phone}" },
+] }
+"#,
+        required_params: &[
+            ("customer_id", "\"1234567890\""),
+            ("conversion_action_id", "\"987654321\""),
+        ],
+        default_params: &[("api_version", "v1"), ("event_source", "WEB")],
+        must_hash: &["user.email", "user.phone"],
+        may_hash: &[],
+        hash_style: HashStyle::Google,
+        answers: PartnerAnswers::GoogleDataManager,
+        partner: "Google Data Manager",
+        // NO_IDENTIFIERS_PROVIDED: "Events data contains no user identifiers or ad
+        // identifiers" (error.proto).
+        identifiers: &[
+            "click_id",
+            "attribution.gbraid",
+            "attribution.wbraid",
+            "user.email",
+            "user.phone",
+        ],
+        ipv4_only: &[],
+        max_event_age: None,
+        finish: Some(data_manager_finish),
+        batch: Some(("events", DATA_MANAGER_BATCH_MAX)),
+    },
+    // Snapchat Conversions API v3: POST tr.snapchat.com/v3/{PIXEL_ID}/events
+    // ?access_token=..., JSON `{"data": [event]}` (S1 "Using the API", S2
+    // "Parameters"): em / ph lists of SHA-256 hashes normalised as Meta's, IP and user
+    // agent in clear, `sc_click_id` the Snap click ID.
+    Preset {
+        name: "snapchat_capi",
+        method: Method::Post,
+        format: Format::Json,
+        body: r#"
+[[data]]
+event_name = "{event_name}"
+event_time = "{timestamp.unix}"
+event_id = "{event_id}"
+action_source = "{params.action_source}"
+event_source_url = "{page.url}"
+
+[data.user_data]
+em = ["{user.email}"]
+ph = ["{user.phone}"]
+fn = ["{user.first_name}"]
+ln = ["{user.last_name}"]
+ct = ["{user.city}"]
+st = ["{user.state}"]
+zp = ["{user.zip}"]
+country = ["{user.country}"]
+external_id = ["{user.external_id}"]
+client_ip_address = "{user.ip}"
+client_user_agent = "{user.user_agent}"
+sc_click_id = "{click_id}"
+
+[data.custom_data]
+value = "{properties.value}"
+currency = "{properties.currency}"
+order_id = "{properties.order_id}"
+"#,
+        required_params: &[],
+        default_params: &[("action_source", "WEB"), ("api_version", "v3")],
+        must_hash: &[
+            "user.email",
+            "user.phone",
+            "user.first_name",
+            "user.last_name",
+            "user.city",
+            "user.state",
+            "user.zip",
+            "user.country",
+            "user.external_id",
+        ],
+        may_hash: &[],
+        hash_style: HashStyle::Digits,
+        answers: PartnerAnswers::SnapchatCapi,
+        partner: "Snapchat",
+        identifiers: &[
+            "user.email",
+            "user.phone",
+            "user.external_id",
+            "user.ip",
+            "click_id",
+        ],
+        ipv4_only: &[],
+        // S1: "events can have a date (timestamp) of maximum 37 days back".
+        max_event_age: Some(Duration::from_secs(37 * DAY)),
+        finish: Some(snapchat_finish),
+        batch: Some(("data", SNAPCHAT_BATCH_MAX)),
+    },
+    // Pinterest API for Conversions v5: POST api.pinterest.com/v5/ad_accounts/{ID}/events,
+    // `Authorization: Bearer` (P1: pinterest-python-generated-api-client
+    // ConversionEventsApi, ConversionEventsUserData, ConversionApiResponse).
+    Preset {
+        name: "pinterest_capi",
+        method: Method::Post,
+        format: Format::Json,
+        body: r#"
+[[data]]
+event_name = "{event_name}"
+action_source = "{params.action_source}"
+event_time = "{timestamp.unix}"
+event_id = "{event_id}"
+event_source_url = "{page.url}"
+
+[data.user_data]
+em = ["{user.email}"]
+ph = ["{user.phone}"]
+fn = ["{user.first_name}"]
+ln = ["{user.last_name}"]
+ct = ["{user.city}"]
+st = ["{user.state}"]
+zp = ["{user.zip}"]
+country = ["{user.country}"]
+external_id = ["{user.external_id}"]
+hashed_maids = ["{device.idfa}", "{device.gaid}"]
+client_ip_address = "{user.ip}"
+client_user_agent = "{user.user_agent}"
+
+[data.custom_data]
+value = "{properties.value}"
+currency = "{properties.currency}"
+order_id = "{properties.order_id}"
+"#,
+        required_params: &[],
+        default_params: &[("action_source", "web"), ("api_version", "v5")],
+        must_hash: &[
+            "user.email",
+            "user.phone",
+            "user.first_name",
+            "user.last_name",
+            "user.city",
+            "user.state",
+            "user.zip",
+            "user.country",
+            "user.external_id",
+            "device.idfa",
+            "device.gaid",
+        ],
+        may_hash: &[],
+        hash_style: HashStyle::Digits,
+        answers: PartnerAnswers::PinterestCapi,
+        partner: "Pinterest",
+        // P1: "at least one of 1) em, 2) hashed_maids or 3) pair client_ip_address +
+        // client_user_agent".
+        identifiers: &["user.email", "device.idfa", "device.gaid", "user.ip"],
+        ipv4_only: &[],
+        max_event_age: None,
+        finish: Some(pinterest_finish),
+        batch: Some(("data", PINTEREST_BATCH_MAX)),
+    },
+    // Reddit Conversions API v3: POST ads-api.reddit.com/api/v3/pixels/{PIXEL_ID}/
+    // conversion_events, `Authorization: Bearer` (R1: Reddit Ads API v3
+    // "Post Conversion Events"): `{"data": {"test_id"?, "events": [...]}}`,
+    // `event_at` in milliseconds, `type.tracking_type` (PURCHASE, SIGN_UP, ...).
+    Preset {
+        name: "reddit_capi",
+        method: Method::Post,
+        format: Format::Json,
+        body: r#"
+[data]
+test_id = "{params.test_id}"
+
+[[data.events]]
+event_at = "{timestamp.unix_ms}"
+action_source = "{params.action_source}"
+event_source_url = "{page.url}"
+click_id = "{click_id}"
+type = { tracking_type = "{event_name}" }
+metadata = { conversion_id = "{event_id}", value = "{properties.value}", currency = "{properties.currency}" }
+user = { email = "{user.email}", external_id = "{user.external_id}", ip_address = "{user.ip}", user_agent = "{user.user_agent}", idfa = "{device.idfa}", aaid = "{device.gaid}" }
+"#,
+        required_params: &[],
+        default_params: &[("action_source", "WEBSITE"), ("api_version", "v3")],
+        must_hash: &[
+            "user.email",
+            "user.external_id",
+            "user.ip",
+            "device.idfa",
+            "device.gaid",
+        ],
+        may_hash: &[],
+        hash_style: HashStyle::Digits,
+        answers: PartnerAnswers::RedditCapi,
+        partner: "Reddit",
+        identifiers: &[
+            "click_id",
+            "user.email",
+            "user.external_id",
+            "user.ip",
+            "device.idfa",
+            "device.gaid",
+        ],
+        ipv4_only: &[],
+        max_event_age: None,
+        finish: None,
+        batch: Some(("data.events", REDDIT_BATCH_MAX)),
+    },
+    // LinkedIn Conversions API: POST api.linkedin.com/rest/conversionEvents with
+    // `X-RestLi-Method: BATCH_CREATE`, `LinkedIn-Version`, OAuth (L1, L2):
+    // `{"elements": [{conversion, conversionHappenedAt (ms), eventId, conversionValue,
+    // user: {userIds: [{idType, idValue}], userInfo}}]}`.
+    Preset {
+        name: "linkedin_capi",
+        method: Method::Post,
+        format: Format::Json,
+        body: r#"
+[[elements]]
+conversion = "urn:lla:llaPartnerConversion:{params.conversion_rule_id}"
+conversionHappenedAt = "{timestamp.unix_ms}"
+eventId = "{event_id}"
+conversionValue = { currencyCode = "{properties.currency}", amount = "{properties.value}" }
+
+[elements.user]
+userIds = [
+  { idType = "SHA256_EMAIL", idValue = "{user.email}" },
+  { idType = "LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID", idValue = "{click_id}" },
+]
+userInfo = { firstName = "{user.first_name}", lastName = "{user.last_name}", countryCode = "{user.country}" }
+"#,
+        required_params: &[("conversion_rule_id", "\"104012\"")],
+        default_params: &[],
+        must_hash: &["user.email"],
+        may_hash: &[],
+        hash_style: HashStyle::Digits,
+        answers: PartnerAnswers::LinkedInCapi,
+        partner: "LinkedIn",
+        // L1: at least one user ID (SHA256_EMAIL, LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID,
+        // ...) or userInfo with first and last name.
+        identifiers: &["user.email", "click_id", "user.first_name"],
+        ipv4_only: &[],
+        // L1: events older than 90 days are refused.
+        max_event_age: Some(Duration::from_secs(90 * DAY)),
+        finish: Some(linkedin_finish),
+        batch: Some(("elements", LINKEDIN_BATCH_MAX)),
     },
 ];
 
@@ -354,10 +646,47 @@ fn appsflyer_revenue(body: &mut Value) {
     body["eventValue"] = Value::String(Value::Object(props).to_string());
 }
 
-/// AppsFlyer fields a template cannot shape: revenue names, and the ATT status as
-/// Apple's `ATTrackingManager.AuthorizationStatus` raw value.
+/// Meta's click ID: an allowed `click_id` (the fbclid of a Meta ad click) becomes
+/// `fbc` = `fb.1.<ms>.<fbclid>` (M9: the fbc format, with the event time as its
+/// creation time) unless the event carries its own `user.fbc`; `fbclid` itself is
+/// no Meta parameter and is never sent.
+fn meta_finish(body: &mut Value) {
+    let Some(Value::Array(events)) = body.get_mut("data") else {
+        return;
+    };
+    for e in events.iter_mut() {
+        let time = e.get("event_time").and_then(Value::as_i64);
+        let Some(Value::Object(user)) = e.get_mut("user_data") else {
+            continue;
+        };
+        let fbclid = match user.shift_remove("fbclid") {
+            Some(Value::String(s)) if !s.is_empty() => s,
+            _ => continue,
+        };
+        if !user.contains_key("fbc") {
+            if let Some(t) = time {
+                user.insert(
+                    "fbc".into(),
+                    Value::String(format!("fb.1.{}.{fbclid}", t * 1000)),
+                );
+            }
+        }
+    }
+}
+
+/// AppsFlyer fields a template cannot shape: revenue names, `eventValue` "" when
+/// there is no value (A1), IDFA / IDFV in upper case (AppsFlyer's pattern), and the
+/// ATT status as Apple's `ATTrackingManager.AuthorizationStatus` raw value.
 fn appsflyer_finish(body: &mut Value) {
     appsflyer_revenue(body);
+    if body.get("eventValue").and_then(Value::as_str) == Some("{}") {
+        body["eventValue"] = Value::String(String::new());
+    }
+    for key in ["idfa", "idfv"] {
+        if let Some(Value::String(id)) = body.get_mut(key) {
+            *id = id.to_ascii_uppercase();
+        }
+    }
     let att = match body.get("att") {
         Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
             "notdetermined" | "not_determined" | "0" => Some(0),
@@ -416,5 +745,125 @@ fn google_consent(conversion: &mut Map<String, Value>) {
     };
     if consent.is_empty() {
         conversion.shift_remove("consent");
+    }
+}
+
+/// Data Manager fields a template cannot shape: `validateOnly` as a JSON boolean
+/// (only when `params.validate_only` is "true"), `loginAccount` only with its
+/// account ID, and per event: the transaction ID as a string, one ad identifier
+/// (gclid, else gbraid, else wbraid, as for Google Ads), consent as
+/// `CONSENT_GRANTED` / `CONSENT_DENIED` (consent.proto `ConsentStatus`).
+fn data_manager_finish(body: &mut Value) {
+    let Some(root) = body.as_object_mut() else {
+        return;
+    };
+    let validate = matches!(root.get("validateOnly"), Some(Value::String(s)) if s == "true")
+        || root.get("validateOnly") == Some(&Value::Bool(true));
+    if validate {
+        root.insert("validateOnly".into(), Value::Bool(true));
+    } else {
+        root.shift_remove("validateOnly");
+    }
+    if let Some(Value::Array(destinations)) = root.get_mut("destinations") {
+        for d in destinations.iter_mut().filter_map(Value::as_object_mut) {
+            let has_id = d
+                .get("loginAccount")
+                .and_then(|l| l.get("accountId"))
+                .is_some();
+            if !has_id {
+                d.shift_remove("loginAccount");
+            }
+        }
+    }
+    let Some(Value::Array(events)) = root.get_mut("events") else {
+        return;
+    };
+    for e in events.iter_mut().filter_map(Value::as_object_mut) {
+        if let Some(Value::Number(n)) = e.get("transactionId") {
+            let text = n.to_string();
+            e.insert("transactionId".into(), Value::String(text));
+        }
+        if let Some(Value::Object(ids)) = e.get_mut("adIdentifiers") {
+            let mut found = false;
+            for key in ["gclid", "gbraid", "wbraid"] {
+                if ids.contains_key(key) {
+                    if found {
+                        ids.shift_remove(key);
+                    }
+                    found = true;
+                }
+            }
+        }
+        data_manager_consent(e);
+    }
+}
+
+fn data_manager_consent(event: &mut Map<String, Value>) {
+    let Some(Value::Object(consent)) = event.get_mut("consent") else {
+        return;
+    };
+    for key in ["adUserData", "adPersonalization"] {
+        match consent.get(key) {
+            Some(Value::Bool(true)) => consent.insert(key.into(), "CONSENT_GRANTED".into()),
+            Some(Value::Bool(false)) => consent.insert(key.into(), "CONSENT_DENIED".into()),
+            _ => consent.shift_remove(key),
+        };
+    }
+    if consent.is_empty() {
+        event.shift_remove("consent");
+    }
+}
+
+/// Snap's `custom_data.value` goes as text, as in its example request (S1: "10").
+fn snapchat_finish(body: &mut Value) {
+    pinterest_finish(body);
+}
+
+/// Pinterest's `custom_data.value` is a string ("425325.89" in P1's example).
+fn pinterest_finish(body: &mut Value) {
+    let Some(Value::Array(events)) = body.get_mut("data") else {
+        return;
+    };
+    for e in events.iter_mut() {
+        if let Some(v) = e.pointer_mut("/custom_data/value") {
+            if let Value::Number(n) = v {
+                *v = Value::String(n.to_string());
+            }
+        }
+    }
+}
+
+/// LinkedIn: a user ID without its value is dropped (the list is removed when
+/// none is left), `userInfo` goes only with both names (L1: firstName and lastName
+/// are required together), and `conversionValue.amount` is a string.
+fn linkedin_finish(body: &mut Value) {
+    let Some(Value::Array(elements)) = body.get_mut("elements") else {
+        return;
+    };
+    for e in elements.iter_mut().filter_map(Value::as_object_mut) {
+        if let Some(cv) = e.get_mut("conversionValue").and_then(Value::as_object_mut) {
+            if let Some(Value::Number(n)) = cv.get("amount") {
+                let text = n.to_string();
+                cv.insert("amount".into(), Value::String(text));
+            }
+        }
+        let Some(Value::Object(user)) = e.get_mut("user") else {
+            continue;
+        };
+        if let Some(Value::Array(ids)) = user.get_mut("userIds") {
+            ids.retain(|id| id.get("idValue").is_some());
+            if ids.is_empty() {
+                user.shift_remove("userIds");
+            }
+        }
+        let named = user
+            .get("userInfo")
+            .is_some_and(|i| i.get("firstName").is_some() && i.get("lastName").is_some());
+        if !named {
+            user.shift_remove("userInfo");
+        }
+        if user.is_empty() {
+            e.shift_remove("user");
+        }
     }
 }

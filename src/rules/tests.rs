@@ -84,7 +84,18 @@ fn the_shipped_rules_directory_loads_with_no_environment() {
     let disabled: Vec<&str> = rules.disabled().iter().map(|d| d.name.as_str()).collect();
     assert_eq!(
         disabled,
-        ["adjust", "appsflyer", "google-ads", "meta", "tiktok"]
+        [
+            "adjust",
+            "appsflyer",
+            "google-ads",
+            "google-data-manager",
+            "linkedin",
+            "meta",
+            "pinterest",
+            "reddit",
+            "snapchat",
+            "tiktok"
+        ]
     );
     assert!(rules.destinations()[0]
         .render(&typical("example-aff"))
@@ -135,7 +146,7 @@ fn meta_capi_preset_request() {
     assert_eq!(req.method, Method::Post);
     assert_eq!(
         req.url,
-        "https://graph.facebook.com/v25.0/123456789012345/events"
+        "https://graph.facebook.com/v27.0/123456789012345/events"
     );
     assert_eq!(
         req.headers,
@@ -216,6 +227,46 @@ fn appsflyer_s2s_preset_request() {
         "ip": "203.0.113.7", "eventTime": "2026-11-25 10:00:00.000", "af_events_api": "true"
     });
     assert_eq!(req.body, Some(expected.to_string()));
+    // A1: eventValue is "" without a value; IDFA and IDFV in upper case.
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/appsflyer.toml"))
+            .unwrap();
+    let d = rule("af", &text);
+    let mut ev = typical("any");
+    ev.fields.shift_remove("properties");
+    ev.fields["device"]["idfa"] = json!("6d92078a-8246-4ba4-ae5b-76104861e7dc");
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    assert_eq!(body["eventValue"], json!(""));
+    assert_eq!(body["idfa"], json!("6D92078A-8246-4BA4-AE5B-76104861E7DC"));
+}
+
+#[test]
+fn meta_turns_an_fbclid_into_fbc() {
+    // M9 (Meta, fbc parameter): fb.1.<creation time in ms>.<fbclid>; an event's own
+    // fbc wins; the fbclid itself is not a Meta parameter.
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/meta.toml"))
+            .unwrap()
+            .replace(
+                "allow = [\"event_id\",",
+                "allow = [\"event_id\", \"click_id\",",
+            );
+    let d = rule("m", &text);
+    let mut ev = typical("meta");
+    ev.fields["click_id"] = json!("IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk");
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    let user = &body["data"][0]["user_data"];
+    assert_eq!(
+        user["fbc"],
+        json!("fb.1.1795600800000.IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk")
+    );
+    assert!(user.get("fbclid").is_none(), "{user}");
+    ev.fields["user"]["fbc"] = json!("fb.1.1554763741205.AbCdEf");
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    assert_eq!(
+        body["data"][0]["user_data"]["fbc"],
+        json!("fb.1.1554763741205.AbCdEf")
+    );
 }
 
 #[test]
@@ -309,6 +360,222 @@ fn google_ads_preset_request() {
 }
 
 #[test]
+fn google_data_manager_preset_request() {
+    // Data Manager API v1 events:ingest (docs/partners.md D1-D3): field names from
+    // googleapis google/ads/datamanager/v1 (IngestEventsRequest, Destination,
+    // ProductAccount, Event, AdIdentifiers, UserData, UserIdentifier, Consent) in
+    // proto3 JSON (lowerCamelCase, enums by name); hashing per Google's formatting
+    // guide (as google_ads: trim, lower-case, phone E.164), hex encoding.
+    let d = shipped("google-data-manager");
+    assert_eq!(d.delivery.batch.as_ref().map(|b| b.max_events), Some(2000));
+    let req = d.render(&typical("google")).unwrap();
+    assert_eq!(
+        req.url,
+        "https://datamanager.googleapis.com/v1/events:ingest"
+    );
+    // No developer token: OAuth only, attached at send time.
+    assert_eq!(
+        req.headers,
+        headers(&[("Content-Type", "application/json")])
+    );
+    let expected = json!({
+        "encoding": "HEX",
+        "destinations": [{
+            "productDestinationId": "987654321",
+            "operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": "1234567890"}
+        }],
+        "events": [{
+            "transactionId": "o-1",
+            "eventTimestamp": "2026-11-25T10:00:00Z",
+            "eventSource": "WEB",
+            "conversionValue": 9.99,
+            "currency": "USD",
+            "adIdentifiers": {"gclid": "clk_9f2c"},
+            "consent": {"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_DENIED"},
+            "userData": {"userIdentifiers": [{"emailAddress": h("person@example.com")},
+                                             {"phoneNumber": h("+16502530000")}]}
+        }]
+    });
+    assert_eq!(req.body, Some(expected.to_string()));
+    let oauth = d.delivery.oauth.clone().expect("oauth settings");
+    assert_eq!(oauth.token_url, "https://oauth2.googleapis.com/token");
+
+    // Test mode, a manager account, a numeric order ID, an iOS click without gclid
+    // and without consent.
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/google-data-manager.toml"),
+    )
+    .unwrap()
+    .replace("# validate_only = \"true\"", "validate_only = \"true\"")
+    .replace(
+        "# login_customer_id = \"${GOOGLE_DM_LOGIN_CUSTOMER_ID}\"",
+        "login_customer_id = \"555\"",
+    );
+    let d = rule("gdm", &text);
+    let mut ev = typical("google");
+    ev.fields.shift_remove("click_id");
+    ev.fields["attribution"]["gbraid"] = json!("gb-1");
+    ev.fields["attribution"]["wbraid"] = json!("wb-1");
+    ev.fields["consent"]["ad_user_data"] = json!(false);
+    ev.fields["properties"]["order_id"] = json!(123456);
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    assert_eq!(body["validateOnly"], json!(true));
+    assert_eq!(
+        body["destinations"][0]["loginAccount"],
+        json!({"accountType": "GOOGLE_ADS", "accountId": "555"})
+    );
+    let e = &body["events"][0];
+    assert_eq!(e["transactionId"], json!("123456"));
+    assert_eq!(e["adIdentifiers"], json!({"gbraid": "gb-1"}));
+    assert_eq!(e["consent"]["adUserData"], json!("CONSENT_DENIED"));
+    assert!(e.get("userData").is_none(), "{e}");
+}
+
+#[test]
+fn snapchat_capi_preset_request() {
+    // Snap Conversions API v3 "Using the API" (S1): POST tr.snapchat.com/v3/{PIXEL}/
+    // events?access_token=..., `{"data": [{event_name, event_time (s), event_id,
+    // action_source, event_source_url, user_data: {em: [..], ph: [..]}, custom_data}]}`.
+    let d = shipped("snapchat");
+    assert_eq!(d.delivery.batch.as_ref().map(|b| b.max_events), Some(2000));
+    let req = d.render(&typical("snapchat")).unwrap();
+    assert_eq!(
+        req.url,
+        "https://tr.snapchat.com/v3/0f0e0d0c-0b0a-4908-8706-050403020100/events?access_token=replace-me"
+    );
+    let expected = json!({"data": [{
+        "event_name": "PURCHASE", "event_time": 1795600800, "event_id": "evt_01JD8X",
+        "action_source": "WEB", "event_source_url": "https://shop.example/checkout",
+        "user_data": {
+            "em": [h("person@example.com")], "ph": [h("16502530000")],
+            "external_id": [h("u42")],
+            "client_ip_address": "203.0.113.7", "client_user_agent": "UA/1.0",
+            "sc_click_id": "clk_9f2c"
+        },
+        "custom_data": {"value": "9.99", "currency": "USD", "order_id": "o-1"}
+    }]});
+    assert_eq!(req.body, Some(expected.to_string()));
+    // S2 "Parameters": Snap's own normalisation examples and their hashes.
+    let mut ev = typical("snapchat");
+    ev.fields["user"]["email"] = json!("Person@Example.com");
+    ev.fields["user"]["phone"] = json!("+44 844 412 4653");
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    let user = &body["data"][0]["user_data"];
+    assert_eq!(
+        user["em"][0],
+        json!("542d240129883c019e106e3b1b2d3f3cb3537c43c425364de8e951d5a3083345")
+    );
+    assert_eq!(
+        user["ph"][0],
+        json!("dc008fda46e2e64002cf2f82a4906236282d431c4f75e5b60bfe79fc48546383")
+    );
+}
+
+#[test]
+fn pinterest_capi_preset_request() {
+    // Pinterest's official client (P1): POST /v5/ad_accounts/{id}/events, Bearer
+    // token, `{"data": [{event_name, action_source, event_time, event_id,
+    // event_source_url, user_data: {em: [..], ph: [..], client_ip_address,
+    // client_user_agent, ...}, custom_data: {currency, value (a string), order_id}}]}`.
+    let d = shipped("pinterest");
+    assert_eq!(d.delivery.batch.as_ref().map(|b| b.max_events), Some(1000));
+    let req = d.render(&typical("pinterest")).unwrap();
+    assert_eq!(
+        req.url,
+        "https://api.pinterest.com/v5/ad_accounts/549755885175/events"
+    );
+    assert_eq!(
+        req.headers,
+        headers(&[
+            ("Authorization", "Bearer replace-me"),
+            ("Content-Type", "application/json")
+        ])
+    );
+    let expected = json!({"data": [{
+        "event_name": "checkout", "action_source": "web", "event_time": 1795600800,
+        "event_id": "evt_01JD8X", "event_source_url": "https://shop.example/checkout",
+        "user_data": {
+            "em": [h("person@example.com")], "ph": [h("16502530000")],
+            "external_id": [h("u42")],
+            "client_ip_address": "203.0.113.7", "client_user_agent": "UA/1.0"
+        },
+        "custom_data": {"value": "9.99", "currency": "USD", "order_id": "o-1"}
+    }]});
+    assert_eq!(req.body, Some(expected.to_string()));
+}
+
+#[test]
+fn reddit_capi_preset_request() {
+    // Reddit Ads API v3 "Post Conversion Events" (R1): `{"data": {"events": [{event_at
+    // (ms), action_source, event_source_url, click_id, type: {tracking_type},
+    // metadata: {conversion_id, value, currency}, user: {email, external_id,
+    // ip_address (hashed), user_agent}}]}}`.
+    let d = shipped("reddit");
+    assert_eq!(
+        d.delivery
+            .batch
+            .as_ref()
+            .map(|b| (b.path.as_str(), b.max_events)),
+        Some(("data.events", 1000))
+    );
+    let req = d.render(&typical("reddit")).unwrap();
+    assert_eq!(
+        req.url,
+        "https://ads-api.reddit.com/api/v3/pixels/a2_example123/conversion_events"
+    );
+    let expected = json!({"data": {"events": [{
+        "event_at": 1795600800000_i64, "action_source": "WEBSITE",
+        "event_source_url": "https://shop.example/checkout", "click_id": "clk_9f2c",
+        "type": {"tracking_type": "PURCHASE"},
+        "metadata": {"conversion_id": "evt_01JD8X", "value": 9.99, "currency": "USD"},
+        "user": {"email": h("person@example.com"), "external_id": h("u42"),
+                 "ip_address": h("203.0.113.7"), "user_agent": "UA/1.0"}
+    }]}});
+    assert_eq!(req.body, Some(expected.to_string()));
+}
+
+#[test]
+fn linkedin_capi_preset_request() {
+    // LinkedIn Conversions API (L1): POST /rest/conversionEvents, headers
+    // LinkedIn-Version, X-RestLi-Method: BATCH_CREATE; each element {conversion:
+    // "urn:lla:llaPartnerConversion:{id}", conversionHappenedAt (ms), eventId,
+    // conversionValue: {currencyCode, amount (a string)}, user: {userIds: [{idType:
+    // SHA256_EMAIL | LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID, idValue}], userInfo}}.
+    let d = shipped("linkedin");
+    assert_eq!(d.delivery.batch.as_ref().map(|b| b.max_events), Some(5000));
+    let req = d.render(&typical("linkedin")).unwrap();
+    assert_eq!(req.url, "https://api.linkedin.com/rest/conversionEvents");
+    assert_eq!(
+        req.headers,
+        headers(&[
+            ("LinkedIn-Version", "202607"),
+            ("X-RestLi-Method", "BATCH_CREATE"),
+            ("X-Restli-Protocol-Version", "2.0.0"),
+            ("Content-Type", "application/json")
+        ])
+    );
+    let expected = json!({"elements": [{
+        "conversion": "urn:lla:llaPartnerConversion:104012",
+        "conversionHappenedAt": 1795600800000_i64, "eventId": "evt_01JD8X",
+        "conversionValue": {"currencyCode": "USD", "amount": "9.99"},
+        "user": {
+            "userIds": [{"idType": "SHA256_EMAIL", "idValue": h("person@example.com")},
+                        {"idType": "LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID", "idValue": "clk_9f2c"}],
+            "userInfo": {"firstName": "Mary Ann", "lastName": "O'Brien"}
+        }
+    }]});
+    assert_eq!(req.body, Some(expected.to_string()));
+    // Without consent: no e-mail, no names; the click ID alone still matches.
+    let mut ev = typical("linkedin");
+    ev.fields["consent"]["ad_user_data"] = json!(false);
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    assert_eq!(
+        body["elements"][0]["user"],
+        json!({"userIds": [{"idType": "LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID", "idValue": "clk_9f2c"}]})
+    );
+}
+
+#[test]
 fn every_preset_compiles() {
     for p in presets::PRESETS {
         let params = template::Params {
@@ -341,7 +608,10 @@ fn every_batching_preset_takes_nothing_from_the_event_outside_its_list() {
             p.name
         );
     }
-    assert_eq!(batching, 3, "meta_capi, tiktok_events, google_ads");
+    assert_eq!(
+        batching, 8,
+        "meta_capi, tiktok_events, google_ads, google_data_manager, snapchat_capi, pinterest_capi, reddit_capi, linkedin_capi"
+    );
 }
 
 #[test]
@@ -590,7 +860,7 @@ Content-Type: application/json
     // With consent the request is shown, secrets masked.
     let text = preview(&rules, &typical("x"));
     // Environment values are masked wherever they stand (here the pixel ID in the path).
-    assert!(text.contains("POST https://graph.facebook.com/v25.0/***/events?access_token=***\nAuthorization: Bearer ***\n"), "{text}");
+    assert!(text.contains("POST https://graph.facebook.com/v27.0/***/events?access_token=***\nAuthorization: Bearer ***\n"), "{text}");
     // The test event is from 2026-11-25: past Meta's 7 days once that is a week ago.
     let mut old = typical("x");
     old.timestamp = chrono::Utc::now() - chrono::Duration::days(8);
@@ -776,4 +1046,35 @@ fn preview_masks_environment_values_in_the_url_path_userinfo_and_body() {
         "{text}"
     );
     assert!(text.contains("\"token\": \"***\""), "{text}");
+}
+
+#[test]
+fn serve_hears_daily_of_a_version_nearing_its_sunset() {
+    // What `serve` logs once a day (app::version_reminders): loaded today, Meta v25.0
+    // is fine; on 2027-01-24 it is 30 days from its sunset (2027-02-23), and past it
+    // on 2027-03-01.
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/meta.toml"))
+            .unwrap()
+            .replace("enabled = false", "enabled = true")
+            .replace("api_version = \"v27.0\"", "api_version = \"v25.0\"");
+    std::fs::write(dir.path().join("meta.toml"), text).unwrap();
+    let options = LoadOptions {
+        today: chrono::NaiveDate::from_ymd_opt(2026, 12, 4),
+        ..LoadOptions::default()
+    };
+    let set = RuleSet::load_dir_with(dir.path(), &no_env(), &options).unwrap();
+    let day = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap();
+    assert_eq!(set.version_warnings(day(2026, 12, 4)), vec![]);
+    let w = set.version_warnings(day(2027, 1, 24));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].0, "meta");
+    assert!(
+        w[0].1
+            .contains("v25.0, which sunsets on 2027-02-23, in 30 days"),
+        "{w:?}"
+    );
+    let w = set.version_warnings(day(2027, 3, 1));
+    assert!(w[0].1.contains("reached its sunset on 2027-02-23"), "{w:?}");
 }

@@ -195,3 +195,171 @@ fn a_declared_rule_checks_status_json_and_text() {
     assert_eq!(verdict(&text, 204, "OK"), Verdict::Delivered);
     assert_eq!(verdict(&text, 200, "ERROR"), Verdict::Retry);
 }
+
+const DATA_MANAGER: SuccessRule = SuccessRule::Partner(PartnerAnswers::GoogleDataManager);
+
+#[test]
+fn data_manager_answers_are_judged_by_googles_error_model() {
+    // D1: events:ingest answers {"requestId": ...}; validateOnly answers {}.
+    assert_eq!(
+        verdict(
+            &DATA_MANAGER,
+            200,
+            r#"{"requestId":"126365e1-16d0-4c81-9de9-f362711e250a"}"#
+        ),
+        Verdict::Delivered
+    );
+    assert_eq!(verdict(&DATA_MANAGER, 200, "{}"), Verdict::Delivered);
+    // D3 "Understand API errors": REST errors carry error.status and details with
+    // ErrorInfo.reason and BadRequest.fieldViolations[].reason (error.proto).
+    let invalid = r#"{"error":{"code":400,"message":"There was a problem with the request.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"INVALID_ARGUMENT","domain":"datamanager.googleapis.com"},{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":"events.events[0].currency","description":"The currency code is not supported.","reason":"INVALID_CURRENCY_CODE"}]}]}}"#;
+    let j = judge(&DATA_MANAGER, 400, invalid);
+    assert_eq!(j.verdict, Verdict::Reject);
+    assert!(!j.credential);
+    let reason = j.reason.unwrap_or_default();
+    assert!(reason.contains("INVALID_CURRENCY_CODE"), "{reason}");
+    assert!(
+        !reason.contains("not supported"),
+        "never the message text: {reason}"
+    );
+    // Fast fail: one bad event refuses the whole request, so a batch is judged
+    // whole (and bisected by the worker).
+    assert!(matches!(
+        judge_batch(&DATA_MANAGER, 400, invalid, 3),
+        BatchJudgement::Whole(Judgement {
+            verdict: Verdict::Reject,
+            ..
+        })
+    ));
+    // Temporary: RESOURCE_EXHAUSTED (429), INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED.
+    let busy = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"reason":"RESOURCE_EXHAUSTED"}]}}"#;
+    assert_eq!(verdict(&DATA_MANAGER, 429, busy), Verdict::Retry);
+    let internal =
+        r#"{"error":{"code":500,"status":"INTERNAL","details":[{"reason":"INTERNAL_ERROR"}]}}"#;
+    assert_eq!(verdict(&DATA_MANAGER, 500, internal), Verdict::Retry);
+    // The destination's setup (terms, conversion action, destination): every event
+    // would fail the same way, so the destination is held, not emptied.
+    let terms = r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"reason":"TERMS_AND_CONDITIONS_NOT_SIGNED"}]}}"#;
+    let j = judge(&DATA_MANAGER, 400, terms);
+    assert!(j.credential, "{j:?}");
+    let action = r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":"destinations[0].product_destination_id","reason":"INVALID_CONVERSION_ACTION_ID"}]}]}}"#;
+    assert!(judge(&DATA_MANAGER, 400, action).credential);
+    // Credentials: 401 UNAUTHENTICATED, 403 PERMISSION_DENIED.
+    assert!(
+        judge(
+            &DATA_MANAGER,
+            401,
+            r#"{"error":{"code":401,"status":"UNAUTHENTICATED"}}"#
+        )
+        .credential
+    );
+    assert!(
+        judge(
+            &DATA_MANAGER,
+            403,
+            r#"{"error":{"code":403,"status":"PERMISSION_DENIED"}}"#
+        )
+        .credential
+    );
+    // NO_IDENTIFIERS_PROVIDED is the event's fault: a dead letter.
+    let none = r#"{"error":{"code":400,"status":"INVALID_ARGUMENT","details":[{"reason":"NO_IDENTIFIERS_PROVIDED"}]}}"#;
+    let j = judge(&DATA_MANAGER, 400, none);
+    assert_eq!((j.verdict, j.credential), (Verdict::Reject, false));
+}
+
+#[test]
+fn google_ads_not_allowlisted_holds_the_destination_and_names_the_data_manager_preset() {
+    // G9: since 2026-06-15, uploadClickConversions from a developer token without
+    // recent offline-conversion imports is refused (google-ads-python
+    // errors/types/not_allowlisted_error.py). Dead-lettering would empty the queue.
+    let body = r#"{"error":{"code":403,"message":"The caller does not have permission","status":"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.ads.googleads.v26.errors.GoogleAdsFailure","errors":[{"errorCode":{"notAllowlistedError":"CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"},"message":"The customer is not allowlisted for this feature."}],"requestId":"r1"}]}}"#;
+    for status in [400, 403] {
+        let j = judge(&GOOGLE, status, body);
+        assert!(j.credential, "{j:?}");
+        let reason = j.reason.unwrap_or_default();
+        assert!(reason.contains("google_data_manager"), "{reason}");
+    }
+}
+
+const PINTEREST: SuccessRule = SuccessRule::Partner(PartnerAnswers::PinterestCapi);
+const LINKEDIN: SuccessRule = SuccessRule::Partner(PartnerAnswers::LinkedInCapi);
+const SNAPCHAT: SuccessRule = SuccessRule::Partner(PartnerAnswers::SnapchatCapi);
+const REDDIT: SuccessRule = SuccessRule::Partner(PartnerAnswers::RedditCapi);
+
+#[test]
+fn pinterest_answers_are_judged_per_event() {
+    // P1 ConversionApiResponse: events[] in request order, status processed / failed;
+    // HTTP 400 invalid request, 429 rate limit, 503 "ramped down".
+    let ok = r#"{"num_events_received":1,"num_events_processed":1,"events":[{"status":"processed","error_message":null,"warning_message":null}]}"#;
+    assert_eq!(verdict(&PINTEREST, 200, ok), Verdict::Delivered);
+    let failed = r#"{"num_events_received":1,"num_events_processed":0,"events":[{"status":"failed","error_message":"event_time is too old","warning_message":null}]}"#;
+    let j = judge(&PINTEREST, 200, failed);
+    assert_eq!(j.verdict, Verdict::Reject);
+    assert!(
+        !j.reason.unwrap_or_default().contains("too old"),
+        "never the partner's text"
+    );
+    let mixed = r#"{"num_events_received":2,"num_events_processed":1,"events":[{"status":"processed"},{"status":"failed","error_message":"x"}]}"#;
+    let BatchJudgement::PerEvent(rows) = judge_batch(&PINTEREST, 200, mixed, 2) else {
+        panic!("per event")
+    };
+    assert_eq!(
+        rows.iter().map(|j| j.verdict).collect::<Vec<_>>(),
+        [Verdict::Delivered, Verdict::Reject]
+    );
+    assert_eq!(
+        verdict(&PINTEREST, 400, r#"{"code":1,"message":"Invalid"}"#),
+        Verdict::Reject
+    );
+    assert_eq!(verdict(&PINTEREST, 429, ""), Verdict::Retry);
+    assert_eq!(verdict(&PINTEREST, 503, ""), Verdict::Retry);
+    assert!(judge(&PINTEREST, 401, "").credential);
+}
+
+#[test]
+fn linkedin_batch_create_answers_are_judged_per_element() {
+    // L1: BATCH_CREATE answers 200 with elements[] in request order, each with its
+    // own status (201 created).
+    let ok = r#"{"elements":[{"status":201},{"status":201}]}"#;
+    assert!(matches!(
+        judge_batch(&LINKEDIN, 200, ok, 2),
+        BatchJudgement::PerEvent(rows) if rows.iter().all(|j| j.verdict == Verdict::Delivered)
+    ));
+    let mixed =
+        r#"{"elements":[{"status":201},{"status":400,"error":{"message":"x"}},{"status":500}]}"#;
+    let BatchJudgement::PerEvent(rows) = judge_batch(&LINKEDIN, 200, mixed, 3) else {
+        panic!("per element")
+    };
+    assert_eq!(
+        rows.iter().map(|j| j.verdict).collect::<Vec<_>>(),
+        [Verdict::Delivered, Verdict::Reject, Verdict::Retry]
+    );
+    assert_eq!(
+        verdict(&LINKEDIN, 200, r#"{"elements":[{"status":422}]}"#),
+        Verdict::Reject
+    );
+    // 426: a retired LinkedIn-Version; 429 throttled.
+    assert_eq!(verdict(&LINKEDIN, 426, ""), Verdict::Reject);
+    assert_eq!(verdict(&LINKEDIN, 429, ""), Verdict::Retry);
+    assert!(judge(&LINKEDIN, 401, "").credential);
+}
+
+#[test]
+fn snapchat_and_reddit_are_judged_by_status() {
+    // S1 / R1 document no per-event answer: 2xx delivered, 429 and 5xx retried, other
+    // 4xx dead letters, 401 / 403 hold the destination.
+    for rule in [&SNAPCHAT, &REDDIT] {
+        assert_eq!(
+            verdict(
+                rule,
+                200,
+                r#"{"data":{"message":"Successfully processed 1 conversion events."}}"#
+            ),
+            Verdict::Delivered
+        );
+        assert_eq!(verdict(rule, 400, ""), Verdict::Reject);
+        assert_eq!(verdict(rule, 429, ""), Verdict::Retry);
+        assert_eq!(verdict(rule, 503, ""), Verdict::Retry);
+        assert!(judge(rule, 403, "").credential);
+    }
+}

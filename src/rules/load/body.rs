@@ -266,6 +266,7 @@ impl Shape<'_> {
                         .headers
                         .iter()
                         .any(|(n, _)| n.eq_ignore_ascii_case("authorization")),
+                    headers: &req.headers,
                     oauth_written: self.oauth_written,
                 };
                 check.apply(delivery, privacy, self.success_field);

@@ -10,7 +10,8 @@ use crate::toml_reader::{Doc, Field, Section};
 use super::super::apply::{Coverage, Privacy};
 use super::super::normalize::parse_country;
 use super::super::presets::Preset;
-use super::super::template::Params;
+use super::super::template::{Params, Segment, Template};
+use super::super::versions;
 
 pub const SUCCESS_EXAMPLE: &str = "{ status = [200], json = { code = 0 } }";
 pub const OAUTH_EXAMPLE: &str = "{ client_id = \"${GOOGLE_ADS_CLIENT_ID}\", client_secret = \"${GOOGLE_ADS_CLIENT_SECRET}\", refresh_token = \"${GOOGLE_ADS_REFRESH_TOKEN}\" }";
@@ -130,6 +131,8 @@ pub struct PresetCheck<'x> {
     pub params: &'x Params,
     pub url_text: Option<&'x str>,
     pub has_auth_header: bool,
+    /// `headers` as compiled (name, template).
+    pub headers: &'x [(String, Template)],
     /// `oauth` is written (even if it had mistakes, reported where they are).
     pub oauth_written: bool,
 }
@@ -155,8 +158,9 @@ impl PresetCheck<'_> {
         delivery.max_event_age = p.max_event_age;
         match p.name {
             "appsflyer_s2s" => self.appsflyer_app_id(),
-            "google_ads" => self.google_credentials(delivery),
+            "google_ads" | "google_data_manager" => self.google_credentials(delivery),
             "meta_capi" => self.meta_source_url(privacy),
+            "linkedin_capi" => self.linkedin_headers(delivery),
             _ => {}
         }
     }
@@ -174,8 +178,8 @@ impl PresetCheck<'_> {
     /// Google access tokens last an hour: they come from `oauth`, renewed at send time.
     fn google_credentials(&self, delivery: &DeliverySettings) {
         match (&delivery.oauth, self.has_auth_header) {
-            (Some(_), true) => self.preset_field.error("preset google_ads gets its access token from `oauth`; remove the Authorization header from `headers`"),
-            (None, _) if !self.oauth_written => self.preset_field.error(format!("preset google_ads needs OAuth credentials (an access token lasts one hour); add to [destination]: oauth = {OAUTH_EXAMPLE}")),
+            (Some(_), true) => self.preset_field.error(format!("preset {} gets its access token from `oauth`; remove the Authorization header from `headers`", self.preset.name)),
+            (None, _) if !self.oauth_written => self.preset_field.error(format!("preset {} needs OAuth credentials (an access token lasts one hour); add to [destination]: oauth = {OAUTH_EXAMPLE}", self.preset.name)),
             _ => {}
         }
         if let Some(v) = self.params.values.get("api_version") {
@@ -184,9 +188,35 @@ impl PresetCheck<'_> {
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
             if !ok {
                 self.preset_field.error(format!(
-                    "`params.api_version` is \"{v}\"; write a Google Ads API version like \"v26\""
+                    "`params.api_version` is \"{v}\"; write an API version like \"{}\"",
+                    self.preset
+                        .default_params
+                        .iter()
+                        .find(|(k, _)| *k == "api_version")
+                        .map_or("v26", |(_, d)| d)
                 ));
             }
+        }
+    }
+
+    /// LinkedIn (L1, L2): every call names its API version (`LinkedIn-Version`), and
+    /// the preset's body is a `BATCH_CREATE` (`X-RestLi-Method`); a token comes from
+    /// `oauth` or an Authorization header.
+    fn linkedin_headers(&self, delivery: &DeliverySettings) {
+        let value = |name: &str| {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, t)| literal_text(t))
+        };
+        if value("LinkedIn-Version").is_none() {
+            self.preset_field.error(format!("LinkedIn requires the API version in every call; add to `headers`: LinkedIn-Version = \"{}\"", versions::api_of("linkedin_capi").map_or("202607", |a| a.current())));
+        }
+        if value("X-RestLi-Method").as_deref() != Some("BATCH_CREATE") {
+            self.preset_field.error("preset linkedin_capi sends conversions as a batch: add to `headers`: X-RestLi-Method = \"BATCH_CREATE\"");
+        }
+        if delivery.oauth.is_none() && !self.has_auth_header && !self.oauth_written {
+            self.preset_field.error(format!("preset linkedin_capi needs a token: add `oauth = {OAUTH_EXAMPLE}` with LinkedIn's token_url, or headers Authorization = \"Bearer ${{LINKEDIN_ACCESS_TOKEN}}\""));
         }
     }
 
@@ -202,6 +232,65 @@ impl PresetCheck<'_> {
             self.preset_field.error("Meta requires event_source_url for action_source \"website\"; add \"page.url\" to `allow` in [privacy] (or set params.action_source to where the conversions happen)");
         }
     }
+}
+
+/// The partner API version a preset rule pins (in its URL, `{params.api_version}`
+/// filled in, or LinkedIn's version header), judged on `today`: past its sunset an
+/// error, within 60 days of it a warning, each naming the date and the version to
+/// use (`versions`). Returns the pinned version for `serve`'s daily reminder.
+pub fn check_version(
+    doc: &Doc<'_>,
+    preset: &Preset,
+    req: &super::destination::Request<'_>,
+    today: chrono::NaiveDate,
+) -> Option<(&'static versions::Api, String)> {
+    let api = versions::api_of(preset.name)?;
+    let url = literal_text(req.url.as_ref()?);
+    let headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .map(|(n, t)| (n.clone(), literal_text(t)))
+        .collect();
+    let version = versions::pinned_version(api, &url, &headers)?;
+    let raw_url = req.url_field.as_ref().and_then(|f| f.item.as_str());
+    let from_params = raw_url.is_some_and(|u| !u.contains(&version) && u.contains("{params."));
+    let params_field = doc
+        .root()
+        .and_then(|r| r.get("params"))
+        .and_then(|f| f.item.as_table_like().map(|_| f))
+        .and_then(|f| f.as_section("").and_then(|s| s.get("api_version")));
+    let (place, span) = match (&api.pinned, from_params, params_field) {
+        (versions::Pinned::Header(h), _, _) => (
+            format!("header {h}"),
+            req.url_field.as_ref().and_then(|f| f.span.clone()),
+        ),
+        (_, true, Some(f)) => ("`params.api_version`".to_string(), f.span.clone()),
+        (_, true, None) => (
+            "the preset's default `api_version`".to_string(),
+            req.url_field.as_ref().and_then(|f| f.span.clone()),
+        ),
+        _ => (
+            "`url`".to_string(),
+            req.url_field.as_ref().and_then(|f| f.span.clone()),
+        ),
+    };
+    match versions::judge(api, &version, today) {
+        versions::Verdict::Fine => {}
+        versions::Verdict::Warn(m) => doc.warn(span, format!("{place} pins {m}")),
+        versions::Verdict::Refuse(m) => doc.error(span, format!("{place} pins {m}")),
+    }
+    Some((api, version))
+}
+
+/// A template's literal text, each placeholder as `{}` (never a version).
+fn literal_text(t: &Template) -> String {
+    t.segments
+        .iter()
+        .map(|s| match s {
+            Segment::Lit(l) => l.as_str(),
+            _ => "{}",
+        })
+        .collect()
 }
 
 /// `params.default_country`: where phone numbers without a country code are from

@@ -489,7 +489,7 @@ fn partner_requirements_are_checked_where_written() {
     one_error(
         &format!("{base}oauth = {{ client_id = \"i\", client_secret = \"s\", refresh_token = \"r\" }}\npreset = \"google_ads\"\n[params]\nconversion_action = \"c\"\napi_version = \"26\"\n{ALLOW}"),
         "4:10",
-        "`params.api_version` is \"26\"; write a Google Ads API version like \"v26\"",
+        "`params.api_version` is \"26\"; write an API version like \"v26\"",
     );
     one_error(
         &format!("[destination]\nurl = \"https://api3.appsflyer.com/inappevent/123456789\"\npreset = \"appsflyer_s2s\"\n{ALLOW}"),
@@ -761,4 +761,188 @@ fn an_oauth_token_url_must_be_https_unless_private_networks_are_allowed() {
     assert!(out.result.is_ok());
     let https = text.replace("http://tokens", "https://tokens");
     assert_eq!(report(&https, &[]).0, Vec::<String>::new());
+}
+
+/// Errors and warnings of one file judged on `day` (versions past or near sunset).
+fn report_on(text: &str, day: &str) -> (Vec<String>, Vec<String>) {
+    let options = LoadOptions {
+        today: Some(chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap()),
+        ..LoadOptions::default()
+    };
+    let env: HashMap<String, String> = HashMap::new();
+    let out = load_file(Path::new("rules/x.toml"), text.to_string(), &env, &options);
+    let errors = match out.result {
+        Ok(_) => Vec::new(),
+        Err(e) => e.iter().map(|d| d.to_string()).collect(),
+    };
+    (errors, out.warnings.iter().map(|d| d.to_string()).collect())
+}
+
+const META_V: &str = "[destination]\nurl = \"https://graph.facebook.com/VERSION/1/events\"\npreset = \"meta_capi\"\n[privacy]\nallow = [\"page.url\", \"user.ip\", \"user.user_agent\"]\n";
+const GOOGLE_V: &str = "[destination]\nurl = \"https://googleads.googleapis.com/{params.api_version}/customers/1:uploadClickConversions\"\noauth = { client_id = \"i\", client_secret = \"s\", refresh_token = \"r\" }\npreset = \"google_ads\"\n[params]\nconversion_action = \"c\"\napi_version = \"VERSION\"\n[privacy]\nallow = [\"click_id\"]\n";
+
+#[test]
+fn a_pinned_version_past_its_sunset_is_refused_with_the_date_and_the_version_to_use() {
+    // Meta's Marketing API versions table: v21.0 expired 2025-09-09.
+    let (errors, _) = report_on(&META_V.replace("VERSION", "v21.0"), "2026-12-04");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].starts_with("rules/x.toml:2:7: `url` pins Meta Marketing API (Conversions API) v21.0, which reached its sunset on 2025-09-09"), "{errors:#?}");
+    assert!(
+        errors[0].contains("use v27.0 (released 2026-11-04)"),
+        "{errors:#?}"
+    );
+    // Google Ads developer blog, 2025-12-15: v19 sunsets 2026-02-11. Pointed at the
+    // parameter that pins it.
+    let (errors, _) = report_on(&GOOGLE_V.replace("VERSION", "v19"), "2026-12-04");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].starts_with("rules/x.toml:7:15: `params.api_version` pins Google Ads API v19, which reached its sunset on 2026-02-11"), "{errors:#?}");
+    assert!(
+        errors[0].contains("use v26 (released 2026-10-14)"),
+        "{errors:#?}"
+    );
+    // The same rules on the newest versions: nothing to say.
+    let fine = report_on(&META_V.replace("VERSION", "v27.0"), "2026-12-04");
+    assert_eq!(fine, (vec![], vec![]));
+    let fine = report_on(&GOOGLE_V.replace("VERSION", "v26"), "2026-12-04");
+    assert_eq!(fine, (vec![], vec![]));
+}
+
+#[test]
+fn a_pinned_version_within_sixty_days_of_its_sunset_loads_with_a_warning() {
+    // Meta v25.0 expires 2027-02-23: fine on 2026-12-24, warned from 2026-12-25.
+    let text = META_V.replace("VERSION", "v25.0");
+    assert_eq!(report_on(&text, "2026-12-24"), (vec![], vec![]));
+    let (errors, warnings) = report_on(&text, "2027-01-24");
+    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("`url` pins Meta Marketing API (Conversions API) v25.0, which sunsets on 2027-02-23, in 30 days"), "{warnings:#?}");
+    assert!(warnings[0].contains("move to v27.0"), "{warnings:#?}");
+    // On the sunset day it is refused.
+    assert_eq!(report_on(&text, "2027-02-23").0.len(), 1);
+}
+
+#[test]
+fn preset_default_versions_are_the_newest_the_version_table_knows() {
+    for name in super::super::presets::NAMES {
+        let p = super::super::presets::find(name).unwrap();
+        let Some(api) = super::super::versions::api_of(name) else {
+            continue;
+        };
+        if let Some((_, v)) = p.default_params.iter().find(|(k, _)| *k == "api_version") {
+            assert_eq!(*v, api.current(), "{name}");
+        }
+    }
+}
+
+#[test]
+fn linkedin_needs_its_version_and_batch_headers_and_a_token() {
+    let base = "[destination]\nurl = \"https://api.linkedin.com/rest/conversionEvents\"\npreset = \"linkedin_capi\"\n";
+    let rest = "[params]\nconversion_rule_id = \"1\"\n[privacy]\nallow = [\"click_id\"]\n";
+    let errs = errors(&format!("{base}{rest}"));
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert!(
+        errs[0].contains("add to `headers`: LinkedIn-Version = \"202607\""),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[1].contains("X-RestLi-Method = \"BATCH_CREATE\""),
+        "{errs:#?}"
+    );
+    assert!(errs[2].contains("needs a token"), "{errs:#?}");
+    let ok = format!("{base}headers = {{ LinkedIn-Version = \"202607\", X-RestLi-Method = \"BATCH_CREATE\", Authorization = \"Bearer t\" }}\n{rest}");
+    assert_eq!(errors(&ok), Vec::<String>::new());
+    // A retired version in the header is refused, pointed at by name.
+    let old = ok.replace("202607", "202411");
+    let (errs, _) = report_on(&old, "2026-12-04");
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].contains("header LinkedIn-Version pins LinkedIn Marketing API (Conversions API) 202411, which reached its sunset on 2025-11-17"), "{errs:#?}");
+}
+
+const META_LINT: &str = "[destination]\nurl = \"https://graph.facebook.com/v27.0/1/events\"\npreset = \"meta_capi\"\n[privacy]\nallow = [\"page.url\", \"user.email\", \"user.ip\", \"user.user_agent\"]\nhash = [\"user.email\"]\n";
+
+#[test]
+fn a_field_the_partner_wants_in_clear_warns_when_hashed() {
+    // Meta (M3): client_ip_address and client_user_agent are sent in clear.
+    let text = META_LINT.replace(
+        "hash = [\"user.email\"]",
+        "hash = [\"user.email\", \"user.ip\"]",
+    );
+    let (errors, warnings) = report(&text, &[]);
+    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with("rules/x.toml:6:23: warning")
+            || warnings[0].contains("rules/x.toml:6:23"),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[0].contains("\"user.ip\" is hashed, but Meta wants `client_ip_address` in clear"),
+        "{warnings:#?}"
+    );
+    // external_id: Meta takes it hashed or not, no warning.
+    let text = META_LINT
+        .replace(
+            "\"user.user_agent\"]",
+            "\"user.user_agent\", \"user.external_id\"]",
+        )
+        .replace(
+            "hash = [\"user.email\"]",
+            "hash = [\"user.email\", \"user.external_id\"]",
+        );
+    assert_eq!(report(&text, &[]).1, Vec::<String>::new());
+    // The shape fits: nothing to say.
+    assert_eq!(report(META_LINT, &[]), (vec![], vec![]));
+}
+
+#[test]
+fn an_allowed_field_the_preset_has_no_place_for_warns() {
+    // A Meta web rule has no device IDs in its request.
+    let text = META_LINT.replace(
+        "\"user.user_agent\"]",
+        "\"user.user_agent\", \"device.idfa\"]",
+    );
+    let (errors, warnings) = report(&text, &[]);
+    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].contains("rules/x.toml:5:"), "{warnings:#?}");
+    assert!(warnings[0].contains("\"device.idfa\" is allowed, but preset meta_capi's request has no place for it, so it is never sent"), "{warnings:#?}");
+    // A [body] laid over the preset's gives it a place.
+    let placed =
+        format!("{text}[[body.data]]\n[body.data.user_data]\nmadid = \"{{device.idfa}}\"\n");
+    assert_eq!(report(&placed, &[]).1, Vec::<String>::new());
+    // A rule without a preset is not linted this way.
+    let custom = "[destination]\nurl = \"https://a.example/\"\n[privacy]\nallow = [\"click_id\", \"user.ip\"]\n[body]\nid = \"{click_id}\"\n";
+    assert_eq!(report(custom, &[]), (vec![], vec![]));
+}
+
+#[test]
+fn a_required_field_the_rule_cannot_fill_warns() {
+    // Meta (PARTNERS.md 2026-12-03): website events need client_user_agent...
+    let no_ua = META_LINT.replace(", \"user.user_agent\"]", "]");
+    let (_, warnings) = report(&no_ua, &[]);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("Meta requires client_user_agent for website events"),
+        "{warnings:#?}"
+    );
+    // ... app events need app_data, which only a [body] can give.
+    let app = format!("{META_LINT}[params]\naction_source = \"app\"\n");
+    let (_, warnings) = report(&app, &[]);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("Meta requires app_data for app events"),
+        "{warnings:#?}"
+    );
+    let with_app_data =
+        format!("{app}[[body.data]]\napp_data = {{ advertiser_tracking_enabled = 1 }}\n");
+    assert_eq!(report(&with_app_data, &[]).1, Vec::<String>::new());
+    // Adjust takes event tokens: an event name without a mapping would be sent as is.
+    let adjust = "[destination]\nurl = \"https://s2s.adjust.com/event\"\nheaders = { Authorization = \"Bearer t\" }\npreset = \"adjust_s2s\"\n[params]\napp_token = \"abc\"\n[when]\nevent_name = [\"purchase\", \"registration\"]\n[rename.event_name]\npurchase = \"f0ob4r\"\n[privacy]\nallow = [\"event_name\", \"device.idfa\"]\n";
+    let (errors, warnings) = report(adjust, &[]);
+    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("\"registration\" has no token in [rename.event_name]"),
+        "{warnings:#?}"
+    );
 }

@@ -13,9 +13,13 @@
 //! All integers are big-endian so that byte order is numeric order. A destination is
 //! named once in `meta` and is a 2-byte number everywhere else.
 //!
-//! A delivery ID is 128 bits, written as `dlv_` + 26 Crockford base32 characters (the
-//! ULID text form): 48 bits of the accept time in ms, 16 bits of destination number,
-//! 64 bits of append sequence. So an ID alone finds its record without an index.
+//! A delivery is stored under its [`IdParts`]: 48 bits of the accept time in ms, 16
+//! bits of destination number, 64 bits of append sequence (shared by all
+//! destinations). The ID partners see (`webhook-id`) is 128 bits, written as `dlv_` +
+//! 26 Crockford base32 characters (the ULID text form): the accept time as is, then
+//! destination and sequence (80 bits) through [`IdKey`], a keyed permutation, so one
+//! partner's IDs say nothing of the relay's traffic to others, and an ID alone still
+//! finds its record without an index (the store reverses the permutation).
 
 use serde::{Deserialize, Serialize};
 
@@ -51,17 +55,17 @@ impl IdParts {
             | u128::from(self.seq)
     }
 
-    pub fn from_u128(v: u128) -> IdParts {
-        IdParts {
-            created_ms: (v >> 80) as u64,
-            dest: ((v >> 64) & 0xffff) as u16,
-            seq: v as u64,
-        }
-    }
-
-    pub fn to_id(self) -> String {
+    /// The ID partners and admins see: destination and sequence permuted by `key`.
+    pub fn to_id(self, key: &IdKey) -> String {
+        // The tweak is the time as the ID carries it (48 bits), as `parse` reads it.
+        let created_ms = self.created_ms & 0xffff_ffff_ffff;
+        let hidden = key.permute(
+            created_ms,
+            (u128::from(self.dest) << 64) | u128::from(self.seq),
+        );
+        let v = (u128::from(created_ms) << 80) | hidden;
         let mut buf = [0u8; ulid::ULID_LEN];
-        let text = ulid::Ulid(self.to_u128()).array_to_str(&mut buf);
+        let text = ulid::Ulid(v).array_to_str(&mut buf);
         text.make_ascii_lowercase();
         let mut id = String::with_capacity(4 + ulid::ULID_LEN);
         id.push_str("dlv_");
@@ -69,17 +73,138 @@ impl IdParts {
         id
     }
 
-    /// `None` for anything that is not an ID this store made.
-    pub fn parse(id: &str) -> Option<IdParts> {
+    /// The parts an ID made by [`IdParts::to_id`] under `key` stands for; `None` for
+    /// anything that is not an ID. An ID this store never made decodes to parts of
+    /// no record (or of an unknown destination): callers look them up, never trust them.
+    pub fn parse(id: &str, key: &IdKey) -> Option<IdParts> {
         let text = id.strip_prefix("dlv_")?;
-        ulid::Ulid::from_string(text)
-            .ok()
-            .map(|u| IdParts::from_u128(u.0))
+        let v = ulid::Ulid::from_string(text).ok()?.0;
+        let created_ms = (v >> 80) as u64;
+        let inner = key.unpermute(created_ms, v & HIDDEN_MASK);
+        Some(IdParts {
+            created_ms,
+            dest: (inner >> 64) as u16,
+            seq: inner as u64,
+        })
     }
 
     pub fn bytes(self) -> [u8; 16] {
         self.to_u128().to_be_bytes()
     }
+}
+
+/// The 80 bits of an ID after its time: destination (16) and sequence (64).
+const HIDDEN_MASK: u128 = (1 << 80) - 1;
+const HALF_BITS: u32 = 40;
+const HALF_MASK: u64 = (1 << HALF_BITS) - 1;
+/// Feistel rounds; each is one SipHash of 14 bytes (about 20 ns).
+const ROUNDS: u8 = 8;
+
+/// The key of the permutation that hides destination and sequence in delivery IDs:
+/// a balanced Feistel network on 80 bits (two 40-bit halves), its round function
+/// SipHash-2-4 keyed by an HMAC of the installation's secret and tweaked by the ID's
+/// accept time, so the permutation differs for every millisecond (what one partner
+/// sees of one permutation is the few deliveries of one millisecond). Derived from
+/// `data_dir/dedupe.key`, so an ID is the same after a restart.
+#[derive(Clone)]
+pub struct IdKey {
+    k0: u64,
+    k1: u64,
+}
+
+impl IdKey {
+    pub fn new(secret: &[u8; 32]) -> IdKey {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(b"postback-relay delivery ids v1");
+        let out = mac.finalize().into_bytes();
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&out[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        IdKey {
+            k0: word(0),
+            k1: word(8),
+        }
+    }
+
+    fn round(&self, round: u8, tweak: u64, half: u64) -> u64 {
+        let mut input = [0u8; 14];
+        input[0] = round;
+        input[1..9].copy_from_slice(&tweak.to_le_bytes());
+        input[9..].copy_from_slice(&half.to_le_bytes()[..5]);
+        siphash24(self.k0, self.k1, &input) & HALF_MASK
+    }
+
+    fn permute(&self, tweak: u64, v: u128) -> u128 {
+        let (mut l, mut r) = ((v >> HALF_BITS) as u64 & HALF_MASK, v as u64 & HALF_MASK);
+        for i in 0..ROUNDS {
+            (l, r) = (r, l ^ self.round(i, tweak, r));
+        }
+        (u128::from(l) << HALF_BITS) | u128::from(r)
+    }
+
+    fn unpermute(&self, tweak: u64, v: u128) -> u128 {
+        let (mut l, mut r) = ((v >> HALF_BITS) as u64 & HALF_MASK, v as u64 & HALF_MASK);
+        for i in (0..ROUNDS).rev() {
+            (l, r) = (r ^ self.round(i, tweak, l), l);
+        }
+        (u128::from(l) << HALF_BITS) | u128::from(r)
+    }
+}
+
+impl std::fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdKey(..)")
+    }
+}
+
+/// SipHash-2-4 (Aumasson and Bernstein), the keyed PRF of the ID permutation's
+/// rounds. Written here because the IDs must never change with a dependency or the
+/// standard library (its `SipHasher` is deprecated); the paper's test vector pins it.
+fn siphash24(k0: u64, k1: u64, msg: &[u8]) -> u64 {
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    fn sip_round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+    fn compress(m: u64, v: &mut [u64; 4]) {
+        v[3] ^= m;
+        sip_round(v);
+        sip_round(v);
+        v[0] ^= m;
+    }
+    let mut chunks = msg.chunks_exact(8);
+    for c in &mut chunks {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        compress(u64::from_le_bytes(b), &mut v);
+    }
+    let mut last = [0u8; 8];
+    let rest = chunks.remainder();
+    last[..rest.len()].copy_from_slice(rest);
+    last[7] = msg.len() as u8;
+    compress(u64::from_le_bytes(last), &mut v);
+    v[2] ^= 0xff;
+    for _ in 0..4 {
+        sip_round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
 /// Key in a destination's own queue keyspace.
@@ -305,21 +430,75 @@ mod tests {
 
     #[test]
     fn ids_round_trip_and_look_like_before() {
+        let key = IdKey::new(&[7; 32]);
         let p = IdParts {
             created_ms: 1_700_000_000_123,
             dest: 7,
             seq: 123_456_789,
         };
-        let id = p.to_id();
+        let id = p.to_id(&key);
         assert!(id.starts_with("dlv_"));
         assert_eq!(id.len(), 30);
-        assert_eq!(IdParts::parse(&id), Some(p));
+        assert_eq!(IdParts::parse(&id, &key), Some(p));
         assert_eq!(
-            IdParts::parse(&id.to_uppercase().replace("DLV_", "dlv_")),
+            IdParts::parse(&id.to_uppercase().replace("DLV_", "dlv_"), &key),
             Some(p)
         );
-        assert_eq!(IdParts::parse("dlv_nope"), None);
-        assert_eq!(IdParts::parse("other"), None);
+        assert_eq!(IdParts::parse("dlv_nope", &key), None);
+        assert_eq!(IdParts::parse("other", &key), None);
+        // The accept time stays readable (IDs sort by it); the rest does not.
+        let plain = ulid::Ulid::from_string(&id[4..]).expect("ulid").0;
+        assert_eq!((plain >> 80) as u64, p.created_ms);
+        assert_ne!(plain & HIDDEN_MASK, (7u128 << 64) | 123_456_789);
+        // Another installation's key reads another delivery out of the same ID.
+        assert_ne!(IdParts::parse(&id, &IdKey::new(&[8; 32])), Some(p));
+    }
+
+    #[test]
+    fn ids_hide_the_shared_sequence() {
+        let key = IdKey::new(&[42; 32]);
+        let hidden = |dest: u16, seq: u64| {
+            let id = IdParts {
+                created_ms: 1_700_000_000_000,
+                dest,
+                seq,
+            }
+            .to_id(&key);
+            assert_eq!(
+                IdParts::parse(&id, &key),
+                Some(IdParts {
+                    created_ms: 1_700_000_000_000,
+                    dest,
+                    seq
+                })
+            );
+            ulid::Ulid::from_string(&id[4..]).expect("ulid").0 & HIDDEN_MASK
+        };
+        // Destination 1 gets every other sequence number (destination 2 the rest):
+        // what it sees is neither ordered nor evenly spaced.
+        let seen: Vec<u128> = (0..32).map(|i| hidden(1, 1000 + 2 * i)).collect();
+        assert!(seen.windows(2).any(|w| w[0] > w[1]), "{seen:?}");
+        assert!(seen.windows(2).any(|w| w[0] < w[1]), "{seen:?}");
+        let gaps: std::collections::HashSet<u128> =
+            seen.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+        assert!(gaps.len() > 16, "{gaps:?}");
+        // The destination number is hidden too.
+        assert_ne!(hidden(1, 5) >> 64, 1);
+        // And the permutation really is one: every input has its own output.
+        let all: std::collections::HashSet<u128> =
+            (0..2000).map(|i| hidden((i % 3) as u16, i / 3)).collect();
+        assert_eq!(all.len(), 2000);
+    }
+
+    #[test]
+    fn siphash_matches_the_reference_vector() {
+        // The paper's Appendix A: key 00..0f, message 00..0e.
+        let key: Vec<u8> = (0u8..16).collect();
+        let msg: Vec<u8> = (0u8..15).collect();
+        let k0 = u64::from_le_bytes(key[..8].try_into().expect("8 bytes"));
+        let k1 = u64::from_le_bytes(key[8..].try_into().expect("8 bytes"));
+        assert_eq!(siphash24(k0, k1, &msg), 0xa129_ca61_49be_45e5);
+        assert_eq!(siphash24(k0, k1, &[]), 0x726f_db47_dd0e_0e31);
     }
 
     #[test]

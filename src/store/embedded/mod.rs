@@ -114,6 +114,8 @@ pub(crate) struct Shared {
     claims: Mutex<HashMap<DestId, DestClaims>>,
     commits: AtomicU64,
     observer: std::sync::OnceLock<Arc<dyn super::StoreObserver>>,
+    /// Hides destination and sequence in the IDs handed out (`layout::IdKey`).
+    ids: layout::IdKey,
     /// Test hook: the next this-many group commits fail as if the disk were full.
     #[cfg(test)]
     fail_commits: std::sync::atomic::AtomicUsize,
@@ -153,6 +155,23 @@ impl Shared {
             .unwrap_or_else(|| format!("#{id}"))
     }
 
+    /// The ID a delivery is known by outside the store.
+    fn id_of(&self, parts: layout::IdParts) -> String {
+        parts.to_id(&self.ids)
+    }
+
+    /// The delivery an ID names, if it names one of a known destination (an ID this
+    /// store never made decodes to arbitrary parts: never a new queue for them).
+    fn parts_of(&self, id: &str) -> Option<layout::IdParts> {
+        let p = layout::IdParts::parse(id, &self.ids)?;
+        self.dests
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|d| *d == p.dest)
+            .then_some(p)
+    }
+
     fn claims(&self) -> MutexGuard<'_, HashMap<DestId, DestClaims>> {
         lock(&self.claims)
     }
@@ -180,6 +199,9 @@ impl EmbeddedStore {
             .load(&opts.data_dir.join(engine::DB_DIR))
             .map_err(refuse)?;
         engine::check_mark(&opts.data_dir, &loaded).map_err(refuse)?;
+        engine
+            .verify_tables(&opts.data_dir.join(engine::DB_DIR), &loaded)
+            .map_err(refuse)?;
         engine::write_format_file(&opts.data_dir).map_err(refuse)?;
         let shared = Arc::new(Shared {
             engine: RwLock::new(Some(Arc::new(engine))),
@@ -189,6 +211,7 @@ impl EmbeddedStore {
             claims: Mutex::new(HashMap::new()),
             commits: AtomicU64::new(0),
             observer: std::sync::OnceLock::new(),
+            ids: layout::IdKey::new(&secret),
             #[cfg(test)]
             fail_commits: std::sync::atomic::AtomicUsize::new(0),
             #[cfg(test)]

@@ -170,12 +170,11 @@ impl Writer {
                 Self::batch(g)?.insert(&queue, layout::seq_key(seq), value);
                 g.undo.push(Undo::Queue(dest, seq));
                 g.count(dest, 1, 0);
-                let parts = IdParts {
+                ids.push(self.shared.id_of(IdParts {
                     created_ms: u64::try_from(now_ms.max(0)).unwrap_or(0),
                     dest,
                     seq,
-                };
-                ids.push(parts.to_id());
+                }));
             }
             outcomes.push(AcceptOutcome::Accepted { delivery_ids: ids });
         }
@@ -196,7 +195,7 @@ impl Writer {
         g: &mut Group,
         id: &str,
     ) -> Result<Option<(IdParts, Loc)>, Fatal> {
-        let Some(parts) = IdParts::parse(id) else {
+        let Some(parts) = self.shared.parts_of(id) else {
             return Ok(None);
         };
         if g.touched.contains(&(parts.dest, parts.seq)) {
@@ -288,7 +287,7 @@ impl Writer {
         };
         match which {
             ReplaySelector::Id(id) => {
-                if let Some(p) = IdParts::parse(id) {
+                if let Some(p) = self.shared.parts_of(id) {
                     let k = layout::queue_key(p.dest, p.seq);
                     if let Some(v) = e.dead.get(k).map_err(fatal)? {
                         take(&k, &v)?;

@@ -46,7 +46,7 @@ pub fn claim_due(
             continue;
         }
         let r: Record = layout::decode("delivery", &v).map_err(corrupt)?;
-        out.push(delivery(dest, seq, destination, r));
+        out.push(delivery(s, dest, seq, destination, r));
         claims.claimed.insert(seq, Loc::Retry { due_ms });
     }
     let start = claims.cursor.map_or(0, |c| c.saturating_add(1));
@@ -68,19 +68,18 @@ pub fn claim_due(
             break; // accepted "in the future" (a clock step): not due yet
         }
         claims.cursor = Some(seq);
-        out.push(delivery(dest, seq, destination, r));
+        out.push(delivery(s, dest, seq, destination, r));
         claims.claimed.insert(seq, Loc::Fresh);
     }
     Ok(out)
 }
 
-fn delivery(dest: u16, seq: u64, destination: &str, r: Record) -> Delivery {
-    let id = IdParts {
+fn delivery(s: &Shared, dest: u16, seq: u64, destination: &str, r: Record) -> Delivery {
+    let id = s.id_of(IdParts {
         created_ms: u64::try_from(r.created_at.max(0)).unwrap_or(0),
         dest,
         seq,
-    }
-    .to_id();
+    });
     r.into_delivery(id, destination.to_owned())
 }
 
@@ -122,7 +121,7 @@ pub fn next_due(s: &Shared, destination: &str) -> StoreResult<Option<i64>> {
 
 /// Gives a claim back: a fresh delivery is read again by the next claim.
 pub fn release(s: &Shared, id: &str) {
-    let Some(p) = IdParts::parse(id) else {
+    let Some(p) = s.parts_of(id) else {
         return;
     };
     let mut all = s.claims();
@@ -160,7 +159,7 @@ pub fn dlq_list(
         let dead_at = r.dead_at.unwrap_or(r.created_at);
         let name = s.dest_name(dest);
         out.push(DeadLetter {
-            delivery: delivery(dest, seq, &name, r),
+            delivery: delivery(s, dest, seq, &name, r),
             dead_at,
         });
     }
@@ -171,7 +170,7 @@ pub fn dlq_list(
 
 /// Where one delivery stands.
 pub fn lookup(s: &Shared, id: &str) -> StoreResult<Option<DeliveryStatus>> {
-    let Some(p) = IdParts::parse(id) else {
+    let Some(p) = s.parts_of(id) else {
         return Ok(None);
     };
     let e = s.engine()?;

@@ -103,6 +103,89 @@ async fn ids_name_their_destination_and_are_unique() {
     assert!(all.insert(contract::ids(&out[0]).remove(0)));
 }
 
+/// Issue 18: the IDs one partner sees say nothing of another's traffic (the shared
+/// sequence is permuted under the installation's key), stay the same across a
+/// restart, and still find their delivery.
+#[tokio::test]
+async fn ids_hide_other_destinations_traffic_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let mut a_ids = Vec::new();
+    for i in 0..40 {
+        // Interleaved: "b" gets one or two deliveries between two of "a"'s.
+        let dests: &[&str] = if i % 2 == 0 {
+            &["a", "b"]
+        } else {
+            &["b", "a", "b"]
+        };
+        let out = s
+            .accept(vec![event(key(i), dests)], NOW)
+            .await
+            .expect("accept");
+        let ids = contract::ids(&out[0]);
+        a_ids.push(ids[usize::from(i % 2 == 1)].clone());
+    }
+    // What follows the accept time (the ULID's low 80 bits) is no sequence: neither
+    // ordered nor evenly spaced, so "a" cannot count "b"'s deliveries between its own.
+    let tails: Vec<u128> = a_ids
+        .iter()
+        .map(|id| {
+            let u = ulid::Ulid::from_string(&id[4..]).expect("a ULID");
+            u.0 & ((1 << 80) - 1)
+        })
+        .collect();
+    assert!(tails.windows(2).any(|w| w[0] > w[1]), "{a_ids:?}");
+    assert!(tails.windows(2).any(|w| w[0] < w[1]), "{a_ids:?}");
+    let steps: std::collections::HashSet<u128> =
+        tails.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+    assert!(steps.len() > 30, "{a_ids:?}");
+    for id in &a_ids {
+        let st = s
+            .lookup(id)
+            .await
+            .expect("lookup")
+            .expect("found by its ID");
+        assert_eq!((st.destination.as_str(), st.state), ("a", "queued"));
+    }
+    drop(s);
+    // After a restart (as after kill -9: claims are gone) the same IDs come back.
+    let s = open(dir.path());
+    let claimed: Vec<String> = s
+        .claim_due("a", NOW, 100)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(claimed, a_ids);
+    s.complete(&a_ids[3]).await.expect("complete");
+    let st = s.lookup(&a_ids[3]).await.expect("lookup").expect("receipt");
+    assert_eq!(st.state, "delivered");
+    // An ID of another installation (or made up) finds nothing and creates nothing.
+    let other = tempfile::tempdir().expect("tempdir");
+    let foreign = open(other.path());
+    let out = foreign
+        .accept(vec![event(key(1), &["a"])], NOW)
+        .await
+        .expect("accept");
+    let foreign_id = contract::ids(&out[0]).remove(0);
+    assert!(s.lookup(&foreign_id).await.expect("lookup").is_none());
+    let keyspaces = || s.shared.engine().expect("engine").db.keyspace_count();
+    let before = keyspaces();
+    for n in 0..50u128 {
+        let made_up = ulid::Ulid((u128::from(NOW as u64) << 80) | n << 40).to_string();
+        assert!(s
+            .lookup(&format!("dlv_{made_up}"))
+            .await
+            .expect("lookup")
+            .is_none());
+        s.complete(&format!("dlv_{made_up}"))
+            .await
+            .expect("complete");
+    }
+    assert_eq!(keyspaces(), before);
+}
+
 #[tokio::test]
 async fn full_queue_refuses_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -328,7 +411,7 @@ async fn truncated_or_garbled_store_files_are_refused_without_a_panic() {
     for f in files(&dir.path().join("store")) {
         let len = fs::metadata(&f).expect("meta").len().max(16) as usize;
         let mut junk = vec![0u8; len];
-        rand::thread_rng().fill_bytes(&mut junk);
+        rand::rng().fill_bytes(&mut junk);
         fs::write(&f, junk).expect("garble");
     }
     let e = refused(dir.path());
@@ -434,7 +517,7 @@ async fn bytes_per_dedupe_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = open(dir.path());
     let n = 200_000u64;
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     for chunk in 0..(n / 1000) {
         let events = (0..1000)
             .map(|_| {

@@ -24,6 +24,7 @@
 //! if Redis lost its data, the relay says so (`ready() == false`, writes answer
 //! `Unavailable`) instead of carrying on with an empty queue.
 
+mod group;
 mod mark;
 mod open;
 mod primary;
@@ -186,6 +187,9 @@ struct Inner {
     /// The commit counter as this relay saw it (`data_dir/redis.mark`).
     seen: mark::Seen,
     observer: Mutex<Option<Arc<dyn StoreObserver>>>,
+    /// Accepts go through it, many requests to one script call (`group.rs`); set
+    /// once, right after the store is made.
+    combiner: std::sync::OnceLock<group::Combiner>,
 }
 
 fn wall_ms() -> i64 {
@@ -315,12 +319,24 @@ impl Inner {
         script: &Script,
         args: Vec<Vec<u8>>,
     ) -> Result<T, Result<RedisError, StoreError>> {
+        self.run_with(script, |inv| {
+            for a in args {
+                inv.arg(a);
+            }
+        })
+        .await
+    }
+
+    /// `run_raw`, with the arguments after the prefix and epoch written by `fill`.
+    async fn run_with<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        fill: impl FnOnce(&mut redis::ScriptInvocation<'_>),
+    ) -> Result<T, Result<RedisError, StoreError>> {
         self.usable().map_err(Err)?;
         let mut inv = script.prepare_invoke();
         inv.arg(&self.p).arg(&self.epoch);
-        for a in args {
-            inv.arg(a);
-        }
+        fill(&mut inv);
         let mut conn = self.conn();
         inv.invoke_async(&mut conn).await.map_err(|e| {
             self.check_primary(&e);
@@ -566,19 +582,16 @@ fn accept_error(i: &Inner, e: RedisError) -> StoreError {
 
 const LOST: &str = "Redis lost the relay's data (restart without persistence, flush, failover to an empty or lagging replica, or restore of an older snapshot); restart the relay to go on";
 
-/// An accept's arguments after the prefix and epoch.
+/// An accept's share of a grouped script call (`group.rs`): per event its dedupe
+/// key, its number of deliveries, then per delivery the destination, a new delivery
+/// ID and the rendered request.
 struct AcceptArgs {
     args: Vec<Vec<u8>>,
     ids: Vec<Vec<String>>,
 }
 
-fn accept_args(inner: &Inner, events: &[EventToAccept], now_ms: i64) -> StoreResult<AcceptArgs> {
-    let mut args: Vec<Vec<u8>> = vec![
-        now_ms.to_string().into_bytes(),
-        ms(inner.opts.dedupe_window).to_string().into_bytes(),
-        inner.opts.max_queued.to_string().into_bytes(),
-        events.len().to_string().into_bytes(),
-    ];
+fn accept_args(events: &[EventToAccept]) -> StoreResult<AcceptArgs> {
+    let mut args: Vec<Vec<u8>> = Vec::with_capacity(events.len() * 5);
     let mut ids = Vec::with_capacity(events.len());
     for ev in events {
         args.push(ev.dedupe_key.0.to_vec());
@@ -599,7 +612,7 @@ fn accept_args(inner: &Inner, events: &[EventToAccept], now_ms: i64) -> StoreRes
 /// `dlv_` + a ULID: unique across relays without coordination.
 fn new_id() -> String {
     let mut random = [0u8; 16];
-    rand::thread_rng().fill_bytes(&mut random);
+    rand::rng().fill_bytes(&mut random);
     let now = u64::try_from(wall_ms()).unwrap_or(0);
     let u = ulid::Ulid::from_parts(now, u128::from_be_bytes(random));
     let mut buf = [0u8; ulid::ULID_LEN];
@@ -641,18 +654,22 @@ impl Store for RedisStore {
         now_ms: i64,
     ) -> StoreResult<Vec<AcceptOutcome>> {
         let i = &self.inner;
-        let started = Instant::now();
-        let AcceptArgs { args, ids } = accept_args(i, &events, now_ms)?;
+        i.usable()?;
+        let AcceptArgs { args, ids } = accept_args(&events)?;
         let before = i.seen.get();
-        let reply: Vec<i64> = i
-            .run_raw(&i.scripts.accept, args)
-            .await
-            .map_err(|e| match e {
-                Ok(e) => accept_error(i, e),
-                Err(e) => e,
-            })?;
-        let (commit, flags) = reply.split_first().map_or((0, &[][..]), |(c, f)| (*c, f));
-        let commit = u64::try_from(commit).unwrap_or(0);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let part = group::Part {
+            now_ms,
+            events: events.len(),
+            args,
+            reply,
+        };
+        let closed = || StoreError::Unavailable("the store is closed".into());
+        let combiner = i.combiner.get().ok_or_else(closed)?;
+        combiner.send(part).await.map_err(|_| closed())?;
+        let group::Committed { commit, flags } = answer.await.map_err(|_| {
+            StoreError::Unknown("the store stopped before Redis answered the accept".into())
+        })??;
         if commit <= before {
             i.note_went_back(commit, before);
             return Err(StoreError::Unavailable(LOST.into()));
@@ -661,10 +678,8 @@ impl Store for RedisStore {
         // Only now: the mark counts acknowledged commits. A failover to a replica
         // that lost only writes answered "unknown" is no going back in time.
         i.seen.saw(commit);
-        i.committed(1, started);
         Ok(flags
-            .iter()
-            .copied()
+            .into_iter()
             .zip(ids)
             .map(|(f, delivery_ids)| match f {
                 1 => AcceptOutcome::Accepted { delivery_ids },

@@ -84,7 +84,10 @@ impl RedisStore {
             closed: AtomicBool::new(false),
             seen,
             observer: Mutex::new(None),
+            combiner: std::sync::OnceLock::new(),
         });
+        let (combiner, combining) = super::group::start(Arc::downgrade(&inner));
+        let _ = inner.combiner.set(combiner);
         let recovered = inner.recover().await.map_err(|e| e.to_string())?;
         if recovered > 0 {
             tracing::info!(
@@ -94,6 +97,7 @@ impl RedisStore {
             );
         }
         let mut tasks = vec![
+            combining,
             tokio::spawn(touch_claims(Arc::downgrade(&inner))),
             tokio::spawn(settle_later(Arc::downgrade(&inner))),
         ];
@@ -334,7 +338,7 @@ async fn init_meta(
     p: &str,
 ) -> Result<(String, [u8; 32]), String> {
     let mut fresh = [0u8; 48];
-    rand::thread_rng().fill_bytes(&mut fresh);
+    rand::rng().fill_bytes(&mut fresh);
     let epoch: String = fresh[32..].iter().map(|b| format!("{b:02x}")).collect();
     let (epoch, secret, format, _created): (String, Vec<u8>, String, i64) = scripts
         .open

@@ -308,6 +308,65 @@ async fn past_max_queued_an_accept_is_refused_whole() {
     );
 }
 
+/// One request's part of a grouped accept, and where its answer arrives.
+fn part(
+    events: &[EventToAccept],
+) -> (
+    group::Part,
+    tokio::sync::oneshot::Receiver<StoreResult<group::Committed>>,
+) {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let args = accept_args(events).expect("args").args;
+    let p = group::Part {
+        now_ms: NOW,
+        events: events.len(),
+        args,
+        reply,
+    };
+    (p, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grouped_accept_answers_each_request_as_if_alone() {
+    let Some(url) = test_redis("a_grouped_accept_answers_each_request_as_if_alone") else {
+        return;
+    };
+    let one = OnRedis::new(&url);
+    let mut o = options(&url, &one.prefix, "grouped", one.dir.path());
+    o.max_queued = 5;
+    let s = RedisStore::open(o).await.expect("open");
+    // Three requests in ONE script call: the second repeats the first's key (a
+    // duplicate within the group), the third has two events.
+    let (p1, a1) = part(&[event(key(1), &["a", "b"])]);
+    let (p2, a2) = part(&[event(key(1), &["a"])]);
+    let (p3, a3) = part(&[event(key(2), &["a"]), event(key(3), &["b"])]);
+    group::run_group(&s.inner, vec![p1, p2, p3]).await;
+    let (r1, r2, r3) = (
+        a1.await.expect("answer").expect("ok"),
+        a2.await.expect("answer").expect("ok"),
+        a3.await.expect("answer").expect("ok"),
+    );
+    assert_eq!(
+        (r1.flags, r2.flags, r3.flags),
+        (vec![1], vec![0], vec![1, 1])
+    );
+    assert!(r1.commit > 0 && r1.commit == r2.commit && r2.commit == r3.commit);
+    assert_eq!(counts_of(&s).await, vec![c("a", 2, 0), c("b", 2, 0)]);
+    // 4 of 5 queued: a duplicate grouped with a request of two deliveries; together
+    // they would pass the bound, so the group is tried again request by request: the
+    // duplicate is answered, not refused for the other's sake, which is refused.
+    let (p4, a4) = part(&[event(key(2), &["a"])]);
+    let (p5, a5) = part(&[event(key(9), &["a", "b"])]);
+    group::run_group(&s.inner, vec![p4, p5]).await;
+    assert_eq!(
+        a4.await.expect("answer").expect("duplicate fits").flags,
+        vec![0]
+    );
+    let full = a5.await.expect("answer").expect_err("full");
+    assert!(matches!(full, StoreError::Full { .. }), "{full}");
+    assert_eq!(counts_of(&s).await, vec![c("a", 2, 0), c("b", 2, 0)]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_no_plaintext_key_and_no_credential() {
     let Some(url) = test_redis("stores_no_plaintext_key_and_no_credential") else {

@@ -2,97 +2,12 @@
 //! the primary is killed (SIGKILL), the sentinel promotes a replica, and the relay
 //! store, which only knows the sentinel, follows it and keeps serving.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use super::*;
+use crate::own_sentinel::OwnSentinel;
 
 const MASTER: &str = "pbrtest";
-
-/// A `redis-server --sentinel` of our own on a free port, watching `primary`.
-struct OwnSentinel {
-    port: u16,
-    _dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl OwnSentinel {
-    fn start(primary: u16) -> OwnSentinel {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        // The sentinel rewrites its config file: it must be its own, writable.
-        let conf = dir.path().join("sentinel.conf");
-        let text = format!(
-            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER} 127.0.0.1 {primary} 1\nsentinel down-after-milliseconds {MASTER} 1000\nsentinel failover-timeout {MASTER} 5000\nsentinel parallel-syncs {MASTER} 2\n",
-            dir.path().display()
-        );
-        std::fs::write(&conf, text).expect("write sentinel.conf");
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start redis-server --sentinel");
-        let s = OwnSentinel {
-            port,
-            _dir: dir,
-            child,
-        };
-        s.until("the sentinel listens", |_| Some(()));
-        s
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Asks the sentinel until `check` finds what it waits for, for up to 30 s.
-    fn until<T>(&self, what: &str, check: impl Fn(&mut ::redis::Connection) -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let conn = ::redis::Client::open(format!("redis://{}", self.addr()))
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)));
-            if let Some(found) = conn.ok().and_then(|mut c| check(&mut c)) {
-                return found;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{what}: not within 30 s");
-    }
-
-    /// The port of the primary the sentinel names now.
-    fn primary_port(&self, c: &mut ::redis::Connection) -> Option<u16> {
-        let (_, port): (String, String) = ::redis::cmd("SENTINEL")
-            .arg("get-master-addr-by-name")
-            .arg(MASTER)
-            .query(c)
-            .ok()?;
-        port.parse().ok()
-    }
-}
-
-impl Drop for OwnSentinel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Replicas the sentinel sees with their link to the primary up.
-fn replicas_in_sync(c: &mut ::redis::Connection) -> usize {
-    let all: Vec<HashMap<String, String>> = ::redis::cmd("SENTINEL")
-        .arg("replicas")
-        .arg(MASTER)
-        .query(c)
-        .unwrap_or_default();
-    all.iter()
-        .filter(|r| r.get("master-link-status").map(String::as_str) == Some("ok"))
-        .filter(|r| !r.get("flags").is_some_and(|f| f.contains("down")))
-        .count()
-}
 
 /// Accepts `k` until a replica confirmed it (an "unknown" outcome is retried with the
 /// same event, which dedupe makes safe), or the deadline passes.
@@ -127,10 +42,8 @@ impl Watched {
             r.run();
             replicas.push(r);
         }
-        let sentinel = OwnSentinel::start(primary.port);
-        sentinel.until("the sentinel sees both replicas in sync", |c| {
-            (replicas_in_sync(c) == 2).then_some(())
-        });
+        let sentinel = OwnSentinel::start(MASTER, primary.port);
+        sentinel.wait_replicas_in_sync(2);
         let dir = tempfile::tempdir().expect("tempdir");
         // redis_url's address is never used: the sentinel names the primary.
         let mut o = options("redis://127.0.0.1:1", "sentinel", "c1", dir.path());
