@@ -32,6 +32,7 @@ mod destination;
 mod known;
 mod lint;
 mod partner;
+mod pinned;
 
 #[cfg(test)]
 pub use batch::check_body as check_batch_body;
@@ -264,7 +265,7 @@ fn compile(
         allow_misspelt: read.allow_misspelt || privacy_misspelt,
     };
     let req = destination::read_request(&dest, &checker, &params);
-    let api_version = preset.and_then(|p| partner::check_version(doc, p, &req, today));
+    let api_version = preset.and_then(|p| pinned::check_version(doc, p, &req, today));
     let concurrency_written = dest.get("concurrency").is_some();
     let (mut delivery, oauth_field) = destination::read_delivery(&dest);
     dest.finish();
