@@ -156,7 +156,13 @@ fn check_accepts_the_shipped_config_and_rules_with_no_environment() {
     );
     // No warning either, version warnings included: every shipped rule pins a
     // partner API version more than 60 days from its sunset, today (issue 19).
-    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    // (The demo config's own unsafe settings are its only warnings.)
+    let others: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("warning") && !l.contains("warning: unsafe for production: "))
+        .collect();
+    assert!(others.is_empty(), "{}", r.stderr);
     // And from elsewhere: the rules directory is relative to the config file.
     let tmp = tempfile::tempdir().unwrap();
     let cfg = repo.join("postback-relay.toml");
