@@ -10,7 +10,7 @@ use postback_relay::rules::RuleSet;
 
 const META: &str = r#"
 [destination]
-url = "https://graph.facebook.com/v21.0/123/events"
+url = "https://graph.facebook.com/v27.0/123/events"
 headers = { Authorization = "Bearer token" }
 preset = "meta_capi"
 [when]

@@ -220,7 +220,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
         None => None,
     };
     let store = open_store(&config).await.map_err(StartError::Store)?;
-    let (ingest, admin) = bind_listeners(&config).await?;
+    let (ingest, admin) = bind_listeners(&config)?;
     let addr = ingest.local_addr().map_err(|source| StartError::Listen {
         addr: config.listen,
         source,
@@ -271,17 +271,14 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
     })
 }
 
-async fn bind_listeners(config: &Config) -> Result<(TcpListener, Option<TcpListener>), StartError> {
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
+/// The listeners, each with the backlog `http::bind` asks for.
+fn bind_listeners(config: &Config) -> Result<(TcpListener, Option<TcpListener>), StartError> {
+    let bind = |addr: SocketAddr| {
+        crate::http::bind(addr, &config.server)
             .map_err(|source| StartError::Listen { addr, source })
     };
-    let ingest = bind(config.listen).await?;
-    let admin = match config.admin_listen {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
+    let ingest = bind(config.listen)?;
+    let admin = config.admin_listen.map(bind).transpose()?;
     Ok((ingest, admin))
 }
 

@@ -401,7 +401,7 @@ impl Metrics {
         for (name, age) in backlog_ages {
             self.backlog_age
                 .get_or_create(&DestinationLabel {
-                    destination: name.clone(),
+                    destination: label(name),
                 })
                 .set(*age);
         }
@@ -429,16 +429,16 @@ impl Metrics {
                 });
             }
             let _ = self.requests.get_or_create(&DestinationLabel {
-                destination: s.name.clone(),
+                destination: label(&s.name),
             });
             self.concurrency
                 .get_or_create(&DestinationLabel {
-                    destination: s.name.clone(),
+                    destination: label(&s.name),
                 })
                 .set(i64::try_from(s.concurrency_limit).unwrap_or(i64::MAX));
             self.held
                 .get_or_create(&DestinationLabel {
-                    destination: s.name.clone(),
+                    destination: label(&s.name),
                 })
                 .set(i64::from(s.held.is_some()));
             for state in labels::breaker_states() {
@@ -476,7 +476,7 @@ impl DeliveryObserver for Metrics {
     fn request(&self, destination: &str, _events: usize, _elapsed: Duration) {
         self.requests
             .get_or_create(&DestinationLabel {
-                destination: destination.to_string(),
+                destination: label(destination),
             })
             .inc();
     }
@@ -557,5 +557,64 @@ mod tests {
             "{names:?}"
         );
         assert!(text.contains("destination=\"q_uote\"} 2"), "{text}");
+    }
+
+    /// Every per-destination series goes through `label`, not only the rule-error
+    /// gauge: a name with a quote or a newline reaches each of them escaped.
+    #[test]
+    fn every_destination_series_escapes_the_name() {
+        let m = Metrics::new();
+        let hostile = "x\"} 1\npostback_relay_injected_total{a=\"b";
+        let escaped = label(hostile);
+        m.attempt(hostile, AttemptOutcome::Retry, Duration::from_millis(5));
+        m.request(hostile, 3, Duration::from_millis(5));
+        let text = m.render(
+            &[DestinationCounts {
+                destination: hostile.into(),
+                queued: 4,
+                dead: 1,
+            }],
+            &[DestinationStatus {
+                name: hostile.into(),
+                breaker: BreakerState::Closed,
+                last_error: None,
+                in_flight: 0,
+                requests_in_flight: 0,
+                concurrency_limit: 7,
+                held: Some("x".into()),
+                delivered: 0,
+                last_success_at: None,
+            }],
+            &[(hostile.into(), 2.5)],
+        );
+        assert!(!text.contains("\npostback_relay_injected_total"), "{text}");
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("the scrape parses");
+        for metric in [
+            "postback_relay_delivery_attempts_total",
+            "postback_relay_delivery_requests_total",
+            "postback_relay_queue_depth",
+            "postback_relay_dlq_size",
+            "postback_relay_circuit_state",
+            "postback_relay_delivery_concurrency_limit",
+            "postback_relay_destination_held",
+            "postback_relay_backlog_age_seconds",
+        ] {
+            let sample = scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == metric)
+                .unwrap_or_else(|| panic!("{metric} missing in:\n{text}"));
+            assert_eq!(
+                sample.labels.get("destination"),
+                Some(escaped.as_str()),
+                "{metric} in:\n{text}"
+            );
+        }
+        let names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
+        assert!(
+            !names.contains(&"postback_relay_injected_total"),
+            "{names:?}"
+        );
     }
 }

@@ -385,6 +385,76 @@ async fn a_thousand_clients_sending_unsigned_megabyte_bodies_stay_within_the_mem
     );
 }
 
+/// Connects past `max_connections` wait in the kernel's queue, as deep as the cap
+/// (at least 1,024), until the relay takes them: each handshake completes while
+/// the relay is at its cap, and each gets its answer once a slot frees. With std's
+/// backlog of 128, the SYNs past it were dropped for as long as the relay stayed at
+/// its cap, and during a burst Linux fell back to SYN cookies, whose connections
+/// were reset once the client sent more than a segment (the 1,000 clients above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connects_past_the_connection_cap_waits_in_the_kernel_queue_and_is_answered() {
+    const N: usize = 300;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config_dir(tmp.path(), "[server]\nmax_connections = 1\n");
+    let relay = RelayProcess::spawn(&cfg, "info");
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(usize::MAX);
+    if somaxconn <= N {
+        // The kernel allows no deeper queue: the relay says so, naming the setting.
+        assert!(relay.wait_log("net.core.somaxconn", Duration::from_secs(5)));
+        return;
+    }
+    // The one slot, held by a kept-alive connection that got its answer.
+    let mut held = connect_from([127, 0, 0, 2], &relay.addr)
+        .await
+        .expect("connect");
+    held.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let a = read_answer(&mut held, Duration::from_secs(10)).await;
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    let connects: Vec<_> = (0..N)
+        .map(|_| {
+            let addr = relay.addr.clone();
+            tokio::spawn(async move {
+                let connect = connect_from([127, 0, 0, 3], &addr);
+                tokio::time::timeout(Duration::from_secs(5), connect).await
+            })
+        })
+        .collect();
+    let mut waiting = Vec::new();
+    for c in connects {
+        if let Ok(Ok(Ok(s))) = c.await {
+            waiting.push(s);
+        }
+    }
+    assert_eq!(
+        waiting.len(),
+        N,
+        "handshakes completed while the relay is at its cap"
+    );
+    drop(held);
+    let answers: Vec<_> = waiting
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let req = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+                s.write_all(req).await.ok()?;
+                Some(read_to_close(&mut s, Duration::from_secs(60)).await.0)
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for a in answers {
+        let a = a.await.ok().flatten().unwrap_or_default();
+        assert!(a.starts_with("HTTP/1.1 200"), "{a:?}");
+        answered += 1;
+    }
+    assert_eq!(answered, N);
+}
+
 /// One request from `from` with `Connection: close`; the whole answer.
 async fn exchange(from: [u8; 4], addr: &str, head: &str, body: &str) -> String {
     let mut s = connect_from(from, addr).await.expect("connect");

@@ -93,6 +93,55 @@ pub struct Listener {
     pub tls: Option<TlsCertificates>,
 }
 
+/// The listen backlog asked of the kernel: `max_connections`, at least 1024, so a
+/// burst of connects as large as the connection cap waits in the kernel's queue
+/// until the accept loop takes it. std's `bind` asks for 128: past that, during a
+/// burst, Linux answers SYNs with SYN cookies, and a cookie connection whose final
+/// ACK finds the accept queue full is forgotten; the client's data past its first
+/// segment then fails the cookie check and is answered with a reset (the relay never
+/// sees the connection, so it cannot log it).
+pub fn listen_backlog(limits: &ServerLimits) -> u32 {
+    let wanted = limits.max_connections.max(MIN_BACKLOG);
+    u32::try_from(wanted).unwrap_or(u32::MAX).min(MAX_BACKLOG)
+}
+
+const MIN_BACKLOG: usize = 1024;
+/// `listen` takes an `int`; the kernel caps it at `net.core.somaxconn` anyway.
+const MAX_BACKLOG: u32 = i32::MAX as u32;
+
+/// Binds a listener at `addr` with `listen_backlog(limits)`, and warns when the
+/// kernel caps that backlog lower (`net.core.somaxconn`).
+pub fn bind(addr: std::net::SocketAddr, limits: &ServerLimits) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's `bind` does on Unix: a restart can bind while old connections linger.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let backlog = listen_backlog(limits);
+    if let Some(cap) = kernel_backlog_cap().filter(|&cap| cap < backlog) {
+        tracing::warn!(
+            listen = %addr,
+            backlog,
+            somaxconn = cap,
+            "the kernel caps the listen backlog at net.core.somaxconn={cap}, below max_connections (at least 1024) = {backlog}: a burst of more connects than that may be reset; raise it (sysctl -w net.core.somaxconn={backlog})"
+        );
+    }
+    socket.listen(backlog)
+}
+
+/// `net.core.somaxconn`, where the system says (Linux).
+fn kernel_backlog_cap() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Serves until `shutdown` turns true, then stops accepting and lets connections
 /// finish their requests (up to `grace`).
 pub async fn serve(
@@ -110,7 +159,8 @@ pub async fn serve(
     loop {
         while conns.try_join_next().is_some() {}
         // At the cap, stop accepting: new connections wait in the kernel's backlog
-        // until one closes, instead of taking descriptors the relay needs.
+        // (`listen_backlog`) until one closes, instead of taking descriptors the
+        // relay needs.
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             _ = shutdown.wait_for(|stop| *stop) => break,
@@ -381,4 +431,33 @@ where
     };
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(bound, conn).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listen_backlog_is_the_connection_cap_and_never_stds_128() {
+        let mut limits = ServerLimits::default();
+        assert_eq!(listen_backlog(&limits), 1024);
+        limits.max_connections = 1;
+        assert_eq!(listen_backlog(&limits), 1024);
+        limits.max_connections = 20_000;
+        assert_eq!(listen_backlog(&limits), 20_000);
+        limits.max_connections = usize::MAX;
+        assert_eq!(listen_backlog(&limits), i32::MAX as u32);
+    }
+
+    #[tokio::test]
+    async fn bind_listens_on_the_address_it_is_given() {
+        let limits = ServerLimits::default();
+        let listener = bind("127.0.0.1:0".parse().expect("addr"), &limits).expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let client = tokio::net::TcpStream::connect(addr);
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        assert!(accepted.is_ok() && connected.is_ok());
+        let taken = bind(addr, &limits).expect_err("the address is taken");
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+    }
 }

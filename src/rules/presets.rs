@@ -142,7 +142,7 @@ order_id = "{properties.order_id}"
             "user.country",
         ],
         may_hash: &["user.external_id"],
-        hash_style: HashStyle::Digits,
+        hash_style: HashStyle::Meta,
         answers: PartnerAnswers::MetaCapi,
         partner: "Meta",
         // Meta (M2): user_data is required; any customer information parameter.
@@ -250,7 +250,7 @@ af_events_api = "true"
         default_params: &[],
         must_hash: &[],
         may_hash: &[],
-        hash_style: HashStyle::Digits,
+        hash_style: HashStyle::AppsFlyer,
         answers: PartnerAnswers::AppsFlyer,
         partner: "AppsFlyer",
         // A1: appsflyer_id is required.

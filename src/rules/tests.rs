@@ -1078,3 +1078,32 @@ fn serve_hears_daily_of_a_version_nearing_its_sunset() {
     let w = set.version_warnings(day(2027, 3, 1));
     assert!(w[0].1.contains("reached its sunset on 2027-02-23"), "{w:?}");
 }
+
+#[test]
+fn each_preset_hashes_a_phone_as_its_partner_does() {
+    // Issue 19, "each partner's own code is the specification" (tests/vectors/README.md):
+    // "+1 (555) 123-4567" is no valid number for libphonenumber (555 is no US area
+    // code). Meta's capi-param-builder (M5, phoneUtil.js) hashes its digits, TikTok's
+    // server tag (T1) the text as typed, Google's Data Manager library (D5) "+" and the
+    // digits; presets without a reference normaliser drop it. Before, all dropped it.
+    let body = |file: &str, network: &str| {
+        let mut ev = typical(network);
+        ev.fields["user"]["phone"] = json!("+1 (555) 123-4567");
+        shipped(file)
+            .render(&ev)
+            .expect("renders")
+            .body
+            .unwrap_or_default()
+    };
+    let meta = body("meta", "any");
+    assert!(meta.contains(&h("15551234567")), "{meta}");
+    let tiktok = body("tiktok", "tiktok");
+    assert!(tiktok.contains(&h("+1 (555) 123-4567")), "{tiktok}");
+    let google = body("google-data-manager", "google");
+    assert!(google.contains(&h("+15551234567")), "{google}");
+    let snap = body("snapchat", "snapchat");
+    for digits in ["15551234567", "+15551234567"] {
+        assert!(!snap.contains(&h(digits)), "{snap}");
+    }
+    assert!(!snap.contains("\"ph\""), "{snap}");
+}

@@ -21,18 +21,31 @@ use unicode_normalization::UnicodeNormalization;
 
 pub use phone::parse_country;
 
-/// Whose normalisation conventions apply where partners differ.
+/// Whose normalisation conventions apply where partners differ: each partner's own
+/// reference normaliser is the specification for that partner (sources in
+/// `docs/partners.md`, vectors in `tests/vectors/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HashStyle {
-    /// Meta (and rules without a preset): Meta's own normaliser, `capi-param-builder`;
-    /// phones as E.164 digits without `+`.
+    /// Rules without a preset, Snapchat, Pinterest, Reddit, LinkedIn, Adjust: Meta's
+    /// normaliser for text fields; phones as E.164 digits without `+`, only when
+    /// libphonenumber finds the number valid.
     #[default]
     Digits,
-    /// TikTok: phone in E.164 with `+`; `external_id` trimmed, case kept (TikTok's
-    /// server tag hashes it without lower-casing).
+    /// Meta: its own normaliser, `capi-param-builder` (M5), phones included: the
+    /// digits it finds, leading zeros removed. A national number that is valid in
+    /// `params.default_country` gets that country code first (M3 asks for it).
+    Meta,
+    /// TikTok: phone in E.164 with `+` (T2), or, when libphonenumber cannot make it
+    /// one, as TikTok's server tag hashes it (T1: trimmed, lower-cased);
+    /// `external_id` trimmed, case kept (T1).
     E164,
-    /// Google Ads: phone in E.164; dots removed before `@gmail.com` / `@googlemail.com`.
+    /// Google Ads and Data Manager: phone in E.164, or as Google's Data Manager client
+    /// library formats it (`+` and the digits, D5); Gmail addresses without dots and
+    /// without a `+` suffix in the local part (D6).
     Google,
+    /// AppsFlyer (A6): `phone_number_sha256` as digits with country code, no leading
+    /// zeros (as Meta); E.164 fields (`..._e164...`) keep the `+`.
+    AppsFlyer,
 }
 
 /// What a field holds, guessed from the last segment of its path.
@@ -40,6 +53,9 @@ pub enum HashStyle {
 pub enum FieldKind {
     Email,
     Phone,
+    /// A phone field whose name says E.164 (`phone_e164`, AppsFlyer's
+    /// `phone_number_e164_sha256`): E.164 with `+` whatever the style.
+    PhoneE164,
     Name,
     City,
     State,
@@ -65,6 +81,8 @@ impl FieldKind {
         }
         if last.contains("email") {
             FieldKind::Email
+        } else if last.contains("e164") {
+            FieldKind::PhoneE164
         } else if last.contains("phone") || last.contains("mobile") {
             FieldKind::Phone
         } else if last.ends_with("name") {
@@ -96,11 +114,10 @@ impl Normaliser {
         // precomposed letters Meta's and Google's examples use (NFC).
         let text: String = raw.nfc().collect();
         let out = match (kind, self.style) {
-            (FieldKind::Email, HashStyle::Google) => meta::email(&text).map(gmail_without_dots),
+            (FieldKind::Email, HashStyle::Google) => meta::email(&text).and_then(gmail_canonical),
             (FieldKind::Email, _) => meta::email(&text),
-            (FieldKind::Phone, HashStyle::Digits) => phone::e164(&text, self.default_country)
-                .map(|p| p.trim_start_matches('+').to_string()),
-            (FieldKind::Phone, _) => phone::e164(&text, self.default_country),
+            (FieldKind::Phone, _) => self.phone(&text),
+            (FieldKind::PhoneE164, _) => phone::e164(&text, self.default_country),
             (FieldKind::Name, _) => Some(meta::name(&text)),
             (FieldKind::City, _) => meta::city(&text),
             (FieldKind::State, _) => meta::state(&text),
@@ -111,6 +128,23 @@ impl Normaliser {
             (FieldKind::Other, _) => Some(meta::js_trim(&text).to_lowercase()),
         };
         out.filter(|s| !s.is_empty())
+    }
+
+    /// A phone number as this destination's partner normalises it (see `HashStyle`).
+    fn phone(&self, text: &str) -> Option<String> {
+        let country = self.default_country;
+        match self.style {
+            HashStyle::Digits => {
+                phone::e164(text, country).map(|p| p.trim_start_matches('+').to_string())
+            }
+            HashStyle::Meta | HashStyle::AppsFlyer => Some(
+                phone::national_e164(text, country)
+                    .map(|p| p.trim_start_matches('+').to_string())
+                    .unwrap_or_else(|| phone::digits_found(text)),
+            ),
+            HashStyle::E164 => phone::e164(text, country).or_else(|| phone::as_typed(text)),
+            HashStyle::Google => phone::e164(text, country).or_else(|| phone::plus_digits(text)),
+        }
     }
 
     /// Normalises and hashes one string; an already-hashed value passes (lower-cased).
@@ -142,14 +176,17 @@ impl Normaliser {
     }
 }
 
-/// Google: "remove all periods (.) that precede the domain name in gmail.com and
-/// googlemail.com email addresses".
-fn gmail_without_dots(email: String) -> String {
+/// Google's Data Manager "Format user data" (D6): for gmail.com and googlemail.com,
+/// remove all periods before the `@` and the `+` with everything after it in the local
+/// part; other domains keep both (`user.name+NYC@Example.com` -> `user.name+nyc@example.com`).
+/// `None` when nothing is left of the local part (`+shop@gmail.com`).
+fn gmail_canonical(email: String) -> Option<String> {
     match email.rsplit_once('@') {
         Some((local, domain)) if domain == "gmail.com" || domain == "googlemail.com" => {
-            format!("{}@{domain}", local.replace('.', ""))
+            let base = local.split('+').next().unwrap_or_default().replace('.', "");
+            (!base.is_empty()).then(|| format!("{base}@{domain}"))
         }
-        _ => email,
+        _ => Some(email),
     }
 }
 

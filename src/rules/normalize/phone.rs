@@ -1,9 +1,10 @@
 //! Phone numbers to E.164 through libphonenumber's metadata (the `phonenumber`
 //! crate, a port of Google's libphonenumber).
 //!
-//! A number is used only when libphonenumber says it is valid: a national number
-//! with no country to read it in, or one that is not a real number, is dropped
-//! rather than hashed into something that matches nobody (or somebody else).
+//! `e164` uses a number only when libphonenumber says it is valid. Where a partner's
+//! own reference normaliser hashes numbers libphonenumber refuses, that partner's
+//! style falls back to the partner's rule (`digits_found`, `as_typed`,
+//! `plus_digits`): each partner's own code is the specification for that partner.
 
 use phonenumber::country::Id as Country;
 use phonenumber::Mode;
@@ -32,6 +33,41 @@ pub fn e164(raw: &str, default_country: Option<Country>) -> Option<String> {
         (None, None) => return None,
     };
     phonenumber::is_valid(&number).then(|| number.format().mode(Mode::E164).to_string())
+}
+
+/// A national number (no `+`, no `00`) read in `default_country`, when valid, in
+/// E.164; `None` for anything else (an international number, no default country).
+pub fn national_e164(raw: &str, default_country: Option<Country>) -> Option<String> {
+    let t = raw.trim();
+    let digits_start = t.trim_start_matches(|c: char| !c.is_ascii_digit());
+    if t.starts_with('+') || digits_start.starts_with("00") {
+        return None;
+    }
+    e164(t, default_country)
+}
+
+/// Meta's capi-param-builder `getNormalizedPhone` (`phoneUtil.js`): every ASCII
+/// digit of the text, leading zeros removed (`"1-800-FLOWERS"` -> `"1800"`,
+/// `"+44 (0)20 ..."` keeps the trunk 0). AppsFlyer's `phone_number_sha256` (A6):
+/// "no symbols, letters, or leading zeroes". Empty when there is no digit.
+pub fn digits_found(raw: &str) -> String {
+    let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
+    digits.trim_start_matches('0').to_string()
+}
+
+/// TikTok's server tag (T1, `template.js` `hash(val, true)`): lower-cased and
+/// trimmed, hashed as typed. `None` for text without a digit (it is no phone number
+/// and could match nobody).
+pub fn as_typed(raw: &str) -> Option<String> {
+    let t = super::meta::js_trim(raw).to_lowercase();
+    t.chars().any(|c| c.is_ascii_digit()).then_some(t)
+}
+
+/// Google's Data Manager client library (D5, `Formatter.format_phone_number`):
+/// white space and every non-digit removed, `+` put in front. `None` without a digit.
+pub fn plus_digits(raw: &str) -> Option<String> {
+    let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
+    (!digits.is_empty()).then(|| format!("+{digits}"))
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 use super::*;
 
 fn meta() -> Normaliser {
-    Normaliser::default()
+    Normaliser {
+        style: HashStyle::Meta,
+        default_country: None,
+    }
 }
 
 fn with_country(style: HashStyle, code: &str) -> Normaliser {
@@ -46,8 +49,9 @@ fn invalid_emails_are_dropped_not_hashed() {
 }
 
 #[test]
-fn phones_are_e164_per_partner_and_invalid_ones_are_dropped() {
-    // Meta `ph`: digits with country code, no `+`; TikTok (T2) and Google: E.164.
+fn digits_style_phones_are_e164_digits_and_invalid_ones_are_dropped() {
+    // Rules without a preset, Snapchat (S2: `+44 844 412 4653` -> `448444124653`),
+    // Pinterest, Reddit, LinkedIn: E.164 digits without `+`, valid numbers only.
     let n = with_country(HashStyle::Digits, "GB");
     assert_eq!(
         n.normalise("+44 (0)20 7946 0958", FieldKind::Phone)
@@ -58,14 +62,97 @@ fn phones_are_e164_per_partner_and_invalid_ones_are_dropped() {
         n.normalise("020 7946 0958", FieldKind::Phone).as_deref(),
         Some("442079460958")
     );
+    // No country code and no default_country: the country is unknown, so dropped.
+    let d = Normaliser::default();
+    assert_eq!(d.normalise("650 253 0000", FieldKind::Phone), None);
+    assert_eq!(d.normalise("+1 (555) 010-0100", FieldKind::Phone), None);
+}
+
+#[test]
+fn meta_hashes_the_digits_its_param_builder_finds() {
+    // facebook/capi-param-builder nodejs/capi-param-builder/src/piiUtil/phoneUtil.js
+    // @ b0b6f0b (M5): every digit, leading zeros removed, whatever libphonenumber
+    // says; its tests (tests/vectors/meta-capi-param-builder.json) and the PHP SDK's
+    // (M6) assert these. The relay used to drop all of them.
+    let n = meta();
+    for (input, want) in [
+        ("1(650)123-4567", "16501234567"),
+        ("4792813113", "4792813113"),
+        ("+001 (616) 954-78 88", "16169547888"),
+        ("1-800-FLOWERS", "1800"),
+        ("+1-555-123-4567 ext. 123", "15551234567123"),
+        ("+44 (0)20 7946 0958", "4402079460958"),
+        ("44-12390821300A", "4412390821300"),
+        ("00001", "1"),
+    ] {
+        assert_eq!(
+            n.normalise(input, FieldKind::Phone).as_deref(),
+            Some(want),
+            "{input}"
+        );
+    }
+    assert_eq!(n.normalise("n/a", FieldKind::Phone), None);
+    assert_eq!(n.normalise("000", FieldKind::Phone), None);
+    // A national number valid in params.default_country gets its country code
+    // (M3: "include the country code"); anything else stays as the builder has it.
+    let gb = with_country(HashStyle::Meta, "GB");
+    assert_eq!(
+        gb.normalise("020 7946 0958", FieldKind::Phone).as_deref(),
+        Some("442079460958")
+    );
+    assert_eq!(
+        gb.normalise("12345", FieldKind::Phone).as_deref(),
+        Some("12345")
+    );
+}
+
+#[test]
+fn tiktok_phones_are_e164_or_as_its_server_tag_hashes_them() {
+    // T2: E.164 with "+". T1 (tiktok/gtm-template-eapi template.js `hash(val, true)`,
+    // template.tpl TestPIIHashAndCleaning @ 089e34e): a number libphonenumber cannot
+    // make E.164 is hashed as typed, trimmed and lower-cased; the relay dropped it.
     let t = with_country(HashStyle::E164, "US");
     assert_eq!(
         t.normalise("(650) 253-0000", FieldKind::Phone).as_deref(),
         Some("+16502530000")
     );
-    // No country code and no default_country: the country is unknown, so dropped.
-    assert_eq!(meta().normalise("650 253 0000", FieldKind::Phone), None);
-    assert_eq!(t.normalise("+1 (555) 010-0100", FieldKind::Phone), None);
+    assert_eq!(
+        t.hash_str("  1231231234  ", FieldKind::Phone).as_deref(),
+        Some("065f45b37b5dad20b5a67158468161cdf35b1ae3cda2a666e7852feab7424897")
+    );
+    assert_eq!(
+        t.normalise("+1 (555) 010-0100", FieldKind::Phone)
+            .as_deref(),
+        Some("+1 (555) 010-0100")
+    );
+    // Text without a digit is no phone number: not sent (the tag would hash it).
+    assert_eq!(t.normalise(" N/A ", FieldKind::Phone), None);
+}
+
+#[test]
+fn appsflyer_phones_keep_the_plus_only_in_e164_fields() {
+    // AppsFlyer "Audiences: additional identifiers" (A6): phone_number_sha256 is
+    // "442070313000" (no symbols, letters or leading zeros, with country code);
+    // phone_number_e164_sha256 is "+442070313000". The relay had no E.164 field.
+    let a = Normaliser {
+        style: HashStyle::AppsFlyer,
+        default_country: None,
+    };
+    assert_eq!(
+        a.normalise("442070313000", FieldKind::Phone).as_deref(),
+        Some("442070313000")
+    );
+    assert_eq!(FieldKind::of_path("user.phone_e164"), FieldKind::PhoneE164);
+    assert_eq!(
+        FieldKind::of_path("user.phone_number_e164_sha256"),
+        FieldKind::PhoneE164
+    );
+    assert_eq!(
+        a.normalise("+44 20 7031 3000", FieldKind::PhoneE164)
+            .as_deref(),
+        Some("+442070313000")
+    );
+    assert_eq!(a.normalise("not a phone", FieldKind::PhoneE164), None);
 }
 
 #[test]
@@ -87,6 +174,36 @@ fn google_wants_e164_phones_and_gmail_without_dots() {
             .as_deref(),
         Some("jo.hn@example.com")
     );
+    // Data Manager API "Format user data" (D6): Gmail also loses the "+" suffix;
+    // other domains keep dots and "+". The relay kept Gmail's "+shopping".
+    assert_eq!(
+        g.normalise("cloudy.sanfrancisco+shopping@gmail.com", FieldKind::Email)
+            .as_deref(),
+        Some("cloudysanfrancisco@gmail.com")
+    );
+    assert_eq!(
+        g.normalise("user.name+NYC@Example.com", FieldKind::Email)
+            .as_deref(),
+        Some("user.name+nyc@example.com")
+    );
+    assert_eq!(g.normalise("+shop@gmail.com", FieldKind::Email), None);
+    // googleads/data-manager-python Formatter.format_phone_number (D5, its
+    // tests/formatter_test.py @ 5abbf5d): a number libphonenumber cannot place is
+    // "+" and its digits; the relay dropped "441134960987" without a default country.
+    let bare = Normaliser {
+        style: HashStyle::Google,
+        default_country: None,
+    };
+    assert_eq!(
+        bare.normalise("441134960987", FieldKind::Phone).as_deref(),
+        Some("+441134960987")
+    );
+    assert_eq!(
+        bare.hash_str("1-800-555-0100   ", FieldKind::Phone)
+            .as_deref(),
+        Some("fb4f73a6ec5fdb7077d564cdd22c3554b43ce49168550c3b12c547b78c517b30")
+    );
+    assert_eq!(bare.normalise(" +A BCD EFG ", FieldKind::Phone), None);
 }
 
 #[test]
