@@ -6,8 +6,12 @@
 #     -v $PWD/rules:/etc/postback-relay/rules:ro -v relay-data:/var/lib/postback-relay \
 #     postback-relay
 #
-# The image carries the example config (/etc/postback-relay/postback-relay.toml);
-# mount your own over it. The queue lives in /var/lib/postback-relay: keep it on a volume.
+# The image carries the production config (deploy/postback-relay.production.toml, as
+# /etc/postback-relay/postback-relay.toml): no demo secret (POSTBACK_RELAY_SECRET is
+# required), no private networks, the admin API on the container's loopback, and no
+# rule file: mount yours on /etc/postback-relay/rules (the examples, all of them
+# disabled or demo, are in /usr/share/postback-relay/rules). The queue lives in
+# /var/lib/postback-relay: keep it on a volume.
 
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
@@ -26,8 +30,9 @@ RUN groupadd --system --gid 10001 relay \
  && mkdir -p /etc/postback-relay /var/lib/postback-relay \
  && chown relay:relay /var/lib/postback-relay
 COPY --from=build /src/target/release/postback-relay /usr/local/bin/postback-relay
-COPY postback-relay.toml /etc/postback-relay/postback-relay.toml
-COPY rules /etc/postback-relay/rules
+COPY deploy/postback-relay.production.toml /etc/postback-relay/postback-relay.toml
+COPY rules /usr/share/postback-relay/rules
+RUN mkdir -p /etc/postback-relay/rules
 USER relay:relay
 VOLUME ["/var/lib/postback-relay"]
 EXPOSE 8080

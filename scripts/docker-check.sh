@@ -15,7 +15,9 @@ for image in rust:1-slim-bookworm debian:bookworm-slim; do
 done
 tag="postback-relay:check-$$"
 docker build -t "$tag" .
-cid=$(docker run -d -p 127.0.0.1::8080 "$tag")
+# The production config the image carries needs a secret of its own.
+secret="whsec_$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
+cid=$(docker run -d -p 127.0.0.1::8080 -e POSTBACK_RELAY_SECRET="$secret" "$tag")
 cleanup() { docker rm -f "$cid" >/dev/null 2>&1 || true; docker rmi "$tag" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 port=$(docker port "$cid" 8080/tcp | head -n1 | sed 's/.*://')

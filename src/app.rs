@@ -158,6 +158,15 @@ impl Running {
     /// Stops accepting, finishes in-flight requests, stops delivery workers, and
     /// waits until the store is closed (so the same data_dir can be opened again).
     pub async fn stop(self) {
+        // What was in flight when the stop began, for the last log line.
+        let connections = self.relay.metrics.open_connections();
+        let deliveries: usize = self
+            .relay
+            .deliverer
+            .status()
+            .iter()
+            .map(|s| s.in_flight)
+            .sum();
         let _ = self.shutdown.send(true);
         for s in self.servers {
             let _ = s.await;
@@ -171,9 +180,19 @@ impl Running {
             let _ = tokio::task::spawn_blocking(move || w.stop()).await;
         }
         self.relay.deliverer.clone().shutdown().await;
+        let queued: u64 = match self.relay.store.counts().await {
+            Ok(counts) => counts.iter().map(|c| c.queued).sum(),
+            Err(_) => 0,
+        };
         // Closed explicitly: a task that still holds the store cannot keep the data
         // directory locked after `stop` returns.
         self.relay.store.close().await;
+        tracing::info!(
+            connections_finished = connections,
+            deliveries_in_flight_settled_or_released = deliveries,
+            queued_for_next_start = queued,
+            "stopped: connections open at the stop were finished (or closed after the grace period); deliveries in flight were settled or released to the queue"
+        );
     }
 }
 
@@ -193,6 +212,9 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
     let rules = RulesHandle::open(&config.rules_dir, rules_env, options, config.strict_rules)
         .map_err(StartError::Invalid)?;
     crate::rules::log_broken(&rules.current());
+    for w in config.safety_warnings() {
+        tracing::warn!("unsafe for production: {w}");
+    }
     let tls = match &config.tls {
         Some(files) => Some(TlsCertificates::load(files).map_err(StartError::Tls)?),
         None => None,
@@ -303,10 +325,7 @@ fn watch_rules(relay: &Arc<Relay>) -> Option<RulesWatcher> {
     let r = Arc::downgrade(relay);
     let watched = crate::rules::spawn_watcher(relay.rules.clone(), move |applied| {
         if let Some(r) = r.upgrade() {
-            r.metrics.rule_reload(applied);
-            if applied {
-                r.follow_rules();
-            }
+            r.after_reload(applied);
         }
     });
     match watched {
@@ -443,7 +462,11 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
                     })
                     .await;
                     match reloaded {
-                        Ok(Ok(names)) => tracing::info!(destinations = names.len(), "rules reloaded (SIGHUP)"),
+                        Ok(Ok(names)) => tracing::info!(
+                            destinations = names.len(),
+                            broken = relay.rules.current().broken().len(),
+                            "rules reloaded (SIGHUP)"
+                        ),
                         Ok(Err(errors)) => tracing::warn!(errors = errors.len(), "rule reload on SIGHUP refused"),
                         Err(e) => tracing::error!(error = %e, "rule reload on SIGHUP did not finish"),
                     }
@@ -459,7 +482,6 @@ pub async fn run(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<(), 
     #[cfg(unix)]
     drop(relay);
     running.stop().await;
-    tracing::info!("stopped");
     Ok(())
 }
 

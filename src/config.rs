@@ -16,6 +16,10 @@ use crate::toml_reader::{Doc, Section};
 /// protocol lives in `crate::webhooks`.
 pub use crate::webhooks::Secret as WebhookSecret;
 
+/// The public demo secret of the example config (`postback-relay.toml`): a relay
+/// verifying with it accepts events anyone can sign.
+pub const DEMO_SECRET: &str = "whsec_cG9zdGJhY2stcmVsYXktZGVtby1zZWNyZXQtRE8tTk9ULVVTRSEh";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IngestConfig {
     pub secrets: Vec<WebhookSecret>,
@@ -310,6 +314,10 @@ pub struct Config {
     pub breaker_cool_down: Duration,
     /// Bearer token for `/admin`; `None` turns the admin API off.
     pub admin_token: Option<String>,
+    /// `[admin] preview_token`: a second token that may log in to `/ui`, look and
+    /// preview (and read `GET /admin/destinations`, `GET /admin/recent`), but never
+    /// replay, reload or read dead letters, deliveries or metrics (403).
+    pub admin_preview_token: Option<String>,
     /// `[admin] listen`: the admin API and `/metrics` on their own listener.
     pub admin_listen: Option<SocketAddr>,
     pub server: ServerLimits,
@@ -321,6 +329,33 @@ pub struct Config {
     /// `[rules] strict` or `serve --strict`: refuse to start (and to reload) while any
     /// rule file has errors. Default: start with the valid rule files.
     pub strict_rules: bool,
+}
+
+impl Config {
+    /// What makes this config unsafe in production: said loudly, as warnings, at
+    /// start (`serve` logs each) and by `check`. Each names the setting and the fix.
+    pub fn safety_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let demo = WebhookSecret::parse(DEMO_SECRET).ok();
+        if demo.is_some_and(|d| self.ingest.secrets.contains(&d)) {
+            out.push("[ingest] secrets holds the public demo secret of the example config: anyone can sign events for this relay; set POSTBACK_RELAY_SECRET to a secret of your own (whsec_ + base64 of 24+ random bytes)".to_string());
+        }
+        if self.allow_private_networks {
+            out.push("[delivery] allow_private_networks = true: rule files may send to loopback and private addresses (this machine, the internal network); keep it false in production".to_string());
+        }
+        if self.admin_token.is_some() {
+            // The admin listener never speaks TLS; without one, the admin API shares
+            // the ingest listener and its TLS.
+            let (addr, tls) = match self.admin_listen {
+                Some(a) => (a, false),
+                None => (self.listen, self.tls.is_some()),
+            };
+            if !addr.ip().is_loopback() && !tls {
+                out.push(format!("the admin API (its token, /ui, replay) listens on {addr} without TLS: the token crosses the network in clear; set [admin] listen = \"127.0.0.1:8081\" (and reach it through SSH or a TLS proxy), or [tls] on `listen`"));
+            }
+        }
+        out
+    }
 }
 
 /// Command-line values that take precedence over the file.
@@ -437,7 +472,7 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides, vars: &[String]) 
     let dedupe = read_dedupe(&root, ingest.tolerance);
     let store = read_store(&root, path);
     let delivery = read_delivery(&root);
-    let (admin_token, admin_listen) = read_admin(&root);
+    let admin = read_admin(&root);
     let server = read_server(&root, ingest.max_body);
     let tls = read_tls(&root, path);
     let rules = read_rules(&root, path, vars);
@@ -457,8 +492,9 @@ fn read_config(root: Section<'_>, path: &Path, ov: &Overrides, vars: &[String]) 
         allow_private_networks: delivery.allow_private_networks,
         breaker_failures: delivery.breaker_failures,
         breaker_cool_down: delivery.breaker_cool_down,
-        admin_token,
-        admin_listen,
+        admin_token: admin.token,
+        admin_preview_token: admin.preview_token,
+        admin_listen: admin.listen,
         server,
         tls,
         rules_env: rules.env,
@@ -757,29 +793,57 @@ fn read_delivery(root: &Section<'_>) -> DeliveryConfig {
     cfg
 }
 
-fn read_admin(root: &Section<'_>) -> (Option<String>, Option<SocketAddr>) {
-    let (mut token, mut listen) = (None, None);
+/// `[admin]`: the tokens and the listener.
+#[derive(Default)]
+struct AdminConfig {
+    token: Option<String>,
+    preview_token: Option<String>,
+    listen: Option<SocketAddr>,
+}
+
+fn read_admin(root: &Section<'_>) -> AdminConfig {
+    let mut admin = AdminConfig::default();
     let Some(a) = root.section("admin", "[admin]") else {
-        return (token, listen);
+        return admin;
     };
-    if let Some(f) = a.get("token") {
-        if let Some(t) = f.as_str("\"${POSTBACK_RELAY_ADMIN_TOKEN:-}\"") {
-            if !t.is_empty() {
-                if t.len() < 16 {
-                    f.error("`admin.token` is shorter than 16 characters; use a long random token, or leave it empty to turn the admin API off");
-                }
-                token = Some(t.to_string());
-            }
+    let token = |key: &str, example: &str, off: &str| {
+        let f = a.get(key)?;
+        let t = f.as_str(example)?;
+        if t.is_empty() {
+            return None;
+        }
+        if t.len() < 16 {
+            f.error(format!(
+                "`admin.{key}` is shorter than 16 characters; use a long random token, or leave it empty to {off}"
+            ));
+        }
+        Some((t.to_string(), f))
+    };
+    admin.token = token(
+        "token",
+        "\"${POSTBACK_RELAY_ADMIN_TOKEN:-}\"",
+        "turn the admin API off",
+    )
+    .map(|(t, _)| t);
+    if let Some((t, f)) = token(
+        "preview_token",
+        "\"${POSTBACK_RELAY_PREVIEW_TOKEN:-}\"",
+        "have no preview-only login",
+    ) {
+        match &admin.token {
+            None => f.error("`admin.preview_token` needs `admin.token`: the preview page is part of the admin API, which is off without it"),
+            Some(full) if *full == t => f.error("`admin.preview_token` is the same as `admin.token`: a preview-only login needs a token of its own"),
+            Some(_) => admin.preview_token = Some(t),
         }
     }
     if let Some(f) = a.get("listen") {
-        listen = read_addr(
+        admin.listen = read_addr(
             &f,
             "listen = \"127.0.0.1:8081\" (keep it off the public network)",
         );
     }
     a.finish();
-    (token, listen)
+    admin
 }
 
 fn read_server(root: &Section<'_>, max_body: u64) -> ServerLimits {
@@ -1098,6 +1162,62 @@ token = "${POSTBACK_RELAY_ADMIN_TOKEN:-}"
         assert_eq!(cfg.admin_token, None);
         assert_eq!(cfg.breaker_failures, 5);
         assert_eq!(cfg.breaker_cool_down, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unsafe_settings_are_warned_about() {
+        let demo = format!("[ingest]\nsecrets = [\"{DEMO_SECRET}\"]\n");
+        let cfg = parse(&format!(
+            "listen = \"0.0.0.0:8080\"\n{demo}[delivery]\nallow_private_networks = true\n[admin]\ntoken = \"admin-token-0123456789\"\n"
+        ))
+        .expect("valid");
+        let w = cfg.safety_warnings();
+        assert_eq!(w.len(), 3, "{w:#?}");
+        assert!(w[0].starts_with("[ingest] secrets holds the public demo secret"));
+        assert!(w[1].starts_with("[delivery] allow_private_networks = true"));
+        assert!(w[2].starts_with(
+            "the admin API (its token, /ui, replay) listens on 0.0.0.0:8080 without TLS"
+        ));
+        // Own secret, no private networks, the admin API on loopback: nothing to say.
+        let cfg = parse(
+            "listen = \"0.0.0.0:8080\"\n[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[admin]\ntoken = \"admin-token-0123456789\"\nlisten = \"127.0.0.1:8081\"\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.safety_warnings(), Vec::<String>::new());
+        let cfg = parse("listen = \"0.0.0.0:8080\"\n[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[admin]\ntoken = \"admin-token-0123456789\"\nlisten = \"10.0.0.5:8081\"\n").expect("valid");
+        assert_eq!(cfg.safety_warnings().len(), 1);
+    }
+
+    #[test]
+    fn a_preview_token_needs_the_admin_token_and_must_differ_from_it() {
+        let base = "[ingest]\nsecrets = [\"${POSTBACK_RELAY_SECRET}\"]\n[admin]\n";
+        let cfg = parse(&format!(
+            "{base}token = \"admin-token-0123456789\"\npreview_token = \"preview-token-0123456789\"\n"
+        ))
+        .expect("valid");
+        assert_eq!(
+            cfg.admin_preview_token.as_deref(),
+            Some("preview-token-0123456789")
+        );
+        let errors = |text: &str| -> Vec<String> {
+            parse(&format!("{base}{text}"))
+                .expect_err("refused")
+                .iter()
+                .map(|d| d.to_string())
+                .collect()
+        };
+        assert_eq!(
+            errors("preview_token = \"preview-token-0123456789\"\n"),
+            ["cfg/relay.toml:4:17: `admin.preview_token` needs `admin.token`: the preview page is part of the admin API, which is off without it"]
+        );
+        assert_eq!(
+            errors("token = \"admin-token-0123456789\"\npreview_token = \"admin-token-0123456789\"\n"),
+            ["cfg/relay.toml:5:17: `admin.preview_token` is the same as `admin.token`: a preview-only login needs a token of its own"]
+        );
+        assert_eq!(
+            errors("token = \"admin-token-0123456789\"\npreview_token = \"short\"\n"),
+            ["cfg/relay.toml:5:17: `admin.preview_token` is shorter than 16 characters; use a long random token, or leave it empty to have no preview-only login"]
+        );
     }
 
     #[test]

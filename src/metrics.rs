@@ -103,6 +103,7 @@ pub struct Metrics {
     dlq_size: Family<DestinationLabel, Gauge>,
     circuit: Family<DestinationState, Gauge>,
     rule_errors: Family<DestinationLabel, Gauge>,
+    store_ready: Gauge,
     store_commit_seconds: Histogram,
     store_commit_ops: Histogram,
     reloads: Family<ResultLabel, Counter>,
@@ -139,6 +140,7 @@ impl Metrics {
             dlq_size: Family::default(),
             circuit: Family::default(),
             rule_errors: Family::default(),
+            store_ready: Gauge::default(),
             store_commit_seconds: latency(),
             store_commit_ops: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             reloads: Family::default(),
@@ -175,6 +177,9 @@ impl Metrics {
                 result: result.as_str(),
             });
         }
+        let _ = self
+            .accept_errors
+            .get_or_create(&ListenerLabel { listener: "ingest" });
         r.register(
             "ingest_requests",
             "POST /v1/events requests by result: accepted (202), or why refused",
@@ -237,8 +242,13 @@ impl Metrics {
         );
         r.register(
             "rule_file_errors",
-            "Errors in each destination's rule file, for files that have some: such a destination gets no new deliveries and its queue waits until the file is fixed",
+            "Errors in each destination's rule file, for files that have some: its last good version (loaded earlier by this process) stays in force, or, if none, the destination gets no new deliveries and its queue waits until the file is fixed",
             self.rule_errors.clone(),
+        );
+        r.register(
+            "store_ready",
+            "1 while the store takes writes (what /readyz says), 0 while it does not (ingest answers 503)",
+            self.store_ready.clone(),
         );
         r.register(
             "store_commit_duration_seconds",
@@ -296,13 +306,10 @@ impl Metrics {
         self.ingest_seconds.observe(took.as_secs_f64());
     }
 
-    /// A rule reload ended.
-    pub fn rule_reload(&self, ok: bool) {
-        let result = if ok {
-            ReloadResult::Ok
-        } else {
-            ReloadResult::Failed
-        };
+    /// A rule reload ended: `Ok` (every file valid), `Partial` (the valid files
+    /// applied; a file with errors keeps its last good version or stays out) or
+    /// `Failed` (nothing changed).
+    pub fn rule_reload(&self, result: ReloadResult) {
         self.reloads
             .get_or_create(&ResultLabel {
                 result: result.as_str(),
@@ -335,6 +342,23 @@ impl Metrics {
         self.connections
             .get_or_create(&ListenerLabel { listener })
             .dec();
+    }
+
+    /// Open HTTP connections, every listener together.
+    pub fn open_connections(&self) -> i64 {
+        LISTENERS
+            .into_iter()
+            .map(|listener| {
+                self.connections
+                    .get_or_create(&ListenerLabel { listener })
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Whether the store takes writes now (read by the caller at scrape time).
+    pub fn set_store_ready(&self, ready: bool) {
+        self.store_ready.set(i64::from(ready));
     }
 
     pub fn accept_error(&self, listener: &'static str) {
@@ -393,6 +417,20 @@ impl Metrics {
                 .set(i64::try_from(c.dead).unwrap_or(i64::MAX));
         }
         for s in status {
+            // Counters of every destination in force, at 0 until their first event.
+            for outcome in [
+                AttemptOutcome::Delivered,
+                AttemptOutcome::Retry,
+                AttemptOutcome::DeadLetter,
+            ] {
+                let _ = self.attempts.get_or_create(&DestinationOutcome {
+                    destination: label(&s.name),
+                    outcome: outcome.as_str(),
+                });
+            }
+            let _ = self.requests.get_or_create(&DestinationLabel {
+                destination: label(&s.name),
+            });
             self.concurrency
                 .get_or_create(&DestinationLabel {
                     destination: label(&s.name),
@@ -461,7 +499,7 @@ mod tests {
         m.ingest_request(IngestResult::Accepted);
         m.ingest_accepted(2, 1, 0, Duration::from_millis(3));
         m.attempt("aff", AttemptOutcome::Retry, Duration::from_millis(5));
-        m.rule_reload(false);
+        m.rule_reload(ReloadResult::Failed);
         let text = m.render(
             &[DestinationCounts {
                 destination: "aff".into(),

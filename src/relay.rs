@@ -13,7 +13,7 @@ use crate::dedupe::DedupeRule;
 use crate::deliver::Deliverer;
 use crate::diag::Diagnostic;
 use crate::http::tls::TlsCertificates;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReloadResult};
 use crate::outbound::DeliverySettings;
 use crate::rules::{RuleSet, RulesHandle};
 use crate::store::Store;
@@ -34,13 +34,14 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Reloads the rule files; on success the delivery workers follow the new set.
-    /// On error nothing changes. Returns the enabled destinations' names.
+    /// Reloads the rule files; once applied (each valid file; each file with errors
+    /// keeps its last good version, see `rules::reload`) the delivery workers follow
+    /// the new set. On error (strict, or the directory unreadable) nothing changes.
+    /// Returns the enabled destinations' names.
     pub fn reload_rules(&self) -> Result<Vec<String>, Vec<Diagnostic>> {
         let result = self.rules.reload_and_log();
-        self.metrics.rule_reload(result.is_ok());
+        self.after_reload(result.is_ok());
         result?;
-        self.follow_rules();
         Ok(self
             .rules
             .current()
@@ -48,6 +49,20 @@ impl Relay {
             .iter()
             .map(|d| d.name.clone())
             .collect())
+    }
+
+    /// After any reload (SIGHUP, admin API, file watch): counts it, and once applied
+    /// points the delivery workers at the new set.
+    pub fn after_reload(&self, applied: bool) {
+        let result = match (applied, self.rules.current().broken().is_empty()) {
+            (false, _) => ReloadResult::Failed,
+            (true, true) => ReloadResult::Ok,
+            (true, false) => ReloadResult::Partial,
+        };
+        self.metrics.rule_reload(result);
+        if applied {
+            self.follow_rules();
+        }
     }
 
     /// Points the delivery workers at the rules in force.

@@ -34,9 +34,21 @@ impl<'s> Doc<'s> {
             Ok(d) => (Some(d), Vec::new()),
             Err(e) => {
                 let msg = e.message().trim().to_string();
-                let msg = duplicate_key(source, e.span(), &msg)
-                    .unwrap_or_else(|| format!("TOML syntax error: {msg}"));
-                (None, vec![source.diag(e.span(), msg)])
+                let d = match duplicate_key(source, e.span(), &msg) {
+                    Some(m) => source.diag(e.span(), m),
+                    None => {
+                        let (span, msg) = syntax_error(source, e.span(), &msg);
+                        let mut d = source.diag(span, msg);
+                        // The line itself, its long strings left out.
+                        if let Some(line) = source.original.lines().nth(d.line.saturating_sub(1)) {
+                            let shown = masked_line(line.trim());
+                            d.message
+                                .push_str(&format!("; line {} reads: {shown}", d.line));
+                        }
+                        d
+                    }
+                };
+                (None, vec![d])
             }
         };
         Doc {
@@ -411,6 +423,123 @@ impl<'a> Section<'a> {
 /// "duplicate key" made precise: which key, in which table, and where it first stands.
 /// Reads keys written one per line (`key = ...`) and table headers (`[name]`); other
 /// layouts get the key without its first place.
+/// A syntax error where its cause is: a `[` or `{` left open on an earlier line is
+/// found only where the next key or table starts, so the error is moved to the
+/// bracket that is never closed.
+fn syntax_error(
+    source: &Source,
+    span: Option<Range<usize>>,
+    msg: &str,
+) -> (Option<Range<usize>>, String) {
+    let text = source.text.as_str();
+    let at = span.as_ref().map_or(0, |s| s.start).min(text.len());
+    let line_of = |pos: usize| {
+        text.as_bytes()[..pos]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    };
+    match unclosed_before(text, at) {
+        Some((open, pos)) if line_of(pos) < line_of(at) => (
+            Some(pos..pos + 1),
+            format!(
+                "TOML syntax error: this `{open}` is never closed (the parser noticed at line {}: {msg})",
+                line_of(at)
+            ),
+        ),
+        _ => (span, format!("TOML syntax error: {msg}")),
+    }
+}
+
+/// The innermost `[` or `{` still open at `end` (outside strings and comments), with
+/// its offset.
+fn unclosed_before(text: &str, end: usize) -> Option<(char, usize)> {
+    let mut open: Vec<(char, usize)> = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < end.min(bytes.len()) {
+        match bytes[i] {
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            q @ (b'"' | b'\'') => {
+                let close: &[u8] = match (q, bytes[i..].starts_with(&[q, q, q])) {
+                    (b'"', true) => b"\"\"\"",
+                    (_, true) => b"'''",
+                    (b'"', false) => b"\"",
+                    _ => b"'",
+                };
+                let triple = close.len() == 3;
+                i += close.len();
+                while i < bytes.len() {
+                    if q == b'"' && bytes[i] == b'\\' {
+                        i += 2;
+                        continue;
+                    }
+                    if bytes[i..].starts_with(close) {
+                        i += close.len();
+                        break;
+                    }
+                    if !triple && bytes[i] == b'\n' {
+                        break;
+                    }
+                    i += 1;
+                }
+                continue;
+            }
+            b'[' => open.push(('[', i)),
+            b'{' => open.push(('{', i)),
+            b']' | b'}' => {
+                open.pop();
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    open.pop()
+}
+
+/// A line of a rule or config file as a diagnostic may show it: the text of every
+/// string longer than 12 characters is left out (it may be a secret or a URL with one).
+fn masked_line(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.trim_end().chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '"' || c == '\'' {
+            let mut inner = String::new();
+            let mut closed = false;
+            while let Some(n) = chars.next() {
+                if n == '\\' && c == '"' {
+                    inner.push(n);
+                    if let Some(e) = chars.next() {
+                        inner.push(e);
+                    }
+                    continue;
+                }
+                if n == c {
+                    closed = true;
+                    break;
+                }
+                inner.push(n);
+            }
+            if inner.chars().count() > 12 {
+                out.push('…');
+            } else {
+                out.push_str(&inner);
+            }
+            if closed {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
 fn duplicate_key(source: &Source, span: Option<Range<usize>>, msg: &str) -> Option<String> {
     if !msg.starts_with("duplicate key") {
         return None;
@@ -680,6 +809,43 @@ mod tests {
         assert_eq!(
             errs[0].to_string(),
             "x.toml:4:2: duplicate key `x` at the top level: it is already written at line 2, column 1; keep one of the two"
+        );
+    }
+
+    #[test]
+    fn an_unclosed_bracket_is_reported_where_it_opens_with_the_line_masked() {
+        let text = "[destination]\nurl = \"https://partner.example/p?token=SECRET123456\"\n[privacy]\nallow = [\"click_id\",\n  \"event_name\"\n\n[when]\nevent_name = [\"x\"]\n";
+        let src = Source::plain(Path::new("x.toml"), text);
+        let errs = Doc::parse(&src).into_errors();
+        assert_eq!((errs[0].line, errs[0].col), (4, 9), "{errs:?}");
+        assert!(
+            errs[0].message.starts_with(
+                "TOML syntax error: this `[` is never closed (the parser noticed at line 7: "
+            ) && errs[0]
+                .message
+                .ends_with("; line 4 reads: allow = [\"click_id\","),
+            "{}",
+            errs[0].message
+        );
+        // A string never shows past 12 characters.
+        let src = Source::plain(
+            Path::new("x.toml"),
+            "url = \"https://partner.example/p?token=SECRET123456\" x\n",
+        );
+        let errs = Doc::parse(&src).into_errors();
+        assert!(
+            errs[0].message.ends_with("line 1 reads: url = \"…\" x")
+                && !errs[0].message.contains("SECRET"),
+            "{}",
+            errs[0].message
+        );
+        // A `[` on the error's own line is not moved; `#` and strings hold no brackets.
+        let src = Source::plain(Path::new("x.toml"), "# [\na = \"[\"\nb = [1 2]\n");
+        let errs = Doc::parse(&src).into_errors();
+        assert_eq!(errs[0].line, 3, "{errs:?}");
+        assert!(
+            errs[0].message.starts_with("TOML syntax error: "),
+            "{errs:?}"
         );
     }
 

@@ -149,13 +149,20 @@ fn check_accepts_the_shipped_config_and_rules_with_no_environment() {
     // As the README runs it: from the repository root, with the default config path.
     let r = run(&["check"], repo);
     assert_eq!(r.code, 0, "stdout: {}\nstderr: {}", r.stdout, r.stderr);
+    // The demo config's two unsafe settings are warned about (tests/safe_defaults.rs).
     assert_eq!(
         r.stdout.trim(),
-        "ok: postback-relay.toml and rules (1 enabled destination)"
+        "ok: postback-relay.toml and rules (1 enabled destination, 2 warnings)"
     );
     // No warning either, version warnings included: every shipped rule pins a
     // partner API version more than 60 days from its sunset, today (issue 19).
-    assert!(!r.stderr.contains("warning"), "{}", r.stderr);
+    // (The demo config's own unsafe settings are its only warnings.)
+    let others: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("warning") && !l.contains("warning: unsafe for production: "))
+        .collect();
+    assert!(others.is_empty(), "{}", r.stderr);
     // And from elsewhere: the rules directory is relative to the config file.
     let tmp = tempfile::tempdir().unwrap();
     let cfg = repo.join("postback-relay.toml");
@@ -164,7 +171,7 @@ fn check_accepts_the_shipped_config_and_rules_with_no_environment() {
     assert_eq!(
         r.stdout.trim(),
         format!(
-            "ok: {} and {} (1 enabled destination)",
+            "ok: {} and {} (1 enabled destination, 2 warnings)",
             cfg.display(),
             repo.join("rules").display()
         )
@@ -895,6 +902,62 @@ fn preview_reads_standard_input_and_shows_one_destination() {
 }
 
 #[test]
+fn preview_of_one_destination_works_beside_a_broken_rule_file() {
+    let repo = Path::new(REPO);
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::copy(
+        repo.join("rules/example-aff.toml"),
+        rules.join("example-aff.toml"),
+    )
+    .unwrap();
+    std::fs::write(rules.join("mymeta.toml"), "[destination\n").unwrap();
+    let cfg = s(&repo.join("postback-relay.toml")).to_string();
+    let event = s(&repo.join("examples/purchase.json")).to_string();
+    let args = |only: &str| {
+        vec![
+            "preview".to_string(),
+            "--config".into(),
+            cfg.clone(),
+            "--rules".into(),
+            s(&rules).into(),
+            "--destination".into(),
+            only.into(),
+            event.clone(),
+        ]
+    };
+    let a = args("example-aff");
+    let r = run(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        tmp.path(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with("== example-aff =="), "{}", r.stdout);
+    assert!(
+        r.stderr.contains(&format!(
+            "note: {} has errors and is left out",
+            rules.join("mymeta.toml").display()
+        )),
+        "{}",
+        r.stderr
+    );
+    // The broken one itself: its located error, exit 1.
+    let a = args("mymeta");
+    let r = run(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        tmp.path(),
+    );
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .starts_with(&format!("{}:", rules.join("mymeta.toml").display())),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn every_option_has_a_description_in_help() {
     let dir = tempfile::tempdir().unwrap();
     for (args, wanted) in [
@@ -1142,4 +1205,112 @@ fn check_flags_a_private_partner_address_unless_private_networks_are_allowed() {
     }
     assert!(!r.stderr.contains("public.toml"), "{}", r.stderr);
     assert!(r.stderr.contains("3 errors"), "{}", r.stderr);
+}
+
+#[test]
+fn dlq_without_the_admin_token_in_its_environment_says_so_not_that_the_api_is_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("rules")).unwrap();
+    let cfg = tmp.path().join("postback-relay.toml");
+    let listen = format!("listen = \"127.0.0.1:{}\"", free_port());
+    std::fs::write(
+        &cfg,
+        config_text("")
+            .replace("listen = \"127.0.0.1:0\"", &listen)
+            .replace(
+                &format!("token = \"{}\"", common::ADMIN_TOKEN),
+                "token = \"${POSTBACK_RELAY_ADMIN_TOKEN:-}\"",
+            ),
+    )
+    .unwrap();
+    let mut serve = bin();
+    serve
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("POSTBACK_RELAY_ADMIN_TOKEN", common::ADMIN_TOKEN)
+        .env("RUST_LOG", "info");
+    let _relay = RelayProcess::spawn_command(serve);
+    let r = run(&["dlq", "list", "--config", s(&cfg)], tmp.path());
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("this command has no admin token to ask it with")
+            && r.stderr
+                .contains("set that variable here as the relay has it")
+            && !r.stderr.contains("the admin API is off"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn check_events_and_preview_agree_on_a_partners_age_limit() {
+    let repo = Path::new(REPO);
+    let tmp = tempfile::tempdir().unwrap();
+    let events = tmp.path().join("events");
+    std::fs::create_dir(&events).unwrap();
+    // Ten days old: past Meta's seven.
+    let old = chrono::Utc::now() - chrono::Duration::days(10);
+    let event = std::fs::read_to_string(repo.join("examples/purchase.json"))
+        .unwrap()
+        .replace(
+            "\"2026-11-25T10:00:00Z\"",
+            &format!("\"{}\"", old.to_rfc3339()),
+        );
+    let file = events.join("old.json");
+    std::fs::write(&file, &event).unwrap();
+    let cfg = s(&repo.join("postback-relay.toml")).to_string();
+    let r = run(
+        &["check", "--config", &cfg, "--events", s(&events)],
+        tmp.path(),
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let meta = r.stdout.split("== meta (disabled) ==").nth(1).unwrap_or("");
+    assert!(
+        meta.contains("the event is 10 days old and this partner takes events up to 7 days old")
+            && meta.contains("0 of 1 events sent"),
+        "{}",
+        r.stdout
+    );
+    let r = run(
+        &[
+            "preview",
+            "--config",
+            &cfg,
+            "--destination",
+            "meta",
+            s(&file),
+        ],
+        tmp.path(),
+    );
+    assert!(
+        r.stdout
+            .contains("the event is 10 days old and this partner takes events up to 7 days old"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+#[test]
+fn check_refuses_a_when_value_no_event_can_have_and_warns_about_a_near_miss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rules = tmp.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let rule = "[destination]\nurl = \"https://p.example/c={click_id}\"\nmethod = \"GET\"\n[when]\nevent_name = [\"instal\"]\n\"consent.ad_user_data\" = \"yes\"\n[privacy]\nallow = [\"click_id\"]\n";
+    std::fs::write(rules.join("aff.toml"), rule).unwrap();
+    let cfg = s(&Path::new(REPO).join("postback-relay.toml")).to_string();
+    let r = run(
+        &["check", "--config", &cfg, "--rules", s(&rules)],
+        tmp.path(),
+    );
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let f = rules.join("aff.toml");
+    let f = f.display();
+    for want in [
+        format!("{f}:6:26: [when] `consent.ad_user_data` is a boolean in events (docs/event.schema.json), so \"yes\" matches no event; write true or false"),
+        format!("{f}:5:15: warning: \"instal\" is not a usual event_name: did you mean \"install\"?"),
+    ] {
+        assert!(r.stderr.contains(&want), "want {want}\nin:\n{}", r.stderr);
+    }
 }

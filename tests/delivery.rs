@@ -712,6 +712,15 @@ async fn admin_shows_disabled_destinations_delivered_counts_and_one_delivery() {
     let st = relay.admin_get(&format!("/admin/deliveries/{id}")).await;
     assert_eq!(st["state"], "delivered", "{st}");
     assert_eq!(st["destination"], "aff");
+    // RFC 3339 UTC, as everywhere in the admin API (it was Unix milliseconds).
+    for time in ["created_at", "last_attempt_at", "finished_at"] {
+        let t = st[time].as_str().unwrap_or("");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(t).is_ok() && t.ends_with('Z'),
+            "{time}: {st}"
+        );
+    }
+    assert_eq!(st["next_attempt_at"], serde_json::Value::Null, "{st}");
     assert!(
         st.get("request").is_none() && !st.to_string().contains("clk-adm"),
         "{st}"

@@ -216,7 +216,7 @@ async fn counters_move_as_the_scenario_expects() {
         ),
         (
             "postback_relay_rule_reloads_total",
-            vec![("result", "failed")],
+            vec![("result", "partial")],
             1.0,
         ),
     ];
@@ -236,5 +236,123 @@ async fn counters_move_as_the_scenario_expects() {
             &[("listener", "ingest")]
         ) >= 1.0
     );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_counter_is_exported_at_zero_from_the_start() {
+    let partner = FakePartner::start().await.unwrap();
+    let relay = TestRelay::start(&[("aff", &rule(&partner.url("/p"), 3))], "").await;
+    let m = scrape(&relay).await;
+    let zero = [
+        (
+            "postback_relay_ingest_requests_total",
+            vec![("result", "accepted")],
+        ),
+        (
+            "postback_relay_ingest_requests_total",
+            vec![("result", "unauthorized")],
+        ),
+        (
+            "postback_relay_ingest_requests_total",
+            vec![("result", "store_unavailable")],
+        ),
+        (
+            "postback_relay_ingest_events_total",
+            vec![("outcome", "duplicate")],
+        ),
+        (
+            "postback_relay_rule_reloads_total",
+            vec![("result", "failed")],
+        ),
+        (
+            "postback_relay_accept_errors_total",
+            vec![("listener", "ingest")],
+        ),
+        (
+            "postback_relay_delivery_attempts_total",
+            vec![("destination", "aff"), ("outcome", "dead_letter")],
+        ),
+        (
+            "postback_relay_delivery_requests_total",
+            vec![("destination", "aff")],
+        ),
+    ];
+    assert_eq!(
+        m.get(&("postback_relay_store_ready".to_string(), vec![])),
+        Some(&1.0)
+    );
+    for (name, labels) in zero {
+        let mut key: Vec<(String, String)> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        key.sort();
+        assert_eq!(
+            m.get(&(name.to_string(), key)),
+            Some(&0.0),
+            "{name} {labels:?} in {m:#?}"
+        );
+    }
+    relay.stop().await;
+}
+
+/// Every `postback_relay_*` name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("postback_relay_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        out.insert(name);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_and_the_dashboard_name_only_metrics_the_relay_exports() {
+    let partner = FakePartner::start().await.unwrap();
+    let relay = TestRelay::start(&[("aff", &rule(&partner.url("/p"), 3))], "").await;
+    // A broken file and a delivery: every per-destination series exists.
+    std::fs::write(relay.rules_dir().join("bad.toml"), "[destination\n").unwrap();
+    let (s, _) = relay
+        .post_json("m1", &event("e1", "purchase", "clk1"))
+        .await;
+    assert_eq!(s, 202);
+    assert!(partner.wait_for_requests(1, Duration::from_secs(10)).await);
+    let text = relay
+        .client
+        .get(format!("{}/metrics", relay.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported: std::collections::BTreeSet<String> = metric_names(&text)
+        .into_iter()
+        .flat_map(|n| {
+            // A histogram's series: NAME_bucket, NAME_sum, NAME_count.
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s))
+                .map(str::to_string);
+            [Some(n), base].into_iter().flatten()
+        })
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    for file in ["prometheus-alerts.yml", "grafana-dashboard.json"] {
+        let named = metric_names(&std::fs::read_to_string(root.join(file)).unwrap());
+        assert!(!named.is_empty(), "{file}");
+        let unknown: Vec<&String> = named.iter().filter(|n| !exported.contains(*n)).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} names {unknown:?}, not in:\n{text}"
+        );
+    }
     relay.stop().await;
 }

@@ -154,6 +154,11 @@ async fn a_canary_event_leaves_no_trace_in_logs_metrics_admin_answers_or_failure
         log.contains("dead-lettered") && log.contains("HTTP 400 Bad Request"),
         "{log}"
     );
+    // Statuses as numbers, no Rust values (`Some(400)`, `None`) in the log.
+    assert!(
+        log.contains("status=400") && !log.contains("Some(") && !log.contains("None"),
+        "{log}"
+    );
     assert!(
         leaks(&log).is_empty(),
         "canary {:?} in the log:\n{log}",
@@ -487,4 +492,124 @@ fn a_rule_file_naming_another_destinations_variable_is_refused_located_without_t
         !stderr.contains("REFRESH-CANARY") && !stdout.contains("REFRESH-CANARY"),
         "{stderr}{stdout}"
     );
+}
+
+/// `/ui` with the admin token: the session cookie.
+async fn ui_session(client: &reqwest::Client, base: &str) -> String {
+    let resp = client
+        .post(format!("{base}/ui/login"))
+        .form(&[("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap();
+    cookie.split(';').next().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_view_shows_field_names_and_fates_never_a_value() {
+    let partner = FakePartner::start().await.unwrap();
+    let aff = format!(
+        "[destination]\nurl = \"{}\"\nmethod = \"GET\"\n[privacy]\nallow = [\"click_id\", \"user.email\"]\nhash = [\"user.email\"]\n",
+        partner.url("/p?c={click_id}&em={user.email}")
+    );
+    let installs = format!(
+        "[destination]\nurl = \"{}\"\nmethod = \"GET\"\n[when]\nevent_name = [\"install\"]\n[privacy]\nallow = [\"click_id\"]\n",
+        partner.url("/i?c={click_id}")
+    );
+    let off = format!("enabled = false\n{aff}");
+    let relay =
+        TestRelay::start(&[("aff", &aff), ("installs", &installs), ("off", &off)], "").await;
+    const NAME: &str = "NAMECANARY-purchase";
+    const ORDER: &str = "ORDERCANARY-5521";
+    let event = serde_json::json!({
+        "event_id": "EVTCANARY-1", "event_name": NAME, "click_id": CLICK,
+        "user": {"email": EMAIL, "phone": PHONE, "ip": IP},
+        "properties": {"value": 1.5, "order_id": ORDER}
+    });
+    let (s, v) = relay.post_json("WEBHOOKCANARY-1", &event.to_string()).await;
+    assert_eq!(s, 202, "{v}");
+    // The same event again: a duplicate.
+    let (s, v) = relay.post_json("WEBHOOKCANARY-2", &event.to_string()).await;
+    assert_eq!((s, v["duplicates"].as_u64()), (202, Some(1)), "{v}");
+
+    let recent = relay.admin_get("/admin/recent").await;
+    let events = recent["events"].as_array().expect("events");
+    assert_eq!(events.len(), 2, "{recent}");
+    assert_eq!(events[0]["status"], "duplicate", "newest first: {recent}");
+    let first = &events[1];
+    assert!(
+        first["fields"].as_array().is_some_and(
+            |f| f.contains(&"user.phone".into()) && f.contains(&"properties.order_id".into())
+        ),
+        "{first}"
+    );
+    let dest = |name: &str| {
+        first["destinations"]
+            .as_array()
+            .and_then(|l| l.iter().find(|d| d["destination"] == name).cloned())
+            .unwrap_or_else(|| panic!("{name} in {first}"))
+    };
+    let aff_fate = dest("aff");
+    assert_eq!(aff_fate["fate"], "sent", "{aff_fate}");
+    assert!(
+        aff_fate["dropped_fields"].as_array().is_some_and(
+            |d| d.contains(&serde_json::json!({"field": "user.phone", "why": "not allowed"}))
+        ),
+        "{aff_fate}"
+    );
+    assert_eq!(
+        aff_fate["changed_fields"],
+        serde_json::json!([{"field": "user.email", "how": "hashed"}])
+    );
+    let skipped = dest("installs");
+    assert_eq!(skipped["fate"], "skipped", "{skipped}");
+    assert_eq!(
+        skipped["reason"],
+        "event_name is not listed in [when] event_name = [\"install\"]"
+    );
+    assert!(
+        skipped["at"]
+            .as_str()
+            .is_some_and(|a| a.ends_with("installs.toml:5:1")),
+        "{skipped}"
+    );
+    assert_eq!(dest("off")["fate"], "disabled");
+    assert_eq!(events[0]["destinations"][0]["fate"], "duplicate");
+    assert_eq!(
+        relay
+            .admin_get("/admin/recent?destination=installs&limit=1")
+            .await["events"][0]["destinations"],
+        serde_json::json!([skipped])
+    );
+
+    // Neither the admin API nor the page's calls hold any value of the event.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let session = ui_session(&client, &relay.base).await;
+    let mut seen = recent.to_string();
+    for path in ["/ui/api/recent", "/ui/api/state", "/ui"] {
+        let text = client
+            .get(format!("{}{path}", relay.base))
+            .header("cookie", &session)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        seen.push_str(&text);
+    }
+    seen.push_str(&relay.admin_get("/admin/destinations").await.to_string());
+    let canaries = ["NAMECANARY", "ORDERCANARY", "EVTCANARY", "WEBHOOKCANARY"];
+    let found: Vec<&str> = canaries.into_iter().filter(|c| seen.contains(c)).collect();
+    assert!(
+        leaks(&seen).is_empty() && found.is_empty(),
+        "canary {:?} {found:?} in:\n{seen}",
+        leaks(&seen)
+    );
+    relay.stop().await;
 }

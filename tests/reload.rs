@@ -1,7 +1,8 @@
-//! Rule hot-reload against a running relay and real partners: a broken change is
-//! refused whole (file watch and `POST /admin/reload`), a fix is picked up without a
-//! restart, SIGHUP reloads the real binary, and destinations added or removed by a
-//! reload gain or lose their delivery workers.
+//! Rule hot-reload against a running relay and real partners: a broken file keeps
+//! its last good version in force (file watch and `POST /admin/reload`) while the
+//! other files' changes apply, and reports the same after a restart; a fix is picked
+//! up without a restart, SIGHUP reloads the real binary, and destinations added or
+//! removed by a reload gain or lose their delivery workers.
 
 mod common;
 
@@ -47,18 +48,25 @@ async fn a_broken_change_keeps_the_old_rules_and_the_fix_is_picked_up_without_re
     let col = 8 + broken_url.find("{user.email}").unwrap();
     let broken = get_rule(&broken_url, "").replace("method = \"GET\"", "methd = \"GET\"");
     std::fs::write(&aff, &broken).unwrap();
-    // The watcher sees it and refuses it: the failed-reload counter moves.
-    let failed = r#"postback_relay_rule_reloads_total{result="failed"}"#;
+    // The watcher sees it and keeps the last good version: the reload counter moves
+    // (`partial`: the other files applied, this one's errors reported).
+    let partial = r#"postback_relay_rule_reloads_total{result="partial"}"#;
     let (client, base) = (&relay.client, &relay.base);
     assert!(
         eventually(
             10,
-            || async move { metric(client, base, failed).await >= 1.0 }
+            || async move { metric(client, base, partial).await >= 1.0 }
         )
         .await,
-        "the file watcher did not refuse the broken rule within 10 s"
+        "the file watcher did not report the broken rule within 10 s"
     );
-    let in_force = rules.current();
+    let in_force = rules.current().get("aff").cloned().expect("aff in force");
+    let same_aff = |rules: &postback_relay::rules::RulesHandle| {
+        rules
+            .current()
+            .get("aff")
+            .is_some_and(|d| Arc::ptr_eq(d, &in_force))
+    };
 
     // The old rule is still in force: the next event goes out as before.
     let (s, v) = relay
@@ -74,7 +82,7 @@ async fn a_broken_change_keeps_the_old_rules_and_the_fix_is_picked_up_without_re
         ]
     );
 
-    // An explicit reload is refused with every error, located.
+    // An explicit reload reports every error, located; the last good version stays.
     let (s, v) = relay
         .admin_post("/admin/reload", serde_json::json!({}))
         .await;
@@ -99,9 +107,10 @@ async fn a_broken_change_keeps_the_old_rules_and_the_fix_is_picked_up_without_re
         "{errors:#?}"
     );
     assert!(
-        Arc::ptr_eq(&in_force, &rules.current()),
-        "a refused reload changed the rules"
+        same_aff(&rules),
+        "a broken file replaced its last good version"
     );
+    assert_eq!(v["broken"][0]["last_good_in_force"], true, "{v}");
 
     // The fix, with a new path and a renamed event: the watcher applies it.
     let fixed = get_rule(
@@ -111,7 +120,7 @@ async fn a_broken_change_keeps_the_old_rules_and_the_fix_is_picked_up_without_re
     std::fs::write(&aff, &fixed).unwrap();
     assert!(
         eventually(10, || {
-            let changed = !Arc::ptr_eq(&in_force, &rules.current());
+            let changed = !same_aff(&rules);
             async move { changed }
         })
         .await,
@@ -275,7 +284,8 @@ async fn sighup_reloads_the_rules_of_the_real_binary() {
     assert!(a.wait_for_requests(3, Duration::from_secs(10)).await);
     assert_eq!(targets(&b), ["/b?c=clk3"]);
 
-    // A broken file on SIGHUP: refused, logged with its place, the process lives on.
+    // A broken file on SIGHUP: logged with its place, its last good version stays in
+    // force, the process lives on.
     std::fs::write(v2.join("b.toml"), "[destination]\nurl = 5\n").unwrap();
     relay.signal(libc::SIGHUP);
     let b_file = format!("{}:2:7", root.join("rules/b.toml").display());
@@ -301,4 +311,233 @@ async fn sighup_reloads_the_rules_of_the_real_binary() {
     .await
     .expect("join");
     assert_eq!(code, Some(0), "{}", relay.log());
+}
+
+/// A TOML file with a syntax error: `[privacy` misses its `]`.
+fn syntax_error(url: &str) -> String {
+    get_rule(url, "").replace("[privacy]", "[privacy")
+}
+
+/// What the relay says about its rule files, everywhere it says it.
+#[derive(Debug, PartialEq)]
+struct Reported {
+    /// `/admin/destinations`: (name, state, rule_errors) of each destination.
+    admin: Vec<(String, String, Vec<String>)>,
+    /// The `rule_file_errors` lines of `/metrics`.
+    metric: Vec<String>,
+    /// `/ui/api/state`: (name, rule_errors) of each file with errors, and `errors`.
+    ui: (Vec<(String, Vec<String>)>, Vec<String>),
+}
+
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads what `base` reports; also returns the raw `/admin/destinations` answer.
+async fn reported(client: &reqwest::Client, base: &str) -> (Reported, serde_json::Value) {
+    let dests = common::admin_get_at(client, base, "/admin/destinations").await;
+    let admin = dests["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .map(|d| {
+            let name = d["name"].as_str().unwrap_or("").to_string();
+            let state = d["state"].as_str().unwrap_or("").to_string();
+            (name, state, strings(&d["rule_errors"]))
+        })
+        .collect();
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let metric = metrics
+        .lines()
+        .filter(|l| l.starts_with("postback_relay_rule_file_errors{"))
+        .map(str::to_string)
+        .collect();
+    let state = ui_state(base).await;
+    let broken = state["broken"]
+        .as_array()
+        .expect("broken")
+        .iter()
+        .map(|b| {
+            let name = b["name"].as_str().unwrap_or("").to_string();
+            (name, strings(&b["rule_errors"]))
+        })
+        .collect();
+    let ui = (broken, strings(&state["errors"]));
+    (Reported { admin, metric, ui }, dests)
+}
+
+/// `/ui/api/state` after logging in with the admin token.
+async fn ui_state(base: &str) -> serde_json::Value {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let login = client
+        .post(format!("{base}/ui/login"))
+        .form(&[("token", common::ADMIN_TOKEN)])
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().expect("cookie");
+    let session = cookie.split(';').next().unwrap_or("").to_string();
+    client
+        .get(format!("{base}/ui/api/state"))
+        .header("cookie", session)
+        .send()
+        .await
+        .expect("state")
+        .json()
+        .await
+        .expect("state json")
+}
+
+fn entry<'a>(dests: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    dests["destinations"]
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["name"] == name))
+        .unwrap_or_else(|| panic!("{name} not in {dests}"))
+}
+
+/// Stops the real binary with SIGTERM; asserts a clean exit.
+async fn terminate(relay: RelayProcess) -> String {
+    relay.signal(libc::SIGTERM);
+    let mut relay = relay;
+    let (code, log) = tokio::task::spawn_blocking(move || {
+        let code = relay.wait_exit(Duration::from_secs(30));
+        (code, relay.log())
+    })
+    .await
+    .expect("join");
+    assert_eq!(code, Some(0), "{log}");
+    log
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rule_file_lives_on_its_own_after_a_reload_and_after_a_restart() {
+    let meta = FakePartner::start().await.unwrap();
+    let aff = FakePartner::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let rules = root.join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let meta_file = rules.join("mymeta.toml");
+    std::fs::write(&meta_file, get_rule(&meta.url("/m1?c={click_id}"), "")).unwrap();
+    std::fs::write(
+        rules.join("aff.toml"),
+        get_rule(&aff.url("/a1?c={click_id}"), ""),
+    )
+    .unwrap();
+    let config = root.join("postback-relay.toml");
+    std::fs::write(&config, config_text("")).unwrap();
+    let relay = RelayProcess::spawn(&config, "info");
+    let client = reqwest::Client::new();
+
+    // One file breaks (a TOML syntax error), another changes validly; SIGHUP.
+    std::fs::write(&meta_file, syntax_error(&meta.url("/m2?c={click_id}"))).unwrap();
+    std::fs::write(
+        rules.join("aff.toml"),
+        get_rule(&aff.url("/a2?c={click_id}"), ""),
+    )
+    .unwrap();
+    relay.signal(libc::SIGHUP);
+    assert!(
+        log_shows(&relay, "rules reloaded (SIGHUP)").await,
+        "{}",
+        relay.log()
+    );
+    let (after_reload, dests) = reported(&client, &relay.base).await;
+    let m = entry(&dests, "mymeta");
+    assert_eq!(m["state"], "broken", "{m}");
+    assert_eq!(m["last_good_in_force"], true, "{m}");
+    assert_eq!(m["enabled"], true, "the last good version routes: {m}");
+    let errors = strings(&m["rule_errors"]);
+    let at = format!("{}:", meta_file.display());
+    assert!(
+        errors.len() == 1 && errors[0].starts_with(&at) && errors[0].contains("expected"),
+        "a located syntax error: {errors:?}"
+    );
+    let located = errors[0].split(": ").next().unwrap_or("").to_string();
+    assert_eq!(
+        after_reload.metric,
+        ["postback_relay_rule_file_errors{destination=\"mymeta\"} 1"]
+    );
+    assert_eq!(
+        after_reload.ui,
+        (vec![("mymeta".to_string(), errors.clone())], errors.clone())
+    );
+    assert_eq!(entry(&dests, "aff")["rule_errors"], serde_json::json!([]));
+    assert!(
+        log_shows(
+            &relay,
+            "rule file has errors: its last good version stays in force"
+        )
+        .await
+            && relay.log().contains(&located),
+        "want the located error ({located}) in the log:\n{}",
+        relay.log()
+    );
+
+    // The valid change applies; the broken file's last good version stays in force.
+    let (s, v) = post_json_to(&client, &relay.base, "m1", &event("e1", "purchase", "clk1")).await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert_eq!(
+        v["results"][0]["delivery_ids"].as_array().map(Vec::len),
+        Some(2),
+        "{v}"
+    );
+    assert!(aff.wait_for_requests(1, Duration::from_secs(10)).await);
+    assert!(meta.wait_for_requests(1, Duration::from_secs(10)).await);
+    assert_eq!(targets(&aff), ["/a2?c=clk1"]);
+    assert_eq!(targets(&meta), ["/m1?c=clk1"]);
+    terminate(relay).await;
+
+    // A restart with the same files: the same report everywhere. The broken file
+    // never loaded in this process, so it stays out (and says so).
+    let relay = RelayProcess::spawn(&config, "info");
+    let (after_restart, dests) = reported(&client, &relay.base).await;
+    assert_eq!(after_restart, after_reload);
+    let m = entry(&dests, "mymeta");
+    assert_eq!(
+        (&m["last_good_in_force"], &m["enabled"]),
+        (&serde_json::json!(false), &serde_json::json!(false)),
+        "{m}"
+    );
+    assert!(
+        relay.log().contains(&located)
+            && relay
+                .log()
+                .contains("rule file has errors: nothing is sent to this destination"),
+        "{}",
+        relay.log()
+    );
+    let (s, v) = post_json_to(&client, &relay.base, "m2", &event("e2", "purchase", "clk2")).await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert_eq!(
+        v["results"][0]["delivery_ids"].as_array().map(Vec::len),
+        Some(1),
+        "{v}"
+    );
+    assert!(aff.wait_for_requests(2, Duration::from_secs(10)).await);
+    assert_eq!(targets(&aff), ["/a2?c=clk1", "/a2?c=clk2"]);
+    assert_eq!(
+        meta.request_count(),
+        1,
+        "a broken file that never loaded sends nothing"
+    );
+    terminate(relay).await;
 }

@@ -58,6 +58,13 @@ pub fn run(
         errors.extend(private_partner_hosts(&set, cfg));
     }
     print_warnings(set.warnings());
+    let unsafe_settings = loaded
+        .as_ref()
+        .map(Config::safety_warnings)
+        .unwrap_or_default();
+    for w in &unsafe_settings {
+        eprintln!("{}: warning: unsafe for production: {w}", config.display());
+    }
     let unreadable = match events {
         Some(dir) => run_events(out, &set, dir)?,
         None => Vec::new(),
@@ -76,7 +83,7 @@ pub fn run(
         rules_dir.display(),
         count,
         plural(count),
-        match set.warnings().len() {
+        match set.warnings().len() + unsafe_settings.len() {
             0 => String::new(),
             n => format!(", {n} warning{}", plural(n)),
         }
@@ -171,8 +178,17 @@ fn events_report(set: &RuleSet, samples: &[Sample], dir: &Path) -> String {
         );
         let mut gets = 0;
         for s in samples {
-            match d.evaluate(&s.event) {
-                Ok(r) => {
+            // As `preview` and delivery judge it: an event past the partner's age
+            // limit is queued, then dead-lettered unsent.
+            match d.evaluate(&s.event).map(|r| (r, too_old(d, &s.event))) {
+                Ok((_, Some((age, max)))) => {
+                    let _ = writeln!(
+                        out,
+                        "not {}: the event is {age} days old and this partner takes events up to {max} days old (it would be queued, then dead-lettered unsent)",
+                        s.label
+                    );
+                }
+                Ok((r, None)) => {
                     gets += 1;
                     let req = masked(d, &r.request);
                     let _ = writeln!(out, "gets {}: {} {}", s.label, req.method.as_str(), req.url);
@@ -199,6 +215,14 @@ fn events_report(set: &RuleSet, samples: &[Sample], dir: &Path) -> String {
         );
     }
     out
+}
+
+/// (its age, the limit) in days when `event` is older than `d`'s partner takes.
+fn too_old(d: &crate::rules::Destination, event: &Event) -> Option<(i64, u64)> {
+    let max = d.delivery.max_event_age?;
+    let age = chrono::Utc::now().signed_duration_since(event.timestamp);
+    (age.num_seconds() > i64::try_from(max.as_secs()).unwrap_or(i64::MAX))
+        .then(|| (age.num_days(), max.as_secs() / 86400))
 }
 
 /// Every event of every `*.json` / `*.ndjson` file in `dir`, sorted by file name.

@@ -75,7 +75,7 @@ fn admin_call(
 ) -> Result<Value, String> {
     let Some(token) = cfg.admin_token.as_deref() else {
         return Err(format!(
-            "the relay is running on {} but the admin API is off: set [admin] token in {}, or stop the relay to open the store directly",
+            "the relay is running on {} and this command has no admin token to ask it with: [admin] token in {} is empty in this shell. If it reads ${{POSTBACK_RELAY_ADMIN_TOKEN}}, set that variable here as the relay has it; if the relay runs without an admin API, stop it to open the store directly",
             cfg.listen,
             cfg.path.display()
         ));

@@ -43,29 +43,104 @@ pub enum LogFormat {
     Json,
 }
 
-/// Sets up logging to standard error: `RUST_LOG` (default `info`) and the format.
+/// The storage engine's crates: their `info` lines (recovering trees, ingestion
+/// writers, paths of the build machine) are noise for an operator.
+const STORAGE_CRATES: [&str; 3] = ["fjall", "lsm_tree", "sfa"];
+
+/// The log filter: `RUST_LOG` (default `info`), with the storage engine at `warn`
+/// unless `RUST_LOG` names it.
+fn log_filter(rust_log: Option<&str>) -> String {
+    let base = rust_log.filter(|r| !r.trim().is_empty()).unwrap_or("info");
+    let mut filter = base.to_string();
+    for c in STORAGE_CRATES {
+        if !base.contains(c) {
+            filter.push_str(&format!(",{c}=warn"));
+        }
+    }
+    filter
+}
+
+/// Sets up logging to standard error: `RUST_LOG` (default `info`; the storage engine
+/// at `warn` unless named) and the format. The storage engine's `info` lines are kept
+/// aside (`storage_tail`), for a start the store refuses.
 pub fn init_logging(format: Option<LogFormat>) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(rust_log.as_deref()))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(None)));
     let terminal = std::io::stderr().is_terminal();
     let format = format.unwrap_or(if terminal {
         LogFormat::Text
     } else {
         LogFormat::Json
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false);
-    match format {
-        LogFormat::Text => builder.with_ansi(terminal).init(),
-        LogFormat::Json => builder
+    let shown = match format {
+        LogFormat::Text => fmt.with_ansi(terminal).with_filter(filter).boxed(),
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .init(),
+            .with_filter(filter)
+            .boxed(),
+    };
+    let storage = tracing_subscriber::filter::Targets::new()
+        .with_targets(STORAGE_CRATES.map(|c| (c, tracing::Level::INFO)));
+    let _ = tracing_subscriber::registry()
+        .with(shown)
+        .with(StorageTail.with_filter(storage))
+        .try_init();
+}
+
+/// The storage engine's last `info` lines (at most `TAIL`), which the log leaves out.
+static STORAGE_TAIL: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const TAIL: usize = 8;
+
+/// Keeps the storage engine's lines in `STORAGE_TAIL`.
+struct StorageTail;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StorageTail {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.0 = format!("{v:?}");
+                }
+            }
+            fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                if f.name() == "message" {
+                    self.0 = v.to_string();
+                }
+            }
+        }
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        if let Ok(mut tail) = STORAGE_TAIL.lock() {
+            if tail.len() == TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(m.0);
+        }
+    }
+}
+
+/// Logs the storage engine's last lines: after the store refused to open, they name
+/// what it was reading (the keyspace folder of a damaged file).
+fn log_storage_tail() {
+    let lines: Vec<String> = STORAGE_TAIL
+        .lock()
+        .map(|t| t.iter().cloned().collect())
+        .unwrap_or_default();
+    for line in lines {
+        tracing::error!(storage_engine = %line, "the storage engine's last lines before the refusal");
     }
 }
 
@@ -240,11 +315,33 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 
 fn serve(config: &Path, ov: Overrides) -> Result<(), CliError> {
     let cfg = load_config(config, &ov)?;
-    runtime()?.block_on(crate::app::run(cfg, std::sync::Arc::new(ProcessEnv)))?;
+    let result = runtime()?.block_on(crate::app::run(cfg, std::sync::Arc::new(ProcessEnv)));
+    if let Err(crate::app::StartError::Store(_)) = &result {
+        log_storage_tail();
+    }
+    result?;
     Ok(())
 }
 
 /// The environment as rule files may see it under `policy` (`[rules] allow_env`).
 fn rules_env(policy: crate::config::RulesEnvPolicy) -> crate::config::RulesEnv {
     crate::config::RulesEnv::new(std::sync::Arc::new(ProcessEnv), policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_storage_engine_logs_at_warn_unless_rust_log_names_it() {
+        assert_eq!(log_filter(None), "info,fjall=warn,lsm_tree=warn,sfa=warn");
+        assert_eq!(
+            log_filter(Some("debug")),
+            "debug,fjall=warn,lsm_tree=warn,sfa=warn"
+        );
+        assert_eq!(
+            log_filter(Some("info,lsm_tree=debug")),
+            "info,lsm_tree=debug,fjall=warn,sfa=warn"
+        );
+    }
 }

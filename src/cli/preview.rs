@@ -30,10 +30,37 @@ pub fn run(
         allow_private_networks: true,
         ..Default::default()
     };
-    let set = RuleSet::load_dir_with(&rules_dir, &rules_env(policy), &options)?;
+    // Each rule file on its own: a broken one fails only a preview that needs it.
+    let set = RuleSet::load_dir_lenient(&rules_dir, &rules_env(policy), &options)?;
     let ev = read_event(event).map_err(CliError::Failed)?;
+    let needed: Vec<&crate::rules::Broken> = set
+        .broken()
+        .iter()
+        .filter(|b| only.is_none_or(|n| n == b.name))
+        .collect();
+    if only.is_some() && !needed.is_empty() {
+        let errors: Vec<_> = needed.iter().flat_map(|b| b.errors.clone()).collect();
+        return Err(errors.into());
+    }
+    for b in set
+        .broken()
+        .iter()
+        .filter(|b| only.is_some_and(|n| n != b.name))
+    {
+        eprintln!(
+            "note: {} has errors and is left out (`postback-relay check` lists them)",
+            b.file.display()
+        );
+    }
     match only {
-        None => write!(out, "{}", crate::rules::preview(&set, &ev))?,
+        None => {
+            write!(out, "{}", crate::rules::preview(&set, &ev))?;
+            if !needed.is_empty() {
+                // The valid files were previewed; the broken ones fail the command.
+                let errors: Vec<_> = needed.iter().flat_map(|b| b.errors.clone()).collect();
+                return Err(errors.into());
+            }
+        }
         Some(name) => match crate::rules::preview_named(&set, &ev, name) {
             Some(text) => write!(out, "{text}")?,
             None => {

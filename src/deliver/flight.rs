@@ -428,11 +428,12 @@ async fn apply_decision(
 ) {
     let id = delivery.id.clone();
     let attempt = delivery.attempts;
-    let status = delivery.last_status;
+    // Logged only when there is one (no `Some(400)` / `None` in the log).
+    let status = delivery.last_status.map(u64::from);
     let name = worker.name.as_str();
     match decision {
         Decision::Complete => {
-            tracing::debug!(destination = name, delivery_id = %id, ?status, attempt, "delivered");
+            tracing::debug!(destination = name, delivery_id = %id, status, attempt, "delivered");
             settle(ctx, name, &id, || ctx.store.complete(&id)).await;
             worker
                 .delivered
@@ -442,7 +443,7 @@ async fn apply_decision(
         Decision::RetryAt(at) => {
             delivery.last_error = error.clone();
             delivery.next_attempt_at = at;
-            tracing::info!(destination = name, delivery_id = %id, ?status, attempt, reason = error.as_deref().unwrap_or(""), retry_in_ms = at - finished, "attempt failed; will retry");
+            tracing::info!(destination = name, delivery_id = %id, status, attempt, reason = error.as_deref().unwrap_or(""), retry_in_ms = at - finished, "attempt failed; will retry");
             *lock(&worker.last_error) = error;
             settle(ctx, name, &id, || ctx.store.retry_later(delivery.clone())).await;
         }
@@ -452,7 +453,7 @@ async fn apply_decision(
                 None => format!("gave up: {}", why.as_str()),
             };
             delivery.last_error = Some(error.clone());
-            tracing::warn!(destination = name, delivery_id = %id, ?status, attempt, reason = error.as_str(), "dead-lettered");
+            tracing::warn!(destination = name, delivery_id = %id, status, attempt, reason = error.as_str(), "dead-lettered");
             *lock(&worker.last_error) = Some(error);
             settle(ctx, name, &id, || {
                 ctx.store.dead_letter(delivery.clone(), finished)

@@ -1,5 +1,6 @@
 //! The admin API, behind `Authorization: Bearer <token>`: destinations, dead
-//! letters, replay, rule reload.
+//! letters, replay, rule reload. The preview token (`[admin] preview_token`) may read
+//! only `GET /admin/destinations` and `GET /admin/recent` (403 elsewhere).
 //!
 //! Owns: authentication of admin calls and their JSON shapes. Never: exposes a
 //! queued request (URLs and headers can hold partner secrets) or event data.
@@ -13,6 +14,7 @@ use hyper::header::AUTHORIZATION;
 use hyper::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 
+use super::auth::{role_of, Role};
 use super::routes::{json_response, HttpResponse};
 use super::Edge;
 use crate::relay::Relay;
@@ -38,18 +40,23 @@ pub fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// `None` when `req` carries the admin token (`Authorization: Bearer`) from an
-/// address not locked out; else the answer to send (404 without a token configured,
-/// 429, 401). A wrong token is counted against `ip`.
-pub fn refusal<B>(edge: &Edge, ip: IpAddr, req: &Request<B>) -> Option<HttpResponse> {
-    let Some(token) = edge.relay.config.admin_token.as_deref() else {
-        return Some(json_response(
+/// The role of the token `req` carries (`Authorization: Bearer`) from an address not
+/// locked out; else the answer to send (404 without a token configured, 429, 401). A
+/// wrong token is counted against `ip`.
+pub fn authenticate<B>(
+    edge: &Edge,
+    ip: IpAddr,
+    req: &Request<B>,
+) -> Result<Role, Box<HttpResponse>> {
+    let config = &edge.relay.config;
+    let Some(token) = config.admin_token.as_deref() else {
+        return Err(Box::new(json_response(
             StatusCode::NOT_FOUND,
             json!({"error": "the admin API is off; set [admin] token in the config to turn it on"}),
-        ));
+        )));
     };
     if let Err(wait) = edge.attempts.check(ip) {
-        return Some(too_many_attempts(wait));
+        return Err(Box::new(too_many_attempts(wait)));
     }
     let given = req
         .headers()
@@ -57,27 +64,54 @@ pub fn refusal<B>(edge: &Edge, ip: IpAddr, req: &Request<B>) -> Option<HttpRespo
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token)
         .unwrap_or("");
-    if !bool::from(subtle::ConstantTimeEq::ct_eq(
-        given.as_bytes(),
-        token.as_bytes(),
-    )) {
-        edge.attempts.failed(ip, "admin");
-        return Some(json_response(
-            StatusCode::UNAUTHORIZED,
-            json!({"error": "missing or wrong admin token (Authorization: Bearer <token>)"}),
-        ));
+    match role_of(given, token, config.admin_preview_token.as_deref()) {
+        Some(role) => Ok(role),
+        None => {
+            edge.attempts.failed(ip, "admin");
+            Err(Box::new(json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "missing or wrong admin token (Authorization: Bearer <token>)"}),
+            )))
+        }
     }
-    None
+}
+
+/// `None` when `req` carries the admin token (not the preview token); else the
+/// answer to send (`authenticate`'s, or 403).
+pub fn refusal<B>(edge: &Edge, ip: IpAddr, req: &Request<B>) -> Option<HttpResponse> {
+    match authenticate(edge, ip, req) {
+        Ok(Role::Admin) => None,
+        Ok(Role::Preview) => Some(preview_forbidden(req.uri().path())),
+        Err(resp) => Some(*resp),
+    }
+}
+
+/// 403 for the preview token (or a preview-only `/ui` login) on `what`.
+pub fn preview_forbidden(what: &str) -> HttpResponse {
+    json_response(
+        StatusCode::FORBIDDEN,
+        json!({"error": format!("the preview token may look and preview only: {what} needs the admin token ([admin] token)")}),
+    )
+}
+
+/// What the preview token may call: the destinations and the live view.
+fn preview_may(method: &Method, path: &str) -> bool {
+    *method == Method::GET && matches!(path, "/admin/destinations" | "/admin/recent")
 }
 
 pub async fn handle(edge: &Edge, ip: IpAddr, req: Request<TimedBody>) -> HttpResponse {
     let relay = &edge.relay;
-    if let Some(resp) = refusal(edge, ip, &req) {
-        return resp;
-    }
+    let role = match authenticate(edge, ip, &req) {
+        Ok(role) => role,
+        Err(resp) => return *resp,
+    };
     let path = req.uri().path().to_string();
+    if role == Role::Preview && !preview_may(req.method(), &path) {
+        return preview_forbidden(&format!("{} {path}", req.method()));
+    }
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/admin/destinations") => destinations(relay).await,
+        (Method::GET, "/admin/recent") => json_response(StatusCode::OK, recent(edge, &query(&req))),
         (Method::GET, "/admin/dlq") => dlq(relay, &query(&req)).await,
         (Method::POST, "/admin/dlq/replay") => match replay_request(req).await {
             Ok(selector) => replay(relay, selector).await,
@@ -104,7 +138,23 @@ pub async fn handle(edge: &Edge, ip: IpAddr, req: Request<TimedBody>) -> HttpRes
     }
 }
 
-fn query(req: &Request<TimedBody>) -> BTreeMap<String, String> {
+/// `GET /admin/recent[?destination=NAME][&limit=N]`: the live view, newest first.
+pub fn recent(edge: &Edge, query: &BTreeMap<String, String>) -> Value {
+    use super::recent::{CAPACITY, PER_SECOND};
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100usize)
+        .min(CAPACITY);
+    let destination = query.get("destination").map(String::as_str);
+    json!({
+        "events": edge.recent.list(destination, limit),
+        "capacity": CAPACITY,
+        "recorded_per_second": PER_SECOND,
+    })
+}
+
+pub fn query(req: &Request<TimedBody>) -> BTreeMap<String, String> {
     req.uri()
         .query()
         .map(|q| {
@@ -166,7 +216,15 @@ async fn replay_request(req: Request<TimedBody>) -> Result<ReplaySelector, HttpR
 /// `GET /admin/deliveries/{id}`: where one delivery stands, never its payload.
 async fn delivery(relay: &Relay, id: &str) -> HttpResponse {
     match relay.store.lookup(id).await {
-        Ok(Some(status)) => json_response(StatusCode::OK, json!(status)),
+        Ok(Some(status)) => {
+            // Times as everywhere in the admin API: RFC 3339, UTC.
+            let mut v = json!(status);
+            v["created_at"] = ms_to_iso(Some(status.created_at));
+            v["last_attempt_at"] = ms_to_iso(status.last_attempt_at);
+            v["next_attempt_at"] = ms_to_iso(status.next_attempt_at);
+            v["finished_at"] = ms_to_iso(status.finished_at);
+            json_response(StatusCode::OK, v)
+        }
         Ok(None) => json_response(
             StatusCode::NOT_FOUND,
             json!({"error": "no such delivery (unknown ID, or delivered/dead longer ago than the dead-letter retention)"}),
@@ -178,15 +236,27 @@ async fn delivery(relay: &Relay, id: &str) -> HttpResponse {
     }
 }
 
+/// `POST /admin/reload`: 200 when every rule file is valid; 422 when a file has
+/// errors (the valid files applied all the same; each file with errors keeps its
+/// last good version or stays out, as `broken` says) or nothing could be applied.
 fn reload(relay: &Relay) -> HttpResponse {
     match relay.reload_rules() {
         Ok(names) => {
-            // Files that already had errors stay left out (they did not block this).
             let rules = relay.rules.current();
             let rule_errors: Vec<String> = rules.errors().iter().map(|d| d.to_string()).collect();
+            let broken: Vec<Value> = rules.broken().iter().map(broken_json).collect();
+            let (status, word) = if broken.is_empty() {
+                (StatusCode::OK, "reloaded")
+            } else {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "reloaded except the rule files with errors: each keeps its last good version, or stays out if none loaded",
+                )
+            };
             json_response(
-                StatusCode::OK,
-                json!({"status": "reloaded", "destinations": names, "rule_errors": rule_errors}),
+                status,
+                json!({"status": word, "destinations": names, "broken": broken,
+                       "rule_errors": rule_errors, "errors": rule_errors}),
             )
         }
         Err(errors) => json_response(
@@ -197,6 +267,17 @@ fn reload(relay: &Relay) -> HttpResponse {
             }),
         ),
     }
+}
+
+/// A rule file with errors as the admin API and `/ui` show it.
+pub fn broken_json(b: &crate::rules::Broken) -> Value {
+    json!({
+        "name": b.name,
+        "file": b.file.display().to_string(),
+        "last_good_in_force": b.last_good,
+        "consequence": b.consequence(),
+        "rule_errors": b.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+    })
 }
 
 /// `{"all": true}`, `{"destination": "x"}` or `{"id": "dlv_..."}`.
@@ -325,11 +406,14 @@ async fn destinations(relay: &Relay) -> HttpResponse {
     for d in rules.disabled() {
         out.insert(d.name.clone(), entry(&d.name, "disabled"));
     }
-    // A rule file with errors: no new deliveries, its queue waits for the fix.
+    // A rule file with errors: its last good version stays in force, or (none
+    // loaded) no new deliveries and its queue waits for the fix.
     for b in rules.broken() {
         let mut e = entry(&b.name, "broken");
-        e["status"] = json!("rule file has errors");
+        e["enabled"] = json!(b.last_good && rules.get(&b.name).is_some());
+        e["status"] = json!(format!("rule file has errors: {}", b.consequence()));
         e["file"] = json!(b.file.display().to_string());
+        e["last_good_in_force"] = json!(b.last_good);
         e["rule_errors"] = json!(b.errors.iter().map(|d| d.to_string()).collect::<Vec<_>>());
         out.insert(b.name.clone(), e);
     }

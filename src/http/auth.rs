@@ -6,8 +6,11 @@
 //! not. Each wrong token is logged (address and where), never the token; the count
 //! bounds the log lines too.
 //!
-//! `Sessions`: a `/ui` session cookie is `EXPIRES.ID.MAC`, the MAC under the admin
-//! token (a new token ends every session) over the expiry, a random session ID and a
+//! `Role`: the admin token may do everything; `[admin] preview_token` may look and
+//! preview only.
+//!
+//! `Sessions`: a `/ui` session cookie is `EXPIRES.ID.MAC`, the MAC under the token it
+//! logged in with (its role; a new token ends every session) over the expiry, a random session ID and a
 //! key drawn at start (a restart ends every session). `POST /ui/logout` revokes the
 //! session's ID until its expiry: the old cookie no longer opens anything.
 
@@ -19,6 +22,44 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
+
+/// Who a token or a `/ui` session belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `[admin] token`: everything.
+    Admin,
+    /// `[admin] preview_token`: look and preview; no replay, reload, dead letters,
+    /// deliveries or metrics.
+    Preview,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Preview => "preview",
+        }
+    }
+}
+
+/// The role whose token `given` is (compared in constant time with each), if any.
+pub fn role_of(given: &str, admin: &str, preview: Option<&str>) -> Option<Role> {
+    let same = |t: &str| {
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_bytes(),
+            t.as_bytes(),
+        ))
+    };
+    let is_admin = same(admin);
+    let is_preview = preview.is_some_and(same);
+    if is_admin {
+        Some(Role::Admin)
+    } else if is_preview {
+        Some(Role::Preview)
+    } else {
+        None
+    }
+}
 
 /// Wrong tokens one address may send within `WINDOW`.
 pub const MAX_FAILURES: u32 = 10;
@@ -185,6 +226,19 @@ mod tests {
         s.revoke(&good, token, now);
         assert!(s.valid(&good, token, now).is_none(), "logged out");
         assert!(s.valid(&other, token, now).is_some(), "other sessions stay");
+    }
+
+    #[test]
+    fn each_token_has_its_role() {
+        let (admin, preview) = ("admin-token-0123456789", "preview-token-0123456789");
+        assert_eq!(role_of(admin, admin, Some(preview)), Some(Role::Admin));
+        assert_eq!(role_of(preview, admin, Some(preview)), Some(Role::Preview));
+        assert_eq!(role_of(preview, admin, None), None);
+        assert_eq!(role_of("", admin, Some(preview)), None);
+        assert_eq!(
+            role_of("wrong-token-0123456789", admin, Some(preview)),
+            None
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod body;
 pub mod conn;
 pub mod frames;
 pub mod peers;
+pub mod recent;
 pub mod routes;
 pub mod tls;
 pub mod ui;
@@ -59,6 +60,8 @@ pub struct Edge {
     pub attempts: auth::Attempts,
     /// The preview page's sessions.
     pub sessions: auth::Sessions,
+    /// The live view: the last events' fates (names and fates, no values).
+    pub recent: recent::Recent,
     /// Tasks a request leaves behind (reading what is left of a refused body):
     /// `serve` waits for them on shutdown.
     pub tasks: tokio_util::task::TaskTracker,
@@ -73,6 +76,7 @@ impl Edge {
             peers: Peers::new(&limits),
             attempts: auth::Attempts::default(),
             sessions: auth::Sessions::default(),
+            recent: recent::Recent::default(),
             limits,
             relay,
             tasks: tokio_util::task::TaskTracker::new(),

@@ -105,6 +105,9 @@ async fn metrics(edge: &Edge) -> HttpResponse {
         .map(|b| (b.name.clone(), b.errors.len()))
         .collect();
     relay.metrics.set_rule_errors(&broken);
+    relay
+        .metrics
+        .set_store_ready(relay.store.ready().await.is_ok());
     let queued: Vec<String> = counts
         .iter()
         .filter(|c| c.queued > 0)
@@ -434,6 +437,9 @@ async fn process(
     };
     drop(signed);
     let rules = relay.rules.current();
+    // The live view's record of these events (names and fates only), kept below once
+    // the store has answered.
+    let recent = edge.recent.prepare(&rules, &parsed, now);
     let cx = AcceptContext {
         rules: &rules,
         dedupe: &relay.dedupe,
@@ -445,6 +451,7 @@ async fn process(
             for d in &report.destinations {
                 relay.deliverer.notify(d);
             }
+            edge.recent.commit(recent, &report.results);
             relay.metrics.ingest_accepted(
                 report.accepted,
                 report.duplicates,

@@ -62,11 +62,18 @@ pub fn parse_events(
             let value: Value = serde_json::from_slice::<Strict>(body)
                 .map(|s| s.0)
                 .map_err(|e| {
+                    let text = e.to_string();
+                    let what = strip_position(&text);
+                    // One JSON value per line sent as application/json: say what to send.
+                    let hint = if what.starts_with("trailing characters") && e.line() > 1 {
+                        "; one event per line is NDJSON: send it with Content-Type: application/x-ndjson (or send a JSON array)"
+                    } else {
+                        ""
+                    };
                     BodyError::Unparseable(format!(
-                        "invalid JSON at line {}, column {}: {}",
+                        "invalid JSON at line {}, column {}: {what}{hint}",
                         e.line(),
                         e.column(),
-                        strip_position(&e.to_string())
                     ))
                 })?;
             match value {
@@ -286,6 +293,13 @@ mod tests {
 
     #[test]
     fn unparseable_bodies_name_the_position() {
+        match parse_events(b"{\"a\":1}\n{\"a\":2}\n", Framing::Json, 10, now()) {
+            Err(BodyError::Unparseable(m)) => assert_eq!(
+                m,
+                "invalid JSON at line 2, column 1: trailing characters; one event per line is NDJSON: send it with Content-Type: application/x-ndjson (or send a JSON array)"
+            ),
+            other => panic!("{other:?}"),
+        }
         let e = parse_events(b"{\n  \"event_id\": ,\n}", Framing::Json, 10, now());
         match e {
             Err(BodyError::Unparseable(m)) => {

@@ -90,17 +90,26 @@ impl EventOutcome {
 /// The `result` of `postback_relay_rule_reloads_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReloadResult {
+    /// Every rule file is valid and in force.
     Ok,
-    /// The change had errors: the rules in force stayed.
+    /// The valid files applied; each file with errors keeps its last good version
+    /// (or stays out if none loaded).
+    Partial,
+    /// Nothing changed (strict, or the rules directory unreadable).
     Failed,
 }
 
 impl ReloadResult {
-    pub const ALL: [ReloadResult; 2] = [ReloadResult::Ok, ReloadResult::Failed];
+    pub const ALL: [ReloadResult; 3] = [
+        ReloadResult::Ok,
+        ReloadResult::Partial,
+        ReloadResult::Failed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ReloadResult::Ok => "ok",
+            ReloadResult::Partial => "partial",
             ReloadResult::Failed => "failed",
         }
     }
@@ -204,6 +213,7 @@ fn schema() -> Vec<(&'static str, Vec<Label>)> {
             ],
         ),
         ("postback_relay_rule_file_errors", vec![dest]),
+        ("postback_relay_store_ready", vec![]),
         ("postback_relay_store_commit_duration_seconds", vec![]),
         ("postback_relay_store_commit_operations", vec![]),
         (
@@ -355,7 +365,7 @@ mod tests {
         m.ingest_accepted(1, 0, 0, Duration::from_millis(1));
         m.attempt("aff", AttemptOutcome::Delivered, Duration::from_millis(1));
         m.request("aff", 1, Duration::from_millis(1));
-        m.rule_reload(true);
+        m.rule_reload(ReloadResult::Ok);
         m.store_commit(1, Duration::from_millis(1));
         m.connection_opened(LISTENERS[0]);
         m.accept_error(LISTENERS[0]);

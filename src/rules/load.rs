@@ -79,6 +79,7 @@ pub fn load_dir(
                 name,
                 file: path,
                 errors,
+                last_good: false,
             }),
         }
     }
@@ -613,6 +614,8 @@ fn read_when(sec: &Section<'_>, prefix: &str, when: &mut When, known: &Known<'_>
         known.check(sec.doc, f.key_span.clone(), &field, "[when]", NEVER);
         for (v, span) in &values {
             known.check_case(sec.doc, span.clone(), &field, v);
+            known.check_usual(sec.doc, span.clone(), &field, v);
+            known.check_type(sec.doc, span.clone(), &field, v);
         }
         let values = values.into_iter().map(|(v, _)| v).collect();
         push_condition(

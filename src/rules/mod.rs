@@ -319,8 +319,10 @@ impl LoadOptions {
     }
 }
 
-/// A rule file with errors: its destination gets no new deliveries, and what is
-/// already queued for it waits (it is not dead-lettered) until the file is fixed.
+/// A rule file with errors. If an earlier version of it loaded in this process, that
+/// last good version stays in force (`last_good`); otherwise its destination gets no
+/// new deliveries, and what is already queued for it waits (it is not
+/// dead-lettered) until the file is fixed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
     /// The destination's name (the file name without `.toml`).
@@ -328,6 +330,20 @@ pub struct Broken {
     pub file: PathBuf,
     /// Every error of the file, located.
     pub errors: Vec<Diagnostic>,
+    /// Whether the file's last good version (loaded earlier by this process) is in
+    /// force: listed by `destinations()` or `disabled()` under the same name.
+    pub last_good: bool,
+}
+
+impl Broken {
+    /// What the relay does about this file, for logs, `/admin/destinations` and `/ui`.
+    pub fn consequence(&self) -> &'static str {
+        if self.last_good {
+            "its last good version stays in force until the file is fixed"
+        } else {
+            "nothing is sent to this destination (no new deliveries; its queue waits) until the file is fixed"
+        }
+    }
 }
 
 /// Every rule file of a directory, compiled. Immutable: share it as `Arc<RuleSet>`.
@@ -373,6 +389,31 @@ impl RuleSet {
     /// Rule files with errors, in name order.
     pub fn broken(&self) -> &[Broken] {
         &self.broken
+    }
+
+    /// The entry of `name` if its rule file has errors.
+    pub fn broken_file(&self, name: &str) -> Option<&Broken> {
+        self.broken.iter().find(|b| b.name == name)
+    }
+
+    /// Each file with errors here that loaded in `before` (itself, or its last good
+    /// version kept there) keeps that version in force: each rule file lives on its
+    /// own, and a mistake in one never holds back the others' changes.
+    pub(crate) fn keep_last_good(&mut self, before: &RuleSet) {
+        for b in &mut self.broken {
+            let enabled = before.get(&b.name);
+            let Some(d) = enabled.or_else(|| before.find(&b.name)) else {
+                continue;
+            };
+            let list = if enabled.is_some() {
+                &mut self.destinations
+            } else {
+                &mut self.disabled
+            };
+            let at = list.partition_point(|x| x.name < b.name);
+            list.insert(at, Arc::clone(d));
+            b.last_good = true;
+        }
     }
 
     /// Every error of every broken file.

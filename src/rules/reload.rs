@@ -1,14 +1,15 @@
-//! Hot reload: the rules in force, swapped whole, only for a set without new errors.
+//! Hot reload: the rules in force, swapped whole, file by file.
 //!
 //! Owns: `RulesHandle` (the shared current `RuleSet`, and `reload`) and the file
 //! watcher that calls it (debounced). SIGHUP and `POST /admin/reload` are wired by
 //! the caller to `RulesHandle::reload`. Never: logs event data (there is none here),
-//! and never leaves a half-applied change: on a new error the old rules stay.
+//! and never leaves a half-applied file.
 //!
-//! Lenient (the default for `serve`): a file that already had errors in the rules in
-//! force stays a `Broken` entry and does not block changes to the others; a file
-//! that was valid, or is new, and has errors refuses the change. Strict (`serve
-//! --strict`): any error refuses the change, and the first load.
+//! Lenient (the default for `serve`): each rule file lives on its own, at start and
+//! at reload alike. A valid file applies; a file with errors is a `Broken` entry and
+//! keeps its last good version in force if one loaded earlier in this process (at
+//! start none has: it stays out). Strict (`serve --strict`): any error refuses the
+//! change, and the first load.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -112,7 +113,7 @@ impl RulesHandle {
     }
 
     /// The rule files as they are on disk now, read leniently, without touching the
-    /// rules in force (what the preview page shows as the current errors).
+    /// rules in force (what `reload` then applies).
     pub fn read_disk(&self) -> Result<RuleSet, Vec<Diagnostic>> {
         RuleSet::load_dir_lenient(&self.inner.dir, self.env(), &self.inner.options)
     }
@@ -131,24 +132,22 @@ impl RulesHandle {
         Arc::clone(&guard)
     }
 
-    /// Re-loads the directory; swaps the rules atomically unless a file has errors
-    /// that the rules in force did not already have (strict: unless any file has
-    /// errors). Refused, the rules in force stay and every diagnostic is returned.
+    /// Re-loads the directory and swaps the rules atomically. Lenient: every valid
+    /// file applies; each file with errors keeps its last good version (see
+    /// `RuleSet::keep_last_good`) and is listed by `broken()`. `Err` (nothing
+    /// changes) only when the directory cannot be read, or, strict, when any file
+    /// has errors.
     pub fn reload(&self) -> Result<(), Vec<Diagnostic>> {
         let _one_at_a_time = self
             .inner
             .reloading
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let rules = self.read_disk()?;
-        let before = self.current();
-        let newly_broken = rules
-            .broken()
-            .iter()
-            .any(|b| self.inner.strict || !before.broken().iter().any(|o| o.name == b.name));
-        if newly_broken {
+        let mut rules = self.read_disk()?;
+        if self.inner.strict && !rules.broken().is_empty() {
             return Err(rules.errors());
         }
+        rules.keep_last_good(&self.current());
         let mut current = self
             .inner
             .current
@@ -193,8 +192,8 @@ impl RulesHandle {
     }
 }
 
-/// Logs each file with errors (every error located) and each warning: the relay
-/// runs without those destinations until their files are fixed.
+/// Logs each file with errors (every error located, and what the relay does about
+/// it) and each warning; the same lines at start and after every reload.
 pub fn log_broken(rules: &RuleSet) {
     for b in rules.broken() {
         for d in &b.errors {
@@ -202,8 +201,11 @@ pub fn log_broken(rules: &RuleSet) {
         }
         tracing::error!(
             destination = %b.name,
+            file = %b.file.display(),
             errors = b.errors.len(),
-            "rule file has errors: this destination gets no new deliveries and its queue waits until the file is fixed"
+            last_good_in_force = b.last_good,
+            "rule file has errors: {}",
+            b.consequence()
         );
     }
     for w in rules.warnings() {
@@ -329,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn lenient_a_broken_file_does_not_block_the_others_and_a_new_error_is_refused() {
+    fn lenient_each_file_lives_on_its_own_and_a_broken_one_keeps_its_last_good_version() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("aff.toml"), GOOD).unwrap();
         std::fs::write(dir.path().join("bad.toml"), GOOD.replace("method", "methd")).unwrap();
@@ -338,6 +340,7 @@ mod tests {
         let rules = handle.current();
         assert_eq!(rules.destinations().len(), 1);
         assert_eq!(rules.broken()[0].name, "bad");
+        assert!(!rules.broken()[0].last_good, "never loaded: it stays out");
         assert!(rules.has_file("bad"));
         assert!(rules.broken()[0].errors[0]
             .to_string()
@@ -348,11 +351,32 @@ mod tests {
         handle.reload().unwrap();
         assert_eq!(handle.current().destinations().len(), 2);
 
-        // A file that was valid breaks: refused whole.
-        let before = handle.current();
+        // A valid file breaks while another changes: the change applies, and the
+        // broken one keeps its last good version in force (through a second reload too).
+        let c_url = GOOD.replace("a.example", "c.example");
         std::fs::write(dir.path().join("b.toml"), "nonsense").unwrap();
-        assert!(handle.reload().is_err());
-        assert!(Arc::ptr_eq(&before, &handle.current()));
+        std::fs::write(dir.path().join("aff.toml"), &c_url).unwrap();
+        for _ in 0..2 {
+            handle.reload().unwrap();
+            let now = handle.current();
+            let names: Vec<_> = now.destinations().iter().map(|d| d.name.as_str()).collect();
+            assert_eq!(names, ["aff", "b"]);
+            assert_eq!(
+                now.get("aff").unwrap().url_host().as_deref(),
+                Some("c.example")
+            );
+            let b = now.broken_file("b").expect("b is reported broken");
+            assert!(
+                b.last_good && b.errors[0].to_string().contains("b.toml:1:"),
+                "{b:?}"
+            );
+            assert!(!now.broken_file("bad").unwrap().last_good);
+        }
+
+        // Strict: any error refuses the change whole.
+        let strict = RulesHandle::new(dir.path(), env(), RuleSet::empty());
+        assert!(strict.reload().is_err());
+        assert!(strict.current().destinations().is_empty());
 
         // Both fixed: everything in force.
         std::fs::write(dir.path().join("b.toml"), GOOD).unwrap();

@@ -25,6 +25,9 @@ pub const KEY_FILE: &str = "dedupe.key";
 /// Beside the store: the number of a group commit known to be on disk (`commit` in
 /// `meta` is at least this, unless the journal lost commits).
 pub const MARK_FILE: &str = "store.mark";
+/// Beside the store: its format number (`layout::FORMAT`), readable without opening
+/// it; a relay that reads another format refuses the directory naming both.
+pub const FORMAT_FILE: &str = "store_format";
 /// The previous version's store file.
 const LEGACY_FILE: &str = "relay.redb";
 /// Written by the engine when it creates a database; its absence next to other files
@@ -196,6 +199,57 @@ pub fn check_layout(data_dir: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Refuses a data directory whose `store_format` names another format than this
+/// version reads, before the engine opens anything. No file: nothing to check
+/// (a new directory, or one from before the file; `write_format_file` adds it).
+pub fn check_format_file(data_dir: &Path) -> Result<(), String> {
+    let path = data_dir.join(FORMAT_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let ours = layout::FORMAT;
+    let version = env!("CARGO_PKG_VERSION");
+    match text.trim().parse::<u32>() {
+        Ok(n) if n == ours => Ok(()),
+        Ok(n) if n > ours => Err(format!(
+            "{} says store format {n}, and this version of postback-relay ({version}) reads store format {ours}: \
+             the data directory was written by a newer version. Run that version or a newer one, \
+             or restore a backup of the data directory made by this one",
+            path.display()
+        )),
+        Ok(n) => Err(format!(
+            "{} says store format {n}, and this version of postback-relay ({version}) reads store format {ours}: \
+             follow the upgrade notes in the CHANGELOG from format {n}, or run the version that wrote it",
+            path.display()
+        )),
+        Err(_) => Err(format!(
+            "{} does not hold a store format number; this version of postback-relay ({version}) \
+             writes {ours}. Restore the file from a backup of the data directory",
+            path.display()
+        )),
+    }
+}
+
+/// Writes `store_format` once the store has opened (durably: a temporary file,
+/// fsync'd, renamed), unless it is there.
+pub fn write_format_file(data_dir: &Path) -> Result<(), String> {
+    let path = data_dir.join(FORMAT_FILE);
+    if path.exists() {
+        return Ok(());
+    }
+    let tmp = data_dir.join(format!(".{FORMAT_FILE}.tmp"));
+    let write = || -> io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(format!("{}\n", layout::FORMAT).as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        fs::File::open(data_dir)?.sync_all()
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 pub fn damaged(db_dir: &Path, what: &str) -> String {

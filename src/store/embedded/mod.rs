@@ -191,6 +191,7 @@ impl EmbeddedStore {
         let refuse = StoreError::Unavailable;
         engine::prepare_dir(&opts.data_dir).map_err(refuse)?;
         engine::check_layout(&opts.data_dir).map_err(refuse)?;
+        engine::check_format_file(&opts.data_dir).map_err(refuse)?;
         let secret =
             engine::load_or_create_secret(&opts.data_dir.join(engine::KEY_FILE)).map_err(refuse)?;
         let engine = Engine::open(&opts.data_dir).map_err(refuse)?;
@@ -201,6 +202,7 @@ impl EmbeddedStore {
         engine
             .verify_tables(&opts.data_dir.join(engine::DB_DIR), &loaded)
             .map_err(refuse)?;
+        engine::write_format_file(&opts.data_dir).map_err(refuse)?;
         let shared = Arc::new(Shared {
             engine: RwLock::new(Some(Arc::new(engine))),
             broken: Mutex::new(None),

@@ -607,3 +607,43 @@ async fn open_time_with_a_backlog() {
         drop(s);
     }
 }
+
+#[tokio::test]
+async fn a_data_directory_of_another_store_format_is_refused_naming_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(open(dir.path()));
+    let file = dir.path().join(engine::FORMAT_FILE);
+    assert_eq!(fs::read_to_string(&file).expect("written"), "1\n");
+    // A store from before the file gets it at its next open.
+    fs::remove_file(&file).expect("remove");
+    drop(open(dir.path()));
+    assert!(file.exists());
+    for (text, says) in [
+        (
+            "2\n",
+            "says store format 2, and this version of postback-relay",
+        ),
+        (
+            "0\n",
+            "follow the upgrade notes in the CHANGELOG from format 0",
+        ),
+        ("garbage", "does not hold a store format number"),
+    ] {
+        fs::write(&file, text).expect("write");
+        let e = refused(dir.path());
+        assert!(
+            e.contains(&file.display().to_string()) && e.contains(says),
+            "{text}: {e}"
+        );
+    }
+    let e = {
+        fs::write(&file, "2\n").expect("write");
+        refused(dir.path())
+    };
+    assert!(
+        e.contains("reads store format 1") && e.contains("newer version"),
+        "{e}"
+    );
+    fs::write(&file, "1\n").expect("write");
+    drop(open(dir.path()));
+}
