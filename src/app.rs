@@ -206,6 +206,7 @@ pub async fn start(config: Config, env: Arc<dyn Env + Send + Sync>) -> Result<Ru
         custom_fields: config.custom_fields.clone(),
         allow_private_networks: config.allow_private_networks,
         today: None,
+        keep_last_good: Some(config.data_dir.join(crate::rules::KEPT_DIR)),
     };
     // Lenient unless --strict: a rule file with errors never stops intake for the
     // other partners; it is logged, shown in /admin/destinations and /metrics.

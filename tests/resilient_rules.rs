@@ -1,5 +1,5 @@
 //! A rule file with errors never stops the relay: it starts with every valid
-//! destination, delivers to them, names the broken file and line in
+//! destination (and the broken file's last good version, kept from an earlier run), delivers to them, names the broken file and line in
 //! `/admin/destinations` and `/metrics`, keeps the broken destination's queue waiting
 //! (not dead-lettered), and picks up the fix by file watch. `--strict` (here `[rules]
 //! strict`) refuses to start, as before.
@@ -44,10 +44,29 @@ async fn a_broken_rule_file_leaves_the_others_running_and_its_queue_waits_for_th
     assert!(other.wait_for_requests(1, Duration::from_secs(10)).await);
     let dir = relay.stop().await;
 
-    // `other.toml` breaks while the relay is down; the next start goes on without it.
-    std::fs::write(
-        dir.path().join("rules/other.toml"),
-        broken(&other.url("/o?c={click_id}")),
+    // `other.toml` breaks while the relay is down: the next start keeps its last good
+    // version (kept in the data directory), as a reload would, and says so.
+    let file = dir.path().join("rules/other.toml");
+    std::fs::write(&file, broken(&other.url("/o?c={click_id}"))).unwrap();
+    let relay = TestRelay::start_in(dir, &[("good", &good_rule)], "").await;
+    let d = destination(&relay, "other").await;
+    assert_eq!(
+        (&d["enabled"], &d["last_good_in_force"], &d["state"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(true),
+            &serde_json::json!("broken")
+        ),
+        "{d}"
+    );
+    let dir = relay.stop().await;
+
+    // Without a kept version (a data directory restored from a backup without
+    // `rules-last-good`, or one from before it existed) the start goes on without it.
+    std::fs::remove_dir_all(
+        dir.path()
+            .join("data")
+            .join(postback_relay::rules::KEPT_DIR),
     )
     .unwrap();
     let relay = TestRelay::start_in(dir, &[("good", &good_rule)], "").await;
@@ -60,8 +79,8 @@ async fn a_broken_rule_file_leaves_the_others_running_and_its_queue_waits_for_th
 
     let d = destination(&relay, "other").await;
     assert_eq!(d["enabled"], false, "{d}");
+    assert_eq!(d["last_good_in_force"], false, "{d}");
     let errors = d["rule_errors"].as_array().cloned().unwrap_or_default();
-    let file = relay.rules_dir().join("other.toml");
     let want = format!(
         "{}:3:1: unknown key `methd` in [destination]",
         file.display()

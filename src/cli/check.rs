@@ -45,6 +45,7 @@ pub fn run(
         custom_fields,
         allow_private_networks: loaded.as_ref().is_some_and(|c| c.allow_private_networks),
         today: None,
+        keep_last_good: None,
     };
     let set = match RuleSet::load_dir_lenient(&rules_dir, &rules_env(policy), &options) {
         Ok(set) => set,

@@ -10,9 +10,9 @@
 //! rules to events (`apply`, `template`) and never reads the environment directly
 //! (`diag::Source` substitutes `${NAME}` through the `Env` it is given).
 
+use std::collections::HashSet;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
 
 use toml_edit::{Item, Value as TomlValue};
 
@@ -21,6 +21,7 @@ use crate::outbound::{Credentials, DeliverySettings, SuccessRule};
 use crate::toml_reader::{Doc, Section};
 
 use super::apply::{Condition, Consent, Coverage, Privacy, Rename, When};
+use super::kept::Kept;
 use super::normalize::FieldKind;
 use super::presets::Preset;
 use super::template::Params;
@@ -54,13 +55,22 @@ pub fn load_dir(
     options: &LoadOptions,
 ) -> Result<RuleSet, Vec<Diagnostic>> {
     let mut set = RuleSet::default();
+    let kept = options.keep_last_good.as_deref().map(Kept::new);
+    let mut names = HashSet::new();
     for path in rule_files(dir)? {
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
+        names.insert(name.clone());
         let outcome = match read_rule_file(&path) {
-            Ok(text) => load_file(&path, text, env, options),
+            Ok(text) => {
+                let outcome = load_file(&path, text.clone(), env, options);
+                if let (Some(kept), Ok(_)) = (&kept, &outcome.result) {
+                    kept.save(&name, &text);
+                }
+                outcome
+            }
             Err(e) => FileOutcome {
                 result: Err(vec![Diagnostic {
                     file: path.clone(),
@@ -73,15 +83,33 @@ pub fn load_dir(
         };
         set.warnings.extend(outcome.warnings);
         match outcome.result {
-            Ok((d, true)) => set.destinations.push(Arc::new(d)),
-            Ok((d, false)) => set.disabled.push(Arc::new(d)),
-            Err(errors) => set.broken.push(Broken {
-                name,
-                file: path,
-                errors,
-                last_good: false,
-            }),
+            Ok((d, enabled)) => set.push(d, enabled),
+            Err(errors) => {
+                // The file's last good version, kept from an earlier load (this run
+                // or an earlier one), stays in force if it still loads as it is now
+                // (the environment and the config may have changed since).
+                let last_good = kept
+                    .as_ref()
+                    .and_then(|k| k.read(&name))
+                    .and_then(|text| load_file(&path, text, env, options).result.ok());
+                let last_good = match last_good {
+                    Some((d, enabled)) => {
+                        set.push(d, enabled);
+                        true
+                    }
+                    None => false,
+                };
+                set.broken.push(Broken {
+                    name,
+                    file: path,
+                    errors,
+                    last_good,
+                })
+            }
         }
+    }
+    if let Some(kept) = &kept {
+        kept.retain(&names);
     }
     Ok(set)
 }

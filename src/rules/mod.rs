@@ -16,6 +16,7 @@ mod apply;
 mod explain;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod kept;
 mod load;
 mod normalize;
 mod presets;
@@ -37,6 +38,7 @@ pub use apply::Skip;
 pub(crate) use explain::Explanation;
 #[cfg(test)]
 use explain::FieldFate;
+pub use kept::KEPT_DIR;
 pub(crate) use load::compile_draft;
 pub use normalize::{hash_str, sha256_hex, truncate_ip, FieldKind, HashStyle};
 pub use presets::NAMES as PRESET_NAMES;
@@ -310,6 +312,10 @@ pub struct LoadOptions {
     /// The day pinned partner API versions are judged on (sunset passed: error;
     /// within 60 days: warning); `None`: today, from the clock.
     pub today: Option<chrono::NaiveDate>,
+    /// Where each rule file's last good text is kept (`serve`: `data_dir/rules-last-good`),
+    /// so a file broken at a start keeps that version in force, as after a reload.
+    /// `None` (`check`, `preview`): nothing is kept or read.
+    pub keep_last_good: Option<std::path::PathBuf>,
 }
 
 impl LoadOptions {
@@ -319,10 +325,10 @@ impl LoadOptions {
     }
 }
 
-/// A rule file with errors. If an earlier version of it loaded in this process, that
-/// last good version stays in force (`last_good`); otherwise its destination gets no
-/// new deliveries, and what is already queued for it waits (it is not
-/// dead-lettered) until the file is fixed.
+/// A rule file with errors. If an earlier version of it loaded (in this process, or
+/// in an earlier one that kept it in `data_dir`), that last good version stays in
+/// force (`last_good`); otherwise its destination gets no new deliveries, and what is
+/// already queued for it waits (it is not dead-lettered) until the file is fixed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broken {
     /// The destination's name (the file name without `.toml`).
@@ -330,8 +336,9 @@ pub struct Broken {
     pub file: PathBuf,
     /// Every error of the file, located.
     pub errors: Vec<Diagnostic>,
-    /// Whether the file's last good version (loaded earlier by this process) is in
-    /// force: listed by `destinations()` or `disabled()` under the same name.
+    /// Whether the file's last good version (loaded earlier by this process, or kept
+    /// in `data_dir` by an earlier one) is in force: listed by `destinations()` or
+    /// `disabled()` under the same name.
     pub last_good: bool,
 }
 
@@ -396,15 +403,29 @@ impl RuleSet {
         self.broken.iter().find(|b| b.name == name)
     }
 
+    /// Adds a compiled destination, enabled or disabled (files are loaded in name
+    /// order, so the lists stay sorted).
+    pub(crate) fn push(&mut self, d: Destination, enabled: bool) {
+        let list = if enabled {
+            &mut self.destinations
+        } else {
+            &mut self.disabled
+        };
+        list.push(Arc::new(d));
+    }
+
     /// Each file with errors here that loaded in `before` (itself, or its last good
-    /// version kept there) keeps that version in force: each rule file lives on its
-    /// own, and a mistake in one never holds back the others' changes.
+    /// version kept there) keeps that very version in force, in place of any copy
+    /// read back from `data_dir`: each rule file lives on its own, and a mistake in
+    /// one never holds back the others' changes.
     pub(crate) fn keep_last_good(&mut self, before: &RuleSet) {
         for b in &mut self.broken {
             let enabled = before.get(&b.name);
             let Some(d) = enabled.or_else(|| before.find(&b.name)) else {
                 continue;
             };
+            self.destinations.retain(|x| x.name != b.name);
+            self.disabled.retain(|x| x.name != b.name);
             let list = if enabled.is_some() {
                 &mut self.destinations
             } else {

@@ -7,8 +7,10 @@
 //!
 //! Lenient (the default for `serve`): each rule file lives on its own, at start and
 //! at reload alike. A valid file applies; a file with errors is a `Broken` entry and
-//! keeps its last good version in force if one loaded earlier in this process (at
-//! start none has: it stays out). Strict (`serve --strict`): any error refuses the
+//! keeps its last good version in force if one loaded earlier, in this process or in
+//! an earlier one (kept in `data_dir/rules-last-good`, see `kept`); the same files
+//! give the same state after a reload and after a restart. Only a file that never
+//! loaded stays out. Strict (`serve --strict`): any error refuses the
 //! change, and the first load.
 
 use std::path::{Path, PathBuf};
@@ -384,6 +386,54 @@ mod tests {
         handle.reload().unwrap();
         assert_eq!(handle.current().destinations().len(), 3);
         assert!(handle.current().broken().is_empty());
+    }
+
+    #[test]
+    fn a_restart_keeps_the_same_last_good_version_as_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules_dir = dir.path().join("rules");
+        std::fs::create_dir(&rules_dir).unwrap();
+        let options = LoadOptions {
+            keep_last_good: Some(dir.path().join("data").join(super::super::KEPT_DIR)),
+            ..LoadOptions::default()
+        };
+        let open = || RulesHandle::open(&rules_dir, env(), options.clone(), false).unwrap();
+        std::fs::write(rules_dir.join("aff.toml"), GOOD).unwrap();
+        std::fs::write(rules_dir.join("gone.toml"), GOOD).unwrap();
+        let first = open();
+        assert_eq!(first.current().destinations().len(), 2);
+
+        // aff breaks and gone is removed; a reload, then a restart, with these files.
+        let c_url = GOOD.replace("a.example", "c.example");
+        std::fs::write(rules_dir.join("aff.toml"), &c_url).unwrap();
+        first.reload().unwrap();
+        std::fs::write(rules_dir.join("aff.toml"), "nonsense").unwrap();
+        std::fs::remove_file(rules_dir.join("gone.toml")).unwrap();
+        first.reload().unwrap();
+        let restarted = open();
+        for rules in [first.current(), restarted.current()] {
+            let names: Vec<_> = rules
+                .destinations()
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect();
+            assert_eq!(names, ["aff"], "gone stays gone: {:?}", rules.broken());
+            assert_eq!(
+                rules.get("aff").unwrap().url_host().as_deref(),
+                Some("c.example"),
+                "the last good version, not the first"
+            );
+            let b = rules.broken_file("aff").expect("aff is reported broken");
+            assert!(
+                b.last_good && b.errors[0].to_string().contains("aff.toml:1:"),
+                "{b:?}"
+            );
+        }
+
+        // Without a kept copy (`check`, or a first start on this file): it stays out.
+        let unkept = RulesHandle::open(&rules_dir, env(), LoadOptions::default(), false).unwrap();
+        assert!(unkept.current().destinations().is_empty());
+        assert!(!unkept.current().broken_file("aff").unwrap().last_good);
     }
 
     #[test]
