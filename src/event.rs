@@ -26,6 +26,27 @@ pub struct Event {
 }
 
 impl Event {
+    /// Dotted paths of the event's fields, in order: every value that is not a
+    /// non-empty object (a list counts as one field). Names only, never a value.
+    pub fn field_paths(&self) -> Vec<String> {
+        fn walk(prefix: &str, fields: &Map<String, Value>, out: &mut Vec<String>) {
+            for (k, v) in fields {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    Value::Object(inner) if !inner.is_empty() => walk(&path, inner, out),
+                    _ => out.push(path),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &self.fields, &mut out);
+        out
+    }
+
     /// Validates one JSON value as an event. The error names the field.
     pub fn from_value(value: Value, received: DateTime<Utc>) -> Result<Event, String> {
         let Value::Object(mut fields) = value else {

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::event::Event;
 use crate::ingest::body::Parsed;
@@ -200,8 +200,7 @@ fn fates(rules: &RuleSet, event: &Event, now: DateTime<Utc>) -> Value {
     } else {
         "reaches no destination: every enabled destination skipped it (reasons below)".to_string()
     };
-    let mut fields = Vec::new();
-    leaf_paths("", &event.fields, &mut fields);
+    let fields = event.field_paths();
     json!({
         "received_at": now.to_rfc3339_opts(SecondsFormat::Millis, true),
         "status": "accepted",
@@ -224,21 +223,6 @@ fn reason(skip: &Skip) -> String {
                 .join(", ")
         ),
         other => other.to_string(),
-    }
-}
-
-/// Dotted paths of the event's fields (lists count as one field).
-fn leaf_paths(prefix: &str, fields: &Map<String, Value>, out: &mut Vec<String>) {
-    for (k, v) in fields {
-        let path = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match v {
-            Value::Object(inner) if !inner.is_empty() => leaf_paths(&path, inner, out),
-            _ => out.push(path),
-        }
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::event::Event;
 
@@ -83,9 +83,8 @@ impl Destination {
             (c.require.clone(), given)
         });
         let drops = self.privacy.consent_drops(&event.fields);
-        let mut leaves = Vec::new();
-        leaf_paths("", &event.fields, &mut leaves);
-        let fields = leaves
+        let fields = event
+            .field_paths()
             .into_iter()
             .map(|p| {
                 let fate = self.fate(&p, &drops);
@@ -113,21 +112,6 @@ impl Destination {
             FieldFate::Truncated
         } else {
             FieldFate::Allowed
-        }
-    }
-}
-
-/// Dotted paths of every non-object value (lists count as one value).
-fn leaf_paths(prefix: &str, fields: &Map<String, Value>, out: &mut Vec<String>) {
-    for (k, v) in fields {
-        let path = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match v {
-            Value::Object(inner) if !inner.is_empty() => leaf_paths(&path, inner, out),
-            _ => out.push(path),
         }
     }
 }

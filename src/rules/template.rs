@@ -87,6 +87,17 @@ pub struct Params {
     pub lenient: bool,
 }
 
+impl Params {
+    /// Meta's `action_source` as the rule sets it (`params.action_source`), else the
+    /// preset's default, `website`.
+    pub fn meta_action_source(&self) -> &str {
+        self.values
+            .get("action_source")
+            .map(String::as_str)
+            .unwrap_or("website")
+    }
+}
+
 /// A mistake in a template: byte offset in its text and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateError {

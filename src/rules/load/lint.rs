@@ -127,12 +127,7 @@ impl Rule<'_> {
     /// Meta (M8): website events need `client_user_agent`; app events need
     /// `app_data`, which the preset cannot fill (a `[body]` can).
     fn meta_required(&self) {
-        let source = self
-            .params
-            .values
-            .get("action_source")
-            .map(String::as_str)
-            .unwrap_or("website");
+        let source = self.params.meta_action_source();
         let allowed = |f: &str| self.privacy.allow.coverage(f) == Coverage::Allowed;
         if source == "website" && !allowed("user.user_agent") {
             self.doc.warn(self.preset_span.clone(), "Meta requires client_user_agent for website events, and this rule cannot fill it; add \"user.user_agent\" to `allow` (sent in clear)");

@@ -222,12 +222,7 @@ impl PresetCheck<'_> {
 
     /// Meta requires `event_source_url` for website events.
     fn meta_source_url(&self, privacy: &Privacy) {
-        let source = self
-            .params
-            .values
-            .get("action_source")
-            .map(String::as_str)
-            .unwrap_or("website");
+        let source = self.params.meta_action_source();
         if source == "website" && privacy.allow.coverage("page.url") != Coverage::Allowed {
             self.preset_field.error("Meta requires event_source_url for action_source \"website\"; add \"page.url\" to `allow` in [privacy] (or set params.action_source to where the conversions happen)");
         }

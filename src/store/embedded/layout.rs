@@ -213,7 +213,7 @@ pub fn seq_key(seq: u64) -> [u8; 8] {
 }
 
 pub fn parse_seq_key(k: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(k.get(..8)?.try_into().ok()?))
+    u64_value(k)
 }
 
 /// Key of a dead letter: destination, then sequence.
@@ -226,8 +226,7 @@ pub fn queue_key(dest: DestId, seq: u64) -> [u8; 10] {
 
 pub fn parse_queue_key(k: &[u8]) -> Option<(DestId, u64)> {
     let dest = u16::from_be_bytes(k.get(..2)?.try_into().ok()?);
-    let seq = u64::from_be_bytes(k.get(2..10)?.try_into().ok()?);
-    Some((dest, seq))
+    Some((dest, u64_value(k.get(2..)?)?))
 }
 
 /// A due time as an order-preserving unsigned number.

@@ -313,6 +313,22 @@ impl Inner {
         })
     }
 
+    /// `run`, again and again while a call moves a whole `BATCH` (the scripts that
+    /// move deliveries in batches, so none blocks Redis for long): the total moved.
+    /// `args` are the arguments before the batch size.
+    async fn run_batches(&self, script: &Script, args: Vec<Vec<u8>>) -> StoreResult<usize> {
+        let mut total = 0;
+        loop {
+            let mut call = args.clone();
+            call.extend(::redis::ToRedisArgs::to_redis_args(&BATCH));
+            let n: usize = self.run(script, call).await?;
+            total += n;
+            if n < BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
     /// `run`, with Redis's own error unclassified (`Err(Ok(_))`).
     async fn run_raw<T: redis::FromRedisValue>(
         &self,
@@ -409,18 +425,9 @@ impl Inner {
     async fn recover(&self) -> StoreResult<usize> {
         let mut total = 0;
         for dest in self.destinations().await? {
-            loop {
-                let n: usize = self
-                    .run(
-                        &self.scripts.recover,
-                        args![dest, self.opts.consumer, BATCH],
-                    )
-                    .await?;
-                total += n;
-                if n < BATCH {
-                    break;
-                }
-            }
+            total += self
+                .run_batches(&self.scripts.recover, args![dest, self.opts.consumer])
+                .await?;
         }
         Ok(total)
     }
@@ -813,15 +820,9 @@ impl Store for RedisStore {
         };
         let mut total = 0;
         for dest in dests {
-            loop {
-                let n: usize = i
-                    .run(&i.scripts.replay, args![now_ms, "dest", dest, BATCH])
-                    .await?;
-                total += n;
-                if n < BATCH {
-                    break;
-                }
-            }
+            total += i
+                .run_batches(&i.scripts.replay, args![now_ms, "dest", dest])
+                .await?;
         }
         i.committed(1, started);
         Ok(total)
@@ -896,16 +897,9 @@ impl Store for RedisStore {
     ) -> StoreResult<usize> {
         let i = &self.inner;
         let started = Instant::now();
-        let mut total = 0;
-        loop {
-            let n: usize = i
-                .run(&i.scripts.retire, args![destination, reason, now_ms, BATCH])
-                .await?;
-            total += n;
-            if n < BATCH {
-                break;
-            }
-        }
+        let total = i
+            .run_batches(&i.scripts.retire, args![destination, reason, now_ms])
+            .await?;
         i.committed(1, started);
         Ok(total)
     }
