@@ -186,6 +186,40 @@ async fn bisection_names_exactly_the_poisoned_events_wherever_they_are() {
     }
 }
 
+/// The bound the bisection is held to is the least any strategy can promise. A batch
+/// refused whole hides one bad event among `n`; each further request asks "is it among
+/// these?" and delivers its events when the answer is no. With `c` candidates and
+/// (`pending`) good events known but not yet delivered, the least worst-case number of
+/// requests is `f(1, pending) = pending as 0/1`, else `1 + min over a in 1..c of
+/// max(f(c - a, false), f(a, pending || a < c))` (send `a` candidates with the pending
+/// ones: if it passes, the bad event is among the other `c - a`, and nothing is left
+/// pending; if it fails, it is among the `a`, and the other `c - a` are left pending).
+/// That is `ceil(log2 n) + 1` for every `n` from 2 to 1,024: 11 for a batch of 1,000.
+#[test]
+fn no_strategy_needs_fewer_requests_than_the_bound() {
+    const N: usize = 1024;
+    // f[c][p]: p = 1 when good events are pending.
+    let mut f = vec![[0u32; 2]; N + 1];
+    f[1] = [0, 1];
+    for c in 2..=N {
+        for p in 0..2 {
+            f[c][p] = (1..c)
+                .map(|a| 1 + f[c - a][0].max(f[a][1]))
+                .min()
+                .unwrap_or(u32::MAX);
+        }
+    }
+    for (n, row) in f.iter().enumerate().skip(2) {
+        let bound = (n as f64).log2().ceil() as u32 + 1;
+        assert_eq!(row[0], bound, "batch of {n}");
+    }
+    assert_eq!(f[1000][0], 11);
+    assert_eq!(
+        f[16][0], 5,
+        "the bound `bisection_names_exactly...` holds to"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_whole_request_refused_again_and_again_is_retried_not_bisected_forever() {
     let partner = FakePartner::start().await.unwrap();
