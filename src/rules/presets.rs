@@ -53,6 +53,50 @@ pub struct Preset {
     pub batch: Option<(&'static str, usize)>,
 }
 
+/// The customer-information lists Snapchat's and Pinterest's Conversions APIs took
+/// from Meta's, key for key, each a list of normalised SHA-256 hashes (docs/partners.md
+/// S2, P1); what goes in them is `USER_LISTS_HASHED`.
+macro_rules! user_lists {
+    () => {
+        r#"em = ["{user.email}"]
+ph = ["{user.phone}"]
+fn = ["{user.first_name}"]
+ln = ["{user.last_name}"]
+ct = ["{user.city}"]
+st = ["{user.state}"]
+zp = ["{user.zip}"]
+country = ["{user.country}"]
+external_id = ["{user.external_id}"]
+"#
+    };
+}
+
+/// The fields `user_lists!` sends, which must be hashed.
+const USER_LISTS_HASHED: [&str; 9] = [
+    "user.email",
+    "user.phone",
+    "user.first_name",
+    "user.last_name",
+    "user.city",
+    "user.state",
+    "user.zip",
+    "user.country",
+    "user.external_id",
+];
+
+/// Pinterest hashes the mobile advertising IDs too (`hashed_maids`, P1).
+const PINTEREST_HASHED: [&str; 11] = {
+    let mut out = [""; 11];
+    let mut i = 0;
+    while i < USER_LISTS_HASHED.len() {
+        out[i] = USER_LISTS_HASHED[i];
+        i += 1;
+    }
+    out[9] = "device.idfa";
+    out[10] = "device.gaid";
+    out
+};
+
 const DAY: u64 = 86400;
 
 /// Meta Conversions API: up to 1,000 events in `data` (docs/partners.md).
@@ -417,7 +461,8 @@ userData = { userIdentifiers = [
         name: "snapchat_capi",
         method: Method::Post,
         format: Format::Json,
-        body: r#"
+        body: concat!(
+            r#"
 [[data]]
 event_name = "{event_name}"
 event_time = "{timestamp.unix}"
@@ -426,16 +471,9 @@ action_source = "{params.action_source}"
 event_source_url = "{page.url}"
 
 [data.user_data]
-em = ["{user.email}"]
-ph = ["{user.phone}"]
-fn = ["{user.first_name}"]
-ln = ["{user.last_name}"]
-ct = ["{user.city}"]
-st = ["{user.state}"]
-zp = ["{user.zip}"]
-country = ["{user.country}"]
-external_id = ["{user.external_id}"]
-client_ip_address = "{user.ip}"
+"#,
+            user_lists!(),
+            r#"client_ip_address = "{user.ip}"
 client_user_agent = "{user.user_agent}"
 sc_click_id = "{click_id}"
 
@@ -443,20 +481,11 @@ sc_click_id = "{click_id}"
 value = "{properties.value}"
 currency = "{properties.currency}"
 order_id = "{properties.order_id}"
-"#,
+"#
+        ),
         required_params: &[],
         default_params: &[("action_source", "WEB"), ("api_version", "v3")],
-        must_hash: &[
-            "user.email",
-            "user.phone",
-            "user.first_name",
-            "user.last_name",
-            "user.city",
-            "user.state",
-            "user.zip",
-            "user.country",
-            "user.external_id",
-        ],
+        must_hash: &USER_LISTS_HASHED,
         may_hash: &[],
         hash_style: HashStyle::Digits,
         answers: PartnerAnswers::SnapchatCapi,
@@ -481,7 +510,8 @@ order_id = "{properties.order_id}"
         name: "pinterest_capi",
         method: Method::Post,
         format: Format::Json,
-        body: r#"
+        body: concat!(
+            r#"
 [[data]]
 event_name = "{event_name}"
 action_source = "{params.action_source}"
@@ -490,16 +520,9 @@ event_id = "{event_id}"
 event_source_url = "{page.url}"
 
 [data.user_data]
-em = ["{user.email}"]
-ph = ["{user.phone}"]
-fn = ["{user.first_name}"]
-ln = ["{user.last_name}"]
-ct = ["{user.city}"]
-st = ["{user.state}"]
-zp = ["{user.zip}"]
-country = ["{user.country}"]
-external_id = ["{user.external_id}"]
-hashed_maids = ["{device.idfa}", "{device.gaid}"]
+"#,
+            user_lists!(),
+            r#"hashed_maids = ["{device.idfa}", "{device.gaid}"]
 client_ip_address = "{user.ip}"
 client_user_agent = "{user.user_agent}"
 
@@ -507,22 +530,11 @@ client_user_agent = "{user.user_agent}"
 value = "{properties.value}"
 currency = "{properties.currency}"
 order_id = "{properties.order_id}"
-"#,
+"#
+        ),
         required_params: &[],
         default_params: &[("action_source", "web"), ("api_version", "v5")],
-        must_hash: &[
-            "user.email",
-            "user.phone",
-            "user.first_name",
-            "user.last_name",
-            "user.city",
-            "user.state",
-            "user.zip",
-            "user.country",
-            "user.external_id",
-            "device.idfa",
-            "device.gaid",
-        ],
+        must_hash: &PINTEREST_HASHED,
         may_hash: &[],
         hash_style: HashStyle::Digits,
         answers: PartnerAnswers::PinterestCapi,
@@ -717,34 +729,48 @@ fn google_conversion(body: &mut Value) {
     };
     for c in conversions.iter_mut().filter_map(Value::as_object_mut) {
         // G8: `orderId` is a string field; a numeric order ID goes as its text.
-        if let Some(Value::Number(n)) = c.get("orderId") {
-            let text = n.to_string();
-            c.insert("orderId".into(), Value::String(text));
-        }
-        let mut found = false;
-        for key in ["gclid", "gbraid", "wbraid"] {
-            if c.contains_key(key) {
-                if found {
-                    c.shift_remove(key);
-                }
-                found = true;
-            }
-        }
-        google_consent(c);
+        number_as_text(c, "orderId");
+        one_click_id(c);
+        google_consent(c, &["adUserData"], ("GRANTED", "DENIED"));
     }
 }
 
-fn google_consent(conversion: &mut Map<String, Value>) {
-    let Some(Value::Object(consent)) = conversion.get_mut("consent") else {
+/// A protobuf string field given a JSON number goes as its text.
+fn number_as_text(object: &mut Map<String, Value>, key: &str) {
+    if let Some(Value::Number(n)) = object.get(key) {
+        let text = n.to_string();
+        object.insert(key.into(), Value::String(text));
+    }
+}
+
+/// Google takes one click identifier per conversion: gclid, else gbraid, else wbraid.
+fn one_click_id(ids: &mut Map<String, Value>) {
+    let mut found = false;
+    for key in ["gclid", "gbraid", "wbraid"] {
+        if ids.contains_key(key) {
+            if found {
+                ids.shift_remove(key);
+            }
+            found = true;
+        }
+    }
+}
+
+/// The event's consent booleans at `keys` as Google's enum names (`granted`,
+/// `denied`); a key with no answer is left out, and so is an empty `consent`.
+fn google_consent(object: &mut Map<String, Value>, keys: &[&str], (granted, denied): (&str, &str)) {
+    let Some(Value::Object(consent)) = object.get_mut("consent") else {
         return;
     };
-    match consent.get("adUserData") {
-        Some(Value::Bool(true)) => consent.insert("adUserData".into(), "GRANTED".into()),
-        Some(Value::Bool(false)) => consent.insert("adUserData".into(), "DENIED".into()),
-        _ => consent.shift_remove("adUserData"),
-    };
+    for &key in keys {
+        match consent.get(key) {
+            Some(Value::Bool(true)) => consent.insert(key.into(), granted.into()),
+            Some(Value::Bool(false)) => consent.insert(key.into(), denied.into()),
+            _ => consent.shift_remove(key),
+        };
+    }
     if consent.is_empty() {
-        conversion.shift_remove("consent");
+        object.shift_remove("consent");
     }
 }
 
@@ -779,38 +805,15 @@ fn data_manager_finish(body: &mut Value) {
         return;
     };
     for e in events.iter_mut().filter_map(Value::as_object_mut) {
-        if let Some(Value::Number(n)) = e.get("transactionId") {
-            let text = n.to_string();
-            e.insert("transactionId".into(), Value::String(text));
-        }
+        number_as_text(e, "transactionId");
         if let Some(Value::Object(ids)) = e.get_mut("adIdentifiers") {
-            let mut found = false;
-            for key in ["gclid", "gbraid", "wbraid"] {
-                if ids.contains_key(key) {
-                    if found {
-                        ids.shift_remove(key);
-                    }
-                    found = true;
-                }
-            }
+            one_click_id(ids);
         }
-        data_manager_consent(e);
-    }
-}
-
-fn data_manager_consent(event: &mut Map<String, Value>) {
-    let Some(Value::Object(consent)) = event.get_mut("consent") else {
-        return;
-    };
-    for key in ["adUserData", "adPersonalization"] {
-        match consent.get(key) {
-            Some(Value::Bool(true)) => consent.insert(key.into(), "CONSENT_GRANTED".into()),
-            Some(Value::Bool(false)) => consent.insert(key.into(), "CONSENT_DENIED".into()),
-            _ => consent.shift_remove(key),
-        };
-    }
-    if consent.is_empty() {
-        event.shift_remove("consent");
+        google_consent(
+            e,
+            &["adUserData", "adPersonalization"],
+            ("CONSENT_GRANTED", "CONSENT_DENIED"),
+        );
     }
 }
 
