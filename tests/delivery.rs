@@ -615,8 +615,24 @@ allow = ["event_id"]
         Some("Bearer tok-canary-0815bb")
     );
     assert_eq!(first.target, "/pb?key=key-canary-4711aa&eid=e-cred");
+    // Written in the rule file itself (as `${NAME:-default}`), the canaries are in its
+    // kept copy (`rules-last-good`, the file as written) and nowhere else in the data
+    // directory: the store holds markers. (tests/privacy.rs: a value that comes from
+    // the environment is not even in the kept copy.)
+    let kept = relay
+        .data_dir()
+        .join(postback_relay::rules::KEPT_DIR)
+        .join("aff.toml");
+    assert_eq!(
+        std::fs::read_to_string(&kept).ok(),
+        Some(rule_with("tok-canary-0815bb")),
+        "the kept copy is the rule file as written"
+    );
     for canary in ["tok-canary-0815bb", "key-canary-4711aa"] {
-        let hits = files_with(&relay.data_dir(), canary.as_bytes());
+        let hits: Vec<_> = files_with(&relay.data_dir(), canary.as_bytes())
+            .into_iter()
+            .filter(|p| *p != kept)
+            .collect();
         assert!(hits.is_empty(), "{canary} stored in {hits:?}");
     }
     // The marketer rotates the token; the retry carries the new one.

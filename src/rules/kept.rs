@@ -3,16 +3,17 @@
 //! reload: the same files give the same state, whatever the uptime.
 //!
 //! Owns: saving a file's text once it has loaded without error (a temporary file,
-//! fsync'd, renamed: never half a file), reading it back, and removing the copies of
-//! files that are gone. Rule files hold `${NAME}` references, never their values, so
-//! nothing secret is written. Never: fails a load. A copy that cannot be written is
+//! fsync'd, renamed: never half a file; 0600 in a 0700 directory), reading it back,
+//! and removing the copies of files that are gone. A copy is the file as written: its
+//! `${NAME}` references, never the values the environment gives them (a
+//! `${NAME:-default}` default written in the file is in its copy, as in the file). Never: fails a load. A copy that cannot be written is
 //! logged (once per file and reason) and the relay goes on: the copy is a convenience
 //! for the next start, not part of what a 202 promises.
 
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -69,7 +70,12 @@ impl<'a> Kept<'a> {
             .mode(0o700)
             .create(self.dir)?;
         let tmp = self.dir.join(format!(".{name}.toml.tmp"));
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         fs::rename(&tmp, self.path(name))?;
@@ -131,6 +137,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = fs::metadata(&kept_dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "private, like the data directory");
+        let mode = fs::metadata(kept_dir.join("meta.toml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]
