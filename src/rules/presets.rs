@@ -224,6 +224,8 @@ contents = "{properties.contents}"
     },
     // AppsFlyer S2S in-app events: POST /inappevent/{APP_ID}, header `authentication`.
     // `eventValue` is a JSON *string*; `eventTime` is "yyyy-MM-dd HH:mm:ss.SSS" UTC.
+    // `consent_data.manual` (A7: AppsFlyer's S2S API 3 OpenAPI `ManualConsent`) carries
+    // the user's consent choices when the event has them.
     Preset {
         name: "appsflyer_s2s",
         method: Method::Post,
@@ -245,9 +247,15 @@ eventCurrency = "{properties.currency}"
 ip = "{user.ip}"
 eventTime = "{timestamp.datetime_ms}"
 af_events_api = "true"
+
+[consent_data.manual]
+gdpr_applies = "{params.gdpr_applies}"
+ad_user_data_enabled = "{consent.ad_user_data}"
+ad_personalization_enabled = "{consent.ad_personalization}"
 "#,
         required_params: &[],
-        default_params: &[],
+        // The user's consent choices count: AppsFlyer and its partners honour a denial.
+        default_params: &[("gdpr_applies", "true")],
         must_hash: &[],
         may_hash: &[],
         hash_style: HashStyle::AppsFlyer,
@@ -679,6 +687,7 @@ fn meta_finish(body: &mut Value) {
 /// ATT status as Apple's `ATTrackingManager.AuthorizationStatus` raw value.
 fn appsflyer_finish(body: &mut Value) {
     appsflyer_revenue(body);
+    appsflyer_consent(body);
     if body.get("eventValue").and_then(Value::as_str) == Some("{}") {
         body["eventValue"] = Value::String(String::new());
     }
@@ -704,6 +713,47 @@ fn appsflyer_finish(body: &mut Value) {
             if let Some(o) = body.as_object_mut() {
                 o.shift_remove("att");
             }
+        }
+    }
+}
+
+/// AppsFlyer's manual consent object (A7): `gdpr_applies`, `ad_user_data_enabled`,
+/// `ad_personalization_enabled`, all booleans. Sent only when the event carries a
+/// consent choice (`consent.ad_user_data` or `consent.ad_personalization`, allowed);
+/// `gdpr_applies` is `params.gdpr_applies` ("true" unless the rule says otherwise).
+fn appsflyer_consent(body: &mut Value) {
+    let Some(root) = body.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(manual)) = root
+        .get_mut("consent_data")
+        .and_then(|c| c.get_mut("manual"))
+    else {
+        root.shift_remove("consent_data");
+        return;
+    };
+    for key in ["ad_user_data_enabled", "ad_personalization_enabled"] {
+        if !matches!(manual.get(key), Some(Value::Bool(_))) {
+            manual.shift_remove(key);
+        }
+    }
+    let chosen = manual.contains_key("ad_user_data_enabled")
+        || manual.contains_key("ad_personalization_enabled");
+    let applies = match manual.get("gdpr_applies") {
+        Some(Value::Bool(b)) => Some(*b),
+        Some(Value::String(s)) if s == "true" => Some(true),
+        Some(Value::String(s)) if s == "false" => Some(false),
+        _ => None,
+    };
+    match (chosen, applies) {
+        (true, Some(b)) => {
+            manual.insert("gdpr_applies".into(), Value::Bool(b));
+        }
+        (true, None) => {
+            manual.shift_remove("gdpr_applies");
+        }
+        (false, _) => {
+            root.shift_remove("consent_data");
         }
     }
 }

@@ -224,7 +224,9 @@ fn appsflyer_s2s_preset_request() {
         "appsflyer_id": "af-1", "customer_user_id": "u42", "idfa": "IDFA-1",
         "advertising_id": "GAID-1", "os": "17.4", "att": 3, "eventName": "af_purchase",
         "eventValue": "{\"af_revenue\":\"9.99\",\"af_currency\":\"USD\"}", "eventCurrency": "USD",
-        "ip": "203.0.113.7", "eventTime": "2026-11-25 10:00:00.000", "af_events_api": "true"
+        "ip": "203.0.113.7", "eventTime": "2026-11-25 10:00:00.000", "af_events_api": "true",
+        "consent_data": {"manual": {"gdpr_applies": true, "ad_user_data_enabled": true,
+                                    "ad_personalization_enabled": false}}
     });
     assert_eq!(req.body, Some(expected.to_string()));
     // A1: eventValue is "" without a value; IDFA and IDFV in upper case.
@@ -238,6 +240,97 @@ fn appsflyer_s2s_preset_request() {
     let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
     assert_eq!(body["eventValue"], json!(""));
     assert_eq!(body["idfa"], json!("6D92078A-8246-4BA4-AE5B-76104861E7DC"));
+}
+
+#[test]
+fn appsflyer_sends_the_users_consent_choices_as_consent_data() {
+    // A7 (AppsFlyer S2S API 3 OpenAPI, `ConsentData` -> `ManualConsent`, and its
+    // overview's example): consent_data = {manual: {gdpr_applies, ad_user_data_enabled,
+    // ad_personalization_enabled}}, booleans.
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/appsflyer.toml"))
+            .unwrap();
+    let consent = |d: &Destination, c: Value| {
+        let mut ev = typical("any");
+        ev.fields["consent"] = c;
+        let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+        body.get("consent_data").cloned()
+    };
+    let d = rule("af", &text);
+    // A denial goes out as such, and the IDs the rule drops without consent are gone.
+    let mut ev = typical("any");
+    ev.fields["consent"] = json!({"ad_user_data": false, "ad_personalization": false});
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    assert_eq!(
+        body["consent_data"],
+        json!({"manual": {"gdpr_applies": true, "ad_user_data_enabled": false,
+                          "ad_personalization_enabled": false}})
+    );
+    assert!(
+        body.get("idfa").is_none() && body.get("ip").is_none(),
+        "{body}"
+    );
+    // One choice alone is sent alone; no choice, no consent_data.
+    assert_eq!(
+        consent(&d, json!({"ad_personalization": true})),
+        Some(json!({"manual": {"gdpr_applies": true, "ad_personalization_enabled": true}}))
+    );
+    assert_eq!(consent(&d, json!({"gpc": true})), None);
+    // An app whose users GDPR does not cover says so.
+    let outside = rule(
+        "af",
+        &text.replace("# gdpr_applies = \"false\"", "gdpr_applies = \"false\""),
+    );
+    assert_eq!(
+        consent(&outside, json!({"ad_user_data": true})),
+        Some(json!({"manual": {"gdpr_applies": false, "ad_user_data_enabled": true}}))
+    );
+    // Or per event, from a field of the app's own, through a [body] laid over the preset.
+    let per_event = rule(
+        "af",
+        &format!(
+            "{}\n[body.consent_data.manual]\ngdpr_applies = \"{{consent.gdpr_applies}}\"\n",
+            text.replace(
+                "\"consent.ad_personalization\"]",
+                "\"consent.ad_personalization\", \"consent.gdpr_applies\"]"
+            )
+        ),
+    );
+    assert_eq!(
+        consent(
+            &per_event,
+            json!({"ad_user_data": false, "gdpr_applies": false})
+        ),
+        Some(json!({"manual": {"gdpr_applies": false, "ad_user_data_enabled": false}}))
+    );
+    // Consent fields the rule does not allow are never sent (default deny).
+    let unallowed = rule(
+        "af",
+        &text.replace(
+            ",\n         \"consent.ad_user_data\", \"consent.ad_personalization\"]",
+            "]",
+        ),
+    );
+    assert_eq!(
+        consent(
+            &unallowed,
+            json!({"ad_user_data": true, "ad_personalization": true})
+        ),
+        None
+    );
+    // gdpr_applies is a boolean: anything else does not load.
+    let bad = load::load_text(
+        Path::new("rules/af.toml"),
+        text.replace("# gdpr_applies = \"false\"", "gdpr_applies = \"yes\""),
+        &no_env(),
+    )
+    .err()
+    .map(|e| crate::diag::Diagnostics(e).to_string())
+    .unwrap_or_default();
+    assert!(
+        bad.contains("`params.gdpr_applies` must be \"true\""),
+        "{bad}"
+    );
 }
 
 #[test]

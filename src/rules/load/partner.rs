@@ -157,7 +157,10 @@ impl PresetCheck<'_> {
         delivery.success = SuccessRule::Partner(p.answers);
         delivery.max_event_age = p.max_event_age;
         match p.name {
-            "appsflyer_s2s" => self.appsflyer_app_id(),
+            "appsflyer_s2s" => {
+                self.appsflyer_app_id();
+                self.appsflyer_gdpr_applies();
+            }
             "google_ads" | "google_data_manager" => self.google_credentials(delivery),
             "meta_capi" => self.meta_source_url(privacy),
             "linkedin_capi" => self.linkedin_headers(delivery),
@@ -172,6 +175,15 @@ impl PresetCheck<'_> {
         let app_id = path.rsplit('/').next().unwrap_or_default();
         if !app_id.is_empty() && app_id.bytes().all(|b| b.is_ascii_digit()) {
             self.preset_field.error(format!("the AppsFlyer app ID \"{app_id}\" is only digits: iOS app IDs start with \"id\" (id{app_id}), and AppsFlyer answers 200 but drops events sent to the wrong ID"));
+        }
+    }
+
+    /// `params.gdpr_applies` fills AppsFlyer's boolean `consent_data.manual.gdpr_applies`.
+    fn appsflyer_gdpr_applies(&self) {
+        if let Some(v) = self.params.values.get("gdpr_applies") {
+            if v != "true" && v != "false" {
+                self.preset_field.error("`params.gdpr_applies` must be \"true\" (the user's consent choices count: the default) or \"false\" (GDPR does not apply to this app's users): AppsFlyer takes a boolean");
+            }
         }
     }
 
