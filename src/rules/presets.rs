@@ -51,6 +51,9 @@ pub struct Preset {
     /// most events one request may carry (its documented maximum). `None`: one event
     /// per request.
     pub batch: Option<(&'static str, usize)>,
+    /// Keys of a form body whose value may be a table in `[body]`: sent as a JSON
+    /// object of strings, URL-encoded (Adjust's `callback_params` / `partner_params`).
+    pub form_objects: &'static [&'static str],
 }
 
 const DAY: u64 = 86400;
@@ -167,6 +170,7 @@ order_id = "{properties.order_id}"
         max_event_age: Some(Duration::from_secs(7 * DAY)),
         finish: Some(meta_finish),
         batch: Some(("data", META_BATCH_MAX)),
+        form_objects: &[],
     },
     // TikTok Events API 2.0: POST /open_api/v1.3/event/track/, header Access-Token.
     Preset {
@@ -221,6 +225,7 @@ contents = "{properties.contents}"
         max_event_age: None,
         finish: None,
         batch: Some(("data", TIKTOK_BATCH_MAX)),
+        form_objects: &[],
     },
     // AppsFlyer S2S in-app events: POST /inappevent/{APP_ID}, header `authentication`.
     // `eventValue` is a JSON *string*; `eventTime` is "yyyy-MM-dd HH:mm:ss.SSS" UTC.
@@ -267,6 +272,7 @@ ad_personalization_enabled = "{consent.ad_personalization}"
         max_event_age: None,
         finish: Some(appsflyer_finish),
         batch: None,
+        form_objects: &[],
     },
     // Adjust S2S events: POST https://s2s.adjust.com/event, form-encoded, header
     // `Authorization: Bearer {S2S_TOKEN}`. The event token comes from `event_name`:
@@ -316,6 +322,9 @@ currency = "{properties.currency}"
         max_event_age: Some(Duration::from_secs(58 * DAY)),
         finish: None,
         batch: None,
+        // J3: custom data Adjust keeps in raw data (callback) or shares with the
+        // network (partner), each a URL-encoded JSON object of string values.
+        form_objects: &["callback_params", "partner_params"],
     },
     // Google Ads: POST /v{N}/customers/{CUSTOMER_ID}:uploadClickConversions, headers
     // Authorization (OAuth) and developer-token. The event's click_id is the gclid.
@@ -362,6 +371,7 @@ consent = { adUserData = "{consent.ad_user_data}" }
         max_event_age: None,
         finish: Some(google_conversion),
         batch: Some(("conversions", GOOGLE_ADS_BATCH_MAX)),
+        form_objects: &[],
     },
     // Google Data Manager API: POST https://datamanager.googleapis.com/v1/events:ingest,
     // OAuth (scope datamanager); no developer token: the accounts travel in
@@ -416,6 +426,7 @@ userData = { userIdentifiers = [
         max_event_age: None,
         finish: Some(data_manager_finish),
         batch: Some(("events", DATA_MANAGER_BATCH_MAX)),
+        form_objects: &[],
     },
     // Snapchat Conversions API v3: POST tr.snapchat.com/v3/{PIXEL_ID}/events
     // ?access_token=..., JSON `{"data": [event]}` (S1 "Using the API", S2
@@ -481,6 +492,7 @@ order_id = "{properties.order_id}"
         max_event_age: Some(Duration::from_secs(37 * DAY)),
         finish: Some(snapchat_finish),
         batch: Some(("data", SNAPCHAT_BATCH_MAX)),
+        form_objects: &[],
     },
     // Pinterest API for Conversions v5: POST api.pinterest.com/v5/ad_accounts/{ID}/events,
     // `Authorization: Bearer` (P1: pinterest-python-generated-api-client
@@ -542,6 +554,7 @@ order_id = "{properties.order_id}"
         max_event_age: None,
         finish: Some(pinterest_finish),
         batch: Some(("data", PINTEREST_BATCH_MAX)),
+        form_objects: &[],
     },
     // Reddit Conversions API v3: POST ads-api.reddit.com/api/v3/pixels/{PIXEL_ID}/
     // conversion_events, `Authorization: Bearer` (R1: Reddit Ads API v3
@@ -589,6 +602,7 @@ user = { email = "{user.email}", external_id = "{user.external_id}", ip_address 
         max_event_age: None,
         finish: None,
         batch: Some(("data.events", REDDIT_BATCH_MAX)),
+        form_objects: &[],
     },
     // LinkedIn Conversions API: POST api.linkedin.com/rest/conversionEvents with
     // `X-RestLi-Method: BATCH_CREATE`, `LinkedIn-Version`, OAuth (L1, L2):
@@ -627,6 +641,7 @@ userInfo = { firstName = "{user.first_name}", lastName = "{user.last_name}", cou
         max_event_age: Some(Duration::from_secs(90 * DAY)),
         finish: Some(linkedin_finish),
         batch: Some(("elements", LINKEDIN_BATCH_MAX)),
+        form_objects: &[],
     },
 ];
 

@@ -392,6 +392,93 @@ fn adjust_s2s_preset_request() {
 }
 
 #[test]
+fn adjust_callback_and_partner_params_are_url_encoded_json_objects_of_strings() {
+    // J3 (adjust/dev-docs `api/s2s-api/events.mdx`, "callback and partner
+    // parameters"): each a URL-encoded JSON object of string key-value pairs, not
+    // nested; its example {"f0o":"bar","bar":"baz"}.
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/adjust.toml"))
+            .unwrap()
+            .replace(
+                "\"properties.value\", \"properties.currency\"]",
+                "\"properties.value\", \"properties.currency\", \"properties.order_id\", \"attribution.campaign\"]",
+            );
+    let form = |d: &Destination, ev: &Event| -> Vec<(String, String)> {
+        let body = d.render(ev).unwrap().body.unwrap_or_default();
+        url::form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect()
+    };
+    let value_of = |pairs: &[(String, String)], key: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| serde_json::from_str::<Value>(v).unwrap())
+    };
+    let example = rule(
+        "adj",
+        &format!("{text}\n[body.callback_params]\nf0o = \"bar\"\nbar = \"baz\"\n"),
+    );
+    let body = example.render(&typical("any")).unwrap().body.unwrap();
+    assert!(
+        body.contains("&callback_params=%7B%22f0o%22%3A%22bar%22%2C%22bar%22%3A%22baz%22%7D"),
+        "{body}"
+    );
+    // From the event: values go as strings (9.99 as "9.99"); a missing one is left out,
+    // and an object left empty is not sent at all.
+    let d = rule(
+        "adj",
+        &format!(
+            "{text}\n[body.callback_params]\norder_id = \"{{properties.order_id}}\"\nvalue = \"{{properties.value}}\"\nsource = \"relay\"\n[body.partner_params]\ncampaign = \"{{attribution.campaign}}\"\n"
+        ),
+    );
+    let pairs = form(&d, &typical("any"));
+    assert_eq!(
+        value_of(&pairs, "callback_params"),
+        Some(json!({"order_id": "o-1", "value": "9.99", "source": "relay"}))
+    );
+    assert_eq!(
+        value_of(&pairs, "partner_params"),
+        Some(json!({"campaign": "c1"}))
+    );
+    let mut bare = typical("any");
+    bare.fields.shift_remove("attribution");
+    bare.fields["properties"] = json!({"currency": "USD"});
+    let pairs = form(&d, &bare);
+    assert_eq!(
+        value_of(&pairs, "callback_params"),
+        Some(json!({"source": "relay"}))
+    );
+    assert!(
+        pairs.iter().all(|(k, _)| k != "partner_params"),
+        "{pairs:?}"
+    );
+    // Default deny holds inside them, and they are flat (Adjust: "don't nest objects").
+    let refused = |extra: &str| {
+        load::load_text(
+            Path::new("rules/adj.toml"),
+            format!("{text}\n{extra}"),
+            &no_env(),
+        )
+        .err()
+        .map(|e| crate::diag::Diagnostics(e).to_string())
+        .unwrap_or_default()
+    };
+    let e = refused("[body.callback_params]\nemail = \"{user.email}\"\n");
+    assert!(e.contains("user.email"), "{e}");
+    let e = refused("[body.callback_params]\nnested = { a = \"b\" }\n");
+    assert!(
+        e.contains("`callback_params.nested` must be a single value"),
+        "{e}"
+    );
+    let e = refused("[body.custom_params]\na = \"b\"\n");
+    assert!(
+        e.contains("(only `callback_params` and `partner_params` take a table)"),
+        "{e}"
+    );
+}
+
+#[test]
 fn google_ads_preset_request() {
     // Google Ads API v26 (G5), "Normalization and hashing": trim, lower-case, phone
     // in E.164; consent.adUserData (G7); one click identifier per conversion.
