@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::deliver::{AttemptOutcome, DeliveryObserver, DestinationStatus};
+use crate::deliver::{AttemptOutcome, DeliveryObserver, DestinationStatus, PartnerStatusResult};
 use crate::store::DestinationCounts;
 
 mod labels;
@@ -71,6 +71,12 @@ struct DestinationState {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationPartnerStatus {
+    destination: String,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
     listener: &'static str,
 }
@@ -100,6 +106,7 @@ pub struct Metrics {
     concurrency: Family<DestinationLabel, Gauge>,
     backlog_age: Family<DestinationLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     held: Family<DestinationLabel, Gauge>,
+    partner_status: Family<DestinationPartnerStatus, Counter>,
     dlq_size: Family<DestinationLabel, Gauge>,
     circuit: Family<DestinationState, Gauge>,
     rule_errors: Family<DestinationLabel, Gauge>,
@@ -137,6 +144,7 @@ impl Metrics {
             concurrency: Family::default(),
             backlog_age: Family::default(),
             held: Family::default(),
+            partner_status: Family::default(),
             dlq_size: Family::default(),
             circuit: Family::default(),
             rule_errors: Family::default(),
@@ -224,6 +232,11 @@ impl Metrics {
             "destination_held",
             "1 while a destination is held because the partner refused its credentials (its queue is kept)",
             self.held.clone(),
+        );
+        r.register(
+            "partner_status",
+            "Delivered requests whose later processing status the partner gave (Google Data Manager), by destination and the partner's last word: success, partial_success, failure, unknown (no final status after the last check)",
+            self.partner_status.clone(),
         );
         r.register(
             "backlog_age_seconds",
@@ -477,6 +490,15 @@ impl DeliveryObserver for Metrics {
         self.requests
             .get_or_create(&DestinationLabel {
                 destination: label(destination),
+            })
+            .inc();
+    }
+
+    fn partner_status(&self, destination: &str, result: PartnerStatusResult) {
+        self.partner_status
+            .get_or_create(&DestinationPartnerStatus {
+                destination: label(destination),
+                status: result.as_str(),
             })
             .inc();
     }

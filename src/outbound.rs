@@ -297,6 +297,18 @@ pub struct DeliverySettings {
     /// OAuth2 refresh-token credentials: an access token is fetched at send time and
     /// sent as `Authorization: Bearer ...` (Google Ads).
     pub oauth: Option<OAuthSettings>,
+    /// The partner processes what it took later, and says how on request: after a
+    /// delivery its status is read back (Google Data Manager `requestStatus:retrieve`).
+    pub status_check: Option<StatusCheck>,
+}
+
+/// When a partner's asynchronous processing status is read back after a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusCheck {
+    /// The first check, this long after the delivery (Google: 30 minutes).
+    pub first_after: Duration,
+    /// The most checks; each waits twice as long as the one before.
+    pub tries: u32,
 }
 
 impl Default for DeliverySettings {
@@ -312,6 +324,7 @@ impl Default for DeliverySettings {
             success: SuccessRule::default(),
             max_event_age: None,
             oauth: None,
+            status_check: None,
         }
     }
 }

@@ -341,6 +341,27 @@ impl PostbackClient {
         Ok((status, read_capped(&mut response, BODY_KEPT).await))
     }
 
+    /// GETs `url` (a partner's status endpoint) under the same address rules as
+    /// postbacks, with `Authorization: Bearer <bearer>` when given; the status and the
+    /// start of the answer (at most `BODY_KEPT`).
+    pub async fn get(
+        &self,
+        url: &str,
+        bearer: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(u16, String), Attempt> {
+        let url = self.checked_url(url)?;
+        let mut request = self.http.get(url).timeout(timeout);
+        if let Some(token) = bearer {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Attempt::Invalid("the access token is not a header value".into()))?;
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let mut response = request.send().await.map_err(attempt_from_error)?;
+        let status = response.status().as_u16();
+        Ok((status, read_capped(&mut response, BODY_KEPT).await))
+    }
+
     /// A partner URL that parses, is http(s), and (unless private networks are
     /// allowed) does not name a non-public IP literal.
     fn checked_url(&self, raw: &str) -> Result<reqwest::Url, Attempt> {

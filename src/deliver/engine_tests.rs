@@ -483,6 +483,9 @@ fn status_serializes_for_the_admin_api() {
 
 mod partners;
 
+/// Partner statuses read back after a delivery (Google Data Manager).
+mod followups;
+
 /// Every task the engine spawns is tracked: `shutdown` returns only after the ones
 /// it was handed (a retirement, here a slow one) have finished.
 #[tokio::test(start_paused = true)]

@@ -256,7 +256,11 @@ impl Flight<'_> {
             Judgement::PerEvent(_) => Came::Refused(unjoinable(), set),
             Judgement::Whole(j) => match j.verdict {
                 Verdict::Delivered => {
+                    let follow_up = self.follow_up(&j, &set, stored, attached);
                     self.settle_all(set, &j).await;
+                    if let Some(f) = follow_up {
+                        self.ctx.checker().start(f);
+                    }
                     Came::Taken
                 }
                 Verdict::Retry => {
@@ -266,6 +270,38 @@ impl Flight<'_> {
                 Verdict::Reject => Came::Refused(j, set),
             },
         }
+    }
+
+    /// A delivered request of a partner that processes later: what it takes to read
+    /// its status back (`followup`), at the status URL next to the URL it was sent to.
+    fn follow_up(
+        &self,
+        j: &Judged,
+        set: &[Delivery],
+        stored: &OutboundRequest,
+        attached: bool,
+    ) -> Option<super::followup::FollowUp> {
+        let settings = &self.applied.settings;
+        let request_id = j.partner_request.as_ref()?;
+        let check = settings.status_check?;
+        let sent_to = if attached {
+            stored.url.clone()
+        } else {
+            self.attach(stored).ok()?.url
+        };
+        let Some(url) = super::followup::status_url(&sent_to, request_id) else {
+            tracing::debug!(destination = %self.worker.name, "the destination's URL does not end in events:ingest: its partner status is not read back");
+            return None;
+        };
+        Some(super::followup::FollowUp {
+            destination: self.worker.name.clone(),
+            ids: set.iter().map(|d| d.id.clone()).collect(),
+            request_id: request_id.clone(),
+            url,
+            check,
+            oauth: self.applied.oauth.clone(),
+            timeout: settings.timeout,
+        })
     }
 
     /// One request's answer for the breaker, the gate, a pause and the metrics.
@@ -381,6 +417,7 @@ fn unjoinable() -> Judged {
         health: Health::Unknown,
         too_old: false,
         held: false,
+        partner_request: None,
     }
 }
 

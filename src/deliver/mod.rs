@@ -21,6 +21,7 @@ pub mod breaker;
 pub mod client;
 pub mod clock;
 mod flight;
+pub mod followup;
 pub mod oauth;
 pub mod policy;
 mod send;
@@ -119,12 +120,37 @@ impl AttemptOutcome {
     }
 }
 
+/// The last word a partner gave on a delivered request it processes later
+/// (`followup`), for metrics. Ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PartnerStatusResult {
+    Success,
+    /// Some of its events failed.
+    PartialSuccess,
+    Failure,
+    /// No final status after the last check.
+    Unknown,
+}
+
+impl PartnerStatusResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartnerStatusResult::Success => "success",
+            PartnerStatusResult::PartialSuccess => "partial_success",
+            PartnerStatusResult::Failure => "failure",
+            PartnerStatusResult::Unknown => "unknown",
+        }
+    }
+}
+
 /// Told about every delivery attempt (the relay's metrics implement it).
 pub trait DeliveryObserver: Send + Sync {
     /// One delivery's attempt ended (a batch reports each of its deliveries).
     fn attempt(&self, destination: &str, outcome: AttemptOutcome, elapsed: Duration);
     /// One request went to the partner carrying `events` deliveries.
     fn request(&self, _destination: &str, _events: usize, _elapsed: Duration) {}
+    /// A partner that processes later gave its last word on a delivered request.
+    fn partner_status(&self, _destination: &str, _result: PartnerStatusResult) {}
 }
 
 /// Why the engine could not start.
@@ -183,6 +209,8 @@ impl Deliverer {
                     opts,
                     observer: std::sync::OnceLock::new(),
                     tasks: tokio_util::task::TaskTracker::new(),
+                    stopping: tokio_util::sync::CancellationToken::new(),
+                    followups: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
                 }),
                 runtime: tokio::runtime::Handle::current(),
                 destinations: Mutex::new(BTreeMap::new()),
@@ -290,6 +318,9 @@ impl Deliverer {
     /// the claims of sends that did not finish. Stops every clone.
     pub async fn shutdown(self) {
         let grace = self.inner.ctx.opts.shutdown_grace;
+        // Partner status checks still waiting end now (their receipts say
+        // `processing`, with the partner's request ID).
+        self.inner.ctx.stopping.cancel();
         let running: Vec<Running> = std::mem::take(&mut *lock(&self.inner.destinations))
             .into_values()
             .collect();

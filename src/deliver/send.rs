@@ -29,6 +29,9 @@ pub(crate) struct Judged {
     /// The destination's credentials were refused: hold the destination, keep the
     /// deliveries as they were.
     pub held: bool,
+    /// Delivered to a partner that processes later: its ID of the request, to ask
+    /// about it (`followup`).
+    pub partner_request: Option<String>,
 }
 
 /// A request's answer, judged: for every event it carried, or for each.
@@ -66,6 +69,7 @@ impl Sender<'_> {
             health: Health::Unknown,
             too_old: true,
             held: false,
+            partner_request: None,
         })
     }
 
@@ -164,8 +168,10 @@ pub(crate) fn judge_batch_sent(
             status: None,
             health,
             too_old: false,
+            partner_request: None,
         });
     };
+    let partner_request = super::followup::request_id(rule, status, &sent.body);
     let judged = |j: answer::Judgement| {
         let error = match (j.verdict, j.reason, sent.error.as_deref()) {
             (Verdict::Delivered, _, _) => None,
@@ -186,6 +192,9 @@ pub(crate) fn judge_batch_sent(
             health,
             too_old: false,
             held: j.credential,
+            partner_request: partner_request
+                .clone()
+                .filter(|_| j.verdict == Verdict::Delivered),
         }
     };
     match answer::judge_batch(rule, status, &sent.body, events) {

@@ -30,9 +30,28 @@ pub(crate) struct Context {
     pub opts: DeliverOptions,
     /// Told about every attempt (metrics); set once, after start.
     pub observer: std::sync::OnceLock<Arc<dyn super::DeliveryObserver>>,
-    /// Every task the engine spawns besides the dispatchers (retirements):
-    /// `Deliverer::shutdown` waits for them.
+    /// Every task the engine spawns besides the dispatchers (retirements, partner
+    /// status checks): `Deliverer::shutdown` waits for them.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Cancelled when the engine shuts down: partner status checks stop waiting.
+    pub stopping: tokio_util::sync::CancellationToken,
+    /// Partner status checks under way (`followup::MAX_PENDING`).
+    pub followups: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Context {
+    /// What a partner status check needs of the engine.
+    pub fn checker(&self) -> super::followup::Checker {
+        super::followup::Checker {
+            store: self.store.clone(),
+            client: self.client.clone(),
+            clock: self.opts.clock,
+            observer: self.observer.get().cloned(),
+            tasks: self.tasks.clone(),
+            stopping: self.stopping.clone(),
+            pending: self.followups.clone(),
+        }
+    }
 }
 
 /// Settings in force, with what is derived from them. Replaced whole on reload; a

@@ -223,6 +223,9 @@ async fn delivery(relay: &Relay, id: &str) -> HttpResponse {
             v["last_attempt_at"] = ms_to_iso(status.last_attempt_at);
             v["next_attempt_at"] = ms_to_iso(status.next_attempt_at);
             v["finished_at"] = ms_to_iso(status.finished_at);
+            if let Some(p) = &status.partner_status {
+                v["partner_status"]["checked_at"] = ms_to_iso(p.checked_at);
+            }
             json_response(StatusCode::OK, v)
         }
         Ok(None) => json_response(

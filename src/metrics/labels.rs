@@ -2,9 +2,9 @@
 //! and `schema()`: every metric with its labels and their values, which
 //! `docs/metrics.md` must list exactly (`the_metrics_document_matches_the_code`).
 
-#[cfg(test)]
-use crate::deliver::AttemptOutcome;
 use crate::deliver::BreakerState;
+#[cfg(test)]
+use crate::deliver::{AttemptOutcome, PartnerStatusResult};
 
 /// The `result` of `postback_relay_ingest_requests_total`: how a `POST /v1/events`
 /// ended.
@@ -136,6 +136,26 @@ fn attempt_outcomes() -> [AttemptOutcome; 3] {
     all
 }
 
+/// Every partner status word, likewise.
+#[cfg(test)]
+fn partner_status_results() -> [PartnerStatusResult; 4] {
+    let all = [
+        PartnerStatusResult::Success,
+        PartnerStatusResult::PartialSuccess,
+        PartnerStatusResult::Failure,
+        PartnerStatusResult::Unknown,
+    ];
+    for r in all {
+        match r {
+            PartnerStatusResult::Success
+            | PartnerStatusResult::PartialSuccess
+            | PartnerStatusResult::Failure
+            | PartnerStatusResult::Unknown => {}
+        }
+    }
+    all
+}
+
 /// Every circuit breaker state, likewise.
 pub fn breaker_states() -> [BreakerState; 3] {
     let all = [
@@ -200,6 +220,20 @@ fn schema() -> Vec<(&'static str, Vec<Label>)> {
             vec![dest.clone()],
         ),
         ("postback_relay_destination_held", vec![dest.clone()]),
+        (
+            "postback_relay_partner_status_total",
+            vec![
+                dest.clone(),
+                (
+                    "status",
+                    words(
+                        partner_status_results()
+                            .map(PartnerStatusResult::as_str)
+                            .to_vec(),
+                    ),
+                ),
+            ],
+        ),
         ("postback_relay_backlog_age_seconds", vec![dest.clone()]),
         ("postback_relay_dlq_size", vec![dest.clone()]),
         (
@@ -365,6 +399,7 @@ mod tests {
         m.ingest_accepted(1, 0, 0, Duration::from_millis(1));
         m.attempt("aff", AttemptOutcome::Delivered, Duration::from_millis(1));
         m.request("aff", 1, Duration::from_millis(1));
+        m.partner_status("aff", PartnerStatusResult::Failure);
         m.rule_reload(ReloadResult::Ok);
         m.store_commit(1, Duration::from_millis(1));
         m.connection_opened(LISTENERS[0]);

@@ -142,8 +142,10 @@ impl Destination {
             _ if self.partner.is_some() => {}
             Body::Json(node) => empty_in_node(node, "body", &ctx, &mut out),
             Body::Form(pairs) => {
-                for (k, t) in pairs {
-                    empty_in(t, &format!("body {k}"), &ctx, &mut out);
+                for (k, v) in pairs {
+                    for t in v.templates() {
+                        empty_in(t, &format!("body {k}"), &ctx, &mut out);
+                    }
                 }
             }
             Body::None | Body::FilteredJson | Body::FilteredForm => {}

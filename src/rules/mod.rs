@@ -94,7 +94,43 @@ enum Body {
     /// No `[body]`, no preset, `format = "form"`: filtered scalars, dotted names.
     FilteredForm,
     Json(BodyNode),
-    Form(Vec<(String, Template)>),
+    Form(Vec<(String, FormValue)>),
+}
+
+/// One value of a form body.
+#[derive(Debug, Clone, PartialEq)]
+enum FormValue {
+    /// `key = "..."`: one value, as text.
+    Text(Template),
+    /// A table where the preset takes one (Adjust's `callback_params`): a JSON object
+    /// of strings, as text; left out when none of its values is there.
+    Object(Vec<(String, Template)>),
+}
+
+impl FormValue {
+    fn render(&self, ctx: &Ctx<'_>) -> Option<String> {
+        match self {
+            FormValue::Text(t) => t.render_json(ctx).map(|v| scalar_text(&v).into_owned()),
+            FormValue::Object(entries) => {
+                let object: Map<String, Value> = entries
+                    .iter()
+                    .filter_map(|(k, t)| {
+                        let v = t.render_json(ctx)?;
+                        Some((k.clone(), Value::String(scalar_text(&v).into_owned())))
+                    })
+                    .collect();
+                (!object.is_empty()).then(|| Value::Object(object).to_string())
+            }
+        }
+    }
+
+    /// The templates it is made of.
+    fn templates(&self) -> Vec<&Template> {
+        match self {
+            FormValue::Text(t) => vec![t],
+            FormValue::Object(entries) => entries.iter().map(|(_, t)| t).collect(),
+        }
+    }
 }
 
 /// One partner, compiled from one rule file.
@@ -195,10 +231,7 @@ impl Destination {
             Body::Form(pairs) => {
                 let rendered: Vec<(&str, String)> = pairs
                     .iter()
-                    .filter_map(|(k, t)| {
-                        t.render_json(&ctx)
-                            .map(|v| (k.as_str(), scalar_text(&v).into_owned()))
-                    })
+                    .filter_map(|(k, v)| v.render(&ctx).map(|text| (k.as_str(), text)))
                     .collect();
                 Some(form(rendered.iter().map(|(k, v)| (*k, v.as_str()))))
             }

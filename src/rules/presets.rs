@@ -51,6 +51,9 @@ pub struct Preset {
     /// most events one request may carry (its documented maximum). `None`: one event
     /// per request.
     pub batch: Option<(&'static str, usize)>,
+    /// Keys of a form body whose value may be a table in `[body]`: sent as a JSON
+    /// object of strings, URL-encoded (Adjust's `callback_params` / `partner_params`).
+    pub form_objects: &'static [&'static str],
 }
 
 /// The customer-information lists Snapchat's and Pinterest's Conversions APIs took
@@ -211,6 +214,7 @@ order_id = "{properties.order_id}"
         max_event_age: Some(Duration::from_secs(7 * DAY)),
         finish: Some(meta_finish),
         batch: Some(("data", META_BATCH_MAX)),
+        form_objects: &[],
     },
     // TikTok Events API 2.0: POST /open_api/v1.3/event/track/, header Access-Token.
     Preset {
@@ -265,9 +269,12 @@ contents = "{properties.contents}"
         max_event_age: None,
         finish: None,
         batch: Some(("data", TIKTOK_BATCH_MAX)),
+        form_objects: &[],
     },
     // AppsFlyer S2S in-app events: POST /inappevent/{APP_ID}, header `authentication`.
     // `eventValue` is a JSON *string*; `eventTime` is "yyyy-MM-dd HH:mm:ss.SSS" UTC.
+    // `consent_data.manual` (A7: AppsFlyer's S2S API 3 OpenAPI `ManualConsent`) carries
+    // the user's consent choices when the event has them.
     Preset {
         name: "appsflyer_s2s",
         method: Method::Post,
@@ -289,9 +296,15 @@ eventCurrency = "{properties.currency}"
 ip = "{user.ip}"
 eventTime = "{timestamp.datetime_ms}"
 af_events_api = "true"
+
+[consent_data.manual]
+gdpr_applies = "{params.gdpr_applies}"
+ad_user_data_enabled = "{consent.ad_user_data}"
+ad_personalization_enabled = "{consent.ad_personalization}"
 "#,
         required_params: &[],
-        default_params: &[],
+        // The user's consent choices count: AppsFlyer and its partners honour a denial.
+        default_params: &[("gdpr_applies", "true")],
         must_hash: &[],
         may_hash: &[],
         hash_style: HashStyle::AppsFlyer,
@@ -303,6 +316,7 @@ af_events_api = "true"
         max_event_age: None,
         finish: Some(appsflyer_finish),
         batch: None,
+        form_objects: &[],
     },
     // Adjust S2S events: POST https://s2s.adjust.com/event, form-encoded, header
     // `Authorization: Bearer {S2S_TOKEN}`. The event token comes from `event_name`:
@@ -352,6 +366,9 @@ currency = "{properties.currency}"
         max_event_age: Some(Duration::from_secs(58 * DAY)),
         finish: None,
         batch: None,
+        // J3: custom data Adjust keeps in raw data (callback) or shares with the
+        // network (partner), each a URL-encoded JSON object of string values.
+        form_objects: &["callback_params", "partner_params"],
     },
     // Google Ads: POST /v{N}/customers/{CUSTOMER_ID}:uploadClickConversions, headers
     // Authorization (OAuth) and developer-token. The event's click_id is the gclid.
@@ -398,6 +415,7 @@ consent = { adUserData = "{consent.ad_user_data}" }
         max_event_age: None,
         finish: Some(google_conversion),
         batch: Some(("conversions", GOOGLE_ADS_BATCH_MAX)),
+        form_objects: &[],
     },
     // Google Data Manager API: POST https://datamanager.googleapis.com/v1/events:ingest,
     // OAuth (scope datamanager); no developer token: the accounts travel in
@@ -452,6 +470,7 @@ userData = { userIdentifiers = [
         max_event_age: None,
         finish: Some(data_manager_finish),
         batch: Some(("events", DATA_MANAGER_BATCH_MAX)),
+        form_objects: &[],
     },
     // Snapchat Conversions API v3: POST tr.snapchat.com/v3/{PIXEL_ID}/events
     // ?access_token=..., JSON `{"data": [event]}` (S1 "Using the API", S2
@@ -502,6 +521,7 @@ order_id = "{properties.order_id}"
         max_event_age: Some(Duration::from_secs(37 * DAY)),
         finish: Some(snapchat_finish),
         batch: Some(("data", SNAPCHAT_BATCH_MAX)),
+        form_objects: &[],
     },
     // Pinterest API for Conversions v5: POST api.pinterest.com/v5/ad_accounts/{ID}/events,
     // `Authorization: Bearer` (P1: pinterest-python-generated-api-client
@@ -546,6 +566,7 @@ order_id = "{properties.order_id}"
         max_event_age: None,
         finish: Some(pinterest_finish),
         batch: Some(("data", PINTEREST_BATCH_MAX)),
+        form_objects: &[],
     },
     // Reddit Conversions API v3: POST ads-api.reddit.com/api/v3/pixels/{PIXEL_ID}/
     // conversion_events, `Authorization: Bearer` (R1: Reddit Ads API v3
@@ -593,6 +614,7 @@ user = { email = "{user.email}", external_id = "{user.external_id}", ip_address 
         max_event_age: None,
         finish: None,
         batch: Some(("data.events", REDDIT_BATCH_MAX)),
+        form_objects: &[],
     },
     // LinkedIn Conversions API: POST api.linkedin.com/rest/conversionEvents with
     // `X-RestLi-Method: BATCH_CREATE`, `LinkedIn-Version`, OAuth (L1, L2):
@@ -631,6 +653,7 @@ userInfo = { firstName = "{user.first_name}", lastName = "{user.last_name}", cou
         max_event_age: Some(Duration::from_secs(90 * DAY)),
         finish: Some(linkedin_finish),
         batch: Some(("elements", LINKEDIN_BATCH_MAX)),
+        form_objects: &[],
     },
 ];
 
@@ -691,6 +714,7 @@ fn meta_finish(body: &mut Value) {
 /// ATT status as Apple's `ATTrackingManager.AuthorizationStatus` raw value.
 fn appsflyer_finish(body: &mut Value) {
     appsflyer_revenue(body);
+    appsflyer_consent(body);
     if body.get("eventValue").and_then(Value::as_str) == Some("{}") {
         body["eventValue"] = Value::String(String::new());
     }
@@ -716,6 +740,47 @@ fn appsflyer_finish(body: &mut Value) {
             if let Some(o) = body.as_object_mut() {
                 o.shift_remove("att");
             }
+        }
+    }
+}
+
+/// AppsFlyer's manual consent object (A7): `gdpr_applies`, `ad_user_data_enabled`,
+/// `ad_personalization_enabled`, all booleans. Sent only when the event carries a
+/// consent choice (`consent.ad_user_data` or `consent.ad_personalization`, allowed);
+/// `gdpr_applies` is `params.gdpr_applies` ("true" unless the rule says otherwise).
+fn appsflyer_consent(body: &mut Value) {
+    let Some(root) = body.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(manual)) = root
+        .get_mut("consent_data")
+        .and_then(|c| c.get_mut("manual"))
+    else {
+        root.shift_remove("consent_data");
+        return;
+    };
+    for key in ["ad_user_data_enabled", "ad_personalization_enabled"] {
+        if !matches!(manual.get(key), Some(Value::Bool(_))) {
+            manual.shift_remove(key);
+        }
+    }
+    let chosen = manual.contains_key("ad_user_data_enabled")
+        || manual.contains_key("ad_personalization_enabled");
+    let applies = match manual.get("gdpr_applies") {
+        Some(Value::Bool(b)) => Some(*b),
+        Some(Value::String(s)) if s == "true" => Some(true),
+        Some(Value::String(s)) if s == "false" => Some(false),
+        _ => None,
+    };
+    match (chosen, applies) {
+        (true, Some(b)) => {
+            manual.insert("gdpr_applies".into(), Value::Bool(b));
+        }
+        (true, None) => {
+            manual.shift_remove("gdpr_applies");
+        }
+        (false, _) => {
+            root.shift_remove("consent_data");
         }
     }
 }

@@ -224,7 +224,9 @@ fn appsflyer_s2s_preset_request() {
         "appsflyer_id": "af-1", "customer_user_id": "u42", "idfa": "IDFA-1",
         "advertising_id": "GAID-1", "os": "17.4", "att": 3, "eventName": "af_purchase",
         "eventValue": "{\"af_revenue\":\"9.99\",\"af_currency\":\"USD\"}", "eventCurrency": "USD",
-        "ip": "203.0.113.7", "eventTime": "2026-11-25 10:00:00.000", "af_events_api": "true"
+        "ip": "203.0.113.7", "eventTime": "2026-11-25 10:00:00.000", "af_events_api": "true",
+        "consent_data": {"manual": {"gdpr_applies": true, "ad_user_data_enabled": true,
+                                    "ad_personalization_enabled": false}}
     });
     assert_eq!(req.body, Some(expected.to_string()));
     // A1: eventValue is "" without a value; IDFA and IDFV in upper case.
@@ -238,6 +240,97 @@ fn appsflyer_s2s_preset_request() {
     let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
     assert_eq!(body["eventValue"], json!(""));
     assert_eq!(body["idfa"], json!("6D92078A-8246-4BA4-AE5B-76104861E7DC"));
+}
+
+#[test]
+fn appsflyer_sends_the_users_consent_choices_as_consent_data() {
+    // A7 (AppsFlyer S2S API 3 OpenAPI, `ConsentData` -> `ManualConsent`, and its
+    // overview's example): consent_data = {manual: {gdpr_applies, ad_user_data_enabled,
+    // ad_personalization_enabled}}, booleans.
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/appsflyer.toml"))
+            .unwrap();
+    let consent = |d: &Destination, c: Value| {
+        let mut ev = typical("any");
+        ev.fields["consent"] = c;
+        let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+        body.get("consent_data").cloned()
+    };
+    let d = rule("af", &text);
+    // A denial goes out as such, and the IDs the rule drops without consent are gone.
+    let mut ev = typical("any");
+    ev.fields["consent"] = json!({"ad_user_data": false, "ad_personalization": false});
+    let body: Value = serde_json::from_str(&d.render(&ev).unwrap().body.unwrap()).unwrap();
+    assert_eq!(
+        body["consent_data"],
+        json!({"manual": {"gdpr_applies": true, "ad_user_data_enabled": false,
+                          "ad_personalization_enabled": false}})
+    );
+    assert!(
+        body.get("idfa").is_none() && body.get("ip").is_none(),
+        "{body}"
+    );
+    // One choice alone is sent alone; no choice, no consent_data.
+    assert_eq!(
+        consent(&d, json!({"ad_personalization": true})),
+        Some(json!({"manual": {"gdpr_applies": true, "ad_personalization_enabled": true}}))
+    );
+    assert_eq!(consent(&d, json!({"gpc": true})), None);
+    // An app whose users GDPR does not cover says so.
+    let outside = rule(
+        "af",
+        &text.replace("# gdpr_applies = \"false\"", "gdpr_applies = \"false\""),
+    );
+    assert_eq!(
+        consent(&outside, json!({"ad_user_data": true})),
+        Some(json!({"manual": {"gdpr_applies": false, "ad_user_data_enabled": true}}))
+    );
+    // Or per event, from a field of the app's own, through a [body] laid over the preset.
+    let per_event = rule(
+        "af",
+        &format!(
+            "{}\n[body.consent_data.manual]\ngdpr_applies = \"{{consent.gdpr_applies}}\"\n",
+            text.replace(
+                "\"consent.ad_personalization\"]",
+                "\"consent.ad_personalization\", \"consent.gdpr_applies\"]"
+            )
+        ),
+    );
+    assert_eq!(
+        consent(
+            &per_event,
+            json!({"ad_user_data": false, "gdpr_applies": false})
+        ),
+        Some(json!({"manual": {"gdpr_applies": false, "ad_user_data_enabled": false}}))
+    );
+    // Consent fields the rule does not allow are never sent (default deny).
+    let unallowed = rule(
+        "af",
+        &text.replace(
+            ",\n         \"consent.ad_user_data\", \"consent.ad_personalization\"]",
+            "]",
+        ),
+    );
+    assert_eq!(
+        consent(
+            &unallowed,
+            json!({"ad_user_data": true, "ad_personalization": true})
+        ),
+        None
+    );
+    // gdpr_applies is a boolean: anything else does not load.
+    let bad = load::load_text(
+        Path::new("rules/af.toml"),
+        text.replace("# gdpr_applies = \"false\"", "gdpr_applies = \"yes\""),
+        &no_env(),
+    )
+    .err()
+    .map(|e| crate::diag::Diagnostics(e).to_string())
+    .unwrap_or_default();
+    assert!(
+        bad.contains("`params.gdpr_applies` must be \"true\""),
+        "{bad}"
+    );
 }
 
 #[test]
@@ -295,6 +388,93 @@ fn adjust_s2s_preset_request() {
     assert_eq!(
         d.delivery.max_event_age,
         Some(std::time::Duration::from_secs(58 * 86400))
+    );
+}
+
+#[test]
+fn adjust_callback_and_partner_params_are_url_encoded_json_objects_of_strings() {
+    // J3 (adjust/dev-docs `api/s2s-api/events.mdx`, "callback and partner
+    // parameters"): each a URL-encoded JSON object of string key-value pairs, not
+    // nested; its example {"f0o":"bar","bar":"baz"}.
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/adjust.toml"))
+            .unwrap()
+            .replace(
+                "\"properties.value\", \"properties.currency\"]",
+                "\"properties.value\", \"properties.currency\", \"properties.order_id\", \"attribution.campaign\"]",
+            );
+    let form = |d: &Destination, ev: &Event| -> Vec<(String, String)> {
+        let body = d.render(ev).unwrap().body.unwrap_or_default();
+        url::form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect()
+    };
+    let value_of = |pairs: &[(String, String)], key: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| serde_json::from_str::<Value>(v).unwrap())
+    };
+    let example = rule(
+        "adj",
+        &format!("{text}\n[body.callback_params]\nf0o = \"bar\"\nbar = \"baz\"\n"),
+    );
+    let body = example.render(&typical("any")).unwrap().body.unwrap();
+    assert!(
+        body.contains("&callback_params=%7B%22f0o%22%3A%22bar%22%2C%22bar%22%3A%22baz%22%7D"),
+        "{body}"
+    );
+    // From the event: values go as strings (9.99 as "9.99"); a missing one is left out,
+    // and an object left empty is not sent at all.
+    let d = rule(
+        "adj",
+        &format!(
+            "{text}\n[body.callback_params]\norder_id = \"{{properties.order_id}}\"\nvalue = \"{{properties.value}}\"\nsource = \"relay\"\n[body.partner_params]\ncampaign = \"{{attribution.campaign}}\"\n"
+        ),
+    );
+    let pairs = form(&d, &typical("any"));
+    assert_eq!(
+        value_of(&pairs, "callback_params"),
+        Some(json!({"order_id": "o-1", "value": "9.99", "source": "relay"}))
+    );
+    assert_eq!(
+        value_of(&pairs, "partner_params"),
+        Some(json!({"campaign": "c1"}))
+    );
+    let mut bare = typical("any");
+    bare.fields.shift_remove("attribution");
+    bare.fields["properties"] = json!({"currency": "USD"});
+    let pairs = form(&d, &bare);
+    assert_eq!(
+        value_of(&pairs, "callback_params"),
+        Some(json!({"source": "relay"}))
+    );
+    assert!(
+        pairs.iter().all(|(k, _)| k != "partner_params"),
+        "{pairs:?}"
+    );
+    // Default deny holds inside them, and they are flat (Adjust: "don't nest objects").
+    let refused = |extra: &str| {
+        load::load_text(
+            Path::new("rules/adj.toml"),
+            format!("{text}\n{extra}"),
+            &no_env(),
+        )
+        .err()
+        .map(|e| crate::diag::Diagnostics(e).to_string())
+        .unwrap_or_default()
+    };
+    let e = refused("[body.callback_params]\nemail = \"{user.email}\"\n");
+    assert!(e.contains("user.email"), "{e}");
+    let e = refused("[body.callback_params]\nnested = { a = \"b\" }\n");
+    assert!(
+        e.contains("`callback_params.nested` must be a single value"),
+        "{e}"
+    );
+    let e = refused("[body.custom_params]\na = \"b\"\n");
+    assert!(
+        e.contains("(only `callback_params` and `partner_params` take a table)"),
+        "{e}"
     );
 }
 

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::{
-    AcceptOutcome, DedupeKey, Delivery, EventToAccept, NewDelivery, ReplaySelector, Store,
+    AcceptOutcome, DedupeKey, Delivery, EventToAccept, NewDelivery, PartnerStatus, ReplaySelector,
+    Store,
 };
 use crate::outbound::{Method, OutboundRequest};
 
@@ -101,6 +102,7 @@ pub async fn suite(fresh: &Fresh) {
     purge_expired_only(fresh()).await;
     late_settles_are_no_ops(fresh()).await;
     lookup_follows_a_delivery(fresh()).await;
+    partner_status_is_recorded_on_delivered_receipts(fresh()).await;
     retire_moves_a_destination_to_the_dlq(fresh()).await;
     same_key_concurrently_accepted_once(fresh()).await;
 }
@@ -411,6 +413,74 @@ async fn lookup_follows_a_delivery(b: Box<dyn Backend>) {
     assert_eq!((st.state, st.finished_at), ("dead", Some(NOW + 5)));
     assert!(s.lookup("dlv_nope").await.expect("lookup").is_none());
     assert!(s.lookup("").await.expect("lookup").is_none());
+}
+
+async fn partner_status_is_recorded_on_delivered_receipts(mut b: Box<dyn Backend>) {
+    let s = b.store();
+    let out = s
+        .accept(
+            vec![
+                event(key(1), &["a"]),
+                event(key(2), &["a"]),
+                event(key(3), &["a"]),
+            ],
+            NOW,
+        )
+        .await
+        .expect("accept");
+    let [x, y, z] = [ids(&out[0]), ids(&out[1]), ids(&out[2])].map(|v| v[0].clone());
+    let claimed = s.claim_due("a", NOW, 10).await.expect("claim");
+    assert_eq!(claimed.len(), 3);
+    s.complete(&x).await.expect("complete");
+    s.complete(&y).await.expect("complete");
+    let processing = PartnerStatus {
+        state: "processing".into(),
+        reason: None,
+        request_id: "req-1".into(),
+        checked_at: None,
+    };
+    // Only delivered receipts take it: `z` is still claimed, the last ID unknown.
+    let all = [x.clone(), y.clone(), z.clone(), "dlv_nope".to_string()];
+    assert_eq!(
+        s.record_partner_status(&all, &processing)
+            .await
+            .expect("record"),
+        2
+    );
+    let st = s.lookup(&x).await.expect("lookup").expect("known");
+    assert_eq!(
+        (st.state, st.partner_status),
+        ("delivered", Some(processing))
+    );
+    assert_eq!(
+        s.lookup(&z)
+            .await
+            .expect("lookup")
+            .expect("known")
+            .partner_status,
+        None
+    );
+    // A later word replaces the earlier one, and it lasts as the receipt does.
+    let failed = PartnerStatus {
+        state: "failure".into(),
+        reason: Some("PROCESSING_ERROR_REASON_INVALID_GCLID: 1 event".into()),
+        request_id: "req-1".into(),
+        checked_at: Some(NOW + 1_800_000),
+    };
+    assert_eq!(
+        s.record_partner_status(std::slice::from_ref(&y), &failed)
+            .await
+            .expect("record"),
+        1
+    );
+    let st = s.lookup(&y).await.expect("lookup").expect("known");
+    assert_eq!(st.partner_status, Some(failed.clone()));
+    drop((s, claimed));
+    if b.restart() {
+        let s = b.store();
+        let st = s.lookup(&y).await.expect("lookup").expect("known");
+        assert_eq!((st.state, st.partner_status), ("delivered", Some(failed)));
+    }
 }
 
 async fn retire_moves_a_destination_to_the_dlq(b: Box<dyn Backend>) {

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use crate::outbound::{Method, OutboundRequest};
 use crate::store::{
     AcceptOutcome, DeadLetter, Delivery, DeliveryStatus, DestinationCounts, EventToAccept,
-    ReplaySelector, Store, StoreError, StoreResult,
+    PartnerStatus, ReplaySelector, Store, StoreError, StoreResult,
 };
 
 #[derive(Default)]
@@ -30,6 +30,8 @@ pub struct MemStore {
     pub window_ms: i64,
     /// How long dead letters are kept (ms); 0 means the default of 14 days.
     pub retention_ms: i64,
+    /// Partner statuses recorded on delivered deliveries, by delivery ID.
+    pub partner: Mutex<HashMap<String, PartnerStatus>>,
 }
 
 impl MemStore {
@@ -290,6 +292,7 @@ impl Store for MemStore {
             last_status: d.last_status,
             last_error: d.last_error.clone(),
             finished_at,
+            partner_status: None,
         };
         if let Some(d) = self.queued.lock().unwrap().iter().find(|d| d.id == id) {
             let state = if d.attempts == 0 {
@@ -311,9 +314,27 @@ impl Store for MemStore {
         if let Some(d) = self.completed.lock().unwrap().iter().find(|d| d.id == id) {
             let mut s = status(d, "delivered", d.last_attempt_at);
             s.next_attempt_at = None;
+            s.partner_status = self.partner.lock().unwrap().get(id).cloned();
             return Ok(Some(s));
         }
         Ok(None)
+    }
+
+    async fn record_partner_status(
+        &self,
+        ids: &[String],
+        status: &PartnerStatus,
+    ) -> StoreResult<usize> {
+        let completed = self.completed.lock().unwrap();
+        let mut partner = self.partner.lock().unwrap();
+        let mut n = 0;
+        for id in ids {
+            if completed.iter().any(|d| d.id == *id) {
+                partner.insert(id.clone(), status.clone());
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     async fn retire_destination(

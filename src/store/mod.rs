@@ -114,6 +114,27 @@ pub struct DeliveryStatus {
     pub last_error: Option<String>,
     /// When it was delivered or dead-lettered, Unix milliseconds.
     pub finished_at: Option<i64>,
+    /// A delivered delivery's processing as the partner reported it later, for
+    /// partners that process asynchronously (Google Data Manager).
+    pub partner_status: Option<PartnerStatus>,
+}
+
+/// A partner's own later word on a delivered delivery: taken is not yet processed
+/// (Google Data Manager answers `requestStatus:retrieve` per request). Fixed words and
+/// the partner's reason codes only, never a value of the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartnerStatus {
+    /// `processing`, `success`, `partial_success`, `failure`, or `unknown` (no final
+    /// status after the last check).
+    pub state: String,
+    /// The partner's reasons (`PROCESSING_ERROR_REASON_INVALID_GCLID: 1 event`), or
+    /// why the status is unknown.
+    pub reason: Option<String>,
+    /// The partner's ID of the request that carried the delivery (Google's
+    /// `requestId`), to look it up there.
+    pub request_id: String,
+    /// When the relay last asked the partner (Unix ms); `None` before the first check.
+    pub checked_at: Option<i64>,
 }
 
 /// Which dead letters a replay takes.
@@ -240,6 +261,14 @@ pub trait Store: Send + Sync + 'static {
     /// remembered for a while: the embedded store for the dead-letter retention,
     /// Redis for its receipt retention).
     async fn lookup(&self, id: &str) -> StoreResult<Option<DeliveryStatus>>;
+
+    /// Records `status` on the receipts of those of `ids` that are delivered (the
+    /// others are left as they are). Returns how many it recorded it on.
+    async fn record_partner_status(
+        &self,
+        ids: &[String],
+        status: &PartnerStatus,
+    ) -> StoreResult<usize>;
 
     /// The destination is gone (its rule file removed): move everything still queued
     /// for it to the dead-letter queue with `reason`. Returns how many.

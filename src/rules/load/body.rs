@@ -12,7 +12,7 @@ use crate::toml_reader::{Doc, Field};
 use super::super::apply::{AllowTree, Coverage, Privacy};
 use super::super::presets::Preset;
 use super::super::template::{BodyNode, Params, Placeholder, PlaceholderSource, Segment, Template};
-use super::super::{Body, Format};
+use super::super::{Body, FormValue, Format};
 use super::destination::Request;
 use super::known::Known;
 use super::partner;
@@ -412,24 +412,56 @@ impl Shape<'_> {
     }
 
     fn flat_form(&self, entries: Vec<(String, BodyNode)>) -> Body {
+        let objects = self.preset.map_or(&[][..], |p| p.form_objects);
         let mut flat = Vec::with_capacity(entries.len());
         for (k, node) in entries {
             match node {
-                BodyNode::Str(t) => flat.push((k, t)),
-                BodyNode::Const(v) => flat.push((
-                    k,
-                    Template {
-                        segments: vec![Segment::Lit(
-                            super::super::template::scalar_text(&v).into_owned(),
-                        )],
-                    },
-                )),
-                _ => {
-                    let span = self.body_field.and_then(|f| f.key_span.clone());
-                    self.doc.error(span, format!("a form body is flat: `{k}` must be a single value, not a table or list"));
+                BodyNode::Object(inner) if objects.contains(&k.as_str()) => {
+                    let mut object = Vec::with_capacity(inner.len());
+                    for (ik, n) in inner {
+                        match form_text(n) {
+                            Some(t) => object.push((ik, t)),
+                            None => self.form_error(format!("`{k}` is an object of strings (the partner's own rule): `{k}.{ik}` must be a single value, not a table or list")),
+                        }
+                    }
+                    flat.push((k, FormValue::Object(object)));
                 }
+                node => match form_text(node) {
+                    Some(t) => flat.push((k, FormValue::Text(t))),
+                    None => {
+                        let tables = match objects {
+                            [] => String::new(),
+                            some => format!(
+                                " (only {} take a table)",
+                                some.iter()
+                                    .map(|o| format!("`{o}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(" and ")
+                            ),
+                        };
+                        self.form_error(format!("a form body is flat: `{k}` must be a single value, not a table or list{tables}"));
+                    }
+                },
             }
         }
         Body::Form(flat)
+    }
+
+    fn form_error(&self, message: String) {
+        let span = self.body_field.and_then(|f| f.key_span.clone());
+        self.doc.error(span, message);
+    }
+}
+
+/// One form value as a template: a string as written, a constant as its text.
+fn form_text(node: BodyNode) -> Option<Template> {
+    match node {
+        BodyNode::Str(t) => Some(t),
+        BodyNode::Const(v) => Some(Template {
+            segments: vec![Segment::Lit(
+                super::super::template::scalar_text(&v).into_owned(),
+            )],
+        }),
+        BodyNode::Object(_) | BodyNode::Array(_) => None,
     }
 }

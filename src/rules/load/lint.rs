@@ -65,7 +65,10 @@ impl Rule<'_> {
         }
         match self.body {
             Body::Json(node) => walk(node, &mut add),
-            Body::Form(pairs) => pairs.iter().for_each(|(_, t)| add(t)),
+            Body::Form(pairs) => pairs
+                .iter()
+                .flat_map(|(_, v)| v.templates())
+                .for_each(&mut add),
             _ => {}
         }
         out

@@ -4,8 +4,8 @@
 
 use toml_edit::Value as TomlValue;
 
-use crate::outbound::{DeclaredSuccess, DeliverySettings, OAuthSettings, SuccessRule};
-use crate::toml_reader::{Doc, Field, Section};
+use crate::outbound::{DeclaredSuccess, DeliverySettings, OAuthSettings, StatusCheck, SuccessRule};
+use crate::toml_reader::{parse_duration, Doc, Field, Section};
 
 use super::super::apply::{Coverage, Privacy};
 use super::super::normalize::parse_country;
@@ -157,8 +157,15 @@ impl PresetCheck<'_> {
         delivery.success = SuccessRule::Partner(p.answers);
         delivery.max_event_age = p.max_event_age;
         match p.name {
-            "appsflyer_s2s" => self.appsflyer_app_id(),
-            "google_ads" | "google_data_manager" => self.google_credentials(delivery),
+            "appsflyer_s2s" => {
+                self.appsflyer_app_id();
+                self.appsflyer_gdpr_applies();
+            }
+            "google_ads" => self.google_credentials(delivery),
+            "google_data_manager" => {
+                self.google_credentials(delivery);
+                delivery.status_check = self.data_manager_status_check();
+            }
             "meta_capi" => self.meta_source_url(privacy),
             "linkedin_capi" => self.linkedin_headers(delivery),
             _ => {}
@@ -173,6 +180,44 @@ impl PresetCheck<'_> {
         if !app_id.is_empty() && app_id.bytes().all(|b| b.is_ascii_digit()) {
             self.preset_field.error(format!("the AppsFlyer app ID \"{app_id}\" is only digits: iOS app IDs start with \"id\" (id{app_id}), and AppsFlyer answers 200 but drops events sent to the wrong ID"));
         }
+    }
+
+    /// `params.gdpr_applies` fills AppsFlyer's boolean `consent_data.manual.gdpr_applies`.
+    fn appsflyer_gdpr_applies(&self) {
+        if let Some(v) = self.params.values.get("gdpr_applies") {
+            if v != "true" && v != "false" {
+                self.preset_field.error("`params.gdpr_applies` must be \"true\" (the user's consent choices count: the default) or \"false\" (GDPR does not apply to this app's users): AppsFlyer takes a boolean");
+            }
+        }
+    }
+
+    /// Google Data Manager processes uploads later and says how through
+    /// `requestStatus:retrieve` (D7): Google asks to wait 30 minutes, then to back off
+    /// exponentially; it may take up to 24 hours. Six checks from 30 minutes on,
+    /// each twice as late, reach past 31 hours. `params.status_check_after` and
+    /// `params.status_checks` change that ("0" checks: none).
+    fn data_manager_status_check(&self) -> Option<StatusCheck> {
+        let value = |k: &str, default: &'static str| {
+            self.params
+                .values
+                .get(k)
+                .map_or(default.to_string(), Clone::clone)
+        };
+        let first_after = match parse_duration(&value("status_check_after", "30m")) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                self.preset_field.error("`params.status_check_after` must be a duration, like \"30m\" (Google's advice) or \"2h\"");
+                return None;
+            }
+        };
+        let tries = match value("status_checks", "6").parse::<u32>() {
+            Ok(n) if n <= 20 => n,
+            _ => {
+                self.preset_field.error("`params.status_checks` must be a whole number from 0 (no checks) to 20, like \"6\"");
+                return None;
+            }
+        };
+        (tries > 0).then_some(StatusCheck { first_after, tries })
     }
 
     /// Google access tokens last an hour: they come from `oauth`, renewed at send time.

@@ -946,3 +946,38 @@ fn a_required_field_the_rule_cannot_fill_warns() {
         "{warnings:#?}"
     );
 }
+
+#[test]
+fn data_manager_reads_its_status_back_from_30_minutes_on_unless_told_otherwise() {
+    // D7: Google's diagnostics guide: wait 30 minutes, then back off; up to 24 hours.
+    let dm = "[destination]\nurl = \"https://datamanager.googleapis.com/v1/events:ingest\"\noauth = { client_id = \"c\", client_secret = \"s\", refresh_token = \"r\" }\npreset = \"google_data_manager\"\n[params]\ncustomer_id = \"1\"\nconversion_action_id = \"2\"\n";
+    let check = |extra: &str| delivery_of(&format!("{dm}{extra}")).status_check;
+    assert_eq!(
+        check(""),
+        Some(crate::outbound::StatusCheck {
+            first_after: Duration::from_secs(1800),
+            tries: 6
+        })
+    );
+    assert_eq!(
+        check("status_check_after = \"2h\"\nstatus_checks = 2\n"),
+        Some(crate::outbound::StatusCheck {
+            first_after: Duration::from_secs(7200),
+            tries: 2
+        })
+    );
+    assert_eq!(check("status_checks = \"0\"\n"), None);
+    one_error(
+        &format!("{dm}status_check_after = \"soon\"\n"),
+        "4:10",
+        "`params.status_check_after` must be a duration",
+    );
+    one_error(
+        &format!("{dm}status_checks = \"99\"\n"),
+        "4:10",
+        "`params.status_checks` must be a whole number from 0 (no checks) to 20",
+    );
+    // Other presets read nothing back.
+    let meta = "[destination]\nurl = \"https://a.example/\"\npreset = \"meta_capi\"\n[privacy]\nallow = [\"event_id\", \"page.url\"]\n";
+    assert_eq!(delivery_of(meta).status_check, None);
+}

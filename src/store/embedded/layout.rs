@@ -24,7 +24,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::outbound::OutboundRequest;
-use crate::store::{Delivery, DeliveryStatus};
+use crate::store::{Delivery, DeliveryStatus, PartnerStatus};
 
 pub const QUEUE: &str = "queue";
 pub const RETRY: &str = "retry";
@@ -378,6 +378,7 @@ impl Record {
             last_status: self.last_status,
             last_error: self.last_error.clone(),
             finished_at: self.dead_at,
+            partner_status: None,
         }
     }
 }
@@ -388,6 +389,33 @@ pub struct Done {
     pub delivered_at: i64,
     pub attempts: u32,
     pub last_status: Option<u16>,
+    /// The partner's later word on it (added after format 1's first receipts: a
+    /// receipt written without it reads as `None`, see `decode_done`).
+    pub partner: Option<PartnerStatus>,
+}
+
+/// A receipt as the first releases wrote it, before `Done::partner`.
+#[derive(Deserialize)]
+struct DoneWithoutPartner {
+    delivered_at: i64,
+    attempts: u32,
+    last_status: Option<u16>,
+}
+
+/// A receipt, of either shape: postcard has no field names, so a receipt written
+/// before `partner` existed ends where that field would start. (Older code reads the
+/// new shape too: postcard ignores trailing bytes.)
+pub fn decode_done(bytes: &[u8]) -> Result<Done, String> {
+    decode::<Done>("receipt", bytes).or_else(|e| {
+        decode::<DoneWithoutPartner>("receipt", bytes)
+            .map(|d| Done {
+                delivered_at: d.delivered_at,
+                attempts: d.attempts,
+                last_status: d.last_status,
+                partner: None,
+            })
+            .map_err(|_| e)
+    })
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
@@ -426,6 +454,55 @@ pub fn parse_counts(bytes: &[u8]) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
     use crate::outbound::Method;
+
+    #[test]
+    fn a_receipt_from_before_partner_statuses_still_reads() {
+        #[derive(Serialize)]
+        struct Old {
+            delivered_at: i64,
+            attempts: u32,
+            last_status: Option<u16>,
+        }
+        let old = encode(&Old {
+            delivered_at: 5,
+            attempts: 2,
+            last_status: None,
+        })
+        .unwrap();
+        let expected = Done {
+            delivered_at: 5,
+            attempts: 2,
+            last_status: None,
+            partner: None,
+        };
+        assert_eq!(decode_done(&old), Ok(expected.clone()));
+        let new = Done {
+            partner: Some(PartnerStatus {
+                state: "failure".into(),
+                reason: Some("PROCESSING_ERROR_REASON_INVALID_GCLID: 1 event".into()),
+                request_id: "r".into(),
+                checked_at: Some(9),
+            }),
+            ..expected
+        };
+        assert_eq!(decode_done(&encode(&new).unwrap()), Ok(new.clone()));
+        // And code from before reads a new receipt (postcard ignores what follows).
+        #[derive(Deserialize, Debug, PartialEq)]
+        struct OldRead {
+            delivered_at: i64,
+            attempts: u32,
+            last_status: Option<u16>,
+        }
+        assert_eq!(
+            decode::<OldRead>("receipt", &encode(&new).unwrap()),
+            Ok(OldRead {
+                delivered_at: 5,
+                attempts: 2,
+                last_status: None
+            })
+        );
+        assert!(decode_done(&[RECORD_VERSION, 0xff]).is_err());
+    }
 
     #[test]
     fn ids_round_trip_and_look_like_before() {

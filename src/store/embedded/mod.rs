@@ -435,6 +435,21 @@ impl Store for EmbeddedStore {
         self.read(move |s| reads::lookup(s, &id)).await
     }
 
+    async fn record_partner_status(
+        &self,
+        ids: &[String],
+        status: &crate::store::PartnerStatus,
+    ) -> StoreResult<usize> {
+        let op = ops::Op::PartnerStatus {
+            ids: ids.to_vec(),
+            status: status.clone(),
+        };
+        match self.submit(op).await? {
+            ops::Outcome::Counted(n, _) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
     async fn retire_destination(
         &self,
         destination: &str,

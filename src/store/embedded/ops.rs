@@ -46,6 +46,10 @@ pub enum Op {
     Purge {
         now_ms: i64,
     },
+    PartnerStatus {
+        ids: Vec<String>,
+        status: crate::store::PartnerStatus,
+    },
 }
 
 pub enum Outcome {
@@ -104,6 +108,9 @@ impl Writer {
             Op::Purge { now_ms } => self
                 .purge(e, g, *now_ms)
                 .map(|(a, b)| Ok(Outcome::Counted(a, b))),
+            Op::PartnerStatus { ids, status } => self
+                .partner_status(e, g, ids, status)
+                .map(|n| Ok(Outcome::Counted(n, 0))),
         }
     }
 
@@ -239,10 +246,43 @@ impl Writer {
             delivered_at: wall_ms(),
             attempts,
             last_status: None,
+            partner: None,
         };
         Self::batch(g)?.insert(&e.done, parts.bytes(), layout::encode(&done)?);
+        g.receipts.insert(parts.bytes(), done);
         g.count(parts.dest, -1, 0);
         Ok(())
+    }
+
+    /// Writes `status` into the receipts of those of `ids` that are delivered (read
+    /// from this group first: a receipt it wrote is not readable from the engine yet).
+    fn partner_status(
+        &mut self,
+        e: &Engine,
+        g: &mut Group,
+        ids: &[String],
+        status: &crate::store::PartnerStatus,
+    ) -> Result<usize, Fatal> {
+        let mut n = 0;
+        for id in ids {
+            let Some(parts) = self.shared.parts_of(id) else {
+                continue;
+            };
+            let key = parts.bytes();
+            let done = match g.receipts.get(&key) {
+                Some(d) => Some(d.clone()),
+                None => match e.done.get(key).map_err(fatal)? {
+                    Some(v) => Some(layout::decode_done(&v)?),
+                    None => None,
+                },
+            };
+            let Some(mut done) = done else { continue };
+            done.partner = Some(status.clone());
+            Self::batch(g)?.insert(&e.done, key, layout::encode(&done)?);
+            g.receipts.insert(key, done);
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn retry_later(&mut self, e: &Engine, g: &mut Group, d: &Delivery) -> Result<(), Fatal> {

@@ -203,7 +203,7 @@ pub fn lookup(s: &Shared, id: &str) -> StoreResult<Option<DeliveryStatus>> {
         }
     }
     if let Some(v) = e.done.get(p.bytes()).map_err(err)? {
-        let d: Done = layout::decode("receipt", &v).map_err(corrupt)?;
+        let d: Done = layout::decode_done(&v).map_err(corrupt)?;
         return Ok(Some(DeliveryStatus {
             id: id.to_owned(),
             destination: name,
@@ -215,6 +215,7 @@ pub fn lookup(s: &Shared, id: &str) -> StoreResult<Option<DeliveryStatus>> {
             last_status: d.last_status,
             last_error: None,
             finished_at: Some(d.delivered_at),
+            partner_status: d.partner,
         }));
     }
     Ok(None)

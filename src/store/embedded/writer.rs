@@ -84,6 +84,8 @@ pub struct Group {
     pub queued_delta: i64,
     /// What this group's accepts insert, to take out again if its commit fails.
     pub undo: Vec<Undo>,
+    /// Receipts this group wrote (not yet readable from the engine), by key.
+    pub receipts: HashMap<[u8; 16], super::layout::Done>,
 }
 
 /// A key an accept inserted. A failed commit can still reach the journal (the engine

@@ -14,7 +14,7 @@
 //! | `{P}:q:<dest>` | stream | entry `i` = delivery ID; entry time = due time |
 //! | `{P}:retry:<dest>` | sorted set | delivery ID -> due (ms) |
 //! | `{P}:dead:<dest>` | sorted set | delivery ID -> dead at (ms) |
-//! | `{P}:r:<id>` | hash | the delivery (`record.rs`); a delivered one's receipt expires after `receipt_retention` |
+//! | `{P}:r:<id>` | hash | the delivery (`record.rs`); a delivered one's receipt (with the partner's later word on it, if any) expires after `receipt_retention` |
 //! | `{P}:counts` | hash | `q:<dest>`, `d:<dest>`, `total`: counts without scanning |
 //! | `{P}:dests`, `{P}:top` | set, hash | destinations; each stream's latest entry time |
 //! | `{P}:scan` | hash | per stream, where the next `XAUTOCLAIM` goes on |
@@ -130,6 +130,7 @@ struct Scripts {
     next_due: Script,
     recover: Script,
     forget: Script,
+    note: Script,
 }
 
 impl Scripts {
@@ -148,6 +149,7 @@ impl Scripts {
             next_due: with_common(include_str!("lua/next_due.lua")),
             recover: with_common(include_str!("lua/recover.lua")),
             forget: with_common(include_str!("lua/forget.lua")),
+            note: with_common(include_str!("lua/note.lua")),
         }
     }
 }
@@ -887,6 +889,31 @@ impl Store for RedisStore {
             .await
             .map_err(|e| i.error(e))?;
         Ok(Fields::from_pairs(row).status(id))
+    }
+
+    async fn record_partner_status(
+        &self,
+        ids: &[String],
+        status: &crate::store::PartnerStatus,
+    ) -> StoreResult<usize> {
+        let i = &self.inner;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let checked = status.checked_at.map(|t| t.to_string()).unwrap_or_default();
+        let mut args = args![
+            status.state.as_str(),
+            status.reason.as_deref().unwrap_or(""),
+            status.request_id.as_str(),
+            checked
+        ];
+        for id in ids {
+            args.extend(args![id]);
+        }
+        let n: usize = i.run(&i.scripts.note, args).await?;
+        i.committed(1, started);
+        Ok(n)
     }
 
     async fn retire_destination(

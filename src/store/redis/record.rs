@@ -11,11 +11,12 @@
 //! | `ls`, `le` | last HTTP status, last error |
 //! | `st` | `q` on its stream, `r` waiting to retry, `d` dead, `c` delivered |
 //! | `e` | its stream entry while on the stream |
+//! | `ps`, `pr`, `pq`, `pc` | a delivered one's partner status: state, reason, the partner's request ID, checked at (Unix ms) |
 
 use std::collections::HashMap;
 
 use crate::outbound::OutboundRequest;
-use crate::store::{DeadLetter, Delivery, DeliveryStatus};
+use crate::store::{DeadLetter, Delivery, DeliveryStatus, PartnerStatus};
 
 /// The fields of a record, as Redis returned them.
 pub struct Fields(HashMap<String, Vec<u8>>);
@@ -101,6 +102,16 @@ impl Fields {
             last_status: self.int("ls").and_then(|s| u16::try_from(s).ok()),
             last_error: self.text("le"),
             finished_at: if waiting { None } else { self.int("fin") },
+            partner_status: self.partner_status(),
+        })
+    }
+
+    fn partner_status(&self) -> Option<PartnerStatus> {
+        Some(PartnerStatus {
+            state: self.text("ps")?,
+            reason: self.text("pr"),
+            request_id: self.text("pq").unwrap_or_default(),
+            checked_at: self.int("pc"),
         })
     }
 }

@@ -1,0 +1,152 @@
+//! Google Data Manager processes what it took later: a real relay delivers a
+//! conversion to a fake Data Manager (`events:ingest` answers a `requestId`), asks
+//! `requestStatus:retrieve` next to it with the destination's OAuth token, and
+//! `GET /admin/deliveries/{id}` shows Google's later word, with the metric; on the
+//! embedded store and on Redis.
+
+mod common;
+
+use postback_relay::fake_partner::{FakePartner, Reply};
+use serde_json::Value;
+
+use common::*;
+
+fn json_reply(status: u16, body: &str) -> Reply {
+    Reply::status(status)
+        .header("Content-Type", "application/json")
+        .body(body)
+}
+
+/// The shipped example's shape, pointed at the fake Google: the ingest URL is the
+/// rule's `url` and the status is asked next to it; the first check after a second.
+fn rule(google: &FakePartner, oauth: &FakePartner) -> String {
+    format!(
+        r#"[destination]
+url = "{ingest}"
+oauth = {{ client_id = "cid", client_secret = "csecret", refresh_token = "rtoken", token_url = "{token}" }}
+preset = "google_data_manager"
+
+[batch]
+max_wait = "100ms"
+
+[params]
+customer_id = "1234567890"
+conversion_action_id = "987654321"
+status_check_after = "1s"
+status_checks = "3"
+
+[privacy]
+allow = ["click_id", "properties.value", "properties.currency", "properties.order_id",
+         "user.email", "consent.ad_user_data"]
+hash = ["user.email"]
+"#,
+        ingest = google.url("/v1/events:ingest"),
+        token = oauth.url("/token"),
+    )
+}
+
+#[tokio::test]
+async fn a_failure_google_reports_later_shows_on_the_delivery() {
+    failure_shows(TestStore::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_google_reports_later_shows_on_the_delivery_on_redis() {
+    if let Some(store) =
+        TestStore::redis("a_failure_google_reports_later_shows_on_the_delivery_on_redis")
+    {
+        failure_shows(store).await;
+    }
+}
+
+async fn failure_shows(store: TestStore) {
+    let oauth = FakePartner::start().await.expect("token endpoint");
+    oauth.set_default(json_reply(
+        200,
+        r#"{"access_token":"ya29.dm-test","expires_in":3600,"token_type":"Bearer"}"#,
+    ));
+    let google = FakePartner::start().await.expect("fake Google");
+    google.enqueue([
+        json_reply(200, r#"{"requestId":"7b0e4c1a-2f5d-4e8b-9a61-0c3d2e1f4a5b"}"#),
+        json_reply(
+            200,
+            r#"{"requestStatusPerDestination":[{"destination":{"operatingAccount":{"accountType":"GOOGLE_ADS","accountId":"1234567890"},"productDestinationId":"987654321"},"requestStatus":"FAILED","errorInfo":{"errorCounts":[{"recordCount":"1","reason":"PROCESSING_ERROR_REASON_INVALID_GCLID"}]},"eventsIngestionStatus":{"recordCount":"1"}}]}"#,
+        ),
+    ]);
+    // Anything more would be a check too many.
+    google.set_default(Reply::status(418));
+    let relay = TestRelay::start(
+        &[("google-dm", &rule(&google, &oauth))],
+        &store.config("60s"),
+    )
+    .await;
+
+    let (s, v) = relay
+        .post_json("msg-dm", &event("e-dm", "purchase", "gclid-not-google"))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["results"][0]["delivery_ids"][0]
+        .as_str()
+        .expect("a delivery ID")
+        .to_string();
+    let path = format!("/admin/deliveries/{id}");
+    let failed = eventually(30, || async {
+        relay.admin_get(&path).await["partner_status"]["state"] == "failure"
+    })
+    .await;
+    let st: Value = relay.admin_get(&path).await;
+    assert!(
+        failed,
+        "{} ({} requests to Google)",
+        st,
+        google.request_count()
+    );
+
+    assert_eq!(st["state"], "delivered", "{st}");
+    let p = &st["partner_status"];
+    assert_eq!(
+        p["request_id"], "7b0e4c1a-2f5d-4e8b-9a61-0c3d2e1f4a5b",
+        "{st}"
+    );
+    assert_eq!(
+        p["reason"], "PROCESSING_ERROR_REASON_INVALID_GCLID: 1 event",
+        "{st}"
+    );
+    let checked = p["checked_at"].as_str().unwrap_or("");
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(checked).is_ok() && checked.ends_with('Z'),
+        "{st}"
+    );
+    // Google's words only: nothing of the event.
+    let text = st.to_string();
+    assert!(
+        !text.contains("gclid-not-google") && !text.contains("xample.com"),
+        "{text}"
+    );
+
+    // Ingest, then one check next to it, both with the destination's token.
+    let requests = google.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(
+        (requests[0].method.as_str(), requests[0].target.as_str()),
+        ("POST", "/v1/events:ingest")
+    );
+    assert_eq!(
+        (requests[1].method.as_str(), requests[1].target.as_str()),
+        (
+            "GET",
+            "/v1/requestStatus:retrieve?requestId=7b0e4c1a-2f5d-4e8b-9a61-0c3d2e1f4a5b"
+        )
+    );
+    for r in &requests {
+        assert_eq!(r.header("authorization"), Some("Bearer ya29.dm-test"));
+    }
+    let counted = metric(
+        &relay.client,
+        &relay.base,
+        r#"postback_relay_partner_status_total{destination="google-dm",status="failure"}"#,
+    )
+    .await;
+    assert_eq!(counted, 1.0);
+    relay.stop().await;
+}
