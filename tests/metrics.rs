@@ -323,6 +323,20 @@ async fn the_alert_rules_and_the_dashboard_name_only_metrics_the_relay_exports()
         .await;
     assert_eq!(s, 202);
     assert!(partner.wait_for_requests(1, Duration::from_secs(10)).await);
+    // The delivery is settled (its duration recorded) a moment after the partner has
+    // the request, and the watcher reports the broken file a moment after the write.
+    let (client, base) = (&relay.client, &relay.base);
+    let delivered =
+        r#"postback_relay_delivery_attempts_total{destination="aff",outcome="delivered"}"#;
+    let broken = r#"postback_relay_rule_file_errors{destination="bad"}"#;
+    assert!(
+        eventually(10, || async move {
+            metric(client, base, delivered).await >= 1.0
+                && metric(client, base, broken).await >= 1.0
+        })
+        .await,
+        "the delivery settled and the broken file reported within 10 s"
+    );
     let text = relay
         .client
         .get(format!("{}/metrics", relay.base))
