@@ -34,6 +34,7 @@ mod deliver;
 mod http;
 mod ingest;
 mod metrics;
+mod private_file;
 mod relay;
 mod sync;
 mod toml_reader;

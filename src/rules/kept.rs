@@ -12,8 +12,8 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -69,17 +69,7 @@ impl<'a> Kept<'a> {
             .recursive(true)
             .mode(0o700)
             .create(self.dir)?;
-        let tmp = self.dir.join(format!(".{name}.toml.tmp"));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, self.path(name))?;
-        fs::File::open(self.dir)?.sync_all()
+        crate::private_file::write(&self.path(name), text.as_bytes())
     }
 
     /// Removes the copies of rule files that are no longer in the rules directory

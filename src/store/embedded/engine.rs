@@ -7,10 +7,10 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -241,15 +241,8 @@ pub fn write_format_file(data_dir: &Path) -> Result<(), String> {
     if path.exists() {
         return Ok(());
     }
-    let tmp = data_dir.join(format!(".{FORMAT_FILE}.tmp"));
-    let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(format!("{}\n", layout::FORMAT).as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(data_dir)?.sync_all()
-    };
-    write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+    crate::private_file::write(&path, format!("{}\n", layout::FORMAT).as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 pub fn damaged(db_dir: &Path, what: &str) -> String {
@@ -611,24 +604,6 @@ pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], String> {
     rand::rngs::OsRng
         .try_fill_bytes(&mut secret)
         .map_err(|e| format!("{}: cannot draw a random key from the OS: {e}", ctx()))?;
-    let tmp: PathBuf = path.with_extension("key.tmp");
-    let write = || -> io::Result<()> {
-        // A leftover from a crash could carry other permissions: start afresh.
-        let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&secret)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    write().map_err(|e| format!("{}: {e}", ctx()))?;
+    crate::private_file::write(path, &secret).map_err(|e| format!("{}: {e}", ctx()))?;
     Ok(secret)
 }
