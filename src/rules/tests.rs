@@ -67,6 +67,29 @@ fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What a shipped preset rule file sends for the typical event of `network`: checks
+/// its batch size, where it goes and (unless `None`) its headers, and returns it.
+fn preset_request(
+    file: &str,
+    network: &str,
+    max_events: Option<usize>,
+    url: &str,
+    want_headers: Option<&[(&str, &str)]>,
+) -> (Destination, crate::outbound::OutboundRequest) {
+    let d = shipped(file);
+    assert_eq!(
+        d.delivery.batch.as_ref().map(|b| b.max_events),
+        max_events,
+        "{file}"
+    );
+    let req = d.render(&typical(network)).unwrap();
+    assert_eq!(req.url, url, "{file}");
+    if let Some(want) = want_headers {
+        assert_eq!(req.headers, headers(want), "{file}");
+    }
+    (d, req)
+}
+
 #[test]
 fn the_shipped_rules_directory_loads_with_no_environment() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
@@ -482,19 +505,16 @@ fn adjust_callback_and_partner_params_are_url_encoded_json_objects_of_strings() 
 fn google_ads_preset_request() {
     // Google Ads API v26 (G5), "Normalization and hashing": trim, lower-case, phone
     // in E.164; consent.adUserData (G7); one click identifier per conversion.
-    let d = shipped("google-ads");
-    let req = d.render(&typical("google")).unwrap();
-    assert_eq!(
-        req.url,
-        "https://googleads.googleapis.com/v26/customers/1234567890:uploadClickConversions"
-    );
     // No Authorization here: the access token is attached at send time (oauth).
-    assert_eq!(
-        req.headers,
-        headers(&[
+    let (d, req) = preset_request(
+        "google-ads",
+        "google",
+        Some(2000),
+        "https://googleads.googleapis.com/v26/customers/1234567890:uploadClickConversions",
+        Some(&[
             ("developer-token", "replace-me"),
-            ("Content-Type", "application/json")
-        ])
+            ("Content-Type", "application/json"),
+        ]),
     );
     let expected = json!({
         "partialFailure": true,
@@ -546,17 +566,13 @@ fn google_data_manager_preset_request() {
     // ProductAccount, Event, AdIdentifiers, UserData, UserIdentifier, Consent) in
     // proto3 JSON (lowerCamelCase, enums by name); hashing per Google's formatting
     // guide (as google_ads: trim, lower-case, phone E.164), hex encoding.
-    let d = shipped("google-data-manager");
-    assert_eq!(d.delivery.batch.as_ref().map(|b| b.max_events), Some(2000));
-    let req = d.render(&typical("google")).unwrap();
-    assert_eq!(
-        req.url,
-        "https://datamanager.googleapis.com/v1/events:ingest"
-    );
     // No developer token: OAuth only, attached at send time.
-    assert_eq!(
-        req.headers,
-        headers(&[("Content-Type", "application/json")])
+    let (d, req) = preset_request(
+        "google-data-manager",
+        "google",
+        Some(2000),
+        "https://datamanager.googleapis.com/v1/events:ingest",
+        Some(&[("Content-Type", "application/json")]),
     );
     let expected = json!({
         "encoding": "HEX",
@@ -616,12 +632,12 @@ fn snapchat_capi_preset_request() {
     // Snap Conversions API v3 "Using the API" (S1): POST tr.snapchat.com/v3/{PIXEL}/
     // events?access_token=..., `{"data": [{event_name, event_time (s), event_id,
     // action_source, event_source_url, user_data: {em: [..], ph: [..]}, custom_data}]}`.
-    let d = shipped("snapchat");
-    assert_eq!(d.delivery.batch.as_ref().map(|b| b.max_events), Some(2000));
-    let req = d.render(&typical("snapchat")).unwrap();
-    assert_eq!(
-        req.url,
-        "https://tr.snapchat.com/v3/0f0e0d0c-0b0a-4908-8706-050403020100/events?access_token=replace-me"
+    let (d, req) = preset_request(
+        "snapchat",
+        "snapchat",
+        Some(2000),
+        "https://tr.snapchat.com/v3/0f0e0d0c-0b0a-4908-8706-050403020100/events?access_token=replace-me",
+        None,
     );
     let expected = json!({"data": [{
         "event_name": "PURCHASE", "event_time": 1795600800, "event_id": "evt_01JD8X",
@@ -657,19 +673,15 @@ fn pinterest_capi_preset_request() {
     // token, `{"data": [{event_name, action_source, event_time, event_id,
     // event_source_url, user_data: {em: [..], ph: [..], client_ip_address,
     // client_user_agent, ...}, custom_data: {currency, value (a string), order_id}}]}`.
-    let d = shipped("pinterest");
-    assert_eq!(d.delivery.batch.as_ref().map(|b| b.max_events), Some(1000));
-    let req = d.render(&typical("pinterest")).unwrap();
-    assert_eq!(
-        req.url,
-        "https://api.pinterest.com/v5/ad_accounts/549755885175/events"
-    );
-    assert_eq!(
-        req.headers,
-        headers(&[
+    let (_, req) = preset_request(
+        "pinterest",
+        "pinterest",
+        Some(1000),
+        "https://api.pinterest.com/v5/ad_accounts/549755885175/events",
+        Some(&[
             ("Authorization", "Bearer replace-me"),
-            ("Content-Type", "application/json")
-        ])
+            ("Content-Type", "application/json"),
+        ]),
     );
     let expected = json!({"data": [{
         "event_name": "checkout", "action_source": "web", "event_time": 1795600800,
@@ -721,18 +733,17 @@ fn linkedin_capi_preset_request() {
     // "urn:lla:llaPartnerConversion:{id}", conversionHappenedAt (ms), eventId,
     // conversionValue: {currencyCode, amount (a string)}, user: {userIds: [{idType:
     // SHA256_EMAIL | LINKEDIN_FIRST_PARTY_ADS_TRACKING_UUID, idValue}], userInfo}}.
-    let d = shipped("linkedin");
-    assert_eq!(d.delivery.batch.as_ref().map(|b| b.max_events), Some(5000));
-    let req = d.render(&typical("linkedin")).unwrap();
-    assert_eq!(req.url, "https://api.linkedin.com/rest/conversionEvents");
-    assert_eq!(
-        req.headers,
-        headers(&[
+    let (d, req) = preset_request(
+        "linkedin",
+        "linkedin",
+        Some(5000),
+        "https://api.linkedin.com/rest/conversionEvents",
+        Some(&[
             ("LinkedIn-Version", "202607"),
             ("X-RestLi-Method", "BATCH_CREATE"),
             ("X-Restli-Protocol-Version", "2.0.0"),
-            ("Content-Type", "application/json")
-        ])
+            ("Content-Type", "application/json"),
+        ]),
     );
     let expected = json!({"elements": [{
         "conversion": "urn:lla:llaPartnerConversion:104012",
