@@ -860,6 +860,14 @@ fn linkedin_needs_its_version_and_batch_headers_and_a_token() {
 
 const META_LINT: &str = "[destination]\nurl = \"https://graph.facebook.com/v27.0/1/events\"\npreset = \"meta_capi\"\n[privacy]\nallow = [\"page.url\", \"user.email\", \"user.ip\", \"user.user_agent\"]\nhash = [\"user.email\"]\n";
 
+/// The one warning `text` loads with (no error), for the lint tests.
+fn the_warning(text: &str) -> String {
+    let (errors, mut warnings) = report(text, &[]);
+    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    warnings.remove(0)
+}
+
 #[test]
 fn a_field_the_partner_wants_in_clear_warns_when_hashed() {
     // Meta (M3): client_ip_address and client_user_agent are sent in clear.
@@ -867,17 +875,11 @@ fn a_field_the_partner_wants_in_clear_warns_when_hashed() {
         "hash = [\"user.email\"]",
         "hash = [\"user.email\", \"user.ip\"]",
     );
-    let (errors, warnings) = report(&text, &[]);
-    assert_eq!(errors, Vec::<String>::new());
-    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let warning = the_warning(&text);
+    assert!(warning.contains("rules/x.toml:6:23"), "{warning}");
     assert!(
-        warnings[0].starts_with("rules/x.toml:6:23: warning")
-            || warnings[0].contains("rules/x.toml:6:23"),
-        "{warnings:#?}"
-    );
-    assert!(
-        warnings[0].contains("\"user.ip\" is hashed, but Meta wants `client_ip_address` in clear"),
-        "{warnings:#?}"
+        warning.contains("\"user.ip\" is hashed, but Meta wants `client_ip_address` in clear"),
+        "{warning}"
     );
     // external_id: Meta takes it hashed or not, no warning.
     let text = META_LINT
@@ -901,11 +903,9 @@ fn an_allowed_field_the_preset_has_no_place_for_warns() {
         "\"user.user_agent\"]",
         "\"user.user_agent\", \"device.idfa\"]",
     );
-    let (errors, warnings) = report(&text, &[]);
-    assert_eq!(errors, Vec::<String>::new());
-    assert_eq!(warnings.len(), 1, "{warnings:#?}");
-    assert!(warnings[0].contains("rules/x.toml:5:"), "{warnings:#?}");
-    assert!(warnings[0].contains("\"device.idfa\" is allowed, but preset meta_capi's request has no place for it, so it is never sent"), "{warnings:#?}");
+    let warning = the_warning(&text);
+    assert!(warning.contains("rules/x.toml:5:"), "{warning}");
+    assert!(warning.contains("\"device.idfa\" is allowed, but preset meta_capi's request has no place for it, so it is never sent"), "{warning}");
     // A [body] laid over the preset's gives it a place.
     let placed =
         format!("{text}[[body.data]]\n[body.data.user_data]\nmadid = \"{{device.idfa}}\"\n");
@@ -919,31 +919,27 @@ fn an_allowed_field_the_preset_has_no_place_for_warns() {
 fn a_required_field_the_rule_cannot_fill_warns() {
     // Meta (PARTNERS.md 2026-12-03): website events need client_user_agent...
     let no_ua = META_LINT.replace(", \"user.user_agent\"]", "]");
-    let (_, warnings) = report(&no_ua, &[]);
-    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let warning = the_warning(&no_ua);
     assert!(
-        warnings[0].contains("Meta requires client_user_agent for website events"),
-        "{warnings:#?}"
+        warning.contains("Meta requires client_user_agent for website events"),
+        "{warning}"
     );
     // ... app events need app_data, which only a [body] can give.
     let app = format!("{META_LINT}[params]\naction_source = \"app\"\n");
-    let (_, warnings) = report(&app, &[]);
-    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let warning = the_warning(&app);
     assert!(
-        warnings[0].contains("Meta requires app_data for app events"),
-        "{warnings:#?}"
+        warning.contains("Meta requires app_data for app events"),
+        "{warning}"
     );
     let with_app_data =
         format!("{app}[[body.data]]\napp_data = {{ advertiser_tracking_enabled = 1 }}\n");
     assert_eq!(report(&with_app_data, &[]).1, Vec::<String>::new());
     // Adjust takes event tokens: an event name without a mapping would be sent as is.
     let adjust = "[destination]\nurl = \"https://s2s.adjust.com/event\"\nheaders = { Authorization = \"Bearer t\" }\npreset = \"adjust_s2s\"\n[params]\napp_token = \"abc\"\n[when]\nevent_name = [\"purchase\", \"registration\"]\n[rename.event_name]\npurchase = \"f0ob4r\"\n[privacy]\nallow = [\"event_name\", \"device.idfa\"]\n";
-    let (errors, warnings) = report(adjust, &[]);
-    assert_eq!(errors, Vec::<String>::new());
-    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    let warning = the_warning(adjust);
     assert!(
-        warnings[0].contains("\"registration\" has no token in [rename.event_name]"),
-        "{warnings:#?}"
+        warning.contains("\"registration\" has no token in [rename.event_name]"),
+        "{warning}"
     );
 }
 
