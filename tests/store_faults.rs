@@ -404,6 +404,22 @@ async fn queued_store(kill_9: bool) -> (FakePartner, tempfile::TempDir) {
     for i in 0..EVENTS {
         assert_eq!(send(&relay, &client, i, &mut seen).await.0, 202);
     }
+    // Nothing in flight at the stop, and nothing about to start: the partner's 503s
+    // have opened the circuit (30 s), and every attempt made is settled (a retry an
+    // hour away). A delivery in flight at the stop would be due at once in the next
+    // run, and its second attempt dead-lettered (give_up_after is 1 h), which
+    // `assert_intact` would take for a lost delivery.
+    let (c, base) = (&client, &relay.base);
+    let quiet = eventually(30, || async move {
+        let d = common::destination_at(c, base, "aff").await;
+        d["circuit"] == "open" && d["in_flight"] == 0 && d["requests_in_flight"] == 0
+    })
+    .await;
+    assert!(
+        quiet,
+        "the partner's 503s did not open the circuit within 30 s:\n{}",
+        relay.log()
+    );
     if kill_9 {
         relay.kill();
     } else {
