@@ -37,19 +37,21 @@ local function enqueue(dest, id, due)
   redis.call('HSET', record(id), 'st', 'q', 'e', entry)
 end
 
+-- An XINFO reply's flat field, value, field, value... list as a table.
+local function fields_of(flat)
+  local t = {}
+  for k = 1, #flat, 2 do
+    t[flat[k]] = flat[k + 1]
+  end
+  return t
+end
+
 -- The group's position: entries after it have not been handed to any consumer.
 local function last_delivered(q)
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', q)) do
-    local name, last
-    for k = 1, #g, 2 do
-      if g[k] == 'name' then
-        name = g[k + 1]
-      elseif g[k] == 'last-delivered-id' then
-        last = g[k + 1]
-      end
-    end
-    if name == GROUP then
-      return last
+    local f = fields_of(g)
+    if f['name'] == GROUP then
+      return f['last-delivered-id']
     end
   end
   return '0-0'

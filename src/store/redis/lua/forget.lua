@@ -9,16 +9,8 @@ if redis.call('EXISTS', q) == 0 then
 end
 local gone = 0
 for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', q, GROUP)) do
-  local name, pending, since
-  for k = 1, #c, 2 do
-    if c[k] == 'name' then
-      name = c[k + 1]
-    elseif c[k] == 'pending' then
-      pending = c[k + 1]
-    elseif c[k] == 'idle' then
-      since = c[k + 1]
-    end
-  end
+  local f = fields_of(c)
+  local name, pending, since = f['name'], f['pending'], f['idle']
   if name and pending == 0 and since and since > idle then
     redis.call('XGROUP', 'DELCONSUMER', q, GROUP, name)
     gone = gone + 1
