@@ -412,6 +412,7 @@ pub fn rate_limited(ctx: &Ctx, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> 
         .map(|m| m.clone())
         .unwrap_or_default();
     let (over_s, longest) = over_limit(&tenths, limit);
+    let (over_seconds, over_in_a_row) = calendar_over(&per, limit);
     let took = done.map_or(deadline, |d| d).duration_since(t0);
     rows.push(postback_row(
         format!(
@@ -421,7 +422,7 @@ pub fn rate_limited(ctx: &Ctx, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> 
         p.events() as f64 / took.as_secs_f64().max(1e-9),
     ));
     notes.push(format!(
-        "(l) {} of {events} delivered in {:.1} s{}; {} requests, {} answered 429; sent over {limit} requests in the trailing second for {over_s:.1} s in all, {longest:.1} s at the longest; busiest calendar second {} requests",
+        "(l) {} of {events} delivered in {:.1} s{}; {} requests, {} answered 429; sent over {limit} requests in the trailing second for {over_s:.1} s in all, {longest:.1} s at the longest; by the partner's own count (calendar seconds) over it in {over_seconds} seconds, at most {over_in_a_row} in a row; busiest calendar second {} requests",
         p.events(),
         took.as_secs_f64(),
         if done.is_none() { " (NOT drained)" } else { "" },
@@ -431,6 +432,21 @@ pub fn rate_limited(ctx: &Ctx, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> 
     ));
     let _ = std::fs::remove_dir_all(&setup.dir);
     Ok(())
+}
+
+/// From requests per calendar second (what the partner limits): in how many seconds
+/// it received more than `limit`, and the most such seconds in a row.
+fn calendar_over(per_second: &BTreeMap<u64, u64>, limit: u64) -> (u64, u64) {
+    let (mut over, mut longest, mut run, mut last) = (0, 0, 0, None);
+    for (&second, &n) in per_second {
+        if n > limit {
+            over += 1;
+            run = if last == Some(second.wrapping_sub(1)) { run + 1 } else { 1 };
+            last = Some(second);
+            longest = longest.max(run);
+        }
+    }
+    (over, longest)
 }
 
 /// From requests per tenth of a second: how long (seconds, in all and the longest
