@@ -441,7 +441,11 @@ fn calendar_over(per_second: &BTreeMap<u64, u64>, limit: u64) -> (u64, u64) {
     for (&second, &n) in per_second {
         if n > limit {
             over += 1;
-            run = if last == Some(second.wrapping_sub(1)) { run + 1 } else { 1 };
+            run = if last == Some(second.wrapping_sub(1)) {
+                run + 1
+            } else {
+                1
+            };
             last = Some(second);
             longest = longest.max(run);
         }
