@@ -263,16 +263,7 @@ allow = ["event_id"]
     })
     .await;
     assert!(late, "{}", relay.admin_get("/admin/destinations").await);
-    let text = relay
-        .client
-        .get(format!("{}/metrics", relay.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = common::metrics_text(&relay.client, &relay.base).await;
     assert!(
         text.contains("postback_relay_delivery_concurrency_limit{destination=\"slow\"} 1"),
         "{text}"

@@ -337,16 +337,7 @@ async fn the_alert_rules_and_the_dashboard_name_only_metrics_the_relay_exports()
         .await,
         "the delivery settled and the broken file reported within 10 s"
     );
-    let text = relay
-        .client
-        .get(format!("{}/metrics", relay.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics_text(&relay.client, &relay.base).await;
     let exported: std::collections::BTreeSet<String> = metric_names(&text)
         .into_iter()
         .flat_map(|n| {

@@ -99,16 +99,7 @@ async fn a_broken_rule_file_leaves_the_others_running_and_its_queue_waits_for_th
     let sent_before = other.request_count();
     assert_eq!(d["queue_depth"], 1, "{d}");
     assert_eq!(d["dlq_size"], 0, "{d}");
-    let metrics = relay
-        .client
-        .get(format!("{}/metrics", relay.base))
-        .bearer_auth(common::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&relay.client, &relay.base).await;
     assert!(
         metrics.contains("postback_relay_rule_file_errors{destination=\"other\"} 1"),
         "{metrics}"

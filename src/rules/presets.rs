@@ -74,8 +74,8 @@ external_id = ["{user.external_id}"]
     };
 }
 
-/// The fields `user_lists!` sends, which must be hashed.
-const USER_LISTS_HASHED: [&str; 9] = [
+/// The customer information Meta takes only hashed (M3; `external_id` it takes either way).
+const META_HASHED: [&str; 8] = [
     "user.email",
     "user.phone",
     "user.first_name",
@@ -84,21 +84,29 @@ const USER_LISTS_HASHED: [&str; 9] = [
     "user.state",
     "user.zip",
     "user.country",
-    "user.external_id",
 ];
 
-/// Pinterest hashes the mobile advertising IDs too (`hashed_maids`, P1).
-const PINTEREST_HASHED: [&str; 11] = {
-    let mut out = [""; 11];
+/// `META_HASHED` followed by `more`, as one list of `L` fields (`L` = 8 + `more`'s).
+const fn meta_hashed_and<const L: usize>(more: &[&'static str]) -> [&'static str; L] {
+    let mut out = [""; L];
     let mut i = 0;
-    while i < USER_LISTS_HASHED.len() {
-        out[i] = USER_LISTS_HASHED[i];
+    while i < META_HASHED.len() {
+        out[i] = META_HASHED[i];
         i += 1;
     }
-    out[9] = "device.idfa";
-    out[10] = "device.gaid";
+    while i < L {
+        out[i] = more[i - META_HASHED.len()];
+        i += 1;
+    }
     out
-};
+}
+
+/// The fields `user_lists!` sends, which must be hashed.
+const USER_LISTS_HASHED: [&str; 9] = meta_hashed_and(&["user.external_id"]);
+
+/// Pinterest hashes the mobile advertising IDs too (`hashed_maids`, P1).
+const PINTEREST_HASHED: [&str; 11] =
+    meta_hashed_and(&["user.external_id", "device.idfa", "device.gaid"]);
 
 const DAY: u64 = 86400;
 
@@ -178,16 +186,7 @@ order_id = "{properties.order_id}"
         required_params: &[],
         // The Marketing API version: the newest `versions` knows.
         default_params: &[("action_source", "website"), ("api_version", "v27.0")],
-        must_hash: &[
-            "user.email",
-            "user.phone",
-            "user.first_name",
-            "user.last_name",
-            "user.city",
-            "user.state",
-            "user.zip",
-            "user.country",
-        ],
+        must_hash: &META_HASHED,
         may_hash: &["user.external_id"],
         hash_style: HashStyle::Meta,
         answers: PartnerAnswers::MetaCapi,

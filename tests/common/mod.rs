@@ -366,11 +366,9 @@ pub fn python() -> String {
     std::env::var("PBR_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
-/// The value of one sample of `GET {base}/metrics` (admin token), named as the
-/// exposition writes it, e.g. `postback_relay_rule_reloads_total{result="failed"}`;
-/// 0 when the sample is not there.
-pub async fn metric(client: &reqwest::Client, base: &str, sample: &str) -> f64 {
-    let text = client
+/// The relay's `/metrics` page, scraped with the admin token.
+pub async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    client
         .get(format!("{base}/metrics"))
         .bearer_auth(ADMIN_TOKEN)
         .send()
@@ -378,8 +376,16 @@ pub async fn metric(client: &reqwest::Client, base: &str, sample: &str) -> f64 {
         .expect("scrape /metrics")
         .text()
         .await
-        .expect("/metrics text");
-    text.lines()
+        .expect("/metrics text")
+}
+
+/// The value of one sample of `GET {base}/metrics` (admin token), named as the
+/// exposition writes it, e.g. `postback_relay_rule_reloads_total{result="failed"}`;
+/// 0 when the sample is not there.
+pub async fn metric(client: &reqwest::Client, base: &str, sample: &str) -> f64 {
+    metrics_text(client, base)
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0)
