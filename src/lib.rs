@@ -52,10 +52,12 @@ pub mod fake_partner;
 #[cfg(any(test, feature = "testing"))]
 pub mod own_sentinel;
 
-/// The delivery engine on its own, for the delivery bench, and the dedupe key, for the
-/// per-stage bench (the `testing` feature).
+/// The delivery engine on its own, for the delivery bench, the dedupe key, for the
+/// per-stage bench, and an HTTP/2 frame writer, for the edge tests (the `testing`
+/// feature).
 #[cfg(feature = "testing")]
 pub mod testing {
     pub use crate::dedupe::DedupeRule;
     pub use crate::deliver::{DeliverOptions, Deliverer};
+    pub use crate::http::frames::encode as h2_frame;
 }

@@ -160,16 +160,23 @@ impl Metrics {
     }
 
     fn register(&mut self) {
-        let r = &mut self.registry;
+        self.zero_fixed_words();
         let build = Family::<VersionLabel, Gauge>::default();
         build
             .get_or_create(&VersionLabel {
                 version: env!("CARGO_PKG_VERSION"),
             })
             .set(1);
-        r.register("build_info", "The running version", build);
-        // Every fixed word shows from the start, at 0, so a rate over it works before
-        // it first happens.
+        self.registry
+            .register("build_info", "The running version", build);
+        self.register_ingest();
+        self.register_delivery();
+        self.register_state();
+    }
+
+    /// Every fixed word shows from the start, at 0, so a rate over it works before it
+    /// first happens.
+    fn zero_fixed_words(&self) {
         for result in IngestResult::ALL {
             let _ = self.ingest_requests.get_or_create(&ResultLabel {
                 result: result.as_str(),
@@ -188,6 +195,11 @@ impl Metrics {
         let _ = self
             .accept_errors
             .get_or_create(&ListenerLabel { listener: "ingest" });
+    }
+
+    /// What ingest counts: requests, events, their time.
+    fn register_ingest(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "ingest_requests",
             "POST /v1/events requests by result: accepted (202), or why refused",
@@ -203,6 +215,11 @@ impl Metrics {
             "Time from the request's headers to its answer, for requests that reached the store",
             self.ingest_seconds.clone(),
         );
+    }
+
+    /// What delivery counts, per destination.
+    fn register_delivery(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "delivery_attempts",
             "Delivery attempts by destination and outcome: delivered, retry (failed, will retry), dead_letter",
@@ -253,9 +270,14 @@ impl Metrics {
             "1 for the state each destination's circuit breaker is in (closed, open, half_open)",
             self.circuit.clone(),
         );
+    }
+
+    /// The state of the rules, the store and the listeners.
+    fn register_state(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "rule_file_errors",
-            "Errors in each destination's rule file, for files that have some: its last good version (loaded earlier by this process) stays in force, or, if none, the destination gets no new deliveries and its queue waits until the file is fixed",
+            "Errors in each destination's rule file, for files that have some: its last good version (loaded earlier, kept across restarts) stays in force, or, if none, the destination gets no new deliveries and its queue waits until the file is fixed",
             self.rule_errors.clone(),
         );
         r.register(
@@ -275,7 +297,7 @@ impl Metrics {
         );
         r.register(
             "rule_reloads",
-            "Rule reloads by result: ok, failed (the rules in force stayed)",
+            "Rule reloads by result: ok, partial (applied; some files have errors and keep their last good version), failed (nothing applied)",
             self.reloads.clone(),
         );
         r.register(

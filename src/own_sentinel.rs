@@ -69,6 +69,7 @@ impl OwnSentinel {
             if let Some(found) = conn.ok().and_then(|mut c| check(&mut c)) {
                 return found;
             }
+            // Pacing: the poll interval of a condition wait with a deadline.
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("{what}: not within 30 s");

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use postback_relay::testing::h2_frame as frame;
 
 fn relay_with_tls(dir: &std::path::Path) -> (RelayProcess, String) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
@@ -114,24 +115,6 @@ const PING: u8 = 0x6;
 const SETTINGS: u8 = 0x4;
 const GOAWAY: u8 = 0x7;
 const ACK: u8 = 0x1;
-
-/// One HTTP/2 frame on stream 0.
-fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut f = vec![
-        (len >> 16) as u8,
-        (len >> 8) as u8,
-        len as u8,
-        kind,
-        flags,
-        0,
-        0,
-        0,
-        0,
-    ];
-    f.extend_from_slice(payload);
-    f
-}
 
 /// How a flooded connection went: the relay's answers (ACKs of the flood's kind)
 /// read, whether it sent GOAWAY, and whether it closed the connection.

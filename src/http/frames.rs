@@ -136,26 +136,22 @@ impl ControlFrames {
     }
 }
 
+/// One HTTP/2 frame on stream 0 (`kind`, `flags`, `payload`), as a client writes it:
+/// for the tests of the limits above, here and against a real listener.
+#[cfg(any(test, feature = "testing"))]
+pub fn encode(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&[0; 4]);
+    f.extend_from_slice(payload);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len();
-        let mut f = vec![
-            (len >> 16) as u8,
-            (len >> 8) as u8,
-            len as u8,
-            kind,
-            flags,
-            0,
-            0,
-            0,
-            0,
-        ];
-        f.extend_from_slice(payload);
-        f
-    }
+    use super::encode as frame;
 
     fn preface() -> Vec<u8> {
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()

@@ -64,6 +64,7 @@ async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if cond() {
             return true;
         }
+        // Pacing: the poll interval of a condition wait with a deadline (paused time).
         tokio::time::sleep(Duration::from_secs(1)).await;
         waited += Duration::from_secs(1);
     }
@@ -148,6 +149,8 @@ async fn the_status_is_asked_after_30_minutes_then_twice_as_late_each_time_and_n
         assert_eq!(r.header("authorization"), Some("Bearer ya29.dm"));
     }
     // No more after the last: ten more simulated hours bring nothing.
+    // Pacing: the window under test, in paused time, a minute at a time so that a
+    // check the relay would wrongly make has its requests served on the way.
     for _ in 0..600 {
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
@@ -215,6 +218,8 @@ async fn a_failure_google_reports_later_is_recorded_on_every_delivery_of_the_bat
         );
     }
     // Google's word was final: no check after it (ten simulated hours).
+    // Pacing: the window under test, in paused time, a minute at a time so that a
+    // check the relay would wrongly make has its requests served on the way.
     for _ in 0..600 {
         tokio::time::sleep(Duration::from_secs(60)).await;
     }

@@ -917,7 +917,7 @@ fn an_allowed_field_the_preset_has_no_place_for_warns() {
 
 #[test]
 fn a_required_field_the_rule_cannot_fill_warns() {
-    // Meta (PARTNERS.md 2026-12-03): website events need client_user_agent...
+    // Meta (docs/partners.md M9): website events need client_user_agent...
     let no_ua = META_LINT.replace(", \"user.user_agent\"]", "]");
     let warning = the_warning(&no_ua);
     assert!(
