@@ -753,7 +753,13 @@ fn sigterm_finishes_the_request_in_flight_then_exits_0() {
         relay.child.try_wait().unwrap().is_none(),
         "exited with a request in flight"
     );
-    // New connections are no longer served.
+    // New connections are no longer served: once the listener says it stopped
+    // accepting, its socket is closed and a connect is refused.
+    assert!(
+        relay.wait_log("stopped accepting connections", Duration::from_secs(10)),
+        "{}",
+        relay.log()
+    );
     assert!(
         TcpStream::connect(&addr)
             .and_then(|mut c| {

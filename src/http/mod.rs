@@ -153,7 +153,16 @@ pub async fn serve(
     let max = edge.limits.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let mut errors = AcceptErrors::new(listener.name);
-    let listener = Arc::new(listener);
+    // The socket stays with this loop, so it closes when the loop ends: after
+    // shutdown a new connection is refused at once instead of waiting in the
+    // kernel's backlog for the grace period. Connections share only what they serve.
+    let Listener {
+        name,
+        tcp,
+        routes,
+        tls,
+    } = listener;
+    let listener = Arc::new(Serving { name, routes, tls });
     // Every connection's task: waited for on shutdown, aborted past the grace period.
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -166,7 +175,7 @@ pub async fn serve(
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let accepted = tokio::select! {
-            a = listener.tcp.accept() => a,
+            a = tcp.accept() => a,
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
         match accepted {
@@ -195,7 +204,8 @@ pub async fn serve(
             }
         }
     }
-    drop(listener);
+    drop(tcp);
+    tracing::info!(listener = name, "stopped accepting connections");
     let finished = async {
         while conns.join_next().await.is_some() {}
         edge.tasks.close();
@@ -270,9 +280,16 @@ impl Drop for Open {
     }
 }
 
+/// What a listener's connections share: everything but the socket.
+struct Serving {
+    name: &'static str,
+    routes: Routes,
+    tls: Option<TlsCertificates>,
+}
+
 async fn connection(
     edge: Arc<Edge>,
-    listener: Arc<Listener>,
+    listener: Arc<Serving>,
     stream: TcpStream,
     (_slot, peer): (OwnedSemaphorePermit, PeerSlot),
     shutdown: watch::Receiver<bool>,
