@@ -1415,3 +1415,13 @@ async fn a_settle_that_can_never_be_written_stops_holding_the_claim() {
     );
     assert!(lock(&s.inner.unsettled).is_empty(), "not kept to retry");
 }
+
+/// The accept groups are pipelined on one connection: Nagle's algorithm (redis-rs's
+/// default) would hold a call back until the one before it is acknowledged.
+#[test]
+fn the_redis_connection_turns_nagle_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options("redis://127.0.0.1:6379", "p", "c", dir.path());
+    let client = super::open::client(&opts, &opts.url).unwrap();
+    assert!(client.get_connection_info().tcp_settings().nodelay());
+}
