@@ -665,14 +665,21 @@ struct Shape<'a> {
     on: On<'a>,
 }
 
-/// CPU seconds used so far by the relays, this process, and Redis (if any).
-fn cpu_now(stats: &[String], redis: Option<&String>) -> Option<(f64, f64, Option<f64>)> {
+/// CPU seconds used so far by the relays, this process, and Redis (if any): its
+/// server process, then the same with its forked children (AOF rewrites).
+fn cpu_now(stats: &[String], redis: Option<u32>) -> Cpu {
     let mut relays = 0.0;
     for s in stats {
         relays += relay::cpu_secs(s)?;
     }
     let me = relay::cpu_secs("/proc/self/stat")?;
-    Some((relays, me, redis.and_then(|r| relay::cpu_secs(r))))
+    let redis = redis.and_then(|pid| {
+        Some((
+            relay::cpu_secs(&format!("/proc/{pid}/stat"))?,
+            relay::cpu_secs_with_children(pid)?,
+        ))
+    });
+    Some((relays, me, redis))
 }
 
 /// One measured shape against freshly started relays (fresh data dirs or prefix).
@@ -707,10 +714,10 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
         .map(|(_, r)| format!("/proc/{}/stat", r.proc.pid()))
         .collect();
     let redis_stat = match &sh.on {
-        On::Redis { redis, .. } => Some(format!("/proc/{}/stat", redis.proc.pid())),
+        On::Redis { redis, .. } => Some(redis.proc.pid()),
         On::Embedded => None,
     };
-    let (stats2, redis_stat2) = (stats.clone(), redis_stat.clone());
+    let (stats2, redis_stat2) = (stats.clone(), redis_stat);
     let sampler = std::thread::spawn(move || {
         std::thread::sleep(warmup);
         let n: u64 = counters
@@ -718,14 +725,14 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
             .flatten()
             .map(|c| c.requests.load(std::sync::atomic::Ordering::Relaxed))
             .sum();
-        (Instant::now(), n, cpu_now(&stats2, redis_stat2.as_ref()))
+        (Instant::now(), n, cpu_now(&stats2, redis_stat2))
     });
     let o = load::run(spec)?;
     let end = (
         Instant::now(),
         partners.as_ref().map_or(0, |p| p.total_requests()),
     );
-    let cpu_end = cpu_now(&stats, redis_stat.as_ref());
+    let cpu_end = cpu_now(&stats, redis_stat);
     let (from, n0, cpu0) = sampler.join().map_err(|_| "sampler panicked")?;
     let span = end.0.saturating_duration_since(from).as_secs_f64();
     cpu_note(name, cpu0, cpu_end, span, notes);
@@ -770,12 +777,17 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
     Ok(row)
 }
 
-type Cpu = Option<(f64, f64, Option<f64>)>;
+/// CPU seconds: relays, this process, Redis (server alone, with its children).
+type Cpu = Option<(f64, f64, Option<(f64, f64)>)>;
 
 fn cpu_note(name: &str, from: Cpu, to: Cpu, span: f64, notes: &mut Vec<String>) {
     if let (Some((r0, b0, x0)), Some((r1, b1, x1)), true) = (from, to, span > 0.0) {
         let redis = match (x0, x1) {
-            (Some(a), Some(b)) => format!(", redis-server {:.2} cores", (b - a) / span),
+            (Some((a, ac)), Some((b, bc))) => format!(
+                ", redis-server {:.2} cores (+ {:.2} in its forked children: AOF rewrites)",
+                (b - a) / span,
+                ((bc - ac) - (b - a)).max(0.0) / span
+            ),
             _ => String::new(),
         };
         notes.push(format!(

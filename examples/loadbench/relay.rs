@@ -146,15 +146,41 @@ impl Drop for Proc {
 
 /// CPU seconds (user + system) from a `/proc/.../stat` file.
 pub fn cpu_secs(stat_path: &str) -> Option<f64> {
+    let f = stat_fields(stat_path)?;
+    Some(ticks(&f, 11)? + ticks(&f, 12)?)
+}
+
+/// CPU seconds of process `pid` and of its children: the ones it has waited for
+/// (`cutime`, `cstime`) and the ones still running. Redis's AOF rewrites and
+/// snapshots run in forked children, which `cpu_secs` of the server does not see.
+pub fn cpu_secs_with_children(pid: u32) -> Option<f64> {
+    let f = stat_fields(&format!("/proc/{pid}/stat"))?;
+    let mut total = ticks(&f, 11)? + ticks(&f, 12)? + ticks(&f, 13)? + ticks(&f, 14)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = entry.path().join("stat");
+        let Some(c) = stat_fields(&path.to_string_lossy()) else {
+            continue;
+        };
+        if c.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            total += ticks(&c, 11).unwrap_or(0.0) + ticks(&c, 12).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
+/// The fields of a `/proc/.../stat` file after the command name (which may hold
+/// spaces, in parentheses): index 0 is the state, 1 the parent's PID.
+fn stat_fields(stat_path: &str) -> Option<Vec<String>> {
     let text = std::fs::read_to_string(stat_path).ok()?;
-    // Fields after the command name (which may hold spaces) in parentheses.
     let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Field `i` of `stat_fields`, clock ticks as seconds.
+fn ticks(f: &[String], i: usize) -> Option<f64> {
+    let v: f64 = f.get(i)?.parse().ok()?;
     let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let tick = if tick > 0 { tick as f64 } else { 100.0 };
-    Some((utime + stime) / tick)
+    Some(v / if tick > 0 { tick as f64 } else { 100.0 })
 }
 
 /// One blocking HTTP/1.1 request with `Connection: close`; status and body.
