@@ -52,7 +52,7 @@ impl Schema {
 
     /// The first way `fields` breaks the schema, as `path: what is wrong`.
     pub fn validate(&self, fields: &Map<String, Value>) -> Result<(), String> {
-        validate_object(&self.root, fields, "")
+        validate_object(&self.root, fields, None)
     }
 
     /// The node at a dotted path, if the schema names it.
@@ -188,32 +188,47 @@ fn node(v: &Value, at: &str) -> Result<Node, String> {
     })
 }
 
-fn validate_object(node: &Node, fields: &Map<String, Value>, prefix: &str) -> Result<(), String> {
-    let path = |k: &str| {
-        if prefix.is_empty() {
-            k.to_string()
-        } else {
-            format!("{prefix}.{k}")
+/// Where a value sits: its key and the object it is in. The dotted path is written
+/// only for an error, so a valid event costs no allocation here.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    parent: Option<&'a At<'a>>,
+    key: &'a str,
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(p) = self.parent {
+            write!(f, "{p}.")?;
         }
-    };
+        f.write_str(self.key)
+    }
+}
+
+fn validate_object(
+    node: &Node,
+    fields: &Map<String, Value>,
+    at: Option<&At<'_>>,
+) -> Result<(), String> {
+    let child = |key| At { parent: at, key };
     // Required fields first, in the order listed, each checked whole.
     for r in &node.required {
         match (fields.get(r), node.properties.get(r)) {
-            (None | Some(Value::Null), _) => return Err(format!("{}: missing", path(r))),
-            (Some(v), Some(child)) => validate_value(child, v, &path(r))?,
+            (None | Some(Value::Null), _) => return Err(format!("{}: missing", child(r))),
+            (Some(v), Some(c)) => validate_value(c, v, &child(r))?,
             (Some(_), None) => {}
         }
     }
-    for (k, child) in &node.properties {
+    for (k, c) in &node.properties {
         match fields.get(k) {
             None | Some(Value::Null) => continue,
-            Some(v) => validate_value(child, v, &path(k))?,
+            Some(v) => validate_value(c, v, &child(k))?,
         }
     }
     Ok(())
 }
 
-fn validate_value(node: &Node, v: &Value, path: &str) -> Result<(), String> {
+fn validate_value(node: &Node, v: &Value, at: &At<'_>) -> Result<(), String> {
     if !node.types.is_empty() && !node.types.iter().any(|t| type_fits(t, v)) {
         let wanted: Vec<&str> = node
             .types
@@ -222,18 +237,18 @@ fn validate_value(node: &Node, v: &Value, path: &str) -> Result<(), String> {
             .map(|t| type_name(t))
             .collect();
         return Err(format!(
-            "{path}: must be {}, not {}",
+            "{at}: must be {}, not {}",
             wanted.join(" or "),
             super::json_type(v)
         ));
     }
     if let (Some(min), Value::String(s)) = (node.min_length, v) {
         if s.chars().count() < min {
-            return Err(format!("{path}: empty"));
+            return Err(format!("{at}: empty"));
         }
     }
     match v {
-        Value::Object(inner) => validate_object(node, inner, path),
+        Value::Object(inner) => validate_object(node, inner, Some(at)),
         _ => Ok(()),
     }
 }
