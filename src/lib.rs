@@ -40,6 +40,7 @@ mod sync;
 mod toml_reader;
 
 pub use ingest::body::{parse_events, BodyError, Framing};
+pub use ingest::{AcceptReport, EventResult, Status};
 
 /// A real, tiny HTTP server standing in for a partner: records what it receives,
 /// answers from a script. For tests and benches (the `testing` feature); never in a

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use crate::event::Event;
 use crate::ingest::body::Parsed;
+use crate::ingest::{EventResult, Status};
 use crate::rules::{RuleSet, Skip};
 
 /// Events kept.
@@ -78,16 +79,13 @@ impl Recent {
 
     /// Keeps the prepared events with the store's verdict (`results` of the answer,
     /// in request order): a duplicate got no new delivery anywhere.
-    pub fn commit(&self, pending: Vec<Pending>, results: &[Value]) {
+    pub fn commit(&self, pending: Vec<Pending>, results: &[EventResult]) {
         let Ok(mut ring) = self.ring.lock() else {
             return;
         };
         for Pending { index, mut entry } in pending {
-            let status = results
-                .get(index)
-                .and_then(|r| r["status"].as_str())
-                .unwrap_or("accepted");
-            if status == "duplicate" {
+            let status = results.get(index).map(|r| r.status);
+            if status == Some(Status::Duplicate) {
                 entry["status"] = json!("duplicate");
                 entry["summary"] =
                     json!("a duplicate within the dedupe window: nothing new was sent");
@@ -243,7 +241,7 @@ mod tests {
                 entry: json!({"n": i, "destinations": []}),
             })
             .collect();
-        r.commit(pending, &[json!({"status": "accepted"})]);
+        r.commit(pending, &[EventResult::accepted("e".into(), vec![])]);
         let list = r.list(None, 2);
         assert_eq!(list[0]["n"], CAPACITY + 2);
         assert_eq!(list[1]["n"], CAPACITY + 1);

@@ -18,7 +18,7 @@ use hyper::body::Body as _;
 use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Version};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::body::{read_limited, ReadError, TimedBody};
@@ -468,12 +468,12 @@ async fn process(
             // same per-event results).
             if report.accepted == 0 && report.duplicates == 0 && report.rejected > 0 {
                 return (
-                    json_response(StatusCode::BAD_REQUEST, report.to_json()),
+                    json_response(StatusCode::BAD_REQUEST, &report),
                     IngestResult::BadRequest,
                 );
             }
             (
-                json_response(StatusCode::ACCEPTED, report.to_json()),
+                json_response(StatusCode::ACCEPTED, &report),
                 IngestResult::Accepted,
             )
         }
@@ -490,7 +490,7 @@ async fn process(
     }
 }
 
-pub fn json_response(status: StatusCode, body: Value) -> HttpResponse {
+pub fn json_response(status: StatusCode, body: impl serde::Serialize) -> HttpResponse {
     let text = serde_json::to_vec(&body).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     *resp.status_mut() = status;

@@ -10,7 +10,7 @@
 pub mod body;
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::dedupe::DedupeRule;
 use crate::rules::RuleSet;
@@ -18,25 +18,72 @@ use crate::store::{AcceptOutcome, EventToAccept, NewDelivery, Store, StoreError}
 
 use body::Parsed;
 
-/// What happened to each event of one request.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What happened to each event of one request: the answer's body, serialised as it
+/// is (no JSON tree built in between).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AcceptReport {
     pub accepted: usize,
     pub duplicates: usize,
     pub rejected: usize,
-    pub results: Vec<Value>,
+    pub results: Vec<EventResult>,
     /// Destinations that got new deliveries (not part of the answer).
+    #[serde(skip)]
     pub destinations: Vec<String>,
 }
 
-impl AcceptReport {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "rejected": self.rejected,
-            "results": self.results,
-        })
+/// One event's line in the answer, in the request's order: `{"event_id", "status":
+/// "accepted", "delivery_ids"}`, `{"event_id", "status": "duplicate"}` or `{"index",
+/// "status": "rejected", "error"}` (keys in that order).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery_ids: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Accepted,
+    Duplicate,
+    Rejected,
+}
+
+impl EventResult {
+    pub fn accepted(event_id: String, delivery_ids: Vec<String>) -> EventResult {
+        EventResult {
+            index: None,
+            event_id: Some(event_id),
+            status: Status::Accepted,
+            delivery_ids: Some(delivery_ids),
+            error: None,
+        }
+    }
+
+    pub fn duplicate(event_id: String) -> EventResult {
+        EventResult {
+            index: None,
+            event_id: Some(event_id),
+            status: Status::Duplicate,
+            delivery_ids: None,
+            error: None,
+        }
+    }
+
+    pub fn rejected(index: usize, error: String) -> EventResult {
+        EventResult {
+            index: Some(index),
+            event_id: None,
+            status: Status::Rejected,
+            delivery_ids: None,
+            error: Some(error),
+        }
     }
 }
 
@@ -60,8 +107,9 @@ pub async fn accept(
     let rules = cx.rules;
     let secret = cx.dedupe_secret;
     let mut to_store = Vec::with_capacity(parsed.len());
-    // Per event: Ok(event_id, index into to_store) or Err(error)
-    let mut slots: Vec<Result<(String, usize), String>> = Vec::with_capacity(parsed.len());
+    // Per event: Ok(event_id) (its outcome is the next one the store returns, in
+    // order) or Err(error).
+    let mut slots: Vec<Result<String, String>> = Vec::with_capacity(parsed.len());
     let mut destinations_touched: Vec<String> = Vec::new();
     for p in parsed {
         match p {
@@ -83,7 +131,7 @@ pub async fn accept(
                         });
                     }
                 }
-                slots.push(Ok((event.id, to_store.len())));
+                slots.push(Ok(event.id));
                 to_store.push(EventToAccept {
                     dedupe_key,
                     deliveries,
@@ -97,25 +145,25 @@ pub async fn accept(
     } else {
         cx.store.accept(to_store, now.timestamp_millis()).await?
     };
-    let mut report = AcceptReport::default();
+    let mut outcomes = outcomes.into_iter();
+    let mut report = AcceptReport {
+        results: Vec::with_capacity(slots.len()),
+        ..AcceptReport::default()
+    };
     let mut any_accepted = false;
     for (index, slot) in slots.into_iter().enumerate() {
         match slot {
-            Ok((event_id, i)) => match outcomes.get(i) {
+            Ok(event_id) => match outcomes.next() {
                 Some(AcceptOutcome::Accepted { delivery_ids }) => {
                     any_accepted = true;
                     report.accepted += 1;
-                    report.results.push(json!({
-                        "event_id": event_id,
-                        "status": "accepted",
-                        "delivery_ids": delivery_ids,
-                    }));
+                    report
+                        .results
+                        .push(EventResult::accepted(event_id, delivery_ids));
                 }
                 Some(AcceptOutcome::Duplicate) => {
                     report.duplicates += 1;
-                    report
-                        .results
-                        .push(json!({"event_id": event_id, "status": "duplicate"}));
+                    report.results.push(EventResult::duplicate(event_id));
                 }
                 None => {
                     return Err(StoreError::Unavailable(
@@ -125,9 +173,7 @@ pub async fn accept(
             },
             Err(error) => {
                 report.rejected += 1;
-                report
-                    .results
-                    .push(json!({"index": index, "status": "rejected", "error": error}));
+                report.results.push(EventResult::rejected(index, error));
             }
         }
     }
