@@ -5,6 +5,7 @@
 //! they produce. Never: renders requests (`template`), reads files (`load`), or
 //! logs anything: the values it handles are personal data.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -179,7 +180,7 @@ impl When {
                 if field == "event_name" {
                     if let Some(name) = got {
                         return Err(Skip::EventName {
-                            name,
+                            name: name.into_owned(),
                             expected: values.clone(),
                         });
                     }
@@ -212,11 +213,12 @@ impl When {
 
 /// A scalar as the text `[when]` and `[rename]` compare: strings as they are,
 /// numbers and booleans as written in JSON.
-pub fn scalar_string(v: &Value) -> Option<String> {
+/// Borrowed for strings, so a comparison allocates nothing.
+pub fn scalar_string(v: &Value) -> Option<Cow<'_, str>> {
     match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
+        Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
         _ => None,
     }
 }
@@ -231,7 +233,7 @@ pub struct Rename {
 impl Rename {
     pub fn apply(&self, fields: &mut Map<String, Value>) {
         if let Some(v) = get_path_mut(fields, &self.field) {
-            if let Some(new) = scalar_string(v).and_then(|s| self.map.get(&s)) {
+            if let Some(new) = scalar_string(v).and_then(|s| self.map.get(s.as_ref())) {
                 *v = Value::String(new.clone());
             }
         }
@@ -288,7 +290,8 @@ impl AllowTree {
 
     /// A new object holding only the allowed parts of `src`, in `src`'s order.
     pub fn filter(&self, src: &Map<String, Value>) -> Map<String, Value> {
-        let mut out = Map::new();
+        // Sized once: at most one entry per allowed name (no regrowth while filling).
+        let mut out = Map::with_capacity(self.children.len().min(src.len()));
         for (k, v) in src {
             let Some(child) = self.children.get(k) else {
                 continue;

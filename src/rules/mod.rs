@@ -213,7 +213,8 @@ impl Destination {
         }
         let body = match &self.body {
             Body::None => None,
-            Body::FilteredJson => Some(Value::Object(fields.clone()).to_string()),
+            // Serialised from the filtered map itself (a `Value` would be a copy).
+            Body::FilteredJson => Some(json_text(&fields)),
             Body::FilteredForm => {
                 let mut pairs = Vec::new();
                 flatten("", &fields, &mut pairs);
@@ -226,7 +227,7 @@ impl Destination {
                 if let Some(finish) = self.partner.and_then(|p| p.finish) {
                     finish(&mut value);
                 }
-                Some(value.to_string())
+                Some(json_text(&value))
             }
             Body::Form(pairs) => {
                 let rendered: Vec<(&str, String)> = pairs
@@ -257,6 +258,15 @@ impl Destination {
             consent_dropped: drops,
         })
     }
+}
+
+/// Compact JSON text of a rendered body, written into one buffer sized for a typical
+/// postback (serde_json's own starts at 128 bytes and grows by doubling).
+fn json_text(v: &impl serde::Serialize) -> String {
+    let mut out = Vec::with_capacity(512);
+    // Writing a map of strings and JSON values into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, v);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 impl Destination {

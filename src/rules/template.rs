@@ -183,7 +183,18 @@ impl Template {
     /// Text rendering; `encode` percent-encodes placeholder values (URLs). Returns the
     /// text and whether every placeholder had a value.
     pub fn render_text(&self, ctx: &Ctx<'_>, encode: bool) -> (String, bool) {
-        let mut out = String::new();
+        // Sized for the literal text and a short value per placeholder: most renders
+        // allocate once.
+        let hint: usize = self
+            .segments
+            .iter()
+            .map(|s| match s {
+                Segment::Lit(l) => l.len(),
+                Segment::Ph(_) => 32,
+                Segment::Absent => 0,
+            })
+            .sum();
+        let mut out = String::with_capacity(hint);
         let mut complete = true;
         for s in &self.segments {
             match s {
