@@ -219,10 +219,12 @@ fn validate_object(
             (Some(_), None) => {}
         }
     }
-    for (k, c) in &node.properties {
-        match fields.get(k) {
-            None | Some(Value::Null) => continue,
-            Some(v) => validate_value(c, v, &child(k))?,
+    // Then the fields sent, in their order, against what the schema says of each (an
+    // event names fewer fields than the schema: this looks up fewer).
+    for (k, v) in fields {
+        match (v, node.properties.get(k)) {
+            (Value::Null, _) | (_, None) => continue,
+            (v, Some(c)) => validate_value(c, v, &child(k))?,
         }
     }
     Ok(())

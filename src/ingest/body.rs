@@ -214,14 +214,19 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                let shown: String = key.chars().take(64).collect();
-                return Err(serde::de::Error::custom(format_args!(
-                    "duplicate key \"{shown}\" in one object; send each key once"
-                )));
+            // One lookup per key: the duplicate check and the insert share it.
+            match out.entry(key) {
+                serde_json::map::Entry::Occupied(o) => {
+                    let shown: String = o.key().chars().take(64).collect();
+                    return Err(serde::de::Error::custom(format_args!(
+                        "duplicate key \"{shown}\" in one object; send each key once"
+                    )));
+                }
+                serde_json::map::Entry::Vacant(slot) => {
+                    let Strict(v) = map.next_value()?;
+                    slot.insert(v);
+                }
             }
-            let Strict(v) = map.next_value()?;
-            out.insert(key, v);
         }
         Ok(Value::Object(out))
     }
