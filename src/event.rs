@@ -75,10 +75,14 @@ impl Event {
             None | Some(Value::Null) => received,
             Some(v) => parse_timestamp(v)?,
         };
-        fields.insert(
-            "timestamp".into(),
-            Value::String(timestamp.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
-        );
+        let normalised = Value::String(timestamp.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        // In place when sent (its key is kept), else added last.
+        match fields.get_mut("timestamp") {
+            Some(v) => *v = normalised,
+            None => {
+                fields.insert("timestamp".into(), normalised);
+            }
+        }
         Ok(Event {
             id,
             name,
