@@ -254,27 +254,29 @@ mod tests {
         assert_eq!(s.watchdog(H, I).await, Expired::Header);
     }
 
-    #[tokio::test]
+    // Paused time: the clock is tokio's, so these test the limits exactly, whatever
+    // the machine's load.
+    #[tokio::test(start_paused = true)]
     async fn between_requests_the_idle_timeout_counts_until_a_byte_arrives() {
         let s = ConnState::new(true);
         let busy = s.begin();
-        std::thread::sleep(Duration::from_millis(150));
+        tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(s.expired(H, I), None, "busy is never expired");
         drop(busy);
-        std::thread::sleep(Duration::from_millis(150));
+        tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(s.expired(H, I), None, "idle, within idle_timeout");
         s.on_read(3);
-        std::thread::sleep(Duration::from_millis(150));
+        tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(s.expired(H, I), Some(Expired::Header));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn http2_reads_do_not_start_a_head_and_idle_expires() {
         let s = ConnState::new(false);
         s.on_read(9);
-        std::thread::sleep(Duration::from_millis(150));
+        tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(s.expired(H, I), None);
-        std::thread::sleep(Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(s.expired(H, I), Some(Expired::Idle));
     }
 
