@@ -84,7 +84,7 @@ impl Recent {
             return;
         };
         for Pending { index, mut entry } in pending {
-            let status = results.get(index).map(|r| r.status);
+            let status = results.get(index).map(EventResult::status);
             if status == Some(Status::Duplicate) {
                 entry["status"] = json!("duplicate");
                 entry["summary"] =

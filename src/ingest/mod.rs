@@ -33,18 +33,19 @@ pub struct AcceptReport {
 
 /// One event's line in the answer, in the request's order: `{"event_id", "status":
 /// "accepted", "delivery_ids"}`, `{"event_id", "status": "duplicate"}` or `{"index",
-/// "status": "rejected", "error"}` (keys in that order).
+/// "status": "rejected", "error"}` (keys in that order). Made only by the three
+/// constructors, so the fields always match the status.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventResult {
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub index: Option<usize>,
+    index: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub event_id: Option<String>,
-    pub status: Status,
+    event_id: Option<String>,
+    status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub delivery_ids: Option<Vec<String>>,
+    delivery_ids: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,6 +57,10 @@ pub enum Status {
 }
 
 impl EventResult {
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
     pub fn accepted(event_id: String, delivery_ids: Vec<String>) -> EventResult {
         EventResult {
             index: None,
