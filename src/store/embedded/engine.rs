@@ -13,6 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use fjall::config::{FilterPolicy, FilterPolicyEntry};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rand::TryRngCore;
 
@@ -36,10 +37,10 @@ const VERSION_MARKER: &str = "version";
 
 /// Block cache. Small on purpose: queued deliveries are read once, in order.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
-/// The journal is replayed at start after a crash: its size bounds recovery time.
-/// 64 MiB is the engine's smallest hard cap; `bound_journal` keeps it far lower.
+/// The journal is replayed at start after a crash. 64 MiB is the engine's smallest
+/// hard cap; the journal keeper seals the memtables twice a second while writes go
+/// on, so the replay re-inserts little (see `keeper`).
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
-const JOURNAL_SOFT_BYTES: u64 = 12 * 1024 * 1024;
 const QUEUE_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 const DEDUPE_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 const SMALL_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
@@ -390,13 +391,11 @@ impl Engine {
         all
     }
 
-    /// Seals the memtables once the journal passes `JOURNAL_SOFT_BYTES`, so the
-    /// journal (replayed at start after a crash) stays short: a keyspace written
-    /// rarely (counters) would otherwise pin every journal up to the hard cap.
-    pub fn bound_journal(&self) {
-        if self.db.journal_disk_space().unwrap_or(0) < JOURNAL_SOFT_BYTES {
-            return;
-        }
+    /// Seals every memtable that holds writes (the engine then flushes them to
+    /// tables), so that what the journal replay re-inserts after a crash is short and
+    /// no sealed journal file is kept by a keyspace written slowly. Called by the
+    /// journal keeper (see `keeper`), never on the writer thread.
+    pub fn seal_memtables(&self) {
         for k in self.keyspaces() {
             let _ = k.rotate_memtable();
         }
@@ -416,8 +415,14 @@ impl Engine {
         if let Some(k) = queues.get(&dest) {
             return Ok(k.clone());
         }
+        // No Bloom filters: a queue is read by scanning in order, and its tables hold
+        // disjoint ranges of sequence numbers, so a point read (`locate`) already
+        // looks in one table at most; each flush built a filter of every key for
+        // nothing.
         let k = self.db.keyspace(&format!("{}_{dest}", layout::QUEUE), || {
-            KeyspaceCreateOptions::default().max_memtable_size(QUEUE_MEMTABLE_BYTES)
+            KeyspaceCreateOptions::default()
+                .max_memtable_size(QUEUE_MEMTABLE_BYTES)
+                .filter_policy(FilterPolicy::all(FilterPolicyEntry::None))
         })?;
         queues.insert(dest, k.clone());
         Ok(k)

@@ -10,6 +10,8 @@
 //! - `engine`: opening, refusing damaged or foreign files, reading state back.
 //! - `writer`: the writer thread, group commit, and the reopen-with-backoff loop
 //!   after a write failure (disk full, I/O error).
+//! - `keeper`: the thread that seals the memtables while writes go on (what a
+//!   restart after a crash replays stays short).
 //! - `ops`: what each write operation does inside a group (accept + dedupe,
 //!   settle, dead letters, replay, purge).
 //! - `reads`: claims (in memory) and the read paths that never wait for the writer.
@@ -28,6 +30,7 @@
 //! truth) and the store is ready again once that works.
 
 mod engine;
+mod keeper;
 mod layout;
 mod ops;
 mod reads;
@@ -218,7 +221,10 @@ impl EmbeddedStore {
             fail_commits_after_writing: std::sync::atomic::AtomicUsize::new(0),
         });
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let w = writer::Writer::new(shared.clone(), &opts, loaded);
+        let keeper = keeper::JournalKeeper::start().map_err(|e| {
+            StoreError::Unavailable(format!("start the store's journal thread: {e}"))
+        })?;
+        let w = writer::Writer::new(shared.clone(), &opts, loaded, keeper);
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || w.run(rx))

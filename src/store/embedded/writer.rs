@@ -18,6 +18,7 @@ use fjall::{OwnedWriteBatch, PersistMode};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Engine, Loaded};
+use super::keeper::JournalKeeper;
 use super::layout::{self, DestId};
 use super::ops::{Op, Outcome};
 use super::{lock, EmbeddedOptions, Loc, Shared, MAX_BATCH};
@@ -34,7 +35,7 @@ const REOPEN_MAX: Duration = Duration::from_secs(5);
 const REOPEN_MIN_FREE: u64 = 1 << 20;
 /// While broken and idle, how often the writer wakes to try the reopen.
 const BROKEN_POLL: Duration = Duration::from_millis(50);
-/// How often the journal's size is looked at.
+/// How often the journal keeper is asked for a round while writes go on.
 const JOURNAL_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 pub struct Pending {
@@ -58,6 +59,8 @@ pub struct Writer {
     /// Where the next purge's scan of dedupe marks starts (after this key).
     pub(super) dedupe_cursor: Option<Vec<u8>>,
     last_journal_check: Instant,
+    /// Keeps the journal short, on its own thread.
+    keeper: Option<JournalKeeper>,
     /// Inserts of failed commits, removed at the next reopen.
     undo: Vec<Undo>,
     /// The number of the last group commit on disk, and `store.mark` to record it in.
@@ -111,7 +114,12 @@ fn duration_ms(d: Duration) -> i64 {
 }
 
 impl Writer {
-    pub fn new(shared: Arc<Shared>, opts: &EmbeddedOptions, loaded: Loaded) -> Writer {
+    pub fn new(
+        shared: Arc<Shared>,
+        opts: &EmbeddedOptions,
+        loaded: Loaded,
+        keeper: JournalKeeper,
+    ) -> Writer {
         let engine = shared.engine().ok();
         let mut w = Writer {
             shared,
@@ -127,6 +135,7 @@ impl Writer {
             disk: None,
             dedupe_cursor: None,
             last_journal_check: Instant::now(),
+            keeper: Some(keeper),
             undo: Vec::new(),
             commit_no: 0,
             mark: None,
@@ -185,7 +194,11 @@ impl Writer {
             }
             self.run_group(std::mem::take(&mut group));
         }
-        // Closing: release the database before the store's owner returns.
+        // Closing: release the database before the store's owner returns (the
+        // keeper holds it only during a round, and is waited for).
+        if let Some(k) = self.keeper.take() {
+            k.stop();
+        }
         self.engine = None;
         *self
             .shared
@@ -224,7 +237,9 @@ impl Writer {
         }
         if self.last_journal_check.elapsed() >= JOURNAL_CHECK_EVERY {
             self.last_journal_check = Instant::now();
-            engine.bound_journal();
+            if let Some(k) = &self.keeper {
+                k.ask(&engine);
+            }
         }
         self.after_commit(g);
         for (p, r) in pending.into_iter().zip(results) {
