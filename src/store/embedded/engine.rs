@@ -38,9 +38,11 @@ const VERSION_MARKER: &str = "version";
 /// Block cache. Small on purpose: queued deliveries are read once, in order.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// The journal is replayed at start after a crash. 64 MiB is the engine's smallest
-/// hard cap; the journal keeper seals the memtables twice a second while writes go
-/// on, so the replay re-inserts little (see `keeper`).
+/// hard cap; the journal keeper keeps it to one file and part of the next, and what
+/// the replay re-inserts to the memtables' sizes (see `keeper`).
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+/// The engine's memtable limits. They are stored with each keyspace when it is
+/// made (a change reaches new stores only); `seal_at` keeps the memtables under them.
 const QUEUE_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 const DEDUPE_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 const SMALL_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
@@ -392,13 +394,39 @@ impl Engine {
     }
 
     /// Seals every memtable that holds writes (the engine then flushes them to
-    /// tables), so that what the journal replay re-inserts after a crash is short and
-    /// no sealed journal file is kept by a keyspace written slowly. Called by the
-    /// journal keeper (see `keeper`), never on the writer thread.
+    /// tables). Called by the journal keeper (see `keeper`), never on the writer.
     pub fn seal_memtables(&self) {
         for k in self.keyspaces() {
             let _ = k.rotate_memtable();
         }
+    }
+
+    /// Seals the memtables of the keyspaces `ids` names (see `seal_at`).
+    pub fn seal(&self, ids: &[u64]) {
+        for k in self.keyspaces() {
+            if ids.contains(&k.id()) {
+                let _ = k.rotate_memtable();
+            }
+        }
+    }
+
+    /// Whether the journal has a sealed file, which the engine deletes only once
+    /// every keyspace has flushed what it holds.
+    pub fn journal_has_sealed_file(&self) -> bool {
+        self.db.journal_count() > 1
+    }
+
+    /// How many bytes (as the engine counts them) a keyspace's memtable takes in
+    /// before the writer asks for it to be sealed: three quarters of the engine's
+    /// own limit, so the engine's worker never seals it itself (see `keeper`).
+    pub fn seal_at(&self, id: u64) -> u64 {
+        let limit = if id == self.dedupe.id() {
+            DEDUPE_MEMTABLE_BYTES
+        } else {
+            // The queues' and the small keyspaces' limit.
+            QUEUE_MEMTABLE_BYTES.min(SMALL_MEMTABLE_BYTES)
+        };
+        limit / 4 * 3
     }
 
     /// The fresh queue of one destination, opened (or created) on first use.

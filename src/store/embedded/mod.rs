@@ -10,8 +10,8 @@
 //! - `engine`: opening, refusing damaged or foreign files, reading state back.
 //! - `writer`: the writer thread, group commit, and the reopen-with-backoff loop
 //!   after a write failure (disk full, I/O error).
-//! - `keeper`: the thread that seals the memtables while writes go on (what a
-//!   restart after a crash replays stays short).
+//! - `keeper`: the thread that seals memtables (nearly full ones, and all of them
+//!   when the journal has a sealed file), off the writer.
 //! - `ops`: what each write operation does inside a group (accept + dedupe,
 //!   settle, dead letters, replay, purge).
 //! - `reads`: claims (in memory) and the read paths that never wait for the writer.

@@ -114,10 +114,6 @@ impl Writer {
         }
     }
 
-    fn batch(g: &mut Group) -> Result<&mut fjall::OwnedWriteBatch, Fatal> {
-        g.batch.as_mut().ok_or_else(|| "no write batch".to_string())
-    }
-
     fn accept(
         &mut self,
         e: &Engine,
@@ -166,7 +162,7 @@ impl Writer {
                 continue;
             }
             g.marked.insert(key);
-            Self::batch(g)?.insert(&e.dedupe, key, expiry);
+            g.put(&e.dedupe, key, expiry)?;
             g.undo.push(Undo::Dedupe(key));
             let mut ids = Vec::with_capacity(ev.deliveries.len());
             for d in &ev.deliveries {
@@ -174,7 +170,7 @@ impl Writer {
                 let seq = self.next_seq(e, g);
                 let value = layout::encode(&RecordRef::new(&d.request, now_ms))?;
                 let queue = e.queue(dest).map_err(fatal)?;
-                Self::batch(g)?.insert(&queue, layout::seq_key(seq), value);
+                g.put(&queue, layout::seq_key(seq), value)?;
                 g.undo.push(Undo::Queue(dest, seq));
                 g.count(dest, 1, 0);
                 ids.push(self.shared.id_of(IdParts {
@@ -212,11 +208,10 @@ impl Writer {
             return Ok(None);
         };
         let queue = e.queue(parts.dest).map_err(fatal)?;
-        let b = Self::batch(g)?;
         match loc {
-            Loc::Fresh => b.remove(&queue, layout::seq_key(parts.seq)),
+            Loc::Fresh => g.del(&queue, layout::seq_key(parts.seq))?,
             Loc::Retry { due_ms } => {
-                b.remove(&e.retry, layout::retry_key(parts.dest, due_ms, parts.seq))
+                g.del(&e.retry, layout::retry_key(parts.dest, due_ms, parts.seq))?
             }
         }
         g.touched.insert((parts.dest, parts.seq));
@@ -248,7 +243,7 @@ impl Writer {
             last_status: None,
             partner: None,
         };
-        Self::batch(g)?.insert(&e.done, parts.bytes(), layout::encode(&done)?);
+        g.put(&e.done, parts.bytes(), layout::encode(&done)?)?;
         g.receipts.insert(parts.bytes(), done);
         g.count(parts.dest, -1, 0);
         Ok(())
@@ -278,7 +273,7 @@ impl Writer {
             };
             let Some(mut done) = done else { continue };
             done.partner = Some(status.clone());
-            Self::batch(g)?.insert(&e.done, key, layout::encode(&done)?);
+            g.put(&e.done, key, layout::encode(&done)?)?;
             g.receipts.insert(key, done);
             n += 1;
         }
@@ -291,7 +286,7 @@ impl Writer {
         };
         let value = layout::encode(&RecordRef::of(d, None))?;
         let key = layout::retry_key(parts.dest, d.next_attempt_at, parts.seq);
-        Self::batch(g)?.insert(&e.retry, key, value);
+        g.put(&e.retry, key, value)?;
         Ok(())
     }
 
@@ -306,7 +301,7 @@ impl Writer {
             return Ok(());
         };
         let value = layout::encode(&RecordRef::of(d, Some(now_ms)))?;
-        Self::batch(g)?.insert(&e.dead, layout::queue_key(parts.dest, parts.seq), value);
+        g.put(&e.dead, layout::queue_key(parts.dest, parts.seq), value)?;
         g.count(parts.dest, -1, 1);
         Ok(())
     }
@@ -359,9 +354,8 @@ impl Writer {
             r.next_attempt_at = now_ms;
             r.dead_at = None;
             let value = layout::encode(&r.borrowed())?;
-            let b = Self::batch(g)?;
-            b.remove(&e.dead, layout::queue_key(dest, seq));
-            b.insert(&e.retry, layout::retry_key(dest, now_ms, seq), value);
+            g.del(&e.dead, layout::queue_key(dest, seq))?;
+            g.put(&e.retry, layout::retry_key(dest, now_ms, seq), value)?;
             g.count(dest, 1, -1);
             n += 1;
         }
@@ -414,9 +408,8 @@ impl Writer {
                 r.dead_at = Some(now_ms);
                 r.last_error = Some(reason.to_owned());
                 let value = layout::encode(&r.borrowed())?;
-                let b = Self::batch(g)?;
-                b.remove(ks, k);
-                b.insert(&e.dead, layout::queue_key(dest, seq), value);
+                g.del(ks, k)?;
+                g.put(&e.dead, layout::queue_key(dest, seq), value)?;
                 g.count(dest, -1, 1);
                 g.settled.push((dest, seq));
                 moved += 1;
@@ -449,7 +442,7 @@ impl Writer {
             scanned += 1;
             let (k, v) = item.into_inner().map_err(fatal)?;
             if layout::u64_value(&v).is_none_or(|expiry| expiry <= now_s) {
-                Self::batch(g)?.remove(&e.dedupe, k.clone());
+                g.del(&e.dedupe, k.clone())?;
                 keys += 1;
             }
             self.dedupe_cursor = Some(k.to_vec());
@@ -468,7 +461,7 @@ impl Writer {
             if r.dead_at.is_some_and(|at| at < cutoff) {
                 if let Some((dest, seq)) = layout::parse_queue_key(&k) {
                     if g.touched.insert((dest, seq)) {
-                        Self::batch(g)?.remove(&e.dead, k);
+                        g.del(&e.dead, k)?;
                         g.count(dest, 0, -1);
                         dead += 1;
                     }
@@ -487,7 +480,7 @@ impl Writer {
                 break;
             }
             let k = item.key().map_err(fatal)?;
-            Self::batch(g)?.remove(&e.done, k);
+            g.del(&e.done, k)?;
             receipts += 1;
         }
         // Receipts ride along: report a full chunk so the caller comes back for more.

@@ -647,3 +647,39 @@ async fn a_data_directory_of_another_store_format_is_refused_naming_both() {
     fs::write(&file, "1\n").expect("write");
     drop(open(dir.path()));
 }
+
+/// A queue's memtable is sealed (and flushed) once it nears the engine's limit, by
+/// the writer's count and the journal keeper, before the engine's worker would seal
+/// it itself (which can stop a one-worker engine for good: see `keeper`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nearly_full_memtable_is_sealed_before_the_engines_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let body = "x".repeat(4000);
+    let engine = s.shared.engine().expect("engine");
+    // Past three quarters of the queue's 4 MiB limit, short of the limit itself.
+    // (`u64::MAX`: any keyspace but the dedupe marks.)
+    let target = engine.seal_at(u64::MAX) + 256 * 1024;
+    let mut written = 0u64;
+    let mut k = 0u64;
+    while written < target {
+        let mut e = event(key(k), &["a"]);
+        e.deliveries[0].request.body = Some(body.clone());
+        s.accept(vec![e], NOW).await.expect("accept");
+        written += body.len() as u64 + 100;
+        k += 1;
+    }
+    assert!(written < 4 * 1024 * 1024, "the test writes past the limit");
+    let id = s.shared.dest_id("a").expect("destination a");
+    let queue = engine.queue(id).expect("queue");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while queue.table_count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue's memtable was not sealed after {written} bytes"
+        );
+        // Pacing: a poll with a deadline; the flush runs on the engine's thread.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!engine.journal_has_sealed_file());
+}

@@ -14,11 +14,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fjall::{OwnedWriteBatch, PersistMode};
+use fjall::{Keyspace, OwnedWriteBatch, PersistMode, UserKey, UserValue};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Engine, Loaded};
-use super::keeper::JournalKeeper;
+use super::keeper::{JournalKeeper, Round};
 use super::layout::{self, DestId};
 use super::ops::{Op, Outcome};
 use super::{lock, EmbeddedOptions, Loc, Shared, MAX_BATCH};
@@ -35,7 +35,7 @@ const REOPEN_MAX: Duration = Duration::from_secs(5);
 const REOPEN_MIN_FREE: u64 = 1 << 20;
 /// While broken and idle, how often the writer wakes to try the reopen.
 const BROKEN_POLL: Duration = Duration::from_millis(50);
-/// How often the journal keeper is asked for a round while writes go on.
+/// How often the journal keeper is asked to look at the journal while writes go on.
 const JOURNAL_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 pub struct Pending {
@@ -59,8 +59,11 @@ pub struct Writer {
     /// Where the next purge's scan of dedupe marks starts (after this key).
     pub(super) dedupe_cursor: Option<Vec<u8>>,
     last_journal_check: Instant,
-    /// Keeps the journal short, on its own thread.
+    /// Seals memtables on its own thread.
     keeper: Option<JournalKeeper>,
+    /// What each keyspace's memtable took in since the writer last asked for it
+    /// to be sealed, by keyspace (see `seal_full_memtables`).
+    since_seal: HashMap<u64, u64>,
     /// Inserts of failed commits, removed at the next reopen.
     undo: Vec<Undo>,
     /// The number of the last group commit on disk, and `store.mark` to record it in.
@@ -89,7 +92,14 @@ pub struct Group {
     pub undo: Vec<Undo>,
     /// Receipts this group wrote (not yet readable from the engine), by key.
     pub receipts: HashMap<[u8; 16], super::layout::Done>,
+    /// What this group adds to each keyspace's memtable, by keyspace, as the engine
+    /// counts it (see `Writer::seal_full_memtables`).
+    pub written: HashMap<u64, u64>,
 }
+
+/// Per item, what the engine's memtable counts beside the key and the value (the
+/// size of `lsm_tree`'s `InternalValue`, rounded up).
+const ITEM_OVERHEAD: u64 = 64;
 
 /// A key an accept inserted. A failed commit can still reach the journal (the engine
 /// flushes its buffer on the way down, or fails after writing); its senders were told
@@ -101,6 +111,34 @@ pub enum Undo {
 }
 
 impl Group {
+    /// An insert into this group's write batch.
+    pub fn put(
+        &mut self,
+        ks: &Keyspace,
+        key: impl Into<UserKey>,
+        value: impl Into<UserValue>,
+    ) -> Result<(), String> {
+        let (key, value) = (key.into(), value.into());
+        self.note(ks, key.len() + value.len());
+        self.batch
+            .as_mut()
+            .ok_or("no write batch")?
+            .insert(ks, key, value);
+        Ok(())
+    }
+
+    /// A removal in this group's write batch (a tombstone in the memtable).
+    pub fn del(&mut self, ks: &Keyspace, key: impl Into<UserKey>) -> Result<(), String> {
+        let key = key.into();
+        self.note(ks, key.len());
+        self.batch.as_mut().ok_or("no write batch")?.remove(ks, key);
+        Ok(())
+    }
+
+    fn note(&mut self, ks: &Keyspace, bytes: usize) {
+        *self.written.entry(ks.id()).or_default() += bytes as u64 + ITEM_OVERHEAD;
+    }
+
     pub fn count(&mut self, dest: DestId, queued: i64, dead: i64) {
         let c = self.counts.entry(dest).or_default();
         c.0 += queued;
@@ -136,6 +174,7 @@ impl Writer {
             dedupe_cursor: None,
             last_journal_check: Instant::now(),
             keeper: Some(keeper),
+            since_seal: HashMap::new(),
             undo: Vec::new(),
             commit_no: 0,
             mark: None,
@@ -148,6 +187,8 @@ impl Writer {
 
     /// Takes the state read from disk as the truth.
     fn install(&mut self, loaded: Loaded) {
+        // A reopened engine starts with memtables of its own.
+        self.since_seal.clear();
         self.next_seq = loaded.seq;
         self.seq_reserved = loaded.seq;
         self.queued_total = loaded.counts.values().map(|c| c.0).sum();
@@ -238,9 +279,10 @@ impl Writer {
         if self.last_journal_check.elapsed() >= JOURNAL_CHECK_EVERY {
             self.last_journal_check = Instant::now();
             if let Some(k) = &self.keeper {
-                k.ask(&engine);
+                k.ask(&engine, Round::Journal);
             }
         }
+        self.seal_full_memtables(&engine, &g.written);
         self.after_commit(g);
         for (p, r) in pending.into_iter().zip(results) {
             // The caller may have gone away (cancelled request); the write stands.
@@ -272,6 +314,9 @@ impl Writer {
             layout::COMMIT_META_KEY,
             (self.commit_no + 1).to_be_bytes(),
         );
+        // The counters and the commit number: a few dozen bytes each.
+        *g.written.entry(engine.meta.id()).or_default() +=
+            (g.counts.len() as u64 + 1) * (32 + ITEM_OVERHEAD);
         #[cfg(test)]
         if self
             .shared
@@ -302,6 +347,32 @@ impl Writer {
             tracing::debug!(error = %e, "cannot write store.mark");
         }
         Ok(())
+    }
+
+    /// Adds a commit's bytes to each keyspace's count, and asks the keeper to seal
+    /// those at `Engine::seal_at`; a keyspace's count starts again once the keeper
+    /// took the request (else the next commit asks again).
+    fn seal_full_memtables(&mut self, engine: &Arc<Engine>, written: &HashMap<u64, u64>) {
+        let mut full = Vec::new();
+        for (id, n) in written {
+            let total = self.since_seal.entry(*id).or_default();
+            *total += n;
+        }
+        for (id, total) in &self.since_seal {
+            if *total >= engine.seal_at(*id) {
+                full.push(*id);
+            }
+        }
+        if full.is_empty() {
+            return;
+        }
+        if let Some(k) = &self.keeper {
+            if k.ask(engine, Round::Keyspaces(full.clone())) {
+                for id in full {
+                    self.since_seal.remove(&id);
+                }
+            }
+        }
     }
 
     fn after_commit(&mut self, g: Group) {
@@ -449,13 +520,12 @@ impl Writer {
         self.next_seq += 1;
         if self.next_seq > self.seq_reserved {
             self.seq_reserved = self.next_seq + SEQ_BLOCK;
-            if let Some(b) = g.batch.as_mut() {
-                b.insert(
-                    &engine.meta,
-                    layout::SEQ_META_KEY,
-                    self.seq_reserved.to_be_bytes(),
-                );
-            }
+            // Without a batch (never, inside a group) there is nothing to write into.
+            let _ = g.put(
+                &engine.meta,
+                layout::SEQ_META_KEY,
+                self.seq_reserved.to_be_bytes(),
+            );
         }
         seq
     }
@@ -482,9 +552,8 @@ impl Writer {
             + g.new_dests.len();
         let id =
             DestId::try_from(used + 1).map_err(|_| "more than 65,535 destinations".to_string())?;
-        if let Some(b) = g.batch.as_mut() {
-            b.insert(&engine.meta, layout::dest_meta_key(name), id.to_be_bytes());
-        }
+        // Without a batch (never, inside a group) there is nothing to write into.
+        let _ = g.put(&engine.meta, layout::dest_meta_key(name), id.to_be_bytes());
         g.new_dests.push((name.to_owned(), id));
         Ok(id)
     }
