@@ -15,7 +15,15 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const RUN_FOR_REAL: &[&str] = &["check", "preview"];
 /// Commands that set up an environment or need a running relay: their arguments are
 /// checked (files named exist), the command itself is not run.
-const EXTERNAL: &[&str] = &["curl", "read", ".venv/bin/pip", ".venv/bin/python"];
+const EXTERNAL: &[&str] = &[
+    "curl",
+    "read",
+    ".venv/bin/pip",
+    ".venv/bin/python",
+    "mkdir",
+    "sleep",
+    "perf",
+];
 
 /// One simple command of a ```sh block: its words (quotes removed) and its line.
 #[derive(Debug)]
@@ -199,6 +207,10 @@ impl Checker<'_> {
                 self.exists(cmd.line, &format!("tests/{name}.rs"), "the test file");
             }
             ["cargo", "test", "--lib", ..] => {}
+            ["cargo", "build", rest @ ..] => self.build(cmd.line, rest),
+            [program, args @ ..] if program.contains("/examples/") => {
+                self.example(cmd.line, program, args)
+            }
             ["cargo", "install", "--path", dir] => {
                 self.exists(cmd.line, &format!("{dir}/Cargo.toml"), "the crate");
             }
@@ -238,6 +250,50 @@ impl Checker<'_> {
         let parsed = Command::new("bash").arg("-n").arg(&path).output();
         if !parsed.is_ok_and(|o| o.status.success()) {
             self.problem(line, format!("`bash -n {script}` fails"));
+        }
+    }
+
+    /// `cargo build`: the `--bin` and `--example` it names exist.
+    fn build(&mut self, line: usize, args: &[&str]) {
+        for pair in args.windows(2) {
+            match pair {
+                ["--bin", name] if *name != env!("CARGO_PKG_NAME") => {
+                    self.problem(line, format!("no binary `{name}` in this crate"));
+                }
+                ["--example", name] => {
+                    self.exists(line, &format!("examples/{name}"), "the example");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A built example run as `target/.../examples/NAME SUBCOMMAND ARGS`: the example
+    /// exists, and each `--flag` is a field of the subcommand's arguments in its
+    /// `main.rs` (`run` -> `struct RunArgs { flag: ... }`).
+    fn example(&mut self, line: usize, program: &str, args: &[&str]) {
+        let name = program.rsplit('/').next().unwrap_or(program);
+        let main = format!("examples/{name}/main.rs");
+        if !self.exists(line, &main, "the example") {
+            return;
+        }
+        let source = std::fs::read_to_string(self.repo.join(&main)).unwrap_or_default();
+        let sub = args.first().copied().unwrap_or("");
+        let mut title = sub.chars();
+        let strukt = match title.next() {
+            Some(c) => format!("struct {}{}Args {{", c.to_uppercase(), title.as_str()),
+            None => String::new(),
+        };
+        let Some(start) = source.find(&strukt).filter(|_| !sub.is_empty()) else {
+            return self.problem(line, format!("`{name}` has no subcommand `{sub}`"));
+        };
+        let body = &source[start..];
+        let source = &body[..body.find("\n}").unwrap_or(body.len())];
+        for a in args.iter().filter(|a| a.starts_with("--")) {
+            let field = a.trim_start_matches("--").replace('-', "_");
+            if !source.contains(&format!(" {field}: ")) {
+                self.problem(line, format!("`{name}` has no flag `{a}`"));
+            }
         }
     }
 
