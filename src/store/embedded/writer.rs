@@ -92,9 +92,10 @@ pub struct Group {
     pub undo: Vec<Undo>,
     /// Receipts this group wrote (not yet readable from the engine), by key.
     pub receipts: HashMap<[u8; 16], super::layout::Done>,
-    /// What this group adds to each keyspace's memtable, by keyspace, as the engine
-    /// counts it (see `Writer::seal_full_memtables`).
-    pub written: HashMap<u64, u64>,
+    /// What this group adds to each keyspace's memtable, as the engine counts it
+    /// (keyspace id, bytes; a handful of keyspaces, so a list; see
+    /// `Writer::seal_full_memtables`).
+    pub written: Vec<(u64, u64)>,
 }
 
 /// Per item, what the engine's memtable counts beside the key and the value (the
@@ -136,7 +137,14 @@ impl Group {
     }
 
     fn note(&mut self, ks: &Keyspace, bytes: usize) {
-        *self.written.entry(ks.id()).or_default() += bytes as u64 + ITEM_OVERHEAD;
+        self.add_written(ks.id(), bytes as u64 + ITEM_OVERHEAD);
+    }
+
+    fn add_written(&mut self, id: u64, bytes: u64) {
+        match self.written.iter_mut().find(|(k, _)| *k == id) {
+            Some((_, n)) => *n += bytes,
+            None => self.written.push((id, bytes)),
+        }
     }
 
     pub fn count(&mut self, dest: DestId, queued: i64, dead: i64) {
@@ -315,8 +323,10 @@ impl Writer {
             (self.commit_no + 1).to_be_bytes(),
         );
         // The counters and the commit number: a few dozen bytes each.
-        *g.written.entry(engine.meta.id()).or_default() +=
-            (g.counts.len() as u64 + 1) * (32 + ITEM_OVERHEAD);
+        g.add_written(
+            engine.meta.id(),
+            (g.counts.len() as u64 + 1) * (32 + ITEM_OVERHEAD),
+        );
         #[cfg(test)]
         if self
             .shared
@@ -352,7 +362,7 @@ impl Writer {
     /// Adds a commit's bytes to each keyspace's count, and asks the keeper to seal
     /// those at `Engine::seal_at`; a keyspace's count starts again once the keeper
     /// took the request (else the next commit asks again).
-    fn seal_full_memtables(&mut self, engine: &Arc<Engine>, written: &HashMap<u64, u64>) {
+    fn seal_full_memtables(&mut self, engine: &Arc<Engine>, written: &[(u64, u64)]) {
         let mut full = Vec::new();
         for (id, n) in written {
             let total = self.since_seal.entry(*id).or_default();
