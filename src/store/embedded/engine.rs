@@ -38,8 +38,9 @@ const VERSION_MARKER: &str = "version";
 /// Block cache. Small on purpose: queued deliveries are read once, in order.
 const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// The journal is replayed at start after a crash. 64 MiB is the engine's smallest
-/// hard cap; the journal keeper keeps it to one file and part of the next, and what
-/// the replay re-inserts to the memtables' sizes (see `keeper`).
+/// cap: once the sealed journal files reach it (a sealed file counts 64 MiB), the
+/// engine seals the keyspaces that keep the oldest, so the journal is one file and
+/// part of the next (see `keeper`).
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 /// The engine's memtable limits. They are stored with each keyspace when it is
 /// made (a change reaches new stores only); `seal_at` keeps the memtables under them.
@@ -393,27 +394,14 @@ impl Engine {
         all
     }
 
-    /// Seals every memtable that holds writes (the engine then flushes them to
-    /// tables). Called by the journal keeper (see `keeper`), never on the writer.
-    pub fn seal_memtables(&self) {
-        for k in self.keyspaces() {
-            let _ = k.rotate_memtable();
-        }
-    }
-
-    /// Seals the memtables of the keyspaces `ids` names (see `seal_at`).
+    /// Seals the memtables of the keyspaces `ids` names (see `seal_at`); the engine
+    /// then flushes them. Called by the keeper (see `keeper`), never on the writer.
     pub fn seal(&self, ids: &[u64]) {
         for k in self.keyspaces() {
             if ids.contains(&k.id()) {
                 let _ = k.rotate_memtable();
             }
         }
-    }
-
-    /// Whether the journal has a sealed file, which the engine deletes only once
-    /// every keyspace has flushed what it holds.
-    pub fn journal_has_sealed_file(&self) -> bool {
-        self.db.journal_count() > 1
     }
 
     /// How many bytes (as the engine counts them) a keyspace's memtable takes in

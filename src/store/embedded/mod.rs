@@ -10,8 +10,7 @@
 //! - `engine`: opening, refusing damaged or foreign files, reading state back.
 //! - `writer`: the writer thread, group commit, and the reopen-with-backoff loop
 //!   after a write failure (disk full, I/O error).
-//! - `keeper`: the thread that seals memtables (nearly full ones, and all of them
-//!   when the journal has a sealed file), off the writer.
+//! - `keeper`: the thread that seals nearly full memtables, off the writer.
 //! - `ops`: what each write operation does inside a group (accept + dedupe,
 //!   settle, dead letters, replay, purge).
 //! - `reads`: claims (in memory) and the read paths that never wait for the writer.
@@ -221,7 +220,7 @@ impl EmbeddedStore {
             fail_commits_after_writing: std::sync::atomic::AtomicUsize::new(0),
         });
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let keeper = keeper::JournalKeeper::start().map_err(|e| {
+        let keeper = keeper::MemtableKeeper::start().map_err(|e| {
             StoreError::Unavailable(format!("start the store's journal thread: {e}"))
         })?;
         let w = writer::Writer::new(shared.clone(), &opts, loaded, keeper);

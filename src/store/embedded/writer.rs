@@ -18,7 +18,7 @@ use fjall::{Keyspace, OwnedWriteBatch, PersistMode, UserKey, UserValue};
 use tokio::sync::{mpsc, oneshot};
 
 use super::engine::{Engine, Loaded};
-use super::keeper::{JournalKeeper, Round};
+use super::keeper::MemtableKeeper;
 use super::layout::{self, DestId};
 use super::ops::{Op, Outcome};
 use super::{lock, EmbeddedOptions, Loc, Shared, MAX_BATCH};
@@ -35,8 +35,6 @@ const REOPEN_MAX: Duration = Duration::from_secs(5);
 const REOPEN_MIN_FREE: u64 = 1 << 20;
 /// While broken and idle, how often the writer wakes to try the reopen.
 const BROKEN_POLL: Duration = Duration::from_millis(50);
-/// How often the journal keeper is asked to look at the journal while writes go on.
-const JOURNAL_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 pub struct Pending {
     pub op: Op,
@@ -58,9 +56,8 @@ pub struct Writer {
     pub(super) disk: Option<(Instant, u64)>,
     /// Where the next purge's scan of dedupe marks starts (after this key).
     pub(super) dedupe_cursor: Option<Vec<u8>>,
-    last_journal_check: Instant,
-    /// Seals memtables on its own thread.
-    keeper: Option<JournalKeeper>,
+    /// Seals nearly full memtables on its own thread.
+    keeper: Option<MemtableKeeper>,
     /// What each keyspace's memtable took in since the writer last asked for it
     /// to be sealed, by keyspace (see `seal_full_memtables`).
     since_seal: HashMap<u64, u64>,
@@ -164,7 +161,7 @@ impl Writer {
         shared: Arc<Shared>,
         opts: &EmbeddedOptions,
         loaded: Loaded,
-        keeper: JournalKeeper,
+        keeper: MemtableKeeper,
     ) -> Writer {
         let engine = shared.engine().ok();
         let mut w = Writer {
@@ -180,7 +177,6 @@ impl Writer {
             queued_total: 0,
             disk: None,
             dedupe_cursor: None,
-            last_journal_check: Instant::now(),
             keeper: Some(keeper),
             since_seal: HashMap::new(),
             undo: Vec::new(),
@@ -284,12 +280,6 @@ impl Writer {
         if let Some(o) = self.shared.observer.get() {
             o.committed(pending.len(), started.elapsed());
         }
-        if self.last_journal_check.elapsed() >= JOURNAL_CHECK_EVERY {
-            self.last_journal_check = Instant::now();
-            if let Some(k) = &self.keeper {
-                k.ask(&engine, Round::Journal);
-            }
-        }
         self.seal_full_memtables(&engine, &g.written);
         self.after_commit(g);
         for (p, r) in pending.into_iter().zip(results) {
@@ -377,7 +367,7 @@ impl Writer {
             return;
         }
         if let Some(k) = &self.keeper {
-            if k.ask(engine, Round::Keyspaces(full.clone())) {
+            if k.ask(engine, full.clone()) {
                 for id in full {
                     self.since_seal.remove(&id);
                 }
