@@ -378,10 +378,13 @@ async fn refused_at_start(dir: &Path, what: &str) -> bool {
     }
 }
 
-/// A store holding `EVENTS` queued deliveries to a partner that is down (retries an
-/// hour away), left by a clean stop or by kill -9; the partner is kept alive with it.
-/// A partner that answers 503 and a setup for it whose retries are an hour away;
+/// A partner that answers 503 and a setup for it whose retries are weeks away;
 /// `padding` goes into the partner URL's path (to make each delivery larger).
+///
+/// Weeks, not an hour: a retry's delay is drawn from zero to the backoff (full
+/// jitter), so with a 1 h backoff a delivery tried before the stop was due again
+/// within the test's 30 s (under load) about once in 120; tried again after the
+/// restart, it was dead-lettered (past `give_up_after`) and read as a lost delivery.
 async fn partner_down_setup(padding: &str) -> (FakePartner, tempfile::TempDir) {
     let partner = FakePartner::start().await.expect("partner");
     partner.set_default(postback_relay::fake_partner::Reply::status(503));
@@ -390,12 +393,16 @@ async fn partner_down_setup(padding: &str) -> (FakePartner, tempfile::TempDir) {
     let rule = fs::read_to_string(dir.path().join("rules/aff.toml")).expect("rule");
     let slow = rule
         .replace("/pb?", &format!("/pb{padding}?"))
-        .replace("initial_backoff = \"50ms\"", "initial_backoff = \"1h\"")
-        .replace("max_backoff = \"200ms\"", "max_backoff = \"2h\"");
+        .replace("give_up_after = \"1h\"", "give_up_after = \"1000h\"")
+        .replace("initial_backoff = \"50ms\"", "initial_backoff = \"500h\"")
+        .replace("max_backoff = \"200ms\"", "max_backoff = \"1000h\"");
+    assert!(slow.contains("1000h") && slow.contains("500h"), "{slow}");
     fs::write(dir.path().join("rules/aff.toml"), slow).expect("rule");
     (partner, dir)
 }
 
+/// A store holding `EVENTS` queued deliveries to a partner that is down (retries
+/// weeks away), left by a clean stop or by kill -9; the partner is kept alive with it.
 async fn queued_store(kill_9: bool) -> (FakePartner, tempfile::TempDir) {
     let (partner, pristine) = partner_down_setup("").await;
     let mut relay = RelayProcess::spawn(&pristine.path().join("postback-relay.toml"), "info");
@@ -405,9 +412,9 @@ async fn queued_store(kill_9: bool) -> (FakePartner, tempfile::TempDir) {
         assert_eq!(send(&relay, &client, i, &mut seen).await.0, 202);
     }
     // Nothing in flight at the stop, and nothing about to start: the partner's 503s
-    // have opened the circuit (30 s), and every attempt made is settled (a retry an
-    // hour away). A delivery in flight at the stop would be due at once in the next
-    // run, and its second attempt dead-lettered (give_up_after is 1 h), which
+    // have opened the circuit (30 s), and every attempt made is settled (a retry
+    // weeks away). A delivery in flight at the stop would be due at once in the next
+    // run, and its second attempt dead-lettered (past give_up_after), which
     // `assert_intact` would take for a lost delivery.
     let (c, base) = (&client, &relay.base);
     let quiet = eventually(30, || async move {
@@ -500,8 +507,8 @@ async fn a_deleted_part_of_the_store_is_refused_at_start_or_kept_whole() {
 }
 
 /// A store whose keyspaces have tables, not only a journal: deliveries made large (a
-/// 4 KB partner URL) until the journal passes its bound and the store writes every
-/// keyspace's memtable out; then a clean stop. The partner is kept alive with it.
+/// 4 KB partner URL) until the queue's memtables fill and the journal passes the
+/// engine's cap (which seals what keeps its oldest file); then a clean stop. The partner is kept alive with it.
 async fn store_with_tables() -> (FakePartner, tempfile::TempDir) {
     let (partner, dir) = partner_down_setup(&format!("/{}", "x".repeat(4000))).await;
     let mut relay = RelayProcess::spawn(&dir.path().join("postback-relay.toml"), "info");
