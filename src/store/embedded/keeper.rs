@@ -8,7 +8,8 @@
 //! to the worker's bounded mailbox; the worker that seals then sends itself the flush
 //! on that mailbox, and blocks forever once it is full (fjall issue 257, fix proposed
 //! in fjall PR 323; reproduced here writing to a keyspace directly: no flush for 30 s,
-//! the journal past 300 MB).
+//! the journal past 300 MB). After an open, each memtable is sealed at its first
+//! write: the journal replay may have refilled it behind the count.
 //!
 //! Journal files need nothing from here: the engine starts a new one past 64 MB, and
 //! once the sealed ones reach `max_journaling_size` (64 MiB, `engine.rs`; a sealed

@@ -221,7 +221,7 @@ impl EmbeddedStore {
         });
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let keeper = keeper::MemtableKeeper::start().map_err(|e| {
-            StoreError::Unavailable(format!("start the store's journal thread: {e}"))
+            StoreError::Unavailable(format!("start the store's memtable thread: {e}"))
         })?;
         let w = writer::Writer::new(shared.clone(), &opts, loaded, keeper);
         let writer = std::thread::Builder::new()

@@ -731,3 +731,46 @@ async fn a_sealed_journal_file_is_not_kept_by_a_slowly_written_keyspace() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// What the journal replay puts back into a memtable at open is sealed at the
+/// memtable's first write, so the writer's count (from zero) cannot let it pass the
+/// engine's limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memtables_refilled_by_the_journal_replay_are_sealed_at_their_first_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = "x".repeat(4000);
+    let tables_before = {
+        let s = open(dir.path());
+        for k in 0..200u64 {
+            let mut e = event(key(k), &["a"]);
+            e.deliveries[0].request.body = Some(body.clone());
+            s.accept(vec![e], NOW).await.expect("accept");
+        }
+        let engine = s.shared.engine().expect("engine");
+        let id = s.shared.dest_id("a").expect("destination a");
+        // About 0.8 MB: far from a seal, so (but for the first delivery, sealed at
+        // the first write) it is all in the memtable and the journal.
+        let tables = engine.queue(id).expect("queue").table_count();
+        s.close().await;
+        tables
+    };
+    let s = open(dir.path());
+    let engine = s.shared.engine().expect("engine");
+    let queue = engine
+        .queue(s.shared.dest_id("a").expect("destination a"))
+        .expect("queue");
+    // One small delivery: far from a seal by the count alone.
+    s.accept(vec![event(key(1_000), &["a"])], NOW)
+        .await
+        .expect("accept");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while queue.table_count() <= tables_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replayed memtable was not sealed"
+        );
+        // Pacing: a poll with a deadline; the flush runs on the engine's thread.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counts_of(&s).await, vec![("a".to_string(), 201, 0)]);
+}

@@ -59,7 +59,9 @@ pub struct Writer {
     /// Seals nearly full memtables on its own thread.
     keeper: Option<MemtableKeeper>,
     /// What each keyspace's memtable took in since the writer last asked for it
-    /// to be sealed, by keyspace (see `seal_full_memtables`).
+    /// to be sealed, by keyspace (see `seal_full_memtables`). A keyspace not here
+    /// has not been sealed since the engine was opened: what the journal replay put
+    /// back in its memtable is unknown, so it is sealed at its first write.
     since_seal: HashMap<u64, u64>,
     /// Inserts of failed commits, removed at the next reopen.
     undo: Vec<Undo>,
@@ -191,7 +193,8 @@ impl Writer {
 
     /// Takes the state read from disk as the truth.
     fn install(&mut self, loaded: Loaded) {
-        // A reopened engine starts with memtables of its own.
+        // An opened engine's memtables hold what its journal replay put back: each
+        // is sealed at its first write (see `since_seal`).
         self.since_seal.clear();
         self.next_seq = loaded.seq;
         self.seq_reserved = loaded.seq;
@@ -350,13 +353,18 @@ impl Writer {
     }
 
     /// Adds a commit's bytes to each keyspace's count, and asks the keeper to seal
-    /// those at `Engine::seal_at`; a keyspace's count starts again once the keeper
-    /// took the request (else the next commit asks again).
+    /// those at `Engine::seal_at` (and those written for the first time since the
+    /// open); a keyspace's count starts again once the keeper took the request
+    /// (else the next commit asks again).
     fn seal_full_memtables(&mut self, engine: &Arc<Engine>, written: &[(u64, u64)]) {
         let mut full = Vec::new();
         for (id, n) in written {
-            let total = self.since_seal.entry(*id).or_default();
-            *total += n;
+            match self.since_seal.get_mut(id) {
+                Some(total) => *total += n,
+                // Not sealed since the open: its memtable may be refilled by the
+                // journal replay, beyond what this count would see.
+                None => full.push(*id),
+            }
         }
         for (id, total) in &self.since_seal {
             if *total >= engine.seal_at(*id) {
@@ -369,7 +377,7 @@ impl Writer {
         if let Some(k) = &self.keeper {
             if k.ask(engine, full.clone()) {
                 for id in full {
-                    self.since_seal.remove(&id);
+                    self.since_seal.insert(id, 0);
                 }
             }
         }
