@@ -12,6 +12,7 @@ use std::fmt;
 use serde_json::{Map, Value};
 
 use super::normalize::{ipv4_only, truncate_ip, FieldKind, HashStyle, Normaliser};
+use super::view::{Edit, Fields, Node};
 
 /// Why an event is not sent to a destination. `Display` is for humans; it names the
 /// condition and never shows field values other than `event_name`.
@@ -231,12 +232,13 @@ pub struct Rename {
 }
 
 impl Rename {
-    pub fn apply(&self, fields: &mut Map<String, Value>) {
-        if let Some(v) = get_path_mut(fields, &self.field) {
-            if let Some(new) = scalar_string(v).and_then(|s| self.map.get(s.as_ref())) {
-                *v = Value::String(new.clone());
+    pub fn apply(&self, fields: &mut Fields<'_>) {
+        fields.edit(&self.field, |v| {
+            match scalar_string(v).and_then(|s| self.map.get(s.as_ref())) {
+                Some(new) => Edit::Set(Value::String(new.clone())),
+                None => Edit::Keep,
             }
-        }
+        });
     }
 }
 
@@ -288,20 +290,20 @@ impl AllowTree {
         }
     }
 
-    /// A new object holding only the allowed parts of `src`, in `src`'s order.
-    pub fn filter(&self, src: &Map<String, Value>) -> Map<String, Value> {
+    /// The allowed parts of `src`, in `src`'s order, as a view of it (nothing copied).
+    pub fn view<'a>(&self, src: &'a Map<String, Value>) -> Fields<'a> {
         // Sized once: at most one entry per allowed name (no regrowth while filling).
-        let mut out = Map::with_capacity(self.children.len().min(src.len()));
+        let mut out = Fields::with_capacity(self.children.len().min(src.len()));
         for (k, v) in src {
             let Some(child) = self.children.get(k) else {
                 continue;
             };
             if child.all {
-                out.insert(k.clone(), v.clone());
+                out.push(k, Node::Event(v));
             } else if let Value::Object(inner) = v {
-                let sub = child.filter(inner);
+                let sub = child.view(inner);
                 if !sub.is_empty() {
-                    out.insert(k.clone(), Value::Object(sub));
+                    out.push(k, Node::Object(sub));
                 }
             }
         }
@@ -347,83 +349,56 @@ impl Privacy {
         }
     }
 
-    /// The allowed, renamed, consent-filtered, hashed and truncated copy of an event.
-    pub fn apply(
+    /// The allowed, renamed, consent-filtered, hashed and truncated event, as a view
+    /// of `original` (what passes unchanged is not copied).
+    pub fn view<'a>(
         &self,
-        original: &Map<String, Value>,
+        original: &'a Map<String, Value>,
         renames: &[Rename],
         consent_drops: &[String],
-    ) -> Map<String, Value> {
-        // Filtering first copies only allowed subtrees; renaming a field that is not
+    ) -> Fields<'a> {
+        // Filtering first takes only allowed subtrees; renaming a field that is not
         // allowed could not show anyway, so the result equals rename-then-filter.
-        let mut fields = self.allow.filter(original);
+        let mut fields = self.allow.view(original);
         for r in renames {
             r.apply(&mut fields);
         }
         for p in consent_drops {
-            remove_path(&mut fields, p);
+            fields.remove(p);
         }
         let normaliser = Normaliser {
             style: self.style,
             default_country: self.default_country,
         };
         for (p, kind) in &self.hash {
-            if let Some(v) = get_path_mut(&mut fields, p) {
-                match normaliser.hash_value(v, *kind) {
-                    Some(h) => *v = h,
-                    None => {
-                        remove_path(&mut fields, p);
-                    }
-                }
-            }
+            fields.edit(p, |v| match normaliser.hash_value(v, *kind) {
+                Some(h) => Edit::Set(h),
+                None => Edit::Remove,
+            });
         }
-        for p in &self.truncate_ip {
-            if let Some(v) = get_path_mut(&mut fields, p) {
-                match v.as_str().and_then(truncate_ip) {
-                    Some(t) => *v = Value::String(t),
-                    None => {
-                        remove_path(&mut fields, p);
-                    }
-                }
-            }
-        }
-        for p in &self.ipv4_only {
-            if let Some(v) = get_path_mut(&mut fields, p) {
-                match v.as_str().and_then(ipv4_only) {
-                    Some(t) => *v = Value::String(t),
-                    None => {
-                        remove_path(&mut fields, p);
-                    }
-                }
+        for (paths, f) in [
+            (&self.truncate_ip, truncate_ip as fn(&str) -> Option<String>),
+            (&self.ipv4_only, ipv4_only),
+        ] {
+            for p in paths {
+                fields.edit(p, |v| match v.as_str().and_then(f) {
+                    Some(t) => Edit::Set(Value::String(t)),
+                    None => Edit::Remove,
+                });
             }
         }
         fields
     }
-}
 
-pub fn get_path_mut<'a>(fields: &'a mut Map<String, Value>, path: &str) -> Option<&'a mut Value> {
-    let mut parts = path.split('.');
-    let mut cur = fields.get_mut(parts.next()?)?;
-    for p in parts {
-        cur = cur.as_object_mut()?.get_mut(p)?;
-    }
-    (!cur.is_null()).then_some(cur)
-}
-
-/// An object emptied this way is removed too, as `allow` leaves out empty objects: a
-/// partner never gets `"user": {}` after consent dropped the e-mail.
-pub fn remove_path(fields: &mut Map<String, Value>, path: &str) -> Option<Value> {
-    match path.rsplit_once('.') {
-        None => fields.shift_remove(path),
-        Some((parent, last)) => {
-            let obj = get_path_mut(fields, parent)?.as_object_mut()?;
-            let removed = obj.shift_remove(last);
-            let emptied = removed.is_some() && obj.is_empty();
-            if emptied {
-                remove_path(fields, parent);
-            }
-            removed
-        }
+    /// [`Privacy::view`] as a copy.
+    #[cfg(test)]
+    pub fn apply(
+        &self,
+        original: &Map<String, Value>,
+        renames: &[Rename],
+        consent_drops: &[String],
+    ) -> Map<String, Value> {
+        self.view(original, renames, consent_drops).to_map()
     }
 }
 
@@ -490,16 +465,6 @@ mod tests {
     }
 
     #[test]
-    fn removing_the_last_field_of_an_object_removes_the_object() {
-        let mut f = obj(json!({"a": 1, "user": {"p": {"email": "x"}}}));
-        assert_eq!(remove_path(&mut f, "user.p.email"), Some(json!("x")));
-        assert_eq!(Value::Object(f), json!({"a": 1}));
-        let mut f = obj(json!({"user": {"email": "x", "ip": "y"}}));
-        remove_path(&mut f, "user.email");
-        assert_eq!(Value::Object(f), json!({"user": {"ip": "y"}}));
-    }
-
-    #[test]
     fn when_compares_numbers_and_booleans_as_text() {
         let when = When {
             conditions: vec![Condition::OneOf {
@@ -518,12 +483,14 @@ mod tests {
             field: "event_name".into(),
             map: [("purchase".to_string(), "Purchase".to_string())].into(),
         };
-        let mut f = obj(json!({"event_name": "purchase"}));
+        let ev = obj(json!({"event_name": "purchase"}));
+        let mut f = Fields::all(&ev);
         r.apply(&mut f);
-        assert_eq!(f["event_name"], json!("Purchase"));
-        let mut f = obj(json!({"event_name": "install"}));
+        assert_eq!(f.get("event_name").as_deref(), Some(&json!("Purchase")));
+        let ev = obj(json!({"event_name": "install"}));
+        let mut f = Fields::all(&ev);
         r.apply(&mut f);
-        assert_eq!(f["event_name"], json!("install"));
+        assert_eq!(f.get("event_name").as_deref(), Some(&json!("install")));
     }
 
     #[test]
@@ -532,15 +499,18 @@ mod tests {
         t.insert("user.email");
         t.insert("properties");
         t.insert("click_id");
-        let f = t.filter(&obj(json!({
+        let ev = obj(json!({
             "click_id": "c", "secret": "s",
             "user": {"email": "e", "phone": "p"},
             "properties": {"value": 1, "nested": {"x": 1}},
             "device": {"idfa": "i"}
-        })));
+        }));
+        let f = t.view(&ev);
         assert_eq!(
-            Value::Object(f),
-            json!({"click_id": "c", "user": {"email": "e"}, "properties": {"value": 1, "nested": {"x": 1}}})
+            serde_json::to_string(&f).ok().as_deref(),
+            Some(
+                r#"{"click_id":"c","user":{"email":"e"},"properties":{"value":1,"nested":{"x":1}}}"#
+            )
         );
         assert_eq!(t.coverage("user"), Coverage::Partly);
         assert_eq!(t.coverage("properties.value"), Coverage::Allowed);

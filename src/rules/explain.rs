@@ -126,7 +126,7 @@ impl Destination {
             return Vec::new();
         }
         let drops = self.privacy.consent_drops(&event.fields);
-        let fields = self.privacy.apply(&event.fields, &self.renames, &drops);
+        let fields = self.privacy.view(&event.fields, &self.renames, &drops);
         let ctx = Ctx {
             fields: &fields,
             timestamp: event.timestamp,

@@ -35,8 +35,9 @@ pub fn template(text: &str, fields: &Map<String, Value>) {
             lenient,
         };
         if let Ok(t) = Template::parse(text, &params) {
+            let fields = super::view::Fields::all(fields);
             let ctx = Ctx {
-                fields,
+                fields: &fields,
                 timestamp: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
             };
             let _ = t.render_text(&ctx, true);

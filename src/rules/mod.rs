@@ -24,6 +24,7 @@ mod preview;
 mod reload;
 mod template;
 mod versions;
+mod view;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub use template::DERIVED as DERIVED_PLACEHOLDERS;
 
 use apply::{Privacy, Rename, When};
 use template::{scalar_text, BodyNode, Ctx, Template};
+use view::{Fields, Node};
 
 /// Body encoding of a POST.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,7 +196,7 @@ impl Destination {
     pub fn evaluate(&self, event: &Event) -> Result<Rendered, Skip> {
         self.when.check(&event.fields)?;
         let drops = self.privacy.consent_drops(&event.fields);
-        let fields = self.privacy.apply(&event.fields, &self.renames, &drops);
+        let fields = self.privacy.view(&event.fields, &self.renames, &drops);
         self.check_partner(&fields, &drops)?;
         let ctx = Ctx {
             fields: &fields,
@@ -272,11 +274,11 @@ fn json_text(v: &impl serde::Serialize) -> String {
 impl Destination {
     /// The partner's own requirements, on the filtered event: something to match
     /// the conversion on, and the fields it cannot do without.
-    fn check_partner(&self, fields: &Map<String, Value>, drops: &[String]) -> Result<(), Skip> {
+    fn check_partner(&self, fields: &Fields<'_>, drops: &[String]) -> Result<(), Skip> {
         let Some(p) = self.partner else {
             return Ok(());
         };
-        let present = |path: &str| match crate::event::get_path(fields, path) {
+        let present = |path: &str| match fields.get(path).as_deref() {
             None | Some(Value::Null) => false,
             Some(Value::String(s)) => !s.trim().is_empty(),
             Some(_) => true,
@@ -309,18 +311,34 @@ impl Destination {
     }
 }
 
-fn flatten(prefix: &str, fields: &Map<String, Value>, out: &mut Vec<(String, String)>) {
-    for (k, v) in fields {
-        let key = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        match v {
-            Value::Null => {}
-            Value::Object(inner) => flatten(&key, inner, out),
-            other => out.push((key, scalar_text(other).into_owned())),
+fn flatten(prefix: &str, fields: &Fields<'_>, out: &mut Vec<(String, String)>) {
+    for (k, node) in fields.iter() {
+        let key = flat_key(prefix, k);
+        match node {
+            Node::Object(inner) => flatten(&key, inner, out),
+            Node::Event(v) => flatten_value(key, v, out),
+            Node::Owned(v) => flatten_value(key, v, out),
         }
+    }
+}
+
+fn flat_key(prefix: &str, k: &str) -> String {
+    if prefix.is_empty() {
+        k.to_string()
+    } else {
+        format!("{prefix}.{k}")
+    }
+}
+
+fn flatten_value(key: String, v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Null => {}
+        Value::Object(inner) => {
+            for (k, v) in inner {
+                flatten_value(flat_key(&key, k), v, out);
+            }
+        }
+        other => out.push((key, scalar_text(other).into_owned())),
     }
 }
 

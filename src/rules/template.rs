@@ -28,6 +28,7 @@ use percent_encoding::utf8_percent_encode;
 use serde_json::{Map, Value};
 
 use super::is_valid_path;
+use super::view::Fields;
 
 /// Characters left as they are in a URL component (RFC 3986 "unreserved").
 use crate::outbound::URL_COMPONENT as COMPONENT;
@@ -297,16 +298,14 @@ fn parse_placeholder(inner: &str, at: usize, params: &Params) -> Result<Segment,
 
 /// What templates render from: the filtered event and its time.
 pub struct Ctx<'a> {
-    pub fields: &'a Map<String, Value>,
+    pub fields: &'a Fields<'a>,
     pub timestamp: DateTime<Utc>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn resolve(&self, p: &Placeholder) -> Option<Cow<'a, Value>> {
         let v: Option<Cow<'a, Value>> = match &p.source {
-            PlaceholderSource::Field(path) => {
-                crate::event::get_path(self.fields, path).map(Cow::Borrowed)
-            }
+            PlaceholderSource::Field(path) => self.fields.get(path),
             PlaceholderSource::Derived(d) => Some(Cow::Owned(self.derived(*d))),
         };
         if p.json {
@@ -596,7 +595,7 @@ mod tests {
         Template::parse(s, &Params::default())
     }
 
-    fn ctx(fields: &Map<String, Value>) -> Ctx<'_> {
+    fn ctx<'a>(fields: &'a Fields<'a>) -> Ctx<'a> {
         Ctx {
             fields,
             timestamp: Utc
@@ -630,6 +629,7 @@ mod tests {
             .cloned()
             .unwrap();
         let t = parse("https://h/p?a={a}&n={n}&m={missing}").unwrap();
+        let f = Fields::all(&f);
         let (s, complete) = t.render_text(&ctx(&f), true);
         assert_eq!(s, "https://h/p?a=x%20y%26z%3D1%2F%C3%A9&n=9.5&m=");
         assert!(!complete);
@@ -641,6 +641,7 @@ mod tests {
             .as_object()
             .cloned()
             .unwrap();
+        let f = Fields::all(&f);
         let c = ctx(&f);
         assert_eq!(parse("{v}").unwrap().render_json(&c), Some(json!(9.99)));
         assert_eq!(
