@@ -12,6 +12,7 @@ mod meta;
 mod meta_tables;
 mod phone;
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use phonenumber::country::Id as Country;
@@ -112,20 +113,26 @@ impl Normaliser {
     pub fn normalise(&self, raw: &str, kind: FieldKind) -> Option<String> {
         // Accents typed as a letter plus a combining mark (NFD) hash like the
         // precomposed letters Meta's and Google's examples use (NFC).
-        let text: String = raw.nfc().collect();
+        // ASCII text is its own NFC: borrowed as it is (most e-mails, phones, IDs).
+        let text: Cow<'_, str> = if raw.is_ascii() {
+            Cow::Borrowed(raw)
+        } else {
+            Cow::Owned(raw.nfc().collect())
+        };
+        let text = text.as_ref();
         let out = match (kind, self.style) {
-            (FieldKind::Email, HashStyle::Google) => meta::email(&text).and_then(gmail_canonical),
-            (FieldKind::Email, _) => meta::email(&text),
-            (FieldKind::Phone, _) => self.phone(&text),
+            (FieldKind::Email, HashStyle::Google) => meta::email(text).and_then(gmail_canonical),
+            (FieldKind::Email, _) => meta::email(text),
+            (FieldKind::Phone, _) => self.phone(text),
             (FieldKind::PhoneE164, _) => phone::e164(&text, self.default_country),
-            (FieldKind::Name, _) => Some(meta::name(&text)),
-            (FieldKind::City, _) => meta::city(&text),
-            (FieldKind::State, _) => meta::state(&text),
-            (FieldKind::Zip, _) => meta::zip(&text),
-            (FieldKind::Country, _) => meta::country(&text),
-            (FieldKind::ExternalId, HashStyle::E164) => Some(meta::js_trim(&text).to_string()),
-            (FieldKind::ExternalId, _) => Some(meta::external_id(&text)),
-            (FieldKind::Other, _) => Some(meta::js_trim(&text).to_lowercase()),
+            (FieldKind::Name, _) => Some(meta::name(text)),
+            (FieldKind::City, _) => meta::city(text),
+            (FieldKind::State, _) => meta::state(text),
+            (FieldKind::Zip, _) => meta::zip(text),
+            (FieldKind::Country, _) => meta::country(text),
+            (FieldKind::ExternalId, HashStyle::E164) => Some(meta::js_trim(text).to_string()),
+            (FieldKind::ExternalId, _) => Some(meta::external_id(text)),
+            (FieldKind::Other, _) => Some(meta::js_trim(text).to_lowercase()),
         };
         out.filter(|s| !s.is_empty())
     }
