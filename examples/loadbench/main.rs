@@ -594,6 +594,9 @@ impl OwnRedis {
     fn start(ctx: &Ctx, bin: &Path) -> Result<OwnRedis, String> {
         let port = relay::free_port()?;
         let dir = ctx.args.work.join("redis");
+        // A data set left by an earlier run in the same scratch directory would be
+        // loaded first (and refused by the relay while Redis loads it).
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut cmd = std::process::Command::new(bin);
         cmd.args([
