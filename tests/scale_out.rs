@@ -184,6 +184,8 @@ struct OwnRedis {
     child: Option<Child>,
     /// The port of the primary this one replicates.
     replica_of: Option<u16>,
+    /// More `redis-server` arguments, for the next `run`.
+    extra: Vec<String>,
 }
 
 impl OwnRedis {
@@ -204,6 +206,7 @@ impl OwnRedis {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             replica_of: None,
+            extra: Vec::new(),
         };
         r.run();
         Some(r)
@@ -234,6 +237,7 @@ impl OwnRedis {
                     .iter()
                     .flat_map(|p| ["--replicaof".to_string(), format!("127.0.0.1 {p}")]),
             )
+            .args(&self.extra)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -262,6 +266,90 @@ impl Drop for OwnRedis {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A relay started while Redis loads its data set after a restart waits for the load
+/// and then serves, instead of exiting at once with "LOADING" (under a service
+/// manager, exits a second apart soon reach its restart limit, and the relay stays
+/// down after Redis is back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_started_while_redis_loads_its_data_set_waits_then_serves() {
+    const TEST: &str = "a_relay_started_while_redis_loads_its_data_set_waits_then_serves";
+    let Some(mut redis) = OwnRedis::start(TEST) else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut conn = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect to the test's Redis");
+    // 7,000 keys in the append-only file's base (an RDB image), each loaded ~1 ms
+    // late below: about 8 s of LOADING after the restart (longer than the connection
+    // set-up's own retries last).
+    let _: () = redis::cmd("EVAL")
+        .arg("for i = 1, 7000 do redis.call('SET', 'fill:' .. i, string.rep('x', 100)) end")
+        .arg(0)
+        .query(&mut conn)
+        .expect("fill");
+    let _: String = redis::cmd("BGREWRITEAOF")
+        .query(&mut conn)
+        .expect("rewrite");
+    let rewritten = eventually(30, || {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query(&mut conn)
+            .unwrap_or_default();
+        let done = info.contains("aof_rewrite_in_progress:0")
+            && info.contains("aof_rewrite_scheduled:0")
+            && info.contains("aof_last_bgrewrite_status:ok");
+        async move { done }
+    })
+    .await;
+    assert!(rewritten, "the append-only file was rewritten");
+    redis.stop();
+    // Commands are answered between every KiB loaded (as between every 2 MiB of a
+    // real, fast load), so that the relay meets LOADING, not a silent wait.
+    redis.extra = [
+        "--key-load-delay",
+        "1000",
+        "--loading-process-events-interval-bytes",
+        "1024",
+    ]
+    .map(String::from)
+    .to_vec();
+    redis.run();
+    // A bare command line: a client library's own set-up commands could wait out
+    // the load before the probe is sent.
+    let loading = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).expect("probe");
+        s.write_all(b"GET fill:1\r\n").expect("probe write");
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).expect("probe read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(
+        loading.starts_with("-LOADING"),
+        "Redis was still loading when the relay started: {loading:?}"
+    );
+
+    let partner = FakePartner::start().await.expect("partner");
+    let store = format!("\n[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\n");
+    let relay = TestRelay::start(&[("aff", &rule(&partner.url("/pb"), "5s"))], &store).await;
+    let mut conn = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect to the restarted Redis");
+    let loaded: Result<String, _> = redis::cmd("GET").arg("fill:1").query(&mut conn);
+    assert!(
+        loaded.is_ok(),
+        "the relay started after the load: {loaded:?}"
+    );
+    assert_eq!(readyz(&relay.client, &relay.base).await, 200);
+    let (s, v) = relay
+        .post_json("m-1", &event("ev-1", "purchase", "clk-1"))
+        .await;
+    assert_eq!((s, v["accepted"].as_u64()), (202, Some(1)), "{v}");
+    assert!(partner.wait_for_requests(1, Duration::from_secs(30)).await);
+    relay.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

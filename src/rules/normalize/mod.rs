@@ -124,7 +124,7 @@ impl Normaliser {
             (FieldKind::Email, HashStyle::Google) => meta::email(text).and_then(gmail_canonical),
             (FieldKind::Email, _) => meta::email(text),
             (FieldKind::Phone, _) => self.phone(text),
-            (FieldKind::PhoneE164, _) => phone::e164(&text, self.default_country),
+            (FieldKind::PhoneE164, _) => phone::e164(text, self.default_country),
             (FieldKind::Name, _) => Some(meta::name(text)),
             (FieldKind::City, _) => meta::city(text),
             (FieldKind::State, _) => meta::state(text),

@@ -44,9 +44,7 @@ impl RedisStore {
         let where_ = redacted(&url);
         let p = format!("{{{}}}", opts.prefix);
         let scripts = Scripts::new();
-        let (epoch, secret) = init_meta(&scripts, &mut conn, &p)
-            .await
-            .map_err(|e| format!("Redis at {where_}: {e}"))?;
+        let (epoch, secret) = init_meta_when_loaded(&scripts, &mut conn, &p, &where_).await?;
         if let Some(dir) = &opts.data_dir {
             check_epoch_note(dir, &opts.prefix, &epoch, &where_)?;
         }
@@ -341,11 +339,65 @@ pub(super) fn client(opts: &RedisOptions, url: &str) -> Result<redis::Client, St
 }
 
 /// Reads the installation's epoch and dedupe secret, creating them on first use.
+/// How long a starting relay waits for a Redis that is loading its data set into
+/// memory (after a restart; a large append-only file takes minutes).
+const LOADING_WAIT: Duration = Duration::from_secs(600);
+/// How often the wait is logged.
+const LOADING_SAY_EVERY: Duration = Duration::from_secs(10);
+
+/// [`init_meta`], once Redis has loaded its data set: a relay started beside a
+/// restarting Redis waits (and says so) instead of exiting at once, which under a
+/// service manager would soon reach its limit of restarts.
+async fn init_meta_when_loaded(
+    scripts: &Scripts,
+    conn: &mut ConnectionManager,
+    p: &str,
+    where_: &str,
+) -> Result<(String, [u8; 32]), String> {
+    let started = Instant::now();
+    let mut said: Option<Instant> = None;
+    loop {
+        match init_meta(scripts, conn, p).await {
+            Ok(x) => {
+                if said.is_some() {
+                    tracing::info!(redis = %where_, waited_s = started.elapsed().as_secs(), "Redis has loaded its data set; starting");
+                }
+                return Ok(x);
+            }
+            Err(MetaError::Loading) if started.elapsed() < LOADING_WAIT => {
+                if said.is_none_or(|t| t.elapsed() >= LOADING_SAY_EVERY) {
+                    tracing::warn!(
+                        redis = %where_,
+                        waited_s = started.elapsed().as_secs(),
+                        max_wait_s = LOADING_WAIT.as_secs(),
+                        "Redis is loading its data set into memory (it restarted); waiting for it before starting"
+                    );
+                    said = Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(MetaError::Loading) => {
+                return Err(format!(
+                    "Redis at {where_} was still loading its data set into memory after {} s (LOADING); start the relay again once its log says \"DB loaded from\"",
+                    LOADING_WAIT.as_secs()
+                ))
+            }
+            Err(MetaError::Other(e)) => return Err(format!("Redis at {where_}: {e}")),
+        }
+    }
+}
+
+enum MetaError {
+    /// Redis answered LOADING: it is reading its data set after a restart.
+    Loading,
+    Other(String),
+}
+
 async fn init_meta(
     scripts: &Scripts,
     conn: &mut ConnectionManager,
     p: &str,
-) -> Result<(String, [u8; 32]), String> {
+) -> Result<(String, [u8; 32]), MetaError> {
     let mut fresh = [0u8; 48];
     rand::rng().fill_bytes(&mut fresh);
     let epoch: String = fresh[32..].iter().map(|b| format!("{b:02x}")).collect();
@@ -358,14 +410,17 @@ async fn init_meta(
         .arg(FORMAT)
         .invoke_async(conn)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e.code() {
+            Some("LOADING") => MetaError::Loading,
+            _ => MetaError::Other(e.to_string()),
+        })?;
     if format != FORMAT {
-        return Err(format!(
+        return Err(MetaError::Other(format!(
             "the keys under {p} were written in format {format}, this version reads {FORMAT}; use another redis_prefix or the matching version"
-        ));
+        )));
     }
     let secret = <[u8; 32]>::try_from(secret.as_slice())
-        .map_err(|_| format!("{p}:meta holds a damaged dedupe secret"))?;
+        .map_err(|_| MetaError::Other(format!("{p}:meta holds a damaged dedupe secret")))?;
     Ok((epoch, secret))
 }
 
