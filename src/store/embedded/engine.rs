@@ -5,13 +5,13 @@
 //! storage engine end the process: every failure is an error naming the file and
 //! what to do.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use fjall::config::{FilterPolicy, FilterPolicyEntry};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -259,41 +259,71 @@ pub fn damaged(db_dir: &Path, what: &str) -> String {
     )
 }
 
+thread_local! {
+    /// `Some` while this thread runs [`catch_quietly`]: the report of the panic it
+    /// caught, kept from stderr.
+    static QUIET: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
+}
+
+/// The panic hook, installed once: a panic on a thread inside [`catch_quietly`] is
+/// noted there; any other goes to the hook that was in place before. (Swapping the
+/// process-wide hook for each call instead, as before, hid the panics of other
+/// threads meanwhile, and two calls at once could leave the quiet hook installed.)
+fn install_quiet_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let noted = QUIET.with(|q| match q.try_borrow_mut() {
+                Ok(mut q) => match q.as_mut() {
+                    Some(slot) => {
+                        *slot = Some(panic_report(info));
+                        true
+                    }
+                    None => false,
+                },
+                Err(_) => false,
+            });
+            if !noted {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// The panic's message and where it was raised (file and line in its crate).
+fn panic_report(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let what = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|m| m.to_string())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    let at = info
+        .location()
+        .map(|l| {
+            format!(
+                " at {}:{}",
+                l.file().rsplit("/src/").next().unwrap_or(""),
+                l.line()
+            )
+        })
+        .unwrap_or_default();
+    format!("{what}{at}")
+}
+
 /// Runs `f`, turning a panic of the storage engine (it asserts on some damaged
 /// files instead of returning an error) into a reason, without the panic hook's
 /// report on stderr: a damaged store is refused with one clear message.
 fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    let seen: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    let s = seen.clone();
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let what = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|m| m.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        let at = info
-            .location()
-            .map(|l| {
-                format!(
-                    " at {}:{}",
-                    l.file().rsplit("/src/").next().unwrap_or(""),
-                    l.line()
-                )
-            })
-            .unwrap_or_default();
-        if let Ok(mut s) = s.lock() {
-            *s = Some(format!("{what}{at}"));
-        }
-    }));
+    install_quiet_hook();
+    let outer = QUIET.with(|q| q.replace(Some(None)));
     let result = catch_unwind(AssertUnwindSafe(f));
-    std::panic::set_hook(previous);
+    let seen = QUIET.with(|q| q.replace(outer)).flatten();
     result.map_err(|_| {
-        let detail = seen.lock().ok().and_then(|s| s.clone()).unwrap_or_default();
         format!(
             "the storage engine failed reading it: {}",
-            detail.lines().next().unwrap_or("")
+            seen.unwrap_or_default().lines().next().unwrap_or("")
         )
     })
 }
@@ -627,4 +657,41 @@ pub fn load_or_create_secret(path: &Path) -> Result<[u8; 32], String> {
         .map_err(|e| format!("{}: cannot draw a random key from the OS: {e}", ctx()))?;
     crate::private_file::write(path, &secret).map_err(|e| format!("{}: {e}", ctx()))?;
     Ok(secret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::catch_quietly;
+
+    #[test]
+    fn a_caught_panic_is_the_reason_and_a_value_passes_through() {
+        assert_eq!(catch_quietly(|| 7), Ok(7));
+        let e = catch_quietly(|| -> u8 { panic!("table checksum mismatch") }).unwrap_err();
+        assert!(e.contains("table checksum mismatch"), "{e}");
+        assert!(e.contains("engine.rs:"), "the place is named: {e}");
+    }
+
+    /// Threads catching panics at once each get their own: the hook is no longer
+    /// swapped per call (two calls at once crossed their reports, and could leave
+    /// the quiet hook in place for good, hiding every later panic).
+    #[test]
+    fn panics_caught_on_several_threads_at_once_stay_apart() {
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    (0..200)
+                        .filter_map(|i| {
+                            let e = catch_quietly(|| -> u8 { panic!("thread {t} round {i}") })
+                                .unwrap_err();
+                            (!e.contains(&format!("thread {t} round {i} at"))).then_some(e)
+                        })
+                        .collect::<Vec<String>>()
+                })
+            })
+            .collect();
+        for t in threads {
+            let crossed = t.join().expect("thread");
+            assert!(crossed.is_empty(), "reports of other threads: {crossed:?}");
+        }
+    }
 }
