@@ -48,6 +48,7 @@ async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
         if cond() {
             return true;
         }
+        // Pacing: the poll interval of this condition wait (deadline `within`).
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cond()

@@ -221,6 +221,7 @@ mod tests {
         let s = source(endpoint.url("/token"));
         let t = Duration::from_secs(5);
         assert_eq!(s.token(&client, t).await.unwrap(), "ya29.a");
+        // Pacing: the second of the token's life this test is about (due for renewal).
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(s.token(&client, t).await.unwrap(), "ya29.b");
     }

@@ -449,6 +449,7 @@ mod tests {
                 std::time::Instant::now() < deadline,
                 "watcher did not reload"
             );
+            // Pacing: the poll interval of a condition wait with a deadline.
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -232,6 +232,7 @@ async fn claims_of_a_dead_relay_go_to_another_after_the_timeout() {
         if got.len() >= 2 {
             break;
         }
+        // Pacing: the poll interval of a condition wait (400 tries).
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut ids: Vec<_> = got.iter().map(|d| d.id.clone()).collect();
@@ -263,6 +264,7 @@ async fn a_live_relay_keeps_its_claims_past_the_timeout() {
     // Several timeouts pass while the claim is held (a slow partner): the holder
     // renews it, so nobody else sends it meanwhile.
     for _ in 0..4 {
+        // Pacing: the claim timeout passing is what this test is about.
         tokio::time::sleep(timeout).await;
         assert!(other
             .claim_due("x", NOW, 10)
@@ -477,6 +479,7 @@ impl OwnRedis {
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
+            // Pacing: the poll interval of a condition wait (200 tries).
             std::thread::sleep(Duration::from_millis(25));
         }
         panic!("redis-server did not listen on {}", self.port);
@@ -521,6 +524,7 @@ async fn redis_away_is_unavailable_and_back_is_ready() {
     let until = std::time::Instant::now() + Duration::from_secs(5);
     while std::time::Instant::now() < until {
         assert!(s.claim_due("a", NOW, 10).await.is_err());
+        // Pacing: paces the calls through the 5 s this test is about.
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     server.run();
@@ -557,6 +561,7 @@ async fn redis_back_without_its_data_is_reported_not_taken_as_empty() {
                 err = Some(e);
                 break;
             }
+            // Pacing: the poll interval of a condition wait (200 tries).
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             Ok(_) => panic!("an emptied Redis was taken as an empty queue"),
         }
@@ -730,6 +735,7 @@ async fn consumers_holding_nothing_are_forgotten_and_holders_kept() {
         n
     };
     assert_eq!(names(), vec!["done", "holding"]);
+    // Pacing: longer than the 1 ms idle time `forget_consumers` is given below.
     tokio::time::sleep(Duration::from_millis(20)).await;
     let gone = holding
         .inner
@@ -813,6 +819,7 @@ async fn speaks_tls_with_a_private_ca_and_authenticates() {
             up = true;
             break;
         }
+        // Pacing: the poll interval of a condition wait (200 tries).
         std::thread::sleep(Duration::from_millis(25));
     }
     assert!(up, "redis-server did not listen for TLS on {port}");
@@ -923,6 +930,7 @@ async fn a_settle_redis_did_not_take_is_written_once_it_is_back() {
         && (state(held[0].id.clone()).await != Some("delivered")
             || state(held[1].id.clone()).await != Some("retrying"))
     {
+        // Pacing: the poll interval of a condition wait with a deadline.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(state(held[0].id.clone()).await, Some("delivered"));
@@ -1293,6 +1301,7 @@ async fn drained_deliveries_leave_receipts_bounded_in_size_and_time() {
     );
     let deadline = std::time::Instant::now() + retention + Duration::from_secs(10);
     while receipts(&mut conn) > 0 && std::time::Instant::now() < deadline {
+        // Pacing: the poll interval of a condition wait with a deadline.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(receipts(&mut conn), 0, "receipts expired");
