@@ -77,16 +77,18 @@ fn test_code_start(file: &Path, source: &str) -> Option<usize> {
         .position(|w| w[0].trim() == "#[cfg(test)]" && w[1].trim_start().starts_with("mod tests {"))
 }
 
-#[test]
-fn every_sleep_in_unit_tests_is_pacing() {
+/// The unexplained sleeps of every `.rs` file under `dir` (relative to the crate),
+/// each read from where `start` says its test code begins (`None`: none); and how
+/// many files were read.
+fn scan(dir: &str, start: impl Fn(&Path, &str) -> Option<usize>) -> (usize, Vec<String>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
+    rust_files(&root.join(dir), &mut files);
     let mut found = Vec::new();
     let mut read = 0;
     for file in &files {
         let text = std::fs::read_to_string(file).expect("a source file");
-        let Some(from) = test_code_start(file, &text) else {
+        let Some(from) = start(file, &text) else {
             continue;
         };
         read += 1;
@@ -97,6 +99,12 @@ fn every_sleep_in_unit_tests_is_pacing() {
             .to_string();
         found.extend(unexplained_sleeps_from(&name, &text, from));
     }
+    (read, found)
+}
+
+#[test]
+fn every_sleep_in_unit_tests_is_pacing() {
+    let (read, found) = scan("src", test_code_start);
     assert!(
         read > 20,
         "only {read} files of src/ hold tests: is the scan right?"
@@ -111,19 +119,9 @@ fn every_sleep_in_unit_tests_is_pacing() {
 
 #[test]
 fn every_sleep_in_tests_is_pacing() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    rust_files(&root.join("tests"), &mut files);
-    let mut found = Vec::new();
-    for file in files.iter().filter(|f| !f.ends_with("honest_waits.rs")) {
-        let text = std::fs::read_to_string(file).expect("a test file");
-        let name = file
-            .strip_prefix(root)
-            .unwrap_or(file)
-            .display()
-            .to_string();
-        found.extend(unexplained_sleeps(&name, &text));
-    }
+    let (_, found) = scan("tests", |file, _| {
+        (!file.ends_with("honest_waits.rs")).then_some(0)
+    });
     assert!(
         found.is_empty(),
         "sleeps that wait for something to happen (wait on the condition instead, or \
