@@ -28,7 +28,7 @@ fn unexplained_sleeps_from(name: &str, source: &str, from: usize) -> Vec<String>
         let t = code.trim_start();
         if t.starts_with("#[tokio::test") || t.starts_with("#[test") {
             attribute = Some(t.contains("start_paused = true"));
-        } else if t.starts_with("fn ") || t.starts_with("async fn ") || t.starts_with("pub fn ") {
+        } else if is_fn_start(t) {
             paused = attribute.take().unwrap_or(false);
         }
         if code.contains("tokio::time::pause()") {
@@ -57,6 +57,16 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(path);
         }
     }
+}
+
+/// Whether `code` (trimmed at the start) begins a function, whatever its visibility
+/// and `async`: a helper after a paused-clock test does not inherit its clock.
+fn is_fn_start(code: &str) -> bool {
+    let mut rest = code;
+    for word in ["pub(crate) ", "pub(super) ", "pub ", "async "] {
+        rest = rest.strip_prefix(word).unwrap_or(rest);
+    }
+    rest.starts_with("fn ")
 }
 
 /// [`unexplained_sleeps_from`] from the first line.

@@ -283,8 +283,8 @@ async fn a_relay_started_while_redis_loads_its_data_set_waits_then_serves() {
         .and_then(|c| c.get_connection())
         .expect("connect to the test's Redis");
     // 7,000 keys in the append-only file's base (an RDB image), each loaded ~1 ms
-    // late below: about 8 s of LOADING after the restart (longer than the connection
-    // set-up's own retries last).
+    // late below: about 8 s of LOADING after the restart, so the load is still going
+    // when the relay starts.
     let _: () = redis::cmd("EVAL")
         .arg("for i = 1, 7000 do redis.call('SET', 'fill:' .. i, string.rep('x', 100)) end")
         .arg(0)

@@ -338,7 +338,6 @@ pub(super) fn client(opts: &RedisOptions, url: &str) -> Result<redis::Client, St
     redis::Client::build_with_tls(info, certs).map_err(|e| e.to_string())
 }
 
-/// Reads the installation's epoch and dedupe secret, creating them on first use.
 /// How long a starting relay waits for a Redis that is loading its data set into
 /// memory (after a restart; a large append-only file takes minutes).
 const LOADING_WAIT: Duration = Duration::from_secs(600);
@@ -393,6 +392,7 @@ enum MetaError {
     Other(String),
 }
 
+/// Reads the installation's epoch and dedupe secret, creating them on first use.
 async fn init_meta(
     scripts: &Scripts,
     conn: &mut ConnectionManager,
