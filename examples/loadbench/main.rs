@@ -738,7 +738,8 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
     let cpu_end = cpu_now(&stats, redis_stat);
     let (from, n0, cpu0) = sampler.join().map_err(|_| "sampler panicked")?;
     let span = end.0.saturating_duration_since(from).as_secs_f64();
-    cpu_note(name, cpu0, cpu_end, span, notes);
+    let eps = o.requests_per_sec() * sh.per_request as f64;
+    cpu_note(name, cpu0, cpu_end, span, eps, notes);
     let postbacks = partners.as_ref().map(|_| {
         if span > 0.0 {
             (end.1 - n0) as f64 / span
@@ -783,19 +784,34 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
 /// CPU seconds: relays, this process, Redis (server alone, with its children).
 type Cpu = Option<(f64, f64, Option<(f64, f64)>)>;
 
-fn cpu_note(name: &str, from: Cpu, to: Cpu, span: f64, notes: &mut Vec<String>) {
+/// The CPU each process used in the window, in cores and, at `eps` events a second,
+/// in microseconds per event (what says whether the relay or Redis is the cost).
+fn cpu_note(name: &str, from: Cpu, to: Cpu, span: f64, eps: f64, notes: &mut Vec<String>) {
     if let (Some((r0, b0, x0)), Some((r1, b1, x1)), true) = (from, to, span > 0.0) {
+        let per_event = |cores: f64| cores / eps * 1e6;
+        let relay = (r1 - r0) / span;
+        let mut each = format!("relay {:.0} us", per_event(relay));
         let redis = match (x0, x1) {
-            (Some((a, ac)), Some((b, bc))) => format!(
-                ", redis-server {:.2} cores (+ {:.2} in its forked children: AOF rewrites)",
-                (b - a) / span,
-                ((bc - ac) - (b - a)).max(0.0) / span
-            ),
+            (Some((a, ac)), Some((b, bc))) => {
+                let (server, children) = ((b - a) / span, ((bc - ac) - (b - a)).max(0.0) / span);
+                each += &format!(
+                    ", redis-server {:.0} us (+ {:.0} us in AOF rewrites)",
+                    per_event(server),
+                    per_event(children)
+                );
+                format!(
+                    ", redis-server {server:.2} cores (+ {children:.2} in its forked children: AOF rewrites)"
+                )
+            }
             _ => String::new(),
         };
+        let each = if eps > 0.0 {
+            format!("; CPU per event: {each}")
+        } else {
+            String::new()
+        };
         notes.push(format!(
-            "({name}) CPU in the window: relay {:.2} cores, load generator + fake partners {:.2} cores{redis}",
-            (r1 - r0) / span,
+            "({name}) CPU in the window: relay {relay:.2} cores, load generator + fake partners {:.2} cores{redis}{each}",
             (b1 - b0) / span
         ));
     }
