@@ -101,12 +101,19 @@ impl Event {
 /// The value at a dotted path in a JSON object, if present and not null.
 pub fn get_path<'a>(fields: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     let mut parts = path.split('.');
-    let first = parts.next()?;
-    let mut cur = fields.get(first)?;
+    value_at(fields.get(parts.next()?)?, parts)
+}
+
+/// The value below `v` at the rest of a dotted path (its parts); `None` when missing
+/// or null, as [`get_path`].
+pub fn value_at<'v, 'p>(
+    mut v: &'v Value,
+    parts: impl Iterator<Item = &'p str>,
+) -> Option<&'v Value> {
     for p in parts {
-        cur = cur.as_object()?.get(p)?;
+        v = v.as_object()?.get(p)?;
     }
-    (!cur.is_null()).then_some(cur)
+    (!v.is_null()).then_some(v)
 }
 
 fn required_string(fields: &Map<String, Value>, key: &str) -> Result<String, String> {

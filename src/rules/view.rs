@@ -16,6 +16,8 @@ use std::borrow::Cow;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
+use crate::event::value_at;
+
 /// One allowed field.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node<'a> {
@@ -211,13 +213,6 @@ impl<'a> Node<'a> {
             _ => None,
         }
     }
-}
-
-fn value_at<'v, 'p>(mut v: &'v Value, parts: impl Iterator<Item = &'p str>) -> Option<&'v Value> {
-    for p in parts {
-        v = v.as_object()?.get(p)?;
-    }
-    (!v.is_null()).then_some(v)
 }
 
 impl Serialize for Fields<'_> {
