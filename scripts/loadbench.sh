@@ -25,6 +25,8 @@
 #   LOADBENCH_DISTANCE_EVENTS=200000 events of shape (k) (quick: 20000)
 #   LOADBENCH_REDIS_SERVER=PATH redis-server for shapes g-j (default: the one on PATH;
 #                               the bench runs its own on a free port, AOF everysec)
+#   LOADBENCH_REDIS_CONFIG="NAME=VALUE ..."  settings for that redis-server, after the
+#                               bench's own (e.g. hash-max-listpack-value=1024)
 #   LOADBENCH_POOL_MB=1024      memory for one pool of pre-signed requests
 #   LOADBENCH_DRAIN_TIMEOUT=420 seconds allowed to fill, and to drain, the backlog
 #   LOADBENCH_TIMEOUT=1500      hard limit for the whole bench, in seconds
@@ -108,6 +110,7 @@ args=(run --relay "$relay_bin" --work "$work" --duration "$duration" --warmup "$
       --partner-delay-ms "${LOADBENCH_PARTNER_DELAY_MS:-100}" --distance-events "$distance_events")
 if [[ -n "${LOADBENCH_OUT:-}" ]]; then args+=(--out "$LOADBENCH_OUT"); fi
 if [[ -n "$redis_server" ]]; then args+=(--redis-server "$redis_server"); fi
+for setting in ${LOADBENCH_REDIS_CONFIG:-}; do args+=(--redis-config "$setting"); done
 
 # Bounded in time: the bench is killed after $limit seconds whatever happens.
 timeout --kill-after=10 "$limit" "$bench_bin" "${args[@]}" &

@@ -77,6 +77,10 @@ struct RunArgs {
     /// `redis-server` to run the Redis shapes (g-j) on; they are skipped without it.
     #[arg(long)]
     redis_server: Option<PathBuf>,
+    /// A setting for the bench's `redis-server`, as `NAME=VALUE` (repeatable; after
+    /// the bench's own, so it can override them), e.g. `hash-max-listpack-value=1024`.
+    #[arg(long = "redis-config", value_name = "NAME=VALUE")]
+    redis_config: Vec<String>,
     /// Give up on filling or draining the backlog after this many seconds.
     #[arg(long, default_value_t = 420.0)]
     drain_timeout: f64,
@@ -610,6 +614,12 @@ impl OwnRedis {
         .args(["--appendonly", "yes", "--appendfsync", "everysec"])
         .arg("--dir")
         .arg(&dir);
+        for setting in &ctx.args.redis_config {
+            let (name, value) = setting
+                .split_once('=')
+                .ok_or_else(|| format!("--redis-config {setting}: expected NAME=VALUE"))?;
+            cmd.arg(format!("--{name}")).arg(value);
+        }
         let log = ctx.logs.join("redis.log");
         let proc = Proc::spawn(cmd, "redis-server", &log, &ctx.pids)?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
