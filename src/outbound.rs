@@ -160,6 +160,11 @@ impl Credentials {
         Ok(out)
     }
 
+    /// A stored URL with every marker replaced by the current value.
+    pub fn attach_url(&self, stored: &str) -> Result<String, String> {
+        self.fill(stored)
+    }
+
     fn fill(&self, text: &str) -> Result<String, String> {
         if !text.contains(MARK) {
             return Ok(text.to_string());

@@ -20,6 +20,10 @@ fn json_reply(status: u16, body: &str) -> Reply {
 /// The shipped example's shape, pointed at the fake Google: the ingest URL is the
 /// rule's `url` and the status is asked next to it; the first check after a second.
 fn rule(google: &FakePartner, oauth: &FakePartner) -> String {
+    rule_checking_after(google, oauth, "1s")
+}
+
+fn rule_checking_after(google: &FakePartner, oauth: &FakePartner, after: &str) -> String {
     format!(
         r#"[destination]
 url = "{ingest}"
@@ -32,7 +36,7 @@ max_wait = "100ms"
 [params]
 customer_id = "1234567890"
 conversion_action_id = "987654321"
-status_check_after = "1s"
+status_check_after = "{after}"
 status_checks = "3"
 
 [privacy]
@@ -148,5 +152,67 @@ async fn failure_shows(store: TestStore) {
     )
     .await;
     assert_eq!(counted, 1.0);
+    relay.stop().await;
+}
+
+/// A relay stopped (a deploy) between the delivery and Google's status check: the
+/// check is kept in the store, and the relay started next on the same data makes it
+/// when it is due. (Before, the check was forgotten and the delivery stayed at
+/// `processing`.)
+#[tokio::test]
+async fn a_status_check_due_after_a_restart_is_made_by_the_next_relay() {
+    let oauth = FakePartner::start().await.expect("token endpoint");
+    oauth.set_default(json_reply(
+        200,
+        r#"{"access_token":"ya29.dm-test","expires_in":3600,"token_type":"Bearer"}"#,
+    ));
+    let google = FakePartner::start().await.expect("fake Google");
+    google.enqueue([
+        json_reply(200, r#"{"requestId":"req-across-restart"}"#),
+        json_reply(
+            200,
+            r#"{"requestStatusPerDestination":[{"requestStatus":"SUCCESS"}]}"#,
+        ),
+    ]);
+    google.set_default(Reply::status(418));
+    let rule = rule_checking_after(&google, &oauth, "10s");
+    let rules = [("google-dm", rule.as_str())];
+    let config = TestStore::Embedded.config("60s");
+    let relay = TestRelay::start(&rules, &config).await;
+    let (s, v) = relay
+        .post_json("msg-restart", &event("e-restart", "purchase", "gclid-1"))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["results"][0]["delivery_ids"][0]
+        .as_str()
+        .expect("a delivery ID")
+        .to_string();
+    let path = format!("/admin/deliveries/{id}");
+    let processing = eventually(30, || async {
+        relay.admin_get(&path).await["partner_status"]["state"] == "processing"
+    })
+    .await;
+    assert!(processing, "{}", relay.admin_get(&path).await);
+    let dir = relay.stop().await;
+    assert_eq!(google.request_count(), 1, "only the ingest before the stop");
+
+    let relay = TestRelay::start_in(dir, &rules, &config).await;
+    let done = eventually(30, || async {
+        relay.admin_get(&path).await["partner_status"]["state"] == "success"
+    })
+    .await;
+    let st = relay.admin_get(&path).await;
+    assert!(done, "{st} ({} requests to Google)", google.request_count());
+    assert_eq!(st["partner_status"]["request_id"], "req-across-restart");
+    let requests = google.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(
+        requests[1].target,
+        "/v1/requestStatus:retrieve?requestId=req-across-restart"
+    );
+    assert_eq!(
+        requests[1].header("authorization"),
+        Some("Bearer ya29.dm-test")
+    );
     relay.stop().await;
 }

@@ -289,7 +289,13 @@ impl Flight<'_> {
         } else {
             self.attach(stored).ok()?.url
         };
-        let Some(url) = super::followup::status_url(&sent_to, request_id) else {
+        // What the store keeps: the URL with its credential markers (a joined batch
+        // was built from attached requests; its first event's stored one has them).
+        let marked = set.first().map_or(&stored.url, |d| &d.request.url);
+        let (Some(url), Some(stored_url)) = (
+            super::followup::status_url(&sent_to, request_id),
+            super::followup::status_url(marked, request_id),
+        ) else {
             tracing::debug!(destination = %self.worker.name, "the destination's URL does not end in events:ingest: its partner status is not read back");
             return None;
         };
@@ -298,9 +304,12 @@ impl Flight<'_> {
             ids: set.iter().map(|d| d.id.clone()).collect(),
             request_id: request_id.clone(),
             url,
+            stored_url,
             check,
             oauth: self.applied.oauth.clone(),
             timeout: settings.timeout,
+            tries: 0,
+            wait: check.first_after,
         })
     }
 

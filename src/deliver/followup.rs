@@ -12,9 +12,11 @@
 //! request's deliveries (`processing` at once, then each check's word), with a warn
 //! log line when processing failed and a metric for each final word. Never: keeps
 //! or logs anything of the answer but Google's status and reason words and counts.
-//! Checks wait in memory: a restart forgets those not made yet, and the receipts
-//! keep `processing` with Google's request ID.
+//! Each check still to come is kept in the store (`Store::keep_check`) before its
+//! wait, and forgotten at the final word: a restart (or, on a shared store, another
+//! relay) takes up those whose maker is gone (`resume`, from `Deliverer`'s sweep).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,6 +159,20 @@ pub fn read_status(body: &str) -> Option<Reading> {
     Some(Reading::Final { result, reason })
 }
 
+/// The checks this relay is making: how many (bounded by `MAX_PENDING`) and which
+/// (destination, request ID), so a kept one is not taken up twice.
+#[derive(Default)]
+pub(crate) struct Following {
+    count: AtomicUsize,
+    keys: std::sync::Mutex<HashSet<(String, String)>>,
+}
+
+impl Following {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// What a follow-up needs of the engine, owned (it outlives the request).
 #[derive(Clone)]
 pub(crate) struct Checker {
@@ -166,7 +182,7 @@ pub(crate) struct Checker {
     pub observer: Option<Arc<dyn DeliveryObserver>>,
     pub tasks: TaskTracker,
     pub stopping: CancellationToken,
-    pub pending: Arc<AtomicUsize>,
+    pub following: Arc<Following>,
 }
 
 /// One delivered request to ask about.
@@ -175,25 +191,96 @@ pub(crate) struct FollowUp {
     /// The deliveries the request carried.
     pub ids: Vec<String>,
     pub request_id: String,
-    /// `status_url` of the request.
+    /// `status_url` of the request, credentials in place (what is asked).
     pub url: String,
+    /// The same with credential markers (what the store keeps).
+    pub stored_url: String,
     pub check: StatusCheck,
     pub oauth: Option<Arc<TokenSource>>,
     pub timeout: Duration,
+    /// Checks already made (by an earlier process, for a kept one).
+    pub tries: u32,
+    /// Wait before the next check.
+    pub wait: Duration,
+}
+
+impl FollowUp {
+    /// A kept check taken up again, with the destination's settings of now.
+    pub fn resumed(
+        kept: crate::store::PendingCheck,
+        url: String,
+        check: StatusCheck,
+        oauth: Option<Arc<TokenSource>>,
+        timeout: Duration,
+        now_ms: i64,
+    ) -> FollowUp {
+        let wait = u64::try_from(kept.due_at.saturating_sub(now_ms)).unwrap_or(0);
+        FollowUp {
+            destination: kept.destination,
+            ids: kept.ids,
+            request_id: kept.request_id,
+            url,
+            stored_url: kept.url,
+            check,
+            oauth,
+            timeout,
+            tries: kept.tries,
+            wait: Duration::from_millis(wait),
+        }
+    }
+
+    fn key(&self) -> (String, String) {
+        (self.destination.clone(), self.request_id.clone())
+    }
+}
+
+/// The wait before check number `n` (from 0): `first_after`, then twice as long each time.
+fn wait_before(check: &StatusCheck, n: u32) -> Duration {
+    check
+        .first_after
+        .saturating_mul(2u32.saturating_pow(n.min(31)))
 }
 
 impl Checker {
     /// Records the request as `processing` and checks on it later, in the background.
     pub fn start(&self, f: FollowUp) {
+        let crowded = self.following.count.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING;
+        self.following.lock().insert(f.key());
+        self.spawn(f, crowded, true);
+    }
+
+    /// Takes up a check kept by a relay that is gone (this one before a restart, or
+    /// another one on a shared store), unless this relay is making it already or
+    /// has `MAX_PENDING` under way. Returns whether it did.
+    pub fn resume(&self, f: FollowUp) -> bool {
+        if self.following.count.load(Ordering::Relaxed) >= MAX_PENDING
+            || !self.following.lock().insert(f.key())
+        {
+            return false;
+        }
+        self.following.count.fetch_add(1, Ordering::Relaxed);
+        self.spawn(f, false, false);
+        true
+    }
+
+    /// Whether this relay is making the check of `request_id` at `destination`.
+    pub fn is_following(&self, destination: &str, request_id: &str) -> bool {
+        self.following
+            .lock()
+            .contains(&(destination.to_owned(), request_id.to_owned()))
+    }
+
+    fn spawn(&self, f: FollowUp, crowded: bool, fresh: bool) {
         let me = self.clone();
-        let crowded = self.pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING;
         self.tasks.spawn(async move {
-            me.follow(f, crowded).await;
-            me.pending.fetch_sub(1, Ordering::Relaxed);
+            let key = f.key();
+            me.follow(f, crowded, fresh).await;
+            me.following.lock().remove(&key);
+            me.following.count.fetch_sub(1, Ordering::Relaxed);
         });
     }
 
-    async fn follow(&self, f: FollowUp, crowded: bool) {
+    async fn follow(&self, f: FollowUp, crowded: bool, fresh: bool) {
         let mut status = PartnerStatus {
             state: "processing".into(),
             reason: crowded.then(|| {
@@ -202,24 +289,30 @@ impl Checker {
             request_id: f.request_id.clone(),
             checked_at: None,
         };
-        self.record(&f, &status).await;
+        if fresh {
+            self.record(&f, &status).await;
+        }
         if crowded {
             return;
         }
-        let mut wait = f.check.first_after;
+        let mut wait = f.wait;
         let mut problem = None;
-        for _ in 0..f.check.tries {
+        for n in f.tries..f.check.tries {
+            // Kept before each wait, so that a restart takes it up where it was.
+            self.keep(&f, n, wait).await;
             tokio::select! {
+                // Stopping: the kept check is taken up by the next start.
                 _ = self.stopping.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            wait = wait.saturating_mul(2);
+            wait = wait_before(&f.check, n + 1);
             status.checked_at = Some(self.clock.now_ms());
             match self.ask(&f).await {
                 Ok(Reading::Final { result, reason }) => {
                     status.state = result.as_str().into();
                     status.reason = reason;
                     self.record(&f, &status).await;
+                    self.forget(&f).await;
                     self.report(&f, result, &status);
                     return;
                 }
@@ -237,7 +330,53 @@ impl Checker {
             None => format!("still processing after {} checks; ask Google with the request ID", f.check.tries),
         });
         self.record(&f, &status).await;
+        self.forget(&f).await;
         self.report(&f, PartnerStatusResult::Unknown, &status);
+    }
+
+    /// A kept check that cannot be made any more (its destination is gone, or no
+    /// longer reads statuses back): its deliveries say so, and it is forgotten.
+    pub async fn give_up(&self, kept: &crate::store::PendingCheck, why: &str) {
+        let status = PartnerStatus {
+            state: PartnerStatusResult::Unknown.as_str().into(),
+            reason: Some(format!(
+                "not checked: {why}; ask Google with the request ID"
+            )),
+            request_id: kept.request_id.clone(),
+            checked_at: None,
+        };
+        if let Err(e) = self.store.record_partner_status(&kept.ids, &status).await {
+            tracing::warn!(destination = %kept.destination, error = %e, "cannot record the partner's status of a delivered request");
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .forget_check(&kept.destination, &kept.request_id)
+            .await
+        {
+            tracing::warn!(destination = %kept.destination, error = %e, "cannot forget a partner status check");
+        }
+    }
+
+    async fn keep(&self, f: &FollowUp, tries: u32, wait: Duration) {
+        let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        let kept = crate::store::PendingCheck {
+            destination: f.destination.clone(),
+            request_id: f.request_id.clone(),
+            ids: f.ids.clone(),
+            url: f.stored_url.clone(),
+            tries,
+            due_at: self.clock.now_ms().saturating_add(wait_ms),
+        };
+        if let Err(e) = self.store.keep_check(&kept).await {
+            tracing::warn!(destination = %f.destination, error = %e, "cannot keep a partner status check: a restart before it is made forgets it");
+        }
+    }
+
+    async fn forget(&self, f: &FollowUp) {
+        if let Err(e) = self.store.forget_check(&f.destination, &f.request_id).await {
+            tracing::warn!(destination = %f.destination, error = %e, "cannot forget a partner status check");
+        }
     }
 
     /// One `requestStatus:retrieve`: with the destination's token (renewed once after

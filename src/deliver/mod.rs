@@ -210,7 +210,7 @@ impl Deliverer {
                     observer: std::sync::OnceLock::new(),
                     tasks: tokio_util::task::TaskTracker::new(),
                     stopping: tokio_util::sync::CancellationToken::new(),
-                    followups: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                    followups: Arc::default(),
                 }),
                 runtime: tokio::runtime::Handle::current(),
                 destinations: Mutex::new(BTreeMap::new()),
@@ -218,6 +218,8 @@ impl Deliverer {
             }),
         };
         deliverer.update_destinations(destinations);
+        let inner = Arc::downgrade(&deliverer.inner);
+        deliverer.spawn(sweep_checks(inner));
         Ok(deliverer)
     }
 
@@ -340,6 +342,85 @@ impl Deliverer {
                 tasks = tasks.len(),
                 "delivery tasks still running after the grace period"
             );
+        }
+    }
+}
+
+/// How often the partner status checks kept in the store are looked over, and how
+/// overdue one must be before this relay takes it up: a relay making a check keeps
+/// it again before each wait, so one overdue that long has nobody making it (another
+/// relay on a shared store that is gone). A store of this process alone (embedded)
+/// holds no check of a live relay at start: all are taken up then, each at its time.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+const TAKE_UP_LATE: Duration = Duration::from_secs(60);
+
+/// Takes up kept checks nobody makes, at start and every `SWEEP_EVERY`, until the
+/// engine stops.
+async fn sweep_checks(inner: std::sync::Weak<Inner>) {
+    let mut first = true;
+    loop {
+        let Some(i) = inner.upgrade() else { return };
+        let stopping = i.ctx.stopping.clone();
+        take_up_checks(&i, first && !i.ctx.store.shared()).await;
+        first = false;
+        drop(i);
+        tokio::select! {
+            _ = stopping.cancelled() => return,
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+        }
+    }
+}
+
+/// `all`: every check not made here, due or not (a store of this process alone,
+/// at start); otherwise those overdue by `TAKE_UP_LATE`.
+async fn take_up_checks(inner: &Inner, all: bool) {
+    let ctx = &inner.ctx;
+    let kept = match ctx.store.pending_checks().await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot list the partner status checks kept");
+            return;
+        }
+    };
+    let now = ctx.opts.clock.now_ms();
+    let late = i64::try_from(TAKE_UP_LATE.as_millis()).unwrap_or(i64::MAX);
+    let checker = ctx.checker();
+    for k in kept {
+        let orphan = all || k.due_at <= now.saturating_sub(late);
+        if !orphan || checker.is_following(&k.destination, &k.request_id) {
+            continue;
+        }
+        let applied = lock(&inner.destinations)
+            .get(&k.destination)
+            .map(|r| r.worker.applied());
+        let Some(applied) = applied else {
+            checker.give_up(&k, "its destination was removed").await;
+            continue;
+        };
+        let Some(check) = applied.settings.status_check else {
+            checker
+                .give_up(&k, "its destination no longer reads statuses back")
+                .await;
+            continue;
+        };
+        let url = match applied.settings.credentials.attach_url(&k.url) {
+            Ok(u) => u,
+            Err(e) => {
+                checker.give_up(&k, &e).await;
+                continue;
+            }
+        };
+        let destination = k.destination.clone();
+        let f = followup::FollowUp::resumed(
+            k,
+            url,
+            check,
+            applied.oauth.clone(),
+            applied.settings.timeout,
+            now,
+        );
+        if checker.resume(f) {
+            tracing::info!(destination = %destination, "took up a partner status check that a stopped relay had kept");
         }
     }
 }

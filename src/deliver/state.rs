@@ -36,7 +36,7 @@ pub(crate) struct Context {
     /// Cancelled when the engine shuts down: partner status checks stop waiting.
     pub stopping: tokio_util::sync::CancellationToken,
     /// Partner status checks under way (`followup::MAX_PENDING`).
-    pub followups: Arc<std::sync::atomic::AtomicUsize>,
+    pub followups: Arc<super::followup::Following>,
 }
 
 impl Context {
@@ -49,7 +49,7 @@ impl Context {
             observer: self.observer.get().cloned(),
             tasks: self.tasks.clone(),
             stopping: self.stopping.clone(),
-            pending: self.followups.clone(),
+            following: self.followups.clone(),
         }
     }
 }

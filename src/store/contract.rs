@@ -9,8 +9,8 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::{
-    AcceptOutcome, DedupeKey, Delivery, EventToAccept, NewDelivery, PartnerStatus, ReplaySelector,
-    Store,
+    AcceptOutcome, DedupeKey, Delivery, EventToAccept, NewDelivery, PartnerStatus, PendingCheck,
+    ReplaySelector, Store,
 };
 use crate::outbound::{Method, OutboundRequest};
 
@@ -103,6 +103,7 @@ pub async fn suite(fresh: &Fresh) {
     late_settles_are_no_ops(fresh()).await;
     lookup_follows_a_delivery(fresh()).await;
     partner_status_is_recorded_on_delivered_receipts(fresh()).await;
+    status_checks_are_kept_until_forgotten(fresh()).await;
     retire_moves_a_destination_to_the_dlq(fresh()).await;
     same_key_concurrently_accepted_once(fresh()).await;
 }
@@ -480,6 +481,39 @@ async fn partner_status_is_recorded_on_delivered_receipts(mut b: Box<dyn Backend
         let s = b.store();
         let st = s.lookup(&y).await.expect("lookup").expect("known");
         assert_eq!((st.state, st.partner_status), ("delivered", Some(failed)));
+    }
+}
+
+async fn status_checks_are_kept_until_forgotten(mut b: Box<dyn Backend>) {
+    let s = b.store();
+    assert_eq!(s.pending_checks().await.expect("list"), vec![]);
+    let check = |dest: &str, req: &str, tries: u32| PendingCheck {
+        destination: dest.into(),
+        request_id: req.into(),
+        ids: vec![format!("dlv_{dest}_{req}_1"), format!("dlv_{dest}_{req}_2")],
+        url: format!("https://example.test/v1/requestStatus:retrieve?requestId={req}"),
+        tries,
+        due_at: NOW + i64::from(tries) * 1_000,
+    };
+    s.keep_check(&check("a", "r1", 0)).await.expect("keep");
+    s.keep_check(&check("a", "r2", 0)).await.expect("keep");
+    s.keep_check(&check("b", "r1", 0)).await.expect("keep");
+    // The same destination and request ID: replaced, not added.
+    s.keep_check(&check("a", "r1", 2)).await.expect("keep");
+    s.forget_check("a", "r2").await.expect("forget");
+    s.forget_check("a", "never-kept")
+        .await
+        .expect("forget nothing");
+    let sorted = |mut v: Vec<PendingCheck>| {
+        v.sort_by(|x, y| (&x.destination, &x.request_id).cmp(&(&y.destination, &y.request_id)));
+        v
+    };
+    let want = vec![check("a", "r1", 2), check("b", "r1", 0)];
+    assert_eq!(sorted(s.pending_checks().await.expect("list")), want);
+    drop(s);
+    if b.restart() {
+        let s = b.store();
+        assert_eq!(sorted(s.pending_checks().await.expect("list")), want);
     }
 }
 

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use crate::outbound::{Method, OutboundRequest};
 use crate::store::{
     AcceptOutcome, DeadLetter, Delivery, DeliveryStatus, DestinationCounts, EventToAccept,
-    PartnerStatus, ReplaySelector, Store, StoreError, StoreResult,
+    PartnerStatus, PendingCheck, ReplaySelector, Store, StoreError, StoreResult,
 };
 
 #[derive(Default)]
@@ -32,6 +32,10 @@ pub struct MemStore {
     pub retention_ms: i64,
     /// Partner statuses recorded on delivered deliveries, by delivery ID.
     pub partner: Mutex<HashMap<String, PartnerStatus>>,
+    /// Partner status checks kept, by destination and request ID.
+    pub checks: Mutex<HashMap<(String, String), PendingCheck>>,
+    /// Says it is shared by several relays (as Redis is).
+    pub shared: bool,
 }
 
 impl MemStore {
@@ -335,6 +339,26 @@ impl Store for MemStore {
             }
         }
         Ok(n)
+    }
+
+    fn shared(&self) -> bool {
+        self.shared
+    }
+
+    async fn keep_check(&self, check: &PendingCheck) -> StoreResult<()> {
+        let key = (check.destination.clone(), check.request_id.clone());
+        self.checks.lock().unwrap().insert(key, check.clone());
+        Ok(())
+    }
+
+    async fn forget_check(&self, destination: &str, request_id: &str) -> StoreResult<()> {
+        let key = (destination.to_owned(), request_id.to_owned());
+        self.checks.lock().unwrap().remove(&key);
+        Ok(())
+    }
+
+    async fn pending_checks(&self) -> StoreResult<Vec<PendingCheck>> {
+        Ok(self.checks.lock().unwrap().values().cloned().collect())
     }
 
     async fn retire_destination(

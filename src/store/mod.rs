@@ -137,6 +137,25 @@ pub struct PartnerStatus {
     pub checked_at: Option<i64>,
 }
 
+/// A partner status check still to come (Google Data Manager's
+/// `requestStatus:retrieve` of a delivered request), kept so that a restart resumes
+/// it instead of leaving the deliveries at `processing`. Holds IDs and a URL with
+/// credential markers, never credentials or event data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCheck {
+    pub destination: String,
+    /// The partner's ID of the request (Google's `requestId`).
+    pub request_id: String,
+    /// The deliveries the request carried.
+    pub ids: Vec<String>,
+    /// Where to ask, as stored: credential markers in place of credentials.
+    pub url: String,
+    /// Checks made so far.
+    pub tries: u32,
+    /// When the next check is due (Unix ms).
+    pub due_at: i64,
+}
+
 /// Which dead letters a replay takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplaySelector {
@@ -269,6 +288,20 @@ pub trait Store: Send + Sync + 'static {
         ids: &[String],
         status: &PartnerStatus,
     ) -> StoreResult<usize>;
+
+    /// Whether other relay processes may use this store at the same time (Redis);
+    /// the embedded store belongs to one process (its data directory is locked).
+    fn shared(&self) -> bool;
+
+    /// Keeps `check`, replacing the one of the same destination and request ID.
+    async fn keep_check(&self, check: &PendingCheck) -> StoreResult<()>;
+
+    /// Forgets the check of `request_id` at `destination` (its final word came, or
+    /// the relay gave up); no error when there is none.
+    async fn forget_check(&self, destination: &str, request_id: &str) -> StoreResult<()>;
+
+    /// Every check kept, in no particular order.
+    async fn pending_checks(&self) -> StoreResult<Vec<PendingCheck>>;
 
     /// The destination is gone (its rule file removed): move everything still queued
     /// for it to the dead-letter queue with `reason`. Returns how many.

@@ -269,3 +269,120 @@ async fn no_check_without_a_request_id_and_shutdown_ends_the_waiting_ones() {
         Some("processing".into())
     );
 }
+
+fn kept(store: &MemStore) -> Vec<crate::store::PendingCheck> {
+    store.checks.lock().unwrap().values().cloned().collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_check_kept_by_a_stopped_relay_is_made_by_the_next_one_when_due() {
+    // A store of one process (embedded): the next relay takes it up at start.
+    kept_check_made_after_a_restart(false, 1_800_000).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_a_shared_store_a_kept_check_is_taken_up_once_overdue_by_a_minute() {
+    // Redis: the check may be another live relay's, so only an overdue one is taken
+    // up (its maker keeps it again before each wait), within a sweep.
+    kept_check_made_after_a_restart(true, 1_800_000 + 60_000).await;
+}
+
+/// Delivers, stops the relay before the 30-minute check, starts another one on the
+/// same store: the check is made once, from `due_ms` after the delivery (within a
+/// sweep), with the destination's token, then forgotten.
+async fn kept_check_made_after_a_restart(shared: bool, due_ms: i64) {
+    let oauth = FakePartner::start().await.unwrap();
+    token(&oauth);
+    let google = FakePartner::start().await.unwrap();
+    google.enqueue([json_reply(200, INGESTED)]);
+    google.set_default(json_reply(200, FAILED));
+    let mut store = MemStore::default();
+    store.shared = shared;
+    let store = Arc::new(store);
+    store.push(delivery("dlv_1", "dm", &google.url("/v1/events:ingest")));
+    let check = StatusCheck {
+        first_after: Duration::from_secs(1800),
+        tries: 6,
+    };
+    let first = start(&store, vec![("dm", data_manager(&oauth, check))], opts());
+    let clock = first.clock();
+    assert!(until(Duration::from_secs(60), || !kept(&store).is_empty()).await);
+    let delivered = clock.now_ms();
+    // Kept before the 30-minute wait: the deliveries, where to ask (no token), when.
+    let [k] = kept(&store).try_into().expect("one check kept");
+    assert_eq!(
+        (
+            k.destination.as_str(),
+            k.request_id.as_str(),
+            k.ids,
+            k.tries
+        ),
+        ("dm", "req-7f3a", vec!["dlv_1".to_string()], 0)
+    );
+    assert_eq!(
+        k.url,
+        google.url("/v1/requestStatus:retrieve?requestId=req-7f3a")
+    );
+    assert!((delivered + 1_795_000..=delivered + 1_800_000).contains(&k.due_at));
+    // The relay stops (a deploy) before the check is due.
+    first.shutdown().await;
+    assert_eq!(google.request_count(), 1);
+    assert_eq!(kept(&store).len(), 1);
+
+    let next = start(&store, vec![("dm", data_manager(&oauth, check))], opts());
+    let failed = || status_of(&store, "dlv_1").is_some_and(|s| s.state == "failure");
+    assert!(until(Duration::from_secs(2 * 3600), failed).await);
+    let asked = clock.now_ms() - delivered;
+    assert!(
+        (due_ms..=due_ms + 65_000).contains(&asked),
+        "checked {asked} ms after the delivery, due {due_ms}"
+    );
+    let requests = google.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[1].target,
+        "/v1/requestStatus:retrieve?requestId=req-7f3a"
+    );
+    assert_eq!(requests[1].header("authorization"), Some("Bearer ya29.dm"));
+    // The final word: forgotten, and nothing more is asked.
+    assert!(until(Duration::from_secs(5), || kept(&store).is_empty()).await);
+    // Pacing: two simulated hours, a minute at a time, for a check that should not come.
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    assert_eq!(google.request_count(), 2);
+    next.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_check_of_a_removed_destination_is_given_up_and_says_why() {
+    let google = FakePartner::start().await.unwrap();
+    let store = Arc::new(MemStore::default());
+    store.completed.lock().unwrap().push(delivery(
+        "dlv_9",
+        "gone",
+        &google.url("/v1/events:ingest"),
+    ));
+    let check = crate::store::PendingCheck {
+        destination: "gone".into(),
+        request_id: "req-old".into(),
+        ids: vec!["dlv_9".into()],
+        url: google.url("/v1/requestStatus:retrieve?requestId=req-old"),
+        tries: 1,
+        due_at: 0,
+    };
+    store.keep_check(&check).await.unwrap();
+    let deliverer = start(&store, vec![("other", settings())], opts());
+    assert!(until(Duration::from_secs(5), || kept(&store).is_empty()).await);
+    let s = status_of(&store, "dlv_9").expect("a status");
+    assert_eq!(
+        (s.state.as_str(), s.request_id.as_str(), s.reason.as_deref()),
+        (
+            "unknown",
+            "req-old",
+            Some("not checked: its destination was removed; ask Google with the request ID")
+        )
+    );
+    assert_eq!(google.request_count(), 0);
+    deliverer.shutdown().await;
+}

@@ -265,6 +265,17 @@ pub fn count_meta_key(dest: DestId) -> [u8; 8] {
     k
 }
 
+/// A partner status check still to come: `check/<destination>\0<request ID>`.
+pub fn check_meta_key(destination: &str, request_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(CHECK_PREFIX.len() + destination.len() + 1 + request_id.len());
+    k.extend_from_slice(CHECK_PREFIX);
+    k.extend_from_slice(destination.as_bytes());
+    k.push(0);
+    k.extend_from_slice(request_id.as_bytes());
+    k
+}
+
+pub const CHECK_PREFIX: &[u8] = b"check/";
 pub const SEQ_META_KEY: &[u8] = b"seq";
 /// The number of the last group commit (each commit writes it).
 pub const COMMIT_META_KEY: &[u8] = b"commit";

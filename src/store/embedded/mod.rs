@@ -455,6 +455,35 @@ impl Store for EmbeddedStore {
         }
     }
 
+    fn shared(&self) -> bool {
+        false
+    }
+
+    async fn keep_check(&self, check: &crate::store::PendingCheck) -> StoreResult<()> {
+        let op = ops::Op::KeepCheck {
+            check: check.clone(),
+        };
+        match self.submit(op).await? {
+            ops::Outcome::Done => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn forget_check(&self, destination: &str, request_id: &str) -> StoreResult<()> {
+        let op = ops::Op::ForgetCheck {
+            destination: destination.to_owned(),
+            request_id: request_id.to_owned(),
+        };
+        match self.submit(op).await? {
+            ops::Outcome::Done => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn pending_checks(&self) -> StoreResult<Vec<crate::store::PendingCheck>> {
+        self.read(reads::pending_checks).await
+    }
+
     async fn retire_destination(
         &self,
         destination: &str,

@@ -50,6 +50,13 @@ pub enum Op {
         ids: Vec<String>,
         status: crate::store::PartnerStatus,
     },
+    KeepCheck {
+        check: crate::store::PendingCheck,
+    },
+    ForgetCheck {
+        destination: String,
+        request_id: String,
+    },
 }
 
 pub enum Outcome {
@@ -111,6 +118,18 @@ impl Writer {
             Op::PartnerStatus { ids, status } => self
                 .partner_status(e, g, ids, status)
                 .map(|n| Ok(Outcome::Counted(n, 0))),
+            Op::KeepCheck { check } => {
+                let key = layout::check_meta_key(&check.destination, &check.request_id);
+                g.put(&e.meta, key, layout::encode(check)?)?;
+                Ok(Ok(Outcome::Done))
+            }
+            Op::ForgetCheck {
+                destination,
+                request_id,
+            } => {
+                g.del(&e.meta, layout::check_meta_key(destination, request_id))?;
+                Ok(Ok(Outcome::Done))
+            }
         }
     }
 

@@ -169,6 +169,17 @@ pub fn dlq_list(
 }
 
 /// Where one delivery stands.
+/// Every partner status check kept (`check/` in the meta keyspace).
+pub fn pending_checks(s: &Shared) -> StoreResult<Vec<crate::store::PendingCheck>> {
+    let e = s.engine()?;
+    let mut out = Vec::new();
+    for item in e.meta.prefix(layout::CHECK_PREFIX) {
+        let (_, v) = item.into_inner().map_err(err)?;
+        out.push(layout::decode("status check", &v).map_err(corrupt)?);
+    }
+    Ok(out)
+}
+
 pub fn lookup(s: &Shared, id: &str) -> StoreResult<Option<DeliveryStatus>> {
     let Some(p) = s.parts_of(id) else {
         return Ok(None);

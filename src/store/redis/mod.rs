@@ -618,6 +618,11 @@ fn accept_args(events: &[EventToAccept]) -> StoreResult<AcceptArgs> {
     Ok(AcceptArgs { args, ids })
 }
 
+/// A kept status check's field in `{prefix}:checks`.
+fn check_field(destination: &str, request_id: &str) -> String {
+    format!("{destination}\0{request_id}")
+}
+
 /// `dlv_` + a ULID: unique across relays without coordination.
 fn new_id() -> String {
     let mut random = [0u8; 16];
@@ -914,6 +919,50 @@ impl Store for RedisStore {
         let n: usize = i.run(&i.scripts.note, args).await?;
         i.committed(1, started);
         Ok(n)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn keep_check(&self, check: &crate::store::PendingCheck) -> StoreResult<()> {
+        let i = &self.inner;
+        i.usable()?;
+        let value =
+            postcard::to_allocvec(check).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        redis::cmd("HSET")
+            .arg(i.key("checks"))
+            .arg(check_field(&check.destination, &check.request_id))
+            .arg(value)
+            .query_async::<()>(&mut i.conn())
+            .await
+            .map_err(|e| i.error(e))
+    }
+
+    async fn forget_check(&self, destination: &str, request_id: &str) -> StoreResult<()> {
+        let i = &self.inner;
+        i.usable()?;
+        redis::cmd("HDEL")
+            .arg(i.key("checks"))
+            .arg(check_field(destination, request_id))
+            .query_async::<()>(&mut i.conn())
+            .await
+            .map_err(|e| i.error(e))
+    }
+
+    async fn pending_checks(&self) -> StoreResult<Vec<crate::store::PendingCheck>> {
+        let i = &self.inner;
+        i.usable()?;
+        let all: Vec<Vec<u8>> = redis::cmd("HVALS")
+            .arg(i.key("checks"))
+            .query_async(&mut i.conn())
+            .await
+            .map_err(|e| i.error(e))?;
+        // One that does not decode was written by something else: left alone.
+        Ok(all
+            .iter()
+            .filter_map(|v| postcard::from_bytes(v).ok())
+            .collect())
     }
 
     async fn retire_destination(
