@@ -49,6 +49,37 @@ hash = ["user.email"]
     )
 }
 
+/// A token endpoint answering `ya29.dm-test`, and a fake Google to script.
+async fn fake_google() -> (FakePartner, FakePartner) {
+    let oauth = FakePartner::start().await.expect("token endpoint");
+    oauth.set_default(json_reply(
+        200,
+        r#"{"access_token":"ya29.dm-test","expires_in":3600,"token_type":"Bearer"}"#,
+    ));
+    let google = FakePartner::start().await.expect("fake Google");
+    (oauth, google)
+}
+
+/// Posts one purchase with `click_id`; the admin path of its one delivery.
+async fn post_one(relay: &TestRelay, msg: &str, event_id: &str, click_id: &str) -> String {
+    let (s, v) = relay
+        .post_json(msg, &event(event_id, "purchase", click_id))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["results"][0]["delivery_ids"][0]
+        .as_str()
+        .expect("a delivery ID");
+    format!("/admin/deliveries/{id}")
+}
+
+/// Whether the delivery at `path` shows the partner status `state` within 30 s.
+async fn partner_state_becomes(relay: &TestRelay, path: &str, state: &str) -> bool {
+    eventually(30, || async {
+        relay.admin_get(path).await["partner_status"]["state"] == state
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_failure_google_reports_later_shows_on_the_delivery() {
     failure_shows(TestStore::Embedded).await;
@@ -64,12 +95,7 @@ async fn a_failure_google_reports_later_shows_on_the_delivery_on_redis() {
 }
 
 async fn failure_shows(store: TestStore) {
-    let oauth = FakePartner::start().await.expect("token endpoint");
-    oauth.set_default(json_reply(
-        200,
-        r#"{"access_token":"ya29.dm-test","expires_in":3600,"token_type":"Bearer"}"#,
-    ));
-    let google = FakePartner::start().await.expect("fake Google");
+    let (oauth, google) = fake_google().await;
     google.enqueue([
         json_reply(200, r#"{"requestId":"7b0e4c1a-2f5d-4e8b-9a61-0c3d2e1f4a5b"}"#),
         json_reply(
@@ -85,19 +111,8 @@ async fn failure_shows(store: TestStore) {
     )
     .await;
 
-    let (s, v) = relay
-        .post_json("msg-dm", &event("e-dm", "purchase", "gclid-not-google"))
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let id = v["results"][0]["delivery_ids"][0]
-        .as_str()
-        .expect("a delivery ID")
-        .to_string();
-    let path = format!("/admin/deliveries/{id}");
-    let failed = eventually(30, || async {
-        relay.admin_get(&path).await["partner_status"]["state"] == "failure"
-    })
-    .await;
+    let path = post_one(&relay, "msg-dm", "e-dm", "gclid-not-google").await;
+    let failed = partner_state_becomes(&relay, &path, "failure").await;
     let st: Value = relay.admin_get(&path).await;
     assert!(
         failed,
@@ -161,12 +176,7 @@ async fn failure_shows(store: TestStore) {
 /// `processing`.)
 #[tokio::test]
 async fn a_status_check_due_after_a_restart_is_made_by_the_next_relay() {
-    let oauth = FakePartner::start().await.expect("token endpoint");
-    oauth.set_default(json_reply(
-        200,
-        r#"{"access_token":"ya29.dm-test","expires_in":3600,"token_type":"Bearer"}"#,
-    ));
-    let google = FakePartner::start().await.expect("fake Google");
+    let (oauth, google) = fake_google().await;
     google.enqueue([
         json_reply(200, r#"{"requestId":"req-across-restart"}"#),
         json_reply(
@@ -179,28 +189,14 @@ async fn a_status_check_due_after_a_restart_is_made_by_the_next_relay() {
     let rules = [("google-dm", rule.as_str())];
     let config = TestStore::Embedded.config("60s");
     let relay = TestRelay::start(&rules, &config).await;
-    let (s, v) = relay
-        .post_json("msg-restart", &event("e-restart", "purchase", "gclid-1"))
-        .await;
-    assert_eq!(s, 202, "{v}");
-    let id = v["results"][0]["delivery_ids"][0]
-        .as_str()
-        .expect("a delivery ID")
-        .to_string();
-    let path = format!("/admin/deliveries/{id}");
-    let processing = eventually(30, || async {
-        relay.admin_get(&path).await["partner_status"]["state"] == "processing"
-    })
-    .await;
+    let path = post_one(&relay, "msg-restart", "e-restart", "gclid-1").await;
+    let processing = partner_state_becomes(&relay, &path, "processing").await;
     assert!(processing, "{}", relay.admin_get(&path).await);
     let dir = relay.stop().await;
     assert_eq!(google.request_count(), 1, "only the ingest before the stop");
 
     let relay = TestRelay::start_in(dir, &rules, &config).await;
-    let done = eventually(30, || async {
-        relay.admin_get(&path).await["partner_status"]["state"] == "success"
-    })
-    .await;
+    let done = partner_state_becomes(&relay, &path, "success").await;
     let st = relay.admin_get(&path).await;
     assert!(done, "{st} ({} requests to Google)", google.request_count());
     assert_eq!(st["partner_status"]["request_id"], "req-across-restart");
