@@ -348,11 +348,13 @@ impl Deliverer {
 
 /// How often the partner status checks kept in the store are looked over, and how
 /// overdue one must be before this relay takes it up: a relay making a check keeps
-/// it again before each wait, so one overdue that long has nobody making it (another
-/// relay on a shared store that is gone). A store of this process alone (embedded)
-/// holds no check of a live relay at start: all are taken up then, each at its time.
+/// it again before each wait, once its check is answered (within the destination's
+/// timeout, twice with a token renewal), so one overdue that long has nobody making
+/// it (another relay on a shared store that is gone). A store of this process alone
+/// (embedded) holds no check of a live relay at start: all are taken up then, each
+/// at its time.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-const TAKE_UP_LATE: Duration = Duration::from_secs(60);
+const TAKE_UP_LATE: Duration = Duration::from_secs(300);
 
 /// Takes up kept checks nobody makes, at start and every `SWEEP_EVERY`, until the
 /// engine stops.
