@@ -4,8 +4,9 @@
 //! rate limiter and circuit breaker (`breaker`), so a slow or failing partner never
 //! delays another; the pure retry policy (`policy`); the shared HTTP client that
 //! refuses non-public addresses and signs requests (`client`); the one clock every
-//! time-based decision reads, passed in with the options (`clock`); and `testing`, a fake
-//! partner server for tests and benches. Never: renders or filters a request (the
+//! time-based decision reads, passed in with the options (`clock`); the sweep that takes
+//! up partner status checks kept in the store by a relay that stopped (`followup`); and
+//! `testing`, a fake partner server for tests and benches. Never: renders or filters a request (the
 //! rules did, before the store), logs a request URL, header or body, or keeps state
 //! outside a `Deliverer`.
 //!
