@@ -322,7 +322,12 @@ impl Checker {
                     problem = Some(e);
                 }
             }
-            self.record(&f, &status).await;
+            if !self.record(&f, &status).await {
+                // No receipt is left to show Google's word: no more checks.
+                tracing::debug!(destination = %f.destination, "the receipts of a request are gone: its partner status checks stop");
+                self.forget(&f).await;
+                return;
+            }
         }
         status.state = PartnerStatusResult::Unknown.as_str().into();
         status.reason = Some(match problem {
@@ -415,10 +420,18 @@ impl Checker {
         read_status(&body).ok_or_else(|| "the answer is not a request status".to_string())
     }
 
-    async fn record(&self, f: &FollowUp, status: &PartnerStatus) {
-        if let Err(e) = self.store.record_partner_status(&f.ids, status).await {
-            let first = f.ids.first().map_or("", String::as_str);
-            tracing::warn!(destination = %f.destination, delivery_id = first, error = %e, "cannot record the partner's status of a delivered request");
+    /// Records `status` on the request's receipts; `false` when none of them is
+    /// left to take it (their retention ran out: Redis keeps receipts
+    /// `redis_receipt_retention`, a day by default, and the checks can go on longer).
+    async fn record(&self, f: &FollowUp, status: &PartnerStatus) -> bool {
+        match self.store.record_partner_status(&f.ids, status).await {
+            Ok(n) => n > 0,
+            Err(e) => {
+                let first = f.ids.first().map_or("", String::as_str);
+                tracing::warn!(destination = %f.destination, delivery_id = first, error = %e, "cannot record the partner's status of a delivered request");
+                // Asked again at the next check.
+                true
+            }
         }
     }
 

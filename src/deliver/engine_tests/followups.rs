@@ -386,3 +386,34 @@ async fn a_kept_check_of_a_removed_destination_is_given_up_and_says_why() {
     assert_eq!(google.request_count(), 0);
     deliverer.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_checks_stop_once_no_receipt_of_the_request_is_left() {
+    let oauth = FakePartner::start().await.unwrap();
+    token(&oauth);
+    let google = FakePartner::start().await.unwrap();
+    google.enqueue([json_reply(200, INGESTED)]);
+    google.set_default(json_reply(200, PROCESSING));
+    let store = Arc::new(MemStore::default());
+    store.push(delivery("dlv_1", "dm", &google.url("/v1/events:ingest")));
+    let check = StatusCheck {
+        first_after: Duration::from_secs(1800),
+        tries: 6,
+    };
+    let deliverer = start(&store, vec![("dm", data_manager(&oauth, check))], opts());
+    let checked = || status_of(&store, "dlv_1").is_some_and(|s| s.checked_at.is_some());
+    assert!(until(Duration::from_secs(3600), checked).await);
+    assert_eq!(google.request_count(), 2);
+    // The receipt expires (Redis keeps receipts a day by default; six checks take
+    // about 32 hours): the next check finds nowhere to record Google's word.
+    store.completed.lock().unwrap().clear();
+    assert!(until(Duration::from_secs(2 * 3600), || kept(&store).is_empty()).await);
+    assert_eq!(google.request_count(), 3);
+    // Pacing: two days in paused time, ten minutes at a time, for checks that should
+    // not come.
+    for _ in 0..288 {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    }
+    assert_eq!(google.request_count(), 3);
+    deliverer.shutdown().await;
+}
