@@ -52,6 +52,22 @@ fn token(oauth: &FakePartner) {
     ));
 }
 
+/// A token endpoint, a fake Google that takes the ingest (`INGESTED`) and answers
+/// every status check with `checks`, and `store` with `dlv_1` queued for it.
+async fn one_delivery_to_google(
+    checks: &str,
+    store: MemStore,
+) -> (FakePartner, FakePartner, Arc<MemStore>) {
+    let oauth = FakePartner::start().await.unwrap();
+    token(&oauth);
+    let google = FakePartner::start().await.unwrap();
+    google.enqueue([json_reply(200, INGESTED)]);
+    google.set_default(json_reply(200, checks));
+    let store = Arc::new(store);
+    store.push(delivery("dlv_1", "dm", &google.url("/v1/events:ingest")));
+    (oauth, google, store)
+}
+
 fn status_of(store: &MemStore, id: &str) -> Option<PartnerStatus> {
     store.partner.lock().unwrap().get(id).cloned()
 }
@@ -73,13 +89,7 @@ async fn until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn the_status_is_asked_after_30_minutes_then_twice_as_late_each_time_and_no_more() {
-    let oauth = FakePartner::start().await.unwrap();
-    token(&oauth);
-    let google = FakePartner::start().await.unwrap();
-    google.enqueue([json_reply(200, INGESTED)]);
-    google.set_default(json_reply(200, PROCESSING));
-    let store = Arc::new(MemStore::default());
-    store.push(delivery("dlv_1", "dm", &google.url("/v1/events:ingest")));
+    let (oauth, google, store) = one_delivery_to_google(PROCESSING, MemStore::default()).await;
     let check = StatusCheck {
         first_after: Duration::from_secs(1800),
         tries: 3,
@@ -291,15 +301,9 @@ async fn on_a_shared_store_a_kept_check_is_taken_up_once_overdue_by_five_minutes
 /// same store: the check is made once, from `due_ms` after the delivery (within a
 /// sweep), with the destination's token, then forgotten.
 async fn kept_check_made_after_a_restart(shared: bool, due_ms: i64) {
-    let oauth = FakePartner::start().await.unwrap();
-    token(&oauth);
-    let google = FakePartner::start().await.unwrap();
-    google.enqueue([json_reply(200, INGESTED)]);
-    google.set_default(json_reply(200, FAILED));
     let mut store = MemStore::default();
     store.shared = shared;
-    let store = Arc::new(store);
-    store.push(delivery("dlv_1", "dm", &google.url("/v1/events:ingest")));
+    let (oauth, google, store) = one_delivery_to_google(FAILED, store).await;
     let check = StatusCheck {
         first_after: Duration::from_secs(1800),
         tries: 6,
@@ -389,13 +393,7 @@ async fn a_kept_check_of_a_removed_destination_is_given_up_and_says_why() {
 
 #[tokio::test(start_paused = true)]
 async fn the_checks_stop_once_no_receipt_of_the_request_is_left() {
-    let oauth = FakePartner::start().await.unwrap();
-    token(&oauth);
-    let google = FakePartner::start().await.unwrap();
-    google.enqueue([json_reply(200, INGESTED)]);
-    google.set_default(json_reply(200, PROCESSING));
-    let store = Arc::new(MemStore::default());
-    store.push(delivery("dlv_1", "dm", &google.url("/v1/events:ingest")));
+    let (oauth, google, store) = one_delivery_to_google(PROCESSING, MemStore::default()).await;
     let check = StatusCheck {
         first_after: Duration::from_secs(1800),
         tries: 6,
