@@ -169,7 +169,7 @@ pub(crate) struct Following {
 
 impl Following {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.keys)
     }
 }
 
@@ -350,16 +350,13 @@ impl Checker {
             request_id: kept.request_id.clone(),
             checked_at: None,
         };
-        if let Err(e) = self.store.record_partner_status(&kept.ids, &status).await {
-            tracing::warn!(destination = %kept.destination, error = %e, "cannot record the partner's status of a delivered request");
-            return;
-        }
-        if let Err(e) = self
-            .store
-            .forget_check(&kept.destination, &kept.request_id)
+        // Recorded, or asked again at the next sweep.
+        if self
+            .record_on(&kept.destination, &kept.ids, &status)
             .await
+            .is_ok()
         {
-            tracing::warn!(destination = %kept.destination, error = %e, "cannot forget a partner status check");
+            self.forget_kept(&kept.destination, &kept.request_id).await;
         }
     }
 
@@ -379,8 +376,12 @@ impl Checker {
     }
 
     async fn forget(&self, f: &FollowUp) {
-        if let Err(e) = self.store.forget_check(&f.destination, &f.request_id).await {
-            tracing::warn!(destination = %f.destination, error = %e, "cannot forget a partner status check");
+        self.forget_kept(&f.destination, &f.request_id).await;
+    }
+
+    async fn forget_kept(&self, destination: &str, request_id: &str) {
+        if let Err(e) = self.store.forget_check(destination, request_id).await {
+            tracing::warn!(destination, error = %e, "cannot forget a partner status check");
         }
     }
 
@@ -424,15 +425,26 @@ impl Checker {
     /// left to take it (their retention ran out: Redis keeps receipts
     /// `redis_receipt_retention`, a day by default, and the checks can go on longer).
     async fn record(&self, f: &FollowUp, status: &PartnerStatus) -> bool {
-        match self.store.record_partner_status(&f.ids, status).await {
-            Ok(n) => n > 0,
-            Err(e) => {
-                let first = f.ids.first().map_or("", String::as_str);
-                tracing::warn!(destination = %f.destination, delivery_id = first, error = %e, "cannot record the partner's status of a delivered request");
-                // Asked again at the next check.
-                true
-            }
-        }
+        // A failure to record is no reason to stop: asked again at the next check.
+        self.record_on(&f.destination, &f.ids, status)
+            .await
+            .map_or(true, |n| n > 0)
+    }
+
+    /// `record_partner_status`, a failure logged; how many receipts took it.
+    async fn record_on(
+        &self,
+        destination: &str,
+        ids: &[String],
+        status: &PartnerStatus,
+    ) -> Result<usize, ()> {
+        self.store
+            .record_partner_status(ids, status)
+            .await
+            .map_err(|e| {
+                let first = ids.first().map_or("", String::as_str);
+                tracing::warn!(destination, delivery_id = first, error = %e, "cannot record the partner's status of a delivered request");
+            })
     }
 
     fn report(&self, f: &FollowUp, result: PartnerStatusResult, status: &PartnerStatus) {
