@@ -460,13 +460,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn keep_check(&self, check: &crate::store::PendingCheck) -> StoreResult<()> {
-        let op = ops::Op::KeepCheck {
-            check: check.clone(),
-        };
-        match self.submit(op).await? {
-            ops::Outcome::Done => Ok(()),
-            _ => Err(unexpected()),
-        }
+        let check = check.clone();
+        self.submit(ops::Op::KeepCheck { check }).await.map(|_| ())
     }
 
     async fn forget_check(&self, destination: &str, request_id: &str) -> StoreResult<()> {
@@ -474,10 +469,7 @@ impl Store for EmbeddedStore {
             destination: destination.to_owned(),
             request_id: request_id.to_owned(),
         };
-        match self.submit(op).await? {
-            ops::Outcome::Done => Ok(()),
-            _ => Err(unexpected()),
-        }
+        self.submit(op).await.map(|_| ())
     }
 
     async fn pending_checks(&self) -> StoreResult<Vec<crate::store::PendingCheck>> {
