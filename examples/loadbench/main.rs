@@ -639,28 +639,64 @@ impl OwnRedis {
         )
     }
 
-    /// Drops everything between shapes (the server is the bench's alone).
-    fn flush(&self) -> Result<(), String> {
+    fn connect(&self) -> Result<redis::Connection, String> {
         let url = format!("redis://127.0.0.1:{}", self.port);
-        let mut c = redis::Client::open(url.as_str())
+        redis::Client::open(url.as_str())
             .and_then(|c| c.get_connection())
-            .map_err(|e| format!("redis: {e}"))?;
+            .map_err(|e| format!("redis: {e}"))
+    }
+
+    /// Drops everything between shapes (the server is the bench's alone), and its
+    /// command statistics with it, so each shape's are its own.
+    fn flush(&self) -> Result<(), String> {
+        let mut c = self.connect()?;
         redis::cmd("FLUSHALL")
             .query::<()>(&mut c)
-            .map_err(|e| format!("redis FLUSHALL: {e}"))
+            .map_err(|e| format!("redis FLUSHALL: {e}"))?;
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query::<()>(&mut c)
+            .map_err(|e| format!("redis CONFIG RESETSTAT: {e}"))
+    }
+
+    /// One section of `INFO`.
+    fn info(&self, section: &str) -> Option<String> {
+        redis::cmd("INFO")
+            .arg(section)
+            .query(&mut self.connect().ok()?)
+            .ok()
     }
 
     /// Redis's `used_memory`, in bytes.
     fn used_memory(&self) -> Option<u64> {
-        let url = format!("redis://127.0.0.1:{}", self.port);
-        let mut c = redis::Client::open(url.as_str())
-            .ok()?
-            .get_connection()
-            .ok()?;
-        let info: String = redis::cmd("INFO").arg("memory").query(&mut c).ok()?;
-        info.lines()
+        self.info("memory")?
+            .lines()
             .find_map(|l| l.strip_prefix("used_memory:"))
             .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Script calls (`EVALSHA` and `EVAL`) since the last flush: how many, and the
+    /// microseconds Redis spent running them (the commands they call included).
+    fn script_time(&self) -> Option<(u64, u64)> {
+        let info = self.info("commandstats")?;
+        let mut total = (0, 0);
+        for line in info.lines() {
+            let Some(stats) = line
+                .strip_prefix("cmdstat_evalsha:")
+                .or_else(|| line.strip_prefix("cmdstat_eval:"))
+            else {
+                continue;
+            };
+            let field = |name: &str| {
+                stats
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            total.0 += field("calls")?;
+            total.1 += field("usec")?;
+        }
+        Some(total)
     }
 }
 
@@ -763,12 +799,7 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
         .filter_map(|(_, r)| r.proc.status_kib("VmHWM"))
         .max();
     if let On::Redis { redis, .. } = &sh.on {
-        if let (Some(bytes), Some(q)) = (redis.used_memory(), left) {
-            notes.push(format!(
-                "({name}) Redis used_memory {} MiB with {q} deliveries queued",
-                bytes >> 20
-            ));
-        }
+        redis_notes(name, redis, left, &sh, notes);
     }
     for (setup, r) in &mut relays {
         if !r.proc.is_running() {
@@ -789,6 +820,43 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
     shape_notes(name, &o, notes);
     outcome_notes(name, &o, left, sh.partners_up, sh.rate, notes);
     Ok(row)
+}
+
+/// What Redis held and spent in a Redis shape: its memory per queued delivery, and
+/// (accept-only shapes, where every event is still queued) the time its scripts ran
+/// per event, which is what says whether Redis's commands or its script calls cost.
+fn redis_notes(
+    name: &str,
+    redis: &OwnRedis,
+    left: Option<u64>,
+    sh: &Shape<'_>,
+    notes: &mut Vec<String>,
+) {
+    if let (Some(bytes), Some(q)) = (redis.used_memory(), left) {
+        notes.push(format!(
+            "({name}) Redis used_memory {} MiB with {q} deliveries queued",
+            bytes >> 20
+        ));
+    }
+    let Some((calls, usec)) = redis.script_time().filter(|(calls, _)| *calls > 0) else {
+        return;
+    };
+    let mut note = format!(
+        "({name}) Redis ran {calls} script calls, {:.0} us each on average",
+        usec as f64 / calls as f64
+    );
+    let events = left.filter(|_| !sh.partners_up && sh.destinations > 0);
+    if let Some(events) = events
+        .map(|q| q / sh.destinations as u64)
+        .filter(|e| *e > 0)
+    {
+        note += &format!(
+            "; {:.1} events per call, {:.0} us of script time per event (whole shape, warm-up included)",
+            events as f64 / calls as f64,
+            usec as f64 / events as f64
+        );
+    }
+    notes.push(note);
 }
 
 /// CPU seconds: relays, this process, Redis (server alone, with its children).
