@@ -774,7 +774,8 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
             .flatten()
             .map(|c| c.requests.load(std::sync::atomic::Ordering::Relaxed))
             .sum();
-        (Instant::now(), n, cpu_now(&stats2, redis_stat2))
+        let machine = relay::machine_ticks();
+        (Instant::now(), n, cpu_now(&stats2, redis_stat2), machine)
     });
     let o = load::run(spec)?;
     let end = (
@@ -782,10 +783,12 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
         partners.as_ref().map_or(0, |p| p.total_requests()),
     );
     let cpu_end = cpu_now(&stats, redis_stat);
-    let (from, n0, cpu0) = sampler.join().map_err(|_| "sampler panicked")?;
+    let machine_end = relay::machine_ticks();
+    let (from, n0, cpu0, machine0) = sampler.join().map_err(|_| "sampler panicked")?;
     let span = end.0.saturating_duration_since(from).as_secs_f64();
     let eps = o.requests_per_sec() * sh.per_request as f64;
     cpu_note(name, cpu0, cpu_end, span, eps, notes);
+    machine_note(name, machine0, machine_end, notes);
     let postbacks = partners.as_ref().map(|_| {
         if span > 0.0 {
             (end.1 - n0) as f64 / span
@@ -893,6 +896,30 @@ fn cpu_note(name: &str, from: Cpu, to: Cpu, span: f64, eps: f64, notes: &mut Vec
             (b1 - b0) / span
         ));
     }
+}
+
+/// Where the whole machine's time went in the window: a shape that leaves cores idle
+/// or waiting on the disk is held by something other than CPU (a wait, a lock, the
+/// disk), and taking CPU off it will not lift it.
+fn machine_note(name: &str, from: Option<[u64; 8]>, to: Option<[u64; 8]>, notes: &mut Vec<String>) {
+    let (Some(a), Some(b)) = (from, to) else {
+        return;
+    };
+    let d: Vec<u64> = a.iter().zip(b).map(|(x, y)| y.saturating_sub(*x)).collect();
+    let total: u64 = d.iter().sum();
+    if total == 0 {
+        return;
+    }
+    let pct = |v: u64| 100.0 * v as f64 / total as f64;
+    // user, nice, system, idle, iowait, irq, softirq, steal
+    let busy = d[0] + d[1] + d[2] + d[5] + d[6];
+    notes.push(format!(
+        "({name}) the machine in the window: {:.0}% busy, {:.0}% idle, {:.0}% waiting on I/O, {:.0}% stolen",
+        pct(busy),
+        pct(d[3]),
+        pct(d[4]),
+        pct(d[7])
+    ));
 }
 
 fn outcome_notes(

@@ -168,6 +168,19 @@ pub fn cpu_secs_with_children(pid: u32) -> Option<f64> {
     Some(total)
 }
 
+/// The machine's CPU time so far, in ticks, from `/proc/stat`'s `cpu` line: user,
+/// nice, system, idle, iowait, irq, softirq, steal.
+pub fn machine_ticks() -> Option<[u64; 8]> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let mut out = [0u64; 8];
+    let mut fields = line.split_whitespace().skip(1);
+    for slot in &mut out {
+        *slot = fields.next()?.parse().ok()?;
+    }
+    Some(out)
+}
+
 /// The fields of a `/proc/.../stat` file after the command name (which may hold
 /// spaces, in parentheses): index 0 is the state, 1 the parent's PID.
 fn stat_fields(stat_path: &str) -> Option<Vec<String>> {
