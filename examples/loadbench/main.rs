@@ -898,6 +898,10 @@ fn cpu_note(name: &str, from: Cpu, to: Cpu, span: f64, eps: f64, notes: &mut Vec
     }
 }
 
+/// Above this share of stolen time, a window's figures say more about the host's other
+/// guests than about the relay.
+const STOLEN_WARN_PCT: f64 = 2.0;
+
 /// Where the whole machine's time went in the window: a shape that leaves cores idle
 /// or waiting on the disk is held by something other than CPU (a wait, a lock, the
 /// disk), and taking CPU off it will not lift it.
@@ -913,12 +917,21 @@ fn machine_note(name: &str, from: Option<[u64; 8]>, to: Option<[u64; 8]>, notes:
     let pct = |v: u64| 100.0 * v as f64 / total as f64;
     // user, nice, system, idle, iowait, irq, softirq, steal
     let busy = d[0] + d[1] + d[2] + d[5] + d[6];
+    let stolen = pct(d[7]);
+    // Time the hypervisor gave to other guests: the shape's figures are lower than the
+    // machine's by an unknown amount, so a ratio against a cleaner window misleads.
+    let warn = if stolen > STOLEN_WARN_PCT {
+        format!(
+            " (over {STOLEN_WARN_PCT:.0}% stolen by other guests: run it again before comparing)"
+        )
+    } else {
+        String::new()
+    };
     notes.push(format!(
-        "({name}) the machine in the window: {:.0}% busy, {:.0}% idle, {:.0}% waiting on I/O, {:.0}% stolen",
+        "({name}) the machine in the window: {:.0}% busy, {:.0}% idle, {:.0}% waiting on I/O, {stolen:.0}% stolen{warn}",
         pct(busy),
         pct(d[3]),
         pct(d[4]),
-        pct(d[7])
     ));
 }
 
