@@ -168,7 +168,6 @@ pub fn dlq_list(
     Ok(out)
 }
 
-/// Where one delivery stands.
 /// Every partner status check kept (`check/` in the meta keyspace).
 pub fn pending_checks(s: &Shared) -> StoreResult<Vec<crate::store::PendingCheck>> {
     let e = s.engine()?;
@@ -180,6 +179,7 @@ pub fn pending_checks(s: &Shared) -> StoreResult<Vec<crate::store::PendingCheck>
     Ok(out)
 }
 
+/// Where one delivery stands.
 pub fn lookup(s: &Shared, id: &str) -> StoreResult<Option<DeliveryStatus>> {
     let Some(p) = s.parts_of(id) else {
         return Ok(None);
