@@ -8,6 +8,7 @@
 mod distance;
 mod events;
 mod load;
+mod notes;
 mod relay;
 mod report;
 mod servers;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
+use notes::{commit_note, cpu_note, machine_note, outcome_notes, redis_notes, shape_notes, Cpu};
 use relay::{Proc, RelaySetup};
 use report::Row;
 use servers::Partners;
@@ -767,6 +769,7 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
         On::Embedded => None,
     };
     let (stats2, redis_stat2) = (stats.clone(), redis_stat);
+    let first = addrs[0];
     let sampler = std::thread::spawn(move || {
         std::thread::sleep(warmup);
         let n: u64 = counters
@@ -775,7 +778,14 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
             .map(|c| c.requests.load(std::sync::atomic::Ordering::Relaxed))
             .sum();
         let machine = relay::machine_ticks();
-        (Instant::now(), n, cpu_now(&stats2, redis_stat2), machine)
+        let commits = relay::commits(first);
+        (
+            Instant::now(),
+            n,
+            cpu_now(&stats2, redis_stat2),
+            machine,
+            commits,
+        )
     });
     let o = load::run(spec)?;
     let end = (
@@ -784,11 +794,15 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
     );
     let cpu_end = cpu_now(&stats, redis_stat);
     let machine_end = relay::machine_ticks();
-    let (from, n0, cpu0, machine0) = sampler.join().map_err(|_| "sampler panicked")?;
+    let commits_end = relay::commits(first);
+    let (from, n0, cpu0, machine0, commits0) = sampler.join().map_err(|_| "sampler panicked")?;
     let span = end.0.saturating_duration_since(from).as_secs_f64();
     let eps = o.requests_per_sec() * sh.per_request as f64;
     cpu_note(name, cpu0, cpu_end, span, eps, notes);
     machine_note(name, machine0, machine_end, notes);
+    if let (Some(a), Some(b), On::Embedded) = (commits0, commits_end, &sh.on) {
+        commit_note(name, a, b, span, notes);
+    }
     let postbacks = partners.as_ref().map(|_| {
         if span > 0.0 {
             (end.1 - n0) as f64 / span
@@ -823,174 +837,6 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
     shape_notes(name, &o, notes);
     outcome_notes(name, &o, left, sh.partners_up, sh.rate, notes);
     Ok(row)
-}
-
-/// What Redis held and spent in a Redis shape: its memory per queued delivery, and
-/// (accept-only shapes, where every event is still queued) the time its scripts ran
-/// per event, which is what says whether Redis's commands or its script calls cost.
-fn redis_notes(
-    name: &str,
-    redis: &OwnRedis,
-    left: Option<u64>,
-    sh: &Shape<'_>,
-    notes: &mut Vec<String>,
-) {
-    if let (Some(bytes), Some(q)) = (redis.used_memory(), left) {
-        notes.push(format!(
-            "({name}) Redis used_memory {} MiB with {q} deliveries queued",
-            bytes >> 20
-        ));
-    }
-    let Some((calls, usec)) = redis.script_time().filter(|(calls, _)| *calls > 0) else {
-        return;
-    };
-    let mut note = format!(
-        "({name}) Redis ran {calls} script calls, {:.0} us each on average",
-        usec as f64 / calls as f64
-    );
-    let events = left.filter(|_| !sh.partners_up && sh.destinations > 0);
-    if let Some(events) = events
-        .map(|q| q / sh.destinations as u64)
-        .filter(|e| *e > 0)
-    {
-        note += &format!(
-            "; {:.1} events per call, {:.0} us of script time per event (whole shape, warm-up included)",
-            events as f64 / calls as f64,
-            usec as f64 / events as f64
-        );
-    }
-    notes.push(note);
-}
-
-/// CPU seconds: relays, this process, Redis (server alone, with its children).
-type Cpu = Option<(f64, f64, Option<(f64, f64)>)>;
-
-/// The CPU each process used in the window, in cores and, at `eps` events a second,
-/// in microseconds per event (what says whether the relay or Redis is the cost).
-fn cpu_note(name: &str, from: Cpu, to: Cpu, span: f64, eps: f64, notes: &mut Vec<String>) {
-    if let (Some((r0, b0, x0)), Some((r1, b1, x1)), true) = (from, to, span > 0.0) {
-        let per_event = |cores: f64| cores / eps * 1e6;
-        let relay = (r1 - r0) / span;
-        let mut each = format!("relay {:.0} us", per_event(relay));
-        let redis = match (x0, x1) {
-            (Some((a, ac)), Some((b, bc))) => {
-                let (server, children) = ((b - a) / span, ((bc - ac) - (b - a)).max(0.0) / span);
-                each += &format!(
-                    ", redis-server {:.0} us (+ {:.0} us in AOF rewrites)",
-                    per_event(server),
-                    per_event(children)
-                );
-                format!(
-                    ", redis-server {server:.2} cores (+ {children:.2} in its forked children: AOF rewrites)"
-                )
-            }
-            _ => String::new(),
-        };
-        let each = if eps > 0.0 {
-            format!("; CPU per event: {each}")
-        } else {
-            String::new()
-        };
-        notes.push(format!(
-            "({name}) CPU in the window: relay {relay:.2} cores, load generator + fake partners {:.2} cores{redis}{each}",
-            (b1 - b0) / span
-        ));
-    }
-}
-
-/// Above this share of stolen time, a window's figures say more about the host's other
-/// guests than about the relay.
-const STOLEN_WARN_PCT: f64 = 2.0;
-
-/// Where the whole machine's time went in the window: a shape that leaves cores idle
-/// or waiting on the disk is held by something other than CPU (a wait, a lock, the
-/// disk), and taking CPU off it will not lift it.
-fn machine_note(name: &str, from: Option<[u64; 8]>, to: Option<[u64; 8]>, notes: &mut Vec<String>) {
-    let (Some(a), Some(b)) = (from, to) else {
-        return;
-    };
-    let d: Vec<u64> = a.iter().zip(b).map(|(x, y)| y.saturating_sub(*x)).collect();
-    let total: u64 = d.iter().sum();
-    if total == 0 {
-        return;
-    }
-    let pct = |v: u64| 100.0 * v as f64 / total as f64;
-    // user, nice, system, idle, iowait, irq, softirq, steal
-    let busy = d[0] + d[1] + d[2] + d[5] + d[6];
-    let stolen = pct(d[7]);
-    // Time the hypervisor gave to other guests: the shape's figures are lower than the
-    // machine's by an unknown amount, so a ratio against a cleaner window misleads.
-    let warn = if stolen > STOLEN_WARN_PCT {
-        format!(
-            " (over {STOLEN_WARN_PCT:.0}% stolen by other guests: run it again before comparing)"
-        )
-    } else {
-        String::new()
-    };
-    notes.push(format!(
-        "({name}) the machine in the window: {:.0}% busy, {:.0}% idle, {:.0}% waiting on I/O, {stolen:.0}% stolen{warn}",
-        pct(busy),
-        pct(d[3]),
-        pct(d[4]),
-    ));
-}
-
-fn outcome_notes(
-    name: &str,
-    o: &load::Outcome,
-    left: Option<u64>,
-    partners_up: bool,
-    rate: Option<f64>,
-    notes: &mut Vec<String>,
-) {
-    if let (Some(q), true) = (left, partners_up) {
-        notes.push(format!(
-            "({name}) deliveries still queued when the load stopped: {q}{}",
-            if q > 1000 {
-                " (delivery fell behind ingest)"
-            } else {
-                ""
-            }
-        ));
-    }
-    if let Some(r) = rate {
-        if let Some(p99) = load::quantile_ms(&o.corrected_us, 0.99) {
-            notes.push(format!(
-                "({name}) open loop at {r:.0} req/s: p99 measured from each request's due time \
-                 (coordinated-omission corrected) = {p99:.2} ms; the table's p50/p99 are from the moment it was written"
-            ));
-        }
-    }
-    eprintln!(
-        "  {:.0} req/s, p99 {:.2} ms, non-2xx {}, io errors {}",
-        o.requests_per_sec(),
-        load::quantile_ms(&o.latencies_us, 0.99).unwrap_or(0.0),
-        o.non_2xx(),
-        o.io_errors
-    );
-}
-
-fn shape_notes(name: &str, o: &load::Outcome, notes: &mut Vec<String>) {
-    if o.non_2xx() > 0 {
-        notes.push(format!(
-            "({name}) answers other than 2xx in the window (not counted as throughput): {:?}",
-            o.statuses
-        ));
-    }
-    if o.io_errors > 0 {
-        notes.push(format!(
-            "({name}) {} connection errors; first: {}",
-            o.io_errors,
-            o.first_io_error.as_deref().unwrap_or("?")
-        ));
-    }
-    if o.exhausted {
-        notes.push(format!(
-            "({name}) the pool of unique pre-signed requests ran out: measured over {:.1} s only \
-             (raise --pool-mb / LOADBENCH_POOL_MB)",
-            o.window.as_secs_f64()
-        ));
-    }
 }
 
 /// (f): queue a backlog with partners down, kill -9, restart (time to ready, RSS),

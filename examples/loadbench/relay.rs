@@ -276,6 +276,32 @@ pub fn queued(addr: SocketAddr) -> Result<u64, String> {
         .sum())
 }
 
+/// The relay's group commits so far (`store_commit_operations` on `/metrics`): how
+/// many, and how many operations they carried in all. `None` when not exported.
+pub fn commits(addr: SocketAddr) -> Option<(u64, u64)> {
+    let (status, body) = http(
+        addr,
+        "GET",
+        "/metrics",
+        Some(ADMIN_TOKEN),
+        Duration::from_secs(10),
+    )
+    .ok()?;
+    if status != 200 {
+        return None;
+    }
+    let value = |name: &str| -> Option<u64> {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    Some((
+        value("postback_relay_store_commit_operations_count")?,
+        value("postback_relay_store_commit_operations_sum")?,
+    ))
+}
+
 /// The bench's config and rules for one relay run, in `dir`.
 pub struct RelaySetup {
     pub dir: PathBuf,
