@@ -269,6 +269,34 @@ async fn concurrent_accepts_share_commits() {
     assert_eq!(counts_of(&*s).await, vec![c("a", 200, 0)]);
 }
 
+/// A kept status check whose record does not decode (a bad sector, a tool that wrote
+/// the wrong bytes) is skipped: every other check is still listed and made.
+#[tokio::test]
+async fn a_status_check_that_does_not_decode_costs_no_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = open(dir.path());
+    let check = |req: &str| crate::store::PendingCheck {
+        destination: "google".into(),
+        request_id: req.into(),
+        ids: vec![format!("dlv_{req}")],
+        url: format!("https://example.test/status?requestId={req}"),
+        tries: 1,
+        due_at: NOW,
+    };
+    s.keep_check(&check("r1")).await.expect("keep");
+    s.keep_check(&check("r3")).await.expect("keep");
+    let e = s.shared.engine().expect("engine");
+    e.meta
+        .insert(layout::check_meta_key("google", "r2"), [0xffu8; 7])
+        .expect("write a garbled record");
+    let mut listed = s
+        .pending_checks()
+        .await
+        .expect("listed despite the garbled one");
+    listed.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    assert_eq!(listed, vec![check("r1"), check("r3")]);
+}
+
 /// A failed write (a full disk) fails its group, makes the store not ready, and the
 /// store comes back by itself with everything committed before still there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
