@@ -248,18 +248,18 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// The body of a `GET` of the admin API (with the bench's token) that answered 200.
+fn admin_get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, String> {
+    let (status, body) = http(addr, "GET", path, Some(ADMIN_TOKEN), timeout)?;
+    if status != 200 {
+        return Err(format!("{path} answered {status}: {body}"));
+    }
+    Ok(body)
+}
+
 /// The sum of `queue_depth` over the relay's destinations (admin API).
 pub fn queued(addr: SocketAddr) -> Result<u64, String> {
-    let (status, body) = http(
-        addr,
-        "GET",
-        "/admin/destinations",
-        Some(ADMIN_TOKEN),
-        Duration::from_secs(30),
-    )?;
-    if status != 200 {
-        return Err(format!("/admin/destinations answered {status}: {body}"));
-    }
+    let body = admin_get(addr, "/admin/destinations", Duration::from_secs(30))?;
     let v: serde_json::Value =
         serde_json::from_str(&body).map_err(|e| format!("/admin/destinations: {e}"))?;
     let list = v["destinations"]
@@ -279,17 +279,7 @@ pub fn queued(addr: SocketAddr) -> Result<u64, String> {
 /// The relay's group commits so far (`store_commit_operations` on `/metrics`): how
 /// many, and how many operations they carried in all. `None` when not exported.
 pub fn commits(addr: SocketAddr) -> Option<(u64, u64)> {
-    let (status, body) = http(
-        addr,
-        "GET",
-        "/metrics",
-        Some(ADMIN_TOKEN),
-        Duration::from_secs(10),
-    )
-    .ok()?;
-    if status != 200 {
-        return None;
-    }
+    let body = admin_get(addr, "/metrics", Duration::from_secs(10)).ok()?;
     let value = |name: &str| -> Option<u64> {
         body.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
