@@ -13,8 +13,8 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use fjall::config::{FilterPolicy, FilterPolicyEntry};
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::config::{CompressionPolicy, FilterPolicy, FilterPolicyEntry};
+use fjall::{CompressionType, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use rand::TryRngCore;
 
 use super::layout::{self, DestId};
@@ -42,6 +42,17 @@ const CACHE_BYTES: u64 = 8 * 1024 * 1024;
 /// engine seals the keyspaces that keep the oldest, so the journal is one file and
 /// part of the next (see `keeper`).
 const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+/// Tables of delivery records are lz4-compressed at every level. The engine's default
+/// leaves the first two levels uncompressed, and that is where a queue's records are
+/// written first and, in a backlog, stay: one destination's records share their keys,
+/// URL and headers, so compressed they take about a third of the bytes (the load
+/// bench's backlog of 1,000,000: 431 -> 151 bytes on disk per queued delivery; about
+/// 35% fewer bytes written per accepted event). Set when a keyspace is made: a store
+/// made before keeps its tables as they are, and the engine reads both.
+fn compressed() -> CompressionPolicy {
+    CompressionPolicy::all(CompressionType::Lz4)
+}
+
 /// The engine's memtable limits. They are stored with each keyspace when it is
 /// made (a change reaches new stores only); `seal_at` keeps the memtables under them.
 const QUEUE_MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
@@ -368,6 +379,8 @@ impl Engine {
             .open()?;
         let big = || KeyspaceCreateOptions::default().max_memtable_size(DEDUPE_MEMTABLE_BYTES);
         let small = || KeyspaceCreateOptions::default().max_memtable_size(SMALL_MEMTABLE_BYTES);
+        // Deliveries waiting on a retry and dead letters: records like the queues'.
+        let records = || small().data_block_compression_policy(compressed());
         // The five are made together at the first open: some without the others is a
         // store with a part deleted, never a new one (the engine would make the missing
         // part again, empty, and the relay would start with data silently gone).
@@ -396,8 +409,8 @@ impl Engine {
         }
         Ok(Engine {
             queues: std::sync::RwLock::new(HashMap::new()),
-            retry: db.keyspace(layout::RETRY, small)?,
-            dead: db.keyspace(layout::DEAD, small)?,
+            retry: db.keyspace(layout::RETRY, records)?,
+            dead: db.keyspace(layout::DEAD, records)?,
             done: db.keyspace(layout::DONE, small)?,
             dedupe: db.keyspace(layout::DEDUPE, big)?,
             meta: db.keyspace(layout::META, small)?,
@@ -469,6 +482,7 @@ impl Engine {
             KeyspaceCreateOptions::default()
                 .max_memtable_size(QUEUE_MEMTABLE_BYTES)
                 .filter_policy(FilterPolicy::all(FilterPolicyEntry::None))
+                .data_block_compression_policy(compressed())
         })?;
         queues.insert(dest, k.clone());
         Ok(k)
