@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-use notes::{commit_note, cpu_note, machine_note, outcome_notes, redis_notes, shape_notes, Cpu};
+use notes::{
+    commit_note, cpu_note, machine_note, outcome_notes, redis_notes, shape_notes, written_note, Cpu,
+};
 use relay::{Proc, RelaySetup};
 use report::Row;
 use servers::Partners;
@@ -769,7 +771,7 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
         On::Embedded => None,
     };
     let (stats2, redis_stat2) = (stats.clone(), redis_stat);
-    let first = addrs[0];
+    let (first, first_pid) = (addrs[0], relays[0].1.proc.pid());
     let sampler = std::thread::spawn(move || {
         std::thread::sleep(warmup);
         let n: u64 = counters
@@ -778,13 +780,13 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
             .map(|c| c.requests.load(std::sync::atomic::Ordering::Relaxed))
             .sum();
         let machine = relay::machine_ticks();
-        let commits = relay::commits(first);
+        let store = (relay::commits(first), relay::write_bytes(first_pid));
         (
             Instant::now(),
             n,
             cpu_now(&stats2, redis_stat2),
             machine,
-            commits,
+            store,
         )
     });
     let o = load::run(spec)?;
@@ -794,14 +796,25 @@ fn relay_shape(ctx: &Ctx, sh: Shape<'_>, notes: &mut Vec<String>) -> Result<Row,
     );
     let cpu_end = cpu_now(&stats, redis_stat);
     let machine_end = relay::machine_ticks();
-    let commits_end = relay::commits(first);
-    let (from, n0, cpu0, machine0, commits0) = sampler.join().map_err(|_| "sampler panicked")?;
+    let store_end = (relay::commits(first), relay::write_bytes(first_pid));
+    let (from, n0, cpu0, machine0, store0) = sampler.join().map_err(|_| "sampler panicked")?;
     let span = end.0.saturating_duration_since(from).as_secs_f64();
     let eps = o.requests_per_sec() * sh.per_request as f64;
     cpu_note(name, cpu0, cpu_end, span, eps, notes);
     machine_note(name, machine0, machine_end, notes);
-    if let (Some(a), Some(b), On::Embedded) = (commits0, commits_end, &sh.on) {
-        commit_note(name, a, b, span, notes);
+    if let On::Embedded = &sh.on {
+        if let (Some(a), Some(b)) = (store0.0, store_end.0) {
+            commit_note(name, a, b, span, notes);
+        }
+        if let (Some(a), Some(b)) = (store0.1, store_end.1) {
+            written_note(
+                name,
+                b.saturating_sub(a),
+                span,
+                eps / relays.len() as f64,
+                notes,
+            );
+        }
     }
     let postbacks = partners.as_ref().map(|_| {
         if span > 0.0 {

@@ -105,6 +105,21 @@ pub fn commit_note(
     ));
 }
 
+/// What the first relay wrote to its disk in the window (`write_bytes` of
+/// `/proc/PID/io`: the journal and the engine's tables), a second and per event at
+/// `eps` events a second: every byte costs CPU to copy and a share of each fsync.
+pub fn written_note(name: &str, bytes: u64, span: f64, eps: f64, notes: &mut Vec<String>) {
+    if span <= 0.0 || eps <= 0.0 {
+        return;
+    }
+    let per_sec = bytes as f64 / span;
+    notes.push(format!(
+        "({name}) the relay wrote {:.0} MB/s to disk in the window, {:.0} bytes per event",
+        per_sec / 1e6,
+        per_sec / eps
+    ));
+}
+
 /// Where the whole machine's time went in the window: a shape that leaves cores idle
 /// or waiting on the disk is held by something other than CPU (a wait, a lock, the
 /// disk), and taking CPU off it will not lift it.

@@ -144,6 +144,15 @@ impl Drop for Proc {
     }
 }
 
+/// Bytes process `pid` has caused to be written to storage (`write_bytes` in
+/// `/proc/PID/io`).
+pub fn write_bytes(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// CPU seconds (user + system) from a `/proc/.../stat` file.
 pub fn cpu_secs(stat_path: &str) -> Option<f64> {
     let f = stat_fields(stat_path)?;
