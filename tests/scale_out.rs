@@ -527,8 +527,12 @@ async fn a_relay_behind_sentinel_keeps_serving_through_a_failover() {
     let partner = FakePartner::start().await.expect("partner");
     // The partner fails at first: the deliveries stay queued through the failover.
     partner.set_default(Reply::status(503));
+    // A short claim timeout, as the other scale-out tests: a delivery whose settle was
+    // still on the old primary when it was killed is claimed on the new one until the
+    // claim times out (by design: it is then due again), and the test waits 30 s, not
+    // the default 60.
     let store = format!(
-        "\n[store]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\nredis_sentinels = [\"127.0.0.1:{}\"]\nredis_sentinel_master = \"{NAME}\"\nredis_wait_replicas = 1\n",
+        "\n[store]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\nredis_sentinels = [\"127.0.0.1:{}\"]\nredis_sentinel_master = \"{NAME}\"\nredis_wait_replicas = 1\nredis_claim_timeout = \"2s\"\n",
         sentinel.port
     );
     // A short cool-down: the partner's 503s open the circuit, and it must not hold
@@ -537,11 +541,15 @@ async fn a_relay_behind_sentinel_keeps_serving_through_a_failover() {
         "allow_private_networks = true\n",
         "allow_private_networks = true\nbreaker_cool_down = \"300ms\"\n",
     );
-    let relay = TestRelay::start_with_config(
-        &[("aff", &rule(&partner.url("/pb"), "5s"))],
-        &format!("{config}{store}"),
-    )
-    .await;
+    // As many attempts as a rule allows: under a loaded machine the failover can take
+    // long enough for 100 attempts (50-500 ms apart) to run out before the partner
+    // answers 200, and a dead-lettered delivery is never sent.
+    let aff = GetRule::event_id_at(&partner.url("/pb"))
+        .timeout("5s")
+        .concurrency(16)
+        .retry(1000, "50ms", "500ms")
+        .text();
+    let relay = TestRelay::start_with_config(&[("aff", &aff)], &format!("{config}{store}")).await;
     for i in 1..=5 {
         let body = event(&format!("ev-{i}"), "purchase", &format!("clk-{i}"));
         assert!(accepted_within(&relay, &format!("m-{i}"), &body, 30).await);
@@ -567,17 +575,25 @@ async fn a_relay_behind_sentinel_keeps_serving_through_a_failover() {
 
     partner.set_default(Reply::ok());
     let (client, base) = (relay.client.clone(), relay.base.clone());
+    let delivered = eventually(30, || async {
+        let ok = partner
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .count();
+        ok >= 6 && idle(&client, &base).await
+    })
+    .await;
+    let answered_200: Vec<String> = partner
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.target.clone())
+        .collect();
     assert!(
-        eventually(30, || async {
-            let ok = partner
-                .requests()
-                .iter()
-                .filter(|r| r.status == 200)
-                .count();
-            ok >= 6 && idle(&client, &base).await
-        })
-        .await,
-        "every queued delivery was delivered from the new primary"
+        delivered,
+        "every queued delivery was delivered from the new primary; 200s for {answered_200:?}, requests per event {:?}",
+        per_event(&partner.requests())
     );
     let seen = per_event(&partner.requests());
     for i in 1..=6 {
