@@ -1,6 +1,6 @@
 //! The notes under the bench's table: for each shape, the CPU each process used, the
-//! machine's busy, idle, I/O-wait and stolen time, the relay's group commits, Redis's
-//! own accounting, and what the load's outcome says (deliveries left, open-loop
+//! machine's busy, idle, I/O-wait and stolen time, the relay's group commits and the
+//! bytes it wrote, Redis's own accounting, and what the load's outcome says (deliveries left, open-loop
 //! latency, a pool that ran out).
 
 use crate::load;
@@ -84,8 +84,9 @@ pub fn cpu_note(name: &str, from: Cpu, to: Cpu, span: f64, eps: f64, notes: &mut
 /// guests than about the relay.
 const STOLEN_WARN_PCT: f64 = 2.0;
 
-/// The first relay's group commits in the window: each is one `fdatasync`, so fewer
-/// operations per commit cost more CPU and disk per event.
+/// The first relay's group commits in the window: how well accepts are grouped, each
+/// group one `fdatasync`. (Larger groups were measured not to lower the CPU per event:
+/// an `fdatasync` costs with the bytes it writes back; see `written_note`.)
 pub fn commit_note(
     name: &str,
     from: (u64, u64),
